@@ -1,0 +1,75 @@
+"""One settings object for learnloop.
+
+Every store location and service URL comes from here. Values are read from environment variables
+prefixed ``LEARNLOOP_`` when ``Settings()`` is *instantiated* (never at import time), so tests and
+Dagster resources can build their own instances. See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEARNLOOP_", extra="ignore")
+
+    home: Path = Field(default=Path(".learnloop"), description="Root of every embedded store.")
+    landing_dir: Path | None = Field(default=None, description="Landing zone; default $HOME/landing.")
+    warehouse_path: Path | None = Field(default=None, description="DuckDB warehouse file.")
+    store_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the operational store; default SQLite in home."
+    )
+    lancedb_uri: str | None = Field(default=None, description="LanceDB directory or URI.")
+    mlflow_tracking_uri: str | None = Field(default=None, description="MLflow tracking URI.")
+    dagster_home: Path | None = Field(default=None, description="Dagster instance directory.")
+    hash_key: SecretStr = Field(
+        default=SecretStr("learnloop-dev-key-change-me"),
+        description="Key of the keyed hash (HMAC-SHA256) applied to session ids.",
+    )
+    service_url: str = Field(default="http://127.0.0.1:8000", description="Review service URL.")
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    # ---- derived locations -------------------------------------------------------------------
+    @property
+    def landing(self) -> Path:
+        return (self.landing_dir or self.home / "landing").expanduser().resolve()
+
+    @property
+    def warehouse(self) -> Path:
+        return (self.warehouse_path or self.home / "warehouse.duckdb").expanduser().resolve()
+
+    @property
+    def store(self) -> str:
+        return self.store_url or f"sqlite:///{self.home / 'store.db'}"
+
+    @property
+    def lancedb(self) -> str:
+        return self.lancedb_uri or str(self.home / "lancedb")
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def dagster_home_dir(self) -> Path:
+        return (self.dagster_home or self.home / "dagster_home").expanduser().resolve()
+
+    def ensure_dirs(self) -> None:
+        for p in (self.home, self.landing, self.warehouse.parent, self.dagster_home_dir):
+            p.mkdir(parents=True, exist_ok=True)
+
+
+def get_settings(**overrides) -> Settings:
+    """Read the environment now (not at import) and apply explicit overrides."""
+    return Settings(**overrides)

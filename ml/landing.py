@@ -1,0 +1,81 @@
+"""The landing zone: where raw interaction files arrive, one folder per UTC day.
+
+Layout: ``<landing>/date=YYYY-MM-DD/<source>-<unique>.jsonl`` (or ``.parquet``). Every writer goes
+through ``write_landing_file``: the bytes are written to a temporary file in the same folder,
+fsynced, then renamed into place, so a reader never sees a half-written file and a crash after the
+call returns loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+LANDING_SUFFIXES = (".jsonl", ".parquet")
+
+
+def partition_dir(landing: Path, day: date | str) -> Path:
+    day_s = day if isinstance(day, str) else day.isoformat()
+    date.fromisoformat(day_s)  # validates
+    return Path(landing) / f"date={day_s}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_landing_bytes(landing: Path, day: date | str, source: str, data: bytes,
+                        suffix: str = ".jsonl") -> Path:
+    """Write one file durably and atomically into the day's partition folder; return its path."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", source):
+        raise ValueError(f"landing source name {source!r} must be 1-64 of [A-Za-z0-9_.-]")
+    folder = partition_dir(landing, day)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    final = folder / f"{source}-{stamp}-{uuid.uuid4().hex[:12]}{suffix}"
+    tmp = folder / f".{final.name}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(folder)
+    return final
+
+
+def write_landing_file(landing: Path, day: date | str, source: str,
+                       lines: Iterable[str | dict]) -> Path:
+    """Write JSONL lines (strings are written verbatim, dicts are JSON-encoded)."""
+    body = "".join(
+        (ln if isinstance(ln, str) else json.dumps(ln, ensure_ascii=False)).rstrip("\n") + "\n"
+        for ln in lines
+    )
+    return write_landing_bytes(landing, day, source, body.encode("utf-8"))
+
+
+def list_partitions(landing: Path) -> list[str]:
+    """The days that have a folder in the landing zone, sorted."""
+    landing = Path(landing)
+    if not landing.exists():
+        return []
+    days = [m.group(1) for p in landing.iterdir() if p.is_dir() and (m := PARTITION_RE.match(p.name))]
+    return sorted(days)
+
+
+def list_files(landing: Path, day: date | str) -> list[Path]:
+    """Finished landing files of one day (temporary files are skipped), sorted by name."""
+    folder = partition_dir(landing, day)
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix in LANDING_SUFFIXES and not p.name.startswith("."))

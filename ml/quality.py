@@ -1,0 +1,191 @@
+"""Multi-dimensional interaction quality (seed 003, "Quality Assessment Framework"), vectorized.
+
+``score_interactions(interactions) -> frame with exactly QUALITY_COLUMNS``. Every dimension is a
+number in [0, 1] or NULL when the record carries no evidence for it; the overall ``quality_score``
+is the weighted mean over the dimensions present, the seed's weights renormalized per row.
+
+Dimensions (weights: ``quality_weights()``):
+
+* ``user_satisfaction`` (0.30): the seed's explicit/implicit/temporal mix 0.5/0.3/0.2, renormalized
+  over the sub-signals present.
+  - explicit: ``rating / 5``; else thumbs up 1 / down 0.
+  - implicit (first rule that applies): accepted -> 1.0; modified -> 0.7 (the seed's partial
+    credit); abandoned or requested_human (the user asked for a person) -> 0.0;
+    completed_action -> 1.0; user_continued -> 0.6 (the user carried on: mildly positive);
+    accepted = false or completed_action = false -> 0.3; otherwise absent.
+  - temporal: time_to_first_use_s < 30 -> 1.0, < 300 -> 0.5, else 0.0.
+* ``functional_correctness`` (0.25): the seed measures code compilation and tests; a support chat
+  has outcome signals and reply heuristics instead (first rule that applies): a human correction
+  -> 0.1; completed_action true -> 1.0 / false -> 0.3; empty reply -> 0.0; a refusal ("I can't
+  help", "I'm unable to", "as an AI") -> 0.2; a truncated reply (ends in "..." or, when 100+
+  characters long, mid-word or after a comma) -> 0.5; otherwise absent.
+* ``code_quality`` (0.20): not measurable for support chat; never present.
+* ``context_relevance`` (0.15): lexical containment of the user's words (3+ letters, not stop
+  words, placeholders removed) in the reply: ``min(1, 2 * |Q & R| / |Q|)``; absent without a
+  user message, a reply, or content words. No model is involved.
+* ``efficiency`` (0.10): the seed's time score ``clamp(1 - (latency_s - 2) / 10, 0, 1)`` (weight
+  0.4) and a conciseness score from completion tokens ``clamp(1 - (tokens - 400) / 1600, 0, 1)``
+  (weight 0.3, standing in for the seed's "solution elegance"), renormalized over those present.
+
+``confidence`` follows the seed's ``calculate_confidence``: the mean of a feedback factor (explicit
+1.0 / implicit or temporal only 0.7 / none 0.3), a correctness-evidence factor (objective outcome
+— completed_action known or a human correction — 1.0, else 0.5) and context completeness (share of
+user message, reply, and retrieval-or-intent present). The seed's time-decay factor is left out:
+scores are recomputed whenever a partition is re-materialized.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ml.schema import QUALITY_COLUMNS
+
+SCORER_VERSION = "quality-1.0"
+
+SEED_WEIGHTS: dict[str, float] = {
+    "user_satisfaction": 0.30,
+    "functional_correctness": 0.25,
+    "code_quality": 0.20,
+    "context_relevance": 0.15,
+    "efficiency": 0.10,
+}
+MEASURED_DIMENSIONS = ("user_satisfaction", "functional_correctness", "context_relevance",
+                       "efficiency")
+SATISFACTION_WEIGHTS = {"explicit": 0.5, "implicit": 0.3, "temporal": 0.2}
+EFFICIENCY_WEIGHTS = {"time": 0.4, "tokens": 0.3}
+
+_STOP = sorted({
+    "the", "and", "for", "are", "but", "not", "you", "your", "yours", "all", "any", "can", "had",
+    "her", "was", "one", "our", "out", "has", "have", "him", "his", "how", "its", "may", "new",
+    "now", "see", "two", "who", "did", "get", "got", "let", "say", "she", "too", "use", "with",
+    "this", "that", "from", "they", "will", "would", "there", "their", "what", "about", "which",
+    "when", "make", "like", "just", "know", "take", "into", "them", "than", "then", "some",
+    "could", "also", "want", "need", "please", "thanks", "thank", "hello", "does", "doesn",
+    "don", "why", "where", "here", "been", "were", "being", "should", "very", "much", "more",
+})
+_REFUSAL = (r"(?i)(?-u:\b)(?:i\s+(?:can(?:not|'t|’t)|am\s+unable\s+to|am\s+not\s+able\s+to|won'?t\s+be"
+            r"\s+able\s+to)|i'm\s+(?:unable|not\s+able)\s+to|as\s+an\s+ai(?:\s+language\s+model)?)"
+            r"(?-u:\b)")
+_PLACEHOLDER = r"\[[A-Z_]+\]"
+_WORD = r"[\p{L}\p{N}]{3,}"
+_SCHEMA = {"VARCHAR": pl.String, "DATE": pl.Date, "DOUBLE": pl.Float64, "INTEGER": pl.Int32}
+
+
+def quality_weights() -> dict[str, float]:
+    """Dimension weights used for ``quality_score`` before per-row renormalization.
+
+    The seed's weights for the dimensions this scorer measures: user_satisfaction 0.30,
+    functional_correctness 0.25, context_relevance 0.15, efficiency 0.10 (code_quality 0.20 is not
+    measurable for support chat and therefore never present). For each row the weights of the
+    dimensions that are present (non-NULL) are rescaled to sum to 1."""
+    return {d: SEED_WEIGHTS[d] for d in MEASURED_DIMENSIONS}
+
+
+def _weighted_mean(parts: dict[str, float], cols: dict[str, pl.Expr]) -> pl.Expr:
+    """Weighted mean of the non-null expressions; NULL when all are NULL."""
+    num = pl.sum_horizontal([(cols[k] * w).fill_null(0.0) for k, w in parts.items()])
+    den = pl.sum_horizontal([pl.when(cols[k].is_not_null()).then(w).otherwise(0.0)
+                             for k, w in parts.items()])
+    return pl.when(den > 0).then(num / den).otherwise(None)
+
+
+def _clamp01(e: pl.Expr) -> pl.Expr:
+    return e.clip(0.0, 1.0)
+
+
+def score_interactions(df: pl.DataFrame) -> pl.DataFrame:
+    """Score an ``interactions`` frame (INTERACTION_COLUMNS); return exactly QUALITY_COLUMNS."""
+    missing = [c for c in ("interaction_id", "tenant_id", "partition_date", "model_version",
+                           "user_message", "response", "latency_ms", "tokens_completion",
+                           "feedback_rating", "feedback_thumbs", "accepted", "modified",
+                           "abandoned", "requested_human", "completed_action", "user_continued",
+                           "time_to_first_use_s", "corrected_response", "retrieval", "intent")
+               if c not in df.columns]
+    if missing:
+        raise ValueError(f"score_interactions: interactions frame lacks columns {missing}")
+    c = pl.col
+    explicit = (pl.when(c("feedback_rating").is_not_null()).then(c("feedback_rating") / 5.0)
+                .when(c("feedback_thumbs") == "up").then(1.0)
+                .when(c("feedback_thumbs") == "down").then(0.0))
+    implicit = (pl.when(c("accepted")).then(1.0)
+                .when(c("modified")).then(0.7)
+                .when(c("abandoned") | c("requested_human")).then(0.0)
+                .when(c("completed_action")).then(1.0)
+                .when(c("user_continued")).then(0.6)
+                .when((c("accepted") == False) | (c("completed_action") == False))  # noqa: E712
+                .then(0.3))
+    ttfu = c("time_to_first_use_s")
+    temporal = (pl.when(ttfu < 30).then(1.0).when(ttfu < 300).then(0.5)
+                .when(ttfu.is_not_null()).then(0.0))
+
+    resp = c("response")
+    stripped = resp.str.strip_chars()
+    reply_features = {  # functions of the reply text alone: computed once per distinct reply
+        "_empty": resp.is_not_null() & (stripped == ""),
+        "_refusal": resp.str.contains(_REFUSAL),
+        "_truncated": (stripped.str.ends_with("...") | stripped.str.ends_with("…")
+                       | ((stripped.str.len_chars() >= 100)
+                          & stripped.str.contains(r"[\p{L}\p{N},;]$"))),
+    }
+    correction = c("corrected_response").is_not_null()
+    correctness = (pl.when(correction).then(0.1)
+                   .when(c("completed_action") == True).then(1.0)  # noqa: E712
+                   .when(c("completed_action") == False).then(0.3)  # noqa: E712
+                   .when(c("_empty")).then(0.0)
+                   .when(c("_refusal")).then(0.2)
+                   .when(c("_truncated")).then(0.5))
+
+    def words(col: str) -> pl.Expr:
+        return (c(col).str.replace_all(_PLACEHOLDER, " ").str.to_lowercase()
+                .str.extract_all(_WORD).list.unique()
+                .list.set_difference(pl.lit(pl.Series([_STOP], dtype=pl.List(pl.String)))))
+
+    latency_s = c("latency_ms") / 1000.0
+    time_score = _clamp01(1.0 - (latency_s - 2.0) / 10.0)
+    token_score = _clamp01(1.0 - (c("tokens_completion").cast(pl.Float64) - 400.0) / 1600.0)
+
+    # chat logs repeat questions and replies: the text features are computed once per distinct
+    # text and joined back
+    questions = df.select("user_message").unique().with_columns(
+        words("user_message").alias("_q"))
+    replies = df.select("response").unique().with_columns(
+        words("response").alias("_r"), **reply_features)
+    df = df.join(questions, on="user_message", how="left", nulls_equal=True,
+                 maintain_order="left").join(replies, on="response", how="left",
+                                             nulls_equal=True, maintain_order="left")
+    qlen = c("_q").list.len()
+    relevance = (pl.when(c("_r").is_not_null() & (qlen > 0))
+                 .then(_clamp01(2.0 * c("_q").list.set_intersection(c("_r")).list.len() / qlen)))
+    frame = df.select(
+        "interaction_id", "tenant_id", "partition_date", "model_version",
+        explicit.alias("_explicit"), implicit.alias("_implicit"), temporal.alias("_temporal"),
+        correctness.alias("functional_correctness"), relevance.alias("context_relevance"),
+        time_score.alias("_time"), token_score.alias("_tokens"),
+        correction.alias("_correction"), c("completed_action").is_not_null().alias("_outcome"),
+        (c("user_message").is_not_null().cast(pl.Float64)
+         + resp.is_not_null().cast(pl.Float64)
+         + (c("retrieval").is_not_null() | c("intent").is_not_null()).cast(pl.Float64)
+         ).alias("_context_n"),
+    )
+    frame = frame.with_columns(
+        _weighted_mean(SATISFACTION_WEIGHTS, {"explicit": c("_explicit"),
+                                              "implicit": c("_implicit"),
+                                              "temporal": c("_temporal")})
+        .alias("user_satisfaction"),
+        _weighted_mean(EFFICIENCY_WEIGHTS, {"time": c("_time"), "tokens": c("_tokens")})
+        .alias("efficiency"),
+    )
+    dims = {d: c(d) for d in MEASURED_DIMENSIONS}
+    feedback_factor = (pl.when(c("_explicit").is_not_null()).then(1.0)
+                       .when(c("_implicit").is_not_null() | c("_temporal").is_not_null()).then(0.7)
+                       .otherwise(0.3))
+    correctness_factor = pl.when(c("_correction") | c("_outcome")).then(1.0).otherwise(0.5)
+    completeness = c("_context_n") / 3.0
+    out = frame.with_columns(
+        _weighted_mean(quality_weights(), dims).alias("quality_score"),
+        ((feedback_factor + correctness_factor + completeness) / 3.0).alias("confidence"),
+        pl.sum_horizontal([dims[d].is_not_null().cast(pl.Int32) for d in MEASURED_DIMENSIONS])
+        .alias("dimensions_present"),
+        pl.lit(SCORER_VERSION).alias("scorer_version"),
+    )
+    return out.select([pl.col(k).cast(_SCHEMA[v]) for k, v in QUALITY_COLUMNS.items()])

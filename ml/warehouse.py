@@ -1,0 +1,133 @@
+"""The DuckDB warehouse: append-only analytics tables written by Dagster runs.
+
+Tables are created from the column layouts in ``ml.schema``. Partitioned tables are rewritten one
+partition at a time inside a transaction (delete the partition's rows, insert the new ones), so
+re-materializing a partition gives the same rows, never duplicates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from ml.schema import INTERACTION_COLUMNS, QUALITY_COLUMNS, QUARANTINE_COLUMNS
+
+RAW_FILE_COLUMNS: dict[str, str] = {
+    "partition_date": "DATE",
+    "path": "VARCHAR",
+    "size_bytes": "BIGINT",
+    "sha256": "VARCHAR",
+    "registered_at": "TIMESTAMP",
+}
+
+TABLES: dict[str, dict[str, str]] = {
+    "raw_files": RAW_FILE_COLUMNS,
+    "interactions": INTERACTION_COLUMNS,
+    "quarantined_interactions": QUARANTINE_COLUMNS,
+    "interaction_quality": QUALITY_COLUMNS,
+}
+
+
+def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    if not read_only:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return duckdb.connect(str(path), read_only=read_only)
+
+
+def ensure_table(con: duckdb.DuckDBPyConnection, name: str,
+                 columns: dict[str, str] | None = None) -> None:
+    columns = columns or TABLES[name]
+    cols = ", ".join(f'"{c}" {t}' for c, t in columns.items())
+    con.execute(f'CREATE TABLE IF NOT EXISTS "{name}" ({cols})')
+
+
+def _incoming(columns: dict[str, str], table: str, frame: pl.DataFrame):
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame for table {table!r} lacks columns {missing}")
+    return frame.select(list(columns)).to_arrow()
+
+
+def write_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, *,
+                delete_where: str, params: list | None = None,
+                columns: dict[str, str] | None = None) -> int:
+    """In one transaction: delete the rows of ``table`` matching ``delete_where`` (which may refer
+    to the incoming rows as ``_incoming``), then insert ``frame``. Returns rows written."""
+    columns = columns or TABLES[table]
+    ensure_table(con, table, columns)
+    arrow = _incoming(columns, table, frame)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.register("_incoming", arrow)
+        con.execute(f'DELETE FROM "{table}" WHERE {delete_where}', params or [])
+        con.execute(f'INSERT INTO "{table}" SELECT * FROM _incoming')
+        con.unregister("_incoming")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return frame.height
+
+
+def replace_partition(con: duckdb.DuckDBPyConnection, table: str, partition_date: str,
+                      frame: pl.DataFrame) -> int:
+    """Atomically replace one partition's rows of ``table`` with ``frame``; return rows written."""
+    return write_frame(con, table, frame, delete_where="partition_date = ?::DATE",
+                       params=[partition_date])
+
+
+def replace_table(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame,
+                  columns: dict[str, str]) -> int:
+    """Make ``frame`` the whole content of ``table`` (atomically)."""
+    return write_frame(con, table, frame, delete_where="true", columns=columns)
+
+
+def upsert_rows(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame,
+                keys: list[str] | tuple[str, ...], columns: dict[str, str]) -> int:
+    """Replace the rows of ``table`` whose ``keys`` match a row of ``frame``, then insert it."""
+    if frame.height == 0:
+        ensure_table(con, table, columns)
+        return 0
+    match = " AND ".join(f'"{table}"."{k}" IS NOT DISTINCT FROM i."{k}"' for k in keys)
+    return write_frame(con, table, frame, columns=columns,
+                       delete_where=f"EXISTS (SELECT 1 FROM _incoming i WHERE {match})")
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
+    """Run ``sql`` and return the result as a Polars frame (empty results keep their columns)."""
+    rel = con.sql(sql, params=params) if params else con.sql(sql)
+    if rel is None:
+        raise ValueError(f"query returned no result set: {sql[:80]}")
+    out = pl.from_arrow(rel.to_arrow_table())
+    if not isinstance(out, pl.DataFrame):
+        raise TypeError(f"query returned {type(out).__name__}, expected a table: {sql[:80]}")
+    return out
+
+
+def read_partition(con: duckdb.DuckDBPyConnection, table: str, partition_date: str) -> pl.DataFrame:
+    ensure_table(con, table)
+    return query(con, f'SELECT * FROM "{table}" WHERE partition_date = ?::DATE', [partition_date])
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    rows = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchall()
+    return bool(rows[0][0])
+
+
+def table_count(path: Path | str, table: str) -> int:
+    """Rows in ``table`` (0 when the warehouse or the table does not exist yet)."""
+    if not Path(path).exists():
+        return 0
+    con = connect(path, read_only=True)
+    try:
+        exists = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
+        ).fetchall()[0][0]
+        if not exists:
+            return 0
+        return int(con.execute(f'SELECT count(*) FROM "{table}"').fetchall()[0][0])
+    finally:
+        con.close()

@@ -1,0 +1,227 @@
+"""SQLAlchemy 2 models of the operational store (workflow state).
+
+The operational store is the only place review state lives. SQLite by default, PostgreSQL in
+production; Alembic migrations in ``store/migrations`` create exactly these tables.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+ITEM_KINDS = ("error", "sample")
+ERROR_STATUSES = ("pending", "confirmed", "dismissed")
+SAMPLE_STATUSES = ("pending", "approved", "rejected", "edited")
+STATUSES = tuple(dict.fromkeys(ERROR_STATUSES + SAMPLE_STATUSES))
+
+
+class ReviewItem(Base):
+    """A flagged error or a proposed training sample awaiting a human decision."""
+
+    __tablename__ = "review_items"
+    __table_args__ = (
+        UniqueConstraint("kind", "dedup_key", name="uq_review_items_kind_dedup"),
+        Index("ix_review_items_queue", "kind", "status", "tenant_id"),
+        Index("ix_review_items_interaction", "interaction_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # error | sample
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    version: Mapped[int] = mapped_column(Integer, default=1)  # optimistic locking
+    dedup_key: Mapped[str] = mapped_column(String(300))  # idempotency of producers
+    tenant_id: Mapped[str] = mapped_column(String(128), default="default")
+    interaction_id: Mapped[str] = mapped_column(String(256))
+    session_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("review_items.id"), nullable=True)
+    # the conversation as the reviewer sees it (already scrubbed)
+    messages: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    original_response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # error items: the auditor's verdict
+    category: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    severity: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    explanation: Mapped[str | None] = mapped_column(Text, nullable=True)
+    auditor: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    prompt_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # sample items: the proposed and the final (approved/edited) reply
+    proposed_response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    final_response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tags: Mapped[list] = mapped_column(JSON, default=list)
+    extra: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ReviewEvent(Base):
+    """Append-only audit trail: one row per change of a review item."""
+
+    __tablename__ = "review_events"
+    __table_args__ = (Index("ix_review_events_item", "item_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id"))
+    tenant_id: Mapped[str] = mapped_column(String(128))
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))  # created | decide | tag | untag
+    before: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Reviewer(Base):
+    __tablename__ = "reviewers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16), default="reviewer")  # reviewer | admin
+    tenants: Mapped[list] = mapped_column(JSON, default=list)  # ["*"] = all tenants
+    api_token_hash: Mapped[str | None] = mapped_column(String(128), nullable=True, unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CollectorKey(Base):
+    """Per-tenant API keys of the log collector (only a hash is stored)."""
+
+    __tablename__ = "collector_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(128))
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditAttempt(Base):
+    """One auditing attempt of one interaction by one auditor + prompt version (idempotency)."""
+
+    __tablename__ = "audit_attempts"
+    __table_args__ = (
+        UniqueConstraint("interaction_id", "auditor", "prompt_version", name="uq_audit_attempt"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    interaction_id: Mapped[str] = mapped_column(String(256))
+    tenant_id: Mapped[str] = mapped_column(String(128), default="default")
+    auditor: Mapped[str] = mapped_column(String(128))
+    prompt_version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # ok | failed
+    is_error: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_dataset_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    n_train: Mapped[int] = mapped_column(Integer, default=0)
+    n_eval: Mapped[int] = mapped_column(Integer, default=0)
+    filters: Mapped[dict] = mapped_column(JSON, default=dict)
+    stats: Mapped[dict] = mapped_column(JSON, default=dict)
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checksum: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrainingRun(Base):
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), nullable=True)
+    method: Mapped[str] = mapped_column(String(32))  # lora | dpo | provider
+    base_model: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ModelDeployment(Base):
+    __tablename__ = "model_deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(256))
+    model_version: Mapped[str] = mapped_column(String(64))
+    alias: Mapped[str] = mapped_column(String(32))  # champion | challenger
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | retired | rolled_back
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    champion_version: Mapped[str] = mapped_column(String(64))
+    challenger_version: Mapped[str] = mapped_column(String(64))
+    traffic_split: Mapped[float] = mapped_column(Float, default=0.1)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    result: Mapped[dict] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16), default="warning")
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ConfigHistory(Base):
+    """Every configuration change, with who made it and the old and new value."""
+
+    __tablename__ = "config_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(128))
+    old_value: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    new_value: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    changed_by: Mapped[str] = mapped_column(String(128))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,380 @@
+"""Repository functions of the operational store.
+
+Every change of a review item goes through here: optimistic locking on ``version`` (a stale write
+raises ``Conflict``, never overwrites silently), one append-only ``ReviewEvent`` per change, tenant
+scoping. The service (web app and JSON API) and the Dagster assets share these functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from store.models import (
+    ERROR_STATUSES,
+    Dataset,
+    ModelDeployment,
+    ReviewEvent,
+    ReviewItem,
+    utcnow,
+)
+
+
+class StoreError(Exception):
+    """Base class of the store's errors."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """The item changed since the caller read it (stale ``version``)."""
+
+    def __init__(self, item_id: int, expected: int, actual: int | None):
+        super().__init__(
+            f"review item {item_id} was changed by someone else "
+            f"(you had version {expected}, it is now version {actual})"
+        )
+        self.item_id, self.expected, self.actual = item_id, expected, actual
+
+
+class InvalidTransition(StoreError):
+    pass
+
+
+class Forbidden(StoreError):
+    pass
+
+
+# decision -> new status, per item kind
+DECISIONS: dict[str, dict[str, str]] = {
+    "error": {"confirm": "confirmed", "dismiss": "dismissed"},
+    "sample": {"approve": "approved", "reject": "rejected", "edit": "edited"},
+}
+# the web app and API accept approve/reject for both kinds: map them onto the error vocabulary
+_ALIASES = {"error": {"approve": "confirm", "reject": "dismiss"}}
+
+_SNAPSHOT_FIELDS = ("status", "version", "final_response", "tags", "decided_by")
+
+
+def _snapshot(item: ReviewItem) -> dict[str, Any]:
+    return {f: getattr(item, f) for f in _SNAPSHOT_FIELDS}
+
+
+def tenant_allowed(tenants: Sequence[str] | None, tenant_id: str) -> bool:
+    """``tenants=None`` means unscoped (internal callers); ``["*"]`` means every tenant."""
+    return tenants is None or "*" in tenants or tenant_id in tenants
+
+
+# ---- creating items -------------------------------------------------------------------------------
+def create_item(session: Session, *, kind: str, dedup_key: str, actor: str = "system",
+                **fields: Any) -> tuple[ReviewItem, bool]:
+    """Create a review item unless one with the same (kind, dedup_key) exists.
+
+    Returns ``(item, created)``. Producers (auditor, teacher) are idempotent through ``dedup_key``.
+    """
+    if kind not in DECISIONS:
+        raise ValueError(f"kind must be one of {sorted(DECISIONS)}, got {kind!r}")
+    existing = session.scalar(
+        select(ReviewItem).where(ReviewItem.kind == kind, ReviewItem.dedup_key == dedup_key)
+    )
+    if existing is not None:
+        return existing, False
+    item = ReviewItem(kind=kind, dedup_key=dedup_key, status="pending", version=1, **fields)
+    item.tags = list(fields.get("tags") or [])
+    item.extra = dict(fields.get("extra") or {})
+    try:
+        with session.begin_nested():
+            session.add(item)
+            session.flush()
+    except IntegrityError:  # a concurrent producer created it first
+        existing = session.scalar(
+            select(ReviewItem).where(ReviewItem.kind == kind, ReviewItem.dedup_key == dedup_key)
+        )
+        if existing is None:
+            raise
+        return existing, False
+    session.add(ReviewEvent(item_id=item.id, tenant_id=item.tenant_id, actor=actor,
+                            action="created", before=None, after=_snapshot(item)))
+    return item, True
+
+
+def get_item(session: Session, item_id: int, tenants: Sequence[str] | None = None) -> ReviewItem:
+    item = session.get(ReviewItem, item_id)
+    if item is None or not tenant_allowed(tenants, item.tenant_id):
+        # an item of another tenant is reported as missing: its existence is not disclosed
+        raise NotFound(f"review item {item_id} not found")
+    return item
+
+
+# ---- deciding --------------------------------------------------------------------------------------
+def _guarded_update(session: Session, item: ReviewItem, expected_version: int,
+                    values: dict[str, Any]) -> None:
+    """Compare-and-set on ``version``: the UPDATE only matches the version the caller saw."""
+    values = {**values, "version": expected_version + 1, "updated_at": utcnow()}
+    result = session.execute(
+        update(ReviewItem)
+        .where(ReviewItem.id == item.id, ReviewItem.version == expected_version)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        actual = session.scalar(select(ReviewItem.version).where(ReviewItem.id == item.id))
+        raise Conflict(item.id, expected_version, actual)
+    session.refresh(item)
+
+
+def decide(session: Session, item_id: int, *, decision: str, expected_version: int, actor: str,
+           final_response: str | None = None, note: str | None = None,
+           tenants: Sequence[str] | None = None) -> ReviewItem:
+    """Record a reviewer's decision on one pending item.
+
+    ``decision``: error items confirm|dismiss (approve|reject accepted as aliases); sample items
+    approve|reject|edit (edit requires ``final_response``).
+    """
+    item = get_item(session, item_id, tenants)
+    decision = _ALIASES.get(item.kind, {}).get(decision, decision)
+    allowed = DECISIONS[item.kind]
+    if decision not in allowed:
+        raise InvalidTransition(
+            f"decision {decision!r} is not valid for a {item.kind} item (use one of {sorted(allowed)})"
+        )
+    if item.version != expected_version:
+        raise Conflict(item.id, expected_version, item.version)
+    if item.status != "pending":
+        raise InvalidTransition(f"review item {item.id} is already {item.status}")
+    values: dict[str, Any] = {"status": allowed[decision], "decided_by": actor,
+                              "decided_at": utcnow()}
+    if item.kind == "sample":
+        if decision == "edit":
+            if not final_response or not final_response.strip():
+                raise InvalidTransition("edit needs the edited reply text (final_response)")
+            values["final_response"] = final_response
+        elif decision == "approve":
+            values["final_response"] = item.proposed_response
+    before = _snapshot(item)
+    _guarded_update(session, item, expected_version, values)
+    session.add(ReviewEvent(item_id=item.id, tenant_id=item.tenant_id, actor=actor,
+                            action="decide", before=before, after=_snapshot(item), note=note))
+    session.flush()
+    return item
+
+
+def set_tags(session: Session, item_id: int, *, add: Iterable[str] = (), remove: Iterable[str] = (),
+             expected_version: int, actor: str, tenants: Sequence[str] | None = None) -> ReviewItem:
+    """Add and remove tags (data is never deleted to filter it; tags do that)."""
+    item = get_item(session, item_id, tenants)
+    add, remove = [t.strip() for t in add if t.strip()], [t.strip() for t in remove if t.strip()]
+    for t in add:
+        if len(t) > 64:
+            raise InvalidTransition(f"tag {t[:20]!r}... is longer than 64 characters")
+    tags = [t for t in item.tags if t not in remove]
+    tags += [t for t in add if t not in tags]
+    before = _snapshot(item)
+    _guarded_update(session, item, expected_version, {"tags": tags})
+    session.add(ReviewEvent(item_id=item.id, tenant_id=item.tenant_id, actor=actor, action="tag",
+                            before=before, after=_snapshot(item)))
+    session.flush()
+    return item
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+@dataclass
+class ItemFilter:
+    kind: str | None = None
+    status: str | None = "pending"
+    category: str | None = None
+    tenant_id: str | None = None
+    source: str | None = None
+    tag: str | None = None
+
+
+SORTS = {
+    "age": ReviewItem.created_at.asc(),
+    "-age": ReviewItem.created_at.desc(),
+    "confidence": ReviewItem.confidence.desc(),
+    "severity": None,  # handled below (ordinal)
+}
+SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+
+def list_items(session: Session, flt: ItemFilter, *, tenants: Sequence[str] | None = None,
+               sort: str = "age", offset: int = 0, limit: int = 50) -> tuple[list[ReviewItem], int]:
+    q = select(ReviewItem)
+    if flt.kind:
+        q = q.where(ReviewItem.kind == flt.kind)
+    if flt.status:
+        q = q.where(ReviewItem.status == flt.status)
+    if flt.category:
+        q = q.where(ReviewItem.category == flt.category)
+    if flt.tenant_id:
+        q = q.where(ReviewItem.tenant_id == flt.tenant_id)
+    if flt.source:
+        q = q.where(ReviewItem.source == flt.source)
+    if tenants is not None and "*" not in tenants:
+        q = q.where(ReviewItem.tenant_id.in_(list(tenants)))
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    if sort == "severity":
+        from sqlalchemy import case
+
+        q = q.order_by(case(SEVERITY_ORDER, value=ReviewItem.severity, else_=9), ReviewItem.id)
+    elif sort in SORTS:
+        q = q.order_by(SORTS[sort], ReviewItem.id)
+    else:
+        raise ValueError(f"sort must be one of {sorted(SORTS)}, got {sort!r}")
+    items = list(session.scalars(q))
+    if flt.tag:  # JSON containment differs per dialect; tags are short lists, filter here
+        items = [i for i in items if flt.tag in (i.tags or [])]
+        total = len(items)
+    return items[offset : offset + limit], total
+
+
+def list_events(session: Session, *, after_id: int = 0, limit: int = 10_000,
+                tenants: Sequence[str] | None = None) -> list[ReviewEvent]:
+    q = select(ReviewEvent).where(ReviewEvent.id > after_id).order_by(ReviewEvent.id).limit(limit)
+    if tenants is not None and "*" not in tenants:
+        q = q.where(ReviewEvent.tenant_id.in_(list(tenants)))
+    return list(session.scalars(q))
+
+
+def status_counts(session: Session) -> dict[str, Any]:
+    """Counts per review state, datasets and deployments, for ``learnloop status``."""
+    rows = session.execute(
+        select(ReviewItem.kind, ReviewItem.status, func.count()).group_by(ReviewItem.kind,
+                                                                          ReviewItem.status)
+    ).all()
+    errors = {s: 0 for s in ERROR_STATUSES}
+    samples = {s: 0 for s in ("pending", "approved", "rejected")}
+    for kind, status, n in rows:
+        if kind == "error":
+            errors[status] = errors.get(status, 0) + n
+        else:
+            # an edited sample is an approved one with the reviewer's text
+            key = "approved" if status == "edited" else status
+            samples[key] = samples.get(key, 0) + n
+    n_datasets = session.scalar(select(func.count()).select_from(Dataset)) or 0
+    champion = session.scalar(
+        select(ModelDeployment.model_version).where(ModelDeployment.alias == "champion",
+                                                    ModelDeployment.status == "active")
+        .order_by(ModelDeployment.id.desc()).limit(1)
+    )
+    challenger = session.scalar(
+        select(ModelDeployment.model_version).where(ModelDeployment.alias == "challenger",
+                                                    ModelDeployment.status == "active")
+        .order_by(ModelDeployment.id.desc()).limit(1)
+    )
+    return {"errors": errors, "samples": samples, "datasets": n_datasets,
+            "champion": champion, "challenger": challenger}
+
+
+def approved_samples(session: Session, *, since: datetime | None = None) -> list[ReviewItem]:
+    q = select(ReviewItem).where(ReviewItem.kind == "sample",
+                                 ReviewItem.status.in_(("approved", "edited")))
+    if since is not None:
+        q = q.where(ReviewItem.decided_at > since)
+    return list(session.scalars(q.order_by(ReviewItem.id)))
+
+
+
+# ---- service helpers (review web app and JSON API; self-contained block) ---------------------------
+def decide_many(url: str, decisions: Sequence[dict[str, Any]], *, actor: str,
+                tenants: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Decide several items, each in its own transaction; one result per requested decision.
+
+    Each entry: ``item_id``, ``decision``, ``version`` and optionally ``final_response``, ``note``.
+    A conflict or an invalid decision on one item does not undo the others. A result is
+    ``{"item_id", "ok", "code", "status", "version", "error"}`` with ``code`` one of
+    ``ok | conflict | not_found | invalid``.
+    """
+    from store.db import session_scope
+
+    results: list[dict[str, Any]] = []
+    for d in decisions:
+        item_id = int(d["item_id"])
+        res: dict[str, Any] = {"item_id": item_id, "ok": False, "code": "ok", "status": None,
+                               "version": None, "error": None}
+        try:
+            with session_scope(url) as s:
+                item = decide(s, item_id, decision=d["decision"], expected_version=int(d["version"]),
+                              actor=actor, final_response=d.get("final_response"),
+                              note=d.get("note"), tenants=tenants)
+                res.update(ok=True, status=item.status, version=item.version)
+        except Conflict as exc:
+            res.update(code="conflict", error=str(exc), version=exc.actual)
+        except NotFound as exc:
+            res.update(code="not_found", error=str(exc))
+        except InvalidTransition as exc:
+            res.update(code="invalid", error=str(exc))
+        results.append(res)
+    return results
+
+
+def queue_neighbours(session: Session, item_id: int, *, tenants: Sequence[str] | None = None,
+                     status: str = "pending") -> tuple[int | None, int | None]:
+    """Ids of the previous and next item (by id) with ``status`` in the caller's tenants."""
+    q = select(ReviewItem.id).where(ReviewItem.status == status)
+    if tenants is not None and "*" not in tenants:
+        q = q.where(ReviewItem.tenant_id.in_(list(tenants)))
+    prev_id = session.scalar(q.where(ReviewItem.id < item_id).order_by(ReviewItem.id.desc()).limit(1))
+    next_id = session.scalar(q.where(ReviewItem.id > item_id).order_by(ReviewItem.id.asc()).limit(1))
+    return prev_id, next_id
+
+
+def related_items(session: Session, item: ReviewItem, *,
+                  tenants: Sequence[str] | None = None) -> list[ReviewItem]:
+    """The item's parent (e.g. the error a sample corrects) and children, within the tenants."""
+    q = select(ReviewItem).where(ReviewItem.parent_id == item.id)
+    if item.parent_id is not None:
+        q = select(ReviewItem).where((ReviewItem.parent_id == item.id)
+                                     | (ReviewItem.id == item.parent_id))
+    return [r for r in session.scalars(q.order_by(ReviewItem.id))
+            if tenant_allowed(tenants, r.tenant_id)]
+
+
+def facet_values(session: Session, *, tenants: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Distinct values for the queue's filter menus (kind, category, tenant, source, tag)."""
+    def distinct(col) -> list[str]:
+        q = select(col).distinct().where(col.is_not(None))
+        if tenants is not None and "*" not in tenants:
+            q = q.where(ReviewItem.tenant_id.in_(list(tenants)))
+        return sorted(str(v) for v in session.scalars(q))
+
+    tag_q = select(ReviewItem.tags).where(ReviewItem.status == "pending")
+    if tenants is not None and "*" not in tenants:
+        tag_q = tag_q.where(ReviewItem.tenant_id.in_(list(tenants)))
+    tags = sorted({t for row in session.scalars(tag_q) for t in (row or [])})
+    return {"kind": list(DECISIONS), "category": distinct(ReviewItem.category),
+            "tenant": distinct(ReviewItem.tenant_id), "source": distinct(ReviewItem.source),
+            "tag": tags}
+
+
+# ---- warehouse export ------------------------------------------------------------------------------
+REVIEW_DECISION_FIELDS = ("event_id", "item_id", "kind", "tenant_id", "interaction_id", "actor",
+                          "action", "status_before", "status_after", "note", "event_at", "auditor",
+                          "prompt_version", "category", "severity", "source")
+
+
+def review_event_rows(session: Session, *, after_id: int = 0,
+                      limit: int = 50_000) -> list[dict[str, Any]]:
+    """Review events newer than ``after_id`` joined to their item, as flat rows for the warehouse."""
+    q = (select(ReviewEvent, ReviewItem).join(ReviewItem, ReviewItem.id == ReviewEvent.item_id)
+         .where(ReviewEvent.id > after_id).order_by(ReviewEvent.id).limit(limit))
+    rows = []
+    for ev, item in session.execute(q).all():
+        rows.append({
+            "event_id": ev.id, "item_id": item.id, "kind": item.kind, "tenant_id": ev.tenant_id,
+            "interaction_id": item.interaction_id, "actor": ev.actor, "action": ev.action,
+            "status_before": (ev.before or {}).get("status"),
+            "status_after": (ev.after or {}).get("status"), "note": ev.note,
+            "event_at": ev.at.replace(tzinfo=None) if ev.at and ev.at.tzinfo else ev.at,
+            "auditor": item.auditor, "prompt_version": item.prompt_version,
+            "category": item.category, "severity": item.severity, "source": item.source,
+        })
+    return rows

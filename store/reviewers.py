@@ -1,0 +1,184 @@
+"""Reviewer accounts of the review service.
+
+Passwords are hashed with argon2id (``argon2-cffi``); API tokens are random 256-bit strings of
+which only a SHA-256 digest is stored (a token has full entropy, so a slow hash adds nothing and
+a fast digest lets the service look a token up by its hash). Roles: ``reviewer`` (decides items
+of the tenants listed on the account) and ``admin`` (every tenant, manages reviewers and keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Sequence
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from store.models import ReviewEvent, Reviewer
+
+ROLES = ("reviewer", "admin")
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+TENANT_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+TOKEN_PREFIX = "llr_"
+
+_hasher = PasswordHasher()
+# verified against when the username does not exist, so a miss costs as much as a wrong password
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class ReviewerError(ValueError):
+    """A reviewer account could not be created or changed; the message says why."""
+
+
+@dataclass(frozen=True)
+class ReviewerInfo:
+    """What the service needs to know about a signed-in reviewer (safe to keep after the session)."""
+
+    id: int
+    username: str
+    role: str
+    tenants: list[str] = field(default_factory=list)
+    active: bool = True
+    created_at: datetime | None = None
+    api_token: str | None = None  # only set right after creation / rotation: shown once
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def scope(self) -> list[str]:
+        """The tenant list handed to ``store.repo`` functions (``["*"]`` = every tenant)."""
+        return ["*"] if self.is_admin else list(self.tenants)
+
+
+def _info(r: Reviewer, api_token: str | None = None) -> ReviewerInfo:
+    return ReviewerInfo(id=r.id, username=r.username, role=r.role, tenants=list(r.tenants or []),
+                        active=bool(r.active), created_at=r.created_at, api_token=api_token)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _check_tenants(tenants: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for t in tenants:
+        t = t.strip()
+        if not t:
+            continue
+        if t != "*" and not TENANT_RE.match(t):
+            raise ReviewerError(f"tenant {t[:40]!r} must be 1-128 of [A-Za-z0-9_.:@-] (or '*')")
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def create_reviewer(session: Session, *, username: str, password: str, role: str = "reviewer",
+                    tenants: Sequence[str] = (), with_token: bool = True) -> ReviewerInfo:
+    """Create an account; returns its info with the plaintext API token (shown once)."""
+    if not USERNAME_RE.match(username or ""):
+        raise ReviewerError("username must be 1-128 of [A-Za-z0-9_.@-]")
+    if role not in ROLES:
+        raise ReviewerError(f"role must be one of {list(ROLES)}, got {role!r}")
+    if not (MIN_PASSWORD <= len(password or "") <= MAX_PASSWORD):
+        raise ReviewerError(f"password must be {MIN_PASSWORD}-{MAX_PASSWORD} characters long")
+    tenant_list = _check_tenants(tenants)
+    if role == "reviewer" and not tenant_list:
+        raise ReviewerError("a reviewer needs at least one tenant (or '*' for every tenant)")
+    if session.scalar(select(Reviewer.id).where(Reviewer.username == username)) is not None:
+        raise ReviewerError(f"reviewer {username!r} already exists")
+    token = new_token() if with_token else None
+    r = Reviewer(username=username, password_hash=_hasher.hash(password), role=role,
+                 tenants=tenant_list, api_token_hash=hash_token(token) if token else None,
+                 active=True)
+    try:
+        with session.begin_nested():
+            session.add(r)
+            session.flush()
+    except IntegrityError as exc:  # a concurrent create of the same username
+        raise ReviewerError(f"reviewer {username!r} already exists") from exc
+    return _info(r, token)
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    """True when ``password`` matches; a mismatch or an unreadable hash is a plain ``False``."""
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def authenticate(session: Session, username: str, password: str) -> ReviewerInfo | None:
+    """The reviewer if the password matches an active account, else ``None``."""
+    r = session.scalar(select(Reviewer).where(Reviewer.username == username))
+    if r is None or not r.active:
+        _verify(_DUMMY_HASH, password)  # same cost as a real account: no user enumeration by timing
+        return None
+    if not _verify(r.password_hash, password):
+        return None
+    if _hasher.check_needs_rehash(r.password_hash):
+        r.password_hash = _hasher.hash(password)
+        session.flush()
+    return _info(r)
+
+
+def by_token(session: Session, token: str) -> ReviewerInfo | None:
+    if not token:
+        return None
+    r = session.scalar(select(Reviewer).where(Reviewer.api_token_hash == hash_token(token)))
+    return _info(r) if r is not None and r.active else None
+
+
+def by_id(session: Session, reviewer_id: int) -> ReviewerInfo | None:
+    r = session.get(Reviewer, reviewer_id)
+    return _info(r) if r is not None and r.active else None
+
+
+def rotate_token(session: Session, reviewer_id: int) -> str:
+    """Replace a reviewer's API token; returns the new plaintext token (the old one stops working)."""
+    r = session.get(Reviewer, reviewer_id)
+    if r is None:
+        raise ReviewerError(f"reviewer {reviewer_id} not found")
+    token = new_token()
+    r.api_token_hash = hash_token(token)
+    session.flush()
+    return token
+
+
+def set_active(session: Session, username: str, active: bool) -> ReviewerInfo:
+    r = session.scalar(select(Reviewer).where(Reviewer.username == username))
+    if r is None:
+        raise ReviewerError(f"reviewer {username!r} not found")
+    r.active = active
+    session.flush()
+    return _info(r)
+
+
+def list_reviewers(session: Session) -> list[ReviewerInfo]:
+    return [_info(r) for r in session.scalars(select(Reviewer).order_by(Reviewer.username))]
+
+
+def progress(session: Session, actor: str, *, now: datetime | None = None) -> dict[str, int]:
+    """Decisions of one reviewer: today (UTC) and in total, counted from the review events."""
+    now = now or datetime.now(timezone.utc)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    base = select(func.count()).select_from(ReviewEvent).where(
+        ReviewEvent.actor == actor, ReviewEvent.action == "decide")
+    total = session.scalar(base) or 0
+    today = session.scalar(base.where(ReviewEvent.at >= midnight,
+                                      ReviewEvent.at < midnight + timedelta(days=1))) or 0
+    return {"today": int(today), "total": int(total)}
