@@ -1,0 +1,169 @@
+"""Which interactions get audited (``audit_candidates``): a pure function over frames.
+
+Reasons an interaction is selected:
+
+* ``negative_feedback``: thumbs down or a rating of 2 or less;
+* ``handoff``: the user asked for a human;
+* ``low_quality``: ``quality_score`` below ``quality_threshold``;
+* ``human_correction``: a human agent corrected the reply;
+* ``calibration``: a seeded random share (``calibration_rate``) of the rest, so the auditor's
+  precision and recall can be estimated on interactions no signal pointed at. The draw is a hash of
+  (seed, interaction_id), so an interaction is in the sample or not the same way on every run;
+* ``manual``: named by the manual audit job (interaction ids, session ids or a time range);
+* ``retry``: a previous attempt by the same auditor and prompt version failed.
+
+Interactions already audited successfully by the same auditor and prompt version (an
+``AuditAttempt`` with status ``ok``) are excluded: auditing is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Sequence
+
+import polars as pl
+
+CANDIDATE_COLUMNS: dict[str, str] = {
+    "interaction_id": "VARCHAR",
+    "tenant_id": "VARCHAR",
+    "partition_date": "DATE",
+    "reasons": "VARCHAR[]",
+    "auditor": "VARCHAR",
+    "prompt_version": "VARCHAR",
+    "selected_at": "TIMESTAMP",
+}
+REASONS = ("negative_feedback", "handoff", "low_quality", "human_correction", "calibration",
+           "manual", "retry")
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    quality_threshold: float = 0.5
+    calibration_rate: float = 0.05
+    seed: int = 0
+    # manual selection (any of these set = audit exactly the interactions that match them)
+    interaction_ids: Sequence[str] = field(default_factory=tuple)
+    session_ids: Sequence[str] = field(default_factory=tuple)
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.calibration_rate <= 1.0:
+            raise ValueError(f"calibration_rate must be in [0, 1], got {self.calibration_rate}")
+        if not 0.0 <= self.quality_threshold <= 1.0:
+            raise ValueError(f"quality_threshold must be in [0, 1], got {self.quality_threshold}")
+        if self.since and self.until and _naive_utc(self.since) > _naive_utc(self.until):
+            raise ValueError(f"since ({self.since}) is after until ({self.until})")
+
+    @property
+    def manual(self) -> bool:
+        return bool(self.interaction_ids or self.session_ids or self.since or self.until)
+
+
+def calibration_draw(ids: Sequence[str], seed: int) -> list[float]:
+    """A uniform number in [0, 1) per id, stable across runs, processes and library versions."""
+    prefix = f"{seed}:".encode()
+    return [int.from_bytes(hashlib.blake2b(prefix + i.encode(), digest_size=8).digest(), "big")
+            / 2.0 ** 64 for i in ids]
+
+
+def _naive_utc(dt: datetime) -> datetime:
+    return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
+
+
+def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None = None, *,
+                      auditor: str, prompt_version: str,
+                      config: CandidateConfig = CandidateConfig(),
+                      session_aliases: dict[str, str] | None = None,
+                      now: datetime | None = None) -> pl.DataFrame:
+    """The candidates (``CANDIDATE_COLUMNS``) among ``interactions``.
+
+    ``interactions`` carries the ``interactions`` columns (``quality_score`` optional).
+    ``attempts`` holds this auditor's and prompt version's ``AuditAttempt`` rows
+    (``interaction_id``, ``status``). ``session_aliases`` maps a session id as a user typed it to
+    its stored (hashed) form, so the manual job accepts either.
+    """
+    for needed in ("interaction_id",):
+        if needed not in interactions.columns:
+            raise ValueError(f"select_candidates: interactions lack column {needed!r}")
+    df = interactions
+    if "quality_score" not in df.columns:
+        df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("quality_score"))
+    for col, dtype in (("feedback_thumbs", pl.String), ("feedback_rating", pl.Int64),
+                       ("requested_human", pl.Boolean), ("corrected_response", pl.String),
+                       ("tenant_id", pl.String), ("partition_date", pl.Date),
+                       ("session_id", pl.String), ("ts", pl.Datetime("us"))):
+        if col not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=dtype).alias(col))
+
+    if attempts is None or attempts.height == 0:
+        ok_ids: list[str] = []
+        failed_ids: list[str] = []
+    else:
+        for needed in ("interaction_id", "status"):
+            if needed not in attempts.columns:
+                raise ValueError(f"select_candidates: attempts lack column {needed!r}")
+        ok_ids = attempts.filter(pl.col("status") == "ok")["interaction_id"].to_list()
+        failed_ids = attempts.filter(pl.col("status") == "failed")["interaction_id"].to_list()
+
+    c = config
+    manual = pl.lit(False)
+    if c.manual:
+        manual = pl.lit(True)
+        if c.interaction_ids:
+            manual = manual & pl.col("interaction_id").is_in(list(c.interaction_ids))
+        if c.session_ids:
+            wanted = set(c.session_ids) | {(session_aliases or {}).get(s, s) for s in c.session_ids}
+            manual = manual & pl.col("session_id").is_in(sorted(wanted))
+        if c.since:
+            manual = manual & (pl.col("ts") >= _naive_utc(c.since))
+        if c.until:
+            manual = manual & (pl.col("ts") < _naive_utc(c.until))
+        manual = manual.fill_null(False)
+
+    draws = pl.Series("_draw", calibration_draw(df["interaction_id"].to_list(), c.seed),
+                      dtype=pl.Float64)
+    df = df.with_columns(draws)
+    flags = {
+        "negative_feedback": ((pl.col("feedback_thumbs") == "down")
+                              | (pl.col("feedback_rating") <= 2)).fill_null(False),
+        "handoff": pl.col("requested_human").fill_null(False),
+        "low_quality": (pl.col("quality_score") < c.quality_threshold).fill_null(False),
+        "human_correction": pl.col("corrected_response").is_not_null(),
+    }
+    signalled = pl.lit(False)
+    for e in flags.values():
+        signalled = signalled | e
+    flags["calibration"] = ~signalled & (pl.col("_draw") < c.calibration_rate)
+    flags["manual"] = manual
+    flags["retry"] = pl.col("interaction_id").is_in(failed_ids)
+
+    reasons = pl.concat_list([pl.when(e).then(pl.lit(name)).otherwise(None)
+                              for name, e in flags.items()]).list.drop_nulls()
+    out = df.with_columns(reasons.alias("reasons"))
+    if c.manual:  # the manual job audits exactly what it names (and what failed before, within it)
+        out = out.filter(manual)
+    out = out.filter(pl.col("reasons").list.len() > 0)
+    if ok_ids:
+        out = out.filter(~pl.col("interaction_id").is_in(ok_ids))
+    stamp = _naive_utc(now or datetime.now(timezone.utc))
+    return out.unique("interaction_id", keep="first", maintain_order=True).select(
+        pl.col("interaction_id"),
+        pl.col("tenant_id").fill_null("default"),
+        pl.col("partition_date"),
+        pl.col("reasons"),
+        pl.lit(auditor).alias("auditor"),
+        pl.lit(prompt_version).alias("prompt_version"),
+        pl.lit(stamp, dtype=pl.Datetime("us")).alias("selected_at"),
+    )
+
+
+def reason_counts(candidates: pl.DataFrame) -> dict[str, int]:
+    """How many candidates carry each reason (an interaction can carry several)."""
+    counts = {r: 0 for r in REASONS}
+    if candidates.height:
+        for row in candidates["reasons"].explode().drop_nulls().value_counts().iter_rows():
+            counts[row[0]] = int(row[1])
+    return counts

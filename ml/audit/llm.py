@@ -1,0 +1,147 @@
+"""The LLM Auditor: the versioned auditor prompt + the conversation, sent through a role's
+``ml.llm.Router``, answered as a validated :class:`~ml.audit.taxonomy.Verdict`.
+
+A per-interaction failure (every provider of the role failed: HTTP errors, timeouts, rate limits,
+malformed JSON after the repair retry) is returned as an :class:`AuditFailure` with the reason,
+never dropped: the caller records it as a failed ``AuditAttempt`` and the next run retries it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import polars as pl
+
+from ml.audit.taxonomy import AUDITED_COLUMNS, Verdict
+from ml.llm import LLMRequest, ProviderError, Router
+from ml.prompts import Prompt, load_prompt
+
+MAX_TEXT_CHARS = 6000  # per message, so one long conversation cannot blow the context window
+
+
+@dataclass(frozen=True)
+class AuditFailure:
+    interaction_id: str
+    tenant_id: str
+    reason: str
+
+
+@dataclass
+class AuditOutcome:
+    verdicts: pl.DataFrame  # AUDITED_COLUMNS
+    failures: list[AuditFailure] = field(default_factory=list)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + " [...]"
+
+
+def render_conversation(messages_json: str | None, user_message: str | None,
+                        interaction_id: str) -> str:
+    """``role: content`` lines from the ``messages`` JSON column (the last user message when the
+    column is empty)."""
+    messages: list[Any] = []
+    if messages_json:
+        try:
+            messages = json.loads(messages_json)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"interaction {interaction_id}: messages is not valid JSON: {exc}") from None
+        if not isinstance(messages, list):
+            raise ValueError(f"interaction {interaction_id}: messages must be a JSON list")
+    lines = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"interaction {interaction_id}: messages[{i}] lacks role/content")
+        lines.append(f"{m['role']}: {_clip(str(m['content']))}")
+    if not lines and user_message:
+        lines.append(f"user: {_clip(user_message)}")
+    return "\n".join(lines) if lines else "(no earlier messages)"
+
+
+def evidence_text(row: dict[str, Any]) -> str:
+    """Signals from the logs that help the judge (feedback, handoff, a human's correction)."""
+    parts = []
+    if row.get("feedback_thumbs"):
+        parts.append(f"user feedback: thumbs {row['feedback_thumbs']}")
+    if row.get("feedback_rating") is not None:
+        parts.append(f"user rating: {row['feedback_rating']}/5")
+    if row.get("feedback_comment"):
+        parts.append(f"user comment: {_clip(str(row['feedback_comment']))!r}")
+    if row.get("requested_human"):
+        parts.append("the user asked for a human agent")
+    if row.get("corrected_response"):
+        parts.append(f"a human agent replied instead: {_clip(str(row['corrected_response']))!r}")
+    return "; ".join(parts) if parts else "none"
+
+
+class LLMAuditor:
+    """Audit interactions with an LLM through ``router`` (``ml.llm.from_env("auditor")``)."""
+
+    def __init__(self, router: Router, prompt: Prompt | None = None, *, max_tokens: int = 400):
+        self.router = router
+        self.prompt = prompt or load_prompt("auditor")
+        self.max_tokens = max_tokens
+
+    @property
+    def name(self) -> str:
+        """Stable identity for idempotency: the configured providers and models, in order."""
+        slots = ",".join(f"{p.name}/{p.model}" for p in self.router.providers)
+        return f"llm:{slots}"[:128]
+
+    @property
+    def prompt_version(self) -> str:
+        return self.prompt.version
+
+    def build_request(self, row: dict[str, Any]) -> LLMRequest:
+        iid = str(row.get("interaction_id"))
+        messages = self.prompt.render(
+            conversation=render_conversation(row.get("messages"), row.get("user_message"), iid),
+            response=_clip(row.get("response") or ""),
+            evidence=evidence_text(row),
+        )
+        return LLMRequest(messages=messages, temperature=0.0, max_tokens=self.max_tokens,
+                          response_schema=Verdict,
+                          metadata={"interaction_id": iid, "prompt_version": self.prompt_version})
+
+    def audit_one(self, row: dict[str, Any]) -> tuple[Verdict, str]:
+        """(verdict, provider that answered); raises ``ProviderError`` when every provider fails."""
+        response = self.router.complete(self.build_request(row))
+        return Verdict.model_validate(response.parsed), response.provider
+
+    def audit_frame(self, frame: pl.DataFrame, *, now: datetime | None = None,
+                    on_item: Callable[[str, bool], None] | None = None) -> AuditOutcome:
+        """Audit every row of ``frame``; failures are collected, not raised."""
+        stamp = (now or datetime.now(timezone.utc)).replace(tzinfo=None)
+        rows: list[dict[str, Any]] = []
+        failures: list[AuditFailure] = []
+        for row in frame.iter_rows(named=True):
+            iid, tenant = row["interaction_id"], row.get("tenant_id") or "default"
+            try:
+                verdict, answered_by = self.audit_one(row)
+            except ProviderError as exc:
+                failures.append(AuditFailure(iid, tenant, str(exc)))
+                if on_item:
+                    on_item(iid, False)
+                continue
+            rows.append({
+                "interaction_id": iid, "tenant_id": tenant,
+                "partition_date": row.get("partition_date"),
+                "auditor": self.name, "prompt_version": self.prompt_version,
+                "is_error": verdict.is_error, "category": verdict.category,
+                "severity": verdict.severity, "confidence": verdict.confidence,
+                "explanation": verdict.explanation, "signals": [],
+                "answered_by": answered_by, "audited_at": stamp,
+            })
+            if on_item:
+                on_item(iid, True)
+        return AuditOutcome(pl.DataFrame(rows, schema=verdict_schema()), failures)
+
+
+def verdict_schema() -> dict[str, pl.DataType]:
+    types = {"VARCHAR": pl.String(), "DATE": pl.Date(), "BOOLEAN": pl.Boolean(),
+             "DOUBLE": pl.Float64(), "VARCHAR[]": pl.List(pl.String()),
+             "TIMESTAMP": pl.Datetime("us")}
+    return {c: types[t] for c, t in AUDITED_COLUMNS.items()}

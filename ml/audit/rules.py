@@ -1,0 +1,366 @@
+"""The rules-and-signals Auditor: the offline default (DESIGN.md, "Offline defaults").
+
+``audit_rules(frame) -> verdicts`` runs vectorized over a Polars frame of interactions (the columns
+of ``ml.schema.INTERACTION_COLUMNS``; optionally ``quality_score`` from ``interaction_quality``,
+``qa_relevance`` from ``interaction_embeddings`` and ``response_raw``, the unscrubbed reply).
+
+Each *signal* is a boolean expression with a weight (how likely the reply is wrong when it fires)
+and, for most, the category it points to. A reply's error confidence is the noisy-OR of the
+weights of the signals that fired, ``1 - prod(1 - w)``; it is an error when that reaches
+``RuleThresholds.error_threshold``. Its category is the category of the strongest categorised
+signal that fired (a human correction's own category first); with no categorised signal (only
+negative feedback or a handoff) the category falls back to ``factual_error``, the most common
+cause of such feedback. Severity is the category's default (``taxonomy.DEFAULT_SEVERITY``), with an
+empty reply raised to high and an error resting on weak evidence lowered to low.
+
+The weights and thresholds were set on generated demo data (docs/auditing.md gives the
+measurement); every one is a field of :class:`RuleThresholds` or a row of ``SIGNALS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import polars as pl
+
+from ml.audit.taxonomy import (
+    AUDITED_COLUMNS,
+    CATEGORY_ALIASES,
+    CATEGORY_NAMES,
+    DEFAULT_SEVERITY,
+)
+from ml.pii import PII_TYPES, find_pii
+
+AUDITOR_NAME = "rules"
+PROMPT_VERSION = "rules-v1"
+
+
+@dataclass(frozen=True)
+class RuleThresholds:
+    error_threshold: float = 0.5  # noisy-OR confidence at which a reply is flagged
+    relevance_threshold: float = 0.08  # MiniLM cosine(question, reply) below this = off topic
+    low_quality_threshold: float = 0.35  # interaction_quality.quality_score below this
+    short_reply_chars: int = 12  # a reply shorter than this (stripped) is suspiciously short
+    long_question_chars: int = 40  # ... when the question is at least this long
+    truncation_min_chars: int = 20  # "no terminal punctuation" only judged on replies this long
+    weak_evidence: float = 0.6  # errors below this confidence get severity low
+    # consensus: a reply is an outlier when near-identical questions (same tenant) mostly got
+    # another reply; judged only in groups of at least this size ...
+    consensus_min_group: int = 5
+    # ... where the most common reply has at least this share and this reply at most that one
+    consensus_modal_share: float = 0.5
+    consensus_max_share: float = 0.2
+
+
+# ---- patterns ---------------------------------------------------------------------------------
+REFUSAL = (
+    r"(?i)(?:\bi\s*(?:am|'m|’m)\s+(?:sorry,?\s+)?(?:but\s+)?(?:unable|not\s+able|not\s+allowed|not\s+permitted)\s+to"
+    r"|\bi\s+(?:can(?:not|'t|’t)|won(?:'t|’t)|am\s+not\s+able\s+to)\s+(?:help|assist|provide|share|do|answer|discuss|process|give|tell|look|check)"
+    r"|\bunable\s+to\s+(?:help|assist)\b"
+    r"|\bas\s+an\s+ai\b"
+    r"|\b(?:outside|beyond)\s+(?:of\s+)?(?:my|the)\s+scope\b"
+    r"|\bi\s+(?:can(?:not|'t|’t)|am\s+not\s+able\s+to)\s+(?:help|assist)\s+with\s+that)"
+)
+# requests a refusal is right for: harm, fraud, other people's data
+DISALLOWED_REQUEST = (
+    r"(?i)\b(?:hack|hacking|exploit|malware|ransomware|phishing|bomb|weapon|explosive|kill|"
+    r"steal|stolen|launder|fraud|counterfeit|illegal|drugs?|someone\s+else'?s|another\s+(?:customer|user)'?s|"
+    r"other\s+(?:customers?|users?)'?\s+(?:data|details|address|card|account)|bypass|crack)\b"
+)
+TONE = (
+    r"(?i)\b(?:calm\s+down|obviously|as\s+i\s+(?:already\s+)?(?:said|told\s+you)|read\s+the\s+(?:manual|faq)|"
+    r"not\s+my\s+problem|whatever|stupid|dumb|ridiculous|figure\s+it\s+out\s+yourself|"
+    r"learn\s+to\s+read|i\s+don'?t\s+care)\b"
+)
+FORMATTING = (
+    r"(?i)(?:</?(?:div|span|p|br|html|body|table|td|tr)\b[^>]*>|^\s*[\{\[]\s*\"|\\n|\{\{|\}\}|"
+    r"\bundefined\b|\bnull\b\s*$|\bNaN\b|&[a-z]+;|[!?.*#=_~-]{10,})"
+)
+TRAILING_ELLIPSIS = r"(?:\.\.\.|…)\s*$"
+TERMINAL = r"[.!?)>\]\"'`*:;»”’》。！？]\s*$|[\p{Emoji_Presentation}]\s*$|https?://\S+\s*$"
+DANGLING = r"[,\-–—(/&+]\s*$|\b(?:and|or|the|a|an|to|of|for|with|your|our|is|are|will|but|if|in|on|at)\s*$"
+NUMBER = r"[$€£]?\d+(?:[.,]\d+)?"
+COMMENT_CATEGORY: list[tuple[str, str]] = [
+    ("hallucinated_policy", r"(?i)\b(?:no\s+such\s+policy|policy|made\s+up|doesn'?t\s+exist|invented|not\s+true)\b"),
+    ("factual_error", r"(?i)\b(?:wrong|incorrect|price|cost|charged|not\s+right|mistake)\b"),
+    ("incomplete", r"(?i)\b(?:cut\s+off|incomplete|unfinished|half)\b"),
+    ("off_topic", r"(?i)\b(?:irrelevant|off[\s-]topic|didn'?t\s+answer|not\s+what\s+i\s+asked)\b"),
+    ("tone", r"(?i)\b(?:rude|condescending|unfriendly)\b"),
+    ("refusal_of_valid_request", r"(?i)\b(?:refused|won'?t\s+help|wouldn'?t\s+help)\b"),
+]
+_PLACEHOLDERS = {t: f"[{t}]" for t in PII_TYPES}
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    weight: float
+    category: str | None
+    description: str
+
+
+# Order = precedence when two categorised signals have the same weight.
+SIGNALS: tuple[Signal, ...] = (
+    Signal("human_correction", 0.9, None, "a human agent corrected the reply"),
+    Signal("pii_in_reply", 0.95, "pii_leak", "the reply contains personal data the user did not give"),
+    Signal("empty_reply", 0.95, "incomplete", "the reply is empty"),
+    Signal("refusal", 0.8, "refusal_of_valid_request", "the reply refuses a request that is not disallowed"),
+    Signal("truncated", 0.75, "incomplete", "the reply ends mid-sentence (no terminal punctuation, "
+                                               "a dangling word or an ellipsis)"),
+    Signal("number_mismatch", 0.85, "factual_error", "the reply's numbers differ from the human "
+                                                       "correction's"),
+    Signal("number_outlier", 0.6, "factual_error", "the reply gives other numbers than most "
+                                                     "replies to the same question"),
+    Signal("minority_answer", 0.55, "hallucinated_policy", "most replies to the same question say "
+                                                           "something else"),
+    Signal("low_relevance", 0.7, "off_topic", "the reply is semantically unrelated to the question "
+                                                 "(MiniLM cosine below threshold)"),
+    Signal("tone", 0.6, "tone", "the reply uses dismissive or rude phrasing"),
+    Signal("formatting", 0.55, "formatting", "the reply contains raw markup, template debris or "
+                                                "garbled text"),
+    Signal("short_reply", 0.45, "incomplete", "the reply is very short for the question"),
+    Signal("negative_feedback", 0.55, None, "the user gave negative feedback (thumbs down or "
+                                              "rating <= 2)"),
+    Signal("handoff", 0.4, None, "the user asked for a human"),
+    Signal("low_quality", 0.1, None, "the interaction's quality score is low"),
+)
+SIGNAL_BY_NAME = {s.name: s for s in SIGNALS}
+
+
+def _col(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
+    """``name`` when the frame has it, else a typed NULL column (optional inputs)."""
+    if name in frame.columns:
+        return pl.col(name).cast(dtype)
+    return pl.lit(None, dtype=dtype).alias(name)
+
+
+def signal_frame(frame: pl.DataFrame, thresholds: RuleThresholds = RuleThresholds(),
+                 reference: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One boolean column per signal (plus ``correction_category_norm`` and
+    ``comment_category``), row-aligned with ``frame``."""
+    for needed in ("interaction_id", "response"):
+        if needed not in frame.columns:
+            raise ValueError(f"audit_rules: input frame lacks required column {needed!r}")
+    t = thresholds
+    resp = pl.col("response").fill_null("")
+    resp_s = resp.str.strip_chars()
+    user = pl.col("user_message").fill_null("")
+    corrected = pl.col("corrected_response")
+    base = frame.select(
+        pl.col("interaction_id"),
+        pl.col("response"),
+        _col(frame, "tenant_id", pl.String).fill_null("default"),
+        _col(frame, "partition_date", pl.Date),
+        _col(frame, "user_message", pl.String),
+        _col(frame, "corrected_response", pl.String),
+        _col(frame, "correction_category", pl.String),
+        _col(frame, "feedback_thumbs", pl.String),
+        _col(frame, "feedback_rating", pl.Int64),
+        _col(frame, "feedback_comment", pl.String),
+        _col(frame, "requested_human", pl.Boolean),
+        _col(frame, "quality_score", pl.Float64),
+        _col(frame, "qa_relevance", pl.Float64),
+    )
+
+    non_empty = resp_s.str.len_chars() > 0
+    pii = pl.lit(False)
+    for ph in _PLACEHOLDERS.values():
+        pii = pii | (resp.str.contains(ph, literal=True) & ~user.str.contains(ph, literal=True))
+    ends_open = (
+        (resp_s.str.len_chars() >= t.truncation_min_chars) & ~resp_s.str.contains(TERMINAL)
+    ) | resp_s.str.contains(DANGLING) | resp_s.str.contains(TRAILING_ELLIPSIS)
+    resp_numbers = resp.str.extract_all(NUMBER).list.eval(pl.element().str.strip_chars("$€£"))
+    corr_numbers = corrected.fill_null("").str.extract_all(NUMBER).list.eval(
+        pl.element().str.strip_chars("$€£"))
+    has_correction = corrected.is_not_null() & (
+        corrected.str.strip_chars() != resp_s
+    )
+    comment_cat = pl.lit(None, dtype=pl.String)
+    for cat, pattern in reversed(COMMENT_CATEGORY):  # first listed wins
+        comment_cat = pl.when(pl.col("feedback_comment").fill_null("").str.contains(pattern)) \
+            .then(pl.lit(cat)).otherwise(comment_cat)
+    norm = pl.col("correction_category").str.strip_chars().str.to_lowercase() \
+        .str.replace_all(r"[\s-]+", "_")
+    norm_cat = (pl.when(norm.is_in(list(CATEGORY_NAMES))).then(norm)
+                .otherwise(norm.replace_strict(CATEGORY_ALIASES, default=None,
+                                               return_dtype=pl.String)))
+
+    sig = base.with_columns(
+        has_correction.alias("human_correction"),
+        (non_empty & pii).alias("pii_in_reply"),
+        (~non_empty).alias("empty_reply"),
+        (resp.str.contains(REFUSAL) & ~user.str.contains(DISALLOWED_REQUEST)).alias("refusal"),
+        (non_empty & ends_open).alias("truncated"),
+        (has_correction & (resp_numbers.list.len() > 0)
+         & (resp_numbers.list.set_difference(corr_numbers).list.len() > 0)).alias("number_mismatch"),
+        (pl.col("qa_relevance").is_not_null() & non_empty
+         & (pl.col("qa_relevance") < t.relevance_threshold)).alias("low_relevance"),
+        resp.str.contains(TONE).alias("tone"),
+        (non_empty & (resp.str.contains(FORMATTING)
+                      | (resp.str.count_matches("```", literal=True) % 2 == 1))).alias("formatting"),
+        (non_empty & (resp_s.str.len_chars() < t.short_reply_chars)
+         & (user.str.len_chars() >= t.long_question_chars)).alias("short_reply"),
+        ((pl.col("feedback_thumbs") == "down") | (pl.col("feedback_rating") <= 2))
+        .fill_null(False).alias("negative_feedback"),
+        pl.col("requested_human").fill_null(False).alias("handoff"),
+        (pl.col("quality_score") < t.low_quality_threshold).fill_null(False).alias("low_quality"),
+        norm_cat.alias("correction_category_norm"),
+        comment_cat.alias("comment_category"),
+        question_key(user).alias("_q"),
+        resp_s.alias("_r"),
+    )
+    cons = consensus_frame(reference if reference is not None else base, t)
+    sig = sig.join(cons, on=["tenant_id", "_q", "_r"], how="left", maintain_order="left") \
+        .with_columns(pl.col("number_outlier") & non_empty, pl.col("minority_answer") & non_empty) \
+        .drop("_q", "_r")
+    return sig.with_columns(pl.col(s.name).fill_null(False) for s in SIGNALS)
+
+
+_GREETING = (r"(?i)^(?:(?:hi|hello|hey|good\s+(?:morning|afternoon|evening))\b[\s,.!]*)+")
+
+
+def question_key(text: pl.Expr) -> pl.Expr:
+    """The question proper: the last sentence that asks something (else the last sentence),
+    lower-cased, whitespace-collapsed, without a leading greeting."""
+    sentences = text.fill_null("").str.extract_all(r"[^.!?]+[.!?]*")
+    asks = sentences.list.eval(pl.element().filter(pl.element().str.contains(r"\?\s*$")))
+    last = pl.coalesce(asks.list.last(), sentences.list.last(), pl.lit(""))
+    return (last.str.strip_chars().str.replace(_GREETING, "").str.to_lowercase()
+            .str.replace_all(r"\s+", " ").str.strip_chars())
+
+
+def consensus_frame(reference: pl.DataFrame, t: RuleThresholds) -> pl.DataFrame:
+    """Per (tenant, question key, reply): how the reply compares with the other replies given to
+    the same question across ``reference`` (every interaction available, not only the audited
+    ones): ``number_outlier`` (same reply template, other numbers than the most common) and
+    ``minority_answer`` (another reply than the most common)."""
+    for needed in ("user_message", "response"):
+        if needed not in reference.columns:
+            raise ValueError(f"consensus reference frame lacks column {needed!r}")
+    ref = reference.select(
+        pl.col("tenant_id").cast(pl.String).fill_null("default") if "tenant_id" in reference.columns
+        else pl.lit("default").alias("tenant_id"),
+        question_key(pl.col("user_message")).alias("_q"),
+        pl.col("response").fill_null("").str.strip_chars().alias("_r"),
+    ).filter((pl.col("_q") != "") & (pl.col("_r") != ""))
+    ref = ref.with_columns(pl.col("_r").str.replace_all(NUMBER, "#").alias("_tmpl"))
+    counts = ref.group_by("tenant_id", "_q", "_tmpl", "_r").len("n")
+    counts = counts.with_columns(
+        pl.col("n").sum().over("tenant_id", "_q").alias("group_n"),
+        pl.col("n").max().over("tenant_id", "_q").alias("modal_n"),
+    )
+    # the same reply template (numbers masked) across all questions: its usual numbers
+    per_reply = ref.group_by("tenant_id", "_tmpl", "_r").len("rn").with_columns(
+        pl.col("rn").sum().over("tenant_id", "_tmpl").alias("tmpl_n"),
+        pl.col("rn").max().over("tenant_id", "_tmpl").alias("tmpl_modal_n"),
+    )
+    counts = counts.join(per_reply, on=["tenant_id", "_tmpl", "_r"], how="left")
+    share = pl.col("n") / pl.col("group_n")
+    big = pl.col("group_n") >= t.consensus_min_group
+    minority = (big & (pl.col("modal_n") / pl.col("group_n") >= t.consensus_modal_share)
+                & (share <= t.consensus_max_share))
+    tmpl_big = pl.col("tmpl_n") >= t.consensus_min_group
+    number_outlier = (tmpl_big & pl.col("_tmpl").str.contains("#", literal=True)
+                      & (pl.col("tmpl_modal_n") / pl.col("tmpl_n") >= t.consensus_modal_share)
+                      & (pl.col("rn") / pl.col("tmpl_n") <= t.consensus_max_share))
+    return counts.select("tenant_id", "_q", "_r", number_outlier.alias("number_outlier"),
+                         (minority & ~number_outlier).alias("minority_answer"))
+
+
+def refine_pii_with_raw(frame: pl.DataFrame, sig: pl.DataFrame) -> pl.DataFrame:
+    """Where the unscrubbed reply (``response_raw``) is available, also flag PII that
+    ``ml.pii.find_pii`` finds in it and not in the user's message (row-wise; raw text is rare)."""
+    if "response_raw" not in frame.columns:
+        return sig
+    raw_user = frame["user_message_raw"] if "user_message_raw" in frame.columns else frame["user_message"]
+    flags = []
+    for reply, question in zip(frame["response_raw"].to_list(), raw_user.to_list()):
+        found = {v for _, v in find_pii(reply)}
+        given = {v for _, v in find_pii(question)}
+        flags.append(bool(found - given))
+    return sig.with_columns((pl.col("pii_in_reply") | pl.Series(flags, dtype=pl.Boolean))
+                            .alias("pii_in_reply"))
+
+
+def audit_rules(frame: pl.DataFrame, thresholds: RuleThresholds = RuleThresholds(), *,
+                reference: pl.DataFrame | None = None,
+                now: datetime | None = None) -> pl.DataFrame:
+    """Verdicts with exactly the columns of ``AUDITED_COLUMNS`` (one row per input row).
+
+    ``reference`` (tenant_id, user_message, response of every interaction available) is the
+    population the consensus signals compare with; default ``frame`` itself."""
+    t = thresholds
+    sig = refine_pii_with_raw(frame, signal_frame(frame, t, reference))
+    # noisy-OR of the fired signals' weights
+    miss = pl.lit(1.0)
+    for s in SIGNALS:
+        miss = miss * pl.when(pl.col(s.name)).then(1.0 - s.weight).otherwise(1.0)
+    score = (1.0 - miss)
+    # strongest categorised signal
+    ranked = sorted((s for s in SIGNALS if s.category), key=lambda s: -s.weight)
+    cat = pl.lit(None, dtype=pl.String)
+    for s in reversed(ranked):
+        cat = pl.when(pl.col(s.name)).then(pl.lit(s.category)).otherwise(cat)
+    category = (pl.when(pl.col("human_correction") & pl.col("correction_category_norm").is_not_null())
+                .then(pl.col("correction_category_norm"))
+                .otherwise(pl.coalesce(cat, pl.col("comment_category"), pl.lit("factual_error"))))
+    fired = pl.concat_list([pl.when(pl.col(s.name)).then(pl.lit(s.name)).otherwise(None)
+                            for s in SIGNALS]).list.drop_nulls()
+    described = pl.concat_list([
+        pl.when(pl.col(s.name)).then(pl.lit(f"{s.name}: {s.description}")).otherwise(None)
+        for s in SIGNALS]).list.drop_nulls().list.join("; ")
+
+    out = sig.with_columns(score.alias("_score"), fired.alias("signals"))
+    is_error = pl.col("_score") >= t.error_threshold
+    out = out.with_columns(is_error.alias("is_error"), category.alias("_cat"),
+                           described.alias("_why"))
+    severity = (
+        pl.when(~pl.col("is_error")).then(pl.lit(None, dtype=pl.String))
+        .when(pl.col("_cat") == "pii_leak").then(pl.lit("critical"))
+        .when(pl.col("empty_reply")).then(pl.lit("high"))
+        .when(pl.col("_score") < t.weak_evidence).then(pl.lit("low"))
+        .otherwise(pl.col("_cat").replace_strict(DEFAULT_SEVERITY, default="medium",
+                                                 return_dtype=pl.String))
+    )
+    explanation = (
+        pl.when(pl.col("is_error"))
+        .then(pl.format("Flagged as {} (confidence {}). Signals: {}.", pl.col("_cat"),
+                        pl.col("_score").round(2), pl.col("_why")))
+        .when(pl.col("signals").list.len() > 0)
+        .then(pl.format("Not flagged: evidence {} below threshold {}. Signals: {}.",
+                        pl.col("_score").round(2), pl.lit(t.error_threshold), pl.col("_why")))
+        .otherwise(pl.lit("Not flagged: no rule fired."))
+    )
+    out = out.with_columns(
+        pl.when(pl.col("is_error")).then(pl.col("_cat")).otherwise(None).alias("category"),
+        severity.alias("severity"),
+        pl.when(pl.col("is_error")).then(pl.col("_score")).otherwise(1.0 - pl.col("_score"))
+        .round(4).alias("confidence"),
+        explanation.alias("explanation"),
+    )
+    stamp = (now or datetime.now(timezone.utc)).replace(tzinfo=None)
+    return out.with_columns(
+        pl.lit(AUDITOR_NAME).alias("auditor"),
+        pl.lit(PROMPT_VERSION).alias("prompt_version"),
+        pl.lit(AUDITOR_NAME).alias("answered_by"),
+        pl.lit(stamp, dtype=pl.Datetime("us")).alias("audited_at"),
+    ).select(list(AUDITED_COLUMNS))
+
+
+class RulesAuditor:
+    """The rules auditor behind the same interface as ``ml.audit.llm.LLMAuditor``."""
+
+    name = AUDITOR_NAME
+    prompt_version = PROMPT_VERSION
+
+    def __init__(self, thresholds: RuleThresholds = RuleThresholds(),
+                 reference: pl.DataFrame | None = None) -> None:
+        self.thresholds = thresholds
+        self.reference = reference  # population for the consensus signals (default: the frame)
+
+    def audit_frame(self, frame: pl.DataFrame, *, now: datetime | None = None):
+        from ml.audit.llm import AuditOutcome
+
+        return AuditOutcome(audit_rules(frame, self.thresholds, reference=self.reference,
+                                        now=now), [])

