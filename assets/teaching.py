@@ -1,0 +1,250 @@
+"""Stage `teaching`: ``teacher_samples`` (proposed corrected replies as `sample` review items) and
+``preference_pairs`` (original reply rejected, approved correction chosen)."""
+
+
+import json
+import os
+from collections import Counter
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from sqlalchemy import select
+
+from assets.audit import parse_messages, read_full_interactions
+from ml import embeddings, warehouse
+from ml.audit.tables import query, replace_table
+from ml.audit.taxonomy import SEVERITIES, severity_at_least
+from ml.llm import from_env
+from ml.llm.errors import ConfigError
+from ml.teacher import HUMAN_SOURCE, LLMTeacher, RetrievalTeacher, propose_corrections
+from ml.teacher.retrieval import DEFAULT_THRESHOLD, build_answer_index
+from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
+from store.db import session_scope
+from store.models import ReviewItem
+from store.repo import approved_samples, create_item
+
+ROLE = "teacher"
+
+
+class TeacherSamplesConfig(dg.Config):
+    min_severity_for_teacher: str = "medium"  # pending flagged errors at or above get a proposal
+    include_pending: bool = True  # False: only errors a reviewer confirmed
+    similarity_threshold: float = DEFAULT_THRESHOLD  # retrieval teacher: min cosine
+    teacher: str = ""  # "" = LEARNLOOP_TEACHER; "retrieval" or an ml.llm kind list
+    limit: int = 0  # at most this many errors per run (0 = all)
+
+
+def resolve_teacher(override: str = "") -> LLMTeacher | None:
+    env = dict(os.environ)
+    if override.strip():
+        env["LEARNLOOP_TEACHER"] = override.strip()
+    router = from_env(ROLE, env)
+    return LLMTeacher(router) if router is not None else None
+
+
+def sample_dedup_key(interaction_id: str) -> str:
+    """One proposed sample per interaction, whoever proposed it (human, retrieval, LLM)."""
+    return f"{interaction_id}:sample"
+
+
+def _last_user(messages: list[dict[str, Any]] | None) -> str | None:
+    for m in reversed(messages or []):
+        if isinstance(m, dict) and m.get("role") == "user" and m.get("content"):
+            return str(m["content"])
+    return None
+
+
+def answer_index_entries(url: str, corrections: pl.DataFrame) -> pl.DataFrame:
+    """Approved/edited sample items and human corrections as (question, answer) entries."""
+    rows = []
+    with session_scope(url) as s:
+        for item in approved_samples(s):
+            q, a = _last_user(item.messages), item.final_response
+            if q and q.strip() and a and a.strip():
+                rows.append({"interaction_id": item.interaction_id, "tenant_id": item.tenant_id,
+                             "question": q, "answer": a, "origin": "sample_item",
+                             "item_id": item.id})
+    for r in corrections.iter_rows(named=True):
+        q, a = r.get("user_message"), r.get("corrected_response")
+        if q and q.strip() and a and a.strip():
+            rows.append({"interaction_id": r["interaction_id"], "tenant_id": r["tenant_id"],
+                         "question": q, "answer": a, "origin": "human_correction",
+                         "item_id": None})
+    return pl.DataFrame(rows, schema={"interaction_id": pl.String, "tenant_id": pl.String,
+                                      "question": pl.String, "answer": pl.String,
+                                      "origin": pl.String, "item_id": pl.Int64})
+
+
+@dg.asset(
+    deps=["audited_errors", "interaction_embeddings"],
+    group_name="teaching",
+    kinds={"sqlite", "lancedb"},
+    pool=WAREHOUSE_POOL,
+    description="A proposed corrected reply (`sample` review item, parent = the error item) for "
+                "each confirmed error and each pending error of at least the configured "
+                "severity, plus every human agent correction. Sources: human_agent, retrieval "
+                "(most similar approved answer, LanceDB), llm:<provider>.",
+)
+def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesConfig,
+                    learnloop: LearnloopResource) -> dg.MaterializeResult:
+    if config.min_severity_for_teacher not in SEVERITIES:
+        raise ConfigError(f"teacher_samples.min_severity_for_teacher must be one of {SEVERITIES}, "
+                          f"got {config.min_severity_for_teacher!r}")
+    settings = learnloop.settings()
+    url = learnloop.store()
+    llm = resolve_teacher(config.teacher)
+
+    # errors that want a proposal and have none yet
+    with session_scope(url) as s:
+        have = set(s.scalars(select(ReviewItem.dedup_key).where(ReviewItem.kind == "sample")))
+        errors = list(s.scalars(select(ReviewItem).where(
+            ReviewItem.kind == "error", ReviewItem.status.in_(("pending", "confirmed")))
+            .order_by(ReviewItem.id)))
+        wanted = []
+        for e in errors:
+            if sample_dedup_key(e.interaction_id) in have:
+                continue
+            if e.status == "confirmed" or (config.include_pending and severity_at_least(
+                    e.severity, config.min_severity_for_teacher)):
+                wanted.append({"error_id": e.id, "interaction_id": e.interaction_id,
+                               "tenant_id": e.tenant_id, "category": e.category,
+                               "severity": e.severity, "status": e.status,
+                               "finding": f"{e.category} ({e.severity}): {e.explanation}"})
+    # one proposal per interaction: the first error item (lowest id) is the parent
+    seen: set[str] = set()
+    wanted = [w for w in wanted if not (w["interaction_id"] in seen or seen.add(w["interaction_id"]))]
+    if config.limit > 0:
+        wanted = wanted[: config.limit]
+
+    with learnloop.warehouse() as con:
+        warehouse.ensure_table(con, "interactions")
+        corrections = query(
+            con,
+            "SELECT * FROM interactions WHERE corrected_response IS NOT NULL "
+            "ORDER BY ts, interaction_id")
+        frame = read_full_interactions(con, [w["interaction_id"] for w in wanted])
+    by_id = {r["interaction_id"]: r for r in frame.iter_rows(named=True)}
+    missing = [w["interaction_id"] for w in wanted if w["interaction_id"] not in by_id]
+    if missing:
+        context.log.warning(f"{len(missing)} error items name interactions not in the warehouse "
+                            f"(skipped): {missing[:5]}")
+    rows = [{**by_id[w["interaction_id"]], **w, "original_response":
+             by_id[w["interaction_id"]].get("response")} for w in wanted if w["interaction_id"] in by_id]
+
+    db = embeddings.connect(settings.lancedb)
+    index_size = build_answer_index(db, answer_index_entries(url, corrections),
+                                    embeddings.read_question_vectors(
+                                        db, corrections["interaction_id"].to_list()))
+    retrieval = RetrievalTeacher(db, threshold=config.similarity_threshold)
+    vectors = embeddings.read_question_vectors(db, [r["interaction_id"] for r in rows])
+    result = propose_corrections(rows, retrieval=retrieval, llm=llm, vectors=vectors)
+
+    created: Counter[str] = Counter()
+    with session_scope(url) as s:
+        for r in rows:
+            p = result.proposals.get(r["interaction_id"])
+            if p is None:
+                continue
+            _, new = create_item(
+                s, kind="sample", dedup_key=sample_dedup_key(r["interaction_id"]),
+                actor=f"teacher:{p.source}"[:128], tenant_id=r["tenant_id"],
+                interaction_id=r["interaction_id"], session_id=r.get("session_id"),
+                parent_id=r["error_id"], messages=parse_messages(r.get("messages"), r["interaction_id"]),
+                original_response=r.get("response"), proposed_response=p.response,
+                source=p.source[:64], category=r["category"], severity=r["severity"],
+                tags=[f"source:{p.source}"[:64]],
+                extra={**p.extra, "error_status": r["status"],
+                       "teacher_prompt_version": llm.prompt_version if llm else None},
+            )
+            created[p.source] += int(new)
+        # every human agent correction is a sample too (parent: an error item when there is one)
+        parents = dict(s.execute(select(ReviewItem.interaction_id, ReviewItem.id).where(
+            ReviewItem.kind == "error").order_by(ReviewItem.id.desc())).all())
+        for r in corrections.iter_rows(named=True):
+            key = sample_dedup_key(r["interaction_id"])
+            if key in have:
+                continue
+            _, new = create_item(
+                s, kind="sample", dedup_key=key, actor="teacher:human_agent",
+                tenant_id=r["tenant_id"], interaction_id=r["interaction_id"],
+                session_id=r.get("session_id"), parent_id=parents.get(r["interaction_id"]),
+                messages=parse_messages(r.get("messages"), r["interaction_id"]),
+                original_response=r.get("response"), proposed_response=r["corrected_response"],
+                source=HUMAN_SOURCE, category=r.get("correction_category"),
+                tags=[f"source:{HUMAN_SOURCE}"],
+                extra={"agent_id": r.get("correction_agent_id"),
+                       "reason": r.get("correction_reason")},
+            )
+            created[HUMAN_SOURCE] += int(new)
+    for iid, reason in list(result.failures.items())[:20]:
+        context.log.warning(f"teacher failed for {iid} (retried next run): {reason}")
+    llm_stats = llm.router.stats.as_metadata() if llm else {}
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": sum(created.values()),
+        "errors_needing_proposal": len(rows),
+        "proposals": len(result.proposals),
+        "no_similar_answer": len(result.no_proposal),
+        "failures": len(result.failures),
+        "samples_created": sum(created.values()),
+        "samples_by_source": dg.MetadataValue.json(dict(created)),
+        "human_corrections_seen": corrections.height,
+        "answer_index_size": index_size,
+        "similarity_threshold": config.similarity_threshold,
+        "teacher": f"llm:{','.join(p.name for p in llm.router.providers)}" if llm else "retrieval",
+        "teacher_prompt_version": llm.prompt_version if llm else "retrieval-v1",
+        "tokens": int(llm_stats.get("llm_tokens", 0)),
+        "cost_usd": float(llm_stats.get("llm_cost_usd", 0.0)),
+        "cache_hits": int(llm_stats.get("llm_cache_hits", 0)),
+        "retries": int(llm_stats.get("llm_retries", 0)),
+    })
+
+
+def preference_frame(url: str) -> pl.DataFrame:
+    """Preference pairs from approved/edited sample items: chosen = final reply, rejected =
+    original reply (pairs where they are equal or either is empty are left out)."""
+    rows = []
+    with session_scope(url) as s:
+        for item in approved_samples(s):
+            chosen, rejected = item.final_response, item.original_response
+            if not chosen or not chosen.strip() or rejected is None or \
+                    chosen.strip() == rejected.strip():
+                continue
+            rows.append({
+                "sample_item_id": item.id, "error_item_id": item.parent_id,
+                "interaction_id": item.interaction_id, "tenant_id": item.tenant_id,
+                "prompt": _last_user(item.messages),
+                "messages": json.dumps(item.messages or [], ensure_ascii=False),
+                "chosen": chosen, "rejected": rejected, "source": item.source,
+                "status": item.status, "category": item.category, "decided_by": item.decided_by,
+                "decided_at": item.decided_at.replace(tzinfo=None) if item.decided_at else None,
+            })
+    schema = {"sample_item_id": pl.Int64, "error_item_id": pl.Int64, "interaction_id": pl.String,
+              "tenant_id": pl.String, "prompt": pl.String, "messages": pl.String,
+              "chosen": pl.String, "rejected": pl.String, "source": pl.String,
+              "status": pl.String, "category": pl.String, "decided_by": pl.String,
+              "decided_at": pl.Datetime("us")}
+    return pl.DataFrame(rows, schema=schema)
+
+
+@dg.asset(
+    deps=["teacher_samples"],
+    group_name="teaching",
+    kinds={"duckdb", "sqlite"},
+    pool=WAREHOUSE_POOL,
+    description="Preference pairs for DPO: prompt/messages, rejected = the assistant's original "
+                "reply, chosen = the approved or edited correction. Rebuilt from the store.",
+)
+def preference_pairs(context: dg.AssetExecutionContext,
+                     learnloop: LearnloopResource) -> dg.MaterializeResult:
+    url = learnloop.store()
+    pairs = preference_frame(url)
+    with learnloop.warehouse() as con:
+        replace_table(con, "preference_pairs", pairs)
+    by_source = dict(Counter(pairs["source"].to_list())) if pairs.height else {}
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": pairs.height,
+        "by_source": dg.MetadataValue.json(by_source),
+        "edited": int((pairs["status"] == "edited").sum()) if pairs.height else 0,
+        "tenants": pairs["tenant_id"].n_unique() if pairs.height else 0,
+    })

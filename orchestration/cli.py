@@ -1,0 +1,237 @@
+"""The `learnloop` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ml.config import Settings
+
+
+def _settings() -> Settings:
+    s = Settings()
+    s.ensure_dirs()
+    return s
+
+
+@click.group(help="learnloop: continuous learning from a chatbot's own logs.")
+def main() -> None:
+    pass
+
+
+@main.command("import", help="Import logs into the landing zone. FORMAT: native, openai-chat, "
+                             "hh-rlhf, oasst.")
+@click.argument("fmt", metavar="FORMAT",
+                type=click.Choice(["native", "openai-chat", "hh-rlhf", "oasst"]))
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant", default="default", show_default=True, help="tenant_id of the records")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def import_cmd(fmt: str, path: Path, tenant: str, as_json: bool) -> None:
+    from ml.importers import import_to_landing
+
+    settings = _settings()
+    summary = import_to_landing(fmt, path, settings.landing, tenant)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        click.echo(f"{path.name}: {summary['accepted']:,} accepted, "
+                   f"{summary['quarantined']:,} quarantined -> {settings.landing}")
+        for f in summary.get("files", []):
+            click.echo(f"  wrote {f}")
+
+
+@main.command(help="Generate seeded demo support-bot logs (same seed, same bytes).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="output folder (default: the landing zone)")
+@click.option("--interactions", "n", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--days", type=click.IntRange(min=1), default=7, show_default=True)
+def generate(out: Path | None, n: int, seed: int, days: int) -> None:
+    from ml.generate import generate as gen
+
+    out = out or _settings().landing
+    summary = gen(out, n, seed, days=days)
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@main.command(help="Counts per stage.")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable JSON")
+def status(as_json: bool) -> None:
+    from orchestration.status import collect_status, format_status
+
+    st = collect_status(_settings())
+    click.echo(json.dumps(st, indent=2) if as_json else format_status(st))
+
+
+@main.command(help="Ingest the landing zone (all days, or --date) and refresh analytics.")
+@click.option("--date", "dates", multiple=True, help="YYYY-MM-DD (repeatable); default all days")
+def run(dates: tuple[str, ...]) -> None:
+    _run_chain(_settings(), list(dates) or None)
+
+
+def _run_chain(settings: Settings, days: list[str] | None) -> bool:
+    from tqdm import tqdm
+
+    from ml import landing
+    from orchestration import runner
+    from orchestration.definitions import defs
+
+    instance = runner.instance_for(settings)
+    days = days or landing.list_partitions(settings.landing)
+    if not days:
+        click.echo(f"the landing zone {settings.landing} is empty: nothing to ingest", err=True)
+        return False
+    ok = True
+    with tqdm(total=len(days), desc="ingest + quality", unit="day") as bar:
+        def on_day(day, result):
+            nonlocal ok
+            ok = ok and result.success
+            bar.set_postfix_str(f"{day} {'ok' if result.success else 'FAILED'}")
+            bar.update(1)
+
+        failed = runner.run_ingest(defs, instance, days, on_day)
+    if failed:
+        click.echo(f"ingest failed for {failed}: see the runs in the Dagster UI", err=True)
+    for job in post_ingest_jobs(defs):
+        click.echo(f"running {job} ...")
+        res = runner.run_job(defs, instance, job)
+        if not res.success:
+            ok = False
+            click.echo(f"{job} failed: see the run in the Dagster UI", err=True)
+    return ok and not failed
+
+
+def post_ingest_jobs(defs) -> list[str]:
+    """Jobs that run after ingest, in order, when present in the code location."""
+    wanted = ["audit_job", "teaching_job", "analytics_job"]
+    names = {j.name for j in defs.resolve_all_job_defs()}
+    return [j for j in wanted if j in names]
+
+
+@main.command(help="Audit chosen interactions now (manual_audit_job), with the configured or "
+                   "given auditor.")
+@click.option("--ids", "interaction_ids", multiple=True, help="interaction id (repeatable)")
+@click.option("--sessions", "session_ids", multiple=True,
+              help="session id, raw or hashed (repeatable)")
+@click.option("--since", default="", help="ISO timestamp: interactions at or after it")
+@click.option("--until", default="", help="ISO timestamp: interactions before it")
+@click.option("--auditor", default="", help="override LEARNLOOP_AUDITOR for this run")
+def audit(interaction_ids, session_ids, since: str, until: str, auditor: str) -> None:
+    from assets.audit import manual_audit_run_config
+    from orchestration import runner
+    from orchestration.definitions import defs
+
+    if not (interaction_ids or session_ids or since or until):
+        raise click.UsageError("name what to audit: --ids, --sessions, --since or --until")
+    settings = _settings()
+    instance = runner.instance_for(settings)
+    config = manual_audit_run_config(interaction_ids=list(interaction_ids),
+                                     session_ids=list(session_ids), since=since, until=until,
+                                     auditor=auditor)
+    result = runner.run_job(defs, instance, "manual_audit_job", run_config=config)
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        shown = {k: v.value for k, v in mat.metadata.items()
+                 if k in ("candidates", "audited", "errors", "failures", "error_rate")}
+        click.echo(f"{mat.asset_key.to_user_string()}: {shown}")
+    if not result.success:
+        raise click.ClickException(f"manual audit failed: see run {result.run_id} in the Dagster UI")
+
+
+@main.command(help="Run the whole chain on the embedded default: no server, no API key.")
+@click.option("--interactions", "n", type=click.IntRange(min=1), default=3000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+def demo(n: int, seed: int) -> None:
+    from ml.generate import generate as gen
+    from orchestration.status import collect_status, format_status
+
+    settings = _settings()
+    click.echo(f"learnloop demo in {settings.home}")
+    summary = gen(settings.landing, n, seed)
+    click.echo(f"generated {summary.get('records', n):,} demo interactions into {settings.landing}")
+    ok = _run_chain(settings, None)
+    st = collect_status(settings)
+    click.echo("")
+    click.echo(format_status(st))
+    click.echo("")
+    click.echo("Next:")
+    click.echo("  make dev     # Dagster UI at http://127.0.0.1:3000 (runs, assets, checks)")
+    click.echo(f"  .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_uri}"
+               "   # MLflow UI at http://127.0.0.1:5000")
+    click.echo("  make serve   # review web app at http://127.0.0.1:8000")
+    if not ok:
+        sys.exit(1)
+
+
+@main.command(help="Open the Dagster UI on this project (dagster dev).")
+@click.option("--port", type=int, default=3000, show_default=True)
+def dev(port: int) -> None:
+    from orchestration import runner
+
+    settings = _settings()
+    runner.prepare_dagster_home(settings)
+    root = Path(__file__).resolve().parents[1]
+    exe = Path(sys.executable).with_name("dagster")
+    os.execv(str(exe), [str(exe), "dev", "-w", str(root / "workspace.yaml"), "-p", str(port)])
+
+
+@main.command(help="Start the review web app, JSON API and log collector.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+def serve(host: str, port: int) -> None:
+    from service.cli_support import serve as run_server
+
+    run_server(host, port, _settings())
+
+
+@main.group(help="Reviewer accounts of the review web app.")
+def reviewers() -> None:
+    pass
+
+
+@reviewers.command("add", help="Create a reviewer; prints the API token once.")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["reviewer", "admin"]), default="reviewer",
+              show_default=True)
+@click.option("--tenant", "tenants", multiple=True,
+              help="tenant the reviewer may see (repeatable; admins see all)")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+              envvar="LEARNLOOP_NEW_REVIEWER_PASSWORD",
+              help="prompted for when not given (or set LEARNLOOP_NEW_REVIEWER_PASSWORD)")
+def reviewers_add(username: str, role: str, tenants: tuple[str, ...], password: str) -> None:
+    from service.cli_support import add_reviewer
+    from store.reviewers import ReviewerError
+
+    try:
+        info = add_reviewer(username, password, role, list(tenants), _settings())
+    except ReviewerError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {info.role} {info.username!r} for tenants {info.tenants or ['*']}")
+    click.echo(f"API token (shown once): {info.api_token}")
+
+
+@reviewers.command("list", help="List reviewer accounts.")
+def reviewers_list() -> None:
+    from service.cli_support import list_reviewers
+
+    for r in list_reviewers(_settings()):
+        click.echo(f"{r.username:20} {r.role:9} {','.join(r.tenants) or '*'}")
+
+
+@main.group("collector-keys", help="API keys of the log collector (one per tenant).")
+def collector_keys() -> None:
+    pass
+
+
+@collector_keys.command("add", help="Create a collector key for TENANT; prints it once.")
+@click.argument("tenant")
+@click.option("--label", default=None)
+def collector_keys_add(tenant: str, label: str | None) -> None:
+    from service.cli_support import add_collector_key
+
+    key = add_collector_key(tenant, label, _settings())
+    click.echo(f"collector key for tenant {tenant!r} (shown once): {key}")

@@ -1,0 +1,37 @@
+"""The one Dagster code location of learnloop (workspace.yaml -> orchestration.definitions)."""
+
+import dagster as dg
+
+from assets.analytics import dbt_analytics_assets, dbt_resource
+from assets.audit import (
+    audit_candidates,
+    audit_job,
+    audited_errors,
+    daily_teacher_schedule,
+    hourly_audit_schedule,
+    manual_audit_job,
+    teaching_job,
+)
+from assets.embeddings import interaction_embeddings
+from assets.ingest import ingest_interactions, raw_interactions
+from assets.quality import interaction_quality
+from assets.review import review_decisions
+from assets.teaching import preference_pairs, teacher_samples
+from orchestration.jobs import analytics_job, analytics_schedule, ingest_job
+from orchestration.resources import LearnloopResource
+from orchestration.sensors import landing_file_sensor
+
+defs = dg.Definitions(
+    assets=[
+        raw_interactions, ingest_interactions,  # ingest
+        interaction_quality, interaction_embeddings,  # quality
+        audit_candidates, audited_errors,  # audit
+        teacher_samples, preference_pairs,  # teaching
+        review_decisions,  # review
+        dbt_analytics_assets,  # analytics
+    ],
+    jobs=[ingest_job, audit_job, manual_audit_job, teaching_job, analytics_job],
+    schedules=[hourly_audit_schedule, daily_teacher_schedule, analytics_schedule],
+    sensors=[landing_file_sensor],
+    resources={"learnloop": LearnloopResource(), "dbt": dbt_resource},
+)
