@@ -1,0 +1,206 @@
+"""JSON API under /api/v1: the same ``store`` functions as the web app, tenant-scoped."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as FPath
+from fastapi.responses import JSONResponse
+
+from service import schemas as S
+from service.deps import api_admin, api_reviewer, get_ctx
+from store import collector_keys, repo, reviewers
+from store.db import session_scope
+from store.models import ReviewItem
+from store.reviewers import ReviewerInfo
+
+router = APIRouter(prefix="/api/v1", tags=["review"])
+
+AUTH_ERRORS = {401: {"model": S.ErrorOut, "description": "not authenticated"},
+               403: {"model": S.ErrorOut, "description": "forbidden (role, or CSRF with cookies)"}}
+NOT_FOUND = {404: {"model": S.ErrorOut, "description": "no such item in your tenants"}}
+INVALID = {422: {"model": S.ErrorOut, "description": "invalid input or decision"}}
+BAD_BODY = {400: {"model": S.ErrorOut, "description": "the body is not parseable JSON"}}
+ItemId = Annotated[int, FPath(ge=1, le=2**31 - 1, description="review item id")]
+CONFLICT = {409: {"model": S.ConflictOut,
+                  "description": "stale version: someone else changed the item"}}
+
+StatusParam = Literal["pending", "confirmed", "dismissed", "approved", "rejected", "edited", "any"]
+SortParam = Literal["age", "-age", "severity", "confidence"]
+
+
+def _summary(i: ReviewItem) -> S.ItemSummary:
+    return S.ItemSummary.model_validate(i, from_attributes=True)
+
+
+def _full(i: ReviewItem) -> S.ItemOut:
+    return S.ItemOut.model_validate(i, from_attributes=True)
+
+
+def _conflict(exc: repo.Conflict) -> JSONResponse:
+    body = S.ConflictOut(detail=str(exc), item_id=exc.item_id, your_version=exc.expected,
+                         current_version=exc.actual)
+    return JSONResponse(body.model_dump(), status_code=409)
+
+
+def _reviewer_out(r: ReviewerInfo) -> dict:
+    return dict(id=r.id, username=r.username, role=r.role, tenants=r.tenants, active=r.active,
+                created_at=r.created_at)
+
+
+@router.get("/items", response_model=S.ItemPage, responses={**AUTH_ERRORS, **INVALID},
+            summary="List and filter review items")
+def list_items(request: Request, me: ReviewerInfo = Depends(api_reviewer),
+               kind: Literal["error", "sample"] | None = None,
+               status: StatusParam = "pending",
+               category: str | None = Query(None, max_length=64),
+               tenant: str | None = Query(None, max_length=128),
+               source: str | None = Query(None, max_length=64),
+               tag: str | None = Query(None, max_length=64),
+               sort: SortParam = "age",
+               offset: int = Query(0, ge=0, le=10_000_000),
+               limit: int = Query(50, ge=1, le=500)) -> S.ItemPage:
+    flt = repo.ItemFilter(kind=kind, status=None if status == "any" else status,
+                          category=category, tenant_id=tenant, source=source, tag=tag)
+    with session_scope(get_ctx(request).url) as s:
+        items, total = repo.list_items(s, flt, tenants=me.scope, sort=sort, offset=offset,
+                                       limit=limit)
+        return S.ItemPage(items=[_summary(i) for i in items], total=total, offset=offset,
+                          limit=limit)
+
+
+@router.get("/items/{item_id}", response_model=S.ItemOut, responses={**AUTH_ERRORS, **NOT_FOUND},
+            summary="One review item with its conversation")
+def get_item(request: Request, item_id: ItemId, me: ReviewerInfo = Depends(api_reviewer)) -> S.ItemOut:
+    with session_scope(get_ctx(request).url) as s:
+        try:
+            return _full(repo.get_item(s, item_id, me.scope))
+        except repo.NotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+
+@router.post("/items/{item_id}/decision", response_model=S.ItemOut,
+             responses={**AUTH_ERRORS, **NOT_FOUND, **CONFLICT, **INVALID, **BAD_BODY},
+             summary="Decide one item (optimistic locking on version)")
+def decide(request: Request, item_id: ItemId, body: S.DecisionIn,
+           me: ReviewerInfo = Depends(api_reviewer)):
+    try:
+        with session_scope(get_ctx(request).url) as s:
+            item = repo.decide(s, item_id, decision=body.decision, expected_version=body.version,
+                               actor=me.username, final_response=body.final_response,
+                               note=body.note, tenants=me.scope)
+            out = _full(item)
+    except repo.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except repo.Conflict as exc:
+        return _conflict(exc)
+    except repo.InvalidTransition as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return out
+
+
+@router.post("/decisions", response_model=S.BatchOut, responses={**AUTH_ERRORS, **INVALID, **BAD_BODY},
+             summary="Decide many items; one result per item (conflicts do not undo the others)")
+def decide_many(request: Request, body: S.BatchIn,
+                me: ReviewerInfo = Depends(api_reviewer)) -> S.BatchOut:
+    results = repo.decide_many(get_ctx(request).url,
+                               [d.model_dump() for d in body.decisions],
+                               actor=me.username, tenants=me.scope)
+    return S.BatchOut(results=[S.BatchResult(**r) for r in results],
+                      decided=sum(r["ok"] for r in results),
+                      conflicts=sum(r["code"] == "conflict" for r in results))
+
+
+@router.post("/items/{item_id}/tags", response_model=S.ItemOut,
+             responses={**AUTH_ERRORS, **NOT_FOUND, **CONFLICT, **INVALID, **BAD_BODY},
+             summary="Add and remove tags (tag / untag)")
+def tag_item(request: Request, item_id: ItemId, body: S.TagsIn,
+             me: ReviewerInfo = Depends(api_reviewer)):
+    for t in body.add + body.remove:
+        if len(t) > 64:
+            raise HTTPException(422, f"tag {t[:20]!r}... is longer than 64 characters")
+    try:
+        with session_scope(get_ctx(request).url) as s:
+            item = repo.set_tags(s, item_id, add=body.add, remove=body.remove,
+                                 expected_version=body.version, actor=me.username,
+                                 tenants=me.scope)
+            out = _full(item)
+    except repo.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except repo.Conflict as exc:
+        return _conflict(exc)
+    except repo.InvalidTransition as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return out
+
+
+@router.get("/events", response_model=S.EventPage, responses={**AUTH_ERRORS, **INVALID},
+            summary="Review events (append-only audit trail), oldest first, by id cursor")
+def list_events(request: Request, me: ReviewerInfo = Depends(api_reviewer),
+                after_id: int = Query(0, ge=0, le=2**62),
+                limit: int = Query(500, ge=1, le=5000)) -> S.EventPage:
+    with session_scope(get_ctx(request).url) as s:
+        events = repo.list_events(s, after_id=after_id, limit=limit, tenants=me.scope)
+        out = [S.EventOut.model_validate(e, from_attributes=True) for e in events]
+    return S.EventPage(events=out, next_after_id=out[-1].id if out else after_id)
+
+
+@router.get("/me", response_model=S.MeOut, responses=AUTH_ERRORS,
+            summary="The authenticated reviewer and their progress")
+def me(request: Request, me: ReviewerInfo = Depends(api_reviewer)) -> S.MeOut:
+    with session_scope(get_ctx(request).url) as s:
+        progress = reviewers.progress(s, me.username)
+    return S.MeOut(**_reviewer_out(me), progress=S.Progress(**progress))
+
+
+@router.post("/me/token", response_model=S.TokenOut, responses=AUTH_ERRORS,
+             summary="Issue a new API token (the old one stops working)")
+def rotate_token(request: Request, me: ReviewerInfo = Depends(api_reviewer)) -> S.TokenOut:
+    with session_scope(get_ctx(request).url) as s:
+        return S.TokenOut(api_token=reviewers.rotate_token(s, me.id))
+
+
+# ---- admin --------------------------------------------------------------------------------------
+@router.get("/admin/reviewers", response_model=list[S.ReviewerOut], responses=AUTH_ERRORS,
+            tags=["admin"], summary="List reviewer accounts")
+def list_reviewers(request: Request, _: ReviewerInfo = Depends(api_admin)) -> list[S.ReviewerOut]:
+    with session_scope(get_ctx(request).url) as s:
+        return [S.ReviewerOut(**_reviewer_out(r)) for r in reviewers.list_reviewers(s)]
+
+
+@router.post("/admin/reviewers", response_model=S.ReviewerCreated, status_code=201,
+             responses={**AUTH_ERRORS, **INVALID, **BAD_BODY}, tags=["admin"],
+             summary="Create a reviewer account (returns its API token once)")
+def create_reviewer(request: Request, body: S.ReviewerIn,
+                    _: ReviewerInfo = Depends(api_admin)) -> S.ReviewerCreated:
+    try:
+        with session_scope(get_ctx(request).url) as s:
+            r = reviewers.create_reviewer(s, username=body.username, password=body.password,
+                                          role=body.role, tenants=body.tenants)
+    except reviewers.ReviewerError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return S.ReviewerCreated(**_reviewer_out(r), api_token=r.api_token or "")
+
+
+@router.get("/admin/collector-keys", response_model=list[S.CollectorKeyOut], responses=AUTH_ERRORS,
+            tags=["admin"], summary="List collector keys (hashes are never returned)")
+def list_collector_keys(request: Request,
+                        _: ReviewerInfo = Depends(api_admin)) -> list[S.CollectorKeyOut]:
+    with session_scope(get_ctx(request).url) as s:
+        return [S.CollectorKeyOut(id=k.id, tenant_id=k.tenant_id, label=k.label, active=k.active,
+                                  created_at=k.created_at) for k in collector_keys.list_keys(s)]
+
+
+@router.post("/admin/collector-keys", response_model=S.CollectorKeyCreated, status_code=201,
+             responses={**AUTH_ERRORS, **INVALID, **BAD_BODY}, tags=["admin"],
+             summary="Create a collector key for a tenant (returns the key once)")
+def create_collector_key(request: Request, body: S.CollectorKeyIn,
+                         _: ReviewerInfo = Depends(api_admin)) -> S.CollectorKeyCreated:
+    try:
+        with session_scope(get_ctx(request).url) as s:
+            k = collector_keys.create_key(s, body.tenant_id, body.label)
+    except collector_keys.CollectorKeyError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return S.CollectorKeyCreated(id=k.id, tenant_id=k.tenant_id, label=k.label, active=k.active,
+                                 created_at=k.created_at, key=k.key or "")

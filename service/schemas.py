@@ -1,0 +1,209 @@
+"""Request and response models of the JSON API (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from service.security import (
+    MAX_BATCH_DECISIONS,
+    MAX_FINAL_RESPONSE,
+    MAX_NOTE,
+    MAX_PASSWORD,
+    MAX_TAG,
+    MAX_TAGS_PER_REQUEST,
+    MAX_USERNAME,
+)
+
+Decision = Literal["approve", "reject", "edit", "confirm", "dismiss"]
+
+
+def _as_utc(v: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC, so say so (RFC 3339 needs it)
+    return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class ErrorOut(BaseModel):
+    detail: Any = Field(description="What went wrong (a message, or FastAPI's list of field errors)")
+
+
+class ConflictOut(BaseModel):
+    detail: str
+    item_id: int
+    your_version: int
+    current_version: int | None
+
+
+class MessageOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str | None = None
+    content: str | None = None
+
+
+class ItemSummary(BaseModel):
+    id: int
+    kind: str
+    status: str
+    version: int
+    tenant_id: str
+    interaction_id: str
+    category: str | None
+    severity: str | None
+    confidence: float | None
+    source: str | None
+    tags: list[str]
+    created_at: UtcDatetime
+    decided_by: str | None
+    decided_at: UtcDatetime | None
+
+
+class ItemOut(ItemSummary):
+    session_id: str | None
+    parent_id: int | None
+    messages: list[MessageOut] | None
+    original_response: str | None
+    explanation: str | None
+    auditor: str | None
+    prompt_version: str | None
+    proposed_response: str | None
+    final_response: str | None
+    extra: dict[str, Any]
+    updated_at: UtcDatetime
+
+
+class ItemPage(BaseModel):
+    items: list[ItemSummary]
+    total: int
+    offset: int
+    limit: int
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decision: Decision = Field(description="error items: confirm|dismiss (approve|reject accepted); "
+                                           "sample items: approve|reject|edit")
+    version: int = Field(ge=1, le=2**31 - 1, description="the item version you decided on")
+    final_response: str | None = Field(default=None, max_length=MAX_FINAL_RESPONSE,
+                                       description="the edited reply (required for edit)")
+    note: str | None = Field(default=None, max_length=MAX_NOTE)
+
+
+class BatchDecisionIn(DecisionIn):
+    item_id: int = Field(ge=1, le=2**31 - 1)
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decisions: list[BatchDecisionIn] = Field(min_length=1, max_length=MAX_BATCH_DECISIONS)
+
+
+class BatchResult(BaseModel):
+    item_id: int
+    ok: bool
+    code: Literal["ok", "conflict", "not_found", "invalid"]
+    status: str | None
+    version: int | None
+    error: str | None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchResult]
+    decided: int
+    conflicts: int
+
+
+class TagsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1, le=2**31 - 1)
+    add: list[str] = Field(default_factory=list, max_length=MAX_TAGS_PER_REQUEST,
+                           json_schema_extra={"items": {"type": "string", "maxLength": MAX_TAG}})
+    remove: list[str] = Field(default_factory=list, max_length=MAX_TAGS_PER_REQUEST,
+                              json_schema_extra={"items": {"type": "string", "maxLength": MAX_TAG}})
+
+
+class EventOut(BaseModel):
+    id: int
+    item_id: int
+    tenant_id: str
+    actor: str
+    action: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    note: str | None
+    at: UtcDatetime
+
+
+class EventPage(BaseModel):
+    events: list[EventOut]
+    next_after_id: int = Field(description="pass as after_id to get the following events")
+
+
+class Progress(BaseModel):
+    today: int
+    total: int
+
+
+class ReviewerOut(BaseModel):
+    id: int
+    username: str
+    role: str
+    tenants: list[str]
+    active: bool
+    created_at: UtcDatetime | None
+
+
+class MeOut(ReviewerOut):
+    progress: Progress
+
+
+class ReviewerCreated(ReviewerOut):
+    api_token: str = Field(description="shown once; only its hash is stored")
+
+
+class ReviewerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=MAX_USERNAME, pattern=r"^[A-Za-z0-9_.@-]+$")
+    password: str = Field(min_length=8, max_length=MAX_PASSWORD)
+    role: Literal["reviewer", "admin"] = "reviewer"
+    tenants: list[str] = Field(default_factory=list, max_length=100)
+
+
+class TokenOut(BaseModel):
+    api_token: str
+
+
+class CollectorKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    label: str | None = Field(default=None, max_length=128)
+
+
+class CollectorKeyOut(BaseModel):
+    id: int
+    tenant_id: str
+    label: str | None
+    active: bool
+    created_at: UtcDatetime | None
+
+
+class CollectorKeyCreated(CollectorKeyOut):
+    key: str = Field(description="shown once; only its hash is stored")
+
+
+class RecordResult(BaseModel):
+    index: int
+    interaction_id: str | None
+    accepted: bool
+    reason: str | None
+
+
+class CollectorOut(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[RecordResult]
+    files: list[str] = Field(description="landing files written (relative to the landing zone)")

@@ -1,0 +1,318 @@
+"""The review web app: server-rendered pages and plain forms (+ a little JS for shortcuts)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from service.deps import csrf_token, get_ctx, require_csrf, session_reviewer
+from service.diffs import diff_html
+from service.security import (
+    MAX_FINAL_RESPONSE,
+    MAX_NOTE,
+    MAX_PASSWORD,
+    MAX_TAG,
+    MAX_USERNAME,
+    InputTooLong,
+    check_length,
+)
+from store import repo, reviewers
+from store.db import session_scope
+from store.reviewers import ReviewerInfo
+
+router = APIRouter(include_in_schema=False)
+
+SHORTCUTS = [
+    ("a", "approve the sample / confirm the error"),
+    ("r", "reject the sample / dismiss the error"),
+    ("e", "edit the proposed correction (then Ctrl+Enter saves edit & approve)"),
+    ("n", "write a note"),
+    ("j / k", "next / previous item (on the queue: move the cursor)"),
+    ("x", "queue: select the item under the cursor"),
+    ("o or Enter", "queue: open the item under the cursor"),
+    ("Esc", "leave the text field"),
+    ("?", "show or hide this help"),
+]
+SORT_LABELS = {"age": "oldest first", "-age": "newest first", "severity": "severity",
+               "confidence": "auditor confidence"}
+FILTERS = ("kind", "category", "tenant", "source", "tag")
+WEB_DECISIONS = ("approve", "reject", "edit", "confirm", "dismiss")
+DONE_WORDS = {"approved": "approved", "rejected": "rejected", "edited": "edited and approved",
+              "confirmed": "confirmed as an error", "dismissed": "dismissed"}
+
+
+def _flash(request: Request, message: str, level: str = "ok") -> None:
+    request.session.setdefault("flash", [])
+    request.session["flash"] = request.session["flash"] + [[level, message]]
+
+
+def render(request: Request, name: str, ctx: dict[str, Any], status_code: int = 200,
+           user: ReviewerInfo | None = None) -> HTMLResponse:
+    c = get_ctx(request)
+    progress = None
+    if user is not None:
+        with session_scope(c.url) as s:
+            progress = reviewers.progress(s, user.username)
+    flashes = request.session.pop("flash", [])
+    return c.templates.TemplateResponse(
+        request, name,
+        {"user": user, "progress": progress, "csrf": csrf_token(request), "flashes": flashes,
+         **ctx},
+        status_code=status_code)
+
+
+def _login_redirect(request: Request) -> RedirectResponse:
+    nxt = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse("/login?" + urlencode({"next": nxt}), status_code=303)
+
+
+def _safe_next(nxt: str | None) -> str:
+    # only same-site relative paths: never an open redirect
+    if nxt and nxt.startswith("/") and not nxt.startswith("//") and "\\" not in nxt:
+        return nxt
+    return "/"
+
+
+def _age(dt: datetime | None) -> str:
+    if dt is None:
+        return ""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    secs = max(0, int((datetime.now(timezone.utc) - dt).total_seconds()))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= n:
+            return f"{secs // n}{unit}"
+    return f"{secs}s"
+
+
+# ---- sign in / out --------------------------------------------------------------------------------
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str = "/"):
+    if session_reviewer(request) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return render(request, "login.html", {"next": _safe_next(next), "error": None, "username": ""})
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, username: str = Form(""), password: str = Form(""),
+          csrf_token: str = Form(""), next: str = Form("/")):
+    require_csrf(request, csrf_token)
+    c = get_ctx(request)
+    ip = request.client.host if request.client else "unknown"
+    page = {"next": _safe_next(next), "username": username[:MAX_USERNAME]}
+    if len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
+        return render(request, "login.html", {**page, "error": "Username or password too long."},
+                      status_code=422)
+    wait = c.limiter.retry_after(username, ip)
+    if wait is not None:
+        resp = render(request, "login.html",
+                      {**page, "error": f"Too many failed sign-ins. Try again in "
+                                        f"{max(1, round(wait / 60))} minute(s)."},
+                      status_code=429)
+        resp.headers["Retry-After"] = str(wait)
+        return resp
+    with session_scope(c.url) as s:
+        who = reviewers.authenticate(s, username, password)
+    if who is None:
+        c.limiter.failure(username, ip)
+        return render(request, "login.html", {**page, "error": "Wrong username or password."},
+                      status_code=401)
+    c.limiter.reset(username, ip)
+    request.session.clear()  # a fresh session (and CSRF token) at every sign-in
+    request.session["uid"] = who.id
+    return RedirectResponse(page["next"], status_code=303)
+
+
+@router.post("/logout")
+def logout(request: Request, csrf_token: str = Form("")):
+    require_csrf(request, csrf_token)
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+# ---- queue ---------------------------------------------------------------------------------------
+@router.get("/", response_class=HTMLResponse)
+def queue(request: Request, kind: str | None = Query(None, max_length=16),
+          category: str | None = Query(None, max_length=64),
+          tenant: str | None = Query(None, max_length=128),
+          source: str | None = Query(None, max_length=64),
+          tag: str | None = Query(None, max_length=64),
+          sort: str = Query("age", max_length=16), page: int = Query(1, ge=1, le=100_000)):
+    user = session_reviewer(request)
+    if user is None:
+        return _login_redirect(request)
+    c = get_ctx(request)
+    if sort not in SORT_LABELS:
+        sort = "age"
+    if kind not in (None, "", "error", "sample"):
+        raise HTTPException(422, "kind must be error or sample")
+    flt = repo.ItemFilter(kind=kind or None, status="pending", category=category or None,
+                          tenant_id=tenant or None, source=source or None, tag=tag or None)
+    per = c.service.page_size
+    with session_scope(c.url) as s:
+        items, total = repo.list_items(s, flt, tenants=user.scope, sort=sort,
+                                       offset=(page - 1) * per, limit=per)
+        facets = repo.facet_values(s, tenants=user.scope)
+    pages = max(1, (total + per - 1) // per)
+    params = {k: v for k, v in (("kind", kind), ("category", category), ("tenant", tenant),
+                                ("source", source), ("tag", tag), ("sort", sort)) if v}
+
+    def page_url(n: int) -> str:
+        return "/?" + urlencode({**params, "page": n})
+
+    rows = [{"item": i, "age": _age(i.created_at),
+             "text": (i.proposed_response if i.kind == "sample" else i.original_response) or ""}
+            for i in items]
+    return render(request, "queue.html", {
+        "rows": rows, "total": total, "page": page, "pages": pages, "page_url": page_url,
+        "facets": facets, "params": params, "filters": FILTERS, "sort": sort,
+        "sort_labels": SORT_LABELS, "back": "/?" + urlencode({**params, "page": page}),
+    }, user=user)
+
+
+@router.post("/batch")
+def batch(request: Request, action: str = Form(...), selected: list[str] = Form(default=[]),
+          note: str = Form(""), csrf_token: str = Form(""), back: str = Form("/")):
+    user = session_reviewer(request)
+    if user is None:
+        return _login_redirect(request)
+    require_csrf(request, csrf_token)
+    if action not in ("approve", "reject"):
+        raise HTTPException(422, "batch action must be approve or reject")
+    try:
+        check_length("note", note, MAX_NOTE)
+    except InputTooLong as exc:
+        raise HTTPException(422, str(exc)) from exc
+    decisions = []
+    for sel in selected[:500]:
+        item_id, _, version = sel.partition(":")
+        if not (item_id.isdigit() and version.isdigit()):
+            raise HTTPException(422, f"bad selection {sel[:40]!r} (expected id:version)")
+        decisions.append({"item_id": int(item_id), "version": int(version), "decision": action,
+                          "note": note or None})
+    if not decisions:
+        _flash(request, "Select at least one item first.", "warn")
+        return RedirectResponse(_safe_next(back), status_code=303)
+    results = repo.decide_many(get_ctx(request).url, decisions, actor=user.username,
+                               tenants=user.scope)
+    ok = sum(r["ok"] for r in results)
+    verb = "approved/confirmed" if action == "approve" else "rejected/dismissed"
+    _flash(request, f"{ok} of {len(results)} item(s) {verb}.")
+    for r in results:
+        if r["code"] == "conflict":
+            _flash(request, f"Item {r['item_id']}: someone else decided it first; "
+                            "your decision was not saved.", "warn")
+        elif not r["ok"]:
+            _flash(request, f"Item {r['item_id']}: {r['error']}", "warn")
+    return RedirectResponse(_safe_next(back), status_code=303)
+
+
+# ---- item page ---------------------------------------------------------------------------------------
+def _item_context(request: Request, user: ReviewerInfo, item_id: int, back: str) -> dict[str, Any]:
+    with session_scope(get_ctx(request).url) as s:
+        try:
+            item = repo.get_item(s, item_id, user.scope)
+        except repo.NotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        related = repo.related_items(s, item, tenants=user.scope)
+        prev_id, next_id = repo.queue_neighbours(s, item.id, tenants=user.scope)
+        verdict_of = item
+        if item.kind == "sample" and not item.explanation:
+            verdict_of = next((r for r in related if r.id == item.parent_id and r.kind == "error"),
+                              item)
+    proposed = item.final_response if item.status in ("approved", "edited") else item.proposed_response
+    return {"item": item, "related": related, "prev_id": prev_id, "next_id": next_id,
+            "verdict": verdict_of, "diff": diff_html(item.original_response, proposed),
+            "editable": proposed or "", "back": _safe_next(back), "age": _age(item.created_at),
+            "conflict": None, "error": None}
+
+
+@router.get("/items/{item_id}", response_class=HTMLResponse)
+def item_page(request: Request, item_id: int, back: str = Query("/", max_length=2000)):
+    user = session_reviewer(request)
+    if user is None:
+        return _login_redirect(request)
+    return render(request, "item.html", _item_context(request, user, item_id, back), user=user)
+
+
+@router.post("/items/{item_id}/decide", response_class=HTMLResponse)
+def decide(request: Request, item_id: int, decision: str = Form(...), version: int = Form(...),
+           final_response: str | None = Form(None), note: str = Form(""),
+           csrf_token: str = Form(""), back: str = Form("/")):
+    user = session_reviewer(request)
+    if user is None:
+        return _login_redirect(request)
+    require_csrf(request, csrf_token)
+    if decision not in WEB_DECISIONS:
+        raise HTTPException(422, f"unknown decision {decision[:20]!r}")
+    text = final_response.replace("\r\n", "\n") if final_response is not None else None
+    try:
+        check_length("note", note, MAX_NOTE)
+        check_length("edited reply", text, MAX_FINAL_RESPONSE)
+    except InputTooLong as exc:
+        ctx = _item_context(request, user, item_id, back)
+        return render(request, "item.html", {**ctx, "error": str(exc), "editable": text or ""},
+                      status_code=422, user=user)
+    c = get_ctx(request)
+    try:
+        with session_scope(c.url) as s:
+            current = repo.get_item(s, item_id, user.scope)
+            if current.kind == "sample" and decision == "approve" and text is not None \
+                    and text.strip() and text != (current.proposed_response or ""):
+                decision = "edit"  # approving a changed text is edit-and-approve
+            item = repo.decide(s, item_id, decision=decision, expected_version=version,
+                               actor=user.username, final_response=text if decision == "edit"
+                               else None, note=note or None, tenants=user.scope)
+            status = item.status
+            next_id = repo.queue_neighbours(s, item_id, tenants=user.scope)[1]
+    except repo.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except repo.Conflict as exc:
+        ctx = _item_context(request, user, item_id, back)
+        return render(request, "item.html", {**ctx, "conflict": exc}, status_code=409, user=user)
+    except repo.InvalidTransition as exc:
+        ctx = _item_context(request, user, item_id, back)
+        return render(request, "item.html", {**ctx, "error": str(exc), "editable": text or ""},
+                      status_code=422, user=user)
+    _flash(request, f"Item {item_id} {DONE_WORDS.get(status, status)}.")
+    target = f"/items/{next_id}?" + urlencode({"back": _safe_next(back)}) if next_id \
+        else _safe_next(back)
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post("/items/{item_id}/tags", response_class=HTMLResponse)
+def tags(request: Request, item_id: int, version: int = Form(...), add: str = Form(""),
+         remove: str = Form(""), csrf_token: str = Form(""), back: str = Form("/")):
+    user = session_reviewer(request)
+    if user is None:
+        return _login_redirect(request)
+    require_csrf(request, csrf_token)
+    add_list = [t.strip() for t in add.split(",") if t.strip()]
+    for t in add_list:
+        if len(t) > MAX_TAG:
+            raise HTTPException(422, f"tag {t[:20]!r}... is {len(t)} characters; the limit is "
+                                     f"{MAX_TAG}")
+    if len(add_list) > 20:
+        raise HTTPException(422, "at most 20 tags at once")
+    try:
+        with session_scope(get_ctx(request).url) as s:
+            repo.set_tags(s, item_id, add=add_list, remove=[remove] if remove else [],
+                          expected_version=version, actor=user.username, tenants=user.scope)
+    except repo.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except repo.Conflict as exc:
+        ctx = _item_context(request, user, item_id, back)
+        return render(request, "item.html", {**ctx, "conflict": exc}, status_code=409, user=user)
+    except repo.InvalidTransition as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return RedirectResponse(f"/items/{item_id}?" + urlencode({"back": _safe_next(back)}),
+                            status_code=303)
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    return Response(status_code=204)
