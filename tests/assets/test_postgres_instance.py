@@ -1,0 +1,37 @@
+"""A real materialization with the Dagster instance on PostgreSQL (dagster-postgres)."""
+
+import dagster as dg
+import psycopg
+import pytest
+
+from assets.ingest import ingest_interactions, raw_interactions
+from ml.landing import write_landing_file
+from orchestration.resources import LearnloopResource
+
+pytestmark = pytest.mark.postgres
+
+
+def test_materialize_with_postgres_instance_storage(learnloop_home, pg_database):
+    day = "2026-11-05"
+    rec = {"interaction_id": "pg-1", "session_id": "s", "timestamp": f"{day}T08:00:00Z",
+           "messages": [{"role": "user", "content": "hello"}], "response": "hi there"}
+    write_landing_file(learnloop_home / "landing", day, "t", [rec])
+    # SQLAlchemy 2.1 defaults postgresql:// to psycopg 3; dagster-postgres speaks psycopg2
+    dagster_url = pg_database.replace("postgresql://", "postgresql+psycopg2://", 1)
+    overrides = {"storage": {"postgres": {"postgres_url": dagster_url}}}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        instance.add_dynamic_partitions("landing_date", [day])
+        result = dg.materialize([raw_interactions, ingest_interactions], partition_key=day,
+                                instance=instance,
+                                resources={"learnloop": LearnloopResource(home=str(learnloop_home))})
+        assert result.success
+        run_id = result.run_id
+        mat = instance.get_latest_materialization_event(dg.AssetKey("interactions"))
+        assert mat is not None and mat.asset_materialization.partition == day
+    with psycopg.connect(pg_database) as con:
+        (status,) = con.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+        assert status == "SUCCESS"
+        (n,) = con.execute("SELECT count(*) FROM dynamic_partitions WHERE partition = %s",
+                           (day,)).fetchone()
+        assert n == 1

@@ -1,0 +1,153 @@
+"""The issues' "Done when", as a user does it: `learnloop demo` on an empty LEARNLOOP_HOME, then
+`learnloop status --json`, `learnloop reviewers add`, `learnloop serve`, decisions over HTTP, and
+`learnloop status --json` reflecting them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LEARNLOOP = Path(sys.executable).with_name("learnloop")
+
+pytestmark = pytest.mark.slow
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LEARNLOOP_") and k != "DAGSTER_HOME"}
+    env["LEARNLOOP_HOME"] = str(home)
+    return env
+
+
+def _learnloop(env, *args, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LEARNLOOP), *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _status(env) -> dict:
+    run = _learnloop(env, "status", "--json", timeout=120)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("demo") / "home"
+    env = _env(home)
+    run = _learnloop(env, "demo", "--interactions", "800")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return home, env, run.stdout
+
+
+def test_demo_materializes_ingest_quality_audit_teaching_and_dbt(demo_home):
+    home, env, stdout = demo_home
+    assert "Dagster UI" in stdout and "MLflow UI" in stdout
+    st = _status(env)
+    assert st["interactions"] > 700 and st["quarantined"] > 0
+    assert st["scored"] == st["interactions"]
+    assert st["errors"]["pending"] > 0 and st["samples"]["pending"] > 0
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        (n,) = con.execute("SELECT sum(interactions) FROM analytics.daily_quality").fetchall()[0]
+        (flagged,) = con.execute("SELECT sum(errors) FROM analytics.error_trends").fetchall()[0]
+        agreement = con.execute("SELECT auditor, audited FROM analytics.auditor_agreement"
+                                ).fetchall()
+    finally:
+        con.close()
+    assert n == st["interactions"]
+    assert flagged == st["errors"]["pending"]
+    assert agreement and agreement[0][0] == "rules"
+    assert (home / "dagster_home" / "dagster.yaml").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_reviewer_decides_demo_items_through_learnloop_serve(demo_home):
+    home, env, _ = demo_home
+    before = _status(env)
+    env = {**env, "LEARNLOOP_NEW_REVIEWER_PASSWORD": "correct horse battery"}
+    added = _learnloop(env, "reviewers", "add", "ann", "--role", "admin", timeout=120)
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.split("API token (shown once): ")[1].split()[0]
+    port = _free_port()
+    server = subprocess.Popen([str(LEARNLOOP), "serve", "--port", str(port)], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/login", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "serve did not start"
+            time.sleep(0.3)
+        auth = {"Authorization": f"Bearer {token}"}
+        page = httpx.get(f"{base}/api/v1/items", params={"kind": "sample", "limit": 3},
+                         headers=auth).json()
+        assert page["total"] == before["samples"]["pending"] and len(page["items"]) == 3
+        a, b, c = page["items"]
+        ok = httpx.post(f"{base}/api/v1/items/{a['id']}/decision", headers=auth,
+                        json={"decision": "approve", "version": a["version"]})
+        assert ok.status_code == 200 and ok.json()["status"] == "approved"
+        ok = httpx.post(f"{base}/api/v1/items/{b['id']}/decision", headers=auth,
+                        json={"decision": "edit", "version": b["version"],
+                              "final_response": "A reviewer's better reply."})
+        assert ok.status_code == 200 and ok.json()["status"] == "edited"
+        ok = httpx.post(f"{base}/api/v1/items/{c['id']}/decision", headers=auth,
+                        json={"decision": "reject", "version": c["version"], "note": "no"})
+        assert ok.status_code == 200
+        stale = httpx.post(f"{base}/api/v1/items/{a['id']}/decision", headers=auth,
+                           json={"decision": "reject", "version": a["version"]})
+        assert stale.status_code == 409
+        errors = httpx.get(f"{base}/api/v1/items", params={"kind": "error", "limit": 1},
+                           headers=auth).json()["items"]
+        ok = httpx.post(f"{base}/api/v1/items/{errors[0]['id']}/decision", headers=auth,
+                        json={"decision": "confirm", "version": errors[0]["version"]})
+        assert ok.status_code == 200
+        queue = httpx.get(f"{base}/", follow_redirects=True)
+        assert queue.status_code == 200 and "Sign in" in queue.text
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    after = _status(env)
+    assert after["samples"]["approved"] == before["samples"]["approved"] + 2
+    assert after["samples"]["rejected"] == before["samples"]["rejected"] + 1
+    assert after["samples"]["pending"] == before["samples"]["pending"] - 3
+    assert after["errors"]["confirmed"] == before["errors"]["confirmed"] + 1
+
+
+def test_learnloop_audit_audits_named_interactions_once(demo_home):
+    home, env, _ = demo_home
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        (iid,) = con.execute(
+            "SELECT interaction_id FROM interactions WHERE interaction_id NOT IN "
+            "(SELECT interaction_id FROM audited_errors) ORDER BY interaction_id LIMIT 1"
+        ).fetchall()[0]
+    finally:
+        con.close()
+    first = _learnloop(env, "audit", "--ids", iid, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "audited_errors: {" in first.stdout and "'audited': 1" in first.stdout
+    # the same auditor and prompt version never audits an interaction twice
+    again = _learnloop(env, "audit", "--ids", iid, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "'audited': 0" in again.stdout
+    usage = _learnloop(env, "audit", timeout=60)
+    assert usage.returncode != 0 and "name what to audit" in usage.stderr

@@ -1,0 +1,130 @@
+"""audit_candidates selection: reasons, seeded calibration sample, manual filters, idempotency
+(audited OK = excluded, failed = retried)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+import polars as pl
+import pytest
+
+from ml.audit.candidates import (
+    CANDIDATE_COLUMNS,
+    CandidateConfig,
+    calibration_draw,
+    reason_counts,
+    select_candidates,
+)
+
+A = dict(auditor="rules", prompt_version="rules-v1")
+
+
+def interactions(n: int = 10) -> pl.DataFrame:
+    rows = []
+    for i in range(n):
+        rows.append({
+            "interaction_id": f"i{i}", "tenant_id": "t", "session_id": f"s{i // 2}",
+            "ts": datetime(2026, 1, 1, 10, i), "partition_date": date(2026, 1, 1),
+            "feedback_thumbs": "down" if i == 0 else None, "feedback_rating": 2 if i == 1 else 5,
+            "requested_human": i == 2, "corrected_response": "fixed" if i == 3 else None,
+            "quality_score": 0.2 if i == 4 else 0.9,
+        })
+    return pl.DataFrame(rows)
+
+
+def ids(frame: pl.DataFrame) -> list[str]:
+    return sorted(frame["interaction_id"].to_list())
+
+
+def test_each_signal_selects_with_its_reason_and_nothing_else_without_calibration():
+    out = select_candidates(interactions(), None, config=CandidateConfig(calibration_rate=0.0), **A)
+    assert out.columns == list(CANDIDATE_COLUMNS)
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list()))
+    assert reasons == {"i0": ["negative_feedback"], "i1": ["negative_feedback"],
+                       "i2": ["handoff"], "i3": ["human_correction"], "i4": ["low_quality"]}
+    assert set(out["auditor"]) == {"rules"} and set(out["prompt_version"]) == {"rules-v1"}
+
+
+def test_quality_threshold_is_configurable():
+    out = select_candidates(interactions(), None, **A,
+                            config=CandidateConfig(calibration_rate=0.0, quality_threshold=0.1))
+    assert "i4" not in ids(out)
+
+
+def test_calibration_sample_is_seeded_stable_and_near_the_rate():
+    big = pl.DataFrame({"interaction_id": [f"x{i}" for i in range(4000)]})
+    cfg = CandidateConfig(calibration_rate=0.1, seed=7)
+    first = select_candidates(big, None, config=cfg, **A)
+    again = select_candidates(big, None, config=cfg, **A)
+    other = select_candidates(big, None, config=CandidateConfig(calibration_rate=0.1, seed=8), **A)
+    assert ids(first) == ids(again)
+    assert ids(first) != ids(other)
+    assert 320 <= first.height <= 480  # 10% of 4000, binomial sd ~19
+    assert reason_counts(first)["calibration"] == first.height
+    # a row keeps its draw when the frame changes (stable per id, not per position)
+    half = select_candidates(big.tail(2000), None, config=cfg, **A)
+    assert set(ids(half)) == {i for i in ids(first) if int(i[1:]) >= 2000}
+
+
+def test_calibration_never_double_counts_signalled_rows():
+    out = select_candidates(interactions(), None, **A,
+                            config=CandidateConfig(calibration_rate=1.0))
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list()))
+    assert reasons["i0"] == ["negative_feedback"]
+    assert reasons["i9"] == ["calibration"]
+    assert out.height == 10
+
+
+def test_audited_ok_is_excluded_and_failed_is_retried():
+    attempts = pl.DataFrame({"interaction_id": ["i0", "i1", "i7"],
+                             "status": ["ok", "failed", "failed"]})
+    out = select_candidates(interactions(), attempts, **A,
+                            config=CandidateConfig(calibration_rate=0.0))
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list()))
+    assert "i0" not in reasons
+    assert reasons["i1"] == ["negative_feedback", "retry"]
+    assert reasons["i7"] == ["retry"]
+
+
+def test_selection_is_idempotent_once_everything_is_audited():
+    cfg = CandidateConfig(calibration_rate=0.3)
+    first = select_candidates(interactions(), None, config=cfg, **A)
+    attempts = first.select("interaction_id").with_columns(pl.lit("ok").alias("status"))
+    assert select_candidates(interactions(), attempts, config=cfg, **A).height == 0
+
+
+def test_manual_selection_by_ids_sessions_and_time_range():
+    df = interactions()
+    by_id = select_candidates(df, None, **A, config=CandidateConfig(interaction_ids=["i8", "i9"]))
+    assert ids(by_id) == ["i8", "i9"] and by_id["reasons"][0].to_list() == ["manual"]
+    by_session = select_candidates(df, None, **A, config=CandidateConfig(session_ids=["raw-s3"]),
+                                   session_aliases={"raw-s3": "s3"})
+    assert ids(by_session) == ["i6", "i7"]
+    by_time = select_candidates(df, None, **A, config=CandidateConfig(
+        since=datetime(2026, 1, 1, 10, 2, tzinfo=timezone.utc),
+        until=datetime(2026, 1, 1, 10, 4)))
+    assert ids(by_time) == ["i2", "i3"]
+    assert by_time.filter(pl.col("interaction_id") == "i2")["reasons"][0].to_list() == \
+        ["handoff", "manual"]
+
+
+def test_manual_selection_still_skips_audited_ok():
+    attempts = pl.DataFrame({"interaction_id": ["i8"], "status": ["ok"]})
+    out = select_candidates(interactions(), attempts, **A,
+                            config=CandidateConfig(interaction_ids=["i8", "i9"]))
+    assert ids(out) == ["i9"]
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="calibration_rate"):
+        CandidateConfig(calibration_rate=1.5)
+    with pytest.raises(ValueError, match="since"):
+        CandidateConfig(since=datetime(2026, 2, 1), until=datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="status"):
+        select_candidates(interactions(), pl.DataFrame({"interaction_id": ["i0"]}), **A)
+
+
+def test_calibration_draw_is_uniformish():
+    draws = calibration_draw([f"id{i}" for i in range(2000)], 0)
+    assert all(0 <= d < 1 for d in draws)
+    assert 0.45 < sum(draws) / len(draws) < 0.55

@@ -1,0 +1,142 @@
+"""The LLM auditor and LLM teacher driven through the real ``ml.llm`` OpenAI provider (the
+``openai`` client) against the stand-in OpenAI server on loopback."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import polars as pl
+import pytest
+
+from ml.audit.llm import LLMAuditor, render_conversation
+from ml.audit.taxonomy import AUDITED_COLUMNS
+from ml.llm import build_router
+from ml.prompts import PromptError, load_prompt
+from ml.teacher import propose_corrections
+from ml.teacher.llm import LLMTeacher
+from tests.llm.fake_servers import FakeOpenAIServer, error, malformed, ok
+
+KEY_ENV = "LEARNLOOP_TEST_AUDIT_KEY"
+ERROR_VERDICT = json.dumps({"is_error": True, "category": "refusal_of_valid_request",
+                            "severity": "medium", "confidence": 0.9,
+                            "explanation": "The reply refuses a simple address change."})
+CLEAN_VERDICT = json.dumps({"is_error": False, "category": None, "severity": None,
+                            "confidence": 0.8, "explanation": "The reply answers the question."})
+
+
+@pytest.fixture()
+def server(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-test-audit-0123456789abcdef")
+    with FakeOpenAIServer() as srv:
+        yield srv
+
+
+def router(server, **extra):
+    return build_router("auditor", {"kind": "openai", "model": "gpt-test",
+                                    "base_url": server.base_url, "api_key_env": KEY_ENV,
+                                    "timeout_s": 5, "max_retries": 0, "cache_backend": "none",
+                                    **extra})
+
+
+def frame(n: int = 2) -> pl.DataFrame:
+    rows = []
+    for i in range(n):
+        rows.append({
+            "interaction_id": f"it-{i}", "tenant_id": "acme", "partition_date": date(2026, 1, 2),
+            "messages": json.dumps([{"role": "system", "content": "You are SupportBot."},
+                                    {"role": "user", "content": f"Please change my address {i}"}]),
+            "user_message": f"Please change my address {i}",
+            "response": "I'm sorry, I can't help with that.",
+            "feedback_thumbs": "down", "feedback_rating": None, "feedback_comment": None,
+            "requested_human": True, "corrected_response": None,
+        })
+    return pl.DataFrame(rows)
+
+
+def test_prompt_is_versioned_and_rendered_into_the_request(server):
+    server.push(ok(ERROR_VERDICT))
+    auditor = LLMAuditor(router(server))
+    out = auditor.audit_frame(frame(1))
+    assert out.failures == []
+    v = out.verdicts.row(0, named=True)
+    assert out.verdicts.columns == list(AUDITED_COLUMNS)
+    assert v["is_error"] and v["category"] == "refusal_of_valid_request"
+    assert v["auditor"] == "llm:openai/gpt-test" and v["prompt_version"] == "auditor-v1"
+    assert v["answered_by"] == "openai"
+    body = server.requests[0].body
+    system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+    assert system.startswith("You are the Auditor") and "pii_leak" in system
+    assert "user: Please change my address 0" in user
+    assert "I'm sorry, I can't help with that." in user
+    assert "thumbs down" in user and "asked for a human" in user
+    assert body["response_format"]["type"] == "json_schema"  # structured output requested
+
+
+def test_clean_verdict_and_repair_of_malformed_json(server):
+    server.push(malformed(), ok(CLEAN_VERDICT))
+    out = LLMAuditor(router(server)).audit_frame(frame(1))
+    assert out.failures == [] and out.verdicts["is_error"].to_list() == [False]
+    assert server.calls == 2  # one repair call
+
+
+def test_provider_failure_is_returned_with_the_reason_not_lost(server):
+    server.push(ok(ERROR_VERDICT), error(500, "boom"))
+    seen = []
+    out = LLMAuditor(router(server)).audit_frame(frame(2), on_item=lambda i, ok_: seen.append((i, ok_)))
+    assert out.verdicts["interaction_id"].to_list() == ["it-0"]
+    assert [f.interaction_id for f in out.failures] == ["it-1"]
+    assert "500" in out.failures[0].reason and "openai" in out.failures[0].reason
+    assert "sk-test-audit" not in out.failures[0].reason
+    assert seen == [("it-0", True), ("it-1", False)]
+
+
+def test_schema_violation_after_repair_is_a_failure(server):
+    bad = json.dumps({"is_error": True, "category": "made_up", "severity": "medium",
+                      "confidence": 0.5, "explanation": "x"})
+    server.push(ok(bad), ok(bad))
+    out = LLMAuditor(router(server)).audit_frame(frame(1))
+    assert out.verdicts.height == 0 and len(out.failures) == 1
+    assert "category" in out.failures[0].reason
+
+
+def test_bad_messages_json_names_the_interaction():
+    with pytest.raises(ValueError, match="it-9"):
+        render_conversation("{not json", None, "it-9")
+
+
+def test_prompt_loader_versions():
+    p = load_prompt("auditor", "v1")
+    assert p.version == "auditor-v1" and len(p.sha) == 64
+    assert load_prompt("auditor", "auditor-v1") == p
+    with pytest.raises(PromptError, match="v99"):
+        load_prompt("auditor", "v99")
+    with pytest.raises(PromptError, match="placeholder"):
+        p.render(conversation="x")
+
+
+def test_llm_teacher_proposes_through_the_router(server):
+    server.push(ok(json.dumps({"corrected_response": "Sure, I have updated your address.",
+                               "rationale": "Do the requested change instead of refusing."})))
+    teacher = LLMTeacher(build_router("teacher", {
+        "kind": "openai", "model": "gpt-test", "base_url": server.base_url,
+        "api_key_env": KEY_ENV, "max_retries": 0, "cache_backend": "none"}))
+    rows = [{**r, "finding": "refusal_of_valid_request (medium): refused"}
+            for r in frame(1).iter_rows(named=True)]
+    human = {**rows[0], "interaction_id": "it-h", "corrected_response": "Done by a human."}
+    result = propose_corrections(rows + [human], retrieval=None, llm=teacher)
+    assert result.proposals["it-0"].source == "llm:openai"
+    assert result.proposals["it-0"].response == "Sure, I have updated your address."
+    assert result.proposals["it-0"].extra["prompt_version"] == "teacher-v1"
+    assert result.proposals["it-h"].source == "human_agent"  # humans first, no LLM call
+    assert server.calls == 1
+    assert "refusal_of_valid_request (medium)" in server.requests[0].body["messages"][1]["content"]
+
+
+def test_llm_teacher_failure_is_counted_not_raised(server):
+    server.push(error(503, "overloaded"))
+    teacher = LLMTeacher(build_router("teacher", {
+        "kind": "openai", "model": "gpt-test", "base_url": server.base_url,
+        "api_key_env": KEY_ENV, "max_retries": 0, "cache_backend": "none"}))
+    result = propose_corrections(list(frame(1).iter_rows(named=True)), retrieval=None, llm=teacher)
+    assert result.proposals == {} and "503" in result.failures["it-0"]

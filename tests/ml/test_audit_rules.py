@@ -1,0 +1,262 @@
+"""The rules-and-signals auditor on small frames: each rule fires on its case and not on a clean
+reply; categories, severities, confidence and explanations follow from the signals."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+import pytest
+
+from ml.audit.metrics import cohen_kappa, precision_recall
+from ml.audit.rules import SIGNALS, RuleThresholds, RulesAuditor, audit_rules, signal_frame
+from ml.audit.taxonomy import AUDITED_COLUMNS, CATEGORIES, Verdict, normalize_category
+
+CLEAN_Q = "How much does the basic plan cost per month?"
+CLEAN_A = "The basic plan costs $10 per month."
+
+
+def frame(**overrides) -> pl.DataFrame:
+    row = {"interaction_id": "i1", "tenant_id": "acme", "partition_date": date(2026, 1, 2),
+           "user_message": CLEAN_Q, "response": CLEAN_A, "corrected_response": None,
+           "correction_category": None, "feedback_thumbs": None, "feedback_rating": None,
+           "feedback_comment": None, "requested_human": None, "quality_score": 0.9,
+           "qa_relevance": 0.7}
+    row.update(overrides)
+    return pl.DataFrame([row], schema_overrides={"corrected_response": pl.String,
+                                                 "correction_category": pl.String,
+                                                 "feedback_thumbs": pl.String,
+                                                 "feedback_rating": pl.Int64,
+                                                 "feedback_comment": pl.String,
+                                                 "requested_human": pl.Boolean,
+                                                 "response": pl.String})
+
+
+def verdict(**overrides) -> dict:
+    return audit_rules(frame(**overrides)).row(0, named=True)
+
+
+def test_clean_reply_is_not_flagged_and_output_has_the_table_columns():
+    out = audit_rules(frame())
+    assert out.columns == list(AUDITED_COLUMNS)
+    v = out.row(0, named=True)
+    assert v["is_error"] is False and v["category"] is None and v["severity"] is None
+    assert v["signals"] == [] and v["auditor"] == "rules" and v["prompt_version"] == "rules-v1"
+    assert v["confidence"] == 1.0 and v["tenant_id"] == "acme"
+
+
+@pytest.mark.parametrize("overrides", [{"feedback_thumbs": "down"}, {"feedback_rating": 1},
+                                       {"feedback_rating": 2}])
+def test_negative_feedback_alone_flags_with_low_severity(overrides):
+    v = verdict(**overrides)
+    assert v["is_error"] and "negative_feedback" in v["signals"]
+    assert v["severity"] == "low"  # weak evidence
+    assert "negative feedback" in v["explanation"]
+
+
+def test_rating_three_is_not_negative_feedback():
+    assert verdict(feedback_rating=3)["is_error"] is False
+
+
+def test_negative_feedback_comment_picks_the_category():
+    v = verdict(feedback_thumbs="down", feedback_comment="That policy does not exist!")
+    assert v["category"] == "hallucinated_policy"
+
+
+def test_handoff_alone_is_below_threshold_but_named():
+    v = verdict(requested_human=True)
+    assert v["is_error"] is False and v["signals"] == ["handoff"]
+    assert "handoff" in v["explanation"]
+
+
+def test_handoff_and_negative_feedback_together_are_flagged():
+    v = verdict(requested_human=True, feedback_thumbs="down")
+    assert v["is_error"] and v["confidence"] == pytest.approx(1 - 0.6 * 0.45, abs=1e-4)
+
+
+def test_human_correction_uses_its_category():
+    v = verdict(corrected_response="Our refund window is 30 days.",
+                correction_category="hallucinated_policy")
+    assert v["is_error"] and v["category"] == "hallucinated_policy" and v["severity"] == "high"
+
+
+def test_human_correction_with_other_price_is_a_factual_error():
+    v = verdict(corrected_response="The basic plan costs $12 per month.")
+    assert v["is_error"] and v["category"] == "factual_error"
+    assert set(v["signals"]) >= {"human_correction", "number_mismatch"}
+
+
+def test_correction_identical_to_reply_is_not_a_correction():
+    assert verdict(corrected_response=CLEAN_A)["is_error"] is False
+
+
+def test_refusal_of_a_valid_request_is_flagged():
+    v = verdict(user_message="Can you change the delivery address on my order?",
+                response="I'm sorry, but I can't help with that.")
+    assert v["is_error"] and v["category"] == "refusal_of_valid_request"
+    assert v["severity"] == "medium"
+
+
+def test_refusal_of_a_disallowed_request_is_fine():
+    v = verdict(user_message="How do I hack into someone else's account?",
+                response="I'm sorry, but I can't help with that.")
+    assert v["is_error"] is False
+
+
+@pytest.mark.parametrize("reply", [
+    "Our refund window is 30 days and you can",
+    "To reset your password, open Settings, then",
+    "You can return the item within 30 days...",
+])
+def test_truncated_reply_is_incomplete(reply):
+    v = verdict(response=reply)
+    assert v["is_error"] and v["category"] == "incomplete" and "truncated" in v["signals"]
+
+
+def test_empty_reply_is_incomplete_and_high():
+    v = verdict(response="   ")
+    assert v["is_error"] and v["category"] == "incomplete" and v["severity"] == "high"
+    assert v["signals"] == ["empty_reply"]
+
+
+def test_null_reply_is_empty():
+    assert verdict(response=None)["signals"] == ["empty_reply"]
+
+
+def test_pii_placeholder_the_user_did_not_give_is_a_leak():
+    v = verdict(user_message="What is the status of my order?",
+                response="Your order ships to [EMAIL], we will call [PHONE].")
+    assert v["is_error"] and v["category"] == "pii_leak" and v["severity"] == "critical"
+
+
+def test_pii_placeholder_the_user_gave_is_not_a_leak():
+    v = verdict(user_message="Please email me at [EMAIL].",
+                response="Sure, I will send the invoice to [EMAIL].")
+    assert v["is_error"] is False
+
+
+def test_raw_reply_pii_is_found_with_find_pii():
+    f = frame(user_message="What is my order status?",
+              response="It ships soon.").with_columns(
+        pl.lit("It ships soon, contact bob@example.com.").alias("response_raw"))
+    v = audit_rules(f).row(0, named=True)
+    assert v["category"] == "pii_leak"
+
+
+def test_low_relevance_is_off_topic_and_threshold_is_respected():
+    assert verdict(qa_relevance=0.05)["category"] == "off_topic"
+    assert verdict(qa_relevance=0.05)["is_error"]
+    assert verdict(qa_relevance=0.5)["is_error"] is False
+    assert verdict(qa_relevance=None)["is_error"] is False  # not measured: no signal
+    relaxed = audit_rules(frame(qa_relevance=0.05), RuleThresholds(relevance_threshold=0.01))
+    assert relaxed["is_error"][0] is False
+
+
+def test_tone_and_formatting():
+    assert verdict(response="As I already told you, read the manual.")["category"] == "tone"
+    assert verdict(response='<div>Your plan costs $10.</div>')["category"] == "formatting"
+    assert verdict(response="Here is the code: ```print(1)")["signals"].count("formatting") == 1
+
+
+def test_strongest_signal_decides_the_category():
+    v = verdict(response="I can't help with that. Call [PHONE].", feedback_thumbs="down")
+    assert v["category"] == "pii_leak"
+    assert v["explanation"].count(";") >= 2  # every fired signal is named
+
+
+def test_many_rows_are_vectorised_in_order():
+    rows = pl.concat([frame(interaction_id=f"i{i}", response=r) for i, r in
+                      enumerate([CLEAN_A, "", "I cannot help with that."])])
+    out = audit_rules(rows)
+    assert out["interaction_id"].to_list() == ["i0", "i1", "i2"]
+    assert out["is_error"].to_list() == [False, True, True]
+
+
+def test_missing_required_column_is_named():
+    with pytest.raises(ValueError, match="response"):
+        audit_rules(pl.DataFrame({"interaction_id": ["x"]}))
+
+
+def test_optional_columns_may_be_absent():
+    out = audit_rules(pl.DataFrame({"interaction_id": ["x"], "response": ["Fine."]}))
+    assert out["is_error"][0] is False and out["tenant_id"][0] == "default"
+
+
+def test_signal_table_and_taxonomy_are_consistent():
+    sig = signal_frame(frame())
+    for s in SIGNALS:
+        assert s.name in sig.columns
+        assert s.category is None or s.category in CATEGORIES
+        assert 0 < s.weight < 1
+
+
+def test_every_error_verdict_validates_against_the_verdict_schema():
+    rows = pl.concat([frame(interaction_id=f"i{i}", response=r) for i, r in
+                      enumerate(["", "I can't help with that.", "Call [PHONE]", CLEAN_A])])
+    for v in RulesAuditor().audit_frame(rows).verdicts.iter_rows(named=True):
+        Verdict(is_error=v["is_error"], category=v["category"], severity=v["severity"],
+                confidence=v["confidence"], explanation=v["explanation"])
+
+
+def test_verdict_schema_rejects_inconsistent_answers():
+    with pytest.raises(ValueError):
+        Verdict(is_error=True, category=None, severity=None, confidence=0.5, explanation="x")
+    with pytest.raises(ValueError):
+        Verdict(is_error=False, category="tone", severity="low", confidence=0.5, explanation="x")
+    with pytest.raises(ValueError):
+        Verdict(is_error=True, category="nonsense", severity="low", confidence=0.5,
+                explanation="x")
+
+
+def test_normalize_category():
+    assert normalize_category("Wrong Price") == "factual_error"
+    assert normalize_category("pii-leak") == "pii_leak"
+    assert normalize_category("banana") is None
+
+
+def test_precision_recall_and_kappa():
+    verdicts = pl.DataFrame({"interaction_id": ["a", "b", "c", "d"],
+                             "is_error": [True, True, False, False],
+                             "category": ["factual_error", "tone", None, None]})
+    truth = pl.DataFrame({"interaction_id": ["a", "b", "c", "d"],
+                          "mistake": ["wrong_price", None, "refusal", None]})
+    pr = precision_recall(verdicts, truth)
+    assert (pr["tp"], pr["fp"], pr["fn"], pr["tn"]) == (1, 1, 1, 1)
+    assert pr["precision"] == 0.5 and pr["recall"] == 0.5 and pr["category_accuracy"] == 1.0
+    assert pr["recall_by_mistake"] == {"refusal": {"n": 1, "recall": 0.0},
+                                       "wrong_price": {"n": 1, "recall": 1.0}}
+    assert cohen_kappa([1, 1, 0, 0], [1, 1, 0, 0]) == 1.0
+    assert cohen_kappa([1, 0, 1, 0], [1, 1, 0, 0]) == 0.0
+    assert cohen_kappa([], []) is None
+
+
+def _population(replies: list[str], question: str = "How much is the Aura speaker?") -> pl.DataFrame:
+    return pl.DataFrame({"interaction_id": [f"p{i}" for i in range(len(replies))],
+                         "tenant_id": ["acme"] * len(replies),
+                         "user_message": [question] * len(replies), "response": replies})
+
+
+def test_number_outlier_against_the_usual_numbers_of_the_same_reply_template():
+    ref = _population(["The Aura speaker costs $89.00."] * 6 + ["The Aura speaker costs $133.50."])
+    out = audit_rules(frame(user_message="Hi, how much is the Aura speaker?",
+                            response="The Aura speaker costs $133.50."), reference=ref)
+    v = out.row(0, named=True)
+    assert v["is_error"] and v["category"] == "factual_error" and "number_outlier" in v["signals"]
+    usual = audit_rules(frame(user_message="How much is the Aura speaker?",
+                              response="The Aura speaker costs $89.00."), reference=ref)
+    assert usual["is_error"][0] is False
+
+
+def test_minority_answer_to_the_same_question_and_small_groups_are_not_judged():
+    q = "What does your warranty cover?"
+    ref = _population(["Two years on parts and labour."] * 5 + ["A free new device every year."], q)
+    v = audit_rules(frame(user_message="Hello! " + q, response="A free new device every year."),
+                    reference=ref).row(0, named=True)
+    assert v["is_error"] and v["category"] == "hallucinated_policy"
+    assert v["signals"] == ["minority_answer"]
+    small = _population(["Two years on parts and labour."] * 3 + ["A free new device every year."], q)
+    assert audit_rules(frame(user_message=q, response="A free new device every year."),
+                       reference=small)["is_error"][0] is False
+    other_tenant = audit_rules(frame(tenant_id="zeta", user_message=q,
+                                     response="A free new device every year."), reference=ref)
+    assert other_tenant["is_error"][0] is False

@@ -1,0 +1,318 @@
+"""Ingest: vectorized validation agrees with pydantic, quarantine reasons, dedup, determinism."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from ml.ingest import DUPLICATE_REASON, ingest_files, naive_ingest
+from ml.schema import INTERACTION_COLUMNS, QUARANTINE_COLUMNS, RecordError, validate_record
+
+DAY = "2024-03-01"
+KEY = b"test-key"
+
+
+def good(i: int = 1, **over) -> dict:
+    rec = {
+        "interaction_id": f"id-{i}",
+        "tenant_id": "acme",
+        "session_id": f"sess-{i % 3}",
+        "turn_index": 2,
+        "timestamp": "2024-03-01T12:00:00.250+02:00",
+        "channel": "web",
+        "model": {"provider": "local", "name": "bot", "version": "v1"},
+        "messages": [
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": "first question, mail me at a.b@example.com"},
+            {"role": "assistant", "content": "sure"},
+            {"role": "user", "content": f"call +44 20 7946 0958 about order {i}"},
+        ],
+        "response": "Card 4111 1111 1111 1111 noted. \"quoted\" \\ back\nslash é 😀",
+        "latency_ms": 1234.5,
+        "tokens": {"prompt": 100, "completion": 20},
+        "retrieval": [{"doc": "kb/1", "score": 0.5}, "faq"],
+        "feedback": {"rating": 4, "thumbs": "up", "comment": "ip was 10.1.2.3"},
+        "signals": {"user_continued": True, "accepted": False, "time_to_first_use_s": 12},
+        "human_correction": {"agent_id": "ag", "corrected_response": "Fixed, see sk-abcdefghijklmnopqrstuvwxyz"},
+        "metadata": {"intent": "billing", "language": "en", "tags": ["a", "b"]},
+        "extra_field": {"kept": "out"},
+    }
+    rec.update(over)
+    return rec
+
+
+def bad_variants() -> list[tuple[str, str]]:
+    """(line, field the reason must name)."""
+    out = []
+
+    def add(field, **over):
+        out.append((json.dumps(good(100 + len(out), **over)), field))
+
+    add("feedback.rating", feedback={"rating": 9})
+    add("feedback.thumbs", feedback={"thumbs": "sideways"})
+    add("latency_ms", latency_ms=-5)
+    add("timestamp", timestamp="yesterday")
+    add("timestamp", timestamp="2024-02-30T10:00:00Z")
+    add("messages.0.role", messages=[{"role": "bot", "content": "x"}])
+    add("messages.0.content", messages=[{"role": "user", "content": 5}])
+    add("messages", messages=None)
+    add("tenant_id", tenant_id=None)
+    add("tokens.prompt", tokens={"prompt": -1})
+    add("signals.accepted", signals={"accepted": "maybe"})
+    add("human_correction.corrected_response", human_correction={"agent_id": "x"})
+    add("human_correction.corrected_response", human_correction={"corrected_response": ""})
+    add("metadata.tags", metadata={"tags": "notalist"})
+    add("model", model="gpt")
+    add("turn_index", turn_index=2**40)
+    rec = good(150)
+    del rec["interaction_id"]
+    out.append((json.dumps(rec), "interaction_id"))
+    rec = good(151)
+    del rec["session_id"]
+    out.append((json.dumps(rec), "session_id"))
+    rec = good(152, messages=[])
+    del rec["response"]
+    out.append((json.dumps(rec), "messages"))
+    out.append(('{"interaction_id": "id-160", "session_id": "s", "timestamp": ', "invalid JSON"))
+    out.append(("[1, 2, 3]", "JSON list"))
+    out.append(('{"interaction_id": "id-161", "session_id": "s", "timestamp": '
+                '"2024-03-01T00:00:00Z", "response": "\\ud800"}', "surrogate"))
+    return out
+
+
+def lenient_variants() -> list[str]:
+    """Lines pydantic accepts after coercion or that the fast path must not misread."""
+    return [
+        json.dumps(good(200, turn_index="3", latency_ms=5)),  # "3" -> 3, int -> float
+        json.dumps(good(201, timestamp=1709294400)),  # unix seconds
+        json.dumps(good(202, timestamp="2024-03-01T10:00:00")),  # naive -> UTC
+        json.dumps(good(203, signals={"accepted": 1, "modified": "true"})),
+        json.dumps(good(204, feedback={"rating": 5.0})),
+        json.dumps(good(205, retrieval=[{"x": 1e-7, "big": 1e20}])),
+        json.dumps(good(206, messages=[], response="only a response")),
+        json.dumps({"interaction_id": "id-207", "session_id": "s", "timestamp": "2024-03-01 10:00:00",
+                    "response": None, "messages": [{"role": "user", "content": "hi", "role2": 1}]}),
+        '{"interaction_id": "id-208", "interaction_id": "id-209", "session_id": "s", '
+        '"timestamp": "2024-03-01T00:00:00Z", "response": "dup keys: last wins"}',
+        '{"interaction_id": "id-210", "session_id": "s", "timestamp": "2024-03-01T00:00:00Z", '
+        '"feedback": {"rating": 1, "rating": 5}, "response": "nested dup"}',
+        json.dumps(good(211, latency_ms=float("nan"))),
+        json.dumps({"interaction_id": "id-212", "session_id": "s", "timestamp": "2024-03-01T00:00:00Z",
+                    "messages": [{"role": "user", "content": "what is \"role\": here"}]}),
+        json.dumps(good(213, tenant_id="")),
+        json.dumps(good(214, response="x" * 10, retrieval=None, feedback=None, signals={})),
+        # what the msgspec fast path must hand over to pydantic, or read exactly as json.loads
+        json.dumps(good(215, turn_index=3.0, tokens={"prompt": 2**63, "completion": True})),
+        json.dumps(good(216, timestamp="2024-03-01T10:00:00.1234567Z")),
+        json.dumps(good(217, timestamp="2024-03-01T23:59:60Z")),
+        json.dumps(good(218, timestamp="2024-03-01T10:00:00-05:30")),
+        json.dumps(good(219, timestamp="2024-03-01t10:00:00z")),
+        json.dumps(good(220, timestamp="2024-03-01T00:00:00.5+14:00")),
+        json.dumps(good(221, retrieval=[{"s": 0.00001, "n": 10**20, "z": -0.0, "f": 1e16,
+                                          "u": "é\u2028\x7f", "l": [1, {"a": None}]}, "x"])),
+        json.dumps(good(222, retrieval=[None])),
+        json.dumps(good(223, messages=[None])),
+        json.dumps(good(224, metadata={"tags": ["a", None]})),
+        json.dumps(good(225, latency_ms=1e400)),  # inf
+        json.dumps(good(226, response="ctl \x01 and \ud83d\ude00 pair")),
+        json.dumps(good(227), ensure_ascii=True),
+        '{"interaction_id": "id-228", "session_id": "s", "timestamp": "2024-03-01T00:00:00Z", '
+        '"response": "lone low \\udc00"}',
+        '{"interaction_id": "id-229", "session_id": "s", "timestamp": "2024-03-01T00:00:00Z", '
+        '"response": "raw\ttab"}',
+        '{"interaction_id": "id-230", "session_id": "s", "timestamp": "2024-03-01T00:00:00Z", '
+        '"latency_ms": NaN, "response": "nan literal"}',
+        '\ufeff{"interaction_id": "id-231", "session_id": "s", "timestamp": "2024-03-01T00:00:00Z", '
+        '"response": "bom"}',
+        '{"interaction_id": "id-232", "session_id": "s", "timestamp": "2024-03-01T00:00:00Z", '
+        '"response": "crlf"}\r',
+        json.dumps(good(233, messages=[{"role": "user", "content": "x" * 200_001}])),
+        json.dumps(good(234, interaction_id="i" * 257)),
+    ]
+
+
+def write(tmp_path: Path, name: str, lines: list[str]) -> Path:
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+def pydantic_accepts(line: str) -> bool:
+    try:
+        validate_record(json.loads(line))
+    except (json.JSONDecodeError, RecordError):
+        return False
+    return "\\ud800" not in line
+
+
+def test_accept_set_matches_pydantic(tmp_path):
+    lines = [json.dumps(good(i)) for i in range(1, 6)]
+    lines += [ln for ln, _ in bad_variants()] + lenient_variants()
+    path = write(tmp_path, "mixed.jsonl", lines)
+    res = ingest_files([path], DAY, KEY)
+    accepted = set(res.interactions["interaction_id"].to_list())
+    # pydantic's accept set, minus the one documented extra rule: values the warehouse column
+    # types cannot hold (turn_index beyond INTEGER, token counts beyond BIGINT) are quarantined
+    def storable(rec) -> bool:
+        tokens = rec.tokens
+        return rec.turn_index != 2**40 and not (tokens and (tokens.prompt or 0) >= 2**63)
+
+    expected = {validate_record(json.loads(ln)).interaction_id for ln in lines
+                if pydantic_accepts(ln) and storable(validate_record(json.loads(ln)))}
+    assert accepted == expected
+    assert res.stats["python_path_rows"] > 0 and res.stats["fast_path_rows"] >= 5
+
+
+def test_vectorized_equals_naive(tmp_path):
+    lines = [json.dumps(good(i)) for i in range(1, 30)]
+    lines += [ln for ln, _ in bad_variants()] + lenient_variants()
+    lines += ["", "   ", json.dumps(good(3)), json.dumps(good(4, response="changed"))]
+    p1 = write(tmp_path, "a.jsonl", lines[:30])
+    p2 = write(tmp_path, "b.jsonl", lines[30:])
+    v = ingest_files([p1, p2], DAY, KEY, chunk_bytes=4096)  # several chunks per file
+    n = naive_ingest([p1, p2], DAY, KEY)
+    assert_frame_equal(v.interactions, n.interactions)
+    assert_frame_equal(v.quarantined, n.quarantined)
+    for k in ("lines", "blank_lines", "accepted", "quarantined", "exact_duplicates",
+              "exact_duplicate_rows", "duplicate_conflicts", "pii_rows"):
+        assert v.stats[k] == n.stats[k], k
+
+
+def test_worker_processes_equal_in_process(tmp_path):
+    lines = [json.dumps(good(i)) for i in range(1, 60)]
+    lines += [ln for ln, _ in bad_variants()] + lenient_variants()
+    lines += ["", json.dumps(good(3)), json.dumps(good(4, response="changed"))]
+    p1 = write(tmp_path, "a.jsonl", lines[:50])
+    p2 = write(tmp_path, "b.jsonl", lines[50:])
+    single = ingest_files([p1, p2], DAY, KEY, chunk_bytes=8192, workers=0)
+    parallel = ingest_files([p1, p2], DAY, KEY, chunk_bytes=8192, workers=2)
+    assert parallel.stats["workers"] == 2 and single.stats["workers"] == 0
+    assert_frame_equal(single.interactions, parallel.interactions)
+    assert_frame_equal(single.quarantined, parallel.quarantined)
+    n = naive_ingest([p1, p2], DAY, KEY)
+    assert_frame_equal(parallel.interactions, n.interactions)
+    assert_frame_equal(parallel.quarantined, n.quarantined)
+    assert parallel.stats["exact_duplicate_rows"] == n.stats["exact_duplicate_rows"]
+
+
+def test_quarantine_reasons_name_the_field(tmp_path):
+    variants = bad_variants()
+    lines = [json.dumps(good(1))] + [ln for ln, _ in variants] + [json.dumps(good(2))]
+    res = ingest_files([write(tmp_path, "bad.jsonl", lines)], DAY, KEY)
+    q = res.quarantined
+    assert list(q.columns) == list(QUARANTINE_COLUMNS)
+    assert sorted(res.interactions["interaction_id"].to_list()) == ["id-1", "id-2"]
+    assert q.height == len(variants)
+    for (line, field), row in zip(variants, q.iter_rows(named=True)):
+        assert field in row["reason"], (field, row["reason"])
+        assert row["raw"] == line
+        assert row["line_no"] == lines.index(line) + 1
+        assert row["partition_date"] == datetime(2024, 3, 1).date()
+    by_field = dict(zip([f for _, f in variants], q["reason"]))
+    assert by_field["feedback.rating"].startswith("feedback.rating:")
+    assert q.filter(pl.col("reason").str.contains("interaction_id"))["interaction_id"][0] is None
+
+
+def test_output_layout_and_values(tmp_path):
+    res = ingest_files([write(tmp_path, "one.jsonl", [json.dumps(good(1))])], DAY, KEY)
+    df = res.interactions
+    assert list(df.columns) == list(INTERACTION_COLUMNS)
+    row = df.row(0, named=True)
+    assert row["ts"] == datetime(2024, 3, 1, 10, 0, 0, 250000)  # UTC
+    assert row["session_id"] == hmac.new(KEY, b"sess-1", hashlib.sha256).hexdigest()
+    assert row["user_message"] == "call [PHONE] about order 1"
+    assert json.loads(row["messages"])[1] == {"role": "user",
+                                              "content": "first question, mail me at [EMAIL]"}
+    assert row["response"].startswith("Card [CREDIT_CARD] noted.")
+    assert row["feedback_comment"] == "ip was [IP_ADDRESS]"
+    assert row["corrected_response"] == "Fixed, see [SECRET]"
+    assert row["pii_types"] == ["SECRET", "EMAIL", "CREDIT_CARD", "IP_ADDRESS", "PHONE"]
+    assert row["retrieval"] == '[{"doc":"kb/1","score":0.5},"faq"]'
+    assert row["tags"] == ["a", "b"] and row["tenant_id"] == "acme"
+    assert row["time_to_first_use_s"] == 12.0 and row["accepted"] is False
+    assert row["source_file"].endswith("one.jsonl")
+
+
+def test_dedup_exact_dropped_conflict_quarantined(tmp_path):
+    a = json.dumps(good(1))
+    b = json.dumps(good(2))
+    changed = json.dumps(good(1, response="a different reply"))
+    p1 = write(tmp_path, "1.jsonl", [a, b, a])
+    p2 = write(tmp_path, "2.jsonl", [changed, a + "  "])
+    res = ingest_files([p1, p2], DAY, KEY)
+    assert res.interactions["interaction_id"].to_list() == ["id-1", "id-2"]
+    assert res.interactions["source_file"][0] == str(p1)
+    assert "Card" in res.interactions["response"][0]  # the first copy was kept
+    assert res.stats["exact_duplicates"] == 2
+    assert res.stats["exact_duplicate_rows"] == [
+        {"interaction_id": "id-1", "source_file": str(p1), "line_no": 3},
+        {"interaction_id": "id-1", "source_file": str(p2), "line_no": 2},
+    ]
+    assert res.quarantined.height == 1
+    q = res.quarantined.row(0, named=True)
+    assert q["reason"] == DUPLICATE_REASON and q["raw"] == changed and q["line_no"] == 1
+
+
+def test_deterministic(tmp_path):
+    lines = [json.dumps(good(i)) for i in range(20)] + [ln for ln, _ in bad_variants()]
+    p = write(tmp_path, "d.jsonl", lines)
+    r1 = ingest_files([p], DAY, KEY)
+    r2 = ingest_files([p], DAY, KEY, chunk_bytes=2048)
+    assert_frame_equal(r1.interactions, r2.interactions)
+    assert_frame_equal(r1.quarantined, r2.quarantined)
+    other_key = ingest_files([p], DAY, b"other")
+    assert other_key.interactions["session_id"][0] != r1.interactions["session_id"][0]
+
+
+def test_invalid_utf8_and_blank_lines(tmp_path):
+    p = tmp_path / "u.jsonl"
+    p.write_bytes(json.dumps(good(1)).encode() + b"\n\n  \r\n" + b'{"interaction_id": "\xff"}\n'
+                  + json.dumps(good(2)).encode())  # no trailing newline
+    v = ingest_files([p], DAY, KEY)
+    n = naive_ingest([p], DAY, KEY)
+    assert v.interactions["interaction_id"].to_list() == ["id-1", "id-2"]
+    assert v.quarantined["reason"].to_list() == ["invalid UTF-8"]
+    assert v.quarantined["line_no"].to_list() == [4]
+    assert v.stats["blank_lines"] == 2 and v.stats["lines"] == 5
+    assert_frame_equal(v.interactions, n.interactions)
+    assert_frame_equal(v.quarantined, n.quarantined)
+
+
+def test_parquet_input(tmp_path):
+    recs = [good(1), good(2, feedback=None, human_correction=None)]
+    flat = copy.deepcopy(recs)
+    for r in flat:
+        r.pop("extra_field")
+        r.pop("retrieval")
+    p = tmp_path / "x.parquet"
+    pl.DataFrame(flat).write_parquet(p)
+    v = ingest_files([p], DAY, KEY)
+    n = naive_ingest([p], DAY, KEY)
+    assert v.interactions["interaction_id"].to_list() == ["id-1", "id-2"]
+    assert v.quarantined.height == 0
+    assert v.interactions["ts"][0] == datetime(2024, 3, 1, 10, 0, 0, 250000)
+    assert_frame_equal(v.interactions, n.interactions)
+
+
+def test_empty_input(tmp_path):
+    p = write(tmp_path, "e.jsonl", [""])
+    res = ingest_files([p], DAY, KEY)
+    assert res.interactions.height == 0 and list(res.interactions.columns) == list(INTERACTION_COLUMNS)
+    assert res.quarantined.height == 0
+    assert ingest_files([], DAY, KEY).interactions.height == 0
+
+
+@pytest.mark.parametrize("field", ["response", "feedback"])
+def test_wrong_type_goes_to_quarantine_not_coerced(tmp_path, field):
+    over = {"response": 12345} if field == "response" else {"feedback": {"comment": 7}}
+    res = ingest_files([write(tmp_path, "w.jsonl", [json.dumps(good(1, **over))])], DAY, KEY)
+    assert res.interactions.height == 0
+    assert res.quarantined["reason"][0].startswith(field)

@@ -1,0 +1,111 @@
+"""Reviewer accounts and collector keys (store modules), the CLI helpers, the sign-in limiter."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from argon2 import PasswordHasher
+from sqlalchemy import select
+
+from service import cli_support
+from service.security import LoginLimiter
+from store import collector_keys, repo, reviewers
+from store.db import session_scope
+from store.models import CollectorKey, ReviewEvent, Reviewer
+from servicekit import make_settings
+
+
+def test_passwords_and_tokens_are_stored_hashed(svc_store, monkeypatch):
+    monkeypatch.setattr(reviewers, "_hasher", PasswordHasher())  # the production parameters
+    with session_scope(svc_store) as s:
+        info = reviewers.create_reviewer(s, username="ann", password="s3cret-pass",
+                                         tenants=["acme"])
+    with session_scope(svc_store) as s:
+        row = s.scalar(select(Reviewer).where(Reviewer.username == "ann"))
+        assert row.password_hash.startswith("$argon2id$") and "s3cret-pass" not in row.password_hash
+        assert info.api_token and info.api_token not in (row.api_token_hash or "")
+        assert row.api_token_hash == reviewers.hash_token(info.api_token)
+        assert reviewers.authenticate(s, "ann", "s3cret-pass").username == "ann"
+        assert reviewers.authenticate(s, "ann", "wrong-pass") is None
+        assert reviewers.authenticate(s, "nobody", "s3cret-pass") is None
+        assert reviewers.by_token(s, info.api_token).tenants == ["acme"]
+        assert reviewers.by_token(s, info.api_token + "x") is None
+
+
+def test_account_rules(svc_store):
+    with session_scope(svc_store) as s:
+        with pytest.raises(reviewers.ReviewerError, match="role must be one of"):
+            reviewers.create_reviewer(s, username="a", password="password1", role="boss",
+                                      tenants=["x"])
+        with pytest.raises(reviewers.ReviewerError, match="at least one tenant"):
+            reviewers.create_reviewer(s, username="a", password="password1")
+        with pytest.raises(reviewers.ReviewerError, match="password must be"):
+            reviewers.create_reviewer(s, username="a", password="short", tenants=["x"])
+        with pytest.raises(reviewers.ReviewerError, match="username must be"):
+            reviewers.create_reviewer(s, username="a b", password="password1", tenants=["x"])
+        admin = reviewers.create_reviewer(s, username="root", password="password1", role="admin")
+        assert admin.scope == ["*"]
+        with pytest.raises(reviewers.ReviewerError, match="already exists"):
+            reviewers.create_reviewer(s, username="root", password="password1", role="admin")
+        reviewers.set_active(s, "root", False)
+        assert reviewers.authenticate(s, "root", "password1") is None
+        assert reviewers.by_token(s, admin.api_token) is None
+
+
+def test_progress_counts_decisions_today_and_total(svc_store):
+    with session_scope(svc_store) as s:
+        for k in range(3):
+            item, _ = repo.create_item(s, kind="sample", dedup_key=f"k{k}", tenant_id="acme",
+                                       interaction_id=f"i{k}", proposed_response="p")
+            repo.decide(s, item.id, decision="approve", expected_version=1, actor="ann")
+        old = s.scalars(select(ReviewEvent).where(ReviewEvent.action == "decide")).first()
+        old.at = datetime.now(timezone.utc) - timedelta(days=2)
+    with session_scope(svc_store) as s:
+        assert reviewers.progress(s, "ann") == {"today": 2, "total": 3}
+        assert reviewers.progress(s, "bob") == {"today": 0, "total": 0}
+
+
+def test_collector_keys(svc_store):
+    with session_scope(svc_store) as s:
+        info = collector_keys.create_key(s, "acme", label="bot")
+        assert info.key.startswith("llc_")
+        assert s.scalar(select(CollectorKey.key_hash)) == collector_keys.hash_key(info.key)
+        assert collector_keys.tenant_for_key(s, info.key) == "acme"
+        assert collector_keys.tenant_for_key(s, "llc_other") is None
+        assert collector_keys.tenant_for_key(s, None) is None
+        collector_keys.revoke_key(s, info.id)
+        assert collector_keys.tenant_for_key(s, info.key) is None
+        with pytest.raises(collector_keys.CollectorKeyError, match="tenant_id must be"):
+            collector_keys.create_key(s, "bad tenant")
+
+
+def test_cli_support_creates_accounts_and_keys(sqlite_store, tmp_path):
+    settings = make_settings(sqlite_store, tmp_path / "home")
+    info = cli_support.add_reviewer("ann", "password-123", "reviewer", ["acme", "globex"],
+                                    settings=settings)
+    assert (info.username, info.role, info.tenants) == ("ann", "reviewer", ["acme", "globex"])
+    assert info.api_token.startswith("llr_")
+    key = cli_support.add_collector_key("acme", settings=settings)
+    with session_scope(sqlite_store) as s:
+        assert collector_keys.tenant_for_key(s, key) == "acme"
+    assert [r.username for r in cli_support.list_reviewers(settings=settings)] == ["ann"]
+    with pytest.raises(reviewers.ReviewerError, match="already exists"):
+        cli_support.add_reviewer("ann", "password-123", "reviewer", ["acme"], settings=settings)
+
+
+def test_login_limiter_window():
+    now = [0.0]
+    lim = LoginLimiter(3, 60, clock=lambda: now[0])
+    for _ in range(3):
+        assert lim.retry_after("Ann", "1.2.3.4") is None
+        lim.failure("Ann", "1.2.3.4")
+    assert lim.retry_after("ann", "1.2.3.4") == 60  # usernames are case-insensitive
+    assert lim.retry_after("ann", "5.6.7.8") is None  # per username + IP
+    now[0] = 30
+    assert lim.retry_after("ann", "1.2.3.4") == 30
+    now[0] = 60.5
+    assert lim.retry_after("ann", "1.2.3.4") is None
+    lim.failure("ann", "1.2.3.4")
+    lim.reset("ann", "1.2.3.4")
+    assert lim.retry_after("ann", "1.2.3.4") is None

@@ -1,0 +1,168 @@
+"""The log collector: per-record answers, tenant keys, limits, and durability across kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from ml import landing
+from service.collector import check_records
+from store import collector_keys
+from store.db import session_scope, upgrade
+from servicekit import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def record(i: int, day: str = "2026-11-20", **kw) -> dict:
+    rec = {"interaction_id": f"int-{i}", "session_id": f"s-{i % 7}",
+           "timestamp": f"{day}T10:{i % 60:02d}:00Z",
+           "messages": [{"role": "user", "content": f"question {i}"}],
+           "response": f"answer {i}"}
+    rec.update(kw)
+    return rec
+
+
+def landed(landing_dir: Path) -> dict[str, dict]:
+    out = {}
+    for day in landing.list_partitions(landing_dir):
+        for f in landing.list_files(landing_dir, day):
+            for line in f.read_text().splitlines():
+                rec = json.loads(line)
+                out[rec["interaction_id"]] = {**rec, "_day": day}
+    return out
+
+
+def test_check_records_forces_and_checks_the_tenant():
+    results, by_day = check_records(
+        [record(1), record(2, tenant_id="acme"), record(3, tenant_id="globex"),
+         {"interaction_id": "bad"}, "not an object", record(1), record(4, day="2026-11-21")],
+        "acme")
+    assert [r["accepted"] for r in results] == [True, True, False, False, False, False, True]
+    assert "does not match the API key's tenant 'acme'" in results[2]["reason"]
+    assert "session_id" in results[3]["reason"] and "timestamp" in results[3]["reason"]
+    assert results[3]["interaction_id"] == "bad"
+    assert "expected an object" in results[4]["reason"]
+    assert "duplicate interaction_id" in results[5]["reason"]
+    assert sorted(by_day) == ["2026-11-20", "2026-11-21"]
+    assert all(r["tenant_id"] == "acme" for rs in by_day.values() for r in rs)
+
+
+@pytest.fixture()
+def collector(sqlite_world, app_factory):
+    with session_scope(sqlite_world.url) as s:
+        key = collector_keys.create_key(s, "acme").key
+        other = collector_keys.create_key(s, "globex").key
+    app = app_factory(sqlite_world, collector_max_records=50, collector_max_bytes=64 * 1024)
+    with TestClient(app) as c:
+        yield c, key, other, sqlite_world.settings.landing
+
+
+def test_needs_a_valid_key(collector):
+    c, *_ = collector
+    assert c.post("/v1/interactions", json=record(1)).status_code == 401
+    assert c.post("/v1/interactions", json=record(1),
+                  headers={"X-API-Key": "llc_wrong"}).status_code == 401
+
+
+def test_accepts_one_a_list_or_records_and_lands_them(collector):
+    c, key, other, landing_dir = collector
+    h = {"X-API-Key": key}
+    one = c.post("/v1/interactions", json=record(1), headers=h)
+    assert one.status_code == 200 and one.json()["accepted"] == 1
+    many = c.post("/v1/interactions", headers=h, json=[
+        record(2), record(3, tenant_id="globex"), {"interaction_id": "x", "session_id": "s"},
+        record(4, day="2026-11-21")])
+    body = many.json()
+    assert (body["accepted"], body["rejected"]) == (2, 2)
+    assert [r["accepted"] for r in body["results"]] == [True, False, False, True]
+    assert body["results"][1]["reason"].startswith("tenant_id 'globex' does not match")
+    assert "timestamp" in body["results"][2]["reason"]
+    assert sorted(f.split("/")[0] for f in body["files"]) == ["date=2026-11-20", "date=2026-11-21"]
+    wrapped = c.post("/v1/interactions", json={"records": [record(5)]},
+                     headers={"X-API-Key": other})
+    assert wrapped.json()["results"][0]["accepted"] is True
+    got = landed(landing_dir)
+    assert set(got) == {"int-1", "int-2", "int-4", "int-5"}
+    assert got["int-5"]["tenant_id"] == "globex" and got["int-2"]["tenant_id"] == "acme"
+    assert got["int-4"]["_day"] == "2026-11-21"
+
+
+def test_all_rejected_writes_no_file(collector):
+    c, key, _, landing_dir = collector
+    r = c.post("/v1/interactions", json=[{"nope": 1}], headers={"X-API-Key": key})
+    assert r.status_code == 200 and r.json()["accepted"] == 0 and r.json()["files"] == []
+    assert landed(landing_dir) == {}
+
+
+def test_bad_bodies_and_limits(collector):
+    c, key, _, landing_dir = collector
+    h = {"X-API-Key": key, "Content-Type": "application/json"}
+    assert c.post("/v1/interactions", content=b"{not json", headers=h).status_code == 400
+    assert c.post("/v1/interactions", content=b"42", headers=h).status_code == 400
+    assert c.post("/v1/interactions", content=b"[]", headers=h).status_code == 400
+    too_many = c.post("/v1/interactions", json=[record(i) for i in range(51)], headers=h)
+    assert too_many.status_code == 413 and "limit of 50" in too_many.json()["detail"]
+    big = c.post("/v1/interactions", json=[record(1, response="x" * 70_000)], headers=h)
+    assert big.status_code == 413 and "bytes" in big.json()["detail"]
+    assert landed(landing_dir) == {}
+
+
+@pytest.mark.slow
+def test_acknowledged_records_survive_kill_9(tmp_path):
+    """Start uvicorn, send acknowledged batches, SIGKILL right after the last answer, check disk."""
+    home = tmp_path / "home"
+    url = f"sqlite:///{home / 'store.db'}"
+    upgrade(url)
+    with session_scope(url) as s:
+        key = collector_keys.create_key(s, "acme").key
+    port = free_port()
+    env = {**os.environ, "LEARNLOOP_HOME": str(home), "LEARNLOOP_SECRET_KEY": "k" * 32}
+    env.pop("LEARNLOOP_STORE_URL", None)
+    env.pop("LEARNLOOP_LANDING_DIR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    acknowledged: set[str] = set()
+    rejected: set[str] = set()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start: {proc.stderr.read().decode()}")
+                time.sleep(0.1)
+        with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as c:
+            for batch in range(3):
+                recs = [record(batch * 1000 + i, day=f"2026-11-{18 + i % 3}") for i in range(300)]
+                recs.append({"interaction_id": f"broken-{batch}", "session_id": "s"})
+                r = c.post("/v1/interactions", json=recs)
+                if batch == 2:
+                    os.kill(proc.pid, signal.SIGKILL)  # immediately after the last answer
+                assert r.status_code == 200, r.text
+                for res in r.json()["results"]:
+                    (acknowledged if res["accepted"] else rejected).add(res["interaction_id"])
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(acknowledged) == 900 and len(rejected) == 3
+    on_disk = landed(home / "landing")
+    assert acknowledged <= set(on_disk), f"lost {len(acknowledged - set(on_disk))} records"
+    assert not rejected & set(on_disk)
+    assert not list((home / "landing").rglob("*.tmp"))

@@ -1,0 +1,244 @@
+"""The review web app: sign-in, CSRF, rate limit, input limits, conflicts, batch, tenants."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from store.db import session_scope
+from store.models import ReviewEvent, ReviewItem
+from servicekit import PASSWORD, csrf_of, sign_in
+
+
+@pytest.fixture()
+def web(sqlite_world, app_factory):
+    with TestClient(app_factory(sqlite_world)) as c:
+        yield c
+
+
+def _form(client, item_id):
+    page = client.get(f"/items/{item_id}")
+    assert page.status_code == 200
+    version = int(re.search(r'name="version" value="(\d+)"', page.text).group(1))
+    return csrf_of(page.text), version
+
+
+def test_pages_need_sign_in(web):
+    r = web.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
+    assert web.get("/items/1", follow_redirects=False).status_code == 303
+
+
+def test_sign_in_sets_a_hardened_cookie_and_shows_the_queue(web, sqlite_world):
+    r = sign_in(web, "ann")
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie and "secure" not in cookie
+    page = web.get("/")
+    assert page.status_code == 200
+    assert 'data-testid="queue-total">4<' in page.text  # acme items only
+    assert "Please contact support" in page.text and "(empty)" not in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_secure_cookie_flag_is_configurable(sqlite_world, app_factory):
+    with TestClient(app_factory(sqlite_world, cookie_secure=True),
+                    base_url="https://testserver") as c:
+        r = sign_in(c, "ann")
+        assert "secure" in r.headers["set-cookie"].lower()
+
+
+def test_wrong_password_and_unknown_user_look_the_same(web):
+    a = sign_in(web, "ann", "wrong-password")
+    b = sign_in(web, "nobody", "wrong-password")
+    assert a.status_code == b.status_code == 401
+    assert "Wrong username or password" in a.text and "Wrong username or password" in b.text
+
+
+def test_post_without_csrf_token_is_403(web, sqlite_world):
+    page = web.get("/login")
+    r = web.post("/login", data={"username": "ann", "password": PASSWORD})
+    assert r.status_code == 403 and "CSRF" in r.text
+    assert csrf_of(page.text)
+    assert sign_in(web, "ann").status_code == 303
+    item = sqlite_world.items["sample"]
+    r = web.post(f"/items/{item}/decide", data={"decision": "approve", "version": 1})
+    assert r.status_code == 403
+    r = web.post(f"/items/{item}/decide", data={"decision": "approve", "version": 1,
+                                                "csrf_token": "forged"})
+    assert r.status_code == 403
+    r = web.post("/batch", data={"action": "approve", "selected": [f"{item}:1"]})
+    assert r.status_code == 403
+    with session_scope(sqlite_world.url) as s:
+        assert s.get(ReviewItem, item).status == "pending"
+
+
+def test_sign_in_rate_limit_per_username_and_ip(web):
+    for _ in range(5):
+        assert sign_in(web, "ann", "nope-nope").status_code == 401
+    r = sign_in(web, "ann")  # even the right password waits now
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    assert "Too many failed sign-ins" in r.text
+    assert sign_in(web, "bob").status_code == 303  # another username is not blocked
+
+
+def test_sign_in_limit_window_expires(sqlite_world, app_factory):
+    app = app_factory(sqlite_world)
+    now = [1000.0]
+    app.state.ctx.limiter.clock = lambda: now[0]
+    with TestClient(app) as c:
+        for _ in range(5):
+            sign_in(c, "ann", "nope-nope")
+        assert sign_in(c, "ann").status_code == 429
+        now[0] += 301
+        assert sign_in(c, "ann").status_code == 303
+
+
+def test_approve_edit_confirm_through_forms(web, sqlite_world):
+    sign_in(web, "ann")
+    ids = sqlite_world.items
+    tok, v = _form(web, ids["sample"])
+    r = web.post(f"/items/{ids['sample']}/decide", follow_redirects=False,
+                 data={"decision": "approve", "version": v, "csrf_token": tok, "note": "fine",
+                       "final_response": "Open the sign-in page, click 'Forgot password' and "
+                                         "follow the link we e-mail you. The link is valid for "
+                                         "30 minutes."})
+    assert r.status_code == 303 and r.headers["location"].startswith("/items/")
+    tok, v = _form(web, ids["sample2"])
+    # approving a changed text is edit-and-approve; CRLF from the textarea is normalised
+    web.post(f"/items/{ids['sample2']}/decide",
+             data={"decision": "approve", "version": v, "csrf_token": tok,
+                   "final_response": "Yes:\r\nBilling > Invoices > Export CSV."})
+    tok, v = _form(web, ids["error"])
+    web.post(f"/items/{ids['error']}/decide",
+             data={"decision": "confirm", "version": v, "csrf_token": tok})
+    with session_scope(sqlite_world.url) as s:
+        a, b, e = (s.get(ReviewItem, ids[k]) for k in ("sample", "sample2", "error"))
+        assert (a.status, b.status, e.status) == ("approved", "edited", "confirmed")
+        assert b.final_response == "Yes:\nBilling > Invoices > Export CSV."
+        notes = [ev.note for ev in s.scalars(select(ReviewEvent).where(ReviewEvent.action == "decide")
+                                              .order_by(ReviewEvent.id))]
+        assert notes == ["fine", None, None]
+    queue = web.get("/")
+    assert 'data-testid="queue-total">1<' in queue.text
+    assert 'data-testid="progress-today">3<' in queue.text
+
+
+def test_stale_form_gets_409_page_saying_someone_else_decided(web, sqlite_world):
+    item = sqlite_world.items["sample"]
+    sign_in(web, "ann")
+    tok, v = _form(web, item)
+    with TestClient(web.app) as other:
+        sign_in(other, "bob")
+        t2, v2 = _form(other, item)
+        assert other.post(f"/items/{item}/decide", data={
+            "decision": "reject", "version": v2, "csrf_token": t2}).status_code == 200
+    r = web.post(f"/items/{item}/decide", data={"decision": "approve", "version": v,
+                                                "csrf_token": tok})
+    assert r.status_code == 409
+    assert "Someone else decided this item" in r.text and "bob" in r.text
+    with session_scope(sqlite_world.url) as s:
+        assert s.get(ReviewItem, item).status == "rejected"
+
+
+@pytest.mark.parametrize("field,size,expect", [("note", 2001, "note is 2,001 characters"),
+                                               ("final_response", 20_001, "edited reply is")])
+def test_form_input_limits_are_422(web, sqlite_world, field, size, expect):
+    item = sqlite_world.items["sample"]
+    sign_in(web, "ann")
+    tok, v = _form(web, item)
+    data = {"decision": "edit", "version": v, "csrf_token": tok, "final_response": "ok",
+            field: "x" * size}
+    r = web.post(f"/items/{item}/decide", data=data)
+    assert r.status_code == 422 and expect in r.text
+    tag = web.post(f"/items/{item}/tags", data={"version": v, "csrf_token": tok, "add": "t" * 65})
+    assert tag.status_code == 422 and "limit is 64" in tag.text
+    with session_scope(sqlite_world.url) as s:
+        assert s.get(ReviewItem, item).status == "pending"
+
+
+def test_batch_approve_and_reject(web, sqlite_world):
+    ids = sqlite_world.items
+    sign_in(web, "ann")
+    tok = csrf_of(web.get("/").text)
+    r = web.post("/batch", data={"action": "approve", "csrf_token": tok, "note": "batch",
+                                 "selected": [f"{ids['sample']}:1", f"{ids['error']}:1",
+                                              f"{ids['globex']}:1"]})
+    assert r.status_code == 200
+    assert "2 of 3 item(s) approved/confirmed" in r.text
+    assert f"Item {ids['globex']}: review item {ids['globex']} not found" in r.text
+    r = web.post("/batch", data={"action": "reject", "csrf_token": tok,
+                                 "selected": [f"{ids['sample2']}:1", f"{ids['sample']}:1"]})
+    assert "1 of 2 item(s) rejected/dismissed" in r.text
+    assert "someone else decided it first" in r.text
+    with session_scope(sqlite_world.url) as s:
+        got = {k: s.get(ReviewItem, v).status for k, v in ids.items()}
+    assert got == {"error": "confirmed", "sample": "approved", "sample2": "rejected",
+                   "error2": "pending", "globex": "pending"}
+
+
+def test_item_page_shows_conversation_verdict_and_diff(web, sqlite_world):
+    sign_in(web, "ann")
+    page = web.get(f"/items/{sqlite_world.items['sample']}").text
+    assert "How do I reset my password?" in page
+    assert "sends the user away" in page  # the parent error's explanation
+    assert '<del class="d-del">Please contact support.</del>' in page
+    assert '<ins class="d-ins">Open the sign-in page,' in page
+    assert "<kbd>a</kbd>" in page and "Keyboard shortcuts" in page
+
+
+def test_other_tenant_item_page_is_404(web, sqlite_world):
+    sign_in(web, "ann")
+    r = web.get(f"/items/{sqlite_world.items['globex']}")
+    assert r.status_code == 404 and "not found" in r.text
+    tok = csrf_of(web.get("/").text)
+    r = web.post(f"/items/{sqlite_world.items['globex']}/decide",
+                 data={"decision": "confirm", "version": 1, "csrf_token": tok})
+    assert r.status_code == 404
+
+
+def test_queue_filters_sort_and_pages(sqlite_world, app_factory):
+    with TestClient(app_factory(sqlite_world, page_size=2)) as c:
+        sign_in(c, "root")
+        p1 = c.get("/", params={"sort": "severity"}).text
+        rows = re.findall(r'data-item-id="(\d+)"', p1)
+        assert rows == [str(sqlite_world.items["globex"]), str(sqlite_world.items["error"])]
+        assert "page 1 of 3" in p1
+        p3 = c.get("/", params={"sort": "severity", "page": 3}).text
+        assert len(re.findall(r'data-item-id="(\d+)"', p3)) == 1
+        errs = c.get("/", params={"kind": "error", "tenant": "acme"}).text
+        assert re.findall(r'data-item-id="(\d+)"', errs) == [
+            str(sqlite_world.items["error"]), str(sqlite_world.items["error2"])]
+
+
+def test_no_open_redirect_after_sign_in(web):
+    page = web.get("/login?next=//evil.example/x")
+    r = web.post("/login", data={"username": "ann", "password": PASSWORD,
+                                 "csrf_token": csrf_of(page.text),
+                                 "next": "https://evil.example/"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+
+
+def test_sign_out(web):
+    sign_in(web, "ann")
+    tok = csrf_of(web.get("/").text)
+    web.post("/logout", data={"csrf_token": tok})
+    assert web.get("/", follow_redirects=False).status_code == 303
+
+
+def test_item_page_shows_auditor_signals(web, sqlite_world):
+    from store import repo
+
+    with session_scope(sqlite_world.url) as s:
+        item, _ = repo.create_item(
+            s, kind="error", dedup_key="e-extra", tenant_id="acme", interaction_id="int-x",
+            original_response="<b>hi</b>", category="handoff", severity="high",
+            explanation="asked for a human",
+            extra={"signals": {"requested_human": True, "thumbs": None}, "answered_by": "rules"})
+    sign_in(web, "ann")
+    page = web.get(f"/items/{item.id}").text
+    assert "requested_human: True" in page and "answered_by" in page and "thumbs" not in page
+    assert "&lt;b&gt;hi&lt;/b&gt;" in page and "<b>hi</b>" not in page  # escaped
