@@ -12,14 +12,13 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from ml.llm._http import is_retryable_status, retry_after_seconds
+from ml.llm._http import is_retryable_status, provider_key, retry_after_seconds
 from ml.llm.errors import ConfigError, PermanentProviderError, TransientProviderError
-from ml.llm.redaction import read_api_key, redact
+from ml.llm.redaction import redact
 from ml.llm.types import LLMRequest, LLMResponse, Usage
 
 log = logging.getLogger(__name__)
 
-NO_KEY = "no-key"
 # Gemini finish reasons in the OpenAI vocabulary the rest of the package uses
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
 
@@ -58,14 +57,7 @@ class GeminiProvider:
             raise ConfigError(f"{name}: model is required")
         if timeout_s <= 0:
             raise ConfigError(f"{name}: timeout_s must be positive, got {timeout_s}")
-        key = read_api_key(api_key_env)
-        if key is None:
-            if base_url is None:
-                raise ConfigError(
-                    f"{name}: the API key env var {api_key_env!r} is not set "
-                    "(set it, or give a base_url for a keyless endpoint)"
-                )
-            key = NO_KEY
+        key = provider_key(name, api_key_env, base_url)
         self.name = name
         self.model = model
         self.base_url = base_url

@@ -10,15 +10,14 @@ from typing import Any
 import openai
 
 from ml.llm.errors import ConfigError, PermanentProviderError, TransientProviderError
-from ml.llm.redaction import read_api_key, redact
-from ml.llm._http import is_retryable_status, retry_after_seconds
+from ml.llm.redaction import redact
+from ml.llm._http import is_retryable_status, provider_key, retry_after_seconds
 from ml.llm.structured import schema_instruction
 from ml.llm.types import LLMRequest, LLMResponse, Usage
 
 JSON_MODES = ("json_schema", "json_object", "none")
 log = logging.getLogger(__name__)
 
-NO_KEY = "no-key"  # sent to keyless local servers; the client refuses an empty key
 
 
 class OpenAIProvider:
@@ -53,14 +52,7 @@ class OpenAIProvider:
             raise ConfigError(f"{name}: max_tokens_param must be max_tokens or max_completion_tokens")
         if timeout_s <= 0:
             raise ConfigError(f"{name}: timeout_s must be positive, got {timeout_s}")
-        key = read_api_key(api_key_env)
-        if key is None:
-            if base_url is None:
-                raise ConfigError(
-                    f"{name}: the API key env var {api_key_env!r} is not set "
-                    "(set it, or give a base_url for a keyless local server)"
-                )
-            key = NO_KEY
+        key = provider_key(name, api_key_env, base_url)
         self.name = name
         self.model = model
         self.base_url = base_url
