@@ -44,6 +44,20 @@ def _conflict(exc: repo.Conflict) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=409)
 
 
+def _change_item(request: Request, change) -> S.ItemOut | JSONResponse:
+    """Run one item change (``change(session) -> ReviewItem``) in a transaction; map the store's
+    refusals to HTTP: unknown or out-of-scope item 404, stale version 409, bad transition 422."""
+    try:
+        with session_scope(get_ctx(request).url) as s:
+            return _full(change(s))
+    except repo.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except repo.Conflict as exc:
+        return _conflict(exc)
+    except repo.InvalidTransition as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
 def _reviewer_out(r: ReviewerInfo) -> dict:
     return dict(id=r.id, username=r.username, role=r.role, tenants=r.tenants, active=r.active,
                 created_at=r.created_at)
@@ -85,19 +99,9 @@ def get_item(request: Request, item_id: ItemId, me: ReviewerInfo = Depends(api_r
              summary="Decide one item (optimistic locking on version)")
 def decide(request: Request, item_id: ItemId, body: S.DecisionIn,
            me: ReviewerInfo = Depends(api_reviewer)):
-    try:
-        with session_scope(get_ctx(request).url) as s:
-            item = repo.decide(s, item_id, decision=body.decision, expected_version=body.version,
-                               actor=me.username, final_response=body.final_response,
-                               note=body.note, tenants=me.scope)
-            out = _full(item)
-    except repo.NotFound as exc:
-        raise HTTPException(404, str(exc)) from exc
-    except repo.Conflict as exc:
-        return _conflict(exc)
-    except repo.InvalidTransition as exc:
-        raise HTTPException(422, str(exc)) from exc
-    return out
+    return _change_item(request, lambda s: repo.decide(
+        s, item_id, decision=body.decision, expected_version=body.version, actor=me.username,
+        final_response=body.final_response, note=body.note, tenants=me.scope))
 
 
 @router.post("/decisions", response_model=S.BatchOut, responses={**AUTH_ERRORS, **INVALID, **BAD_BODY},
@@ -120,19 +124,9 @@ def tag_item(request: Request, item_id: ItemId, body: S.TagsIn,
     for t in body.add + body.remove:
         if len(t) > 64:
             raise HTTPException(422, f"tag {t[:20]!r}... is longer than 64 characters")
-    try:
-        with session_scope(get_ctx(request).url) as s:
-            item = repo.set_tags(s, item_id, add=body.add, remove=body.remove,
-                                 expected_version=body.version, actor=me.username,
-                                 tenants=me.scope)
-            out = _full(item)
-    except repo.NotFound as exc:
-        raise HTTPException(404, str(exc)) from exc
-    except repo.Conflict as exc:
-        return _conflict(exc)
-    except repo.InvalidTransition as exc:
-        raise HTTPException(422, str(exc)) from exc
-    return out
+    return _change_item(request, lambda s: repo.set_tags(
+        s, item_id, add=body.add, remove=body.remove, expected_version=body.version,
+        actor=me.username, tenants=me.scope))
 
 
 @router.get("/events", response_model=S.EventPage, responses={**AUTH_ERRORS, **INVALID},
