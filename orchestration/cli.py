@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -20,7 +21,9 @@ def _settings() -> Settings:
 
 @click.group(help="learnloop: continuous learning from a chatbot's own logs.")
 def main() -> None:
-    pass
+    # LanceDB's Rust core logs warnings (e.g. "No existing dataset ..., it will be created") straight
+    # to the terminal; keep those to errors unless the user asked for more.
+    os.environ.setdefault("LANCEDB_LOG", "error")
 
 
 @main.command("import", help="Import logs into the landing zone. FORMAT: native, openai-chat, "
@@ -96,12 +99,21 @@ def _run_chain(settings: Settings, days: list[str] | None) -> bool:
         failed = runner.run_ingest(defs, instance, days, on_day)
     if failed:
         click.echo(f"ingest failed for {failed}: see the runs in the Dagster UI", err=True)
+    log_dir = settings.home / "logs"
     for job in post_ingest_jobs(defs):
-        click.echo(f"running {job} ...")
-        res = runner.run_job(defs, instance, job)
-        if not res.success:
+        output = log_dir / f"{job}.log"
+        click.echo(f"running {job} ... ", nl=False)
+        started = time.monotonic()
+        res = runner.run_job(defs, instance, job, output=output)
+        took = time.monotonic() - started
+        if res.success:
+            done = len(res.get_asset_materialization_events())
+            click.echo(f"ok: {done} materializations in {took:.1f} s (output: {output})")
+        else:
             ok = False
-            click.echo(f"{job} failed: see the run in the Dagster UI", err=True)
+            click.echo("FAILED")
+            click.echo(f"{job} failed after {took:.1f} s; the end of its output ({output}):\n"
+                       f"{runner.tail(output)}\nThe whole run is in the Dagster UI.", err=True)
     return ok and not failed
 
 

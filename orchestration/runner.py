@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Callable, Iterable
@@ -70,7 +71,23 @@ def run_ingest(defs: dg.Definitions, instance: dg.DagsterInstance, days: Iterabl
 
 
 def run_job(defs: dg.Definitions, instance: dg.DagsterInstance, name: str,
-            log_level: str = "WARNING", run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+            log_level: str = "WARNING", run_config: dict | None = None,
+            output: Path | None = None) -> dg.ExecuteInProcessResult:
+    """Execute one job in this process. With ``output``, what the run writes to this process's
+    stdout and stderr (dbt's log lines, library progress bars, console logs) is appended to that
+    file instead of the terminal; the Dagster UI keeps the run's full event log either way."""
     config = {**(run_config or {}), **_logging(log_level)}
-    return defs.resolve_job_def(name).execute_in_process(
-        instance=instance, run_config=config, raise_on_error=False)
+    job = defs.resolve_job_def(name)
+    if output is None:
+        return job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "a", encoding="utf-8") as out, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(out):
+        return job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a text file ('' when it does not exist)."""
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])

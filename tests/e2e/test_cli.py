@@ -56,3 +56,30 @@ def test_status_json_on_an_empty_home_reports_zeros(learnloop_home):
     assert st["models"] == {"versions": 0, "champion": None, "challenger": None}
 
 
+
+
+def test_run_job_output_goes_to_its_log_and_a_failure_is_readable(tmp_path):
+    """The CLI keeps dbt's and the libraries' chatter out of the terminal by writing a job's
+    output to a log file; a failed run's reason must still be in that file for `tail` to show."""
+    import dagster as dg
+
+    from orchestration import runner
+
+    @dg.asset
+    def talkative() -> None:
+        print("line from a library")
+
+    @dg.asset(deps=[talkative])
+    def broken() -> None:
+        raise ValueError("warehouse table 'interactions' is missing")
+
+    defs = dg.Definitions(assets=[talkative, broken],
+                          jobs=[dg.define_asset_job("both", selection=["talkative", "broken"])])
+    out = tmp_path / "logs" / "both.log"
+    with dg.instance_for_test() as instance:
+        result = runner.run_job(defs, instance, "both", output=out)
+    assert not result.success
+    text = out.read_text()
+    assert "line from a library" in text
+    assert "warehouse table 'interactions' is missing" in runner.tail(out, 200)
+    assert runner.tail(tmp_path / "nope.log") == ""
