@@ -42,7 +42,7 @@ test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 dev: install
-	DAGSTER_HOME=$(LEARNLOOP_HOME)/dagster_home $(BIN)/learnloop dev
+	$(BIN)/learnloop dev
 
 serve: install
 	$(BIN)/learnloop serve

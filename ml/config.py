@@ -13,6 +13,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+DEV_HASH_KEY = "learnloop-dev-key-change-me"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEARNLOOP_", extra="ignore")
 
@@ -26,15 +29,42 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(default=None, description="MLflow tracking URI.")
     dagster_home: Path | None = Field(default=None, description="Dagster instance directory.")
     hash_key: SecretStr = Field(
-        default=SecretStr("learnloop-dev-key-change-me"),
+        default=SecretStr(DEV_HASH_KEY),
         description="Key of the keyed hash (HMAC-SHA256) applied to session ids.",
     )
-    service_url: str = Field(default="http://127.0.0.1:8000", description="Review service URL.")
+    service_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Where the review service and collector listen (`learnloop serve` binds its "
+                    "host and port unless --host/--port are given).",
+    )
 
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("service_url", mode="after")
+    @classmethod
+    def _service_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"LEARNLOOP_SERVICE_URL must be an http(s) URL with a host, got {v!r}")
+        return v
+
+    @property
+    def service_bind(self) -> tuple[str, int]:
+        """(host, port) from ``service_url`` (port 80/443 by scheme when the URL names none)."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.service_url)
+        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def uses_dev_hash_key(self) -> bool:
+        """True while session ids are hashed with the shipped development key."""
+        return self.hash_key.get_secret_value() == DEV_HASH_KEY
 
     # ---- derived locations -------------------------------------------------------------------
     @property

@@ -192,12 +192,16 @@ def dev(port: int) -> None:
 
 
 @main.command(help="Start the review web app, JSON API and log collector.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
-def serve(host: str, port: int) -> None:
+@click.option("--host", default=None, help="default: the host of LEARNLOOP_SERVICE_URL "
+                                            "(127.0.0.1)")
+@click.option("--port", type=int, default=None, help="default: the port of LEARNLOOP_SERVICE_URL "
+                                                     "(8000)")
+def serve(host: str | None, port: int | None) -> None:
     from service.cli_support import serve as run_server
 
-    run_server(host, port, _settings())
+    settings = _settings()
+    url_host, url_port = settings.service_bind
+    run_server(host or url_host, port or url_port, settings)
 
 
 @main.group(help="Reviewer accounts of the review web app.")

@@ -12,8 +12,30 @@ import duckdb
 from ml.config import Settings
 
 
+_warned_dev_key = False
+
+
+def _warn_dev_hash_key(settings: Settings) -> None:
+    """Say once per process that session ids are hashed with the shipped development key."""
+    global _warned_dev_key
+    if settings.uses_dev_hash_key and not _warned_dev_key:
+        _warned_dev_key = True
+        dg.get_dagster_logger().warning(
+            "LEARNLOOP_HASH_KEY is not set: session ids are hashed with the shipped development "
+            "key. Set your own stable key before ingesting production logs (docs/configuration.md).")
+
+
 class LearnloopResource(dg.ConfigurableResource):
-    """Where every store lives. Empty fields fall back to the ``LEARNLOOP_*`` environment."""
+    """Where every store lives. Empty fields fall back to the ``LEARNLOOP_*`` environment, read
+    when the resource is used (not at import).
+
+    The shipped definitions bind empty fields so the embedded default runs with no environment at
+    all (``dg.EnvVar`` has no default and fails a run when its variable is unset). A deployment
+    binds what it wants from its environment, e.g.
+    ``LearnloopResource(home=dg.EnvVar("LEARNLOOP_HOME"), store_url=dg.EnvVar("STORE_URL"))``,
+    or sets the fields in run config. Secrets (the hash key, API keys) are never fields, so they
+    never show in run config or the UI.
+    """
 
     home: str = ""
     store_url: str = ""
@@ -30,6 +52,7 @@ class LearnloopResource(dg.ConfigurableResource):
         }.items() if v}
         s = Settings(**overrides)
         s.ensure_dirs()
+        _warn_dev_hash_key(s)
         return s
 
     @contextmanager
