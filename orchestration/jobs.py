@@ -20,4 +20,5 @@ analytics_job = dg.define_asset_job(
 analytics_schedule = dg.ScheduleDefinition(
     name="analytics_schedule", job=analytics_job, cron_schedule="15 * * * *",
     execution_timezone="UTC", description="Refresh review decisions and the dbt marts hourly.",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
 )
