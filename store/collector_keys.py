@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.models import CollectorKey
+from store.models import CollectorKey, ConfigHistory
 
 KEY_PREFIX = "llc_"
 TENANT_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
@@ -40,7 +40,8 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_key(session: Session, tenant_id: str, label: str | None = None) -> CollectorKeyInfo:
+def create_key(session: Session, tenant_id: str, label: str | None = None, *,
+               actor: str = "system") -> CollectorKeyInfo:
     """Create a key for ``tenant_id``; the returned info carries the plaintext key (shown once)."""
     if not TENANT_RE.match(tenant_id or ""):
         raise CollectorKeyError("tenant_id must be 1-128 of [A-Za-z0-9_.:@-]")
@@ -50,6 +51,9 @@ def create_key(session: Session, tenant_id: str, label: str | None = None) -> Co
     row = CollectorKey(tenant_id=tenant_id, key_hash=hash_key(key), label=label, active=True)
     session.add(row)
     session.flush()
+    session.add(ConfigHistory(key=f"collector_key:{row.id}", old_value=None,
+                              new_value={"created": True, "tenant_id": tenant_id, "label": label,
+                                         "active": True}, changed_by=actor))
     return CollectorKeyInfo(row.id, row.tenant_id, row.label, True, row.created_at, key)
 
 
@@ -61,12 +65,21 @@ def tenant_for_key(session: Session, key: str | None) -> str | None:
     return row.tenant_id if row is not None and row.active else None
 
 
-def revoke_key(session: Session, key_id: int) -> None:
+class KeyNotFound(CollectorKeyError):
+    pass
+
+
+def revoke_key(session: Session, key_id: int, *, actor: str = "system") -> CollectorKeyInfo:
+    """Revoke a key (kept, marked inactive: requests with it get 401). Revoking twice is a no-op."""
     row = session.get(CollectorKey, key_id)
     if row is None:
-        raise CollectorKeyError(f"collector key {key_id} not found")
-    row.active = False
+        raise KeyNotFound(f"collector key {key_id} not found")
+    if row.active:
+        session.add(ConfigHistory(key=f"collector_key:{row.id}", old_value={"active": True},
+                                  new_value={"active": False}, changed_by=actor))
+        row.active = False
     session.flush()
+    return CollectorKeyInfo(row.id, row.tenant_id, row.label, False, row.created_at)
 
 
 def list_keys(session: Session, tenant_id: str | None = None) -> list[CollectorKeyInfo]:

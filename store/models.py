@@ -106,6 +106,9 @@ class Reviewer(Base):
     api_token_hash: Mapped[str | None] = mapped_column(String(128), nullable=True, unique=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # bumped by sign-out, deactivation and password changes: every session cookie that carries
+    # an older epoch is refused (server-side sign-out)
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class CollectorKey(Base):

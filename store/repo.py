@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, case, func, or_, select, text, true, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased, defer
 
 from store.models import (
     ERROR_STATUSES,
@@ -138,9 +138,21 @@ def decide(session: Session, item_id: int, *, decision: str, expected_version: i
 
     ``decision``: error items confirm|dismiss (approve|reject accepted as aliases); sample items
     approve|reject|edit (edit requires ``final_response``).
+
+    ``final_response`` with ``approve`` on a sample: a non-blank text that differs from the
+    proposed reply makes it edit-and-approve (status ``edited``, the text stored); the same or a
+    blank text is a plain approve of the proposed reply. With ``reject`` it is ignored. On an
+    error item a non-blank ``final_response`` is refused (``InvalidTransition``).
     """
     item = get_item(session, item_id, tenants)
     decision = _ALIASES.get(item.kind, {}).get(decision, decision)
+    has_text = final_response is not None and bool(final_response.strip())
+    if item.kind == "error" and has_text:
+        raise InvalidTransition("final_response applies to sample items only; error items are "
+                                "confirmed or dismissed")
+    if item.kind == "sample" and decision == "approve" and has_text \
+            and final_response != (item.proposed_response or ""):
+        decision = "edit"  # approving a changed text is edit-and-approve
     allowed = DECISIONS[item.kind]
     if decision not in allowed:
         raise InvalidTransition(
@@ -185,6 +197,13 @@ def set_tags(session: Session, item_id: int, *, add: Iterable[str] = (), remove:
     return item
 
 
+def changes_since(session: Session, item_id: int, version: int) -> list[ReviewEvent]:
+    """The review events that moved ``item_id`` past ``version`` (what a stale writer missed)."""
+    events = session.scalars(select(ReviewEvent).where(ReviewEvent.item_id == item_id)
+                             .order_by(ReviewEvent.id))
+    return [e for e in events if int((e.after or {}).get("version") or 0) > version]
+
+
 # ---- reading ---------------------------------------------------------------------------------------
 @dataclass
 class ItemFilter:
@@ -196,44 +215,74 @@ class ItemFilter:
     tag: str | None = None
 
 
-SORTS = {
-    "age": ReviewItem.created_at.asc(),
-    "-age": ReviewItem.created_at.desc(),
-    "confidence": ReviewItem.confidence.desc(),
-    "severity": None,  # handled below (ordinal)
-}
+SORTS = ("age", "-age", "severity", "confidence")
 SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+
+def _tag_condition(session: Session, tag: str):
+    """``tag`` is one of the item's tags, evaluated in SQL (tags are a JSON array column)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        return text("EXISTS (SELECT 1 FROM json_each(review_items.tags) AS t "
+                    "WHERE t.value = :tag_filter)").bindparams(tag_filter=tag)
+    if dialect == "postgresql":
+        return text("(CAST(review_items.tags AS jsonb) @> jsonb_build_array("
+                    "CAST(:tag_filter AS text)))").bindparams(tag_filter=tag)
+    raise NotImplementedError(f"tag filter on {dialect!r}: only SQLite and PostgreSQL")
+
+
+def _conditions(session: Session, flt: ItemFilter, tenants: Sequence[str] | None) -> list:
+    conds: list = []
+    if flt.kind:
+        conds.append(ReviewItem.kind == flt.kind)
+    if flt.status:
+        conds.append(ReviewItem.status == flt.status)
+    if flt.category:
+        conds.append(ReviewItem.category == flt.category)
+    if flt.tenant_id:
+        conds.append(ReviewItem.tenant_id == flt.tenant_id)
+    if flt.source:
+        conds.append(ReviewItem.source == flt.source)
+    if flt.tag:
+        conds.append(_tag_condition(session, flt.tag))
+    if tenants is not None and "*" not in tenants:
+        conds.append(ReviewItem.tenant_id.in_(list(tenants)))
+    return conds
+
+
+_PARENT = aliased(ReviewItem, name="parent_item")
+
+
+def _order(sort: str) -> list:
+    """ORDER BY of a queue sort. Severity and confidence: an item without its own (a sample) sorts
+    by its parent error's; items with neither come last. Ties: oldest (lowest id) first."""
+    if sort == "age":
+        return [ReviewItem.created_at.asc(), ReviewItem.id.asc()]
+    if sort == "-age":
+        return [ReviewItem.created_at.desc(), ReviewItem.id.desc()]
+    if sort == "severity":
+        sev = func.coalesce(ReviewItem.severity, _PARENT.severity)
+        return [case(SEVERITY_ORDER, value=sev, else_=9), ReviewItem.id.asc()]
+    if sort == "confidence":
+        conf = func.coalesce(ReviewItem.confidence, _PARENT.confidence)
+        return [conf.desc().nulls_last(), ReviewItem.id.asc()]
+    raise ValueError(f"sort must be one of {list(SORTS)}, got {sort!r}")
 
 
 def list_items(session: Session, flt: ItemFilter, *, tenants: Sequence[str] | None = None,
                sort: str = "age", offset: int = 0, limit: int = 50) -> tuple[list[ReviewItem], int]:
-    q = select(ReviewItem)
-    if flt.kind:
-        q = q.where(ReviewItem.kind == flt.kind)
-    if flt.status:
-        q = q.where(ReviewItem.status == flt.status)
-    if flt.category:
-        q = q.where(ReviewItem.category == flt.category)
-    if flt.tenant_id:
-        q = q.where(ReviewItem.tenant_id == flt.tenant_id)
-    if flt.source:
-        q = q.where(ReviewItem.source == flt.source)
-    if tenants is not None and "*" not in tenants:
-        q = q.where(ReviewItem.tenant_id.in_(list(tenants)))
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    if sort == "severity":
-        from sqlalchemy import case
+    """One page of items matching ``flt`` in the caller's tenants, and the total count.
 
-        q = q.order_by(case(SEVERITY_ORDER, value=ReviewItem.severity, else_=9), ReviewItem.id)
-    elif sort in SORTS:
-        q = q.order_by(SORTS[sort], ReviewItem.id)
-    else:
-        raise ValueError(f"sort must be one of {sorted(SORTS)}, got {sort!r}")
-    items = list(session.scalars(q))
-    if flt.tag:  # JSON containment differs per dialect; tags are short lists, filter here
-        items = [i for i in items if flt.tag in (i.tags or [])]
-        total = len(items)
-    return items[offset : offset + limit], total
+    Filtering (tags included), counting, ordering and paging all happen in SQL; the
+    conversation (``messages``) is not loaded (use ``get_item`` for one item in full).
+    """
+    order = _order(sort)
+    conds = _conditions(session, flt, tenants)
+    total = session.scalar(select(func.count(ReviewItem.id)).where(*conds)) or 0
+    q = (select(ReviewItem).outerjoin(_PARENT, _PARENT.id == ReviewItem.parent_id)
+         .where(*conds).order_by(*order).offset(offset).limit(limit)
+         .options(defer(ReviewItem.messages)))
+    return list(session.scalars(q)), int(total)
 
 
 def list_events(session: Session, *, after_id: int = 0, limit: int = 10_000,
@@ -317,14 +366,27 @@ def decide_many(url: str, decisions: Sequence[dict[str, Any]], *, actor: str,
 
 
 def queue_neighbours(session: Session, item_id: int, *, tenants: Sequence[str] | None = None,
-                     status: str = "pending") -> tuple[int | None, int | None]:
-    """Ids of the previous and next item (by id) with ``status`` in the caller's tenants."""
-    q = select(ReviewItem.id).where(ReviewItem.status == status)
-    if tenants is not None and "*" not in tenants:
-        q = q.where(ReviewItem.tenant_id.in_(list(tenants)))
-    prev_id = session.scalar(q.where(ReviewItem.id < item_id).order_by(ReviewItem.id.desc()).limit(1))
-    next_id = session.scalar(q.where(ReviewItem.id > item_id).order_by(ReviewItem.id.asc()).limit(1))
-    return prev_id, next_id
+                     flt: ItemFilter | None = None,
+                     sort: str = "age") -> tuple[int | None, int | None]:
+    """Ids of the items before and after ``item_id`` in the queue ``flt`` (default: pending) sorted
+    by ``sort``, in the caller's tenants: the same query as ``list_items``. The item itself is
+    placed by its sort key even when it no longer matches (e.g. just decided), so "next" after a
+    decision is the item that followed it in the queue the reviewer was working through."""
+    flt = flt if flt is not None else ItemFilter()
+    order = _order(sort)
+    in_queue = and_(true(), *_conditions(session, flt, tenants))
+    itself = and_(ReviewItem.id == item_id,
+                  *_conditions(session, ItemFilter(status=None), tenants))  # tenant scope only
+    ranked = (select(ReviewItem.id.label("id"),
+                     func.lag(ReviewItem.id).over(order_by=order).label("prev_id"),
+                     func.lead(ReviewItem.id).over(order_by=order).label("next_id"))
+              .select_from(ReviewItem)
+              .outerjoin(_PARENT, _PARENT.id == ReviewItem.parent_id)
+              .where(or_(in_queue, itself))
+              .subquery())
+    row = session.execute(select(ranked.c.prev_id, ranked.c.next_id)
+                          .where(ranked.c.id == item_id)).first()
+    return (row[0], row[1]) if row is not None else (None, None)
 
 
 def related_items(session: Session, item: ReviewItem, *,

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from store.models import ReviewEvent, Reviewer
+from store.models import ConfigHistory, ReviewEvent, ReviewItem, Reviewer
 
 ROLES = ("reviewer", "admin")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
@@ -50,6 +50,7 @@ class ReviewerInfo:
     active: bool = True
     created_at: datetime | None = None
     api_token: str | None = None  # only set right after creation / rotation: shown once
+    session_epoch: int = 0
 
     @property
     def is_admin(self) -> bool:
@@ -63,7 +64,13 @@ class ReviewerInfo:
 
 def _info(r: Reviewer, api_token: str | None = None) -> ReviewerInfo:
     return ReviewerInfo(id=r.id, username=r.username, role=r.role, tenants=list(r.tenants or []),
-                        active=bool(r.active), created_at=r.created_at, api_token=api_token)
+                        active=bool(r.active), created_at=r.created_at, api_token=api_token,
+                        session_epoch=int(r.session_epoch or 0))
+
+
+def audit(session: Session, key: str, old: dict | None, new: dict | None, actor: str) -> None:
+    """One ``config_history`` row per admin change (who, what, old and new value; never a secret)."""
+    session.add(ConfigHistory(key=key, old_value=old, new_value=new, changed_by=actor))
 
 
 def hash_token(token: str) -> str:
@@ -88,7 +95,8 @@ def _check_tenants(tenants: Sequence[str]) -> list[str]:
 
 
 def create_reviewer(session: Session, *, username: str, password: str, role: str = "reviewer",
-                    tenants: Sequence[str] = (), with_token: bool = True) -> ReviewerInfo:
+                    tenants: Sequence[str] = (), with_token: bool = True,
+                    actor: str = "system") -> ReviewerInfo:
     """Create an account; returns its info with the plaintext API token (shown once)."""
     if not USERNAME_RE.match(username or ""):
         raise ReviewerError("username must be 1-128 of [A-Za-z0-9_.@-]")
@@ -111,6 +119,8 @@ def create_reviewer(session: Session, *, username: str, password: str, role: str
             session.flush()
     except IntegrityError as exc:  # a concurrent create of the same username
         raise ReviewerError(f"reviewer {username!r} already exists") from exc
+    audit(session, f"reviewer:{username}", None,
+          {"created": True, "role": role, "tenants": tenant_list, "active": True}, actor)
     return _info(r, token)
 
 
@@ -148,22 +158,85 @@ def by_id(session: Session, reviewer_id: int) -> ReviewerInfo | None:
     return _info(r) if r is not None and r.active else None
 
 
-def rotate_token(session: Session, reviewer_id: int) -> str:
+def _get(session: Session, username: str) -> Reviewer:
+    r = session.scalar(select(Reviewer).where(Reviewer.username == username))
+    if r is None:
+        raise ReviewerError(f"reviewer {username!r} not found")
+    return r
+
+
+def _other_active_admins(session: Session, r: Reviewer) -> int:
+    return session.scalar(select(func.count()).select_from(Reviewer).where(
+        Reviewer.role == "admin", Reviewer.active.is_(True), Reviewer.id != r.id)) or 0
+
+
+def rotate_token(session: Session, reviewer_id: int, *, actor: str | None = None) -> str:
     """Replace a reviewer's API token; returns the new plaintext token (the old one stops working)."""
     r = session.get(Reviewer, reviewer_id)
     if r is None:
         raise ReviewerError(f"reviewer {reviewer_id} not found")
     token = new_token()
     r.api_token_hash = hash_token(token)
+    audit(session, f"reviewer:{r.username}", None, {"api_token": "rotated"}, actor or r.username)
     session.flush()
     return token
 
 
-def set_active(session: Session, username: str, active: bool) -> ReviewerInfo:
-    r = session.scalar(select(Reviewer).where(Reviewer.username == username))
-    if r is None:
-        raise ReviewerError(f"reviewer {username!r} not found")
-    r.active = active
+def end_sessions(session: Session, reviewer_id: int) -> None:
+    """Sign out: every web session of the reviewer stops working (their epoch moves on)."""
+    r = session.get(Reviewer, reviewer_id)
+    if r is not None:
+        r.session_epoch = int(r.session_epoch or 0) + 1
+        session.flush()
+
+
+def set_active(session: Session, username: str, active: bool, *,
+               actor: str = "system") -> ReviewerInfo:
+    """Deactivate (sign-in, API token and open sessions stop working) or reactivate an account."""
+    r = _get(session, username)
+    if not active and r.active and r.role == "admin" and not _other_active_admins(session, r):
+        raise ReviewerError(f"{username!r} is the last active admin: make another admin first")
+    if bool(r.active) != active:
+        audit(session, f"reviewer:{username}", {"active": bool(r.active)}, {"active": active},
+              actor)
+        r.active = active
+        if not active:
+            r.session_epoch = int(r.session_epoch or 0) + 1
+    session.flush()
+    return _info(r)
+
+
+def set_password(session: Session, username: str, password: str, *,
+                 actor: str = "system") -> ReviewerInfo:
+    """Set a new password; the reviewer's open web sessions end. The audit row holds no secret."""
+    r = _get(session, username)
+    if not (MIN_PASSWORD <= len(password or "") <= MAX_PASSWORD):
+        raise ReviewerError(f"password must be {MIN_PASSWORD}-{MAX_PASSWORD} characters long")
+    r.password_hash = _hasher.hash(password)
+    r.session_epoch = int(r.session_epoch or 0) + 1
+    audit(session, f"reviewer:{username}", None, {"password": "changed"}, actor)
+    session.flush()
+    return _info(r)
+
+
+def update_reviewer(session: Session, username: str, *, role: str | None = None,
+                    tenants: Sequence[str] | None = None, actor: str = "system") -> ReviewerInfo:
+    """Change the role and/or the tenant list (``None`` leaves a field as it is)."""
+    r = _get(session, username)
+    new_role = r.role if role is None else role
+    if new_role not in ROLES:
+        raise ReviewerError(f"role must be one of {list(ROLES)}, got {new_role!r}")
+    new_tenants = list(r.tenants or []) if tenants is None else _check_tenants(tenants)
+    if new_role == "reviewer" and not new_tenants:
+        raise ReviewerError("a reviewer needs at least one tenant (or '*' for every tenant)")
+    if r.role == "admin" and new_role != "admin" and r.active \
+            and not _other_active_admins(session, r):
+        raise ReviewerError(f"{username!r} is the last active admin: make another admin first")
+    old = {"role": r.role, "tenants": list(r.tenants or [])}
+    new = {"role": new_role, "tenants": new_tenants}
+    if old != new:
+        audit(session, f"reviewer:{username}", old, new, actor)
+        r.role, r.tenants = new_role, new_tenants
     session.flush()
     return _info(r)
 
@@ -182,3 +255,42 @@ def progress(session: Session, actor: str, *, now: datetime | None = None) -> di
     today = session.scalar(base.where(ReviewEvent.at >= midnight,
                                       ReviewEvent.at < midnight + timedelta(days=1))) or 0
     return {"today": int(today), "total": int(total)}
+
+
+def remaining(session: Session, tenants: Sequence[str] | None) -> dict[str, int]:
+    """Pending review items per tenant, within ``tenants`` (``None`` or ``["*"]``: every tenant)."""
+    q = (select(ReviewItem.tenant_id, func.count()).where(ReviewItem.status == "pending")
+         .group_by(ReviewItem.tenant_id).order_by(ReviewItem.tenant_id))
+    if tenants is not None and "*" not in tenants:
+        q = q.where(ReviewItem.tenant_id.in_(list(tenants)))
+    return {str(t): int(n) for t, n in session.execute(q).all()}
+
+
+def progress_all(session: Session, *, now: datetime | None = None) -> list[dict]:
+    """Every reviewer's decisions (today UTC and in total) and the items left in their tenants."""
+    now = now or datetime.now(timezone.utc)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    decide = select(ReviewEvent.actor, func.count()).where(ReviewEvent.action == "decide") \
+        .group_by(ReviewEvent.actor)
+    total = dict(session.execute(decide).all())
+    today = dict(session.execute(decide.where(ReviewEvent.at >= midnight,
+                                              ReviewEvent.at < midnight + timedelta(days=1))).all())
+    left = remaining(session, None)
+    out = []
+    for r in list_reviewers(session):
+        mine = {t: n for t, n in left.items() if tenant_allowed_for(r, t)}
+        out.append({"username": r.username, "role": r.role, "active": r.active,
+                    "tenants": r.tenants, "today": int(today.get(r.username, 0)),
+                    "total": int(total.get(r.username, 0)), "remaining": mine,
+                    "remaining_total": sum(mine.values())})
+    return out
+
+
+def tenant_allowed_for(r: ReviewerInfo, tenant_id: str) -> bool:
+    return "*" in r.scope or tenant_id in r.scope
+
+
+def list_audit(session: Session, *, after_id: int = 0, limit: int = 500) -> list[ConfigHistory]:
+    """Admin changes (``config_history``), oldest first, after the id cursor ``after_id``."""
+    return list(session.scalars(select(ConfigHistory).where(ConfigHistory.id > after_id)
+                                .order_by(ConfigHistory.id).limit(limit)))

@@ -39,3 +39,35 @@ def test_migrations_match_models(store_url):
     finally:
         eng.dispose()
     assert diff == []
+
+
+def test_0002_adds_the_session_epoch_and_keeps_reviewers(store_url):
+    from sqlalchemy import text
+
+    downgrade(store_url, "0001")
+    eng = make_engine(store_url)
+    try:
+        assert "session_epoch" not in {c["name"] for c in inspect(eng).get_columns("reviewers")}
+        with eng.begin() as con:
+            con.execute(text("INSERT INTO reviewers (username, password_hash, role, tenants, "
+                             "active, created_at) VALUES ('ann', 'h', 'reviewer', '[\"acme\"]', "
+                             ":t, CURRENT_TIMESTAMP)"), {"t": True})
+    finally:
+        eng.dispose()
+    upgrade(store_url)
+    eng = make_engine(store_url)
+    try:
+        with eng.connect() as con:
+            assert con.execute(text("SELECT username, session_epoch FROM reviewers")).all() == [
+                ("ann", 0)]
+    finally:
+        eng.dispose()
+    downgrade(store_url, "0001")
+    eng = make_engine(store_url)
+    try:
+        assert "session_epoch" not in {c["name"] for c in inspect(eng).get_columns("reviewers")}
+        with eng.connect() as con:
+            assert con.execute(text("SELECT username FROM reviewers")).all() == [("ann",)]
+    finally:
+        eng.dispose()
+    upgrade(store_url)
