@@ -10,10 +10,17 @@ Reasons an interaction is selected:
   precision and recall can be estimated on interactions no signal pointed at. The draw is a hash of
   (seed, interaction_id), so an interaction is in the sample or not the same way on every run;
 * ``manual``: named by the manual audit job (interaction ids, session ids or a time range);
-* ``retry``: a previous attempt by the same auditor and prompt version failed.
+* ``retry``: a previous attempt by the same auditor and prompt version failed, fewer than
+  ``max_attempts`` times. An interaction whose attempts all failed ``max_attempts`` times (e.g. a
+  request the provider rejects with HTTP 400 every time) is *given up*: no longer selected by the
+  scheduled audit (:func:`given_up` lists them for the run's metadata); a manual audit that names
+  it still audits it.
 
 Interactions already audited successfully by the same auditor and prompt version (an
 ``AuditAttempt`` with status ``ok``) are excluded: auditing is idempotent.
+
+Every candidate row carries the ``run_id`` of the Dagster run that selected it, so two runs that
+overlap (the hourly job between the two steps of a manual one) each audit their own selection.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ CANDIDATE_COLUMNS: dict[str, str] = {
     "auditor": "VARCHAR",
     "prompt_version": "VARCHAR",
     "selected_at": "TIMESTAMP",
+    "run_id": "VARCHAR",  # last: older warehouses get it by ALTER TABLE ... ADD COLUMN
 }
+DEFAULT_MAX_ATTEMPTS = 5
 REASONS = ("negative_feedback", "handoff", "low_quality", "human_correction", "calibration",
            "manual", "retry")
 
@@ -43,6 +52,7 @@ class CandidateConfig:
     quality_threshold: float = 0.5
     calibration_rate: float = 0.05
     seed: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # failed attempts after which an item is given up
     # manual selection (any of these set = audit exactly the interactions that match them)
     interaction_ids: Sequence[str] = field(default_factory=tuple)
     session_ids: Sequence[str] = field(default_factory=tuple)
@@ -54,6 +64,8 @@ class CandidateConfig:
             raise ValueError(f"calibration_rate must be in [0, 1], got {self.calibration_rate}")
         if not 0.0 <= self.quality_threshold <= 1.0:
             raise ValueError(f"quality_threshold must be in [0, 1], got {self.quality_threshold}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
         if self.since and self.until and _naive_utc(self.since) > _naive_utc(self.until):
             raise ValueError(f"since ({self.since}) is after until ({self.until})")
 
@@ -62,7 +74,7 @@ class CandidateConfig:
         return bool(self.interaction_ids or self.session_ids or self.since or self.until)
 
 
-def calibration_draw(ids: Sequence[str], seed: int) -> list[float]:
+def calibration_draw(ids: Sequence[str], seed: int | str) -> list[float]:
     """A uniform number in [0, 1) per id, stable across runs, processes and library versions."""
     prefix = f"{seed}:".encode()
     return [int.from_bytes(hashlib.blake2b(prefix + i.encode(), digest_size=8).digest(), "big")
@@ -77,13 +89,15 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
                       auditor: str, prompt_version: str,
                       config: CandidateConfig = CandidateConfig(),
                       session_aliases: dict[str, str] | None = None,
-                      now: datetime | None = None) -> pl.DataFrame:
+                      now: datetime | None = None, run_id: str = "") -> pl.DataFrame:
     """The candidates (``CANDIDATE_COLUMNS``) among ``interactions``.
 
     ``interactions`` carries the ``interactions`` columns (``quality_score`` optional).
     ``attempts`` holds this auditor's and prompt version's ``AuditAttempt`` rows
-    (``interaction_id``, ``status``). ``session_aliases`` maps a session id as a user typed it to
-    its stored (hashed) form, so the manual job accepts either.
+    (``interaction_id``, ``status``, optionally ``attempts``: failed ones at ``max_attempts`` or
+    more are given up, see :func:`given_up`). ``session_aliases`` maps a session id as a user
+    typed it to its stored (hashed) form, so the manual job accepts either. ``run_id`` tags every
+    row with the run that selected it.
     """
     for needed in ("interaction_id",):
         if needed not in interactions.columns:
@@ -107,6 +121,8 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
                 raise ValueError(f"select_candidates: attempts lack column {needed!r}")
         ok_ids = attempts.filter(pl.col("status") == "ok")["interaction_id"].to_list()
         failed_ids = attempts.filter(pl.col("status") == "failed")["interaction_id"].to_list()
+        abandoned = set(given_up(attempts, config.max_attempts))
+        failed_ids = [i for i in failed_ids if i not in abandoned]
 
     c = config
     manual = pl.lit(False)
@@ -148,6 +164,10 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
     out = out.filter(pl.col("reasons").list.len() > 0)
     if ok_ids:
         out = out.filter(~pl.col("interaction_id").is_in(ok_ids))
+    if not c.manual and attempts is not None and attempts.height:
+        abandoned_ids = given_up(attempts, c.max_attempts)
+        if abandoned_ids:  # the scheduled audit stops asking; a manual run still may
+            out = out.filter(~pl.col("interaction_id").is_in(abandoned_ids))
     stamp = _naive_utc(now or datetime.now(timezone.utc))
     return out.unique("interaction_id", keep="first", maintain_order=True).select(
         pl.col("interaction_id"),
@@ -157,7 +177,19 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
         pl.lit(auditor).alias("auditor"),
         pl.lit(prompt_version).alias("prompt_version"),
         pl.lit(stamp, dtype=pl.Datetime("us")).alias("selected_at"),
+        pl.lit(run_id, dtype=pl.String).alias("run_id"),
     )
+
+
+def given_up(attempts: pl.DataFrame | None, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[str]:
+    """Interactions whose audit failed ``max_attempts`` times or more (status ``failed``): the
+    scheduled audit no longer retries them. ``attempts`` without an ``attempts`` column (counts
+    unknown) gives none."""
+    if attempts is None or attempts.height == 0 or "attempts" not in attempts.columns:
+        return []
+    return sorted(attempts.filter((pl.col("status") == "failed")
+                                  & (pl.col("attempts").fill_null(1) >= max_attempts))
+                  ["interaction_id"].to_list())
 
 
 def reason_counts(candidates: pl.DataFrame) -> dict[str, int]:

@@ -136,9 +136,11 @@ def _col(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def signal_frame(frame: pl.DataFrame, thresholds: RuleThresholds = RuleThresholds(),
-                 reference: pl.DataFrame | None = None) -> pl.DataFrame:
+                 reference: pl.DataFrame | None = None,
+                 consensus: pl.DataFrame | None = None) -> pl.DataFrame:
     """One boolean column per signal (plus ``correction_category_norm`` and
-    ``comment_category``), row-aligned with ``frame``."""
+    ``comment_category``), row-aligned with ``frame``. ``consensus`` is
+    ``consensus_frame(reference)`` computed once by a caller auditing in batches."""
     for needed in ("interaction_id", "response"):
         if needed not in frame.columns:
             raise ValueError(f"audit_rules: input frame lacks required column {needed!r}")
@@ -210,7 +212,8 @@ def signal_frame(frame: pl.DataFrame, thresholds: RuleThresholds = RuleThreshold
         question_key(user).alias("_q"),
         resp_s.alias("_r"),
     )
-    cons = consensus_frame(reference if reference is not None else base, t)
+    cons = consensus if consensus is not None else consensus_frame(
+        reference if reference is not None else base, t)
     sig = sig.join(cons, on=["tenant_id", "_q", "_r"], how="left", maintain_order="left") \
         .with_columns(pl.col("number_outlier") & non_empty, pl.col("minority_answer") & non_empty) \
         .drop("_q", "_r")
@@ -285,13 +288,14 @@ def refine_pii_with_raw(frame: pl.DataFrame, sig: pl.DataFrame) -> pl.DataFrame:
 
 def audit_rules(frame: pl.DataFrame, thresholds: RuleThresholds = RuleThresholds(), *,
                 reference: pl.DataFrame | None = None,
+                consensus: pl.DataFrame | None = None,
                 now: datetime | None = None) -> pl.DataFrame:
     """Verdicts with exactly the columns of ``AUDITED_COLUMNS`` (one row per input row).
 
     ``reference`` (tenant_id, user_message, response of every interaction available) is the
     population the consensus signals compare with; default ``frame`` itself."""
     t = thresholds
-    sig = refine_pii_with_raw(frame, signal_frame(frame, t, reference))
+    sig = refine_pii_with_raw(frame, signal_frame(frame, t, reference, consensus))
     # noisy-OR of the fired signals' weights
     miss = pl.lit(1.0)
     for s in SIGNALS:
@@ -358,9 +362,19 @@ class RulesAuditor:
                  reference: pl.DataFrame | None = None) -> None:
         self.thresholds = thresholds
         self.reference = reference  # population for the consensus signals (default: the frame)
+        self._consensus: tuple[pl.DataFrame, pl.DataFrame] | None = None
+
+    def _consensus_of_reference(self) -> pl.DataFrame | None:
+        """consensus_frame(reference), computed once per reference frame (the asset audits in
+        batches against the same population)."""
+        if self.reference is None:
+            return None
+        if self._consensus is None or self._consensus[0] is not self.reference:
+            self._consensus = (self.reference, consensus_frame(self.reference, self.thresholds))
+        return self._consensus[1]
 
     def audit_frame(self, frame: pl.DataFrame, *, now: datetime | None = None):
         from ml.audit.llm import AuditOutcome
 
         return AuditOutcome(audit_rules(frame, self.thresholds, reference=self.reference,
-                                        now=now), [])
+                                        consensus=self._consensus_of_reference(), now=now), [])

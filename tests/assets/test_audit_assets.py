@@ -88,13 +88,19 @@ def test_chain_creates_review_items_and_is_idempotent(demo_home):
     assert audit["audited"].value == cands and audit["failures"].value == 0
     assert audit["errors"].value > 0
     assert audit["auditor"].value == "rules" and audit["prompt_version"].value == "rules-v1"
-    assert audit["demo_only/precision"].value >= 0.6  # demo truth.jsonl sits in the landing root
+    # demo truth.jsonl sits in the landing root. Measured on this fixture (generate seed=3, 400
+    # records, 2 days; rules-v1): precision 0.8158 (31 of 38 flags), recall 0.6078 (31 of 51
+    # labelled mistakes). The floors allow two flips each (float noise of MiniLM near the
+    # relevance threshold), so losing a rule or a signal fails here.
+    assert audit["demo_only/precision"].value >= 0.76
+    assert audit["demo_only/recall"].value >= 0.56
     assert set(json.loads(json.dumps(audit["errors_by_category"].value))) <= {
         "factual_error", "hallucinated_policy", "refusal_of_valid_request", "pii_leak",
         "incomplete", "off_topic", "tone", "formatting"}
 
     counts = _counts(url)
-    assert counts["error"] == audit["errors"].value
+    clean = audit["clean_review_items_created"].value
+    assert counts["error"] == audit["errors"].value + clean
     with session_scope(url) as s:
         err = s.scalars(select(ReviewItem).where(ReviewItem.kind == "error")).first()
         assert err.status == "pending" and err.auditor == "rules"
