@@ -145,6 +145,7 @@ def list_events(request: Request, me: ReviewerInfo = Depends(api_reviewer),
 def me(request: Request, me: ReviewerInfo = Depends(api_reviewer)) -> S.MeOut:
     with session_scope(get_ctx(request).url) as s:
         progress = reviewers.progress(s, me.username)
+        progress["remaining"] = sum(reviewers.remaining(s, me.scope).values())
     return S.MeOut(**_reviewer_out(me), progress=S.Progress(**progress))
 
 
@@ -167,11 +168,12 @@ def list_reviewers(request: Request, _: ReviewerInfo = Depends(api_admin)) -> li
              responses={**AUTH_ERRORS, **INVALID, **BAD_BODY}, tags=["admin"],
              summary="Create a reviewer account (returns its API token once)")
 def create_reviewer(request: Request, body: S.ReviewerIn,
-                    _: ReviewerInfo = Depends(api_admin)) -> S.ReviewerCreated:
+                    admin: ReviewerInfo = Depends(api_admin)) -> S.ReviewerCreated:
     try:
         with session_scope(get_ctx(request).url) as s:
             r = reviewers.create_reviewer(s, username=body.username, password=body.password,
-                                          role=body.role, tenants=body.tenants)
+                                          role=body.role, tenants=body.tenants,
+                                          actor=admin.username)
     except reviewers.ReviewerError as exc:
         raise HTTPException(422, str(exc)) from exc
     return S.ReviewerCreated(**_reviewer_out(r), api_token=r.api_token or "")
@@ -190,11 +192,99 @@ def list_collector_keys(request: Request,
              responses={**AUTH_ERRORS, **INVALID, **BAD_BODY}, tags=["admin"],
              summary="Create a collector key for a tenant (returns the key once)")
 def create_collector_key(request: Request, body: S.CollectorKeyIn,
-                         _: ReviewerInfo = Depends(api_admin)) -> S.CollectorKeyCreated:
+                         admin: ReviewerInfo = Depends(api_admin)) -> S.CollectorKeyCreated:
     try:
         with session_scope(get_ctx(request).url) as s:
-            k = collector_keys.create_key(s, body.tenant_id, body.label)
+            k = collector_keys.create_key(s, body.tenant_id, body.label, actor=admin.username)
     except collector_keys.CollectorKeyError as exc:
         raise HTTPException(422, str(exc)) from exc
     return S.CollectorKeyCreated(id=k.id, tenant_id=k.tenant_id, label=k.label, active=k.active,
                                  created_at=k.created_at, key=k.key or "")
+
+
+Username = Annotated[str, FPath(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@-]+$",
+                                description="the reviewer's username")]
+NO_REVIEWER = {404: {"model": S.ErrorOut, "description": "no such reviewer"}}
+
+
+def _account_change(request: Request, change):
+    """Run one admin change of an account (``change(session)``) in a transaction; an unknown
+    reviewer is 404, a refused change (bad role/tenant/password, last admin) 422."""
+    try:
+        with session_scope(get_ctx(request).url) as s:
+            return change(s)
+    except reviewers.ReviewerNotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except reviewers.ReviewerError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+@router.patch("/admin/reviewers/{username}", response_model=S.ReviewerOut,
+              responses={**AUTH_ERRORS, **NO_REVIEWER, **INVALID, **BAD_BODY}, tags=["admin"],
+              summary="Deactivate or reactivate a reviewer, change their role or tenants")
+def update_reviewer(request: Request, username: Username, body: S.ReviewerPatch,
+                    admin: ReviewerInfo = Depends(api_admin)) -> S.ReviewerOut:
+    def change(s) -> S.ReviewerOut:
+        r = reviewers.by_username(s, username)
+        if body.role is not None or body.tenants is not None:
+            r = reviewers.update_reviewer(s, username, role=body.role, tenants=body.tenants,
+                                          actor=admin.username)
+        if body.active is not None:
+            r = reviewers.set_active(s, username, body.active, actor=admin.username)
+        return S.ReviewerOut(**_reviewer_out(r))
+
+    return _account_change(request, change)
+
+
+@router.post("/admin/reviewers/{username}/password", response_model=S.ReviewerOut,
+             responses={**AUTH_ERRORS, **NO_REVIEWER, **INVALID, **BAD_BODY}, tags=["admin"],
+             summary="Set a reviewer's password (their open web sessions end)")
+def set_password(request: Request, username: Username, body: S.PasswordIn,
+                 admin: ReviewerInfo = Depends(api_admin)) -> S.ReviewerOut:
+    return _account_change(request, lambda s: S.ReviewerOut(**_reviewer_out(
+        reviewers.set_password(s, username, body.password, actor=admin.username))))
+
+
+@router.post("/admin/reviewers/{username}/token", response_model=S.TokenOut,
+             responses={**AUTH_ERRORS, **NO_REVIEWER, **INVALID}, tags=["admin"],
+             summary="Issue a new API token for a reviewer (the old one stops working)")
+def rotate_reviewer_token(request: Request, username: Username,
+                          admin: ReviewerInfo = Depends(api_admin)) -> S.TokenOut:
+    return _account_change(request, lambda s: S.TokenOut(api_token=reviewers.rotate_token(
+        s, reviewers.by_username(s, username).id, actor=admin.username)))
+
+
+@router.post("/admin/collector-keys/{key_id}/revoke", response_model=S.CollectorKeyOut,
+             responses={**AUTH_ERRORS, 404: {"model": S.ErrorOut, "description": "no such key"},
+                        **INVALID}, tags=["admin"],
+             summary="Revoke a collector key (kept, inactive: requests with it get 401)")
+def revoke_collector_key(request: Request,
+                         key_id: Annotated[int, FPath(ge=1, le=2**31 - 1)],
+                         admin: ReviewerInfo = Depends(api_admin)) -> S.CollectorKeyOut:
+    try:
+        with session_scope(get_ctx(request).url) as s:
+            k = collector_keys.revoke_key(s, key_id, actor=admin.username)
+    except collector_keys.KeyNotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return S.CollectorKeyOut(id=k.id, tenant_id=k.tenant_id, label=k.label, active=k.active,
+                             created_at=k.created_at)
+
+
+@router.get("/admin/progress", response_model=list[S.ReviewerProgressOut],
+            responses=AUTH_ERRORS, tags=["admin"],
+            summary="Each reviewer's decisions today and in total, and items left per tenant")
+def progress_all(request: Request,
+                 _: ReviewerInfo = Depends(api_admin)) -> list[S.ReviewerProgressOut]:
+    with session_scope(get_ctx(request).url) as s:
+        return [S.ReviewerProgressOut(**row) for row in reviewers.progress_all(s)]
+
+
+@router.get("/admin/audit", response_model=S.AuditPage, responses={**AUTH_ERRORS, **INVALID},
+            tags=["admin"], summary="Admin changes (accounts, keys), oldest first, by id cursor")
+def audit_log(request: Request, _: ReviewerInfo = Depends(api_admin),
+              after_id: int = Query(0, ge=0, le=2**62),
+              limit: int = Query(500, ge=1, le=5000)) -> S.AuditPage:
+    with session_scope(get_ctx(request).url) as s:
+        out = [S.AuditOut.model_validate(e, from_attributes=True)
+               for e in reviewers.list_audit(s, after_id=after_id, limit=limit)]
+    return S.AuditPage(entries=out, next_after_id=out[-1].id if out else after_id)

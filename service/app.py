@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,8 +35,57 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int, size: int | None = None):
+        what = f"request body of {size:,} bytes" if size is not None else "request body"
+        super().__init__(413, f"{what} exceeds the limit of {limit:,} bytes")
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413, counting bytes as they arrive.
+
+    A declared ``Content-Length`` over the limit is answered before anything is read; a chunked
+    (or understated) body is counted chunk by chunk and the read fails with 413 as soon as the
+    count passes the limit, so an oversized body is never buffered or parsed. Paths under
+    ``exempt`` (the collector, which has its own limit) pass through.
+    """
+
+    def __init__(self, app, max_bytes: int, exempt: tuple[str, ...] = ()):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            body = json.dumps({"detail": BodyTooLarge(self.max_bytes, int(declared)).detail})
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body.encode()})
+            return
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # raised inside the endpoint's body read: FastAPI passes HTTPExceptions
+                    # through, and the app's error handler answers 413 (JSON or HTML)
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
 def create_app(settings: Settings | None = None, service: ServiceSettings | None = None,
-               *, migrate: bool = True) -> FastAPI:
+               *, migrate: bool = True, host: str | None = None) -> FastAPI:
+    """Build the service. ``host``: the address it will listen on (``learnloop serve`` passes it);
+    on a non-loopback host the session cookie is ``Secure`` unless LEARNLOOP_COOKIE_SECURE says
+    otherwise."""
     settings = settings or Settings()
     service = service or ServiceSettings()
     if migrate:
@@ -53,6 +103,7 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
         description="Human review of flagged errors and proposed training samples, and the log "
                     "collector. See docs/api.md.",
         redoc_url=None,
+        docs_url=None,  # Swagger UI needs a CDN: /docs is an offline page (service/web.py)
     )
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["shortcuts"] = web.SHORTCUTS
@@ -61,26 +112,27 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
         limiter=LoginLimiter(service.login_max_failures, service.login_window_s),
         templates=templates,
     )
+    secure_cookie = service.secure_cookie(host)
+    if secure_cookie and service.cookie_secure is None:
+        log.info("serving on %s (not loopback): the session cookie is Secure (HTTPS only); set "
+                 "LEARNLOOP_COOKIE_SECURE=false to sign in over plain HTTP", host)
     app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie="learnloop_session",
                        max_age=service.session_max_age_s, same_site="lax",
-                       https_only=service.cookie_secure)
+                       https_only=secure_cookie)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
-        declared = request.headers.get("content-length", "")
-        if (declared.isdigit() and int(declared) > MAX_BODY
-                and not request.url.path.startswith("/v1/interactions")):
-            # the collector streams and limits its own body (LEARNLOOP_COLLECTOR_MAX_BYTES)
-            return JSONResponse({"detail": f"request body of {int(declared):,} bytes exceeds the "
-                                           f"limit of {MAX_BODY:,} bytes"}, status_code=413)
         response: Response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
-        if response.headers.get("content-type", "").startswith("text/html") \
-                and request.url.path != "/docs":
+        if response.headers.get("content-type", "").startswith("text/html"):
             response.headers.setdefault("Content-Security-Policy", CSP)
             response.headers.setdefault("X-Frame-Options", "DENY")
         return response
+
+    # outermost: counts body bytes before any other layer reads them; the collector streams
+    # and limits its own body (LEARNLOOP_COLLECTOR_MAX_BYTES)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY, exempt=("/v1/interactions",))
 
     @app.exception_handler(StarletteHTTPException)
     async def html_or_json_errors(request: Request, exc: StarletteHTTPException):

@@ -4,14 +4,38 @@
     learnloop reviewers add NAME --role reviewer --tenant acme [--password ...]
                                                             -> add_reviewer(...)
     learnloop collector-keys add TENANT                    -> add_collector_key(tenant)
+    learnloop reviewers deactivate|activate|set-password|update|rotate-token NAME
+    learnloop collector-keys list|revoke ID
+
+Every change is recorded in the store's ``config_history`` with ``changed_by`` = ``cli:<user>``.
 """
 
 from __future__ import annotations
 
 from ml.config import Settings
+from service.config import ServiceSettings
 from store import collector_keys, reviewers
 from store.db import session_scope, upgrade
+from store.collector_keys import CollectorKeyInfo
 from store.reviewers import ReviewerInfo
+
+
+def cli_actor() -> str:
+    """``changed_by`` of admin changes made from the command line."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in this environment
+        return "cli"
+
+
+def uvicorn_options(host: str, port: int, service: ServiceSettings) -> dict:
+    """uvicorn settings of ``learnloop serve``: proxy headers (client address and scheme from
+    X-Forwarded-For/-Proto) only when LEARNLOOP_PROXY_HEADERS is true, and then only from the
+    proxies in LEARNLOOP_FORWARDED_ALLOW_IPS."""
+    return {"host": host, "port": port, "proxy_headers": service.proxy_headers,
+            "forwarded_allow_ips": service.forwarded_allow_ips, "log_level": "info"}
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None) -> None:
@@ -20,8 +44,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
 
     from service.app import create_app
 
-    app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, proxy_headers=False, log_level="info")
+    service = ServiceSettings()
+    app = create_app(settings, service, host=host)
+    uvicorn.run(app, **uvicorn_options(host, port, service))
 
 
 def add_reviewer(username: str, password: str, role: str = "reviewer",
@@ -35,7 +60,7 @@ def add_reviewer(username: str, password: str, role: str = "reviewer",
     upgrade(settings.store)
     with session_scope(settings.store) as s:
         return reviewers.create_reviewer(s, username=username, password=password, role=role,
-                                         tenants=list(tenants))
+                                         tenants=list(tenants), actor=cli_actor())
 
 
 def add_collector_key(tenant: str, label: str | None = None,
@@ -44,7 +69,7 @@ def add_collector_key(tenant: str, label: str | None = None,
     settings = settings or Settings()
     upgrade(settings.store)
     with session_scope(settings.store) as s:
-        info = collector_keys.create_key(s, tenant, label)
+        info = collector_keys.create_key(s, tenant, label, actor=cli_actor())
     assert info.key is not None
     return info.key
 
@@ -54,3 +79,47 @@ def list_reviewers(settings: Settings | None = None) -> list[ReviewerInfo]:
     upgrade(settings.store)
     with session_scope(settings.store) as s:
         return reviewers.list_reviewers(s)
+
+
+def _store(settings: Settings | None) -> str:
+    settings = settings or Settings()
+    upgrade(settings.store)
+    return settings.store
+
+
+def set_reviewer_active(username: str, active: bool,
+                        settings: Settings | None = None) -> ReviewerInfo:
+    """Deactivate (sign-in, token and open sessions stop working) or reactivate an account."""
+    with session_scope(_store(settings)) as s:
+        return reviewers.set_active(s, username, active, actor=cli_actor())
+
+
+def set_reviewer_password(username: str, password: str,
+                          settings: Settings | None = None) -> ReviewerInfo:
+    with session_scope(_store(settings)) as s:
+        return reviewers.set_password(s, username, password, actor=cli_actor())
+
+
+def update_reviewer(username: str, role: str | None = None,
+                    tenants: list[str] | tuple[str, ...] | None = None,
+                    settings: Settings | None = None) -> ReviewerInfo:
+    with session_scope(_store(settings)) as s:
+        return reviewers.update_reviewer(s, username, role=role,
+                                         tenants=None if tenants is None else list(tenants),
+                                         actor=cli_actor())
+
+
+def rotate_reviewer_token(username: str, settings: Settings | None = None) -> str:
+    with session_scope(_store(settings)) as s:
+        r = reviewers.by_username(s, username)
+        return reviewers.rotate_token(s, r.id, actor=cli_actor())
+
+
+def list_collector_keys(settings: Settings | None = None) -> list[CollectorKeyInfo]:
+    with session_scope(_store(settings)) as s:
+        return collector_keys.list_keys(s)
+
+
+def revoke_collector_key(key_id: int, settings: Settings | None = None) -> CollectorKeyInfo:
+    with session_scope(_store(settings)) as s:
+        return collector_keys.revoke_key(s, key_id, actor=cli_actor())

@@ -42,14 +42,22 @@ collector_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_n
 
 
 def session_reviewer(request: Request) -> ReviewerInfo | None:
-    """The reviewer signed in through the session cookie (re-read: role/tenants/active are fresh)."""
-    uid = request.session.get("uid")
-    if not isinstance(uid, int):
+    """The reviewer signed in through the session cookie (re-read: role/tenants/active are fresh).
+
+    The cookie carries the reviewer's session epoch from sign-in; sign-out, deactivation and a
+    password change move the epoch on in the store, so an old cookie (even a replayed copy) stops
+    working at once.
+    """
+    uid, epoch = request.session.get("uid"), request.session.get("epoch")
+    if not isinstance(uid, int) or not isinstance(epoch, int):
+        if uid is not None:
+            request.session.clear()
         return None
     with session_scope(get_ctx(request).url) as s:
         r = reviewers.by_id(s, uid)
-    if r is None:
+    if r is None or r.session_epoch != epoch:
         request.session.clear()
+        return None
     return r
 
 

@@ -146,6 +146,7 @@ class EventPage(BaseModel):
 class Progress(BaseModel):
     today: int
     total: int
+    remaining: int = Field(description="pending items in your tenants")
 
 
 class ReviewerOut(BaseModel):
@@ -171,6 +172,45 @@ class ReviewerIn(BaseModel):
     password: str = Field(min_length=8, max_length=MAX_PASSWORD)
     role: Literal["reviewer", "admin"] = "reviewer"
     tenants: list[str] = Field(default_factory=list, max_length=100)
+
+
+class ReviewerPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    active: bool | None = Field(default=None, description="false: sign-in, API token and open "
+                                                          "sessions stop working; true: reactivate")
+    role: Literal["reviewer", "admin"] | None = None
+    tenants: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=100, description="replaces the tenant list ('*' = every tenant)")
+
+
+class PasswordIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str = Field(min_length=8, max_length=MAX_PASSWORD)
+
+
+class ReviewerProgressOut(BaseModel):
+    username: str
+    role: str
+    active: bool
+    tenants: list[str]
+    today: int = Field(description="decisions today (UTC)")
+    total: int = Field(description="decisions in total")
+    remaining: dict[str, int] = Field(description="pending items per tenant the reviewer sees")
+    remaining_total: int
+
+
+class AuditOut(BaseModel):
+    id: int
+    key: str = Field(description="what changed, e.g. reviewer:ann or collector_key:3")
+    old_value: dict[str, Any] | None
+    new_value: dict[str, Any] | None
+    changed_by: str
+    changed_at: UtcDatetime
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditOut]
+    next_after_id: int
 
 
 class TokenOut(BaseModel):

@@ -28,45 +28,84 @@ def check_length(field: str, value: str | None, limit: int) -> None:
 
 
 class LoginLimiter:
-    """At most ``max_failures`` failed sign-ins per key (username + client IP) in ``window_s``.
+    """Sign-in rate limit, in memory, per process.
 
-    In memory, per process: run one service process per store, or put a shared limiter in front.
+    Two limits over a sliding window of ``window_s`` seconds: at most ``max_failures`` attempts
+    per (username, client IP) and at most ``max_per_ip`` attempts per client IP (any usernames, so
+    one address cannot spray passwords over many accounts). An attempt is counted by
+    ``attempt()`` *before* the password is checked, atomically under one lock, so concurrent
+    requests cannot all slip through between the check and the count. A successful sign-in takes
+    its own attempt back and clears the (username, IP) history.
+
+    Run one service process per store, or put a shared limiter in front when scaling out.
     """
 
     def __init__(self, max_failures: int, window_s: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, max_per_ip: int | None = None):
         self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
-        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self.max_per_ip = max_per_ip if max_per_ip is not None else 4 * max_failures
+        self._attempts: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.Lock()
 
     def _prune(self, key: tuple[str, str], now: float) -> deque[float]:
-        q = self._failures.get(key, deque())
+        q = self._attempts.get(key, deque())
         while q and q[0] <= now - self.window_s:
             q.popleft()
         return q
 
+    def _keys(self, username: str, ip: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        return ("user", f"{username.lower()}\x00{ip}"), ("ip", ip)
+
+    def _wait(self, q: deque[float], limit: int, now: float) -> int | None:
+        if len(q) < limit:
+            return None
+        return max(1, int(q[len(q) - limit] + self.window_s - now + 0.999))
+
+    def attempt(self, username: str, ip: str) -> tuple[int | None, float]:
+        """Count one sign-in attempt; returns ``(retry_after, stamp)``.
+
+        ``retry_after`` is ``None`` when the attempt may go ahead (it is then counted, with the
+        time ``stamp``), else the seconds to wait (nothing is counted).
+        """
+        user_key, ip_key = self._keys(username, ip)
+        now = self.clock()
+        with self._lock:
+            uq, iq = self._prune(user_key, now), self._prune(ip_key, now)
+            waits = [w for w in (self._wait(uq, self.max_failures, now),
+                                 self._wait(iq, self.max_per_ip, now)) if w is not None]
+            if waits:
+                return max(waits), now
+            uq.append(now)
+            iq.append(now)
+            self._attempts[user_key], self._attempts[ip_key] = uq, iq
+            if len(self._attempts) > 20_000:  # bound memory: forget keys with no recent attempt
+                for k in [k for k, v in self._attempts.items()
+                          if not v or v[-1] <= now - self.window_s]:
+                    del self._attempts[k]
+            return None, now
+
     def retry_after(self, username: str, ip: str) -> int | None:
-        """Seconds until the next attempt is allowed, or ``None`` when it is allowed now."""
-        key, now = (username.lower(), ip), self.clock()
+        """Seconds until the next attempt is allowed, or ``None`` (counts nothing)."""
+        user_key, ip_key = self._keys(username, ip)
+        now = self.clock()
         with self._lock:
-            q = self._prune(key, now)
-            if len(q) < self.max_failures:
-                return None
-            return max(1, int(q[0] + self.window_s - now + 0.999))
+            waits = [w for w in (self._wait(self._prune(user_key, now), self.max_failures, now),
+                                 self._wait(self._prune(ip_key, now), self.max_per_ip, now))
+                     if w is not None]
+            return max(waits) if waits else None
 
-    def failure(self, username: str, ip: str) -> None:
-        key, now = (username.lower(), ip), self.clock()
+    def succeeded(self, username: str, ip: str, stamp: float) -> None:
+        """The attempt made at ``stamp`` signed in: forget the (username, IP) history and take
+        that attempt back from the IP's count."""
+        user_key, ip_key = self._keys(username, ip)
         with self._lock:
-            q = self._prune(key, now)
-            q.append(now)
-            self._failures[key] = q
-            if len(self._failures) > 10_000:  # bound memory: forget keys with no recent failure
-                for k in [k for k, v in self._failures.items() if not v or v[-1] <= now - self.window_s]:
-                    del self._failures[k]
-
-    def reset(self, username: str, ip: str) -> None:
-        with self._lock:
-            self._failures.pop((username.lower(), ip), None)
+            self._attempts.pop(user_key, None)
+            q = self._attempts.get(ip_key)
+            if q is not None:
+                try:
+                    q.remove(stamp)
+                except ValueError:
+                    pass  # already outside the window
 
 
 def new_csrf_token() -> str:

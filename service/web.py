@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from service.deps import csrf_token, get_ctx, require_csrf, session_reviewer
 from service.diffs import diff_html
 from service.security import (
+    MAX_BATCH_DECISIONS,
     MAX_FINAL_RESPONSE,
     MAX_NOTE,
     MAX_PASSWORD,
@@ -57,6 +58,7 @@ def render(request: Request, name: str, ctx: dict[str, Any], status_code: int = 
     if user is not None:
         with session_scope(c.url) as s:
             progress = reviewers.progress(s, user.username)
+            progress["remaining"] = sum(reviewers.remaining(s, user.scope).values())
     flashes = request.session.pop("flash", [])
     return c.templates.TemplateResponse(
         request, name,
@@ -107,7 +109,8 @@ def login(request: Request, username: str = Form(""), password: str = Form(""),
     if len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
         return render(request, "login.html", {**page, "error": "Username or password too long."},
                       status_code=422)
-    wait = c.limiter.retry_after(username, ip)
+    # counted before the password is checked (atomically): concurrent guesses cannot overshoot
+    wait, stamp = c.limiter.attempt(username, ip)
     if wait is not None:
         resp = render(request, "login.html",
                       {**page, "error": f"Too many failed sign-ins. Try again in "
@@ -118,18 +121,23 @@ def login(request: Request, username: str = Form(""), password: str = Form(""),
     with session_scope(c.url) as s:
         who = reviewers.authenticate(s, username, password)
     if who is None:
-        c.limiter.failure(username, ip)
         return render(request, "login.html", {**page, "error": "Wrong username or password."},
                       status_code=401)
-    c.limiter.reset(username, ip)
+    c.limiter.succeeded(username, ip, stamp)
     request.session.clear()  # a fresh session (and CSRF token) at every sign-in
     request.session["uid"] = who.id
+    request.session["epoch"] = who.session_epoch
     return RedirectResponse(page["next"], status_code=303)
 
 
 @router.post("/logout")
 def logout(request: Request, csrf_token: str = Form("")):
     require_csrf(request, csrf_token)
+    user = session_reviewer(request)
+    if user is not None:
+        # server-side: every cookie of this reviewer (copies included) stops working
+        with session_scope(get_ctx(request).url) as s:
+            reviewers.end_sessions(s, user.id)
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 
@@ -187,8 +195,12 @@ def batch(request: Request, action: str = Form(...), selected: list[str] = Form(
         check_length("note", note, MAX_NOTE)
     except InputTooLong as exc:
         raise HTTPException(422, str(exc)) from exc
+    if len(selected) > MAX_BATCH_DECISIONS:
+        raise HTTPException(422, f"{len(selected):,} items selected; a batch decision takes at "
+                                 f"most {MAX_BATCH_DECISIONS} (the same limit as the API): "
+                                 "select fewer and repeat")
     decisions = []
-    for sel in selected[:500]:
+    for sel in selected:
         item_id, _, version = sel.partition(":")
         if not (item_id.isdigit() and version.isdigit()):
             raise HTTPException(422, f"bad selection {sel[:40]!r} (expected id:version)")
@@ -204,31 +216,68 @@ def batch(request: Request, action: str = Form(...), selected: list[str] = Form(
     _flash(request, f"{ok} of {len(results)} item(s) {verb}.")
     for r in results:
         if r["code"] == "conflict":
-            _flash(request, f"Item {r['item_id']}: someone else decided it first; "
-                            "your decision was not saved.", "warn")
+            _flash(request, f"Item {r['item_id']}: it changed since the queue was loaded "
+                            "(someone decided or re-tagged it); your decision was not saved.",
+                   "warn")
         elif not r["ok"]:
             _flash(request, f"Item {r['item_id']}: {r['error']}", "warn")
     return RedirectResponse(_safe_next(back), status_code=303)
 
 
 # ---- item page ---------------------------------------------------------------------------------------
+def queue_state(back: str) -> tuple[repo.ItemFilter, str]:
+    """The queue's filter and sort, read from the ``back`` link (the queue URL the reviewer came
+    from, carried by every item link and form), so prev/next and the item opened after a
+    decision follow the same query as the queue."""
+    parts = urlsplit(_safe_next(back))
+    q = {k: v[0] for k, v in parse_qs(parts.query).items() if v and v[0]} \
+        if parts.path == "/" else {}
+    kind = q.get("kind") if q.get("kind") in ("error", "sample") else None
+    sort = q.get("sort") if q.get("sort") in SORT_LABELS else "age"
+    flt = repo.ItemFilter(kind=kind, status="pending",
+                          **{attr: (q.get(name) or None) and q[name][:128]
+                             for name, attr in (("category", "category"), ("tenant", "tenant_id"),
+                                                ("source", "source"), ("tag", "tag"))})
+    return flt, sort
+
+
 def _item_context(request: Request, user: ReviewerInfo, item_id: int, back: str) -> dict[str, Any]:
+    flt, sort = queue_state(back)
     with session_scope(get_ctx(request).url) as s:
         try:
             item = repo.get_item(s, item_id, user.scope)
         except repo.NotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         related = repo.related_items(s, item, tenants=user.scope)
-        prev_id, next_id = repo.queue_neighbours(s, item.id, tenants=user.scope)
+        prev_id, next_id = repo.queue_neighbours(s, item.id, tenants=user.scope, flt=flt,
+                                                 sort=sort)
         verdict_of = item
         if item.kind == "sample" and not item.explanation:
             verdict_of = next((r for r in related if r.id == item.parent_id and r.kind == "error"),
                               item)
     proposed = item.final_response if item.status in ("approved", "edited") else item.proposed_response
     return {"item": item, "related": related, "prev_id": prev_id, "next_id": next_id,
+            "changes": [],
             "verdict": verdict_of, "diff": diff_html(item.original_response, proposed),
             "editable": proposed or "", "back": _safe_next(back), "age": _age(item.created_at),
             "conflict": None, "error": None}
+
+
+def _conflict_page(request: Request, user: ReviewerInfo, item_id: int, back: str,
+                   exc: repo.Conflict) -> HTMLResponse:
+    """409: the item as it is now, and what changed it since the reviewer's version (worded from
+    the newer review events: a decision, or only a tag change)."""
+    ctx = _item_context(request, user, item_id, back)
+    with session_scope(get_ctx(request).url) as s:
+        changes = [{"actor": e.actor, "action": e.action, "at": e.at,
+                    "status": (e.after or {}).get("status"),
+                    "added": [t for t in (e.after or {}).get("tags") or []
+                              if t not in ((e.before or {}).get("tags") or [])],
+                    "removed": [t for t in (e.before or {}).get("tags") or []
+                                if t not in ((e.after or {}).get("tags") or [])]}
+                   for e in repo.changes_since(s, item_id, exc.expected)]
+    return render(request, "item.html", {**ctx, "conflict": exc, "changes": changes},
+                  status_code=409, user=user)
 
 
 @router.get("/items/{item_id}", response_class=HTMLResponse)
@@ -258,22 +307,21 @@ def decide(request: Request, item_id: int, decision: str = Form(...), version: i
         return render(request, "item.html", {**ctx, "error": str(exc), "editable": text or ""},
                       status_code=422, user=user)
     c = get_ctx(request)
+    flt, sort = queue_state(back)
     try:
         with session_scope(c.url) as s:
-            current = repo.get_item(s, item_id, user.scope)
-            if current.kind == "sample" and decision == "approve" and text is not None \
-                    and text.strip() and text != (current.proposed_response or ""):
-                decision = "edit"  # approving a changed text is edit-and-approve
+            # approving a changed text is edit-and-approve: repo.decide applies that rule (the
+            # API shares it); the textarea is only sent for samples
             item = repo.decide(s, item_id, decision=decision, expected_version=version,
-                               actor=user.username, final_response=text if decision == "edit"
-                               else None, note=note or None, tenants=user.scope)
+                               actor=user.username,
+                               final_response=text if decision in ("approve", "edit") else None,
+                               note=note or None, tenants=user.scope)
             status = item.status
-            next_id = repo.queue_neighbours(s, item_id, tenants=user.scope)[1]
+            next_id = repo.queue_neighbours(s, item_id, tenants=user.scope, flt=flt, sort=sort)[1]
     except repo.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except repo.Conflict as exc:
-        ctx = _item_context(request, user, item_id, back)
-        return render(request, "item.html", {**ctx, "conflict": exc}, status_code=409, user=user)
+        return _conflict_page(request, user, item_id, back, exc)
     except repo.InvalidTransition as exc:
         ctx = _item_context(request, user, item_id, back)
         return render(request, "item.html", {**ctx, "error": str(exc), "editable": text or ""},
@@ -305,12 +353,43 @@ def tags(request: Request, item_id: int, version: int = Form(...), add: str = Fo
     except repo.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except repo.Conflict as exc:
-        ctx = _item_context(request, user, item_id, back)
-        return render(request, "item.html", {**ctx, "conflict": exc}, status_code=409, user=user)
+        return _conflict_page(request, user, item_id, back, exc)
     except repo.InvalidTransition as exc:
         raise HTTPException(422, str(exc)) from exc
     return RedirectResponse(f"/items/{item_id}?" + urlencode({"back": _safe_next(back)}),
                             status_code=303)
+
+
+# ---- admin: reviewer progress -------------------------------------------------------------------
+@router.get("/admin/progress", response_class=HTMLResponse)
+def progress_page(request: Request):
+    user = session_reviewer(request)
+    if user is None:
+        return _login_redirect(request)
+    if not user.is_admin:
+        raise HTTPException(403, "this page is for admins")
+    with session_scope(get_ctx(request).url) as s:
+        rows = reviewers.progress_all(s)
+    return render(request, "progress.html", {"rows": rows}, user=user)
+
+
+# ---- API reference that works offline (Swagger UI would need a CDN) --------------------------------
+@router.get("/docs", response_class=HTMLResponse)
+def api_docs(request: Request):
+    doc = request.app.openapi()
+    ops = []
+    for path, methods in doc.get("paths", {}).items():
+        for method, op in methods.items():
+            body = (op.get("requestBody", {}).get("content", {}).get("application/json", {})
+                    .get("schema", {}).get("$ref", "").rsplit("/", 1)[-1])
+            ops.append({"method": method.upper(), "path": path, "summary": op.get("summary", ""),
+                        "tags": op.get("tags", []),
+                        "params": [f"{p['name']} ({p['in']})" for p in op.get("parameters", [])],
+                        "body": body or ("JSON" if op.get("requestBody") else ""),
+                        "codes": sorted(op.get("responses", {}))})
+    return get_ctx(request).templates.TemplateResponse(
+        request, "docs.html", {"title": doc["info"]["title"], "version": doc["info"]["version"],
+                               "operations": ops})
 
 
 @router.get("/favicon.ico", include_in_schema=False)

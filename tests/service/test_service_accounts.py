@@ -48,9 +48,16 @@ def test_account_rules(svc_store):
         assert admin.scope == ["*"]
         with pytest.raises(reviewers.ReviewerError, match="already exists"):
             reviewers.create_reviewer(s, username="root", password="password1", role="admin")
+        with pytest.raises(reviewers.ReviewerError, match="last active admin"):
+            reviewers.set_active(s, "root", False)
+        with pytest.raises(reviewers.ReviewerError, match="last active admin"):
+            reviewers.update_reviewer(s, "root", role="reviewer", tenants=["x"])
+        reviewers.create_reviewer(s, username="root2", password="password1", role="admin")
         reviewers.set_active(s, "root", False)
         assert reviewers.authenticate(s, "root", "password1") is None
         assert reviewers.by_token(s, admin.api_token) is None
+        with pytest.raises(reviewers.ReviewerNotFound, match="not found"):
+            reviewers.set_password(s, "nobody", "password1")
 
 
 def test_progress_counts_decisions_today_and_total(svc_store):
@@ -96,16 +103,47 @@ def test_cli_support_creates_accounts_and_keys(sqlite_store, tmp_path):
 
 def test_login_limiter_window():
     now = [0.0]
-    lim = LoginLimiter(3, 60, clock=lambda: now[0])
+    lim = LoginLimiter(3, 60, clock=lambda: now[0], max_per_ip=100)
     for _ in range(3):
-        assert lim.retry_after("Ann", "1.2.3.4") is None
-        lim.failure("Ann", "1.2.3.4")
-    assert lim.retry_after("ann", "1.2.3.4") == 60  # usernames are case-insensitive
-    assert lim.retry_after("ann", "5.6.7.8") is None  # per username + IP
+        wait, _stamp = lim.attempt("Ann", "1.2.3.4")
+        assert wait is None
+    assert lim.attempt("ann", "1.2.3.4")[0] == 60  # usernames are case-insensitive
+    assert lim.retry_after("ann", "1.2.3.4") == 60
+    assert lim.attempt("ann", "5.6.7.8")[0] is None  # per username + IP
     now[0] = 30
     assert lim.retry_after("ann", "1.2.3.4") == 30
     now[0] = 60.5
     assert lim.retry_after("ann", "1.2.3.4") is None
-    lim.failure("ann", "1.2.3.4")
-    lim.reset("ann", "1.2.3.4")
-    assert lim.retry_after("ann", "1.2.3.4") is None
+    wait, stamp = lim.attempt("ann", "1.2.3.4")
+    lim.succeeded("ann", "1.2.3.4", stamp)  # a sign-in clears the username+IP history
+    for _ in range(3):
+        assert lim.attempt("ann", "1.2.3.4")[0] is None
+
+
+def test_login_limiter_per_ip_spans_usernames():
+    now = [0.0]
+    lim = LoginLimiter(3, 60, clock=lambda: now[0], max_per_ip=5)
+    for k in range(5):
+        assert lim.attempt(f"user{k}", "9.9.9.9")[0] is None
+    assert lim.attempt("fresh-name", "9.9.9.9")[0] == 60  # the address is spent
+    assert lim.attempt("fresh-name", "8.8.8.8")[0] is None
+    now[0] = 61
+    assert lim.attempt("fresh-name", "9.9.9.9")[0] is None
+
+
+def test_login_limiter_counts_concurrent_attempts_exactly():
+    import threading
+
+    lim = LoginLimiter(5, 300, max_per_ip=1000)
+    barrier, allowed = threading.Barrier(40), []
+
+    def go():
+        barrier.wait()
+        allowed.append(lim.attempt("ann", "1.1.1.1")[0] is None)
+
+    threads = [threading.Thread(target=go) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(allowed) == 5

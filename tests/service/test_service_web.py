@@ -127,7 +127,7 @@ def test_approve_edit_confirm_through_forms(web, sqlite_world):
     assert 'data-testid="progress-today">3<' in queue.text
 
 
-def test_stale_form_gets_409_page_saying_someone_else_decided(web, sqlite_world):
+def test_stale_form_gets_409_page_naming_who_decided(web, sqlite_world):
     item = sqlite_world.items["sample"]
     sign_in(web, "ann")
     tok, v = _form(web, item)
@@ -139,9 +139,30 @@ def test_stale_form_gets_409_page_saying_someone_else_decided(web, sqlite_world)
     r = web.post(f"/items/{item}/decide", data={"decision": "approve", "version": v,
                                                 "csrf_token": tok})
     assert r.status_code == 409
-    assert "Someone else decided this item" in r.text and "bob" in r.text
+    assert "bob decided this item while you were looking at it" in r.text
+    assert "<b>bob</b> decided it: <b>rejected</b>" in r.text
     with session_scope(sqlite_world.url) as s:
         assert s.get(ReviewItem, item).status == "rejected"
+
+
+def test_stale_form_after_a_tag_change_says_tags_changed_not_decided(web, sqlite_world):
+    item = sqlite_world.items["sample"]
+    sign_in(web, "ann")
+    tok, v = _form(web, item)
+    with TestClient(web.app) as other:
+        sign_in(other, "bob")
+        t2, v2 = _form(other, item)
+        assert other.post(f"/items/{item}/tags", data={
+            "version": v2, "csrf_token": t2, "add": "billing"}).status_code == 200
+    r = web.post(f"/items/{item}/decide", data={"decision": "approve", "version": v,
+                                                "csrf_token": tok})
+    assert r.status_code == 409
+    assert "This item changed while you were looking at it" in r.text
+    assert "<b>bob</b> changed its tags (added billing)" in r.text
+    assert "decided this item" not in r.text and "decided it:" not in r.text
+    assert "and decide again" in r.text  # still pending
+    with session_scope(sqlite_world.url) as s:
+        assert s.get(ReviewItem, item).status == "pending"
 
 
 @pytest.mark.parametrize("field,size,expect", [("note", 2001, "note is 2,001 characters"),
@@ -173,7 +194,7 @@ def test_batch_approve_and_reject(web, sqlite_world):
     r = web.post("/batch", data={"action": "reject", "csrf_token": tok,
                                  "selected": [f"{ids['sample2']}:1", f"{ids['sample']}:1"]})
     assert "1 of 2 item(s) rejected/dismissed" in r.text
-    assert "someone else decided it first" in r.text
+    assert f"Item {ids['sample']}: it changed since the queue was loaded" in r.text
     with session_scope(sqlite_world.url) as s:
         got = {k: s.get(ReviewItem, v).status for k, v in ids.items()}
     assert got == {"error": "confirmed", "sample": "approved", "sample2": "rejected",
@@ -242,3 +263,117 @@ def test_item_page_shows_auditor_signals(web, sqlite_world):
     page = web.get(f"/items/{item.id}").text
     assert "requested_human: True" in page and "answered_by" in page and "thumbs" not in page
     assert "&lt;b&gt;hi&lt;/b&gt;" in page and "<b>hi</b>" not in page  # escaped
+
+
+def test_batch_over_the_cap_is_422_and_decides_nothing(web, sqlite_world):
+    sign_in(web, "ann")
+    tok = csrf_of(web.get("/").text)
+    selected = [f"{sqlite_world.items['sample']}:1"] + [f"{100000 + k}:1" for k in range(200)]
+    r = web.post("/batch", data={"action": "approve", "csrf_token": tok, "selected": selected})
+    assert r.status_code == 422
+    assert "201 items selected; a batch decision takes at most 200" in r.text
+    with session_scope(sqlite_world.url) as s:
+        assert s.get(ReviewItem, sqlite_world.items["sample"]).status == "pending"
+
+
+def test_sign_out_ends_the_session_server_side(web, sqlite_world, app_factory):
+    sign_in(web, "ann")
+    stolen = web.cookies.get("learnloop_session")
+    assert stolen and web.get("/", follow_redirects=False).status_code == 200
+    tok = csrf_of(web.get("/").text)
+    assert web.post("/logout", data={"csrf_token": tok}, follow_redirects=False).status_code == 303
+    with TestClient(web.app) as replay:  # the cookie copied before sign-out, replayed
+        replay.cookies.set("learnloop_session", stolen)
+        r = replay.get("/", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+        r = replay.get("/api/v1/me")
+        assert r.status_code == 401
+    assert sign_in(web, "ann").status_code == 303  # signing in again works
+    assert web.get("/", follow_redirects=False).status_code == 200
+
+
+def test_deactivation_ends_open_sessions(web, sqlite_world):
+    from store import reviewers
+
+    sign_in(web, "ann")
+    assert web.get("/", follow_redirects=False).status_code == 200
+    with session_scope(sqlite_world.url) as s:
+        reviewers.set_active(s, "ann", False, actor="root")
+    assert web.get("/", follow_redirects=False).status_code == 303
+    with session_scope(sqlite_world.url) as s:
+        reviewers.set_active(s, "ann", True, actor="root")
+    # reactivation does not revive the old cookie
+    assert web.get("/", follow_redirects=False).status_code == 303
+
+
+@pytest.mark.parametrize("host,override,secure", [
+    ("127.0.0.1", None, False), ("localhost", None, False), ("::1", None, False),
+    ("0.0.0.0", None, True), ("review.example.com", None, True), ("10.1.2.3", False, False),
+    ("127.0.0.1", True, True)])
+def test_cookie_is_secure_off_loopback_unless_overridden(sqlite_world, host, override, secure):
+    from service.app import create_app
+    from servicekit import service_settings
+
+    kw = {} if override is None else {"cookie_secure": override}
+    app = create_app(sqlite_world.settings, service_settings(**kw), migrate=False, host=host)
+    with TestClient(app, base_url="https://testserver") as c:
+        cookie = sign_in(c, "ann").headers["set-cookie"].lower()
+    assert ("; secure" in cookie) is secure
+
+
+def _ids(html):
+    return [int(x) for x in re.findall(r'data-item-id="(\d+)"', html)]
+
+
+def test_item_navigation_follows_the_queue_filter_and_sort(web, sqlite_world):
+    ids = sqlite_world.items
+    sign_in(web, "root")
+    queue = web.get("/", params={"sort": "confidence", "tenant": "acme"}).text
+    order = _ids(queue)
+    # confidence: error 0.91, its sample (no confidence: the parent's), sample2 0.6, error2 0.4
+    assert order == [ids["error"], ids["sample"], ids["sample2"], ids["error2"]]
+    back = "/?tenant=acme&sort=confidence&page=1"
+    page = web.get(f"/items/{ids['sample']}", params={"back": back}).text
+    assert f'href="/items/{ids["sample2"]}?back=' in page and 'data-nav="next"' in page
+    prev = re.search(r'href="/items/(\d+)\?back=[^"]*" data-nav="prev"', page).group(1)
+    nxt = re.search(r'href="/items/(\d+)\?back=[^"]*" data-nav="next"', page).group(1)
+    assert (int(prev), int(nxt)) == (ids["error"], ids["sample2"])
+    # after a decision the next item of the same query opens
+    tok, v = _form(web, ids["sample"])
+    r = web.post(f"/items/{ids['sample']}/decide", follow_redirects=False,
+                 data={"decision": "reject", "version": v, "csrf_token": tok, "back": back})
+    assert r.status_code == 303 and r.headers["location"].startswith(f"/items/{ids['sample2']}?")
+    # a kind filter: neighbours are errors only
+    page = web.get(f"/items/{ids['error']}",
+                   params={"back": "/?kind=error&tenant=acme&sort=confidence"}).text
+    nxt = re.search(r'href="/items/(\d+)\?back=[^"]*" data-nav="next"', page).group(1)
+    assert int(nxt) == ids["error2"] and 'data-nav="prev"' not in page
+
+
+def test_admin_progress_page_and_remaining_count(web, sqlite_world):
+    sign_in(web, "ann")
+    queue = web.get("/").text
+    assert 'data-testid="progress-remaining">4<' in queue  # acme's pending items
+    assert web.get("/admin/progress").status_code == 403
+    tok, v = _form(web, sqlite_world.items["error"])
+    web.post(f"/items/{sqlite_world.items['error']}/decide",
+             data={"decision": "confirm", "version": v, "csrf_token": tok})
+    assert 'data-testid="progress-remaining">3<' in web.get("/").text
+    with TestClient(web.app) as admin:
+        sign_in(admin, "root")
+        page = admin.get("/admin/progress").text
+        assert 'data-testid="today-ann">1<' in page and 'data-testid="total-ann">1<' in page
+        assert 'data-testid="remaining-ann">3<' in page  # acme only
+        assert 'data-testid="remaining-zed">1<' in page  # globex only
+        assert 'data-testid="remaining-root">4<' in page and "acme: 3, globex: 1" in page
+
+
+def test_offline_api_page_lists_operations(web):
+    r = web.get("/docs")
+    assert r.status_code == 200
+    assert "cdn" not in r.text.lower() and "<script" not in r.text
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert 'data-op="POST /api/v1/items/{item_id}/decision"' in r.text
+    assert 'data-op="PATCH /api/v1/admin/reviewers/{username}"' in r.text
+    assert 'href="/openapi.json"' in r.text
+    assert web.get("/openapi.json").json()["info"]["title"] == "learnloop review service"
