@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import pydantic
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -115,12 +116,22 @@ class GeminiProvider:
         except json.JSONDecodeError as exc:
             raise PermanentProviderError(self.name, f"the response body is not JSON: {exc.msg}",
                                          kind="unusable response") from None
+        except pydantic.ValidationError as exc:
+            # the SDK validates the body into GenerateContentResponse: say which fields were wrong
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()[:5]
+            )
+            raise PermanentProviderError(self.name, f"the response does not match GenerateContentResponse: {problems}",
+                                         kind="unusable response") from None
         except _TIMEOUT_ERRORS:
             raise TransientProviderError(self.name, f"no reply within {self.timeout_s}s", kind="timeout") from None
         except _TRANSPORT_ERRORS as exc:
             raise TransientProviderError(self.name, f"{type(exc).__name__}: {redact(exc)}",
                                          kind="connection error") from None
         latency_ms = (time.perf_counter() - started) * 1000
+        if not isinstance(result, types.GenerateContentResponse):
+            raise PermanentProviderError(self.name, f"the client returned {type(result).__name__}, "
+                                         "not a GenerateContentResponse", kind="unusable response")
         if not result.candidates:
             feedback = result.prompt_feedback
             raise PermanentProviderError(self.name, f"no candidates (prompt_feedback={feedback!r})",
@@ -128,8 +139,7 @@ class GeminiProvider:
         candidate = result.candidates[0]
         parts = candidate.content.parts if candidate.content and candidate.content.parts else []
         texts = [p.text for p in parts if p.text is not None and not p.thought]
-        finish = _FINISH.get(candidate.finish_reason.value, candidate.finish_reason.value.lower()) \
-            if candidate.finish_reason is not None else None
+        finish = _finish_reason(candidate.finish_reason)
         if not texts:
             raise PermanentProviderError(self.name, f"no text in the candidate (finish_reason={finish!r})",
                                          kind="unusable response")
@@ -148,3 +158,12 @@ class GeminiProvider:
             latency_ms=latency_ms,
             finish_reason=finish,
         )
+
+
+def _finish_reason(value: object) -> str | None:
+    """Gemini's finish reason in the OpenAI vocabulary. The SDK keeps a reason it does not know
+    as a plain string (with a warning) instead of an enum member."""
+    if value is None:
+        return None
+    raw = value.value if isinstance(value, types.FinishReason) else str(value)
+    return _FINISH.get(raw, raw.lower())

@@ -8,6 +8,9 @@ import time
 from typing import Any
 
 import openai
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice
 
 from ml.llm.errors import ConfigError, PermanentProviderError, TransientProviderError
 from ml.llm.redaction import redact
@@ -112,24 +115,65 @@ class OpenAIProvider:
             raise PermanentProviderError(self.name, f"the response body is not JSON: {exc.msg}",
                                          kind="unusable response") from None
         latency_ms = (time.perf_counter() - started) * 1000
-        if not completion.choices:
-            raise PermanentProviderError(self.name, "the response has no choices", kind="unusable response")
-        choice = completion.choices[0]
-        text = choice.message.content
+        return self._response(completion, latency_ms)
+
+    def _unusable(self, what: str) -> PermanentProviderError:
+        return PermanentProviderError(self.name, what, kind="unusable response")
+
+    def _response(self, completion: object, latency_ms: float) -> LLMResponse:
+        """An :class:`LLMResponse` from the parsed body, every field checked: the client builds
+        its objects without validation, so a stand-in or broken server can send anything."""
+        if not isinstance(completion, ChatCompletion):
+            raise self._unusable(f"the response body is {_describe(completion)}, not a chat completion object")
+        choices = completion.choices
+        if not isinstance(choices, list):
+            raise self._unusable(f"'choices' is {_describe(choices)}, not a list")
+        if not choices:
+            raise self._unusable("the response has no choices")
+        choice = choices[0]
+        if not isinstance(choice, Choice):
+            raise self._unusable(f"choices[0] is {_describe(choice)}, not an object")
+        finish_reason = choice.finish_reason
+        if finish_reason is not None and not isinstance(finish_reason, str):
+            raise self._unusable(f"choices[0].finish_reason is {_describe(finish_reason)}, not a string")
+        message = choice.message
+        if not isinstance(message, ChatCompletionMessage):
+            raise self._unusable(f"choices[0].message is {_describe(message)}, not an object")
+        text = message.content
         if text is None:
-            refusal = getattr(choice.message, "refusal", None)
-            raise PermanentProviderError(
-                self.name, f"no text content (finish_reason={choice.finish_reason!r}, refusal={refusal!r})",
-                kind="unusable response",
-            )
+            refusal = getattr(message, "refusal", None)
+            raise self._unusable(f"no text content (finish_reason={finish_reason!r}, refusal={refusal!r})")
+        if not isinstance(text, str):
+            raise self._unusable(f"choices[0].message.content is {_describe(text)}, not a string")
         usage = completion.usage
         if usage is None:
             log.warning("%s: the server reported no token usage; tokens and cost count as 0", self.name)
+            counted = Usage()
+        elif not isinstance(usage, CompletionUsage):
+            raise self._unusable(f"'usage' is {_describe(usage)}, not an object")
+        else:
+            for field in ("prompt_tokens", "completion_tokens"):
+                value = getattr(usage, field)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise self._unusable(f"usage.{field} is {_describe(value)}, not a token count")
+            counted = Usage(usage.prompt_tokens, usage.completion_tokens)
+        model = completion.model if isinstance(completion.model, str) and completion.model else self.model
         return LLMResponse(
             text=text,
             provider=self.name,
-            model=completion.model or self.model,
-            usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
+            model=model,
+            usage=counted,
             latency_ms=latency_ms,
-            finish_reason=choice.finish_reason,
+            finish_reason=finish_reason,
         )
+
+
+def _describe(value: object) -> str:
+    """A JSON-ish description of an unexpected value, short and safe for an error message."""
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+             str: "a string", list: "a list", dict: "an object"}
+    kind = names.get(type(value), type(value).__name__)
+    if value is None:
+        return kind
+    shown = repr(value)
+    return f"{kind} {shown if len(shown) <= 60 else shown[:60] + '...'}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ import tenacity
 from tenacity.wait import wait_base
 
 from ml.llm.breaker import CircuitBreaker
-from ml.llm.errors import CircuitOpenError, ProviderCallError
+from ml.llm.errors import CircuitOpenError, PermanentProviderError, ProviderCallError
 from ml.llm.redaction import redact
 from ml.llm.types import LLMRequest, LLMResponse, Provider
 
@@ -69,6 +70,12 @@ class ResilientProvider:
     :meth:`call` raises :class:`CircuitOpenError` without calling when the breaker is open, else
     calls the provider under the retry policy; the breaker sees one success or failure per call.
     ``on_retry(provider_name, error, wait_s)`` is invoked before each retry sleep.
+
+    A provider should raise only :class:`ProviderCallError`. Any other exception from
+    ``complete`` (a bug, or an SDK tripping over a reply it did not expect) is logged at ERROR
+    with its redacted traceback and becomes a :class:`PermanentProviderError` of kind
+    ``"unexpected error"`` naming the exception: not retried, counted by the breaker, and the
+    router fails over with the reason in its failure list.
     """
 
     def __init__(
@@ -94,6 +101,12 @@ class ResilientProvider:
     def __repr__(self) -> str:
         return f"ResilientProvider({self.provider!r}, {self.retry!r}, {self.breaker!r})"
 
+    def _unexpected(self, exc: Exception) -> PermanentProviderError:
+        kind = type(exc).__name__
+        log.error("provider %s raised an unexpected %s; counted as a provider failure:\n%s",
+                  self.name, kind, redact("".join(traceback.format_exception(exc))).rstrip())
+        return PermanentProviderError(self.name, f"{kind}: {redact(exc)}", kind="unexpected error")
+
     def call(
         self,
         request: LLMRequest,
@@ -106,7 +119,12 @@ class ResilientProvider:
         def attempt() -> LLMResponse:
             nonlocal attempts
             attempts += 1
-            return self.provider.complete(request)
+            try:
+                return self.provider.complete(request)
+            except ProviderCallError:
+                raise
+            except Exception as exc:
+                raise self._unexpected(exc) from None
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ml.llm.errors import ConfigError, PermanentProviderError
+from ml.llm.errors import ConfigError, PermanentProviderError, ProviderCallError
 from ml.llm.pricing import Price
+from ml.llm.redaction import redact
 from ml.llm.structured import schema_instruction
 from ml.llm.types import LLMRequest, LLMResponse, Usage
 
@@ -22,6 +23,8 @@ class TransformersProvider:
     ``assistant:``. ``temperature`` is ignored (greedy). A schema is asked for in a system
     message (no constrained decoding); the router validates and repairs. ``timeout_s`` becomes
     ``generate(max_time=...)``. Local inference costs nothing unless the price table says so.
+    A failure while tokenizing, generating or decoding (a tokenizer that does not match the model,
+    out of memory, ...) is a :class:`PermanentProviderError` of kind ``"generation failed"``.
     """
 
     default_price = Price(0.0, 0.0)
@@ -71,6 +74,17 @@ class TransformersProvider:
         return "\n".join([*lines, "assistant:"])
 
     def complete(self, request: LLMRequest) -> LLMResponse:
+        try:
+            return self._generate(request)
+        except ProviderCallError:
+            raise
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            # torch and transformers raise these for a broken model, a tokenizer that does not
+            # match it, out-of-memory (a RuntimeError), or bad generation arguments
+            raise PermanentProviderError(self.name, f"{type(exc).__name__}: {redact(exc)}",
+                                         kind="generation failed") from None
+
+    def _generate(self, request: LLMRequest) -> LLMResponse:
         import torch
 
         prompt = self._prompt(request)

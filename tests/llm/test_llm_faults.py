@@ -400,3 +400,123 @@ def test_redacting_filter_scrubs_third_party_log_records(api_key, caplog):
     finally:
         sdk_log.removeHandler(handler)
     assert api_key not in stream.getvalue() and "[REDACTED]" in stream.getvalue()
+
+
+# ---- garbage envelopes and unexpected provider exceptions ---------------------------------
+OPENAI_GARBAGE = [
+    ('{"choices": [{"message": null}]}', "choices[0].message is null"),
+    ('{"choices": "nope"}', "'choices' is a string 'nope', not a list"),
+    ("[]", "the response body is a list [], not a chat completion object"),
+    ('{"choices": [{"message": {"content": 5}}]}', "choices[0].message.content is a number 5"),
+    ('{"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], '
+     '"usage": {"prompt_tokens": "x", "completion_tokens": 1}}', "usage.prompt_tokens is a string 'x'"),
+]
+
+
+@pytest.mark.parametrize("body, problem", OPENAI_GARBAGE)
+def test_garbage_openai_envelope_fails_over_and_counts_on_the_breaker(api_key, body, problem):
+    with FakeOpenAIServer() as primary, FakeGeminiServer() as backup:
+        primary.default = raw(body)
+        backup.default = ok("backup answer")
+        router = router_for(resilient(make_provider(primary), threshold=2, reset_s=60),
+                            resilient(make_provider(backup)))
+        breaker = router.providers[0].breaker
+        answers = [router.complete(LLMRequest([{"role": "user", "content": f"q{i}"}])) for i in range(3)]
+        # nothing lost: every request was answered, by the backup
+        assert [a.provider for a in answers] == ["gemini"] * 3
+        assert [a.text for a in answers] == ["backup answer"] * 3
+        assert backup.calls == 3
+        # not retried (permanent), counted by the breaker: open after 2, then skipped
+        assert primary.calls == 2
+        assert breaker.state == "open" and breaker.opened_count == 1
+        assert router.stats.provider_failures == 2 and router.stats.breaker_skips == 1
+        assert router.stats.successes == 3 and router.stats.failures == 0 and router.stats.retries == 0
+
+
+@pytest.mark.parametrize("body, problem", OPENAI_GARBAGE)
+def test_garbage_openai_envelope_is_named_in_the_failure_list(openai_server, api_key, body, problem):
+    openai_server.default = raw(body)
+    router = router_for(resilient(make_provider(openai_server)))
+    with pytest.raises(ProviderError) as info:
+        router.complete(LLMRequest(MSGS))
+    [failure] = info.value.failures
+    assert failure.provider == "openai" and failure.error_type == "PermanentProviderError"
+    assert "unusable response" in failure.message and problem in failure.message
+    assert openai_server.calls == 1
+
+
+@pytest.mark.parametrize("body, problem", [
+    ('{"candidates": [{"content": {"parts": "x"}}]}', "candidates.0.content.parts: Input should be a valid list"),
+    ('{"candidates": [{"content": {"parts": [{"text": "hi"}]}}], "usageMetadata": {"promptTokenCount": "x"}}',
+     "usage_metadata.promptTokenCount"),
+    ("[]", "no candidates"),
+    ('{"candidates": [null]}', "no text in the candidate"),
+])
+def test_garbage_gemini_envelope_fails_over_to_openai(api_key, body, problem):
+    with FakeGeminiServer() as primary, FakeOpenAIServer() as backup:
+        primary.default = raw(body)
+        backup.default = ok("from openai")
+        router = router_for(resilient(make_provider(primary), threshold=1, reset_s=60),
+                            resilient(make_provider(backup)))
+        assert router.complete(LLMRequest(MSGS)).provider == "openai"
+        assert router.providers[0].breaker.state == "open"
+        backup.default = error(500, "backup down too")
+        with pytest.raises(ProviderError) as info:
+            router.complete(LLMRequest([{"role": "user", "content": "another"}]))
+        assert primary.calls == 1  # skipped while open
+    assert "circuit open" in info.value.failures[0].message
+    # alone, the provider's failure says what was wrong with the envelope
+    with FakeGeminiServer() as lone:
+        lone.default = raw(body)
+        with pytest.raises(ProviderError) as info:
+            router_for(resilient(make_provider(lone))).complete(LLMRequest(MSGS))
+    assert "unusable response" in str(info.value) and problem in str(info.value)
+
+
+class ExplodingProvider:
+    """A provider with a bug: ``complete`` raises something that is not a ProviderCallError."""
+
+    def __init__(self, name: str, exc: Exception) -> None:
+        self.name, self.model, self.exc, self.calls = name, "broken-model", exc, 0
+
+    def complete(self, request: LLMRequest):
+        self.calls += 1
+        raise self.exc
+
+
+def test_unexpected_provider_exception_is_a_provider_failure(openai_server, api_key, caplog):
+    from ml.llm import register_secret
+
+    register_secret(api_key)
+    caplog.set_level(logging.WARNING)
+    broken = ExplodingProvider("broken", KeyError(f"choices (key {api_key})"))
+    openai_server.default = ok("from the backup")
+    router = router_for(resilient(broken, threshold=2, reset_s=60), resilient(make_provider(openai_server)))
+    for _ in range(3):
+        assert router.complete(LLMRequest(MSGS)).provider == "openai"
+    assert broken.calls == 2  # not retried; the breaker opened after two failures
+    assert router.providers[0].breaker.state == "open"
+    assert router.stats.provider_failures == 2 and router.stats.breaker_skips == 1
+    # logged with the traceback, redacted
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "ml.llm.reliability"]
+    assert len(errors) == 2
+    logged = errors[0].getMessage()
+    assert "unexpected KeyError" in logged and "Traceback" in logged and "raise self.exc" in logged
+    assert api_key not in caplog.text and "[REDACTED]" in logged
+
+
+def test_unexpected_exception_reason_is_kept_in_the_failure_list(api_key):
+    router = router_for(resilient(ExplodingProvider("broken", AttributeError("'NoneType' has no 'content'"))))
+    with pytest.raises(ProviderError) as info:
+        router.complete(LLMRequest(MSGS))
+    [failure] = info.value.failures
+    assert failure.provider == "broken" and failure.error_type == "PermanentProviderError"
+    assert "unexpected error" in failure.message
+    assert "AttributeError: 'NoneType' has no 'content'" in failure.message
+    assert router.stats.failures == 1 and router.providers[0].breaker.failures == 1
+
+
+def test_keyboard_interrupt_is_not_turned_into_a_provider_failure(api_key):
+    router = router_for(resilient(ExplodingProvider("broken", KeyboardInterrupt())))
+    with pytest.raises(KeyboardInterrupt):
+        router.complete(LLMRequest(MSGS))

@@ -107,3 +107,27 @@ def test_bad_arguments_are_rejected(tiny, tmp_path):
         TransformersProvider(model=model)
     with pytest.raises(ConfigError, match="not a directory"):
         TransformersProvider(tmp_path / "missing")
+
+
+def test_generation_failure_is_a_provider_failure_and_fails_over(tiny):
+    """A tokenizer that does not match its model (ids beyond the embedding table) makes the real
+    ``generate`` raise inside torch: a provider failure naming it, and the router fails over."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from ml.llm import PermanentProviderError
+
+    model, tokenizer = tiny
+    torch.manual_seed(0)
+    small = Qwen2ForCausalLM(Qwen2Config(vocab_size=8, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    mismatched = TransformersProvider(model=small, tokenizer=tokenizer, name="mismatched")
+    with pytest.raises(PermanentProviderError, match=r"mismatched: generation failed: IndexError") as info:
+        mismatched.complete(LLMRequest(MSGS, max_tokens=3))
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+    good = TransformersProvider(model=model, tokenizer=tokenizer, name="good")
+    router = Router("teacher", [mismatched, good])
+    response = router.complete(LLMRequest(MSGS, max_tokens=3))
+    assert response.provider == "good"
+    assert router.providers[0].breaker.failures == 1 and router.stats.provider_failures == 1
