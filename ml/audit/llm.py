@@ -2,13 +2,15 @@
 ``ml.llm.Router``, answered as a validated :class:`~ml.audit.taxonomy.Verdict`.
 
 A per-interaction failure (every provider of the role failed: HTTP errors, timeouts, rate limits,
-malformed JSON after the repair retry) is returned as an :class:`AuditFailure` with the reason,
+unusable replies, malformed JSON after the repair retry; or the row itself cannot be rendered, e.g.
+its ``messages`` column is not valid JSON) is returned as an :class:`AuditFailure` with the reason,
 never dropped: the caller records it as a failed ``AuditAttempt`` and the next run retries it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -16,10 +18,24 @@ from typing import Any, Callable
 import polars as pl
 
 from ml.audit.taxonomy import AUDITED_COLUMNS, Verdict
-from ml.llm import LLMRequest, ProviderError, Router
+from ml.llm import LLMRequest, ProviderError, Router, redact
 from ml.prompts import Prompt, load_prompt
 
+log = logging.getLogger(__name__)
+
 MAX_TEXT_CHARS = 6000  # per message, so one long conversation cannot blow the context window
+
+
+
+class RowInputError(ValueError):
+    """One interaction's own data cannot be turned into a request (e.g. its ``messages`` column
+    is not a JSON list of {role, content}). The message names the interaction."""
+
+
+# what one row may raise without stopping the others: every provider of the role failed (unusable
+# replies and unexpected provider exceptions included), or the row's own data is malformed.
+# Configuration and prompt errors are not in here: they stop the run.
+ROW_FAILURES: tuple[type[Exception], ...] = (ProviderError, RowInputError)
 
 
 @dataclass(frozen=True)
@@ -42,19 +58,23 @@ def _clip(text: str) -> str:
 def render_conversation(messages_json: str | None, user_message: str | None,
                         interaction_id: str) -> str:
     """``role: content`` lines from the ``messages`` JSON column (the last user message when the
-    column is empty)."""
+    column is empty). Raises :class:`RowInputError` naming the interaction when the column is
+    malformed."""
     messages: list[Any] = []
+    if messages_json and not isinstance(messages_json, str):
+        raise RowInputError(f"interaction {interaction_id}: messages must be a JSON string, "
+                         f"got {type(messages_json).__name__}")
     if messages_json:
         try:
             messages = json.loads(messages_json)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"interaction {interaction_id}: messages is not valid JSON: {exc}") from None
+            raise RowInputError(f"interaction {interaction_id}: messages is not valid JSON: {exc}") from None
         if not isinstance(messages, list):
-            raise ValueError(f"interaction {interaction_id}: messages must be a JSON list")
+            raise RowInputError(f"interaction {interaction_id}: messages must be a JSON list")
     lines = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"interaction {interaction_id}: messages[{i}] lacks role/content")
+            raise RowInputError(f"interaction {interaction_id}: messages[{i}] lacks role/content")
         lines.append(f"{m['role']}: {_clip(str(m['content']))}")
     if not lines and user_message:
         lines.append(f"user: {_clip(user_message)}")
@@ -107,13 +127,15 @@ class LLMAuditor:
                           metadata={"interaction_id": iid, "prompt_version": self.prompt_version})
 
     def audit_one(self, row: dict[str, Any]) -> tuple[Verdict, str]:
-        """(verdict, provider that answered); raises ``ProviderError`` when every provider fails."""
+        """(verdict, provider that answered); raises ``ProviderError`` when every provider fails
+        and :class:`RowInputError` when the row cannot be rendered into a request."""
         response = self.router.complete(self.build_request(row))
         return Verdict.model_validate(response.parsed), response.provider
 
     def audit_frame(self, frame: pl.DataFrame, *, now: datetime | None = None,
                     on_item: Callable[[str, bool], None] | None = None) -> AuditOutcome:
-        """Audit every row of ``frame``; failures are collected, not raised."""
+        """Audit every row of ``frame``; per-row failures (:data:`ROW_FAILURES`) are collected as
+        :class:`AuditFailure` with the reason, not raised, and the other rows proceed."""
         stamp = (now or datetime.now(timezone.utc)).replace(tzinfo=None)
         rows: list[dict[str, Any]] = []
         failures: list[AuditFailure] = []
@@ -121,8 +143,11 @@ class LLMAuditor:
             iid, tenant = row["interaction_id"], row.get("tenant_id") or "default"
             try:
                 verdict, answered_by = self.audit_one(row)
-            except ProviderError as exc:
-                failures.append(AuditFailure(iid, tenant, str(exc)))
+            except ROW_FAILURES as exc:
+                reason = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {redact(exc)}"
+                if not isinstance(exc, ProviderError):  # the router logged the provider failures
+                    log.warning("audit of %s failed: %s", iid, reason)
+                failures.append(AuditFailure(iid, tenant, reason))
                 if on_item:
                     on_item(iid, False)
                 continue

@@ -1,5 +1,12 @@
 """The LLM Teacher: the versioned teacher prompt + the conversation + the auditor's finding, sent
-through a role's ``ml.llm.Router``; answers a validated :class:`TeacherOutput`."""
+through a role's ``ml.llm.Router``; answers a validated :class:`TeacherOutput`.
+
+A per-interaction failure is raised as one of :attr:`LLMTeacher.ROW_FAILURES`: every provider of
+the role failed (``ProviderError``: HTTP errors, timeouts, unusable replies, unexpected provider
+exceptions, malformed JSON after the repair retry) or the row's own data is malformed
+(:class:`~ml.audit.llm.RowInputError`, e.g. bad ``messages`` JSON). A caller looping over rows
+catches exactly those, records the reason and goes on; configuration errors still stop the run.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ml.audit.llm import _clip, render_conversation
+from ml.audit.llm import ROW_FAILURES as _ROW_FAILURES
+from ml.audit.llm import RowInputError, _clip, render_conversation
 from ml.llm import LLMRequest, Router
 from ml.prompts import Prompt, load_prompt
 from ml.teacher.retrieval import Proposal
+
+__all__ = ["LLMTeacher", "RowInputError", "TeacherOutput"]
 
 
 class TeacherOutput(BaseModel):
@@ -22,6 +32,9 @@ class TeacherOutput(BaseModel):
 
 class LLMTeacher:
     """Write corrected replies with an LLM through ``router`` (``ml.llm.from_env("teacher")``)."""
+
+    # what propose() raises for one row that should not stop the others (see the module doc)
+    ROW_FAILURES: tuple[type[Exception], ...] = _ROW_FAILURES
 
     def __init__(self, router: Router, prompt: Prompt | None = None, *, max_tokens: int = 600):
         self.router = router
@@ -44,7 +57,9 @@ class LLMTeacher:
                           metadata={"interaction_id": iid, "prompt_version": self.prompt_version})
 
     def propose(self, row: dict[str, Any], finding: str) -> Proposal:
-        """One corrected reply; raises ``ml.llm.ProviderError`` when every provider fails."""
+        """One corrected reply; raises ``ml.llm.ProviderError`` when every provider fails and
+        :class:`~ml.audit.llm.RowInputError` when the row cannot be rendered (both are in
+        :attr:`ROW_FAILURES`)."""
         response = self.router.complete(self.build_request(row, finding))
         out = TeacherOutput.model_validate(response.parsed)
         return Proposal(str(row["interaction_id"]), out.corrected_response,

@@ -9,13 +9,13 @@ from datetime import date
 import polars as pl
 import pytest
 
-from ml.audit.llm import LLMAuditor, render_conversation
+from ml.audit.llm import LLMAuditor, RowInputError, render_conversation
 from ml.audit.taxonomy import AUDITED_COLUMNS
 from ml.llm import build_router
 from ml.prompts import PromptError, load_prompt
 from ml.teacher import propose_corrections
 from ml.teacher.llm import LLMTeacher
-from tests.llm.fake_servers import FakeOpenAIServer, error, malformed, ok
+from tests.llm.fake_servers import FakeGeminiServer, FakeOpenAIServer, error, malformed, ok, raw
 
 KEY_ENV = "LEARNLOOP_TEST_AUDIT_KEY"
 ERROR_VERDICT = json.dumps({"is_error": True, "category": "refusal_of_valid_request",
@@ -101,8 +101,67 @@ def test_schema_violation_after_repair_is_a_failure(server):
 
 
 def test_bad_messages_json_names_the_interaction():
-    with pytest.raises(ValueError, match="it-9"):
+    with pytest.raises(RowInputError, match="it-9"):
         render_conversation("{not json", None, "it-9")
+    with pytest.raises(RowInputError, match="it-9: messages must be a JSON string, got list"):
+        render_conversation([{"role": "user", "content": "hi"}], None, "it-9")
+
+
+def test_one_bad_row_or_garbage_reply_fails_that_row_only(server):
+    """A row with broken ``messages`` JSON and a row answered with a garbage envelope become
+    AuditFailures with their reasons; the rows around them are audited."""
+    rows = frame(4).with_columns(
+        pl.when(pl.col("interaction_id") == "it-1").then(pl.lit("{not json"))
+        .otherwise(pl.col("messages")).alias("messages"))
+    server.push(ok(ERROR_VERDICT), raw('{"choices": [{"message": null}]}'), ok(CLEAN_VERDICT))
+    seen = []
+    out = LLMAuditor(router(server)).audit_frame(rows, on_item=lambda i, ok_: seen.append((i, ok_)))
+    assert out.verdicts["interaction_id"].to_list() == ["it-0", "it-3"]
+    assert out.verdicts["is_error"].to_list() == [True, False]
+    assert server.calls == 3  # no request for the unreadable row
+    failures = {f.interaction_id: f for f in out.failures}
+    assert set(failures) == {"it-1", "it-2"} and failures["it-1"].tenant_id == "acme"
+    assert failures["it-1"].reason.startswith("RowInputError: interaction it-1: messages is not valid JSON")
+    assert "unusable response" in failures["it-2"].reason
+    assert "choices[0].message is null" in failures["it-2"].reason
+    assert "sk-test-audit" not in failures["it-2"].reason
+    assert seen == [("it-0", True), ("it-1", False), ("it-2", False), ("it-3", True)]
+
+
+def test_garbage_reply_fails_over_to_the_gemini_backup(server):
+    server.default = raw('{"choices": "nope"}')
+    with FakeGeminiServer() as backup:
+        backup.default = ok(ERROR_VERDICT)
+        auditor = LLMAuditor(build_router("auditor", {"providers": [
+            {"kind": "openai", "model": "gpt-test", "base_url": server.base_url, "api_key_env": KEY_ENV,
+             "max_retries": 0, "breaker": {"failure_threshold": 1, "reset_timeout_s": 60}},
+            {"kind": "gemini", "model": "gemini-test", "base_url": backup.base_url, "api_key_env": KEY_ENV},
+        ], "cache_backend": "none"}))
+        out = auditor.audit_frame(frame(3))
+    assert out.failures == []
+    assert out.verdicts["answered_by"].to_list() == ["gemini"] * 3
+    assert server.calls == 1 and backup.calls == 3  # the breaker opened after the first garbage
+    stats = auditor.router.stats
+    assert stats.provider_failures == 1 and stats.breaker_skips == 2 and stats.successes == 3
+
+
+def test_llm_teacher_row_failures_are_the_ones_a_loop_records(server):
+    """LLMTeacher.ROW_FAILURES covers a bad row and a garbage reply; the next row proceeds."""
+    server.push(raw("[]"), ok(json.dumps({"corrected_response": "Done.", "rationale": "Do it."})))
+    teacher = LLMTeacher(build_router("teacher", {
+        "kind": "openai", "model": "gpt-test", "base_url": server.base_url,
+        "api_key_env": KEY_ENV, "max_retries": 0, "cache_backend": "none"}))
+    rows = list(frame(3).iter_rows(named=True))
+    rows[0]["messages"] = '{"role": "user"}'  # JSON, but not a list
+    proposals, failures = {}, {}
+    for row in rows:
+        try:
+            proposals[row["interaction_id"]] = teacher.propose(row, "refused")
+        except LLMTeacher.ROW_FAILURES as exc:
+            failures[row["interaction_id"]] = str(exc)
+    assert list(proposals) == ["it-2"] and proposals["it-2"].response == "Done."
+    assert "it-0: messages must be a JSON list" in failures["it-0"]
+    assert "unusable response" in failures["it-1"] and "not a chat completion object" in failures["it-1"]
 
 
 def test_prompt_loader_versions():
