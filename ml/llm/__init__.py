@@ -19,7 +19,7 @@ from ml.llm.errors import (
 from ml.llm.pricing import Price, PriceTable
 from ml.llm.reliability import ResilientProvider, RetryPolicy
 from ml.llm.router import Router, RouterStats
-from ml.llm.redaction import RedactingFilter, redact, register_secret
+from ml.llm.redaction import RedactingFilter, install_redaction, redact, register_secret
 from ml.llm.types import LLMRequest, LLMResponse, Provider, Usage
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "ProviderCallError", "ProviderError", "ProviderFailure", "RedactingFilter", "ResilientProvider",
     "ResponseCache", "RetryPolicy", "Router", "RouterStats", "SQLiteCache", "StructuredOutputError",
     "TransientProviderError", "Usage", "build_provider", "build_router", "env_config", "from_env",
-    "open_cache", "redact", "register_secret", "request_key",
+    "install_redaction", "open_cache", "redact", "register_secret", "request_key",
 ]
 
 _LAZY = {

@@ -9,10 +9,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ml.config import Settings, get_settings
 from ml.llm.breaker import CircuitBreaker
 from ml.llm.cache import ResponseCache, open_cache
 from ml.llm.errors import ConfigError
 from ml.llm.pricing import PriceTable
+from ml.llm.redaction import install_redaction
 from ml.llm.reliability import ResilientProvider, RetryPolicy
 from ml.llm.router import Router
 from ml.llm.types import Provider
@@ -101,7 +103,11 @@ def build_router(role: str, config: Mapping[str, Any], *, cache: ResponseCache |
     spec (``{"kind": "openai", "model": ..., ...}``). A provider spec takes ``kind``, ``name``,
     ``model``, ``base_url``, ``api_key_env`` (the env var's *name*), ``timeout_s``,
     ``max_retries`` (and the other retry fields), ``breaker`` and kind-specific options.
+
+    Building a router installs log redaction (:func:`ml.llm.redaction.install_redaction`), so the
+    API keys its providers read never reach a log line, the SDKs' included.
     """
+    install_redaction()
     section: dict[str, Any] = dict(config)
     if isinstance(config.get(role), Mapping):
         shared = {k: v for k, v in config.items() if k not in ROLES}
@@ -160,8 +166,23 @@ def _load_prices(value: str) -> dict[str, Any]:
     return prices
 
 
-def env_config(role: str, environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """The dict :func:`build_router` takes, read from ``LEARNLOOP_<ROLE>*`` env vars now."""
+def _home(environ: Mapping[str, str] | None, home: str | Path | None) -> Path:
+    """The LearnLoop home: ``home`` when given, else the settings object's (``Settings().home``,
+    ``LEARNLOOP_HOME``); with an explicit ``environ`` mapping, that mapping's ``LEARNLOOP_HOME``."""
+    if home is not None:
+        return get_settings(home=home).home
+    if environ is None:
+        return get_settings().home
+    return get_settings(home=environ.get("LEARNLOOP_HOME") or Settings.model_fields["home"].default).home
+
+
+def env_config(role: str, environ: Mapping[str, str] | None = None, *,
+               home: str | Path | None = None) -> dict[str, Any] | None:
+    """The dict :func:`build_router` takes, read from ``LEARNLOOP_<ROLE>*`` env vars now.
+
+    ``environ`` replaces ``os.environ`` (e.g. a copy with an override). The default cache
+    directory is ``<home>/llm_cache``; ``home`` defaults to the settings object's home
+    (:func:`_home`)."""
     env = os.environ if environ is None else environ
     prefix = f"LEARNLOOP_{role.upper()}"
     raw = env.get(prefix, "").strip().lower()
@@ -207,18 +228,19 @@ def env_config(role: str, environ: Mapping[str, str] | None = None) -> dict[str,
     if backend in ("sqlite", "jsonl"):
         cache_dir = env.get("LEARNLOOP_LLM_CACHE_DIR")
         if not cache_dir:
-            home = env.get("LEARNLOOP_HOME") or ".learnloop"
-            cache_dir = str(Path(home).expanduser().resolve() / "llm_cache")
+            cache_dir = str(_home(environ, home) / "llm_cache")
         config["cache_dir"] = cache_dir
     return config
 
 
-def from_env(role: str, environ: Mapping[str, str] | None = None) -> Router | None:
+def from_env(role: str, environ: Mapping[str, str] | None = None, *,
+             home: str | Path | None = None) -> Router | None:
     """The role's router from env vars read at call time; None when the role uses its offline
-    default (``LEARNLOOP_<ROLE>`` unset or ``rules``/``retrieval``/``offline``/``none``)."""
+    default (``LEARNLOOP_<ROLE>`` unset or ``rules``/``retrieval``/``offline``/``none``).
+    ``home`` (default: the settings object's) holds the default cache directory."""
     if role not in ROLES:
         raise ConfigError(f"role must be one of {ROLES}, got {role!r}")
-    config = env_config(role, environ)
+    config = env_config(role, environ, home=home)
     if config is None:
         return None
     return build_router(role, config)

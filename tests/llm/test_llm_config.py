@@ -192,3 +192,41 @@ def test_provider_error_when_router_has_only_dead_providers(openai_server, api_k
                                       "api_key_env": KEY_ENV, "max_retries": 0})
     with pytest.raises(ProviderError, match="role 'teacher'"):
         router.complete(LLMRequest(MSGS))
+
+
+def test_cache_dir_follows_the_settings_home(monkeypatch, tmp_path):
+    """The default cache directory is ``<home>/llm_cache`` with home from ml.config.Settings (the
+    same ``LEARNLOOP_HOME`` the stores use), from an explicit environ mapping, or from the caller."""
+    from ml.config import Settings
+    from ml.llm import env_config
+
+    _clear(monkeypatch)
+    base = {"LEARNLOOP_AUDITOR": "openai", "LEARNLOOP_AUDITOR_MODEL": "m"}
+    for k, v in base.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("LEARNLOOP_HOME", str(tmp_path / "from-env"))
+    assert env_config("auditor")["cache_dir"] == str(Settings().home / "llm_cache")
+    assert env_config("auditor")["cache_dir"] == str(tmp_path / "from-env" / "llm_cache")
+    # an explicit environ mapping is read instead of os.environ
+    mapping = {**base, "LEARNLOOP_HOME": str(tmp_path / "from-mapping")}
+    assert env_config("auditor", mapping)["cache_dir"] == str(tmp_path / "from-mapping" / "llm_cache")
+    # a mapping without LEARNLOOP_HOME gets the settings default (.learnloop), not os.environ's
+    monkeypatch.chdir(tmp_path)
+    assert env_config("auditor", base)["cache_dir"] == str(tmp_path / ".learnloop" / "llm_cache")
+    # the caller's home wins; "~" is expanded as Settings does
+    assert env_config("auditor", home=tmp_path / "given")["cache_dir"] == str(tmp_path / "given" / "llm_cache")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert env_config("auditor", mapping, home="~/ll")["cache_dir"] == str(tmp_path / "user" / "ll" / "llm_cache")
+    # LEARNLOOP_LLM_CACHE_DIR still wins over any home
+    monkeypatch.setenv("LEARNLOOP_LLM_CACHE_DIR", str(tmp_path / "explicit"))
+    assert env_config("auditor", home=tmp_path / "given")["cache_dir"] == str(tmp_path / "explicit")
+
+
+def test_from_env_passes_home_through(openai_server, api_key, monkeypatch, tmp_path):
+    _clear(monkeypatch)
+    monkeypatch.setenv("LEARNLOOP_AUDITOR", "openai")
+    monkeypatch.setenv("LEARNLOOP_AUDITOR_MODEL", "gpt-test")
+    monkeypatch.setenv("LEARNLOOP_AUDITOR_BASE_URL", openai_server.base_url)
+    monkeypatch.setenv("LEARNLOOP_AUDITOR_API_KEY_ENV", KEY_ENV)
+    router = from_env("auditor", home=tmp_path / "run-home")
+    assert router.cache.path == tmp_path / "run-home" / "llm_cache" / "llm_cache.sqlite"
