@@ -1,5 +1,6 @@
 """Stage `quality`: ``interaction_embeddings`` (LanceDB), MiniLM vectors of each user question and
-reply, incremental on interaction_id."""
+reply (``kind = 'question'`` rows), incremental on interaction_id. The same table holds the
+teacher's approved replies (``kind = 'approved_reply'``, see ``ml.teacher.retrieval``)."""
 
 
 import time
@@ -57,16 +58,22 @@ def interaction_embeddings(context: dg.AssetExecutionContext,
         added += n
         context.log.info(f"embedded {added}/{todo.height} new interactions")
     seconds = time.perf_counter() - started
-    total = embeddings.open_embeddings(db).count_rows()
+    table = embeddings.open_embeddings(db)
+    total = embeddings.question_count(table)
     relevance = embeddings.read_relevance(db)
     mean_rel = relevance["qa_relevance"].mean() if relevance.height else None
+    # no relevance to average (nothing embedded, or no question/reply pair): left out, not 0
+    rel_meta = ({"mean_qa_relevance": float(mean_rel)} if mean_rel is not None else
+                {"mean_qa_relevance_note": "no question/reply pair embedded yet: no mean"})
     return dg.MaterializeResult(metadata={
         "dagster/row_count": total,
+        "approved_replies": table.count_rows(
+            f"kind = '{embeddings.KIND_APPROVED_REPLY}'"),
         "added": added,
         "already_embedded": len(have),
         "embed_seconds": round(seconds, 2),
         "rows_per_second": round(added / seconds, 1) if added and seconds > 0 else 0.0,
-        "mean_qa_relevance": float(mean_rel) if mean_rel is not None else 0.0,
+        **rel_meta,
         "model": embeddings.MODEL_NAME,
         "lancedb_uri": settings.lancedb,
     })

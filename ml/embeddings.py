@@ -5,10 +5,20 @@ The model loads offline, once per process (:func:`load_model`). Vectors are L2-n
 dot product is the cosine similarity. ``encode`` embeds each distinct text once (support logs
 repeat themselves a lot) and keeps a bounded per-process cache of recent texts.
 
-``interaction_embeddings`` holds one row per interaction: the vector of the user's question
-(``vector``, searched by the teacher), the vector of the reply (``response_vector``) and their
-cosine (``qa_relevance``, read by the rules auditor). It grows incrementally: only interaction ids
-not yet in the table are embedded.
+``interaction_embeddings`` holds the embeddings of user questions and approved replies, told apart
+by ``kind``:
+
+* ``question`` (:data:`KIND_QUESTION`): one row per interaction: the vector of the user's question
+  (``vector``), the vector of the assistant's reply (``response_vector``) and their cosine
+  (``qa_relevance``, read by the rules auditor). Grows incrementally: only interaction ids without a
+  question row are embedded.
+* ``approved_reply`` (:data:`KIND_APPROVED_REPLY`): one row per approved or edited sample item and
+  per human agent correction (``answer``, ``origin``, ``item_id``): ``vector`` is the question it
+  answered (what the retrieval teacher searches), ``response_vector`` the approved reply. Rewritten
+  by ``ml.teacher.retrieval.build_answer_index`` on every teacher run.
+
+A table written before ``kind`` existed gets the new columns on open (its rows become
+``question`` rows).
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
 MAX_SEQ_LENGTH = 128  # word pieces; questions and replies of a support chat rarely exceed it
 EMBEDDINGS_TABLE = "interaction_embeddings"
+KIND_QUESTION = "question"
+KIND_APPROVED_REPLY = "approved_reply"
 _CACHE_SIZE = 50_000
 
 
@@ -104,7 +116,16 @@ def embeddings_schema() -> pa.Schema:
         pa.field("response_vector", pa.list_(pa.float32(), DIM)),
         pa.field("qa_relevance", pa.float64()),
         pa.field("model", pa.string()),
+        pa.field("kind", pa.string()),  # question | approved_reply
+        pa.field("answer", pa.string()),  # approved_reply: the approved text
+        pa.field("origin", pa.string()),  # approved_reply: sample_item | human_correction
+        pa.field("item_id", pa.int64()),  # approved_reply: the sample review item
     ])
+
+
+# columns added since the first layout, with the value old rows get (a SQL expression)
+_ADDED_COLUMNS = {"kind": f"'{KIND_QUESTION}'", "answer": "CAST(NULL AS string)",
+                  "origin": "CAST(NULL AS string)", "item_id": "CAST(NULL AS bigint)"}
 
 
 def connect(uri: str) -> Any:
@@ -120,21 +141,41 @@ def table_names(db: Any) -> list[str]:
 
 
 def open_embeddings(db: Any) -> Any:
-    """The ``interaction_embeddings`` table, created empty when missing."""
-    if EMBEDDINGS_TABLE in table_names(db):
-        return db.open_table(EMBEDDINGS_TABLE)
-    return db.create_table(EMBEDDINGS_TABLE, schema=embeddings_schema())
+    """The ``interaction_embeddings`` table, created empty when missing; a table of the first
+    layout (no ``kind``) gets the added columns."""
+    if EMBEDDINGS_TABLE not in table_names(db):
+        return db.create_table(EMBEDDINGS_TABLE, schema=embeddings_schema())
+    table = db.open_table(EMBEDDINGS_TABLE)
+    have = set(table.schema.names)
+    missing = {c: e for c, e in _ADDED_COLUMNS.items() if c not in have}
+    if missing:
+        table.add_columns(missing)
+    return table
 
 
-def _columns(table: Any, columns: list[str]) -> pa.Table:
-    """Only ``columns`` of every row (the vectors stay on disk)."""
-    return table.search().select(columns).limit(None).to_arrow()
+def _is(kind: str) -> str:
+    return f"kind = '{kind}'"
+
+
+def _columns(table: Any, columns: list[str], where: str | None = None) -> pa.Table:
+    """Only ``columns`` of every row matching ``where`` (the vectors stay on disk)."""
+    q = table.search()
+    if where:
+        q = q.where(where)
+    return q.select(columns).limit(None).to_arrow()
+
+
+def question_count(table: Any) -> int:
+    """Interactions embedded (``question`` rows)."""
+    return table.count_rows(_is(KIND_QUESTION))
 
 
 def embedded_ids(table: Any) -> set[str]:
-    if table.count_rows() == 0:
+    """Interaction ids with a ``question`` row."""
+    if question_count(table) == 0:
         return set()
-    return set(_columns(table, ["interaction_id"]).column("interaction_id").to_pylist())
+    return set(_columns(table, ["interaction_id"], _is(KIND_QUESTION))
+               .column("interaction_id").to_pylist())
 
 
 def embed_interactions(frame: pl.DataFrame) -> pa.Table:
@@ -158,6 +199,10 @@ def embed_interactions(frame: pl.DataFrame) -> pa.Table:
         "response_vector": pa.FixedSizeListArray.from_arrays(pa.array(av.reshape(-1)), DIM),
         "qa_relevance": pa.array([None if np.isnan(x) else float(x) for x in rel], pa.float64()),
         "model": [MODEL_NAME] * frame.height,
+        "kind": [KIND_QUESTION] * frame.height,
+        "answer": pa.nulls(frame.height, pa.string()),
+        "origin": pa.nulls(frame.height, pa.string()),
+        "item_id": pa.nulls(frame.height, pa.int64()),
     }, schema=embeddings_schema())
 
 
@@ -177,10 +222,11 @@ def read_relevance(db: Any, interaction_ids: Sequence[str] | None = None) -> pl.
     empty = pl.DataFrame(schema={"interaction_id": pl.String, "qa_relevance": pl.Float64})
     if EMBEDDINGS_TABLE not in table_names(db):
         return empty
-    table = db.open_table(EMBEDDINGS_TABLE)
-    if table.count_rows() == 0:
+    table = open_embeddings(db)
+    if question_count(table) == 0:
         return empty
-    out = pl.DataFrame(pl.from_arrow(_columns(table, ["interaction_id", "qa_relevance"])))
+    out = pl.DataFrame(pl.from_arrow(_columns(table, ["interaction_id", "qa_relevance"],
+                                              _is(KIND_QUESTION))))
     if interaction_ids is not None:
         out = out.filter(pl.col("interaction_id").is_in(list(interaction_ids)))
     return out
@@ -190,12 +236,12 @@ def read_question_vectors(db: Any, interaction_ids: Sequence[str]) -> dict[str, 
     """Question vectors already stored for ``interaction_ids`` (missing ids are left out)."""
     if not interaction_ids or EMBEDDINGS_TABLE not in table_names(db):
         return {}
-    table = db.open_table(EMBEDDINGS_TABLE)
+    table = open_embeddings(db)
     out: dict[str, np.ndarray] = {}
     ids = sorted(set(interaction_ids))
     for i in range(0, len(ids), 500):  # filtered reads: only the wanted rows' vectors
         chunk = ", ".join("'" + x.replace("'", "''") + "'" for x in ids[i:i + 500])
-        arrow = (table.search().where(f"interaction_id IN ({chunk})")
+        arrow = (table.search().where(f"{_is(KIND_QUESTION)} AND interaction_id IN ({chunk})")
                  .select(["interaction_id", "vector"]).limit(None).to_arrow())
         if arrow.num_rows == 0:
             continue

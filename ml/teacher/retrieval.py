@@ -1,9 +1,10 @@
 """The retrieval Teacher: the offline default (DESIGN.md, "Offline defaults").
 
 For a flawed reply it proposes the best *approved* answer to the most similar past question. The
-answers live in the LanceDB table ``approved_answers``: one row per approved or edited sample item
-(its final reply) and per human agent correction, with the MiniLM vector of the question it
-answered. A proposal needs a cosine similarity of at least ``threshold``; with nothing similar
+answers live in the LanceDB table ``interaction_embeddings`` as rows of ``kind = 'approved_reply'``
+(next to the ``question`` rows of every interaction, see ``ml.embeddings``): one row per approved
+or edited sample item (its final reply) and per human agent correction, with the MiniLM vector of
+the question it answered (``vector``) and of the approved reply (``response_vector``). A proposal needs a cosine similarity of at least ``threshold``; with nothing similar
 enough there is no proposal (counted, never invented). Every proposal is marked
 ``source="retrieval"`` with ``extra = {similar_interaction_id, similarity, ...}`` so reviewers see
 where it came from.
@@ -21,7 +22,9 @@ import pyarrow as pa
 
 from ml import embeddings
 
-APPROVED_TABLE = "approved_answers"
+APPROVED_TABLE = embeddings.EMBEDDINGS_TABLE  # approved replies: kind = 'approved_reply'
+LEGACY_APPROVED_TABLE = "approved_answers"  # the earlier separate table, dropped on rebuild
+APPROVED_FILTER = f"kind = '{embeddings.KIND_APPROVED_REPLY}'"
 # order/booking/transfer references and card endings: specific to one conversation
 REFERENCE = re.compile(r"\b[A-Z]{1,4}-?[0-9]{5,}\b|\b(?:ending in|last four|last 4)\s+[0-9]{4}\b")
 DEFAULT_THRESHOLD = 0.80
@@ -36,23 +39,12 @@ class Proposal:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def answers_schema() -> pa.Schema:
-    return pa.schema([
-        pa.field("interaction_id", pa.string()),
-        pa.field("tenant_id", pa.string()),
-        pa.field("question", pa.string()),
-        pa.field("answer", pa.string()),
-        pa.field("origin", pa.string()),  # sample_item | human_correction
-        pa.field("item_id", pa.int64()),
-        pa.field("vector", pa.list_(pa.float32(), embeddings.DIM)),
-    ])
-
-
 def build_answer_index(db: Any, entries: pl.DataFrame,
                        known_vectors: dict[str, np.ndarray] | None = None) -> int:
-    """(Re)write ``approved_answers`` from ``entries`` (interaction_id, tenant_id, question,
-    answer, origin, item_id). Question vectors come from ``known_vectors`` (e.g. read from
-    ``interaction_embeddings``) where present, else are embedded now. Returns the row count.
+    """(Re)write the ``approved_reply`` rows of ``interaction_embeddings`` from ``entries``
+    (interaction_id, tenant_id, question, answer, origin, item_id). Question vectors come from
+    ``known_vectors`` (the interactions' ``question`` rows) where present, else are embedded now;
+    the approved replies are embedded now. Returns the row count.
 
     An entry without question or answer text is an error naming the interaction: the producer
     should have filtered it."""
@@ -77,14 +69,29 @@ def build_answer_index(db: Any, entries: pl.DataFrame,
     tenant = (entries["tenant_id"].fill_null("default").to_list() if "tenant_id" in entries.columns
               else ["default"] * entries.height)
     item = entries["item_id"].to_list() if "item_id" in entries.columns else [None] * entries.height
-    table = pa.table({
-        "interaction_id": ids, "tenant_id": tenant, "question": questions,
-        "answer": entries["answer"].to_list(), "origin": entries["origin"].to_list(),
-        "item_id": pa.array(item, pa.int64()),
+    answers = entries["answer"].to_list()
+    avecs = embeddings.encode(answers) if answers else np.zeros((0, embeddings.DIM), np.float32)
+    rel = embeddings.rowwise_cosine(vecs, avecs)
+    n = entries.height
+    rows = pa.table({
+        "interaction_id": ids, "tenant_id": tenant,
+        "partition_date": pa.nulls(n, pa.string()), "question": questions,
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), embeddings.DIM),
-    }, schema=answers_schema())
-    db.create_table(APPROVED_TABLE, data=table, schema=answers_schema(), mode="overwrite")
-    return table.num_rows
+        "response_vector": pa.FixedSizeListArray.from_arrays(pa.array(avecs.reshape(-1)),
+                                                             embeddings.DIM),
+        "qa_relevance": pa.array([None if np.isnan(x) else float(x) for x in rel], pa.float64()),
+        "model": [embeddings.MODEL_NAME] * n,
+        "kind": [embeddings.KIND_APPROVED_REPLY] * n,
+        "answer": answers, "origin": entries["origin"].to_list(),
+        "item_id": pa.array(item, pa.int64()),
+    }, schema=embeddings.embeddings_schema())
+    table = embeddings.open_embeddings(db)
+    table.delete(APPROVED_FILTER)  # derived from the store: rebuilt whole every run
+    if n:
+        table.add(rows)
+    if LEGACY_APPROVED_TABLE in embeddings.table_names(db):
+        db.drop_table(LEGACY_APPROVED_TABLE)
+    return n
 
 
 class RetrievalTeacher:
@@ -99,12 +106,13 @@ class RetrievalTeacher:
         self.db = db
         self.threshold = threshold
         self.same_tenant = same_tenant
-        self._table = (db.open_table(APPROVED_TABLE)
+        self._table = (embeddings.open_embeddings(db)
                        if APPROVED_TABLE in embeddings.table_names(db) else None)
 
     @property
     def size(self) -> int:
-        return 0 if self._table is None else self._table.count_rows()
+        """Approved replies indexed."""
+        return 0 if self._table is None else self._table.count_rows(APPROVED_FILTER)
 
     def propose_many(self, rows: Sequence[dict[str, Any]],
                      vectors: dict[str, np.ndarray] | None = None) -> list[Proposal | None]:
@@ -129,12 +137,13 @@ class RetrievalTeacher:
         if not np.any(vec):
             return None  # no question text to compare
         iid = row["interaction_id"]
-        query = self._table.search(vec.astype(np.float32)).distance_type("cosine") \
-            .limit(SEARCH_K + 1).where(f"interaction_id != '{_sql_str(iid)}'", prefilter=True)
+        where = f"{APPROVED_FILTER} AND interaction_id != '{_sql_str(iid)}'"
         if self.same_tenant:
             tenant = row.get("tenant_id") or "default"
-            query = query.where(f"interaction_id != '{_sql_str(iid)}' AND tenant_id = "
-                                f"'{_sql_str(tenant)}'", prefilter=True)
+            where += f" AND tenant_id = '{_sql_str(tenant)}'"
+        query = self._table.search(vec.astype(np.float32), vector_column_name="vector") \
+            .distance_type("cosine") \
+            .limit(SEARCH_K + 1).where(where, prefilter=True)
         hits = query.to_list()
         best = None
         for hit in hits:

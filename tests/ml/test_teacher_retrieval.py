@@ -83,6 +83,64 @@ def test_empty_or_missing_index_proposes_nothing(tmp_path):
     assert APPROVED_TABLE not in embeddings.table_names(db)
 
 
+def test_approved_replies_live_in_interaction_embeddings_next_to_questions(tmp_path):
+    """The stored layout the issue names: questions and approved replies in one LanceDB table
+    ``interaction_embeddings``, told apart by ``kind``; rebuilding replaces only the replies,
+    and the interaction-side readers see only question rows."""
+    from datetime import date
+
+    db = embeddings.connect(str(tmp_path / "lancedb"))
+    frame = pl.DataFrame({"interaction_id": ["a1", "q9"], "tenant_id": ["acme", "acme"],
+                          "partition_date": [date(2026, 1, 1)] * 2,
+                          "user_message": ["How much does the Pro laptop cost?", "Hi?"],
+                          "response": ["It is $999.", "Hello."]})
+    assert embeddings.add_new_embeddings(db, frame) == (2, 0)
+    assert build_answer_index(db, ENTRIES) == 4
+    assert embeddings.table_names(db) == [embeddings.EMBEDDINGS_TABLE]
+    table = embeddings.open_embeddings(db)
+    kinds = pl.DataFrame(table.search().select(["interaction_id", "kind", "answer"])
+                         .limit(None).to_arrow())
+    assert kinds.group_by("kind").len().sort("kind").rows() == [("approved_reply", 4),
+                                                                 ("question", 2)]
+    a1 = kinds.filter((pl.col("interaction_id") == "a1") & (pl.col("kind") == "approved_reply"))
+    assert a1["answer"].to_list() == ["The Pro laptop costs $1,299.00."]
+    # question-side readers ignore approved replies (a1 has both kinds of row)
+    assert embeddings.embedded_ids(table) == {"a1", "q9"}
+    assert embeddings.add_new_embeddings(db, frame) == (0, 2)
+    assert sorted(embeddings.read_relevance(db)["interaction_id"].to_list()) == ["a1", "q9"]
+    assert set(embeddings.read_question_vectors(db, ["a1", "a2"])) == {"a1"}
+    # a rebuild replaces the approved replies and keeps the questions
+    assert build_answer_index(db, ENTRIES.head(1)) == 1
+    table = embeddings.open_embeddings(db)
+    assert table.count_rows("kind = 'approved_reply'") == 1
+    assert table.count_rows("kind = 'question'") == 2
+    [p] = RetrievalTeacher(db, threshold=0.7).propose_many(
+        [{"interaction_id": "q1", "tenant_id": "acme",
+          "user_message": "What is the price of the Pro laptop?"}])
+    assert p.response == "The Pro laptop costs $1,299.00."
+
+
+def test_a_table_of_the_first_layout_is_migrated_and_the_old_table_dropped(tmp_path):
+    """interaction_embeddings written before `kind` existed gets the columns (its rows become
+    questions); the separate approved_answers table of the first layout is dropped on rebuild."""
+    import pyarrow as pa
+
+    db = embeddings.connect(str(tmp_path / "lancedb"))
+    old = pa.schema([f for f in embeddings.embeddings_schema()
+                     if f.name not in ("kind", "answer", "origin", "item_id")])
+    vec = pa.FixedSizeListArray.from_arrays(pa.array([0.1] * embeddings.DIM, pa.float32()),
+                                            embeddings.DIM)
+    db.create_table(embeddings.EMBEDDINGS_TABLE, data=pa.table({
+        "interaction_id": ["x"], "tenant_id": ["t"], "partition_date": ["2026-01-01"],
+        "question": ["q"], "vector": vec, "response_vector": vec, "qa_relevance": [0.5],
+        "model": ["m"]}, schema=old))
+    db.create_table("approved_answers", data=pa.table({"interaction_id": ["y"]}))
+    assert embeddings.embedded_ids(embeddings.open_embeddings(db)) == {"x"}
+    assert build_answer_index(db, ENTRIES) == 4
+    assert "approved_answers" not in embeddings.table_names(db)
+    assert embeddings.read_relevance(db)["interaction_id"].to_list() == ["x"]
+
+
 def test_index_rejects_blank_entries_and_bad_threshold(tmp_path):
     db = embeddings.connect(str(tmp_path / "l"))
     bad = ENTRIES.with_columns(pl.when(pl.col("interaction_id") == "a2").then(pl.lit(" "))
