@@ -1,10 +1,15 @@
 """Stage `teaching`: ``teacher_samples`` (proposed corrected replies as `sample` review items) and
-``preference_pairs`` (original reply rejected, approved correction chosen)."""
+``preference_pairs`` (original reply rejected, approved correction chosen).
+
+Every LLM teacher attempt is recorded in the warehouse table ``teacher_attempts`` (failed with the
+provider's reason, or ok), before the review items are written. A failed interaction gets no sample
+item, so the next run proposes for it again (``retried`` in the metadata)."""
 
 
 import json
 import os
 from collections import Counter
+from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
@@ -17,7 +22,16 @@ from ml.audit.tables import query, replace_table
 from ml.audit.taxonomy import SEVERITIES, severity_at_least
 from ml.llm import from_env
 from ml.llm.errors import ConfigError
-from ml.teacher import HUMAN_SOURCE, LLMTeacher, RetrievalTeacher, propose_corrections
+from ml.teacher import (
+    HUMAN_SOURCE,
+    TEACHER_ATTEMPT_COLUMNS,
+    TEACHER_ATTEMPT_KEYS,
+    TEACHER_ATTEMPTS_TABLE,
+    LLMTeacher,
+    RetrievalTeacher,
+    attempt_rows,
+    propose_corrections,
+)
 from ml.teacher.retrieval import DEFAULT_THRESHOLD, build_answer_index
 from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
 from store.db import session_scope
@@ -41,6 +55,19 @@ def resolve_teacher(override: str = "") -> LLMTeacher | None:
         env["LEARNLOOP_TEACHER"] = override.strip()
     router = from_env(ROLE, env)
     return LLMTeacher(router) if router is not None else None
+
+
+def teacher_name(llm: LLMTeacher) -> str:
+    """Stable identity of an LLM teacher: its providers and models, in order."""
+    return "llm:" + ",".join(f"{p.name}/{getattr(p, 'model', '?')}" for p in llm.router.providers)
+
+
+def read_teacher_attempts(con, teacher: str | None = None) -> pl.DataFrame:
+    """``teacher_attempts`` rows (of one teacher when given); the table is created when missing."""
+    warehouse.ensure_table(con, TEACHER_ATTEMPTS_TABLE, TEACHER_ATTEMPT_COLUMNS)
+    if teacher is None:
+        return query(con, f"SELECT * FROM {TEACHER_ATTEMPTS_TABLE}")
+    return query(con, f"SELECT * FROM {TEACHER_ATTEMPTS_TABLE} WHERE teacher = ?", [teacher])
 
 
 def sample_dedup_key(interaction_id: str) -> str:
@@ -117,6 +144,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
     if config.limit > 0:
         wanted = wanted[: config.limit]
 
+    name = teacher_name(llm) if llm else None
     with learnloop.warehouse() as con:
         warehouse.ensure_table(con, "interactions")
         corrections = query(
@@ -124,6 +152,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
             "SELECT * FROM interactions WHERE corrected_response IS NOT NULL "
             "ORDER BY ts, interaction_id")
         frame = read_full_interactions(con, [w["interaction_id"] for w in wanted])
+        previous = read_teacher_attempts(con, name) if llm else read_teacher_attempts(con)
     by_id = {r["interaction_id"]: r for r in frame.iter_rows(named=True)}
     missing = [w["interaction_id"] for w in wanted if w["interaction_id"] not in by_id]
     if missing:
@@ -139,6 +168,18 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
     retrieval = RetrievalTeacher(db, threshold=config.similarity_threshold)
     vectors = embeddings.read_question_vectors(db, [r["interaction_id"] for r in rows])
     result = propose_corrections(rows, retrieval=retrieval, llm=llm, vectors=vectors)
+    earlier_failed = set(previous.filter(pl.col("status") == "failed")["interaction_id"].to_list()) \
+        if previous.height else set()
+    retried = sum(1 for r in rows if r["interaction_id"] in earlier_failed)
+    recorded = 0
+    if llm is not None:  # failure reasons are durable before any item is written
+        attempts = attempt_rows(rows, result, previous, teacher=name,
+                                prompt_version=llm.prompt_version,
+                                now=datetime.now(timezone.utc).replace(tzinfo=None),
+                                run_id=context.run_id)
+        with learnloop.warehouse() as con:
+            recorded = warehouse.upsert_rows(con, TEACHER_ATTEMPTS_TABLE, attempts,
+                                             TEACHER_ATTEMPT_KEYS, TEACHER_ATTEMPT_COLUMNS)
 
     created: Counter[str] = Counter()
     with session_scope(url) as s:
@@ -178,20 +219,27 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
             )
             created[HUMAN_SOURCE] += int(new)
     for iid, reason in list(result.failures.items())[:20]:
-        context.log.warning(f"teacher failed for {iid} (retried next run): {reason}")
+        context.log.warning(f"teacher failed for {iid} (recorded in {TEACHER_ATTEMPTS_TABLE}, "
+                            f"retried next run): {reason}")
     llm_stats = llm.router.stats.as_metadata() if llm else {}
+    with learnloop.warehouse() as con:
+        open_failures = int(read_teacher_attempts(con).filter(
+            pl.col("status") == "failed").height)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": sum(created.values()),
         "errors_needing_proposal": len(rows),
         "proposals": len(result.proposals),
         "no_similar_answer": len(result.no_proposal),
         "failures": len(result.failures),
+        "retried": retried,
+        "attempts_recorded": recorded,
+        "failed_attempts_open": open_failures,
         "samples_created": sum(created.values()),
         "samples_by_source": dg.MetadataValue.json(dict(created)),
         "human_corrections_seen": corrections.height,
         "answer_index_size": index_size,
         "similarity_threshold": config.similarity_threshold,
-        "teacher": f"llm:{','.join(p.name for p in llm.router.providers)}" if llm else "retrieval",
+        "teacher": name if llm else "retrieval",
         "teacher_prompt_version": llm.prompt_version if llm else "retrieval-v1",
         "tokens": int(llm_stats.get("llm_tokens", 0)),
         "cost_usd": float(llm_stats.get("llm_cost_usd", 0.0)),
