@@ -11,12 +11,13 @@ import logging
 import secrets
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.sessions import SessionMiddleware
 
 from ml.config import Settings
@@ -35,7 +36,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
-class BodyTooLarge(StarletteHTTPException):
+class BodyTooLarge(HTTPException):  # FastAPI's: its body reader passes it through unchanged
     def __init__(self, limit: int, size: int | None = None):
         what = f"request body of {size:,} bytes" if size is not None else "request body"
         super().__init__(413, f"{what} exceeds the limit of {limit:,} bytes")
@@ -81,6 +82,33 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
+class SecurityHeadersMiddleware:
+    """nosniff and Referrer-Policy on every answer; CSP and X-Frame-Options on HTML pages.
+
+    Plain ASGI (no ``BaseHTTPMiddleware``), so the body limit's 413 raised while a handler reads
+    the request reaches FastAPI's error handling unwrapped."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Referrer-Policy", "same-origin")
+                if headers.get("content-type", "").startswith("text/html"):
+                    headers.setdefault("Content-Security-Policy", CSP)
+                    headers.setdefault("X-Frame-Options", "DENY")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(settings: Settings | None = None, service: ServiceSettings | None = None,
                *, migrate: bool = True, host: str | None = None) -> FastAPI:
     """Build the service. ``host``: the address it will listen on (``learnloop serve`` passes it);
@@ -109,7 +137,8 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     templates.env.globals["shortcuts"] = web.SHORTCUTS
     app.state.ctx = ServiceContext(
         settings=settings, service=service, url=settings.store, landing=settings.landing,
-        limiter=LoginLimiter(service.login_max_failures, service.login_window_s),
+        limiter=LoginLimiter(service.login_max_failures, service.login_window_s,
+                             max_per_ip=service.login_max_failures_per_ip),
         templates=templates,
     )
     secure_cookie = service.secure_cookie(host)
@@ -120,16 +149,7 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
                        max_age=service.session_max_age_s, same_site="lax",
                        https_only=secure_cookie)
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response: Response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        if response.headers.get("content-type", "").startswith("text/html"):
-            response.headers.setdefault("Content-Security-Policy", CSP)
-            response.headers.setdefault("X-Frame-Options", "DENY")
-        return response
-
+    app.add_middleware(SecurityHeadersMiddleware)
     # outermost: counts body bytes before any other layer reads them; the collector streams
     # and limits its own body (LEARNLOOP_COLLECTOR_MAX_BYTES)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY, exempt=("/v1/interactions",))
