@@ -246,3 +246,113 @@ def test_oversized_api_body_is_413(client, world):
     r = client.post(f"/api/v1/items/{world.items['sample']}/decision", content=big,
                     headers={**auth(world.tokens["ann"]), "Content-Type": "application/json"})
     assert r.status_code == 413 and "exceeds the limit" in r.json()["detail"]
+
+
+def test_admin_manages_reviewers_and_every_change_is_audited(client, world):
+    from store.models import ConfigHistory
+
+    h, ann = auth(world.tokens["root"]), auth(world.tokens["ann"])
+    for method, path, body in [
+            ("PATCH", "/api/v1/admin/reviewers/bob", {"active": False}),
+            ("POST", "/api/v1/admin/reviewers/bob/password", {"password": "new-password-1"}),
+            ("POST", "/api/v1/admin/reviewers/bob/token", None),
+            ("POST", "/api/v1/admin/collector-keys/1/revoke", None),
+            ("GET", "/api/v1/admin/progress", None), ("GET", "/api/v1/admin/audit", None)]:
+        r = client.request(method, path, headers=ann, json=body)
+        assert r.status_code == 403, (path, r.text)  # reviewers are not admins
+    # deactivate: bob's token stops working; reactivate: it works again
+    r = client.patch("/api/v1/admin/reviewers/bob", headers=h, json={"active": False})
+    assert r.status_code == 200 and r.json()["active"] is False
+    assert client.get("/api/v1/me", headers=auth(world.tokens["bob"])).status_code == 401
+    assert sign_in(client, "bob").status_code == 401
+    assert client.patch("/api/v1/admin/reviewers/bob", headers=h,
+                        json={"active": True}).json()["active"] is True
+    assert client.get("/api/v1/me", headers=auth(world.tokens["bob"])).status_code == 200
+    # role and tenants
+    r = client.patch("/api/v1/admin/reviewers/bob", headers=h, json={"tenants": ["globex"]})
+    assert r.json()["tenants"] == ["globex"]
+    items = client.get("/api/v1/items", headers=auth(world.tokens["bob"])).json()["items"]
+    assert [i["tenant_id"] for i in items] == ["globex"]
+    bad = client.patch("/api/v1/admin/reviewers/bob", headers=h, json={"tenants": []})
+    assert bad.status_code == 422 and "at least one tenant" in bad.json()["detail"]
+    assert client.patch("/api/v1/admin/reviewers/bob", headers=h,
+                        json={"role": "admin"}).json()["role"] == "admin"
+    last = client.patch("/api/v1/admin/reviewers/root", headers=h, json={"active": False})
+    assert last.status_code == 200  # bob is an admin now, so root is not the last one
+    h = auth(world.tokens["bob"])
+    last = client.patch("/api/v1/admin/reviewers/bob", headers=h, json={"active": False})
+    assert last.status_code == 422 and "last active admin" in last.json()["detail"]
+    assert client.patch("/api/v1/admin/reviewers/root", headers=h,
+                        json={"active": True}).status_code == 200
+    h = auth(world.tokens["root"])
+    # password: the old one stops working, the new one signs in
+    r = client.post("/api/v1/admin/reviewers/ann/password", headers=h,
+                    json={"password": "brand-new-pass"})
+    assert r.status_code == 200
+    assert sign_in(client, "ann").status_code == 401
+    assert sign_in(client, "ann", "brand-new-pass").status_code == 303
+    short = client.post("/api/v1/admin/reviewers/ann/password", headers=h, json={"password": "x"})
+    assert short.status_code == 422
+    # token rotation by an admin
+    new = client.post("/api/v1/admin/reviewers/zed/token", headers=h).json()["api_token"]
+    assert client.get("/api/v1/me", headers=auth(world.tokens["zed"])).status_code == 401
+    assert client.get("/api/v1/me", headers=auth(new)).json()["username"] == "zed"
+    # unknown reviewer / key
+    assert client.patch("/api/v1/admin/reviewers/nobody", headers=h,
+                        json={"active": False}).status_code == 404
+    assert client.post("/api/v1/admin/collector-keys/999/revoke", headers=h).status_code == 404
+    # collector key revocation
+    key = client.post("/api/v1/admin/collector-keys", headers=h, json={"tenant_id": "acme"}).json()
+    rec = {"interaction_id": "r-1", "session_id": "s", "timestamp": "2026-11-20T10:00:00Z",
+           "response": "hi", "messages": [{"role": "user", "content": "hi"}]}
+    assert client.post("/v1/interactions", headers={"X-API-Key": key["key"]},
+                       json=rec).status_code == 200
+    r = client.post(f"/api/v1/admin/collector-keys/{key['id']}/revoke", headers=h)
+    assert r.status_code == 200 and r.json()["active"] is False
+    assert client.post("/v1/interactions", headers={"X-API-Key": key["key"]},
+                       json=rec).status_code == 401
+    # the audit trail: who changed what, never a secret
+    audit = client.get("/api/v1/admin/audit", headers=h).json()["entries"]
+    seen = [(e["key"], e["changed_by"], e["new_value"]) for e in audit]
+    assert ("reviewer:bob", "root", {"active": False}) in seen
+    assert ("reviewer:bob", "root", {"active": True}) in seen
+    assert ("reviewer:bob", "root", {"role": "reviewer", "tenants": ["globex"]}) in seen
+    assert ("reviewer:bob", "root", {"role": "admin", "tenants": ["globex"]}) in seen
+    assert ("reviewer:root", "root", {"active": False}) in seen
+    assert ("reviewer:root", "bob", {"active": True}) in seen
+    assert ("reviewer:ann", "root", {"password": "changed"}) in seen
+    assert ("reviewer:zed", "root", {"api_token": "rotated"}) in seen
+    assert (f"collector_key:{key['id']}", "root", {"active": False}) in seen
+    dump = str(audit)
+    assert "brand-new-pass" not in dump and new not in dump and key["key"] not in dump
+    with session_scope(world.url) as s:
+        # refused changes (422/404) wrote nothing
+        assert s.scalar(select(func.count()).select_from(ConfigHistory)) == len(audit)
+
+
+def test_admin_progress_endpoint(client, world):
+    ann = auth(world.tokens["ann"])
+    client.post(f"/api/v1/items/{world.items['error']}/decision", headers=ann,
+                json={"decision": "confirm", "version": 1})
+    rows = {r["username"]: r for r in client.get("/api/v1/admin/progress",
+                                                 headers=auth(world.tokens["root"])).json()}
+    assert (rows["ann"]["today"], rows["ann"]["total"]) == (1, 1)
+    assert rows["ann"]["remaining"] == {"acme": 3} and rows["zed"]["remaining"] == {"globex": 1}
+    assert rows["root"]["remaining"] == {"acme": 3, "globex": 1}
+    assert rows["root"]["remaining_total"] == 4 and rows["bob"]["today"] == 0
+
+
+def test_api_approve_with_changed_text_is_edit_and_approve(client, world):
+    h = auth(world.tokens["ann"])
+    r = client.post(f"/api/v1/items/{world.items['sample']}/decision", headers=h,
+                    json={"decision": "approve", "version": 1, "final_response": "Changed."})
+    assert (r.json()["status"], r.json()["final_response"]) == ("edited", "Changed.")
+    r = client.post("/api/v1/decisions", headers=h, json={"decisions": [
+        {"item_id": world.items["sample2"], "decision": "approve", "version": 1,
+         "final_response": "Batch text."}]})
+    assert r.json()["results"][0]["status"] == "edited"
+    with session_scope(world.url) as s:
+        assert s.get(ReviewItem, world.items["sample2"]).final_response == "Batch text."
+    r = client.post(f"/api/v1/items/{world.items['error']}/decision", headers=h,
+                    json={"decision": "confirm", "version": 1, "final_response": "nope"})
+    assert r.status_code == 422 and "sample items only" in r.json()["detail"]
