@@ -174,7 +174,9 @@ def demo(n: int, seed: int) -> None:
     click.echo("  make dev     # Dagster UI at http://127.0.0.1:3000 (runs, assets, checks)")
     click.echo(f"  .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_uri}"
                "   # MLflow UI at http://127.0.0.1:5000")
-    click.echo("  make serve   # review web app at http://127.0.0.1:8000")
+    click.echo("  .venv/bin/learnloop reviewers add admin --role admin"
+               "   # an account for the review app (prompts for a password)")
+    click.echo("  make serve   # review web app at http://127.0.0.1:8000: sign in as admin")
     if not ok:
         sys.exit(1)
 
@@ -204,9 +206,30 @@ def serve(host: str | None, port: int | None) -> None:
     run_server(host or url_host, port or url_port, settings)
 
 
-@main.group(help="Reviewer accounts of the review web app.")
+@main.group(help="Reviewer accounts of the review web app. Every change is recorded in the "
+                  "store's config_history (who, when, old and new value).")
 def reviewers() -> None:
     pass
+
+
+def _read_new_password(from_stdin: bool) -> str:
+    """A new password from one line of standard input, or prompted for twice without echo."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise click.ClickException("--password-stdin: standard input is empty")
+        return line.rstrip("\r\n")
+    return click.prompt("New password", hide_input=True, confirmation_prompt=True)
+
+
+def _account_call(fn, *args):
+    from store.collector_keys import CollectorKeyError
+    from store.reviewers import ReviewerError
+
+    try:
+        return fn(*args, settings=_settings())
+    except (ReviewerError, CollectorKeyError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @reviewers.command("add", help="Create a reviewer; prints the API token once.")
@@ -220,12 +243,8 @@ def reviewers() -> None:
               help="prompted for when not given (or set LEARNLOOP_NEW_REVIEWER_PASSWORD)")
 def reviewers_add(username: str, role: str, tenants: tuple[str, ...], password: str) -> None:
     from service.cli_support import add_reviewer
-    from store.reviewers import ReviewerError
 
-    try:
-        info = add_reviewer(username, password, role, list(tenants), _settings())
-    except ReviewerError as exc:
-        raise click.ClickException(str(exc)) from None
+    info = _account_call(add_reviewer, username, password, role, list(tenants))
     click.echo(f"created {info.role} {info.username!r} for tenants {info.tenants or ['*']}")
     click.echo(f"API token (shown once): {info.api_token}")
 
@@ -235,7 +254,63 @@ def reviewers_list() -> None:
     from service.cli_support import list_reviewers
 
     for r in list_reviewers(_settings()):
-        click.echo(f"{r.username:20} {r.role:9} {','.join(r.tenants) or '*'}")
+        click.echo(f"{r.username:20} {r.role:9} {'active' if r.active else 'INACTIVE':9} "
+                   f"{','.join(r.tenants) or '*'}")
+
+
+@reviewers.command("deactivate", help="Deactivate an account: sign-in, its API token and its "
+                                      "open web sessions stop working at once.")
+@click.argument("username")
+def reviewers_deactivate(username: str) -> None:
+    from service.cli_support import set_reviewer_active
+
+    _account_call(set_reviewer_active, username, False)
+    click.echo(f"deactivated {username!r}")
+
+
+@reviewers.command("activate", help="Reactivate a deactivated account.")
+@click.argument("username")
+def reviewers_activate(username: str) -> None:
+    from service.cli_support import set_reviewer_active
+
+    _account_call(set_reviewer_active, username, True)
+    click.echo(f"activated {username!r}")
+
+
+@reviewers.command("set-password", help="Set a new password (prompted twice, never echoed; or "
+                                        "one line from stdin). Open web sessions end.")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+def reviewers_set_password(username: str, password_stdin: bool) -> None:
+    from service.cli_support import set_reviewer_password
+
+    password = _read_new_password(password_stdin)
+    _account_call(set_reviewer_password, username, password)
+    click.echo(f"password of {username!r} changed; their open sessions have ended")
+
+
+@reviewers.command("update", help="Change an account's role and/or tenants (--tenant replaces "
+                                  "the whole list).")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["reviewer", "admin"]), default=None)
+@click.option("--tenant", "tenants", multiple=True, help="new tenant list (repeatable)")
+def reviewers_update(username: str, role: str | None, tenants: tuple[str, ...]) -> None:
+    from service.cli_support import update_reviewer
+
+    if role is None and not tenants:
+        raise click.UsageError("nothing to change: give --role and/or --tenant")
+    info = _account_call(update_reviewer, username, role, list(tenants) if tenants else None)
+    click.echo(f"{info.username!r} is now {info.role} for tenants {info.tenants or ['*']}")
+
+
+@reviewers.command("rotate-token", help="Issue a new API token (printed once); the old one "
+                                        "stops working.")
+@click.argument("username")
+def reviewers_rotate_token(username: str) -> None:
+    from service.cli_support import rotate_reviewer_token
+
+    token = _account_call(rotate_reviewer_token, username)
+    click.echo(f"new API token of {username!r} (shown once): {token}")
 
 
 @main.group("collector-keys", help="API keys of the log collector (one per tenant).")
@@ -249,5 +324,24 @@ def collector_keys() -> None:
 def collector_keys_add(tenant: str, label: str | None) -> None:
     from service.cli_support import add_collector_key
 
-    key = add_collector_key(tenant, label, _settings())
+    key = _account_call(add_collector_key, tenant, label)
     click.echo(f"collector key for tenant {tenant!r} (shown once): {key}")
+
+
+@collector_keys.command("list", help="List collector keys (never the keys themselves).")
+def collector_keys_list() -> None:
+    from service.cli_support import list_collector_keys
+
+    for k in list_collector_keys(_settings()):
+        click.echo(f"{k.id:5} {k.tenant_id:20} {'active' if k.active else 'REVOKED':8} "
+                   f"{k.label or ''}")
+
+
+@collector_keys.command("revoke", help="Revoke the collector key with id KEY_ID (see `list`); "
+                                       "requests with it get 401.")
+@click.argument("key_id", type=click.IntRange(min=1))
+def collector_keys_revoke(key_id: int) -> None:
+    from service.cli_support import revoke_collector_key
+
+    info = _account_call(revoke_collector_key, key_id)
+    click.echo(f"revoked collector key {info.id} of tenant {info.tenant_id!r}")
