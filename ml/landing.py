@@ -3,7 +3,8 @@
 Layout: ``<landing>/date=YYYY-MM-DD/<source>-<unique>.jsonl`` (or ``.parquet``). Every writer goes
 through ``write_landing_file``: the bytes are written to a temporary file in the same folder,
 fsynced, then renamed into place, so a reader never sees a half-written file and a crash after the
-call returns loses nothing.
+call returns loses nothing (folders created on the way are fsynced too, with their parents; a
+failed write removes its temporary file).
 """
 
 from __future__ import annotations
@@ -40,17 +41,37 @@ def write_landing_bytes(landing: Path, day: date | str, source: str, data: bytes
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", source):
         raise ValueError(f"landing source name {source!r} must be 1-64 of [A-Za-z0-9_.-]")
     folder = partition_dir(landing, day)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_dirs_durably(folder)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     final = folder / f"{source}-{stamp}-{uuid.uuid4().hex[:12]}{suffix}"
     tmp = folder / f".{final.name}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, I/O error) leaves no temp file
+        raise
     _fsync_dir(folder)
     return final
+
+
+def _make_dirs_durably(folder: Path) -> None:
+    """Create ``folder`` and missing parents; fsync each new folder and the folder holding it,
+    so the new directory entries (e.g. ``date=...``) survive a crash along with the file."""
+    missing: list[Path] = []
+    p = Path(folder)
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for new in reversed(missing):  # outermost first
+        _fsync_dir(new)
+        _fsync_dir(new.parent)
 
 
 def write_landing_file(landing: Path, day: date | str, source: str,

@@ -166,3 +166,40 @@ def test_acknowledged_records_survive_kill_9(tmp_path):
     assert acknowledged <= set(on_disk), f"lost {len(acknowledged - set(on_disk))} records"
     assert not rejected & set(on_disk)
     assert not list((home / "landing").rglob("*.tmp"))
+
+
+def test_landing_write_fsyncs_new_folders_and_cleans_up_a_failed_write(tmp_path, monkeypatch):
+    import os
+
+    from ml import landing
+
+    synced: list = []
+    real_fsync_dir = landing._fsync_dir
+    monkeypatch.setattr(landing, "_fsync_dir", lambda p: (synced.append(p), real_fsync_dir(p)))
+    root = tmp_path / "landing"
+    path = landing.write_landing_bytes(root, "2026-11-20", "collector-acme", b"{}\n")
+    folder = root / "date=2026-11-20"
+    # the new landing root and date= folder, each with its parent, then the folder after rename
+    assert synced == [root, tmp_path, folder, root, folder]
+    assert path.read_bytes() == b"{}\n"
+    synced.clear()
+    landing.write_landing_bytes(root, "2026-11-20", "collector-acme", b"{}\n")
+    assert synced == [folder]  # nothing new to create: only the rename is fsynced
+
+    import stat
+
+    real_fsync, seen_tmp = os.fsync, []
+
+    def failing_fsync(fd):  # the data file's fsync fails (e.g. the disk is full); folders sync
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            seen_tmp.extend(p.name for p in (root / "date=2026-11-21").iterdir())
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        landing.write_landing_bytes(root, "2026-11-21", "collector-acme", b"x" * 1000)
+    assert len(seen_tmp) == 1 and seen_tmp[0].endswith(".tmp")  # it existed mid-write
+    leftovers = sorted(p.name for p in (root / "date=2026-11-21").iterdir())
+    assert leftovers == []  # removed: no temp file, no half file
+    assert len(landing.list_files(root, "2026-11-20")) == 2
