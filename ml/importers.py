@@ -19,6 +19,13 @@ Importers do not de-duplicate: a native file holding the same ``interaction_id``
 is and the ingest stage drops the exact copy (or quarantines a conflicting one), like any other
 landing file.
 
+Records without a time of their own (hh-rlhf pairs; openai-chat lines without ``created``; oasst
+messages without ``created_date``) get a *deterministic* timestamp: the ``timestamp`` argument when
+given, else the imported file's modification time (UTC, whole seconds). Their ids are hashes of
+(file name, line), so importing the same file again lands the same ids on the same day, where
+ingest de-duplicates them (a later import on another day would otherwise put the same ids in a
+second partition).
+
 ``import_to_landing`` writes the accepted records into the landing zone, one file per UTC day of
 their timestamps (``ml.landing.write_landing_file``), and the rejected lines into today's (UTC)
 folder as ``<source>-rejected-...jsonl`` so the ingest stage quarantines them with their raw text.
@@ -220,21 +227,21 @@ def _openai_content(content: Any, where: str) -> str:
 
 
 def read_openai_chat(path: Path | str, tenant_id: str = "default",
-                     import_time: datetime | None = None) -> Iterator[Accepted | Rejected | int]:
+                     timestamp: datetime | None = None) -> Iterator[Accepted | Rejected | int]:
     """OpenAI chat / fine-tuning JSONL: ``{"messages": [{role, content}, ...], ...}``.
 
     Every assistant turn becomes one interaction: ``messages`` = the turns before it, ``response``
     = its content. ``interaction_id`` = hash(file name, line, turn); ``session_id`` = the line's
     ``id`` when it is a string, else hash(file name, line); ``turn_index`` = the ordinal of the
     assistant turn in the conversation (0, 1, ...). ``timestamp`` = the line's ``created`` (unix
-    seconds) when present, else ``import_time``. Roles ``developer`` -> system, ``function`` ->
+    seconds) when present, else ``timestamp`` (default: the file's mtime). Roles ``developer`` -> system, ``function`` ->
     tool; list contents are their text parts joined by newlines (image, audio and file parts carry
     no text and are left out; any other part rejects the line); ``content: null`` (an assistant
     turn that only calls tools) is an empty string. A line with no assistant turn is rejected.
     """
     p = _check_path(path)
     source = p.name
-    fallback = _iso(import_time or _now())
+    fallback = _iso(timestamp or file_timestamp(p))
     for no, text in iter_lines(p):
         if isinstance(text, str) and _blank(text):
             yield no
@@ -334,7 +341,7 @@ def parse_hh_transcript(text: str, where: str) -> list[tuple[str, str]]:
 
 
 def read_hh_rlhf(path: Path | str, tenant_id: str = "default",
-                 import_time: datetime | None = None) -> Iterator[Accepted | Rejected | int]:
+                 timestamp: datetime | None = None) -> Iterator[Accepted | Rejected | int]:
     """Anthropic HH-RLHF pairs. One interaction per line:
 
     * ``response`` = the last Assistant turn of ``rejected`` (the dispreferred reply, so
@@ -345,11 +352,12 @@ def read_hh_rlhf(path: Path | str, tenant_id: str = "default",
       almost every pair; 9 pairs of the helpful-base test split diverge earlier and are tagged
       ``hh-rlhf:context-differs``);
     * ``interaction_id`` / ``session_id`` = hashes of (file name, line); ``turn_index`` = number of
-      assistant turns before the response; ``timestamp`` = ``import_time``.
+      assistant turns before the response; ``timestamp`` = ``timestamp`` (default: the file's
+      mtime).
     """
     p = _check_path(path)
     source = p.name
-    ts = _iso(import_time or _now())
+    ts = _iso(timestamp or file_timestamp(p))
     for no, text in iter_lines(p):
         if isinstance(text, str) and _blank(text):
             yield no
@@ -440,13 +448,14 @@ def oasst_feedback(msg: dict[str, Any], ranked_siblings: int) -> dict[str, Any] 
 
 
 def read_oasst(path: Path | str, tenant_id: str = "default",
-               import_time: datetime | None = None) -> Iterator[Accepted | Rejected | int]:
+               timestamp: datetime | None = None) -> Iterator[Accepted | Rejected | int]:
     """OpenAssistant message trees, one tree per line (``message_tree_id``, ``prompt`` with nested
     ``replies``). Every assistant message becomes an interaction:
 
     * ``interaction_id`` = its ``message_id``; ``session_id`` = the tree id; ``turn_index`` = its
       depth (the prompt is depth 0, so first replies are 1); ``messages`` = its ancestor path
-      (prompter -> user); ``timestamp`` = its ``created_date`` when present, else ``import_time``;
+      (prompter -> user); ``timestamp`` = its ``created_date`` when present, else ``timestamp``
+      (default: the file's mtime);
     * ``feedback`` from its rank and emoji votes (see ``oasst_feedback``);
     * ``human_correction`` when a sibling is ranked better: the best-ranked sibling's text, with
       ``agent_id`` ``"oasst-ranking"`` and the two ranks in ``reason``;
@@ -456,7 +465,7 @@ def read_oasst(path: Path | str, tenant_id: str = "default",
     import); its raw text is the message without its replies.
     """
     p = _check_path(path)
-    fallback = _iso(import_time or _now())
+    fallback = _iso(timestamp or file_timestamp(p))
     for no, text in iter_lines(p):
         if isinstance(text, str) and _blank(text):
             yield no
@@ -550,11 +559,18 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
+def file_timestamp(path: Path | str) -> datetime:
+    """The default timestamp of records without one: the file's modification time (UTC, whole
+    seconds), the same however often and whenever the file is imported."""
+    return datetime.fromtimestamp(int(Path(path).stat().st_mtime), tz=timezone.utc)
+
+
 def iter_import(fmt: str, path: Path | str, tenant_id: str = "default",
-                import_time: datetime | None = None) -> Iterator[Accepted | Rejected | int]:
+                timestamp: datetime | None = None) -> Iterator[Accepted | Rejected | int]:
     """The reader of ``fmt`` over ``path``: ``Accepted`` / ``Rejected`` items and, for blank
-    lines, their line numbers. Raises ``ValueError`` for an unknown format and
-    ``FileNotFoundError`` for a missing file."""
+    lines, their line numbers. ``timestamp``: for records without their own (default: the
+    file's mtime). Raises ``ValueError`` for an unknown format and ``FileNotFoundError`` for a
+    missing file."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown import format {fmt!r}: choose one of {', '.join(FORMATS)}")
     p = _check_path(path)
@@ -564,11 +580,13 @@ def iter_import(fmt: str, path: Path | str, tenant_id: str = "default",
         if p.suffix.lower() == ".parquet":
             return _retag_native(read_native_parquet(p), tenant_id)
         return _retag_native(read_native_jsonl(p), tenant_id)
+    if timestamp is not None and not isinstance(timestamp, datetime):
+        raise TypeError(f"timestamp: expected a datetime, got {type(timestamp).__name__}")
     if fmt == "openai-chat":
-        return read_openai_chat(p, tenant_id, import_time)
+        return read_openai_chat(p, tenant_id, timestamp)
     if fmt == "hh-rlhf":
-        return read_hh_rlhf(p, tenant_id, import_time)
-    return read_oasst(p, tenant_id, import_time)
+        return read_hh_rlhf(p, tenant_id, timestamp)
+    return read_oasst(p, tenant_id, timestamp)
 
 
 def _retag_native(items: Iterable[Accepted | Rejected | int], tenant_id: str
@@ -581,11 +599,12 @@ def _retag_native(items: Iterable[Accepted | Rejected | int], tenant_id: str
 
 
 def import_file(fmt: str, path: Path | str, tenant_id: str = "default",
-                import_time: datetime | None = None) -> ImportResult:
-    """Import one file: ``.records`` (validated dicts), ``.rejected`` ({line_no, reason, raw})."""
+                timestamp: datetime | None = None) -> ImportResult:
+    """Import one file: ``.records`` (validated dicts), ``.rejected`` ({line_no, reason, raw}).
+    ``timestamp``: for records without their own (default: the file's mtime)."""
     p = Path(path)
     result = ImportResult(fmt=fmt, source=p.name)
-    for item in iter_import(fmt, p, tenant_id, import_time):
+    for item in iter_import(fmt, p, tenant_id, timestamp):
         if isinstance(item, Accepted):
             result.records.append(item.record)
             result.days.append(item.day)
@@ -609,15 +628,18 @@ def landing_source_name(fmt: str, path: Path | str) -> str:
 
 def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
                       tenant_id: str = "default",
-                      import_time: datetime | None = None) -> dict[str, Any]:
+                      import_time: datetime | None = None,
+                      timestamp: datetime | None = None) -> dict[str, Any]:
     """Import ``path`` and write it into the landing zone.
 
     Accepted records go to ``date=<UTC day of their timestamp>/<source>-....jsonl`` (one file per
-    day); rejected lines to today's (UTC) folder as ``<source>-rejected-....jsonl`` so the ingest
-    stage quarantines them (see the module docstring). Returns ``{format, source, accepted,
+    day); records without a timestamp of their own get ``timestamp`` (default: the file's mtime,
+    so a re-import lands on the same day). Rejected lines go to the folder of ``import_time``'s
+    UTC day (default: now) as ``<source>-rejected-....jsonl`` so the ingest stage quarantines them
+    with the importer's reason (see the module docstring). Returns ``{format, source, accepted,
     quarantined, blank_lines, days: {day: records}, files: [paths]}``."""
     import_time = import_time or _now()
-    result = import_file(fmt, path, tenant_id, import_time)
+    result = import_file(fmt, path, tenant_id, timestamp)
     source = landing_source_name(fmt, path)
     by_day: dict[str, list[dict[str, Any]]] = {}
     for rec, day in zip(result.records, result.days):

@@ -41,15 +41,17 @@ from __future__ import annotations
 
 import collections
 import gc
+import gzip
 import hmac
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-import warnings
+import zlib
 from dataclasses import dataclass, field
 from datetime import date, timezone
 from operator import attrgetter
@@ -60,7 +62,7 @@ import msgspec
 import polars as pl
 import pyarrow as pa
 
-from ml.pii import PII_TYPES, scrub_frame, scrub_text
+from ml.pii import PII_TYPES, json_text_candidates, scrub_frame, scrub_json_value, scrub_text
 from ml.schema import (
     INTERACTION_COLUMNS,
     MAX_TEXT,
@@ -103,7 +105,17 @@ _STAGE_SCHEMA: dict[str, pl.DataType] = {
     "correction_reason": pl.String(), "correction_category": pl.String(),
     "intent": pl.String(), "language": pl.String(), "tags": pl.List(pl.String),
 }
-SCRUBBED_COLUMNS = ["msg_contents", "response", "corrected_response", "feedback_comment"]
+# every free-text column is scrubbed; the keys (interaction_id, tenant_id), the hashed session id
+# and the validated enums (roles, thumbs) are not; ``retrieval`` (JSON) is scrubbed value by value
+SCRUBBED_COLUMNS = ["msg_contents", "response", "corrected_response", "feedback_comment",
+                    "correction_reason", "correction_category", "correction_agent_id", "channel",
+                    "model_provider", "model_name", "model_version", "intent", "language", "tags"]
+# scrubbed once per distinct value (few distinct values per chunk)
+_LOW_CARDINALITY = ("correction_category", "correction_agent_id", "channel", "model_provider",
+                    "model_name", "model_version", "intent", "language")
+QUARANTINE_SCRUBBED = ["reason", "raw"]
+UNREADABLE_LINE_NO = None  # a quarantine row for a whole unreadable file has no line number
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,6 +123,17 @@ class IngestResult:
     interactions: pl.DataFrame  # exactly INTERACTION_COLUMNS, in file/line order
     quarantined: pl.DataFrame  # exactly QUARANTINE_COLUMNS, in file/line order
     stats: dict[str, Any] = field(default_factory=dict)
+    # per row of ``interactions``: index of its file in the input list and its line number
+    positions: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(
+        schema={"file_idx": pl.Int32, "line_no": pl.Int64}))
+
+
+class UnreadableFile(Exception):
+    """A landing file that cannot be read as a whole; ``reason`` goes to the quarantine."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 # ---- shared helpers ---------------------------------------------------------------------------
@@ -134,6 +157,9 @@ def _python_record(line: str) -> tuple[dict | None, str | None, str | None]:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg} at column {exc.colno}", None
+    rejected = _import_rejected_reason(obj)
+    if rejected is not None:
+        return None, rejected, None
     if _SURROGATE_ESC.search(line):
         try:
             _dumps(obj).encode("utf-8")
@@ -149,6 +175,20 @@ def _python_record(line: str) -> tuple[dict | None, str | None, str | None]:
     if problems:
         return None, "; ".join(problems), rec.interaction_id
     return _stage_row(rec), None, rec.interaction_id
+
+
+def _import_rejected_reason(obj: Any) -> str | None:
+    """The reason of a line an importer rejected and wrapped as ``{"import_rejected": {format,
+    source, line_no, reason, raw}}`` (``ml.importers``); None for anything else."""
+    if not (isinstance(obj, dict) and len(obj) == 1 and isinstance(obj.get("import_rejected"),
+                                                                    dict)):
+        return None
+    env = obj["import_rejected"]
+    reason = env.get("reason")
+    if not isinstance(reason, str) or not reason:
+        return None
+    where = " ".join(str(env[k]) for k in ("format", "source") if isinstance(env.get(k), str))
+    return f"import rejected ({where}): {reason}" if where else f"import rejected: {reason}"
 
 
 def _range_problems(rec: InteractionRecord) -> list[str]:
@@ -209,8 +249,49 @@ def _is_blank(line: str) -> bool:
 
 
 def _parquet_lines(path: Path) -> list[str]:
-    """One JSON object text per Parquet row; NULL cells are left out (an absent field)."""
+    """One JSON object text per Parquet row; NULL cells are left out (an absent field).
+    Raises ``UnreadableFile`` when DuckDB cannot read the file."""
     import duckdb  # noqa: PLC0415 - only Parquet landing files need it
+    try:
+        return _parquet_lines_duckdb(duckdb, path)
+    except duckdb.Error as exc:
+        raise UnreadableFile(f"unreadable Parquet: {_one_line(exc)}") from None
+    except OSError as exc:
+        raise UnreadableFile(f"unreadable file: {exc}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500]
+
+
+def _is_gzip(path: Path) -> bool:
+    """Whether a JSONL landing file is gzip-compressed (by its magic bytes). Raises
+    ``UnreadableFile`` when it cannot be opened."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+    except OSError as exc:
+        raise UnreadableFile(f"unreadable file: {exc}") from None
+
+
+def _gunzip(path: Path) -> bytes:
+    """The decompressed bytes of a gzip JSONL file; ``UnreadableFile`` when it is corrupt."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            return fh.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UnreadableFile(f"unreadable gzip-compressed JSONL: {_one_line(exc)}") from None
+
+
+def _unreadable_row(file_idx: int | None, src: str, reason: str) -> dict:
+    row = dict(source_file=src, line_no=UNREADABLE_LINE_NO, interaction_id=None, reason=reason,
+               raw=None)
+    if file_idx is not None:
+        row["file_idx"] = file_idx
+    return row
+
+
+def _parquet_lines_duckdb(duckdb: Any, path: Path) -> list[str]:
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone='UTC'")
@@ -248,15 +329,20 @@ def _empty_quarantine() -> pl.DataFrame:
 # ---- the naive per-record path ----------------------------------------------------------------
 
 
-def _file_lines_python(path: Path) -> Iterator[tuple[int, str | None, str]]:
-    """(line_no, text or None when not UTF-8, display text) for every line of a landing file."""
+def _file_lines_python(path: Path) -> list[tuple[int, str | None, str]]:
+    """(line_no, text or None when not UTF-8, display text) for every line of a landing file.
+    Raises ``UnreadableFile`` when the file cannot be read as a whole."""
     if path.suffix == ".parquet":
-        for i, text in enumerate(_parquet_lines(path), 1):
-            yield i, text, text
-        return
-    data = path.read_bytes()
-    for i, (text, shown) in enumerate(_decode_lines(data), 1):
-        yield i, text, shown if text is None else text
+        return [(i, text, text) for i, text in enumerate(_parquet_lines(path), 1)]
+    if _is_gzip(path):
+        data = _gunzip(path)
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UnreadableFile(f"unreadable file: {exc}") from None
+    return [(i, text, shown if text is None else text)
+            for i, (text, shown) in enumerate(_decode_lines(data), 1)]
 
 
 def naive_ingest(paths: list[Path], partition_date: str, hash_key: bytes) -> IngestResult:
@@ -266,11 +352,17 @@ def naive_ingest(paths: list[Path], partition_date: str, hash_key: bytes) -> Ing
     quarantine: list[dict] = []
     first_raw: dict[str, str] = {}
     exact_dups: list[dict] = []
+    positions: list[tuple[int, int]] = []
     blank = lines = 0
-    for path in paths:
+    for file_idx, path in enumerate(paths):
         path = Path(path)
         src = str(path)
-        for line_no, text, shown in _file_lines_python(path):
+        try:
+            file_lines = _file_lines_python(path)
+        except UnreadableFile as exc:
+            quarantine.append(dict(_unreadable_row(None, src, exc.reason), partition_date=day))
+            continue
+        for line_no, text, shown in file_lines:
             lines += 1
             if text is None:
                 quarantine.append(dict(source_file=src, line_no=line_no, partition_date=day,
@@ -297,12 +389,15 @@ def naive_ingest(paths: list[Path], partition_date: str, hash_key: bytes) -> Ing
                 continue
             first_raw[row["interaction_id"]] = key
             rows.append(_finish_row_python(row, hash_key, src, day))
+            positions.append((file_idx, line_no))
     interactions = pl.DataFrame(rows, schema=INTERACTION_SCHEMA) if rows else \
         pl.DataFrame(schema=INTERACTION_SCHEMA)
-    quarantined = pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA) if quarantine else \
-        _empty_quarantine()
+    quarantined = scrub_quarantine(pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA)) \
+        if quarantine else _empty_quarantine()
     stats = _stats(len(paths), lines, blank, interactions, quarantined, exact_dups, None)
-    return IngestResult(interactions, quarantined, stats)
+    pos = pl.DataFrame(positions, schema={"file_idx": pl.Int32, "line_no": pl.Int64},
+                       orient="row")
+    return IngestResult(interactions, quarantined, stats, pos)
 
 
 def _finish_row_python(row: dict, hash_key: bytes, src: str, day: date) -> dict:
@@ -313,10 +408,20 @@ def _finish_row_python(row: dict, hash_key: bytes, src: str, day: date) -> dict:
         contents.append(sc)
         found.update(types)
     out_texts = {}
-    for col in ("response", "corrected_response", "feedback_comment"):
+    for col in SCRUBBED_COLUMNS:
+        if col in ("msg_contents", "tags"):
+            continue
         sc, types = scrub_text(row[col])
         out_texts[col] = sc
         found.update(types)
+    tags = []
+    for t in row["tags"]:
+        sc, types = scrub_text(t)
+        tags.append(sc)
+        found.update(types)
+    retrieval = row["retrieval"]
+    if retrieval is not None:
+        retrieval = _dumps(scrub_json_value(json.loads(retrieval), found))
     user_msgs = [c for r, c in zip(row["msg_roles"], contents) if r == "user"]
     return {
         "interaction_id": row["interaction_id"],
@@ -324,10 +429,10 @@ def _finish_row_python(row: dict, hash_key: bytes, src: str, day: date) -> dict:
         "session_id": hash_session(hash_key, row["session_raw"]),
         "turn_index": row["turn_index"],
         "ts": row["ts"],
-        "channel": row["channel"],
-        "model_provider": row["model_provider"],
-        "model_name": row["model_name"],
-        "model_version": row["model_version"],
+        "channel": out_texts["channel"],
+        "model_provider": out_texts["model_provider"],
+        "model_name": out_texts["model_name"],
+        "model_version": out_texts["model_version"],
         "messages": _dumps([{"role": r, "content": c}
                             for r, c in zip(row["msg_roles"], contents)]),
         "user_message": user_msgs[-1] if user_msgs else None,
@@ -335,7 +440,7 @@ def _finish_row_python(row: dict, hash_key: bytes, src: str, day: date) -> dict:
         "latency_ms": row["latency_ms"],
         "tokens_prompt": row["tokens_prompt"],
         "tokens_completion": row["tokens_completion"],
-        "retrieval": row["retrieval"],
+        "retrieval": retrieval,
         "feedback_rating": row["feedback_rating"],
         "feedback_thumbs": row["feedback_thumbs"],
         "feedback_comment": out_texts["feedback_comment"],
@@ -346,13 +451,13 @@ def _finish_row_python(row: dict, hash_key: bytes, src: str, day: date) -> dict:
         "accepted": row["accepted"],
         "modified": row["modified"],
         "time_to_first_use_s": row["time_to_first_use_s"],
-        "correction_agent_id": row["correction_agent_id"],
+        "correction_agent_id": out_texts["correction_agent_id"],
         "corrected_response": out_texts["corrected_response"],
-        "correction_reason": row["correction_reason"],
-        "correction_category": row["correction_category"],
-        "intent": row["intent"],
-        "language": row["language"],
-        "tags": row["tags"],
+        "correction_reason": out_texts["correction_reason"],
+        "correction_category": out_texts["correction_category"],
+        "intent": out_texts["intent"],
+        "language": out_texts["language"],
+        "tags": tags,
         "pii_types": [t for t in PII_TYPES if t in found],
         "source_file": src,
         "partition_date": day,
@@ -857,11 +962,16 @@ def ingest_files(paths: list[Path], partition_date: str, hash_key: bytes, *,
         try:
             return _ingest(paths, day, hash_key, chunk_bytes, n_workers)
         except BrokenProcessPool as exc:
-            # e.g. a script without an `if __name__ == "__main__":` guard: spawned workers
-            # re-run it and die; the in-process path gives the same result, only slower
-            warnings.warn(f"ingest worker processes failed ({exc}); continuing in-process",
-                          RuntimeWarning, stacklevel=2)
-    return _ingest(paths, day, hash_key, chunk_bytes, 0)
+            # e.g. a script without an `if __name__ == "__main__":` guard, or a worker killed
+            # for memory: the in-process path gives the same result, only slower
+            log.warning("ingest worker processes failed (%s); continuing in-process", exc)
+            result = _ingest(paths, day, hash_key, chunk_bytes, 0)
+            result.stats["worker_failures"] = 1
+            result.stats["worker_failure"] = _one_line(exc)
+            return result
+    result = _ingest(paths, day, hash_key, chunk_bytes, 0)
+    result.stats["worker_failures"] = 0
+    return result
 
 
 def _ingest(paths: list[Path], day: date, hash_key: bytes, chunk_bytes: int, n_workers: int
@@ -911,14 +1021,28 @@ def _ingest(paths: list[Path], day: date, hash_key: bytes, chunk_bytes: int, n_w
 
         for file_idx, path in enumerate(paths):
             src = str(path)
-            if path.suffix == ".parquet":
-                texts = _parquet_lines(path)
-                lines = pl.DataFrame({"line": texts}, schema={"line": pl.String}).with_row_index(
-                    "line_no", offset=1).with_columns(pl.col("line_no").cast(pl.Int64))
-                lap("read")
-                take(*_chunk_job(src, file_idx, lines, [], texts, hash_key, day, lap), file_idx)
+            try:
+                if path.suffix == ".parquet":
+                    texts = _parquet_lines(path)
+                    lines = pl.DataFrame({"line": texts}, schema={"line": pl.String}
+                                         ).with_row_index("line_no", offset=1).with_columns(
+                        pl.col("line_no").cast(pl.Int64))
+                    bad_utf8: list[dict] = []
+                elif _is_gzip(path):  # decompressed whole, processed in-process
+                    lines, bad_utf8, texts = _lines_frame(0, _gunzip(path))
+                else:
+                    bounds = _chunk_bounds(path, chunk_bytes)
+                    lines = None
+            except UnreadableFile as exc:
+                # the file as a whole goes to quarantine; the other files go on
+                quarantine.append(_unreadable_row(file_idx, src, exc.reason))
                 continue
-            for start, end in _chunk_bounds(path, chunk_bytes):
+            if lines is not None:
+                lap("read")
+                take(*_chunk_job(src, file_idx, lines, bad_utf8, texts, hash_key, day, lap),
+                     file_idx)
+                continue
+            for start, end in bounds:
                 if pool is not None:
                     out_path = os.path.join(exchange, f"{file_idx}-{start}.arrow")
                     pending.append((file_idx, pool.submit(_chunk_worker, src, file_idx, start,
@@ -966,12 +1090,13 @@ def _ingest(paths: list[Path], day: date, hash_key: bytes, chunk_bytes: int, n_w
     if later_rows.height:
         all_rows = all_rows.filter(first)
     interactions = all_rows.select(list(INTERACTION_SCHEMA))
+    positions = all_rows.select(pl.col("file_idx").cast(pl.Int32), "line_no")
     del all_rows, conflicts, later_rows, first
     if quarantine:
         q = pl.DataFrame(quarantine, schema={"file_idx": pl.Int32, **{
             k: v for k, v in QUARANTINE_SCHEMA.items() if k != "partition_date"}})
-        quarantined = q.sort("file_idx", "line_no").with_columns(
-            pl.lit(day).alias("partition_date")).select(list(QUARANTINE_SCHEMA))
+        quarantined = scrub_quarantine(q.sort("file_idx", "line_no").with_columns(
+            pl.lit(day).alias("partition_date")).select(list(QUARANTINE_SCHEMA)))
     else:
         quarantined = _empty_quarantine()
     stats = _stats(len(paths), totals["lines"], totals["blank"], interactions, quarantined,
@@ -979,7 +1104,15 @@ def _ingest(paths: list[Path], day: date, hash_key: bytes, chunk_bytes: int, n_w
     lap("dedup")
     stats["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     stats["workers"] = n_workers
-    return IngestResult(interactions, quarantined, stats)
+    return IngestResult(interactions, quarantined, stats, positions)
+
+
+def scrub_quarantine(quarantined: pl.DataFrame) -> pl.DataFrame:
+    """Quarantine rows with their ``raw`` text and ``reason`` PII-scrubbed (a reason may quote a
+    value); the rest as it is."""
+    if quarantined.height == 0:
+        return quarantined
+    return scrub_frame(quarantined, QUARANTINE_SCRUBBED)[0]
 
 
 def _read_lines(path: Path, wanted: set[int]) -> dict[int, str]:
@@ -987,6 +1120,9 @@ def _read_lines(path: Path, wanted: set[int]) -> dict[int, str]:
     if path.suffix == ".parquet":
         texts = _parquet_lines(path)
         return {n: texts[n - 1] for n in wanted}
+    if _is_gzip(path):
+        texts = _gunzip(path).split(b"\n")
+        return {n: texts[n - 1].decode("utf-8") for n in wanted}
     out: dict[int, str] = {}
     last = max(wanted)
     with open(path, "rb") as fh:
@@ -998,6 +1134,63 @@ def _read_lines(path: Path, wanted: set[int]) -> dict[int, str]:
     return out
 
 
+def _scrub_stage(kept: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
+    """Scrub every free-text column of the stage rows; return them and ``pii_types``.
+
+    Low-cardinality columns (channel, model, intent, ...) are scrubbed once per distinct value;
+    ``retrieval`` (JSON text) is decoded, scrubbed value by value and re-encoded only on the rows
+    whose text could hold PII (``json_text_candidates``)."""
+    low = [c for c in _LOW_CARDINALITY if c in kept.columns]
+    other = [c for c in SCRUBBED_COLUMNS if c not in low]
+    scrubbed, pii_types = scrub_frame(kept, other)
+    flags: dict[str, pl.Series] = {}
+
+    def add(t: str, flag: pl.Series) -> None:
+        flags[t] = flag if t not in flags else (flags[t] | flag)
+
+    replaced = []
+    for col in low:
+        values = scrubbed.get_column(col)
+        distinct = values.drop_nulls().unique()
+        clean, types = scrub_frame(pl.DataFrame({col: distinct}), [col])
+        changed = types.list.len() > 0
+        if not changed.any():
+            continue
+        mapping = pl.DataFrame({col: distinct, "_clean": clean.get_column(col),
+                                "_types": types}).filter(changed)
+        joined = pl.DataFrame({col: values}).join(mapping, on=col, how="left",
+                                                  maintain_order="left")
+        replaced.append(pl.coalesce(joined.get_column("_clean"), values).alias(col))
+        for t in PII_TYPES:
+            add(t, joined.get_column("_types").list.contains(t).fill_null(False))
+    retrieval = scrubbed.get_column("retrieval")
+    idx = json_text_candidates(retrieval).arg_true()
+    if idx.len():
+        texts, row_types = [], []
+        for text in retrieval.gather(idx).to_list():
+            found: set[str] = set()
+            texts.append(_dumps(scrub_json_value(json.loads(text), found)))
+            row_types.append(found)
+        new = retrieval.clone()
+        new.scatter(idx, pl.Series(texts, dtype=pl.String))
+        replaced.append(new)
+        for t in PII_TYPES:
+            hit = [i for i, found in zip(idx.to_list(), row_types) if t in found]
+            if hit:
+                flag = pl.Series([False] * kept.height, dtype=pl.Boolean)
+                flag.scatter(hit, True)
+                add(t, flag)
+    if replaced:
+        scrubbed = scrubbed.with_columns(replaced)
+    if flags:
+        merged = pl.DataFrame({t: pii_types.list.contains(t) | flags[t] if t in flags
+                               else pii_types.list.contains(t) for t in PII_TYPES})
+        pii_types = merged.select(pl.concat_list(
+            [pl.when(pl.col(t)).then(pl.lit(t)).otherwise(pl.lit(None, pl.String))
+             for t in PII_TYPES]).list.drop_nulls().alias("pii_types")).to_series()
+    return scrubbed, pii_types
+
+
 def _finish_frame(kept: pl.DataFrame, hash_key: bytes, day: date,
                   lap: Callable[[str], None] = lambda stage: None,
                   keep: list[str] = ()) -> pl.DataFrame:  # type: ignore[assignment]
@@ -1006,7 +1199,7 @@ def _finish_frame(kept: pl.DataFrame, hash_key: bytes, day: date,
     schema = {**INTERACTION_SCHEMA, **{k: kept.schema[k] for k in keep}}
     if kept.height == 0:
         return pl.DataFrame(schema=schema)
-    scrubbed, pii_types = scrub_frame(kept, SCRUBBED_COLUMNS)
+    scrubbed, pii_types = _scrub_stage(kept)
     lap("scrub")
     scrubbed = scrubbed.with_columns(pii_types.alias("pii_types"))
     # messages JSON and the last user message, on the flattened messages (no group-by)
@@ -1041,3 +1234,71 @@ def _finish_frame(kept: pl.DataFrame, hash_key: bytes, day: date,
     ).select(list(schema)).cast(schema)
     lap("hash")
     return out
+
+
+# ---- duplicates across partitions --------------------------------------------------------------
+
+CROSS_PARTITION_REASON = "duplicate interaction_id of partition {day}"
+# what makes two ingested copies of a record the same: every column but where and when it landed
+CONTENT_COLUMNS = [c for c in INTERACTION_COLUMNS if c not in ("partition_date", "source_file")]
+
+
+def drop_cross_partition_duplicates(result: IngestResult, earlier: pl.DataFrame,
+                                    paths: list[Path]) -> IngestResult:
+    """Resolve ids of ``result`` that other partitions already hold.
+
+    ``earlier``: rows (INTERACTION_COLUMNS) of *other* partitions of the ``interactions`` table
+    whose ``interaction_id`` is among ``result.interactions`` (when an id is in several, the
+    earliest partition counts). A row whose content (``CONTENT_COLUMNS``: everything but
+    ``partition_date`` and ``source_file``) equals the earlier one is an exact copy and is dropped
+    (``stats["cross_partition_duplicates"]``, listed in ``..._rows``); a row with different
+    content is quarantined with reason ``duplicate interaction_id of partition YYYY-MM-DD`` and
+    its raw line (read back from ``paths``, PII-scrubbed). ``paths``: the files ``result`` was
+    ingested from, in the same order."""
+    stats = dict(result.stats)
+    stats["cross_partition_duplicates"] = 0
+    stats["cross_partition_duplicate_rows"] = []
+    stats["cross_partition_conflicts"] = 0
+    good = result.interactions
+    if earlier.height == 0 or good.height == 0:
+        return IngestResult(good, result.quarantined, stats, result.positions)
+    earlier = (earlier.select(list(INTERACTION_SCHEMA)).cast(INTERACTION_SCHEMA)
+               .sort("partition_date").unique("interaction_id", keep="first",
+                                              maintain_order=True))
+    old = earlier.select("interaction_id", pl.col("partition_date").alias("_other"),
+                         *[pl.col(c).alias(f"{c}__old") for c in CONTENT_COLUMNS])
+    rows = pl.concat([good.with_row_index("_row"), result.positions], how="horizontal")
+    hits = rows.join(old, on="interaction_id", how="inner", maintain_order="left")
+    if hits.height == 0:
+        return IngestResult(good, result.quarantined, stats, result.positions)
+    same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"{c}__old"))
+                              for c in CONTENT_COLUMNS])
+    hits = hits.with_columns(same.alias("_same"))
+    exact = hits.filter(pl.col("_same"))
+    conflicts = hits.filter(~pl.col("_same"))
+    wanted: dict[int, set[int]] = {}
+    for fi, ln in conflicts.select("file_idx", "line_no").iter_rows():
+        wanted.setdefault(fi, set()).add(ln)
+    raw_text = {fi: _read_lines(Path(paths[fi]), lines) for fi, lines in wanted.items()}
+    new_bad = pl.DataFrame([
+        dict(source_file=r["source_file"], line_no=r["line_no"],
+             partition_date=r["partition_date"], interaction_id=r["interaction_id"],
+             reason=CROSS_PARTITION_REASON.format(day=r["_other"].isoformat()),
+             raw=raw_text[r["file_idx"]][r["line_no"]])
+        for r in conflicts.iter_rows(named=True)], schema=QUARANTINE_SCHEMA)
+    new_bad = scrub_quarantine(new_bad)
+    keep = ~rows.get_column("_row").is_in(hits.get_column("_row").implode())
+    interactions = good.filter(keep)
+    positions = result.positions.filter(keep)
+    quarantined = pl.concat([result.quarantined, new_bad]) if new_bad.height else \
+        result.quarantined
+    stats["cross_partition_duplicates"] = exact.height
+    stats["cross_partition_duplicate_rows"] = exact.select(
+        "interaction_id", "source_file", "line_no",
+        pl.col("_other").dt.to_string("%Y-%m-%d").alias("partition")).to_dicts()
+    stats["cross_partition_conflicts"] = new_bad.height
+    stats["accepted"] = interactions.height
+    stats["quarantined"] = quarantined.height
+    stats["pii_rows"] = int((interactions["pii_types"].list.len() > 0).sum()) \
+        if interactions.height else 0
+    return IngestResult(interactions, quarantined, stats, positions)

@@ -380,3 +380,78 @@ def scrub_frame(df: pl.DataFrame, columns: list[str]) -> tuple[pl.DataFrame, pl.
                 add(t, f)
     out = df.with_columns(replaced) if replaced else df
     return out, _types_column(flags, n)
+
+
+# ---- JSON values ------------------------------------------------------------------------------
+
+
+def scrub_json_value(value: object, found: set[str]) -> object:
+    """Scrub every string of a decoded JSON value (object keys too); a number whose digits are PII
+    (a card number written as a JSON integer, ...) becomes its scrubbed text. Adds the PII types
+    replaced to ``found``."""
+    if isinstance(value, str):
+        out, types = scrub_text(value)
+        found.update(types)
+        return out
+    if isinstance(value, dict):
+        return {scrub_json_value(k, found): scrub_json_value(v, found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_json_value(v, found) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        out, types = scrub_text(str(value))
+        if types:
+            found.update(types)
+            return out
+    return value
+
+
+_JSON_ESCAPE = r'\\(?:u[0-9A-Fa-f]{4}|["\\/bfnrt])'
+
+
+def json_text_candidates(s: pl.Series) -> pl.Series:
+    """Boolean per JSON text of ``s``: could a string or number inside hold PII? JSON escapes are
+    read as a space first (every escaped character is a non-word character, so the word
+    boundaries are those of the decoded strings): a superset of the texts ``scrub_json_value``
+    changes, used to pick the few rows worth decoding."""
+    return s.str.replace_all(_JSON_ESCAPE, " ").str.contains(_ANY).fill_null(False)
+
+
+# ---- detection in a DuckDB table (the asset check) --------------------------------------------
+
+
+def _re2(pattern: str) -> str:
+    """A rule pattern for DuckDB's RE2: an inline ``(?i)`` prefix becomes a scoped group (RE2's
+    ``\\b`` is ASCII, as Python's ``re.ASCII`` reads it)."""
+    return f"(?i:{pattern[4:]})" if pattern.startswith("(?i)") else pattern
+
+
+RE2_ANY = "|".join(f"(?:{_re2(r.pattern)})" for r in _RULES)
+
+
+def residual_pii_in_table(con, table: str, where: str = "true", params: list | None = None,
+                          skip: tuple[str, ...] = ()) -> list[dict]:
+    """PII left in the rows of DuckDB ``table`` matching ``where``: every VARCHAR and VARCHAR[]
+    column except ``skip``. DuckDB (RE2) picks the values matching any rule's pattern; ``find_pii``
+    (Python ``re``, with the checksum rules and placeholders ignored) decides. Independent of
+    ``scrub_frame``'s engine (Polars / Rust regex). Returns ``[{column, pii_type, values}]``:
+    per column and type, the number of values holding it."""
+    cols = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+        "ORDER BY ordinal_position", [table]).fetchall()
+    if not cols:
+        raise ValueError(f"residual_pii_in_table: no table {table!r} in the warehouse")
+    out: list[dict] = []
+    for name, typ in cols:
+        if name in skip or typ not in ("VARCHAR", "VARCHAR[]"):
+            continue
+        value = f'"{name}"' if typ == "VARCHAR" else f'unnest("{name}")'
+        rows = con.execute(
+            f'SELECT v FROM (SELECT {value} AS v FROM "{table}" WHERE {where}) '
+            f"WHERE regexp_matches(v, ?)", [*(params or []), RE2_ANY]).fetchall()
+        counts: dict[str, int] = {}
+        for (v,) in rows:
+            for t in {t for t, _ in find_pii(v)}:
+                counts[t] = counts.get(t, 0) + 1
+        out.extend({"column": name, "pii_type": t, "values": counts[t]}
+                   for t in PII_TYPES if t in counts)
+    return out

@@ -35,7 +35,7 @@ def _all_valid(records: list[dict]) -> None:
 # ---- hh-rlhf ------------------------------------------------------------------------------------
 
 def test_hh_rlhf_sample_imports_every_pair():
-    res = import_file("hh-rlhf", HH, tenant_id="lab", import_time=T0)
+    res = import_file("hh-rlhf", HH, tenant_id="lab", timestamp=T0)
     assert len(res.records) == 2354
     assert res.rejected == []
     _all_valid(res.records)
@@ -49,7 +49,7 @@ def test_hh_rlhf_sample_imports_every_pair():
     differs = [r for r in res.records if "hh-rlhf:context-differs" in r["metadata"]["tags"]]
     assert len(differs) == 9
     # deterministic ids: a second import gives the same ones
-    again = import_file("hh-rlhf", HH, tenant_id="lab", import_time=T0)
+    again = import_file("hh-rlhf", HH, tenant_id="lab", timestamp=T0)
     assert [r["interaction_id"] for r in again.records] == ids
 
 
@@ -57,7 +57,7 @@ def test_hh_rlhf_mapping_of_one_pair_exactly():
     with gzip.open(HH, "rt", encoding="utf-8") as fh:
         fh.readline()
         pair = json.loads(fh.readline())  # line 2: a three-turn conversation
-    rec = import_file("hh-rlhf", HH, import_time=T0).records[1]
+    rec = import_file("hh-rlhf", HH, timestamp=T0).records[1]
     chosen_last = pair["chosen"].rsplit("\n\nAssistant: ", 1)[1]
     rejected_last = pair["rejected"].rsplit("\n\nAssistant: ", 1)[1]
     assert rec["response"] == rejected_last
@@ -86,7 +86,7 @@ def test_hh_rlhf_plain_file_and_bad_lines(tmp_path):
         '"rejected": "\\n\\nHuman: hi\\n\\nAssistant: b"}',
         "not json",
     ]) + "\n", encoding="utf-8")
-    res = import_file("hh-rlhf", path, import_time=T0)
+    res = import_file("hh-rlhf", path, timestamp=T0)
     assert len(res.records) == 1 and res.blank_lines == 1
     reasons = {r["line_no"]: r["reason"] for r in res.rejected}
     assert set(reasons) == {3, 4, 5, 6}
@@ -106,7 +106,7 @@ def test_parse_hh_transcript():
 # ---- oasst --------------------------------------------------------------------------------------
 
 def test_oasst_sample_every_assistant_message():
-    res = import_file("oasst", OASST, import_time=T0)
+    res = import_file("oasst", OASST, timestamp=T0)
     assert len(res.records) == 687
     assert res.rejected == []
     _all_valid(res.records)
@@ -127,7 +127,7 @@ def test_oasst_mapping_of_first_tree_exactly():
     prompt = tree["prompt"]
     replies = {m["rank"]: m for m in prompt["replies"]}
     assert sorted(replies) == [0, 1, 2]
-    recs = {r["interaction_id"]: r for r in import_file("oasst", OASST, import_time=T0).records}
+    recs = {r["interaction_id"]: r for r in import_file("oasst", OASST, timestamp=T0).records}
     best, mid, worst = (recs[replies[k]["message_id"]] for k in (0, 1, 2))
     for rec in (best, mid, worst):
         assert rec["session_id"] == tree["message_tree_id"]
@@ -148,7 +148,7 @@ def test_oasst_mapping_of_first_tree_exactly():
 
 
 def test_oasst_emoji_votes_override_rank():
-    res = import_file("oasst", OASST, import_time=T0)
+    res = import_file("oasst", OASST, timestamp=T0)
     by_id = {r["interaction_id"]: r for r in res.records}
     flagged, downvoted = [], []
 
@@ -198,7 +198,7 @@ def test_openai_chat_each_assistant_turn_becomes_an_interaction(tmp_path):
                           {"role": "user", "content": "2+2?"},
                           {"role": "assistant", "content": "4"}]}
     path = _write_jsonl(tmp_path / "chats.jsonl", [conv, plain])
-    res = import_file("openai-chat", path, tenant_id="acme", import_time=T0)
+    res = import_file("openai-chat", path, tenant_id="acme", timestamp=T0)
     assert res.rejected == []
     _all_valid(res.records)
     assert len(res.records) == 3
@@ -216,7 +216,7 @@ def test_openai_chat_each_assistant_turn_becomes_an_interaction(tmp_path):
     assert c["messages"][0] == {"role": "system", "content": "Be brief."}
     assert c["session_id"] != a["session_id"] and c["tenant_id"] == "acme"
     assert len({a["interaction_id"], b["interaction_id"], c["interaction_id"]}) == 3
-    again = import_file("openai-chat", path, tenant_id="acme", import_time=T0)
+    again = import_file("openai-chat", path, tenant_id="acme", timestamp=T0)
     assert [r["interaction_id"] for r in again.records] == [r["interaction_id"]
                                                             for r in res.records]
 
@@ -232,7 +232,7 @@ def test_openai_chat_rejects_bad_lines_with_the_field(tmp_path):
         {"messages": [{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}]},
         [1, 2],
     ])
-    res = import_file("openai-chat", path, import_time=T0)
+    res = import_file("openai-chat", path, timestamp=T0)
     assert len(res.records) == 1
     reasons = {r["line_no"]: r["reason"] for r in res.rejected}
     assert "invalid JSON" in reasons[2]
@@ -372,7 +372,8 @@ def test_import_to_landing_wraps_foreign_rejects_so_ingest_quarantines_them(tmp_
 
 
 def test_import_to_landing_real_hh_rlhf(tmp_path):
-    summary = import_to_landing("hh-rlhf", HH, tmp_path / "landing", "lab", import_time=T0)
+    summary = import_to_landing("hh-rlhf", HH, tmp_path / "landing", "lab", import_time=T0,
+                                timestamp=T0)
     assert summary["accepted"] == 2354 and summary["quarantined"] == 0
     (f,) = summary["files"]
     assert Path(f).parent.name == "date=2026-11-03"

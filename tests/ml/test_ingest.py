@@ -14,6 +14,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from ml.ingest import DUPLICATE_REASON, ingest_files, naive_ingest
+from ml.pii import scrub_text
 from ml.schema import INTERACTION_COLUMNS, QUARANTINE_COLUMNS, RecordError, validate_record
 
 DAY = "2024-03-01"
@@ -213,7 +214,8 @@ def test_quarantine_reasons_name_the_field(tmp_path):
     assert q.height == len(variants)
     for (line, field), row in zip(variants, q.iter_rows(named=True)):
         assert field in row["reason"], (field, row["reason"])
-        assert row["raw"] == line
+        assert row["raw"] == scrub_text(line)[0]  # the raw text, PII-scrubbed
+        assert "a.b@example.com" not in row["raw"]
         assert row["line_no"] == lines.index(line) + 1
         assert row["partition_date"] == datetime(2024, 3, 1).date()
     by_field = dict(zip([f for _, f in variants], q["reason"]))
@@ -258,7 +260,8 @@ def test_dedup_exact_dropped_conflict_quarantined(tmp_path):
     ]
     assert res.quarantined.height == 1
     q = res.quarantined.row(0, named=True)
-    assert q["reason"] == DUPLICATE_REASON and q["raw"] == changed and q["line_no"] == 1
+    assert q["reason"] == DUPLICATE_REASON and q["raw"] == scrub_text(changed)[0]
+    assert q["line_no"] == 1
 
 
 def test_deterministic(tmp_path):
@@ -316,3 +319,207 @@ def test_wrong_type_goes_to_quarantine_not_coerced(tmp_path, field):
     res = ingest_files([write(tmp_path, "w.jsonl", [json.dumps(good(1, **over))])], DAY, KEY)
     assert res.interactions.height == 0
     assert res.quarantined["reason"][0].startswith(field)
+
+
+# ---- unreadable files, PII in every free-text field, import rejects, cross-partition ids -------
+
+from ml.ingest import CROSS_PARTITION_REASON, drop_cross_partition_duplicates  # noqa: E402
+from ml.pii import find_pii  # noqa: E402
+
+
+def _pii_everywhere(i: int) -> dict:
+    """A record with PII in every free-text field (ids and enums excepted)."""
+    mail = f"pii{i}@example.com"
+    return good(
+        i,
+        channel=f"web {mail}",
+        model={"provider": f"p {mail}", "name": "call 555-123-4567", "version": f"v1 {mail}"},
+        messages=[{"role": "user", "content": f"I am {mail}"}],
+        response=f"ok {mail}",
+        retrieval=[{"doc": f"kb/{mail}", "card": 4111111111111111, mail: "key"},
+                   f"card 4111 1111 1111 1111 for {mail}"],
+        feedback={"rating": 2, "comment": f"reach {mail}"},
+        human_correction={"agent_id": f"agent {mail}", "corrected_response": f"to {mail}",
+                          "reason": f"wrong address, use {mail}",
+                          "category": f"cat {mail}"},
+        metadata={"intent": f"i {mail}", "language": f"en {mail}",
+                  "tags": [f"vip {mail}", "plain", "ip 10.1.2.3"]},
+    )
+
+
+def _residual(frame: pl.DataFrame) -> dict[str, list]:
+    """Independent of the scrubber: find_pii on every string (and list element) of ``frame``."""
+    out: dict[str, list] = {}
+    for col, dtype in frame.schema.items():
+        if dtype == pl.String:
+            values = frame[col].drop_nulls().to_list()
+        elif dtype == pl.List(pl.String):
+            values = [v for vs in frame[col].drop_nulls().to_list() for v in vs if v is not None]
+        else:
+            continue
+        found = [hit for v in values for hit in find_pii(v)]
+        if found:
+            out[col] = found
+    return out
+
+
+def test_pii_in_every_free_text_field_comes_out_clean(tmp_path):
+    p = write(tmp_path, "pii.jsonl", [json.dumps(_pii_everywhere(i)) for i in range(1, 4)])
+    for res in (ingest_files([p], DAY, KEY, workers=0), naive_ingest([p], DAY, KEY)):
+        out = res.interactions
+        assert out.height == 3
+        assert _residual(out) == {}
+        row = out.row(0, named=True)
+        for col in ("channel", "model_provider", "model_name", "model_version", "response",
+                    "feedback_comment", "correction_agent_id", "corrected_response",
+                    "correction_reason", "correction_category", "intent", "language",
+                    "user_message", "messages", "retrieval"):
+            assert "example.com" not in row[col], col
+        assert row["model_name"] == "call [PHONE]"
+        assert row["tags"] == ["vip [EMAIL]", "plain", "ip [IP_ADDRESS]"]
+        retrieval = json.loads(row["retrieval"])
+        assert retrieval == [{"doc": "kb/[EMAIL]", "card": "[CREDIT_CARD]", "[EMAIL]": "key"},
+                             "card [CREDIT_CARD] for [EMAIL]"]
+        assert row["pii_types"] == ["EMAIL", "CREDIT_CARD", "IP_ADDRESS", "PHONE"]
+        # keys and enums are untouched
+        assert row["interaction_id"] == "id-1" and row["tenant_id"] == "acme"
+    v, n = ingest_files([p], DAY, KEY, workers=0), naive_ingest([p], DAY, KEY)
+    assert_frame_equal(v.interactions, n.interactions)
+
+
+def test_retrieval_without_pii_is_left_byte_for_byte(tmp_path):
+    rec = good(1, retrieval=[{"doc": "kb/1", "score": 0.5, "n": 12, "t": "line\nbreak \"q\""}])
+    p = write(tmp_path, "r.jsonl", [json.dumps(rec)])
+    res = ingest_files([p], DAY, KEY, workers=0)
+    assert res.interactions["retrieval"][0] == json.dumps(rec["retrieval"], ensure_ascii=False,
+                                                          separators=(",", ":"))
+    # an e-mail right after an escaped newline is found in the decoded string
+    rec = good(2, retrieval=["line\nbob@example.com", "x\t555-123-4567"])
+    p = write(tmp_path, "r2.jsonl", [json.dumps(rec)])
+    for res in (ingest_files([p], DAY, KEY, workers=0), naive_ingest([p], DAY, KEY)):
+        assert json.loads(res.interactions["retrieval"][0]) == ["line\n[EMAIL]", "x\t[PHONE]"]
+
+
+def test_quarantine_raw_and_reason_are_scrubbed(tmp_path):
+    bad = json.dumps(good(1, feedback={"rating": 9}))
+    p = write(tmp_path, "q.jsonl", [bad])
+    for res in (ingest_files([p], DAY, KEY, workers=0), naive_ingest([p], DAY, KEY)):
+        (row,) = res.quarantined.iter_rows(named=True)
+        assert "feedback.rating" in row["reason"]
+        assert find_pii(row["raw"]) == [] and "[EMAIL]" in row["raw"]
+        assert json.loads(row["raw"])["tenant_id"] == "acme"  # still JSON
+
+
+def _corrupt_parquet(tmp_path: Path) -> Path:
+    p = tmp_path / "broken.parquet"
+    p.write_bytes(b"PAR1 this is not a parquet file at all PAR1")
+    return p
+
+
+def test_unreadable_parquet_is_one_quarantine_row_and_the_rest_goes_on(tmp_path):
+    good_file = write(tmp_path, "a.jsonl", [json.dumps(good(1)), json.dumps(good(2))])
+    broken = _corrupt_parquet(tmp_path)
+    paths = [broken, good_file]
+    for res in (ingest_files(paths, DAY, KEY, workers=0), naive_ingest(paths, DAY, KEY)):
+        assert res.interactions["interaction_id"].to_list() == ["id-1", "id-2"]
+        (row,) = res.quarantined.iter_rows(named=True)
+        assert row["source_file"] == str(broken)
+        assert row["reason"].startswith("unreadable Parquet: ")
+        assert row["line_no"] is None and row["raw"] is None and row["interaction_id"] is None
+    assert_frame_equal(ingest_files(paths, DAY, KEY).quarantined,
+                       naive_ingest(paths, DAY, KEY).quarantined)
+
+
+def test_gzip_jsonl_is_read_and_a_corrupt_one_is_quarantined(tmp_path):
+    import gzip as gz
+    ok = tmp_path / "ok.jsonl"
+    ok.write_bytes(gz.compress((json.dumps(good(1)) + "\n" + json.dumps(good(2)) + "\n").encode()))
+    corrupt = tmp_path / "corrupt.jsonl"
+    corrupt.write_bytes(gz.compress(((json.dumps(good(3)) + "\n") * 50).encode())[:60])  # cut
+    plain = write(tmp_path, "plain.jsonl", [json.dumps(good(4))])
+    paths = [ok, corrupt, plain]
+    v, n = ingest_files(paths, DAY, KEY, workers=0), naive_ingest(paths, DAY, KEY)
+    for res in (v, n):
+        assert res.interactions["interaction_id"].to_list() == ["id-1", "id-2", "id-4"]
+        (row,) = res.quarantined.iter_rows(named=True)
+        assert row["source_file"] == str(corrupt)
+        assert row["reason"].startswith("unreadable gzip-compressed JSONL: ")
+    assert_frame_equal(v.interactions, n.interactions)
+    assert_frame_equal(v.quarantined, n.quarantined)
+
+
+def test_invalid_utf8_lines_are_quarantined_one_by_one(tmp_path):
+    p = tmp_path / "bytes.jsonl"
+    p.write_bytes(json.dumps(good(1)).encode() + b"\n\xff\xfe garbage\n" + json.dumps(good(2)).encode()
+                  + b"\n")
+    for res in (ingest_files([p], DAY, KEY, workers=0), naive_ingest([p], DAY, KEY)):
+        assert res.interactions["interaction_id"].to_list() == ["id-1", "id-2"]
+        (row,) = res.quarantined.iter_rows(named=True)
+        assert row["reason"] == "invalid UTF-8" and row["line_no"] == 2
+
+
+def test_import_rejected_wrapper_gives_the_importers_reason(tmp_path):
+    from ml.importers import import_to_landing
+    src = tmp_path / "chats.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "no answer"}]}) + "\n",
+                   encoding="utf-8")
+    summary = import_to_landing("openai-chat", src, tmp_path / "landing")
+    rejected = [Path(f) for f in summary["files"] if "-rejected-" in f]
+    for res in (ingest_files(rejected, DAY, KEY), naive_ingest(rejected, DAY, KEY)):
+        (row,) = res.quarantined.iter_rows(named=True)
+        assert row["reason"].startswith("import rejected (openai-chat chats.jsonl): line 1: ")
+        assert "no assistant turn" in row["reason"]
+        assert "Field required" not in row["reason"]
+        assert json.loads(row["raw"])["import_rejected"]["line_no"] == 1
+
+
+def test_cross_partition_copies_dropped_conflicts_quarantined(tmp_path):
+    day1 = write(tmp_path, "d1.jsonl", [json.dumps(good(1)), json.dumps(good(2))])
+    earlier = ingest_files([day1], "2024-02-29", KEY).interactions
+    changed = json.dumps(good(2, response="another reply"))
+    day2 = write(tmp_path, "d2.jsonl", [json.dumps(good(1)), changed, json.dumps(good(3))])
+    res = ingest_files([day2], DAY, KEY)
+    out = drop_cross_partition_duplicates(res, earlier, [day2])
+    assert out.interactions["interaction_id"].to_list() == ["id-3"]
+    assert out.positions.rows() == [(0, 3)]
+    assert out.stats["cross_partition_duplicates"] == 1
+    assert out.stats["cross_partition_duplicate_rows"] == [
+        {"interaction_id": "id-1", "source_file": str(day2), "line_no": 1,
+         "partition": "2024-02-29"}]
+    assert out.stats["cross_partition_conflicts"] == 1 and out.stats["accepted"] == 1
+    (q,) = out.quarantined.iter_rows(named=True)
+    assert q["reason"] == CROSS_PARTITION_REASON.format(day="2024-02-29")
+    assert q["reason"] == "duplicate interaction_id of partition 2024-02-29"
+    assert q["line_no"] == 2 and q["interaction_id"] == "id-2"
+    assert q["raw"] == scrub_text(changed)[0]
+    # nothing earlier: unchanged
+    same = drop_cross_partition_duplicates(res, earlier.clear(), [day2])
+    assert_frame_equal(same.interactions, res.interactions)
+
+
+def test_positions_follow_the_rows(tmp_path):
+    p = write(tmp_path, "p.jsonl", ["", json.dumps(good(1)), "{bad", json.dumps(good(2)),
+                                    json.dumps(good(1))])
+    for res in (ingest_files([p], DAY, KEY, workers=0), naive_ingest([p], DAY, KEY)):
+        assert res.positions.rows() == [(0, 2), (0, 4)]
+
+
+def test_crashed_workers_are_logged_and_counted(tmp_path, monkeypatch, caplog):
+    from concurrent.futures.process import BrokenProcessPool
+
+    import ml.ingest as ingest
+    real = ingest._ingest
+
+    def crash_with_workers(paths, day, key, chunk_bytes, n_workers):
+        if n_workers:
+            raise BrokenProcessPool("a worker died")
+        return real(paths, day, key, chunk_bytes, n_workers)
+
+    monkeypatch.setattr(ingest, "_ingest", crash_with_workers)
+    p = write(tmp_path, "w.jsonl", [json.dumps(good(1))])
+    with caplog.at_level("WARNING", logger="ml.ingest"):
+        res = ingest.ingest_files([p], DAY, KEY, workers=2)
+    assert res.interactions.height == 1
+    assert res.stats["worker_failures"] == 1 and "a worker died" in res.stats["worker_failure"]
+    assert any("worker processes failed" in r.getMessage() for r in caplog.records)
+    assert ingest.ingest_files([p], DAY, KEY, workers=0).stats["worker_failures"] == 0
