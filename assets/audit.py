@@ -42,6 +42,7 @@ from ml.audit.candidates import (
     select_candidates,
 )
 from ml.audit.metrics import find_truth_files, precision_recall, read_truth
+from ml.audit.tables import ensure as ensure_audit_table
 from ml.audit.tables import query, upsert_rows
 from ml.llm import from_env
 from ml.llm.errors import ConfigError
@@ -450,6 +451,7 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
     url = learnloop.store()
     run_key = config.candidates_run_id.strip() or selection_run_id(context)
     with learnloop.warehouse() as con:
+        ensure_audit_table(con, "audited_errors")  # exists even when every audit fails
         cands = read_run_candidates(con, run_key)
     if cands.height == 0 and not _materialized_in_run(context, run_key):
         raise dg.Failure(
@@ -503,7 +505,8 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
         context.log.info(f"saved {min(start + len(chunk), len(ids))}/{len(ids)}: "
                          f"{totals.audited} verdicts, {len(totals.failures)} failures")
     for f in totals.failures[:20]:
-        context.log.warning(f"audit of {f.interaction_id} failed (retried next run): {f.reason}")
+        context.log.warning(f"audit of {f.interaction_id} failed (retried next run unless given "
+                            f"up): {f.reason}")
     if totals.given_up:
         context.log.warning(f"{len(totals.given_up)} interactions reached {config.max_attempts} "
                             f"failed audits and are given up: {totals.given_up[:10]}")

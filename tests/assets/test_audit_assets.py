@@ -160,6 +160,9 @@ def test_jobs_and_schedules_are_defined():
     )
     dg.Definitions.validate_loadable(defs)
     assert hourly_audit_schedule.cron_schedule == "0 * * * *"
+    # on by default: the README says the audit and the teacher run on their own
+    assert hourly_audit_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert daily_teacher_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     job = defs.resolve_job_def("manual_audit_job")
     assert {n.name for n in job.nodes} == {"audit_candidates", "audited_errors"}
     groups = {k.to_user_string(): g for k, g in
@@ -227,3 +230,164 @@ def test_llm_auditor_failures_are_recorded_and_retried_next_run(learnloop_home, 
         third = _materialize(learnloop_home, [audit_candidates, audited_errors])
         assert third["audit_candidates"]["dagster/row_count"].value == 0
         assert server.calls == n_cands + 3
+
+
+# ---- overlapping runs, batches, retry cap ---------------------------------------------------------
+@pytest.fixture()
+def small_home(learnloop_home, monkeypatch):
+    """60 generated records of one day, landed and ingested; offline auditor and teacher."""
+    for var in ("LEARNLOOP_AUDITOR", "LEARNLOOP_TEACHER"):
+        monkeypatch.delenv(var, raising=False)
+    summary = generate(learnloop_home / "landing", 60, seed=9, days=1)
+    day = sorted(summary["days"])[0]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [day])
+        assert dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
+                              partition_key=day, instance=instance,
+                              resources={"learnloop": LearnloopResource(home=str(learnloop_home))}
+                              ).success
+    return learnloop_home
+
+
+def _run(home, assets, run_config=None, raise_on_error=True):
+    with dg.instance_for_test() as instance:
+        return dg.materialize(assets, instance=instance, run_config=run_config,
+                              raise_on_error=raise_on_error,
+                              resources={"learnloop": LearnloopResource(home=str(home))})
+
+
+def _meta(result, key):
+    [event] = [m for m in result.get_asset_materialization_events()
+               if m.materialization.asset_key.to_user_string() == key]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_overlapping_runs_each_audit_their_own_selection(small_home, monkeypatch):
+    """A manual audit (run A) selects two quiet interactions; the hourly audit (run B) runs in
+    full between A's two steps; A's audited_errors still audits exactly A's two interactions
+    (before the fix it read the shared table, i.e. B's selection)."""
+    import assets.audit as audit_mod
+    from ml.audit.candidates import select_candidates
+
+    con = duckdb.connect(str(small_home / "warehouse.duckdb"))
+    try:
+        pool = audit_mod.read_interactions_for_selection(con)
+    finally:
+        con.close()
+    hourly_ids = set(select_candidates(pool, None, auditor="rules",
+                                       prompt_version="rules-v1")["interaction_id"])
+    quiet = [i for i in pool["interaction_id"].to_list() if i not in hourly_ids][:2]
+    assert len(quiet) == 2 and hourly_ids
+
+    original = audit_mod.selection_run_id
+    state = {"calls": 0, "inner": None}
+
+    def interleave(context):
+        state["calls"] += 1
+        if state["calls"] == 2:  # run A's audited_errors is starting: run B in full first
+            state["inner"] = _run(small_home, [audit_candidates, audited_errors])
+        return original(context)
+
+    monkeypatch.setattr(audit_mod, "selection_run_id", interleave)
+    outer = _run(small_home, [audit_candidates, audited_errors],
+                 manual_audit_run_config(interaction_ids=quiet))
+    inner = state["inner"]
+    assert inner is not None and inner.success and state["calls"] == 4
+
+    a, b = _meta(outer, "audited_errors"), _meta(inner, "audited_errors")
+    assert a["selection_run_id"] == outer.run_id and b["selection_run_id"] == inner.run_id
+    assert a["audited"] == 2 and a["selected_by_run"] == 2
+    assert b["audited"] == len(hourly_ids)
+    by_run = dict(_rows(small_home, "SELECT run_id, count(*) FROM audit_candidates GROUP BY 1"))
+    assert by_run == {outer.run_id: 2, inner.run_id: len(hourly_ids)}
+    audited = {r[0] for r in _rows(small_home, "SELECT interaction_id FROM audited_errors")}
+    assert audited == hourly_ids | set(quiet)
+
+    # audited_errors alone, in a run that selected nothing, refuses instead of guessing
+    monkeypatch.setattr(audit_mod, "selection_run_id", original)
+    alone = _run(small_home, [audited_errors], raise_on_error=False)
+    assert not alone.success
+    [failure] = [e for e in alone.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "was not materialized in run" in str(failure.event_specific_data.error)
+    # ... unless told which run's selection to audit (A's: already audited, nothing to do)
+    again = _run(small_home, [audited_errors], {"ops": {"audited_errors": {"config": {
+        "candidates_run_id": outer.run_id}}}})
+    assert _meta(again, "audited_errors")["selected_by_run"] == 2
+    assert _meta(again, "audited_errors")["audited"] == 0
+
+
+def test_results_are_saved_per_batch_and_survive_a_crash(small_home, monkeypatch):
+    """The auditor dies in the third batch (like an OOM kill): the two finished batches' verdicts,
+    ok attempts and review items are already saved; the next run audits only the rest."""
+    from ml.audit.rules import RulesAuditor
+
+    real = RulesAuditor.audit_frame
+    calls = {"n": 0}
+
+    def dies_in_batch_three(self, frame, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("killed in batch 3")
+        return real(self, frame, **kw)
+
+    monkeypatch.setattr(RulesAuditor, "audit_frame", dies_in_batch_three)
+    cfg = {"ops": {"audited_errors": {"config": {"batch_size": 5}}}}
+    crashed = _run(small_home, [audit_candidates, audited_errors], cfg, raise_on_error=False)
+    assert not crashed.success
+    n_cands = _meta(crashed, "audit_candidates")["dagster/row_count"]
+    assert n_cands > 10
+    url = f"sqlite:///{small_home / 'store.db'}"
+    assert _rows(small_home, "SELECT count(*) FROM audited_errors")[0][0] == 10
+    flagged = _rows(small_home, "SELECT count(*) FROM audited_errors WHERE is_error")[0][0]
+    with session_scope(url) as s:
+        assert s.scalar(select(func.count()).select_from(AuditAttempt)
+                        .where(AuditAttempt.status == "ok")) == 10
+        flag_items = s.scalar(select(func.count()).select_from(ReviewItem).where(
+            ReviewItem.kind == "error", ReviewItem.category.is_not(None)))
+    assert flagged > 0 and flag_items == flagged  # each saved flag has its review item
+
+    monkeypatch.setattr(RulesAuditor, "audit_frame", real)
+    resumed = _run(small_home, [audit_candidates, audited_errors], cfg)
+    assert _meta(resumed, "audit_candidates")["dagster/row_count"] == n_cands - 10
+    assert _meta(resumed, "audited_errors")["audited"] == n_cands - 10
+    assert _rows(small_home, "SELECT count(*) FROM audited_errors")[0][0] == n_cands
+    n_flagged = _rows(small_home, "SELECT count(*) FROM audited_errors WHERE is_error")[0][0]
+    with session_scope(url) as s:
+        keys = s.scalars(select(ReviewItem.dedup_key).where(ReviewItem.kind == "error")).all()
+        flag_items = s.scalar(select(func.count()).select_from(ReviewItem).where(
+            ReviewItem.kind == "error", ReviewItem.category.is_not(None)))
+    assert len(keys) == len(set(keys)) and flag_items == n_flagged
+
+
+def test_permanent_failures_are_given_up_after_max_attempts(small_home, monkeypatch):
+    """HTTP 400 on every call: failed, retried once, then given up at max_attempts=2 and no
+    longer selected (no more calls); the metadata names them."""
+    from tests.llm.fake_servers import FakeOpenAIServer, error
+
+    with FakeOpenAIServer(default=error(400, "this request will never work")) as server:
+        monkeypatch.setenv("LEARNLOOP_TEST_AUDIT_KEY", "sk-test-secret-abcdef0123456789")
+        for k, v in {"LEARNLOOP_AUDITOR": "openai", "LEARNLOOP_AUDITOR_MODEL": "gpt-test",
+                     "LEARNLOOP_AUDITOR_BASE_URL": server.base_url,
+                     "LEARNLOOP_AUDITOR_API_KEY_ENV": "LEARNLOOP_TEST_AUDIT_KEY",
+                     "LEARNLOOP_AUDITOR_MAX_RETRIES": "0", "LEARNLOOP_LLM_CACHE": "none"}.items():
+            monkeypatch.setenv(k, v)
+        cap = {"ops": {"audit_candidates": {"config": {"max_attempts": 2}},
+                       "audited_errors": {"config": {"max_attempts": 2}}}}
+        first = _run(small_home, [audit_candidates, audited_errors], cap)
+        n = _meta(first, "audit_candidates")["dagster/row_count"]
+        assert n > 0 and _meta(first, "audited_errors")["failures"] == n
+        assert _meta(first, "audited_errors")["given_up"] == 0
+        second = _run(small_home, [audit_candidates, audited_errors], cap)
+        assert _meta(second, "audit_candidates")["reason/retry"] == n
+        assert _meta(second, "audited_errors")["given_up"] == n
+        calls = server.calls
+        third = _run(small_home, [audit_candidates, audited_errors], cap)
+        c3 = _meta(third, "audit_candidates")
+        assert c3["dagster/row_count"] == 0 and c3["given_up"] == n
+        assert len(c3["given_up_ids"]) == n
+        assert server.calls == calls  # given up: not asked again
+    url = f"sqlite:///{small_home / 'store.db'}"
+    with session_scope(url) as s:
+        rows = list(s.scalars(select(AuditAttempt)))
+    assert len(rows) == n and {(r.status, r.attempts) for r in rows} == {("failed", 2)}
+    assert all("400" in r.reason or "circuit" in r.reason.lower() for r in rows)

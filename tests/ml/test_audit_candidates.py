@@ -12,6 +12,7 @@ from ml.audit.candidates import (
     CANDIDATE_COLUMNS,
     CandidateConfig,
     calibration_draw,
+    given_up,
     reason_counts,
     select_candidates,
 )
@@ -84,6 +85,39 @@ def test_audited_ok_is_excluded_and_failed_is_retried():
     assert "i0" not in reasons
     assert reasons["i1"] == ["negative_feedback", "retry"]
     assert reasons["i7"] == ["retry"]
+
+
+def test_failed_max_attempts_times_is_given_up_except_for_a_manual_run():
+    attempts = pl.DataFrame({"interaction_id": ["i1", "i7", "i8"],
+                             "status": ["failed", "failed", "failed"], "attempts": [5, 4, 9]})
+    cfg = CandidateConfig(calibration_rate=0.0)  # max_attempts defaults to 5
+    assert given_up(attempts, cfg.max_attempts) == ["i1", "i8"]
+    out = select_candidates(interactions(), attempts, **A, config=cfg)
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list()))
+    # i1 has negative feedback too, but it is given up: the schedule stops asking
+    assert "i1" not in reasons and "i8" not in reasons
+    assert reasons["i7"] == ["retry"]
+    # a higher cap retries them again
+    more = select_candidates(interactions(), attempts, **A,
+                             config=CandidateConfig(calibration_rate=0.0, max_attempts=10))
+    assert {"i1", "i7", "i8"} <= set(more["interaction_id"])
+    # a manual run naming a given-up interaction audits it
+    manual = select_candidates(interactions(), attempts, **A,
+                               config=CandidateConfig(interaction_ids=["i8"]))
+    assert manual["interaction_id"].to_list() == ["i8"]
+    assert manual["reasons"][0].to_list() == ["manual"]
+    # an ok attempt is never given up, whatever its count
+    ok = pl.DataFrame({"interaction_id": ["i9"], "status": ["ok"], "attempts": [7]})
+    assert given_up(ok) == [] and given_up(None) == []
+    with pytest.raises(ValueError, match="max_attempts"):
+        CandidateConfig(max_attempts=0)
+
+
+def test_rows_carry_the_selecting_run():
+    out = select_candidates(interactions(), None, **A, run_id="run-42",
+                            config=CandidateConfig(calibration_rate=0.0))
+    assert list(out.columns) == list(CANDIDATE_COLUMNS) and out.height
+    assert set(out["run_id"]) == {"run-42"}
 
 
 def test_selection_is_idempotent_once_everything_is_audited():
