@@ -10,11 +10,9 @@ import polars as pl
 
 from assets.partitions import landing_date_partitions
 from ml import landing, warehouse
-from ml.ingest import ingest_files
-from ml.pii import scrub_frame
+from ml.ingest import drop_cross_partition_duplicates, ingest_files
+from ml.pii import residual_pii_in_table
 from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
-
-TEXT_COLUMNS = ["user_message", "response", "corrected_response", "feedback_comment", "messages"]
 
 
 def _sha256(path: Path) -> str:
@@ -25,17 +23,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def residual_pii(frame: pl.DataFrame) -> list[dict]:
-    """PII the scrubber still finds in the text columns of ``frame``: [{pii_type, count}]."""
-    cols = [c for c in TEXT_COLUMNS if c in frame.columns]
-    if not frame.height or not cols:
-        return []
-    text = frame.select(cols).with_columns(pl.col(c).fill_null("") for c in cols)
-    _, types = scrub_frame(text, cols)
-    leftover = types.explode().drop_nulls()
-    if not leftover.len():
-        return []
-    return (leftover.alias("pii_type").value_counts(name="count").sort("pii_type").to_dicts())
+def residual_pii(con, table: str, day: str) -> list[dict]:
+    """PII left in one partition of a warehouse table, over all its VARCHAR and VARCHAR[]
+    columns: [{column, pii_type, values}] (``ml.pii.residual_pii_in_table``)."""
+    return residual_pii_in_table(con, table, "partition_date = ?::DATE", [day])
+
+
+def _earlier_copies(con, good: pl.DataFrame, day: str) -> pl.DataFrame:
+    """Rows of other partitions of ``interactions`` with an interaction_id of ``good``."""
+    warehouse.ensure_table(con, "interactions")
+    con.register("_ids", good.select("interaction_id").to_arrow())
+    try:
+        return warehouse.query(
+            con, "SELECT i.* FROM interactions i WHERE i.partition_date <> ?::DATE AND "
+                 "i.interaction_id IN (SELECT interaction_id FROM _ids)", [day])
+    finally:
+        con.unregister("_ids")
 
 
 @dg.asset(
@@ -84,9 +87,14 @@ def raw_interactions(context: dg.AssetExecutionContext,
     ],
     check_specs=[
         dg.AssetCheckSpec("check_no_residual_pii", asset="interactions",
-                          description="No placeholder-free PII pattern remains in the text columns."),
+                          description="No PII pattern remains in any text column of the "
+                                      "written partition (re-read from the warehouse)."),
+        dg.AssetCheckSpec("check_no_residual_pii_in_quarantine",
+                          asset="quarantined_interactions",
+                          description="No PII pattern remains in the written quarantine rows."),
         dg.AssetCheckSpec("check_unique_interaction_ids", asset="interactions",
-                          description="interaction_id is unique within the partition."),
+                          description="interaction_id is unique within the partition and "
+                                      "appears in no other partition."),
     ],
     partitions_def=landing_date_partitions,
     pool=WAREHOUSE_POOL,
@@ -104,15 +112,30 @@ def ingest_interactions(context: dg.AssetExecutionContext, learnloop: LearnloopR
         raise FileNotFoundError(f"landing files registered for {day} are gone: {missing[:5]}")
     context.log.info(f"ingesting {len(paths)} files for {day}")
     result = ingest_files(paths, day, settings.hash_key.get_secret_value().encode())
-    good, bad = result.interactions, result.quarantined
+    if result.stats.get("worker_failures"):
+        context.log.warning(f"ingest worker processes failed, ran in-process: "
+                            f"{result.stats.get('worker_failure')}")
     with learnloop.warehouse() as con:
+        # ids another partition already holds: exact copies dropped, others quarantined
+        result = drop_cross_partition_duplicates(result, _earlier_copies(con, result.interactions,
+                                                                         day), paths)
+        good, bad = result.interactions, result.quarantined
         warehouse.replace_partition(con, "interactions", day, good)
         warehouse.replace_partition(con, "quarantined_interactions", day, bad)
-
-    # checks run on what was written: re-scrubbing scrubbed text must find nothing new
-    leftover_counts = residual_pii(good)
-    n_leftover = sum(r["count"] for r in leftover_counts)
-    n_unique = good["interaction_id"].n_unique() if good.height else 0
+        # the checks read what was written
+        leftover = residual_pii(con, "interactions", day)
+        leftover_q = residual_pii(con, "quarantined_interactions", day)
+        rows, n_unique, elsewhere = con.execute(
+            "SELECT count(*), count(DISTINCT interaction_id), count(*) FILTER (WHERE "
+            "interaction_id IN (SELECT interaction_id FROM interactions WHERE partition_date "
+            "<> ?::DATE)) FROM interactions WHERE partition_date = ?::DATE", [day, day]
+        ).fetchone()
+    if result.stats["cross_partition_duplicates"] or result.stats["cross_partition_conflicts"]:
+        context.log.info(f"ids already in other partitions: "
+                         f"{result.stats['cross_partition_duplicates']} exact copies dropped, "
+                         f"{result.stats['cross_partition_conflicts']} conflicts quarantined")
+    n_leftover = sum(r["values"] for r in leftover)
+    n_leftover_q = sum(r["values"] for r in leftover_q)
     total = good.height + bad.height
     reasons = (bad.group_by("reason").len().sort("len", descending=True).head(10).to_dicts()
                if bad.height else [])
@@ -132,10 +155,17 @@ def ingest_interactions(context: dg.AssetExecutionContext, learnloop: LearnloopR
     yield dg.AssetCheckResult(
         asset_key="interactions", check_name="check_no_residual_pii",
         passed=n_leftover == 0,
-        metadata={"residual_matches": n_leftover,
-                  "by_type": dg.MetadataValue.json(leftover_counts)},
+        metadata={"residual_values": n_leftover,
+                  "by_column": dg.MetadataValue.json(leftover)},
+    )
+    yield dg.AssetCheckResult(
+        asset_key="quarantined_interactions", check_name="check_no_residual_pii_in_quarantine",
+        passed=n_leftover_q == 0,
+        metadata={"residual_values": n_leftover_q,
+                  "by_column": dg.MetadataValue.json(leftover_q)},
     )
     yield dg.AssetCheckResult(
         asset_key="interactions", check_name="check_unique_interaction_ids",
-        passed=n_unique == good.height, metadata={"rows": good.height, "unique_ids": n_unique},
+        passed=n_unique == rows and elsewhere == 0,
+        metadata={"rows": rows, "unique_ids": n_unique, "ids_in_other_partitions": elsewhere},
     )

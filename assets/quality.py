@@ -2,11 +2,32 @@
 
 
 import dagster as dg
+import polars as pl
 
 from assets.partitions import landing_date_partitions
 from ml import warehouse
-from ml.quality import score_interactions
+from ml.quality import MEASURED_DIMENSIONS, score_interactions
 from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
+
+SCORE_COLUMNS = ("quality_score", "confidence", *MEASURED_DIMENSIONS)
+
+
+def _mean(s: pl.Series) -> dg.MetadataValue:
+    """Mean of the non-NULL values; a null metadata value when there are none (an empty
+    partition, or one where no row can be scored)."""
+    m = s.mean()
+    return dg.MetadataValue.null() if m is None else dg.MetadataValue.float(float(m))
+
+
+def _rate(mask: pl.Series, total: int) -> float:
+    return float(mask.fill_null(False).sum()) / total if total else 0.0
+
+
+def out_of_range(scores: pl.DataFrame) -> dict[str, int]:
+    """Per score column (overall score, confidence, each dimension): values outside [0, 1]
+    (NULL means 'not measurable' and is allowed)."""
+    return {c: int(((scores[c] < 0) | (scores[c] > 1)).fill_null(False).sum())
+            for c in SCORE_COLUMNS}
 
 
 @dg.asset(
@@ -16,7 +37,8 @@ from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
     kinds={"duckdb", "polars"},
     pool=WAREHOUSE_POOL,
     check_specs=[dg.AssetCheckSpec("check_scores_in_range", asset="interaction_quality",
-                                   description="Every score and confidence lies in [0, 1].")],
+                                   description="Every score, dimension and confidence lies in "
+                                               "[0, 1] (or is NULL: not measurable).")],
     description="Per-interaction quality: user satisfaction, functional correctness, context "
                 "relevance, efficiency; weights renormalized over the dimensions present; a "
                 "confidence per score.",
@@ -27,16 +49,17 @@ def interaction_quality(context: dg.AssetExecutionContext, learnloop: LearnloopR
         interactions = warehouse.read_partition(con, "interactions", day)
         scores = score_interactions(interactions)
         warehouse.replace_partition(con, "interaction_quality", day, scores)
+    n = scores.height
     q = scores["quality_score"]
-    conf = scores["confidence"]
-    out_of_range = int(((q < 0) | (q > 1) | (conf < 0) | (conf > 1)).sum()) if scores.height else 0
-    dims = ["user_satisfaction", "functional_correctness", "context_relevance", "efficiency"]
+    bad = out_of_range(scores)
     yield dg.MaterializeResult(metadata={
-        "dagster/row_count": scores.height,
-        "mean_quality": float(q.mean()) if scores.height else 0.0,
-        "mean_confidence": float(conf.mean()) if scores.height else 0.0,
-        "low_quality_rate": float((q < 0.5).mean()) if scores.height else 0.0,
-        **{f"coverage/{d}": float(scores[d].is_not_null().mean()) if scores.height else 0.0
-           for d in dims},
+        "dagster/row_count": n,
+        "scored_rows": int(q.is_not_null().sum()),
+        "mean_quality": _mean(q),
+        "mean_confidence": _mean(scores["confidence"]),
+        "low_quality_rate": _rate(q < 0.5, n),
+        **{f"coverage/{d}": _rate(scores[d].is_not_null(), n) for d in MEASURED_DIMENSIONS},
     })
-    yield dg.AssetCheckResult(passed=out_of_range == 0, metadata={"out_of_range": out_of_range})
+    yield dg.AssetCheckResult(passed=sum(bad.values()) == 0,
+                              metadata={"out_of_range": sum(bad.values()),
+                                        "by_column": dg.MetadataValue.json(bad)})

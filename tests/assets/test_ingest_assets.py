@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import dagster as dg
 import duckdb
@@ -79,6 +80,7 @@ def test_ingest_chain_quarantines_bad_records_and_keeps_good_ones(landing_day):
         assert result.success
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks == {"check_no_residual_pii": True, "check_unique_interaction_ids": True,
+                          "check_no_residual_pii_in_quarantine": True,
                           "check_scores_in_range": True}
     ids = sorted(r[0] for r in _rows(landing_day, "SELECT interaction_id FROM interactions"))
     assert ids == sorted([f"it-{i}" for i in range(6)] + ["it-7"])
@@ -121,9 +123,134 @@ def test_materialization_metadata_reports_rates(landing_day):
     assert mats["raw_interactions"]["files"].value == 2
 
 
-def test_residual_pii_check_finds_unscrubbed_text():
-    frame = pl.DataFrame({"response": ["write to bob@example.org", "fine"],
-                          "user_message": ["call +1 415 555 0100", None]})
-    found = {r["pii_type"] for r in residual_pii(frame)}
-    assert "EMAIL" in found or "[EMAIL]" in found
-    assert residual_pii(pl.DataFrame({"response": ["write to [EMAIL]"]})) == []
+def _checks(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def _check_metadata(result, name: str) -> dict:
+    (e,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return {k: v.value for k, v in e.metadata.items()}
+
+
+def _mats(result) -> dict[str, dict]:
+    return {m.asset_key.to_user_string(): {k: v.value for k, v in m.materialization.metadata.items()}
+            for m in result.get_asset_materialization_events()}
+
+
+def test_residual_pii_check_reads_the_warehouse_and_names_the_column(landing_day):
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [DAY])
+        assert _materialize(landing_day, instance).success
+    con = duckdb.connect(str(landing_day / "warehouse.duckdb"))
+    try:
+        assert residual_pii(con, "interactions", DAY) == []
+        # PII written straight into the table, in a JSON column and in a list column
+        con.execute("""UPDATE interactions SET retrieval = '["mail bob@example.org"]',
+                       tags = ['card 4111 1111 1111 1111', 'fine'] WHERE interaction_id = 'it-1'""")
+        con.execute("UPDATE interactions SET correction_reason = 'see [EMAIL] and 10.0.0.1' "
+                    "WHERE interaction_id IN ('it-2', 'it-3')")
+        found = residual_pii(con, "interactions", DAY)
+        assert found == [
+            {"column": "retrieval", "pii_type": "EMAIL", "values": 1},
+            {"column": "correction_reason", "pii_type": "IP_ADDRESS", "values": 2},
+            {"column": "tags", "pii_type": "CREDIT_CARD", "values": 1},
+        ]
+        # a Luhn-invalid digit run matches the pattern but is no card: not reported
+        con.execute("UPDATE interactions SET tags = ['order 4111 1111 1111 1112'] "
+                    "WHERE interaction_id = 'it-1'")
+        assert {r["column"] for r in residual_pii(con, "interactions", DAY)} == {
+            "retrieval", "correction_reason"}
+        assert residual_pii(con, "interactions", "1999-01-01") == []
+    finally:
+        con.close()
+
+
+def test_pii_in_every_free_text_field_never_reaches_the_warehouse(learnloop_home):
+    mail = "leak@example.com"
+    rec = _record(1, channel=f"web {mail}",
+                  model={"provider": mail, "name": "m", "version": f"v {mail}"},
+                  retrieval=[{"doc": mail, "card": 4111111111111111}, f"4111 1111 1111 1111"],
+                  human_correction={"agent_id": mail, "corrected_response": f"use {mail}",
+                                    "reason": f"wrong, {mail}", "category": mail},
+                  feedback={"rating": 1, "comment": mail},
+                  metadata={"intent": mail, "language": "en", "tags": [mail]})
+    bad = _record(2, feedback={"rating": 9, "comment": mail})
+    write_landing_file(learnloop_home / "landing", DAY, "pii", [rec, bad])
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [DAY])
+        result = _materialize(learnloop_home, instance)
+        assert result.success
+        assert all(_checks(result).values()), _checks(result)
+    for table in ("interactions", "quarantined_interactions"):
+        dump = _rows(learnloop_home, f"SELECT CAST(COLUMNS(*) AS VARCHAR) FROM {table}")
+        assert dump and not any(mail in (v or "") for row in dump for v in row), table
+        assert not any("4111" in (v or "") for row in dump for v in row), table
+    (reason,) = _rows(learnloop_home, "SELECT reason FROM quarantined_interactions")[0]
+    assert "feedback.rating" in reason
+
+
+def test_corrupt_parquet_does_not_stop_the_partition(learnloop_home):
+    landing = learnloop_home / "landing"
+    write_landing_file(landing, DAY, "good", [_record(1), _record(2)])
+    broken = landing / f"date={DAY}" / "broken-upload.parquet"
+    broken.write_bytes(b"PAR1 not really parquet PAR1")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [DAY])
+        result = _materialize(learnloop_home, instance)
+        assert result.success
+    assert sorted(r[0] for r in _rows(learnloop_home, "SELECT interaction_id FROM interactions")) \
+        == ["it-1", "it-2"]
+    (row,) = _rows(learnloop_home, "SELECT source_file, line_no, reason, raw "
+                                   "FROM quarantined_interactions")
+    assert row[0] == str(broken) and row[1] is None and row[3] is None
+    assert row[2].startswith("unreadable Parquet: ")
+
+
+def test_ids_already_in_another_partition(learnloop_home):
+    landing = learnloop_home / "landing"
+    day2 = "2026-11-04"
+    write_landing_file(landing, DAY, "first", [_record(1), _record(2)])
+    # the same import landing again on a later day: one exact copy, one changed, one new
+    write_landing_file(landing, day2, "again", [_record(1), _record(2, response="changed"),
+                                                _record(3)])
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [DAY, day2])
+        assert _materialize(learnloop_home, instance).success
+        result = dg.materialize(
+            [raw_interactions, ingest_interactions, interaction_quality],
+            partition_key=day2, instance=instance,
+            resources={"learnloop": LearnloopResource(home=str(learnloop_home))})
+        assert result.success
+        assert _checks(result)["check_unique_interaction_ids"] is True
+        meta = _mats(result)
+    assert meta["interactions"]["stats/cross_partition_duplicates"] == 1
+    assert meta["interactions"]["stats/cross_partition_conflicts"] == 1
+    assert meta["interactions"]["dagster/row_count"] == 1
+    assert _rows(learnloop_home, "SELECT interaction_id, partition_date::VARCHAR FROM interactions "
+                                 "ORDER BY 1") == [("it-1", DAY), ("it-2", DAY), ("it-3", day2)]
+    assert _rows(learnloop_home, "SELECT interaction_id, reason, line_no FROM "
+                                 "quarantined_interactions WHERE partition_date = ?::DATE".replace(
+                                     "?", f"'{day2}'")) == [
+        ("it-2", f"duplicate interaction_id of partition {DAY}", 2)]
+    # re-materializing the first day keeps its rows (the later day holds none of them)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [DAY, day2])
+        assert _materialize(learnloop_home, instance).success
+    assert _rows(learnloop_home, "SELECT count(*), count(DISTINCT interaction_id) "
+                                 "FROM interactions") == [(3, 3)]
+
+
+def test_import_rejects_reach_quarantine_with_the_importers_reason(learnloop_home, tmp_path):
+    from ml.importers import import_to_landing
+    src = tmp_path / "chats.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "hello"}]}) + "\n",
+                   encoding="utf-8")
+    summary = import_to_landing("openai-chat", src, learnloop_home / "landing",
+                                import_time=datetime.fromisoformat(f"{DAY}T08:00:00+00:00"))
+    assert summary["quarantined"] == 1
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [DAY])
+        assert _materialize(learnloop_home, instance).success
+    (reason,) = _rows(learnloop_home, "SELECT reason FROM quarantined_interactions")[0]
+    assert reason.startswith("import rejected (openai-chat chats.jsonl): line 1: ")
+    assert "no assistant turn" in reason

@@ -1,0 +1,88 @@
+"""The quality asset on partitions where nothing, or not everything, can be scored."""
+
+from __future__ import annotations
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from assets.ingest import ingest_interactions, raw_interactions
+from assets.quality import interaction_quality, out_of_range
+from ml.ingest import INTERACTION_SCHEMA
+from ml.landing import write_landing_file
+from ml.quality import score_interactions
+from orchestration.resources import LearnloopResource
+
+DAY = "2026-11-05"
+
+
+def _materialize(home, instance):
+    return dg.materialize(
+        [raw_interactions, ingest_interactions, interaction_quality],
+        partition_key=DAY, instance=instance,
+        resources={"learnloop": LearnloopResource(home=str(home))},
+    )
+
+
+def _quality_metadata(result) -> dict:
+    (mat,) = [m.materialization for m in result.get_asset_materialization_events()
+              if m.asset_key.to_user_string() == "interaction_quality"]
+    return mat.metadata
+
+
+def test_partition_where_no_row_can_be_scored(learnloop_home):
+    # no feedback, signals, latency, tokens; no content word in "hello" -> every dimension NULL
+    rec = {"interaction_id": "h-1", "session_id": "s", "timestamp": f"{DAY}T09:00:00Z",
+           "messages": [{"role": "user", "content": "hello"}], "response": "hi there"}
+    write_landing_file(learnloop_home / "landing", DAY, "hello", [rec])
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [DAY])
+        result = _materialize(learnloop_home, instance)
+        assert result.success
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert checks["check_scores_in_range"] is True
+        meta = _quality_metadata(result)
+    assert meta["dagster/row_count"].value == 1
+    assert meta["scored_rows"].value == 0
+    assert isinstance(meta["mean_quality"], dg.NullMetadataValue)
+    assert meta["low_quality_rate"].value == 0.0
+    assert meta["coverage/context_relevance"].value == 0.0
+    con = duckdb.connect(str(learnloop_home / "warehouse.duckdb"), read_only=True)
+    try:
+        (row,) = con.execute("SELECT quality_score, user_satisfaction, functional_correctness, "
+                             "context_relevance, efficiency FROM interaction_quality").fetchall()
+    finally:
+        con.close()
+    assert row == (None, None, None, None, None)
+
+
+def test_empty_partition(learnloop_home):
+    write_landing_file(learnloop_home / "landing", DAY, "empty", ["{not json"])
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [DAY])
+        result = _materialize(learnloop_home, instance)
+        assert result.success
+        meta = _quality_metadata(result)
+    assert meta["dagster/row_count"].value == 0
+    assert isinstance(meta["mean_confidence"], dg.NullMetadataValue)
+
+
+def test_out_of_range_counts_each_dimension():
+    frame = score_interactions(pl.DataFrame({
+        "interaction_id": ["a", "b"], "tenant_id": ["t", "t"], "partition_date": [None, None],
+        "model_version": [None, None], "user_message": ["refund my order", None],
+        "response": ["your order refund is done", None], "latency_ms": [1000.0, None],
+        "tokens_completion": [100, None], "feedback_rating": [5, None],
+        "feedback_thumbs": [None, None], "accepted": [True, None], "modified": [None, None],
+        "abandoned": [None, None], "requested_human": [None, None],
+        "completed_action": [True, None], "user_continued": [None, None],
+        "time_to_first_use_s": [3.0, None], "corrected_response": [None, None],
+        "retrieval": [None, None], "intent": [None, None]},
+        schema_overrides={k: v for k, v in INTERACTION_SCHEMA.items()
+                          if k not in ("interaction_id",)}, strict=False))
+    assert sum(out_of_range(frame).values()) == 0
+    broken = frame.with_columns(pl.Series("efficiency", [1.5, None]),
+                                pl.Series("context_relevance", [-0.1, None]))
+    bad = out_of_range(broken)
+    assert bad["efficiency"] == 1 and bad["context_relevance"] == 1
+    assert bad["quality_score"] == 0
