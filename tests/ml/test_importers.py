@@ -386,3 +386,33 @@ def test_landing_source_name_is_safe():
     assert landing_source_name("hh-rlhf", "test.jsonl.gz") == "hh-rlhf-test"
     long = landing_source_name("native", "ä" * 200 + ".jsonl")
     assert len(long) <= 55 and set(long) <= set("native-_")
+
+
+def test_records_without_a_time_get_the_file_mtime_whenever_imported(tmp_path):
+    import os
+    src = tmp_path / "pairs.jsonl"
+    with gzip.open(HH, "rt", encoding="utf-8") as fh:
+        src.write_text("".join(next(fh) for _ in range(3)), encoding="utf-8")
+    chats = _write_jsonl(tmp_path / "chats.jsonl", [
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+    mtime = datetime(2025, 6, 30, 23, 59, 58, tzinfo=timezone.utc)
+    for p in (src, chats):
+        os.utime(p, (mtime.timestamp() + 0.7, mtime.timestamp() + 0.7))
+    runs = []
+    for when in (datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 2, 9, tzinfo=timezone.utc)):
+        land = tmp_path / f"landing-{when.date()}"
+        runs.append((import_to_landing("hh-rlhf", src, land, import_time=when),
+                     import_to_landing("openai-chat", chats, land, import_time=when)))
+    for hh, oai in runs:
+        assert hh["days"] == {"2025-06-30": 3} and oai["days"] == {"2025-06-30": 1}
+    ids = [[r["interaction_id"] for r in import_file("hh-rlhf", src).records] for _ in range(2)]
+    assert ids[0] == ids[1]
+    rec = import_file("hh-rlhf", src).records[0]
+    assert rec["timestamp"] == "2025-06-30T23:59:58Z"
+    # an explicit timestamp wins
+    rec = import_file("openai-chat", chats, timestamp=T0).records[0]
+    assert rec["timestamp"] == "2026-11-03T12:00:00Z"
+    summary = import_to_landing("openai-chat", chats, tmp_path / "l2", timestamp=T0)
+    assert summary["days"] == {"2026-11-03": 1}
+    with pytest.raises(TypeError, match="timestamp"):
+        import_file("hh-rlhf", src, timestamp="2026-01-01")
