@@ -7,7 +7,12 @@ plus ``quarantined`` rows (reason + raw text).
    steps 2, 3 and 5 on its own, in worker processes when the input spans several chunks (one per
    CPU; ``workers=`` overrides), and the results are put back in file/line order. Parquet files
    are turned into one JSON text per row first (DuckDB ``to_json``; a NULL cell is an absent
-   field), then treated like JSONL lines whose line number is the row number.
+   field), then treated like JSONL lines whose line number is the row number. A gzip-compressed
+   ``.jsonl`` (by its magic bytes) is decompressed whole and processed in-process. A file that
+   cannot be read as a whole (not Parquet, a corrupt gzip stream, no permission, ...) becomes
+   one quarantine row (``line_no`` and ``raw`` NULL, reason ``unreadable Parquet: ...``,
+   ``unreadable gzip-compressed JSONL: ...`` or ``unreadable file: ...``); the other files go on.
+   Lines that are not UTF-8 are quarantined one by one (``invalid UTF-8``).
 2. Every line is decoded and validated by msgspec (C) into typed Structs that spell the rules of
    ``ml.schema.InteractionRecord`` *strictly* (a JSON int for an int, a JSON bool for a bool,
    lengths, ranges, roles, ...); the timestamp and the "messages or response" rule are checked
@@ -19,13 +24,23 @@ plus ``quarantined`` rows (reason + raw text).
    path: ``json.loads`` + ``ml.schema.validate_record``. That path decides, so the accept/reject
    set is exactly the pydantic one, and its reasons name the field (``feedback.rating: Input
    should be less than or equal to 5``). In real logs this is the small minority of bad lines.
+   A line an importer rejected and wrapped as ``{"import_rejected": {..., "reason": ...}}`` is
+   quarantined with the importer's reason (``import rejected (<format> <file>): <reason>``).
 4. De-duplication on ``interaction_id`` within the partition (first by file order, then line);
    a later copy with the same record text (whitespace-trimmed) is an exact duplicate and is dropped
    (listed in ``stats["exact_duplicate_rows"]``); a later record with the same id but different text
    is quarantined with reason ``duplicate interaction_id with different content``.
-5. PII scrubbing (``ml.pii.scrub_frame``) of message contents, response, corrected response and
-   feedback comment; ``user_message`` = the last user message (scrubbed); ``messages`` = compact
+5. PII scrubbing (``ml.pii.scrub_frame``) of every free-text column (``SCRUBBED_COLUMNS``:
+   message contents, response, corrected response, comment, correction agent/reason/category,
+   channel, model provider/name/version, intent, language, tags) and of every string (keys too)
+   and number inside ``retrieval`` (decoded, scrubbed, re-encoded; only rows whose JSON text could
+   hold PII are decoded). Not scrubbed: ``interaction_id`` and ``tenant_id`` (keys), the enums
+   (roles, thumbs). ``user_message`` = the last user message (scrubbed); ``messages`` = compact
    JSON list of ``{role, content}``; ``session_id`` = hex HMAC-SHA256(hash_key, raw session id).
+   Quarantine rows have their ``raw`` text and ``reason`` scrubbed the same way.
+6. ``drop_cross_partition_duplicates`` (called by the ``interactions`` asset with the rows other
+   partitions of the warehouse hold for the same ids): exact copies are dropped, same id with
+   different content is quarantined (``duplicate interaction_id of partition YYYY-MM-DD``).
 
 ``naive_ingest`` computes the same result record by record in plain Python (``json.loads``,
 ``validate_record``, ``scrub_text``): the benchmark's baseline and the tests' oracle.
@@ -34,7 +49,8 @@ Both are deterministic: the same files in the same order give the same rows in t
 Blank lines (only spaces, tabs, CR) are not records; they are counted in ``stats["blank_lines"]``.
 Worker processes are started with ``spawn``: like any ``multiprocessing`` user, a script that
 calls ``ingest_files`` on a large input needs the ``if __name__ == "__main__":`` guard (without
-it the workers fail at start and the ingest continues in-process, with a warning).
+it the workers fail at start and the ingest continues in-process: a ``logging`` warning, and
+``stats["worker_failures"]`` = 1).
 """
 
 from __future__ import annotations
