@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     )
     secure_cookie = service.secure_cookie(host)
     if secure_cookie and service.cookie_secure is None:
-        log.info("serving on %s (not loopback): the session cookie is Secure (HTTPS only); set "
+        log.warning("serving on %s (not loopback): the session cookie is Secure (HTTPS only); set "
                  "LEARNLOOP_COOKIE_SECURE=false to sign in over plain HTTP", host)
     app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie="learnloop_session",
                        max_age=service.session_max_age_s, same_site="lax",

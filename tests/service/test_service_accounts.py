@@ -147,3 +147,16 @@ def test_login_limiter_counts_concurrent_attempts_exactly():
     for t in threads:
         t.join()
     assert sum(allowed) == 5
+
+
+def test_serve_passes_proxy_settings_to_uvicorn():
+    import uvicorn
+
+    from service.config import ServiceSettings
+
+    default = cli_support.uvicorn_options("127.0.0.1", 8000, ServiceSettings())
+    assert default["proxy_headers"] is False
+    opts = cli_support.uvicorn_options(
+        "0.0.0.0", 9000, ServiceSettings(proxy_headers=True, forwarded_allow_ips="10.0.0.7"))
+    cfg = uvicorn.Config(lambda *a: None, **opts)  # uvicorn accepts every option
+    assert (cfg.proxy_headers, cfg.forwarded_allow_ips, cfg.port) == (True, "10.0.0.7", 9000)
