@@ -146,6 +146,11 @@ def decide(session: Session, item_id: int, *, decision: str, expected_version: i
     """
     item = get_item(session, item_id, tenants)
     decision = _ALIASES.get(item.kind, {}).get(decision, decision)
+    allowed = DECISIONS[item.kind]
+    if decision not in allowed:
+        raise InvalidTransition(
+            f"decision {decision!r} is not valid for a {item.kind} item (use one of {sorted(allowed)})"
+        )
     has_text = final_response is not None and bool(final_response.strip())
     if item.kind == "error" and has_text:
         raise InvalidTransition("final_response applies to sample items only; error items are "
@@ -153,11 +158,6 @@ def decide(session: Session, item_id: int, *, decision: str, expected_version: i
     if item.kind == "sample" and decision == "approve" and has_text \
             and final_response != (item.proposed_response or ""):
         decision = "edit"  # approving a changed text is edit-and-approve
-    allowed = DECISIONS[item.kind]
-    if decision not in allowed:
-        raise InvalidTransition(
-            f"decision {decision!r} is not valid for a {item.kind} item (use one of {sorted(allowed)})"
-        )
     if item.version != expected_version:
         raise Conflict(item.id, expected_version, item.version)
     if item.status != "pending":

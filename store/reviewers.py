@@ -39,6 +39,10 @@ class ReviewerError(ValueError):
     """A reviewer account could not be created or changed; the message says why."""
 
 
+class ReviewerNotFound(ReviewerError):
+    pass
+
+
 @dataclass(frozen=True)
 class ReviewerInfo:
     """What the service needs to know about a signed-in reviewer (safe to keep after the session)."""
@@ -161,7 +165,7 @@ def by_id(session: Session, reviewer_id: int) -> ReviewerInfo | None:
 def _get(session: Session, username: str) -> Reviewer:
     r = session.scalar(select(Reviewer).where(Reviewer.username == username))
     if r is None:
-        raise ReviewerError(f"reviewer {username!r} not found")
+        raise ReviewerNotFound(f"reviewer {username!r} not found")
     return r
 
 
@@ -294,3 +298,8 @@ def list_audit(session: Session, *, after_id: int = 0, limit: int = 500) -> list
     """Admin changes (``config_history``), oldest first, after the id cursor ``after_id``."""
     return list(session.scalars(select(ConfigHistory).where(ConfigHistory.id > after_id)
                                 .order_by(ConfigHistory.id).limit(limit)))
+
+
+def by_username(session: Session, username: str) -> ReviewerInfo:
+    """An account by name, active or not; ``ReviewerError`` when there is none."""
+    return _info(_get(session, username))
