@@ -101,6 +101,19 @@ def test_chain_creates_review_items_and_is_idempotent(demo_home):
     counts = _counts(url)
     clean = audit["clean_review_items_created"].value
     assert counts["error"] == audit["errors"].value + clean
+    # a share (clean_review_rate 0.2) of the clean calibration verdicts asks a reviewer to check
+    # "no error found": confirming it labels a false negative, dismissing a true negative
+    n_clean_calib = _rows(demo_home, "SELECT count(*) FROM audit_candidates c JOIN audited_errors "
+                                     "a USING (interaction_id) WHERE NOT a.is_error AND "
+                                     "list_contains(c.reasons, 'calibration')")[0][0]
+    assert 0 < clean < n_clean_calib
+    with session_scope(url) as s:
+        items = list(s.scalars(select(ReviewItem).where(ReviewItem.kind == "error",
+                                                        ReviewItem.category.is_(None))))
+    assert len(items) == clean
+    assert all(i.extra["verdict"] == "no error found" and "calibration" in i.tags
+               and i.status == "pending" and i.explanation.startswith("No error found")
+               for i in items)
     with session_scope(url) as s:
         err = s.scalars(select(ReviewItem).where(ReviewItem.kind == "error")).first()
         assert err.status == "pending" and err.auditor == "rules"

@@ -1,0 +1,152 @@
+"""teacher_samples with an LLM teacher, for real: LEARNLOOP_TEACHER=openai (and an LLM auditor)
+against the OpenAI stand-in server of tests/llm (real HTTP on loopback), over the real asset chain
+interaction_embeddings -> audit_candidates -> audited_errors -> teacher_samples -> preference_pairs.
+
+Mixed faults (HTTP 500, 429 with Retry-After, a timeout) hit both the auditor and the teacher on
+the first run: the failed rows are recorded with their reasons (AuditAttempt rows in the store,
+`teacher_attempts` in the warehouse), and the next run retries exactly them."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import duckdb
+import pytest
+from sqlalchemy import func, select
+
+from assets.audit import audit_candidates, audited_errors
+from assets.embeddings import interaction_embeddings
+from assets.ingest import ingest_interactions, raw_interactions
+from assets.quality import interaction_quality
+from assets.teaching import preference_pairs, teacher_samples
+from ml.generate import generate
+from orchestration.resources import LearnloopResource
+from store.db import session_scope
+from store.models import AuditAttempt, ReviewItem
+from tests.llm.fake_servers import FakeOpenAIServer, error, hang, ok, rate_limited
+
+CHAIN = [interaction_embeddings, audit_candidates, audited_errors, teacher_samples,
+         preference_pairs]
+VERDICT = json.dumps({"is_error": True, "category": "factual_error", "severity": "high",
+                      "confidence": 0.8, "explanation": "The price is wrong."})
+FAULTS = [error(500, "upstream exploded"), rate_limited(1), hang(2.0)]
+
+
+def _teacher_reply(n: int) -> str:
+    return json.dumps({"corrected_response": f"The correct answer, number {n}.",
+                       "rationale": "States the right price."})
+
+
+@pytest.fixture()
+def home(learnloop_home, monkeypatch):
+    summary = generate(learnloop_home / "landing", 60, seed=9, days=1)
+    day = sorted(summary["days"])[0]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [day])
+        assert dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
+                              partition_key=day, instance=instance,
+                              resources={"learnloop": LearnloopResource(home=str(learnloop_home))}
+                              ).success
+    return learnloop_home
+
+
+class Script:
+    """Per role: the first three calls fail (500, 429 + Retry-After, no reply within the
+    timeout), every later one answers."""
+
+    def __init__(self) -> None:
+        self.calls = {"auditor": 0, "teacher": 0}
+
+    def __call__(self, request):
+        system = request.body["messages"][0]["content"]
+        role = "teacher" if "You are the Teacher" in system else "auditor"
+        self.calls[role] += 1
+        n = self.calls[role]
+        if n <= len(FAULTS):
+            return FAULTS[n - 1]
+        return ok(_teacher_reply(n) if role == "teacher" else VERDICT)
+
+
+def _materialize(home):
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(CHAIN, instance=instance,
+                                resources={"learnloop": LearnloopResource(home=str(home))})
+    assert result.success
+    return {m.materialization.asset_key.to_user_string():
+            {k: v.value for k, v in m.materialization.metadata.items()}
+            for m in result.get_asset_materialization_events()}
+
+
+def _rows(home, sql):
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_llm_teacher_chain_records_mixed_faults_and_retries_them(home, monkeypatch):
+    script = Script()
+    with FakeOpenAIServer(default=script) as server:
+        monkeypatch.setenv("LEARNLOOP_TEST_LLM_KEY", "sk-test-secret-abcdef0123456789")
+        for role in ("AUDITOR", "TEACHER"):
+            for k, v in {"": "openai", "_MODEL": "gpt-test", "_BASE_URL": server.base_url,
+                         "_API_KEY_ENV": "LEARNLOOP_TEST_LLM_KEY", "_MAX_RETRIES": "0",
+                         "_TIMEOUT_S": "0.5"}.items():
+                monkeypatch.setenv(f"LEARNLOOP_{role}{k}", v)
+        monkeypatch.setenv("LEARNLOOP_LLM_CACHE", "none")
+        url = f"sqlite:///{home / 'store.db'}"
+
+        first = _materialize(home)
+        audit, teach = first["audited_errors"], first["teacher_samples"]
+        n_cands = first["audit_candidates"]["dagster/row_count"]
+        assert audit["failures"] == 3 and audit["audited"] == n_cands - 3
+        assert teach["teacher"] == "llm:openai/gpt-test"
+        assert teach["failures"] == 3 and teach["attempts_recorded"] >= 3
+        assert teach["failed_attempts_open"] == 3 and teach["retried"] == 0
+        with session_scope(url) as s:
+            failed = list(s.scalars(select(AuditAttempt).where(AuditAttempt.status == "failed")))
+            samples = list(s.scalars(select(ReviewItem).where(ReviewItem.kind == "sample")))
+        reasons = sorted(f.reason for f in failed)
+        assert any("500" in r for r in reasons) and any("429" in r for r in reasons)
+        assert any("no reply within" in r for r in reasons)
+        assert not any("sk-test-secret" in r for r in reasons)
+        t_failed = _rows(home, "SELECT interaction_id, reason, attempts FROM teacher_attempts "
+                               "WHERE status = 'failed' ORDER BY reason")
+        assert len(t_failed) == 3 and {a for _, _, a in t_failed} == {1}
+        t_reasons = [r for _, r, _ in t_failed]
+        assert any("500" in r for r in t_reasons) and any("429" in r for r in t_reasons)
+        assert any("no reply within" in r for r in t_reasons)
+        t_failed_ids = {i for i, _, _ in t_failed}
+        # no sample item for a failed interaction; every LLM sample says who wrote it
+        assert not t_failed_ids & {x.interaction_id for x in samples}
+        llm_samples = [x for x in samples if x.source == "llm:openai"]
+        assert llm_samples and all(x.proposed_response.startswith("The correct answer")
+                                   for x in llm_samples)
+        assert teach["samples_by_source"]["llm:openai"] == len(llm_samples)
+        n_ok = _rows(home, "SELECT count(*) FROM teacher_attempts WHERE status = 'ok'")[0][0]
+        assert n_ok == len(llm_samples)
+
+        second = _materialize(home)
+        a2, t2 = second["audited_errors"], second["teacher_samples"]
+        assert a2["retried_items"] == 3 and a2["failures"] == 0 and a2["audited"] == 3
+        assert t2["retried"] == 3 and t2["failures"] == 0
+        assert t2["failed_attempts_open"] == 0
+        retried = _rows(home, "SELECT interaction_id, status, attempts, reason "
+                              "FROM teacher_attempts WHERE attempts > 1")
+        assert {r[0] for r in retried} == t_failed_ids
+        assert {(r[1], r[2], r[3]) for r in retried} == {("ok", 2, None)}
+        with session_scope(url) as s:
+            now_samples = {x.interaction_id for x in s.scalars(
+                select(ReviewItem).where(ReviewItem.kind == "sample"))}
+            n_items = s.scalar(select(func.count()).select_from(ReviewItem))
+        assert t_failed_ids <= now_samples
+
+        calls = server.calls
+        third = _materialize(home)
+        assert third["audit_candidates"]["dagster/row_count"] == 0
+        assert third["teacher_samples"]["errors_needing_proposal"] == 0
+        assert server.calls == calls  # nothing left to retry: no request at all
+        with session_scope(url) as s:
+            assert s.scalar(select(func.count()).select_from(ReviewItem)) == n_items
