@@ -118,3 +118,31 @@ def test_agreement_uses_reviewer_labels_and_matches_cohen_kappa(learnloop_home: 
     # corrections are reported apart: f3, f5 flagged of f3, f5, c5
     assert (row["correction_labeled"], row["correction_flagged"]) == (3, 2)
     assert row["correction_recall"] == pytest.approx(2 / 3)
+
+
+def test_a_correction_blind_auditor_counts_corrections_as_labels(learnloop_home: Path, tmp_path):
+    """With `rules` listed in the dbt var correction_blind_auditors, corrections of undecided
+    verdicts become error labels: f5 (flagged) a tp, c5 (clean) a fn."""
+    import json
+    import subprocess
+
+    from assets.analytics import DBT_PROJECT_DIR, dbt_executable
+
+    warehouse = learnloop_home / "warehouse.duckdb"
+    _warehouse(warehouse)
+    run = subprocess.run(
+        [dbt_executable(), "build",
+         "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
+         "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
+         "--vars", json.dumps({"warehouse_path": str(warehouse),
+                               "correction_blind_auditors": ["rules"]})],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:]
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        row = con.execute("SELECT labeled, tp, fp, fn, tn, recall FROM analytics.auditor_agreement"
+                          ).fetchone()
+    finally:
+        con.close()
+    assert row[:5] == (10, 4, 1, 2, 3)
+    assert row[5] == pytest.approx(4 / 6)
