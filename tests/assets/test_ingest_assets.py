@@ -7,7 +7,6 @@ from datetime import datetime
 
 import dagster as dg
 import duckdb
-import polars as pl
 import pytest
 
 from assets.ingest import ingest_interactions, raw_interactions, residual_pii
@@ -169,7 +168,7 @@ def test_pii_in_every_free_text_field_never_reaches_the_warehouse(learnloop_home
     mail = "leak@example.com"
     rec = _record(1, channel=f"web {mail}",
                   model={"provider": mail, "name": "m", "version": f"v {mail}"},
-                  retrieval=[{"doc": mail, "card": 4111111111111111}, f"4111 1111 1111 1111"],
+                  retrieval=[{"doc": mail, "card": 4111111111111111}, "4111 1111 1111 1111"],
                   human_correction={"agent_id": mail, "corrected_response": f"use {mail}",
                                     "reason": f"wrong, {mail}", "category": mail},
                   feedback={"rating": 1, "comment": mail},
