@@ -60,6 +60,15 @@ class wait_retry_after_or_exponential(wait_base):
         return self._exponential(retry_state)
 
 
+REQUEST_REJECTED_STATUS = frozenset({400, 413, 422})
+"""HTTP statuses that reject one request (too long, bad parameters), not the provider's health;
+401/403/404 (key, permission, model name) fail every request and do count on the breaker."""
+
+
+def _rejects_this_request_only(exc: ProviderCallError) -> bool:
+    return isinstance(exc, PermanentProviderError) and exc.status_code in REQUEST_REJECTED_STATUS
+
+
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, ProviderCallError) and exc.retryable
 
@@ -145,8 +154,13 @@ class ResilientProvider:
         )
         try:
             response = retrying(attempt)
-        except ProviderCallError:
-            self.breaker.record_failure()
+        except ProviderCallError as exc:
+            if _rejects_this_request_only(exc):
+                # the provider is up and answered coherently: this request was wrong, not the
+                # provider, so the breaker (provider health) counts it as a success
+                self.breaker.record_success()
+            else:
+                self.breaker.record_failure()
             raise
         self.breaker.record_success()
         response.attempts = attempts

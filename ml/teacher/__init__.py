@@ -22,7 +22,6 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
-from ml.llm import ProviderError
 from ml.teacher.llm import LLMTeacher
 from ml.teacher.retrieval import Proposal, RetrievalTeacher
 
@@ -85,7 +84,7 @@ def propose_corrections(rows: Sequence[dict[str, Any]], *, retrieval: RetrievalT
         for row in rest:
             try:
                 p = llm.propose(row, row.get("finding") or "")
-            except ProviderError as exc:
+            except LLMTeacher.ROW_FAILURES as exc:
                 result.failures[str(row["interaction_id"])] = str(exc)
                 continue
             result.proposals[p.interaction_id] = p

@@ -211,6 +211,23 @@ def test_breaker_opens_skips_the_provider_and_half_opens_after_cooldown(api_key)
         assert breaker.state == "closed" and primary.calls == 4
 
 
+@pytest.mark.parametrize("status, opens", [(400, False), (422, False), (401, True), (404, True)])
+def test_a_rejected_request_does_not_open_the_breaker_but_a_broken_provider_does(
+        api_key, status, opens):
+    """A 400/422 is about the one request (too long, bad parameter): the next requests must still
+    reach the provider. A 401/404 (key, model name) fails every request: the breaker opens."""
+    with FakeOpenAIServer() as primary, FakeGeminiServer() as backup:
+        primary.default = error(status, "rejected")
+        backup.default = ok("backup answer")
+        router = router_for(resilient(make_provider(primary), retry=NO_RETRY, threshold=2),
+                            resilient(make_provider(backup)))
+        for _ in range(3):
+            assert router.complete(LLMRequest(MSGS)).provider == "gemini"
+        breaker = router.providers[0].breaker
+        assert breaker.state == ("open" if opens else "closed")
+        assert primary.calls == (2 if opens else 3)
+
+
 def test_open_breaker_on_the_only_provider_is_reported(openai_server, api_key):
     openai_server.default = error(500)
     router = router_for(resilient(make_provider(openai_server), retry=NO_RETRY, threshold=1, reset_s=60))

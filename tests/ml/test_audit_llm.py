@@ -199,3 +199,18 @@ def test_llm_teacher_failure_is_counted_not_raised(server):
         "api_key_env": KEY_ENV, "max_retries": 0, "cache_backend": "none"}))
     result = propose_corrections(list(frame(1).iter_rows(named=True)), retrieval=None, llm=teacher)
     assert result.proposals == {} and "503" in result.failures["it-0"]
+
+
+def test_propose_corrections_records_a_bad_row_and_goes_on(server):
+    """One row with unreadable messages must not stop the teaching loop: it is a failure with
+    its reason, the next row gets its proposal."""
+    server.push(ok(json.dumps({"corrected_response": "Updated.", "rationale": "Do it."})))
+    teacher = LLMTeacher(build_router("teacher", {
+        "kind": "openai", "model": "gpt-test", "base_url": server.base_url,
+        "api_key_env": KEY_ENV, "max_retries": 0, "cache_backend": "none"}))
+    rows = list(frame(2).iter_rows(named=True))
+    rows[0]["messages"] = "{not json"
+    result = propose_corrections(rows, retrieval=None, llm=teacher)
+    assert list(result.proposals) == ["it-1"] and result.proposals["it-1"].response == "Updated."
+    assert "it-0: messages is not valid JSON" in result.failures["it-0"]
+    assert server.calls == 1
