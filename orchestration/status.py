@@ -29,6 +29,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "quarantined": warehouse.table_count(settings.warehouse, "quarantined_interactions"),
         "scored": warehouse.table_count(settings.warehouse, "interaction_quality"),
         "errors": counts["errors"],
+        "calibration": counts["calibration"],
         "samples": counts["samples"],
         "datasets": counts["datasets"],
         "models": {"versions": versions, "champion": counts["champion"],
@@ -38,13 +39,15 @@ def collect_status(settings: Settings) -> dict[str, Any]:
 
 
 def format_status(st: dict[str, Any]) -> str:
-    e, s, m = st["errors"], st["samples"], st["models"]
+    e, c, s, m = st["errors"], st["calibration"], st["samples"], st["models"]
     lines = [
         f"learnloop at {st['home']}",
         f"  ingest     interactions {st['interactions']:>9,}   quarantined {st['quarantined']:>7,}",
         f"  quality    scored       {st['scored']:>9,}",
         f"  audit      errors       pending {e['pending']:,} · confirmed {e['confirmed']:,} · "
         f"dismissed {e['dismissed']:,}",
+        f"             calibration  pending {c['pending']:,} · confirmed {c['confirmed']:,} · "
+        f"dismissed {c['dismissed']:,}   (\"no error found\" verdicts to label)",
         f"  teaching   samples      pending {s['pending']:,} · approved {s['approved']:,} · "
         f"rejected {s['rejected']:,}",
         f"  datasets   {st['datasets']:,}",

@@ -295,15 +295,20 @@ def list_events(session: Session, *, after_id: int = 0, limit: int = 10_000,
 
 def status_counts(session: Session) -> dict[str, Any]:
     """Counts per review state, datasets and deployments, for ``learnloop status``."""
+    # an `error` item without a category is a clean calibration verdict ("no error found") put
+    # before a reviewer to label; it is counted apart from the flagged errors
+    flagged = ReviewItem.category.is_not(None)
     rows = session.execute(
-        select(ReviewItem.kind, ReviewItem.status, func.count()).group_by(ReviewItem.kind,
-                                                                          ReviewItem.status)
+        select(ReviewItem.kind, ReviewItem.status, flagged, func.count())
+        .group_by(ReviewItem.kind, ReviewItem.status, flagged)
     ).all()
     errors = {s: 0 for s in ERROR_STATUSES}
+    calibration = {s: 0 for s in ERROR_STATUSES}
     samples = {s: 0 for s in ("pending", "approved", "rejected")}
-    for kind, status, n in rows:
+    for kind, status, is_flagged, n in rows:
         if kind == "error":
-            errors[status] = errors.get(status, 0) + n
+            target = errors if is_flagged else calibration
+            target[status] = target.get(status, 0) + n
         else:
             # an edited sample is an approved one with the reviewer's text
             key = "approved" if status == "edited" else status
@@ -319,8 +324,8 @@ def status_counts(session: Session) -> dict[str, Any]:
                                                     ModelDeployment.status == "active")
         .order_by(ModelDeployment.id.desc()).limit(1)
     )
-    return {"errors": errors, "samples": samples, "datasets": n_datasets,
-            "champion": champion, "challenger": challenger}
+    return {"errors": errors, "calibration": calibration, "samples": samples,
+            "datasets": n_datasets, "champion": champion, "challenger": challenger}
 
 
 def approved_samples(session: Session, *, since: datetime | None = None) -> list[ReviewItem]:

@@ -83,10 +83,11 @@ def _verdict(iid: str, day: date, is_error: bool, category=None, severity=None,
             "signals": [], "answered_by": auditor, "audited_at": datetime(2025, 1, 3, 9, 0)}
 
 
-# rules auditor on day 1 (acme): flags i2 (confirmed), i3 (no decision, but a human correction ->
-# labeled error), i4 (dismissed); passes i1 (unlabeled) and i5 (unlabeled).
-# -> labeled: i2 tp, i3 tp, i4 fp  => precision = 1 / 2 (decided flags), recall = 2 / 2,
-#    kappa: tp=2, fp=1, fn=0, tn=0, n=3 -> po = 2/3, pe = (3*2 + 0*1)/9 = 2/3 -> kappa 0
+# rules auditor on day 1 (acme): flags i2 (confirmed), i3 (no decision, but a human correction:
+# NOT a label, since the rules auditor reads corrections; reported in correction_* instead),
+# i4 (dismissed); passes i1 (unlabeled) and i5 (unlabeled).
+# -> labeled: i2 tp, i4 fp  => precision = 1 / 2, recall = 1 / 1,
+#    kappa: tp=1, fp=1, fn=0, tn=0, n=2 -> po = 1/2, pe = (2*1 + 0*1)/4 = 1/2 -> kappa 0
 AUDITED = [
     _verdict("i1", D1, False), _verdict("i2", D1, True, "factual_error", "high", 0.9),
     _verdict("i3", D1, True, "incomplete", "medium", 0.6),
@@ -256,7 +257,8 @@ def test_dbt_build_computes_marts_and_reports_tests_as_checks(learnloop_home: Pa
 
     (agree,) = _query(warehouse, "SELECT * FROM analytics.auditor_agreement")
     assert (agree["audited"], agree["flagged"], agree["confirmed"], agree["dismissed"]) == (5, 3, 1, 1)
-    assert (agree["labeled"], agree["tp"], agree["fp"], agree["fn"], agree["tn"]) == (3, 2, 1, 0, 0)
+    assert (agree["labeled"], agree["tp"], agree["fp"], agree["fn"], agree["tn"]) == (2, 1, 1, 0, 0)
+    assert (agree["correction_labeled"], agree["correction_flagged"]) == (1, 1)
     assert agree["precision"] == pytest.approx(0.5)
     assert agree["recall"] == pytest.approx(1.0)
     assert agree["cohens_kappa"] == pytest.approx(0.0)

@@ -56,6 +56,7 @@ def test_demo_materializes_ingest_quality_audit_teaching_and_dbt(demo_home):
     assert st["interactions"] > 700 and st["quarantined"] > 0
     assert st["scored"] == st["interactions"]
     assert st["errors"]["pending"] > 0 and st["samples"]["pending"] > 0
+    assert st["calibration"]["pending"] > 0  # clean calibration verdicts put before reviewers
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     try:
         (n,) = con.execute("SELECT sum(interactions) FROM analytics.daily_quality").fetchall()[0]
@@ -115,8 +116,10 @@ def test_reviewer_decides_demo_items_through_learnloop_serve(demo_home):
         stale = httpx.post(f"{base}/api/v1/items/{a['id']}/decision", headers=auth,
                            json={"decision": "reject", "version": a["version"]})
         assert stale.status_code == 409
-        errors = httpx.get(f"{base}/api/v1/items", params={"kind": "error", "limit": 1},
-                           headers=auth).json()["items"]
+        errors = [i for i in httpx.get(f"{base}/api/v1/items",
+                                       params={"kind": "error", "limit": 100},
+                                       headers=auth).json()["items"]
+                  if i["category"] is not None]  # a flagged error, not a calibration item
         ok = httpx.post(f"{base}/api/v1/items/{errors[0]['id']}/decision", headers=auth,
                         json={"decision": "confirm", "version": errors[0]["version"]})
         assert ok.status_code == 200

@@ -134,15 +134,18 @@ def test_sort_by_severity_and_status_counts(store_url):
     with session_scope(store_url) as s:
         for key, sev in [("l", "low"), ("c", "critical"), ("m", "medium")]:
             repo.create_item(s, kind="error", dedup_key=key, tenant_id="acme",
-                             interaction_id=key, severity=sev)
+                             interaction_id=key, severity=sev, category="factual_error")
         items, _ = repo.list_items(s, repo.ItemFilter(kind="error"), sort="severity")
         assert [i.severity for i in items] == ["critical", "medium", "low"]
         s1, _ = _sample(s, key="x")
         s2, _ = _sample(s, key="y")
         repo.decide(s, s1.id, decision="edit", expected_version=1, actor="a", final_response="z")
         repo.decide(s, s2.id, decision="reject", expected_version=1, actor="a")
+        for key in ("clean1", "clean2"):  # "no error found" calibration items: no category
+            repo.create_item(s, kind="error", dedup_key=key, tenant_id="acme", interaction_id=key)
         counts = repo.status_counts(s)
     assert counts["errors"] == {"pending": 3, "confirmed": 0, "dismissed": 0}
+    assert counts["calibration"] == {"pending": 2, "confirmed": 0, "dismissed": 0}
     assert counts["samples"] == {"pending": 0, "approved": 1, "rejected": 1}
 
 
