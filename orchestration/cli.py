@@ -32,12 +32,21 @@ def main() -> None:
                 type=click.Choice(["native", "openai-chat", "hh-rlhf", "oasst"]))
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--tenant", default="default", show_default=True, help="tenant_id of the records")
+@click.option("--timestamp", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S",
+                                                   "%Y-%m-%dT%H:%M:%S%z"]),
+              default=None, help="timestamp for records that carry none (hh-rlhf, and openai-chat "
+                                 "/ oasst without one); default: the file's modification time, so "
+                                 "a re-import lands on the same day")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def import_cmd(fmt: str, path: Path, tenant: str, as_json: bool) -> None:
+def import_cmd(fmt: str, path: Path, tenant: str, timestamp, as_json: bool) -> None:
+    from datetime import timezone
+
     from ml.importers import import_to_landing
 
     settings = _settings()
-    summary = import_to_landing(fmt, path, settings.landing, tenant)
+    if timestamp is not None and timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=timezone.utc)
+    summary = import_to_landing(fmt, path, settings.landing, tenant, timestamp=timestamp)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:

@@ -17,6 +17,9 @@ DAGSTER_YAML = """\
 # For PostgreSQL, replace with:  storage: {postgres: {postgres_url: {env: LEARNLOOP_DAGSTER_PG_URL}}}
 telemetry:
   enabled: false
+python_logs:
+  # learnloop's own warnings (e.g. an ingest worker that crashed) reach the run's event log
+  managed_python_loggers: [ml]
 concurrency:
   pools:
     default_limit: 1

@@ -37,6 +37,16 @@ def test_import_hh_rlhf_sample_lands_every_pair(learnloop_home):
     assert "2,354 accepted, 0 quarantined" in res.output
 
 
+def test_import_timestamp_puts_undated_records_on_that_day(learnloop_home):
+    src = SHARED / "hh-rlhf-helpful-base" / "test.jsonl.gz"
+    res = CliRunner().invoke(main, ["import", "hh-rlhf", str(src), "--timestamp", "2025-02-03",
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["days"] == {"2025-02-03": 2354}
+    assert all("date=2025-02-03" in f for f in summary["files"])
+
+
 def test_import_rejects_unknown_format_by_name(learnloop_home, tmp_path):
     f = tmp_path / "x.jsonl"
     f.write_text("{}\n")
