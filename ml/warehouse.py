@@ -47,7 +47,9 @@ def _incoming(columns: dict[str, str], table: str, frame: pl.DataFrame):
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"frame for table {table!r} lacks columns {missing}")
-    return frame.select(list(columns)).to_arrow()
+    # newest compat level: strings stay Arrow string views (no copy of every text into
+    # large_string buffers); DuckDB reads views directly
+    return frame.select(list(columns)).to_arrow(compat_level=pl.CompatLevel.newest())
 
 
 def write_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, *,
