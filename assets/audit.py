@@ -337,7 +337,7 @@ def _demo_precision_recall(landing_root, con, auditor: str, prompt_version: str)
 def _materialized_in_run(context: dg.AssetExecutionContext, run_id: str) -> bool:
     """Whether ``audit_candidates`` was materialized in run ``run_id`` (this instance's log)."""
     key = dg.AssetKey("audit_candidates")
-    for rid in dict.fromkeys((run_id, context.run_id)):
+    for rid in dict.fromkeys((run_id, context.run.run_id)):
         for rec in context.instance.all_logs(rid, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
             mat = rec.asset_materialization
             if mat is not None and mat.asset_key == key:

@@ -47,6 +47,9 @@ class TeacherSamplesConfig(dg.Config):
     similarity_threshold: float = DEFAULT_THRESHOLD  # retrieval teacher: min cosine
     teacher: str = ""  # "" = LEARNLOOP_TEACHER; "retrieval" or an ml.llm kind list
     limit: int = 0  # at most this many errors per run (0 = all)
+    # an error whose LLM proposal failed this many times (same teacher and prompt version) is
+    # given up: no more calls, listed in the metadata; 0 = retry forever
+    max_attempts: int = 5
 
 
 def resolve_teacher(override: str = "") -> LLMTeacher | None:
@@ -161,6 +164,18 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
     rows = [{**by_id[w["interaction_id"]], **w, "original_response":
              by_id[w["interaction_id"]].get("response")} for w in wanted if w["interaction_id"] in by_id]
 
+    given_up: list[str] = []
+    if llm is not None and config.max_attempts > 0 and previous.height:
+        exhausted = set(previous.filter(
+            (pl.col("status") == "failed") & (pl.col("prompt_version") == llm.prompt_version)
+            & (pl.col("attempts") >= config.max_attempts))["interaction_id"].to_list())
+        given_up = [r["interaction_id"] for r in rows if r["interaction_id"] in exhausted]
+        rows = [r for r in rows if r["interaction_id"] not in exhausted]
+        if given_up:
+            context.log.warning(
+                f"{len(given_up)} errors failed {config.max_attempts} teacher attempts and are "
+                f"given up (see {TEACHER_ATTEMPTS_TABLE}): {given_up[:5]}")
+
     db = embeddings.connect(settings.lancedb)
     index_size = build_answer_index(db, answer_index_entries(url, corrections),
                                     embeddings.read_question_vectors(
@@ -176,7 +191,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
         attempts = attempt_rows(rows, result, previous, teacher=name,
                                 prompt_version=llm.prompt_version,
                                 now=datetime.now(timezone.utc).replace(tzinfo=None),
-                                run_id=context.run_id)
+                                run_id=context.run.run_id)
         with learnloop.warehouse() as con:
             recorded = warehouse.upsert_rows(con, TEACHER_ATTEMPTS_TABLE, attempts,
                                              TEACHER_ATTEMPT_KEYS, TEACHER_ATTEMPT_COLUMNS)
@@ -232,6 +247,9 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
         "no_similar_answer": len(result.no_proposal),
         "failures": len(result.failures),
         "retried": retried,
+        "given_up": len(given_up),
+        "given_up_ids": dg.MetadataValue.json(given_up[:50]),
+        "max_attempts": config.max_attempts,
         "attempts_recorded": recorded,
         "failed_attempts_open": open_failures,
         "samples_created": sum(created.values()),

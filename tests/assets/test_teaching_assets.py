@@ -150,3 +150,46 @@ def test_llm_teacher_chain_records_mixed_faults_and_retries_them(home, monkeypat
         assert server.calls == calls  # nothing left to retry: no request at all
         with session_scope(url) as s:
             assert s.scalar(select(func.count()).select_from(ReviewItem)) == n_items
+
+
+def test_teacher_gives_up_after_max_attempts(home, monkeypatch):
+    """An error whose LLM proposal keeps failing (a 400 for that request) is retried on the next
+    runs until max_attempts, then given up: no more calls, listed in the metadata."""
+    calls = {"teacher": 0}
+
+    def script(request):
+        if "You are the Teacher" in request.body["messages"][0]["content"]:
+            calls["teacher"] += 1
+            return error(400, "prompt too long for this model")
+        return ok(VERDICT)
+
+    with FakeOpenAIServer(default=script) as server:
+        monkeypatch.setenv("LEARNLOOP_TEST_LLM_KEY", "sk-test-secret-abcdef0123456789")
+        for role in ("AUDITOR", "TEACHER"):
+            for k, v in {"": "openai", "_MODEL": "gpt-test", "_BASE_URL": server.base_url,
+                         "_API_KEY_ENV": "LEARNLOOP_TEST_LLM_KEY", "_MAX_RETRIES": "0"}.items():
+                monkeypatch.setenv(f"LEARNLOOP_{role}{k}", v)
+        monkeypatch.setenv("LEARNLOOP_LLM_CACHE", "none")
+        config = {"ops": {"teacher_samples": {"config": {"max_attempts": 2}}}}
+
+        def run():
+            with dg.instance_for_test() as instance:
+                result = dg.materialize(CHAIN, instance=instance, run_config=config,
+                                        resources={"learnloop": LearnloopResource(home=str(home))})
+            assert result.success
+            mat = [m.materialization for m in result.get_asset_materialization_events()
+                   if m.materialization.asset_key.to_user_string() == "teacher_samples"][0]
+            return {k: v.value for k, v in mat.metadata.items()}
+
+        first = run()
+        n = first["failures"]
+        assert n > 0 and first["given_up"] == 0 and calls["teacher"] == n
+        second = run()
+        assert second["failures"] == n and second["retried"] == n and second["given_up"] == 0
+        assert calls["teacher"] == 2 * n
+        third = run()
+        assert third["given_up"] == n and third["failures"] == 0
+        assert calls["teacher"] == 2 * n  # given up: not called again
+        assert len(third["given_up_ids"]) == min(n, 50)
+    attempts = _rows(home, "SELECT DISTINCT status, attempts FROM teacher_attempts")
+    assert attempts == [("failed", 2)]
