@@ -65,9 +65,12 @@ def test_progress_counts_decisions_today_and_total(svc_store):
         for k in range(3):
             item, _ = repo.create_item(s, kind="sample", dedup_key=f"k{k}", tenant_id="acme",
                                        interaction_id=f"i{k}", proposed_response="p")
-            repo.decide(s, item.id, decision="approve", expected_version=1, actor="ann")
-        old = s.scalars(select(ReviewEvent).where(ReviewEvent.action == "decide")).first()
-        old.at = datetime.now(timezone.utc) - timedelta(days=2)
+            if k < 2:
+                repo.decide(s, item.id, decision="approve", expected_version=1, actor="ann")
+        # a decision two days ago (events are append-only: write it as it would have been written)
+        s.add(ReviewEvent(item_id=item.id, tenant_id="acme", actor="ann", action="decide",
+                          before={"status": "pending"}, after={"status": "approved"},
+                          at=datetime.now(timezone.utc) - timedelta(days=2)))
     with session_scope(svc_store) as s:
         assert reviewers.progress(s, "ann") == {"today": 2, "total": 3}
         assert reviewers.progress(s, "bob") == {"today": 0, "total": 0}

@@ -71,3 +71,55 @@ def test_0002_adds_the_session_epoch_and_keeps_reviewers(store_url):
     finally:
         eng.dispose()
     upgrade(store_url)
+
+
+def _refused(eng, sql: str) -> str:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        with eng.begin() as con:
+            con.execute(text(sql))
+    except DBAPIError as exc:
+        return str(exc.orig)
+    raise AssertionError(f"the store accepted: {sql}")
+
+
+def test_0003_the_audit_trail_cannot_be_rewritten_or_items_deleted(store_url):
+    """review_events and config_history are append-only and review items are never deleted,
+    enforced by the database (any client, hand-written SQL included); 0003 down lifts it."""
+    from sqlalchemy import func, select, text
+
+    from store import repo
+    from store.db import session_scope
+    from store.models import ConfigHistory, ReviewEvent
+
+    with session_scope(store_url) as s:
+        s.add(ConfigHistory(key="reviewer:ann", old_value=None, new_value={"active": True},
+                            changed_by="admin"))
+        item, _ = repo.create_item(s, kind="error", dedup_key="k1", tenant_id="acme",
+                                   interaction_id="i1", category="factual_error")
+        repo.decide(s, item.id, decision="confirm", expected_version=item.version, actor="ann")
+        n_events = s.scalar(select(func.count()).select_from(ReviewEvent))
+    assert n_events >= 1
+    eng = make_engine(store_url)
+    try:
+        assert "append-only: UPDATE refused" in _refused(eng, "UPDATE review_events SET actor = 'x'")
+        assert "append-only: DELETE refused" in _refused(eng, "DELETE FROM review_events")
+        assert "review_items is append-only: DELETE refused" in _refused(
+            eng, "DELETE FROM review_items")
+        assert "config_history is append-only: UPDATE refused" in _refused(
+            eng, "UPDATE config_history SET changed_by = 'x'")
+        with eng.begin() as con:  # an item's status still changes (decisions are updates)
+            con.execute(text("UPDATE review_items SET tags = '[]'"))
+            assert con.execute(text("SELECT count(*) FROM review_events")).scalar() == n_events
+    finally:
+        eng.dispose()
+    downgrade(store_url, "0002")
+    eng = make_engine(store_url)
+    try:
+        with eng.begin() as con:
+            con.execute(text("DELETE FROM review_events"))
+    finally:
+        eng.dispose()
+    upgrade(store_url)
