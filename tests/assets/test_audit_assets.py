@@ -30,6 +30,7 @@ from orchestration.resources import LearnloopResource
 from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
 from store.repo import decide
+from tests.assets.conftest import land_and_ingest
 
 N_RECORDS = 400
 CHAIN = [interaction_embeddings, audit_candidates, audited_errors, teacher_samples,
@@ -192,14 +193,7 @@ def test_llm_auditor_failures_are_recorded_and_retried_next_run(learnloop_home, 
 
     verdict = json.dumps({"is_error": True, "category": "factual_error", "severity": "high",
                           "confidence": 0.8, "explanation": "The price is wrong."})
-    summary = generate(learnloop_home / "landing", 60, seed=9, days=1)
-    day = sorted(summary["days"])[0]
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [day])
-        assert dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
-                              partition_key=day, instance=instance,
-                              resources={"learnloop": LearnloopResource(home=str(learnloop_home))}
-                              ).success
+    land_and_ingest(learnloop_home)
     calls = {"n": 0}
 
     def behaviour(_request):
@@ -251,14 +245,7 @@ def small_home(learnloop_home, monkeypatch):
     """60 generated records of one day, landed and ingested; offline auditor and teacher."""
     for var in ("LEARNLOOP_AUDITOR", "LEARNLOOP_TEACHER"):
         monkeypatch.delenv(var, raising=False)
-    summary = generate(learnloop_home / "landing", 60, seed=9, days=1)
-    day = sorted(summary["days"])[0]
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [day])
-        assert dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
-                              partition_key=day, instance=instance,
-                              resources={"learnloop": LearnloopResource(home=str(learnloop_home))}
-                              ).success
+    land_and_ingest(learnloop_home)
     return learnloop_home
 
 

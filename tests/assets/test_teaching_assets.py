@@ -17,13 +17,11 @@ from sqlalchemy import func, select
 
 from assets.audit import audit_candidates, audited_errors
 from assets.embeddings import interaction_embeddings
-from assets.ingest import ingest_interactions, raw_interactions
-from assets.quality import interaction_quality
 from assets.teaching import preference_pairs, teacher_samples
-from ml.generate import generate
 from orchestration.resources import LearnloopResource
 from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
+from tests.assets.conftest import land_and_ingest
 from tests.llm.fake_servers import FakeOpenAIServer, error, hang, ok, rate_limited
 
 CHAIN = [interaction_embeddings, audit_candidates, audited_errors, teacher_samples,
@@ -40,14 +38,7 @@ def _teacher_reply(n: int) -> str:
 
 @pytest.fixture()
 def home(learnloop_home, monkeypatch):
-    summary = generate(learnloop_home / "landing", 60, seed=9, days=1)
-    day = sorted(summary["days"])[0]
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [day])
-        assert dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
-                              partition_key=day, instance=instance,
-                              resources={"learnloop": LearnloopResource(home=str(learnloop_home))}
-                              ).success
+    land_and_ingest(learnloop_home)
     return learnloop_home
 
 

@@ -1,0 +1,26 @@
+"""Shared set-up of the asset tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from assets.ingest import ingest_interactions, raw_interactions
+from assets.quality import interaction_quality
+from ml.generate import generate
+from orchestration.resources import LearnloopResource
+
+
+def land_and_ingest(home: Path, n: int = 60, seed: int = 9) -> str:
+    """Generate ``n`` demo records of one day into ``home``'s landing zone and materialize ingest
+    and quality for that day; return the day."""
+    summary = generate(home / "landing", n, seed=seed, days=1)
+    day = sorted(summary["days"])[0]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [day])
+        assert dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
+                              partition_key=day, instance=instance,
+                              resources={"learnloop": LearnloopResource(home=str(home))}
+                              ).success
+    return day
