@@ -41,6 +41,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -626,6 +627,36 @@ def landing_source_name(fmt: str, path: Path | str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{fmt}-{name}")[:55].rstrip(".") or fmt
 
 
+IMPORT_REGISTRY = "_imports"  # below the landing root; not a date= folder, so never ingested
+
+
+def _registered_timestamp(landing_dir: Path, path: Path) -> tuple[Path, datetime | None]:
+    """Where the default timestamp of ``path``'s content is registered, and the registered one.
+
+    Keyed by the SHA-256 of the file's bytes: re-importing the same content (touched, copied or
+    downloaded again, so with a new mtime) reuses the first import's timestamp, which makes the
+    records identical and ingest drops them as exact duplicates instead of quarantining them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    entry = landing_dir / IMPORT_REGISTRY / f"{digest.hexdigest()}.json"
+    if not entry.exists():
+        return entry, None
+    try:
+        return entry, datetime.fromisoformat(json.loads(entry.read_text())["timestamp"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"import registry entry {entry} is unreadable ({exc}); delete it to "
+                         f"re-register {path.name}") from exc
+
+
+def _register_timestamp(entry: Path, path: Path, timestamp: datetime) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"timestamp": timestamp.isoformat(), "first_source": path.name}))
+    os.replace(tmp, entry)
+
+
 def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
                       tenant_id: str = "default",
                       import_time: datetime | None = None,
@@ -633,12 +664,20 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
     """Import ``path`` and write it into the landing zone.
 
     Accepted records go to ``date=<UTC day of their timestamp>/<source>-....jsonl`` (one file per
-    day); records without a timestamp of their own get ``timestamp`` (default: the file's mtime,
-    so a re-import lands on the same day). Rejected lines go to the folder of ``import_time``'s
+    day); records without a timestamp of their own get ``timestamp`` (default: the timestamp
+    registered for this file content by its first import, else the file's mtime; so a re-import
+    of the same content, even touched or copied, gives the same records). Rejected lines go to the folder of ``import_time``'s
     UTC day (default: now) as ``<source>-rejected-....jsonl`` so the ingest stage quarantines them
     with the importer's reason (see the module docstring). Returns ``{format, source, accepted,
     quarantined, blank_lines, days: {day: records}, files: [paths]}``."""
     import_time = import_time or _now()
+    registry_entry = None
+    if timestamp is None and fmt != "native":
+        registry_entry, timestamp = _registered_timestamp(Path(landing_dir), _check_path(path))
+        if timestamp is None:
+            timestamp = file_timestamp(path)
+        else:
+            registry_entry = None  # already registered
     result = import_file(fmt, path, tenant_id, timestamp)
     source = landing_source_name(fmt, path)
     by_day: dict[str, list[dict[str, Any]]] = {}
@@ -659,6 +698,8 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
         today = import_time.astimezone(timezone.utc).date()
         files.append(str(write_landing_file(Path(landing_dir), today, f"{source}-rejected",
                                             lines)))
+    if registry_entry is not None:
+        _register_timestamp(registry_entry, Path(path), timestamp)
     return {
         "format": fmt,
         "source": result.source,

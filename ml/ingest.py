@@ -1265,7 +1265,9 @@ def drop_cross_partition_duplicates(result: IngestResult, earlier: pl.DataFrame,
 
     ``earlier``: rows (INTERACTION_COLUMNS) of *other* partitions of the ``interactions`` table
     whose ``interaction_id`` is among ``result.interactions`` (when an id is in several, the
-    earliest partition counts). A row whose content (``CONTENT_COLUMNS``: everything but
+    earliest of those partitions is compared). The copy already in the warehouse wins: the
+    partition materialized first keeps the record, whatever the dates (a backfill that runs newest
+    day first keeps the newest copy). A row whose content (``CONTENT_COLUMNS``: everything but
     ``partition_date`` and ``source_file``) equals the earlier one is an exact copy and is dropped
     (``stats["cross_partition_duplicates"]``, listed in ``..._rows``); a row with different
     content is quarantined with reason ``duplicate interaction_id of partition YYYY-MM-DD`` and

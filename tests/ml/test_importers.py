@@ -416,3 +416,33 @@ def test_records_without_a_time_get_the_file_mtime_whenever_imported(tmp_path):
     assert summary["days"] == {"2026-11-03": 1}
     with pytest.raises(TypeError, match="timestamp"):
         import_file("hh-rlhf", src, timestamp="2026-01-01")
+
+
+def test_reimporting_touched_content_gives_identical_records(tmp_path):
+    """A file downloaded again or touched has a new mtime; its records must still come out the
+    same (the first import's timestamp is registered by content), so ingest drops them as exact
+    duplicates instead of quarantining them as conflicts."""
+    import os
+    src = tmp_path / "pairs.jsonl"
+    with gzip.open(HH, "rt", encoding="utf-8") as fh:
+        src.write_text("".join(next(fh) for _ in range(3)), encoding="utf-8")
+    land = tmp_path / "landing"
+    os.utime(src, (datetime(2025, 6, 30, 12, tzinfo=timezone.utc).timestamp(),) * 2)
+    first = import_to_landing("hh-rlhf", src, land)
+    os.utime(src, (datetime(2026, 3, 4, 9, tzinfo=timezone.utc).timestamp(),) * 2)  # touched
+    second = import_to_landing("hh-rlhf", src, land)
+    assert first["days"] == second["days"] == {"2025-06-30": 3}
+
+    def records(summary):
+        return [json.loads(line) for f in summary["files"] for line in open(f, encoding="utf-8")]
+
+    assert records(first) == records(second)
+    # new content registers its own timestamp (the mtime of its first import)
+    src.write_text(src.read_text() + src.read_text().splitlines(keepends=True)[0])
+    os.utime(src, (datetime(2026, 3, 4, 9, tzinfo=timezone.utc).timestamp(),) * 2)
+    third = import_to_landing("hh-rlhf", src, land)
+    assert third["days"] == {"2026-03-04": 4}
+    assert len(list((land / "_imports").glob("*.json"))) == 2
+    # the registry is not a landing day
+    from ml.landing import list_partitions
+    assert list_partitions(land) == ["2025-06-30", "2026-03-04"]
