@@ -77,14 +77,15 @@ def run_job(defs: dg.Definitions, instance: dg.DagsterInstance, name: str,
             log_level: str = "WARNING", run_config: dict | None = None,
             output: Path | None = None) -> dg.ExecuteInProcessResult:
     """Execute one job in this process. With ``output``, what the run writes to this process's
-    stdout and stderr (dbt's log lines, library progress bars, console logs) is appended to that
-    file instead of the terminal; the Dagster UI keeps the run's full event log either way."""
+    stdout and stderr (dbt's log lines, library progress bars, console logs) goes to that file
+    (replaced at each run) instead of the terminal; the Dagster UI keeps the run's full event log either way."""
     config = {**(run_config or {}), **_logging(log_level)}
     job = defs.resolve_job_def(name)
     if output is None:
         return job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "a", encoding="utf-8") as out, contextlib.redirect_stdout(out), \
+    # the file holds the job's last run only (the Dagster UI keeps every run's event log)
+    with open(output, "w", encoding="utf-8") as out, contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(out):
         return job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
 

@@ -46,8 +46,9 @@ def format_status(st: dict[str, Any]) -> str:
         f"  quality    scored       {st['scored']:>9,}",
         f"  audit      errors       pending {e['pending']:,} · confirmed {e['confirmed']:,} · "
         f"dismissed {e['dismissed']:,}",
-        f"             calibration  pending {c['pending']:,} · confirmed {c['confirmed']:,} · "
-        f"dismissed {c['dismissed']:,}   (\"no error found\" verdicts to label)",
+        # "no error found" verdicts put to reviewers: confirmed = a reply the auditor missed
+        f"             calibration  pending {c['pending']:,} · auditor missed {c['confirmed']:,} · "
+        f"reply fine {c['dismissed']:,}",
         f"  teaching   samples      pending {s['pending']:,} · approved {s['approved']:,} · "
         f"rejected {s['rejected']:,}",
         f"  datasets   {st['datasets']:,}",
