@@ -21,15 +21,18 @@ from service.security import (
     InputTooLong,
     check_length,
 )
+from sqlalchemy import select
+
 from store import repo, reviewers
 from store.db import session_scope
+from store.models import ReviewItem
 from store.reviewers import ReviewerInfo
 
 router = APIRouter(include_in_schema=False)
 
 SHORTCUTS = [
-    ("a", "approve the sample / confirm the error"),
-    ("r", "reject the sample / dismiss the error"),
+    ("a", "approve the sample / confirm the error (\"no error found\" item: the reply is wrong)"),
+    ("r", "reject the sample / dismiss the error (\"no error found\" item: the reply is fine)"),
     ("e", "edit the proposed correction (then Ctrl+Enter saves edit & approve)"),
     ("n", "write a note"),
     ("j / k", "next / previous item (on the queue: move the cursor)"),
@@ -44,6 +47,22 @@ FILTERS = ("kind", "category", "tenant", "source", "tag")
 WEB_DECISIONS = ("approve", "reject", "edit", "confirm", "dismiss")
 DONE_WORDS = {"approved": "approved", "rejected": "rejected", "edited": "edited and approved",
               "confirmed": "confirmed as an error", "dismissed": "dismissed"}
+# a "no error found" calibration item inverts the auditor's verdict: confirm = the reply IS wrong
+NO_ERROR_DONE_WORDS = {"confirmed": "confirmed: the reply is wrong (an error the auditor missed)",
+                       "dismissed": "dismissed: the reply is fine (the auditor was right)"}
+NO_ERROR_VERDICT = "no error found"
+
+
+def is_no_error_found(item: Any) -> bool:
+    """An ``error`` item that asks a reviewer to check a clean auditor verdict (the audit stage's
+    calibration sample: ``extra.verdict == "no error found"``, tag ``no_error_found``). Confirming
+    it says the reply IS wrong (a miss of the auditor), dismissing it that the reply is fine, the
+    opposite of what agreeing with the auditor means on a flagged error."""
+    if getattr(item, "kind", None) != "error":
+        return False
+    extra = getattr(item, "extra", None) or {}
+    return (extra.get("verdict") == NO_ERROR_VERDICT or extra.get("is_error") is False
+            or "no_error_found" in (getattr(item, "tags", None) or []))
 
 
 def _flash(request: Request, message: str, level: str = "ok") -> None:
@@ -172,7 +191,7 @@ def queue(request: Request, kind: str | None = Query(None, max_length=16),
     def page_url(n: int) -> str:
         return "/?" + urlencode({**params, "page": n})
 
-    rows = [{"item": i, "age": _age(i.created_at),
+    rows = [{"item": i, "age": _age(i.created_at), "no_error_found": is_no_error_found(i),
              "text": (i.proposed_response if i.kind == "sample" else i.original_response) or ""}
             for i in items]
     return render(request, "queue.html", {
@@ -208,6 +227,24 @@ def batch(request: Request, action: str = Form(...), selected: list[str] = Form(
                           "note": note or None})
     if not decisions:
         _flash(request, "Select at least one item first.", "warn")
+        return RedirectResponse(_safe_next(back), status_code=303)
+    # "no error found" items are never decided in a batch: there confirm means "the reply IS
+    # wrong", so batch-confirming them to agree with the auditor would record its misses
+    with session_scope(get_ctx(request).url) as s:
+        q = select(ReviewItem).where(ReviewItem.id.in_([d["item_id"] for d in decisions]),
+                                     ReviewItem.kind == "error")
+        if "*" not in user.scope:
+            q = q.where(ReviewItem.tenant_id.in_(user.scope))
+        held = sorted(i.id for i in s.scalars(q) if is_no_error_found(i))
+    decisions = [d for d in decisions if d["item_id"] not in held]
+    if held:
+        which = (f"item {held[0]} is a" if len(held) == 1
+                 else f"items {', '.join(map(str, held))} are")
+        _flash(request, f"Not decided: {which} \"no error found\" calibration item"
+                        f"{'s' if len(held) > 1 else ''}: the auditor found no error there, and "
+                        "confirming means the reply IS wrong. Open and decide each one by "
+                        "itself.", "warn")
+    if not decisions:
         return RedirectResponse(_safe_next(back), status_code=303)
     results = repo.decide_many(get_ctx(request).url, decisions, actor=user.username,
                                tenants=user.scope)
@@ -260,7 +297,7 @@ def _item_context(request: Request, user: ReviewerInfo, item_id: int, back: str)
             "changes": [],
             "verdict": verdict_of, "diff": diff_html(item.original_response, proposed),
             "editable": proposed or "", "back": _safe_next(back), "age": _age(item.created_at),
-            "conflict": None, "error": None}
+            "conflict": None, "error": None, "no_error_found": is_no_error_found(item)}
 
 
 def _conflict_page(request: Request, user: ReviewerInfo, item_id: int, back: str,
@@ -317,6 +354,8 @@ def decide(request: Request, item_id: int, decision: str = Form(...), version: i
                                final_response=text if decision in ("approve", "edit") else None,
                                note=note or None, tenants=user.scope)
             status = item.status
+            done = (NO_ERROR_DONE_WORDS if is_no_error_found(item) else DONE_WORDS).get(status,
+                                                                                         status)
             next_id = repo.queue_neighbours(s, item_id, tenants=user.scope, flt=flt, sort=sort)[1]
     except repo.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
@@ -326,7 +365,7 @@ def decide(request: Request, item_id: int, decision: str = Form(...), version: i
         ctx = _item_context(request, user, item_id, back)
         return render(request, "item.html", {**ctx, "error": str(exc), "editable": text or ""},
                       status_code=422, user=user)
-    _flash(request, f"Item {item_id} {DONE_WORDS.get(status, status)}.")
+    _flash(request, f"Item {item_id} {done}.")
     target = f"/items/{next_id}?" + urlencode({"back": _safe_next(back)}) if next_id \
         else _safe_next(back)
     return RedirectResponse(target, status_code=303)

@@ -101,7 +101,8 @@
   function setupQueuePage() {
     var table = document.querySelector("table.queue");
     var counter = document.querySelector("[data-selected-count]");
-    var boxes = Array.prototype.slice.call(document.querySelectorAll('input[name="selected"]'));
+    // disabled boxes ("no error found" items, decided one by one) are never selected
+    var boxes = Array.prototype.slice.call(document.querySelectorAll('input[name="selected"]:not(:disabled)'));
     function count() {
       if (counter) counter.textContent = boxes.filter(function (b) { return b.checked; }).length + " selected";
     }
@@ -128,7 +129,8 @@
       if (ev.key === "j") move(1);
       else if (ev.key === "k") move(-1);
       else if (ev.key === "x" && cur >= 0) {
-        var b = rows[cur].querySelector('input[name="selected"]'); b.checked = !b.checked; count();
+        var b = rows[cur].querySelector('input[name="selected"]:not(:disabled)');
+        if (b) { b.checked = !b.checked; count(); }
       }
       else if ((ev.key === "o" || ev.key === "Enter") && cur >= 0) window.location.href = rows[cur].dataset.href;
       else if (ev.key === "?") toggleHelp();

@@ -201,6 +201,86 @@ def test_batch_approve_and_reject(web, sqlite_world):
                    "error2": "pending", "globex": "pending"}
 
 
+def _no_error_found_item(url, *, tenant="acme", key="clean-1", tags=True):
+    """An audit-stage calibration item: an `error` item saying the auditor found no error."""
+    from store import repo
+
+    with session_scope(url) as s:
+        item, _ = repo.create_item(
+            s, kind="error", dedup_key=key, tenant_id=tenant, interaction_id=f"int-{key}",
+            messages=[{"role": "user", "content": "Which plan includes SSO?"}],
+            original_response="SSO is part of the Enterprise plan.", category=None,
+            severity=None, confidence=0.8, auditor="rules", prompt_version="v1",
+            source="auditor",
+            explanation="No error found by the auditor (calibration sample). Looks correct.",
+            tags=["auditor:rules", "calibration", "no_error_found"] if tags else [],
+            extra={"verdict": "no error found", "is_error": False})
+        return item.id
+
+
+def test_batch_never_decides_no_error_found_items(web, sqlite_world):
+    ids = sqlite_world.items
+    clean = _no_error_found_item(sqlite_world.url)
+    # recognised by its verdict even when a reviewer has removed the tags
+    untagged = _no_error_found_item(sqlite_world.url, key="clean-2", tags=False)
+    sign_in(web, "ann")
+    queue = web.get("/").text
+    # shown apart from flagged errors, and not selectable for a batch
+    assert queue.count('data-testid="no-error-found"') == 2
+    assert re.search(rf'value="{clean}:1" disabled', queue)
+    assert re.search(rf'value="{ids["error"]}:1" aria-label', queue)
+    tok = csrf_of(queue)
+    for action in ("approve", "reject"):
+        r = web.post("/batch", data={"action": action, "csrf_token": tok,
+                                     "selected": [f"{clean}:1", f"{untagged}:1"]})
+        assert r.status_code == 200
+        assert (f"Not decided: items {clean}, {untagged} are &#34;no error found&#34; calibration "
+                "items" in r.text), r.text
+        assert "confirming means the reply IS wrong" in r.text
+        assert "decide each one by itself" in r.text
+    # mixed with a flagged error: the error is confirmed, the calibration item stays pending
+    r = web.post("/batch", data={"action": "approve", "csrf_token": tok,
+                                 "selected": [f"{ids['error']}:1", f"{clean}:1"]})
+    assert f"Not decided: item {clean} is a &#34;no error found&#34; calibration item" in r.text
+    assert "1 of 1 item(s) approved/confirmed" in r.text
+    with session_scope(sqlite_world.url) as s:
+        assert s.get(ReviewItem, clean).status == "pending"
+        assert s.get(ReviewItem, untagged).status == "pending"
+        assert s.get(ReviewItem, ids["error"]).status == "confirmed"
+        assert s.scalars(select(ReviewEvent).where(ReviewEvent.item_id.in_([clean, untagged]),
+                                                   ReviewEvent.action == "decide")).all() == []
+
+
+def test_batch_does_not_reveal_other_tenants_no_error_found_items(web, sqlite_world):
+    other = _no_error_found_item(sqlite_world.url, tenant="globex")
+    sign_in(web, "ann")
+    r = web.post("/batch", data={"action": "approve", "csrf_token": csrf_of(web.get("/").text),
+                                 "selected": [f"{other}:1"]})
+    assert "Not decided" not in r.text
+    assert f"Item {other}: review item {other} not found" in r.text
+
+
+def test_no_error_found_item_page_asks_whether_the_reply_is_fine(web, sqlite_world):
+    ids = sqlite_world.items
+    clean = _no_error_found_item(sqlite_world.url)
+    sign_in(web, "ann")
+    page = web.get(f"/items/{clean}").text
+    assert "The auditor found no error in this reply. Is the reply fine?" in page
+    assert re.search(r'value="confirm"[^>]*data-key="a">Reply is wrong \(confirm\) <kbd>a</kbd>',
+                     page)
+    assert re.search(r'value="dismiss"[^>]*data-key="r">Reply is fine \(dismiss\) <kbd>r</kbd>',
+                     page)
+    assert "Confirm error" not in page
+    flagged = web.get(f"/items/{ids['error']}").text
+    assert "Confirm error <kbd>a</kbd>" in flagged and "Is the reply fine?" not in flagged
+    tok, v = _form(web, clean)
+    r = web.post(f"/items/{clean}/decide", data={"decision": "dismiss", "version": v,
+                                                  "csrf_token": tok})
+    assert f"Item {clean} dismissed: the reply is fine (the auditor was right)." in r.text
+    with session_scope(sqlite_world.url) as s:
+        assert s.get(ReviewItem, clean).status == "dismissed"
+
+
 def test_item_page_shows_conversation_verdict_and_diff(web, sqlite_world):
     sign_in(web, "ann")
     page = web.get(f"/items/{sqlite_world.items['sample']}").text
