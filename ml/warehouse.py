@@ -38,9 +38,21 @@ def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnect
 
 def ensure_table(con: duckdb.DuckDBPyConnection, name: str,
                  columns: dict[str, str] | None = None) -> None:
+    """Create table ``name`` with ``columns`` (default ``TABLES[name]``) if it does not exist; add
+    to an existing table the columns it lacks (``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``, NULL
+    in its old rows), so a warehouse written by an older version keeps working. New columns go
+    last: add them at the end of a layout, since inserts match columns by position."""
     columns = columns or TABLES[name]
-    cols = ", ".join(f'"{c}" {t}' for c, t in columns.items())
-    con.execute(f'CREATE TABLE IF NOT EXISTS "{name}" ({cols})')
+    have = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_name = ? AND table_schema = current_schema()", [name]).fetchall()}
+    if not have:
+        cols = ", ".join(f'"{c}" {t}' for c, t in columns.items())
+        con.execute(f'CREATE TABLE IF NOT EXISTS "{name}" ({cols})')
+        return
+    for col, typ in columns.items():  # nothing to add: no write (works read-only)
+        if col not in have:
+            con.execute(f'ALTER TABLE "{name}" ADD COLUMN IF NOT EXISTS "{col}" {typ}')
 
 
 def _incoming(columns: dict[str, str], table: str, frame: pl.DataFrame):

@@ -349,6 +349,8 @@ def audit_rules(frame: pl.DataFrame, thresholds: RuleThresholds = RuleThresholds
         pl.lit(PROMPT_VERSION).alias("prompt_version"),
         pl.lit(AUDITOR_NAME).alias("answered_by"),
         pl.lit(stamp, dtype=pl.Datetime("us")).alias("audited_at"),
+        pl.lit(None, dtype=pl.Boolean).alias("in_calibration"),  # set by the audited_errors asset
+        pl.lit(None, dtype=pl.Float64).alias("label_weight"),
     ).select(list(AUDITED_COLUMNS))
 
 
