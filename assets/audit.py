@@ -375,6 +375,9 @@ def save_batch(learnloop: LearnloopResource, url: str, auditor, frame: pl.DataFr
     ok/failed attempt rows and the review items. A crash between the two leaves verdicts without
     an ok attempt: the next run re-audits those and the upsert / dedup keys absorb the repeat."""
     verdicts = outcome.verdicts
+    from ml.audit.labels import with_label_columns  # recall / kappa label weights (auditing.md)
+    verdicts = with_label_columns(verdicts, calibration_ids, clean_review_ids(
+        verdicts, calibration_ids, clean_review_rate), clean_review_rate)
     if verdicts.height:
         with learnloop.warehouse() as con:
             upsert_rows(con, "audited_errors", verdicts,

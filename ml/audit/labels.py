@@ -1,0 +1,54 @@
+"""Which verdicts get a reviewer label, and with what weight: the design behind recall and kappa.
+
+Reviewers label a verdict by deciding its ``error`` review item. Every flagged verdict gets one, but
+a clean verdict only does on the calibration sample (a seeded random share of the interactions no
+signal pointed at, ``audit_candidates.calibration_rate``), and there only for a stable hash draw
+below ``audited_errors.clean_review_rate``. Counting labels as they come would count every reviewed
+flag but only a small share of the misses, so recall and Cohen's kappa are estimated on the
+calibration sample alone, each labeled verdict weighted by the inverse of its probability of
+getting a review item (Horvitz-Thompson):
+
+* flagged verdict in the calibration sample: weight 1 (always put to review);
+* clean verdict in the calibration sample put to review: weight ``1 / clean_review_rate``;
+* anything else (outside the sample, or a clean verdict not put to review): no weight (NULL).
+
+The calibration-rate factor is the same for every verdict in the sample and cancels out of both
+ratios, so it is not part of the weight.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import polars as pl
+
+
+def label_weight(is_error: bool, in_calibration: bool, reviewed: bool,
+                 clean_review_rate: float) -> float | None:
+    """The inverse-probability weight of a verdict's reviewer label (None: not in the estimate).
+
+    ``reviewed``: a clean verdict was drawn for a "no error found" review item (ignored for a
+    flag, which always gets an item)."""
+    if not 0.0 <= clean_review_rate <= 1.0:
+        raise ValueError(f"clean_review_rate must be in [0, 1], got {clean_review_rate}")
+    if not in_calibration:
+        return None
+    if is_error:
+        return 1.0
+    if reviewed and clean_review_rate > 0:
+        return 1.0 / clean_review_rate
+    return None
+
+
+def with_label_columns(verdicts: pl.DataFrame, calibration_ids: Iterable[str],
+                       reviewed_ids: Iterable[str], clean_review_rate: float) -> pl.DataFrame:
+    """``verdicts`` with ``in_calibration`` and ``label_weight`` (ml.audit.taxonomy.AUDITED_COLUMNS)
+    set from the calibration sample and the clean verdicts put to review."""
+    calibration, reviewed = set(calibration_ids), set(reviewed_ids)
+    ids = verdicts["interaction_id"].to_list()
+    errors = verdicts["is_error"].to_list()
+    in_cal = [i in calibration for i in ids]
+    weights = [label_weight(bool(e), c, i in reviewed, clean_review_rate)
+               for i, e, c in zip(ids, errors, in_cal)]
+    return verdicts.with_columns(pl.Series("in_calibration", in_cal, dtype=pl.Boolean),
+                                 pl.Series("label_weight", weights, dtype=pl.Float64))
