@@ -17,7 +17,7 @@ from typing import Sequence
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -169,6 +169,25 @@ def _get(session: Session, username: str) -> Reviewer:
     return r
 
 
+def _lock_admins(session: Session) -> None:
+    """Serialize the changes that could remove an admin (deactivating, demoting), so the
+    last-admin check cannot be raced: otherwise two admins deactivating (or demoting) each other
+    at once would each count the other as the remaining admin and leave none. Called before the
+    account is read; the second change waits for the first to commit, then counts again.
+
+    PostgreSQL: ``SELECT ... FOR UPDATE`` of the active admin rows, in id order (a concurrent
+    change of one of them waits; READ COMMITTED re-reads them after the wait). SQLite has no row
+    locks and the driver only opens a transaction at the first write, so reads are not enough:
+    a write that changes nothing takes the database's single write lock up front (other writers
+    wait on the busy timeout)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Reviewer).where(false()).values(id=Reviewer.id))
+        return
+    session.execute(select(Reviewer.id).where(Reviewer.role == "admin",
+                                              Reviewer.active.is_(True))
+                    .order_by(Reviewer.id).with_for_update())
+
+
 def _other_active_admins(session: Session, r: Reviewer) -> int:
     return session.scalar(select(func.count()).select_from(Reviewer).where(
         Reviewer.role == "admin", Reviewer.active.is_(True), Reviewer.id != r.id)) or 0
@@ -197,6 +216,8 @@ def end_sessions(session: Session, reviewer_id: int) -> None:
 def set_active(session: Session, username: str, active: bool, *,
                actor: str = "system") -> ReviewerInfo:
     """Deactivate (sign-in, API token and open sessions stop working) or reactivate an account."""
+    if not active:
+        _lock_admins(session)  # before reading the account: it may be one of the locked rows
     r = _get(session, username)
     if not active and r.active and r.role == "admin" and not _other_active_admins(session, r):
         raise ReviewerError(f"{username!r} is the last active admin: make another admin first")
@@ -211,21 +232,33 @@ def set_active(session: Session, username: str, active: bool, *,
 
 
 def set_password(session: Session, username: str, password: str, *,
-                 actor: str = "system") -> ReviewerInfo:
-    """Set a new password; the reviewer's open web sessions end. The audit row holds no secret."""
+                 actor: str = "system", keep_token: bool = False) -> ReviewerInfo:
+    """Set a new password. Every credential of the old one stops working: the reviewer's open web
+    sessions end and their API token is replaced (a password reset is what follows a compromise,
+    and a token taken with the account must not outlive it); the new token is in the returned
+    info's ``api_token``, to be shown once. ``keep_token=True`` keeps the API token (a routine
+    change, no compromise suspected); ``api_token`` is then ``None``. The audit row holds no
+    secret."""
     r = _get(session, username)
     if not (MIN_PASSWORD <= len(password or "") <= MAX_PASSWORD):
         raise ReviewerError(f"password must be {MIN_PASSWORD}-{MAX_PASSWORD} characters long")
     r.password_hash = _hasher.hash(password)
     r.session_epoch = int(r.session_epoch or 0) + 1
-    audit(session, f"reviewer:{username}", None, {"password": "changed"}, actor)
+    token = None if keep_token else new_token()
+    change: dict = {"password": "changed"}
+    if token is not None:
+        r.api_token_hash = hash_token(token)
+        change["api_token"] = "rotated"
+    audit(session, f"reviewer:{username}", None, change, actor)
     session.flush()
-    return _info(r)
+    return _info(r, token)
 
 
 def update_reviewer(session: Session, username: str, *, role: str | None = None,
                     tenants: Sequence[str] | None = None, actor: str = "system") -> ReviewerInfo:
     """Change the role and/or the tenant list (``None`` leaves a field as it is)."""
+    if role is not None and role != "admin":
+        _lock_admins(session)  # a demotion may remove an admin: see _lock_admins
     r = _get(session, username)
     new_role = r.role if role is None else role
     if new_role not in ROLES:

@@ -60,6 +60,81 @@ def test_account_rules(svc_store):
             reviewers.set_password(s, "nobody", "password1")
 
 
+@pytest.mark.parametrize("second", ["deactivate", "demote"])
+def test_two_admins_removing_each_other_at_once_leave_one(svc_store, monkeypatch, second):
+    """The last-admin rule under a race: root and root2 remove each other in two threads that
+    both count the admins before either writes (a barrier right after the count). Without a lock
+    both see the other as the remaining admin and none is left; with it the second waits for
+    the first to commit and is refused (the barrier then times out, which is expected)."""
+    import threading
+
+    with session_scope(svc_store) as s:
+        for name in ("root", "root2"):
+            reviewers.create_reviewer(s, username=name, password="password1", role="admin")
+    counted = threading.Barrier(2)
+    count = reviewers._other_active_admins
+
+    def count_then_meet(session, r):
+        n = count(session, r)
+        try:
+            counted.wait(timeout=1.5)
+        except threading.BrokenBarrierError:
+            pass  # the other thread is waiting for our lock: that is the point
+        return n
+
+    monkeypatch.setattr(reviewers, "_other_active_admins", count_then_meet)
+    outcome: dict[str, object] = {}
+
+    def remove(actor: str, target: str, how: str) -> None:
+        try:
+            with session_scope(svc_store) as s:
+                if how == "deactivate":
+                    reviewers.set_active(s, target, False, actor=actor)
+                else:
+                    reviewers.update_reviewer(s, target, role="reviewer", tenants=["x"],
+                                              actor=actor)
+            outcome[actor] = "done"
+        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            outcome[actor] = exc
+
+    threads = [threading.Thread(target=remove, args=("root", "root2", "deactivate")),
+               threading.Thread(target=remove, args=("root2", "root", second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    done = [a for a, o in outcome.items() if o == "done"]
+    refused = [o for o in outcome.values() if isinstance(o, reviewers.ReviewerError)]
+    assert len(done) == 1 and len(refused) == 1, outcome
+    assert "last active admin" in str(refused[0])
+    with session_scope(svc_store) as s:
+        admins = [r.username for r in reviewers.list_reviewers(s)
+                  if r.role == "admin" and r.active]
+    assert admins == done  # the one who acted first is the admin left
+
+
+def test_password_reset_replaces_the_api_token_unless_kept(svc_store):
+    with session_scope(svc_store) as s:
+        old = reviewers.create_reviewer(s, username="ann", password="password1",
+                                        tenants=["acme"]).api_token
+    with session_scope(svc_store) as s:
+        info = reviewers.set_password(s, "ann", "password2", actor="root")
+    assert info.api_token and info.api_token != old
+    with session_scope(svc_store) as s:
+        assert reviewers.by_token(s, old) is None  # a stolen token dies with the old password
+        assert reviewers.by_token(s, info.api_token).username == "ann"
+        assert reviewers.by_username(s, "ann").session_epoch == 1
+        kept = reviewers.set_password(s, "ann", "password3", actor="root", keep_token=True)
+    assert kept.api_token is None
+    with session_scope(svc_store) as s:
+        assert reviewers.by_token(s, info.api_token).username == "ann"
+        assert reviewers.by_username(s, "ann").session_epoch == 2
+        changes = [h.new_value for h in reviewers.list_audit(s) if h.key == "reviewer:ann"]
+    assert changes[1:] == [{"password": "changed", "api_token": "rotated"},
+                           {"password": "changed"}]
+    assert info.api_token not in str(changes)
+
+
 def test_progress_counts_decisions_today_and_total(svc_store):
     with session_scope(svc_store) as s:
         for k in range(3):
