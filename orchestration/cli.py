@@ -287,15 +287,26 @@ def reviewers_activate(username: str) -> None:
 
 
 @reviewers.command("set-password", help="Set a new password (prompted twice, never echoed; or "
-                                        "one line from stdin). Open web sessions end.")
+                                        "one line from stdin). Open web sessions end and the API "
+                                        "token is replaced: the new one is printed once (a reset "
+                                        "after a compromise leaves no old credential working).")
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input")
-def reviewers_set_password(username: str, password_stdin: bool) -> None:
+@click.option("--keep-token", is_flag=True,
+              help="keep the current API token (a routine change, no compromise suspected)")
+def reviewers_set_password(username: str, password_stdin: bool, keep_token: bool) -> None:
+    from functools import partial
+
     from service.cli_support import set_reviewer_password
 
     password = _read_new_password(password_stdin)
-    _account_call(set_reviewer_password, username, password)
+    info = _account_call(partial(set_reviewer_password, keep_token=keep_token), username, password)
     click.echo(f"password of {username!r} changed; their open sessions have ended")
+    if info.api_token:
+        click.echo(f"new API token of {username!r} (shown once; the old one stopped working): "
+                   f"{info.api_token}")
+    else:
+        click.echo(f"the API token of {username!r} was kept (--keep-token)")
 
 
 @reviewers.command("update", help="Change an account's role and/or tenants (--tenant replaces "

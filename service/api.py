@@ -236,13 +236,18 @@ def update_reviewer(request: Request, username: Username, body: S.ReviewerPatch,
     return _account_change(request, change)
 
 
-@router.post("/admin/reviewers/{username}/password", response_model=S.ReviewerOut,
+@router.post("/admin/reviewers/{username}/password", response_model=S.PasswordSet,
              responses={**AUTH_ERRORS, **NO_REVIEWER, **INVALID, **BAD_BODY}, tags=["admin"],
-             summary="Set a reviewer's password (their open web sessions end)")
+             summary="Set a reviewer's password (their open web sessions end and their API token "
+                     "is replaced, unless keep_token)")
 def set_password(request: Request, username: Username, body: S.PasswordIn,
-                 admin: ReviewerInfo = Depends(api_admin)) -> S.ReviewerOut:
-    return _account_change(request, lambda s: S.ReviewerOut(**_reviewer_out(
-        reviewers.set_password(s, username, body.password, actor=admin.username))))
+                 admin: ReviewerInfo = Depends(api_admin)) -> S.PasswordSet:
+    def change(s) -> S.PasswordSet:
+        r = reviewers.set_password(s, username, body.password, actor=admin.username,
+                                   keep_token=body.keep_token)
+        return S.PasswordSet(**_reviewer_out(r), api_token=r.api_token)
+
+    return _account_change(request, change)
 
 
 @router.post("/admin/reviewers/{username}/token", response_model=S.TokenOut,

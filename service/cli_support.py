@@ -94,10 +94,13 @@ def set_reviewer_active(username: str, active: bool,
         return reviewers.set_active(s, username, active, actor=cli_actor())
 
 
-def set_reviewer_password(username: str, password: str,
-                          settings: Settings | None = None) -> ReviewerInfo:
+def set_reviewer_password(username: str, password: str, settings: Settings | None = None, *,
+                          keep_token: bool = False) -> ReviewerInfo:
+    """New password; open sessions end and, unless ``keep_token``, the API token is replaced (the
+    new one is in ``api_token``, to print once)."""
     with session_scope(_store(settings)) as s:
-        return reviewers.set_password(s, username, password, actor=cli_actor())
+        return reviewers.set_password(s, username, password, actor=cli_actor(),
+                                      keep_token=keep_token)
 
 
 def update_reviewer(username: str, role: str | None = None,

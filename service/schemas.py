@@ -186,6 +186,13 @@ class ReviewerPatch(BaseModel):
 class PasswordIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     password: str = Field(min_length=8, max_length=MAX_PASSWORD)
+    keep_token: bool = Field(default=False, description="true: keep the API token (a routine "
+                                                        "change); by default it is replaced too")
+
+
+class PasswordSet(ReviewerOut):
+    api_token: str | None = Field(description="the reviewer's new API token, shown once (the "
+                                              "old one stopped working); null with keep_token")
 
 
 class ReviewerProgressOut(BaseModel):

@@ -285,12 +285,19 @@ def test_admin_manages_reviewers_and_every_change_is_audited(client, world):
     assert client.patch("/api/v1/admin/reviewers/root", headers=h,
                         json={"active": True}).status_code == 200
     h = auth(world.tokens["root"])
-    # password: the old one stops working, the new one signs in
+    # password: the old one stops working, the new one signs in; the API token is replaced too
     r = client.post("/api/v1/admin/reviewers/ann/password", headers=h,
                     json={"password": "brand-new-pass"})
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.json()["api_token"].startswith("llr_")
     assert sign_in(client, "ann").status_code == 401
     assert sign_in(client, "ann", "brand-new-pass").status_code == 303
+    assert client.get("/api/v1/me", headers=auth(world.tokens["ann"])).status_code == 401
+    reset_token = r.json()["api_token"]
+    assert client.get("/api/v1/me", headers=auth(reset_token)).json()["username"] == "ann"
+    r = client.post("/api/v1/admin/reviewers/ann/password", headers=h,
+                    json={"password": "brand-new-pass", "keep_token": True})
+    assert r.status_code == 200 and r.json()["api_token"] is None
+    assert client.get("/api/v1/me", headers=auth(reset_token)).status_code == 200
     short = client.post("/api/v1/admin/reviewers/ann/password", headers=h, json={"password": "x"})
     assert short.status_code == 422
     # token rotation by an admin
@@ -320,11 +327,13 @@ def test_admin_manages_reviewers_and_every_change_is_audited(client, world):
     assert ("reviewer:bob", "root", {"role": "admin", "tenants": ["globex"]}) in seen
     assert ("reviewer:root", "root", {"active": False}) in seen
     assert ("reviewer:root", "bob", {"active": True}) in seen
+    assert ("reviewer:ann", "root", {"password": "changed", "api_token": "rotated"}) in seen
     assert ("reviewer:ann", "root", {"password": "changed"}) in seen
     assert ("reviewer:zed", "root", {"api_token": "rotated"}) in seen
     assert (f"collector_key:{key['id']}", "root", {"active": False}) in seen
     dump = str(audit)
     assert "brand-new-pass" not in dump and new not in dump and key["key"] not in dump
+    assert reset_token not in dump
     with session_scope(world.url) as s:
         # refused changes (422/404) wrote nothing
         assert s.scalar(select(func.count()).select_from(ConfigHistory)) == len(audit)

@@ -30,15 +30,23 @@ def cli(sqlite_store, tmp_path, monkeypatch):
 def test_reviewer_lifecycle_from_the_cli(cli, sqlite_store):
     out = cli("reviewers", "add", "ann", "--tenant", "acme", input="first-password\nfirst-password\n")
     assert "API token (shown once): llr_" in out.output and "first-password" not in out.output
+    first_token = out.output.rsplit(" ", 1)[-1].strip()
     cli("reviewers", "add", "root", "--role", "admin", input="admin-password\nadmin-password\n")
 
+    # a password reset replaces the API token too (printed once): no old credential survives
     out = cli("reviewers", "set-password", "ann", input="second-password\nsecond-password\n")
     assert "second-password" not in out.output and "open sessions have ended" in out.output
-    out = cli("reviewers", "set-password", "ann", "--password-stdin", input="third-password\n")
-    assert "third-password" not in out.output
+    assert "new API token of 'ann' (shown once; the old one stopped working): llr_" in out.output
+    reset_token = out.output.rsplit(" ", 1)[-1].strip()
+    out = cli("reviewers", "set-password", "ann", "--password-stdin", "--keep-token",
+              input="third-password\n")
+    assert "third-password" not in out.output and "llr_" not in out.output
+    assert "API token of 'ann' was kept" in out.output
     with session_scope(sqlite_store) as s:
         assert reviewers.authenticate(s, "ann", "second-password") is None
         assert reviewers.authenticate(s, "ann", "third-password").username == "ann"
+        assert reviewers.by_token(s, first_token) is None
+        assert reviewers.by_token(s, reset_token).username == "ann"
 
     bad = cli("reviewers", "set-password", "ann", "--password-stdin", input="short\n", ok=False)
     assert bad.exit_code == 1 and "password must be 8-1024 characters" in bad.output
@@ -60,13 +68,15 @@ def test_reviewer_lifecycle_from_the_cli(cli, sqlite_store):
         rows = s.scalars(select(ConfigHistory).order_by(ConfigHistory.id)).all()
         changes = [(r.key, r.new_value) for r in rows]
         assert all(r.changed_by.startswith("cli") for r in rows)
-    assert ("reviewer:ann", {"password": "changed"}) in changes
+    assert ("reviewer:ann", {"password": "changed", "api_token": "rotated"}) in changes
+    assert ("reviewer:ann", {"password": "changed"}) in changes  # --keep-token
     assert ("reviewer:ann", {"active": False}) in changes
     assert ("reviewer:ann", {"active": True}) in changes
     assert ("reviewer:ann", {"role": "reviewer", "tenants": ["globex", "initech"]}) in changes
     assert ("reviewer:ann", {"api_token": "rotated"}) in changes
     assert "password" not in str([r.old_value for r in rows])
-    assert not any("third-password" in str(c) or token in str(c) for c in changes)
+    assert not any("third-password" in str(c) or token in str(c) or reset_token in str(c)
+                   for c in changes)
 
 
 def test_collector_keys_list_and_revoke(cli, sqlite_store):
