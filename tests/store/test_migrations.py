@@ -123,3 +123,73 @@ def test_0003_the_audit_trail_cannot_be_rewritten_or_items_deleted(store_url):
     finally:
         eng.dispose()
     upgrade(store_url)
+
+
+# The append-only guards every head revision must have, written out here (not read from 0003):
+# a later migration that rebuilds one of these tables (SQLite's batch_alter_table copies the table
+# and drops it, and its triggers with it) or drops a trigger must fail this test.
+APPEND_ONLY_GUARDS = {("review_events", "UPDATE"), ("review_events", "DELETE"),
+                      ("config_history", "UPDATE"), ("config_history", "DELETE"),
+                      ("review_items", "DELETE")}
+
+
+def _refusing_triggers(eng) -> set[tuple[str, str]]:
+    """(table, operation) of every enabled row trigger that refuses the operation before it runs."""
+    import re
+
+    from sqlalchemy import text
+
+    found: set[tuple[str, str]] = set()
+    with eng.connect() as con:
+        if eng.dialect.name == "sqlite":
+            rows = con.execute(text("SELECT tbl_name, sql FROM sqlite_master "
+                                    "WHERE type = 'trigger'")).all()
+            for table, sql in rows:
+                # no "UPDATE OF <columns>" (that would guard some columns only) and no WHEN
+                m = re.search(r"\bBEFORE\s+(UPDATE|DELETE|INSERT)\s+ON\s+\"?(\w+)\"?\s+BEGIN\b",
+                              sql or "", re.I)
+                if m and "RAISE(ABORT" in (sql or "").upper().replace(" ", ""):
+                    found.add((m.group(2), m.group(1).upper()))
+                    assert m.group(2) == table
+        else:
+            rows = con.execute(text(
+                "SELECT t.event_object_table, t.event_manipulation, t.action_timing, "
+                "t.action_orientation, t.action_statement, g.tgenabled "
+                "FROM information_schema.triggers t "
+                "JOIN pg_trigger g ON g.tgname = t.trigger_name "
+                "JOIN pg_class c ON c.oid = g.tgrelid AND c.relname = t.event_object_table "
+                "WHERE t.trigger_schema = current_schema()")).all()
+            for table, operation, timing, orientation, statement, enabled in rows:
+                if (timing == "BEFORE" and orientation == "ROW" and enabled != "D"
+                        and "learnloop_refuse_change" in statement):
+                    found.add((table, operation))
+    return found
+
+
+def test_head_has_every_append_only_trigger(store_url):
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import text
+
+    from store.db import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config(store_url)).get_current_head()
+    eng = make_engine(store_url)
+    try:
+        with eng.connect() as con:
+            assert con.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
+        missing = APPEND_ONLY_GUARDS - _refusing_triggers(eng)
+        assert not missing, f"append-only triggers missing at head {head}: {sorted(missing)}"
+        # the check sees a lost trigger (as after a table rebuild)
+        with eng.begin() as con:
+            con.execute(text("DROP TRIGGER review_items_no_delete"
+                             + (" ON review_items" if eng.dialect.name == "postgresql" else "")))
+        assert APPEND_ONLY_GUARDS - _refusing_triggers(eng) == {("review_items", "DELETE")}
+    finally:
+        eng.dispose()
+    downgrade(store_url, "0002")
+    upgrade(store_url)
+    eng = make_engine(store_url)
+    try:
+        assert APPEND_ONLY_GUARDS <= _refusing_triggers(eng)
+    finally:
+        eng.dispose()
