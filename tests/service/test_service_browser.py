@@ -94,3 +94,49 @@ def test_reviewer_signs_in_approves_edits_and_confirms(sqlite_world, app_factory
         assert events[1].note == "clearer steps"
     for name in ("reviewer-queue.png", "reviewer-item.png"):
         assert (shots / name).stat().st_size > 10_000
+
+
+def test_no_error_found_item_is_left_out_of_batches_and_asked_as_is_the_reply_fine(
+        sqlite_world, app_factory):
+    """A "no error found" calibration item: "all on page" leaves it unticked, its page asks
+    whether the reply is fine, and the `r` shortcut records "the reply is fine" (dismissed)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from store import repo
+
+    with session_scope(sqlite_world.url) as s:
+        clean, _ = repo.create_item(
+            s, kind="error", dedup_key="clean-1", tenant_id="acme", interaction_id="int-c1",
+            messages=[{"role": "user", "content": "Which plan includes SSO?"}],
+            original_response="SSO is part of the Enterprise plan.", category=None,
+            auditor="rules", source="auditor", tags=["auditor:rules", "calibration",
+                                                     "no_error_found"],
+            explanation="No error found by the auditor (calibration sample).",
+            extra={"verdict": "no error found", "is_error": False})
+        clean_id = clean.id
+    with LiveServer(app_factory(sqlite_world)) as live, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(f"{live.url}/login")
+            page.fill("input[name=username]", "ann")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            expect(page.get_by_test_id("queue-total")).to_have_text("5")
+            row = page.locator(f'tr[data-item-id="{clean_id}"]')
+            expect(row.get_by_test_id("no-error-found")).to_have_text("no error found")
+            page.check("[data-select-all]")
+            expect(page.locator("[data-selected-count]")).to_have_text("4 selected")
+            expect(row.locator('input[name="selected"]')).not_to_be_checked()
+            row.locator("a").first.click()
+            expect(page.get_by_test_id("no-error-found")).to_contain_text(
+                "The auditor found no error in this reply. Is the reply fine?")
+            expect(page.locator('button[data-key="r"]')).to_contain_text("Reply is fine (dismiss)")
+            page.keyboard.press("r")
+            expect(page.locator(".flash.ok")).to_contain_text(
+                f"Item {clean_id} dismissed: the reply is fine")
+        finally:
+            browser.close()
+    with session_scope(sqlite_world.url) as s:
+        assert s.get(ReviewItem, clean_id).status == "dismissed"
