@@ -4,8 +4,11 @@ review items in the operational store).
 The auditor is ``LEARNLOOP_AUDITOR`` (``rules`` by default; ``openai``/``gemini``/``transformers``
 through ``ml.llm.from_env("auditor")``) or the ``auditor`` field of the run config. Auditing is
 idempotent per (interaction, auditor, prompt version) through ``AuditAttempt`` rows: an ``ok``
-attempt is never repeated, a ``failed`` one is retried by the next run until it has failed
-``max_attempts`` times (then it is *given up*: reported, no longer retried by the schedule).
+attempt is never repeated, a ``failed`` one is retried by the next run. Only request-specific
+failures (``ml.audit.failures``: the row is malformed, or the providers rejected this request)
+count: after ``max_attempts`` of those it is *given up* (reported, no longer retried by the
+schedule). A failure during an outage (5xx, 429, timeout, breaker open, auth) is recorded with its
+reason and retried on every run, never counted.
 
 ``audit_candidates`` tags its rows with the run that selected them and ``audited_errors`` reads only
 its own run's rows, so overlapping runs (the hourly job between the two steps of a manual audit)
@@ -119,31 +122,39 @@ def manual_audit_run_config(*, interaction_ids: list[str] | None = None,
 
 # ---- store helpers ----------------------------------------------------------------------------------
 def attempts_frame(url: str, auditor: str, prompt_version: str) -> pl.DataFrame:
-    """(interaction_id, status, attempts) of this auditor's and prompt version's attempts."""
+    """(interaction_id, status, attempts, reason) of this auditor's and prompt version's
+    attempts (the reason's prefix says whether the last failure counted, see ``given_up``)."""
     with session_scope(url) as s:
         rows = s.execute(select(AuditAttempt.interaction_id, AuditAttempt.status,
-                                AuditAttempt.attempts).where(
+                                AuditAttempt.attempts, AuditAttempt.reason).where(
             AuditAttempt.auditor == auditor, AuditAttempt.prompt_version == prompt_version)).all()
     return pl.DataFrame([tuple(r) for r in rows], schema={"interaction_id": pl.String,
                                                           "status": pl.String,
-                                                          "attempts": pl.Int64}, orient="row")
+                                                          "attempts": pl.Int64,
+                                                          "reason": pl.String}, orient="row")
 
 
 def record_attempt(session, *, interaction_id: str, tenant_id: str, auditor: str,
                    prompt_version: str, status: str, is_error: bool | None,
-                   reason: str | None) -> AuditAttempt:
-    """Insert or update the (interaction, auditor, prompt version) attempt row."""
+                   reason: str | None, counted: bool = True) -> AuditAttempt:
+    """Insert or update the (interaction, auditor, prompt version) attempt row.
+
+    ``attempts`` counts the attempts that got somewhere: an ``ok`` one and each request-specific
+    failure (``counted``, see ``ml.audit.failures``). A failure during an outage (``counted``
+    false) is recorded (status ``failed``, its reason) without counting, so it never brings the
+    interaction closer to being given up."""
+    step = 1 if status == "ok" or counted else 0
     row = session.scalar(select(AuditAttempt).where(
         AuditAttempt.interaction_id == interaction_id, AuditAttempt.auditor == auditor,
         AuditAttempt.prompt_version == prompt_version))
     if row is None:
         row = AuditAttempt(interaction_id=interaction_id, tenant_id=tenant_id, auditor=auditor,
                            prompt_version=prompt_version, status=status, is_error=is_error,
-                           reason=reason, attempts=1, updated_at=utcnow())
+                           reason=reason, attempts=step, updated_at=utcnow())
         session.add(row)
     else:
         row.status, row.is_error, row.reason = status, is_error, reason
-        row.attempts = (row.attempts or 0) + 1
+        row.attempts = (row.attempts or 0) + step
         row.updated_at = utcnow()
     return row
 
@@ -420,8 +431,9 @@ def save_batch(learnloop: LearnloopResource, url: str, auditor, frame: pl.DataFr
         for f in outcome.failures:
             row = record_attempt(s, interaction_id=f.interaction_id, tenant_id=f.tenant_id,
                                  auditor=auditor.name, prompt_version=auditor.prompt_version,
-                                 status="failed", is_error=None, reason=f.reason[:4000])
-            if row.attempts >= max_attempts:
+                                 status="failed", is_error=None, reason=f.reason[:4000],
+                                 counted=f.counted)
+            if f.counted and row.attempts >= max_attempts:
                 totals.given_up.append(f.interaction_id)
     errors = verdicts.filter(pl.col("is_error")) if verdicts.height else verdicts
     totals.audited += verdicts.height

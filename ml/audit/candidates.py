@@ -10,11 +10,13 @@ Reasons an interaction is selected:
   precision and recall can be estimated on interactions no signal pointed at. The draw is a hash of
   (seed, interaction_id), so an interaction is in the sample or not the same way on every run;
 * ``manual``: named by the manual audit job (interaction ids, session ids or a time range);
-* ``retry``: a previous attempt by the same auditor and prompt version failed, fewer than
-  ``max_attempts`` times. An interaction whose attempts all failed ``max_attempts`` times (e.g. a
-  request the provider rejects with HTTP 400 every time) is *given up*: no longer selected by the
-  scheduled audit (:func:`given_up` lists them for the run's metadata); a manual audit that names
-  it still audits it.
+* ``retry``: a previous attempt by the same auditor and prompt version failed and the
+  interaction is not given up. Only request-specific failures count (:mod:`ml.audit.failures`):
+  an interaction whose request failed that way ``max_attempts`` times (e.g. a request the
+  provider rejects with HTTP 400 every time) is *given up*: no longer selected by the scheduled
+  audit (:func:`given_up` lists them for the run's metadata); a manual audit that names it still
+  audits it. A failure during an outage (5xx, 429, timeout, breaker open, auth errors) is not
+  counted, so however long the outage, the interaction is retried on every run.
 
 Interactions already audited successfully by the same auditor and prompt version (an
 ``AuditAttempt`` with status ``ok``) are excluded: auditing is idempotent.
@@ -31,6 +33,8 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 import polars as pl
+
+from ml.audit.failures import REQUEST_PREFIX
 
 CANDIDATE_COLUMNS: dict[str, str] = {
     "interaction_id": "VARCHAR",
@@ -52,7 +56,8 @@ class CandidateConfig:
     quality_threshold: float = 0.5
     calibration_rate: float = 0.05
     seed: int = 0
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # failed attempts after which an item is given up
+    # request-specific failed attempts after which an item is given up (outages do not count)
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     # manual selection (any of these set = audit exactly the interactions that match them)
     interaction_ids: Sequence[str] = field(default_factory=tuple)
     session_ids: Sequence[str] = field(default_factory=tuple)
@@ -182,14 +187,21 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
 
 
 def given_up(attempts: pl.DataFrame | None, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[str]:
-    """Interactions whose audit failed ``max_attempts`` times or more (status ``failed``): the
-    scheduled audit no longer retries them. ``attempts`` without an ``attempts`` column (counts
-    unknown) gives none."""
+    """Interactions whose audit failed request-specifically ``max_attempts`` times or more
+    (status ``failed``): the scheduled audit no longer retries them. ``attempts`` without an
+    ``attempts`` column (counts unknown) gives none.
+
+    With a ``reason`` column (as ``assets.audit.attempts_frame`` reads it), only a row whose last
+    failure was request-specific (reason prefix ``[request]``, see :mod:`ml.audit.failures`) is
+    given up: after an outage failure, or a reason written before failures were classified
+    (whose count may include outage failures), the interaction is retried; a request-specific
+    failure on that retry gives it up again."""
     if attempts is None or attempts.height == 0 or "attempts" not in attempts.columns:
         return []
-    return sorted(attempts.filter((pl.col("status") == "failed")
-                                  & (pl.col("attempts").fill_null(1) >= max_attempts))
-                  ["interaction_id"].to_list())
+    capped = (pl.col("status") == "failed") & (pl.col("attempts").fill_null(1) >= max_attempts)
+    if "reason" in attempts.columns:
+        capped = capped & pl.col("reason").fill_null("").str.starts_with(REQUEST_PREFIX)
+    return sorted(attempts.filter(capped)["interaction_id"].to_list())
 
 
 def reason_counts(candidates: pl.DataFrame) -> dict[str, int]:

@@ -5,6 +5,8 @@ A per-interaction failure (every provider of the role failed: HTTP errors, timeo
 unusable replies, malformed JSON after the repair retry; or the row itself cannot be rendered, e.g.
 its ``messages`` column is not valid JSON) is returned as an :class:`AuditFailure` with the reason,
 never dropped: the caller records it as a failed ``AuditAttempt`` and the next run retries it.
+Each failure is classified (:mod:`ml.audit.failures`): only request-specific ones count toward
+the retry cap; an outage is retried on every run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Callable
 
 import polars as pl
 
+from ml.audit.failures import classify_failure, tag_reason
 from ml.audit.taxonomy import AUDITED_COLUMNS, Verdict
 from ml.llm import LLMRequest, ProviderError, Router, redact
 from ml.prompts import Prompt, load_prompt
@@ -42,7 +45,10 @@ ROW_FAILURES: tuple[type[Exception], ...] = (ProviderError, RowInputError)
 class AuditFailure:
     interaction_id: str
     tenant_id: str
-    reason: str
+    reason: str  # starts with the class prefix of ml.audit.failures ("[request] " / "[outage] ")
+    # request-specific (counts toward max_attempts) or an outage (retried every run, not
+    # counted); see ml.audit.failures.classify_failure
+    counted: bool = False
 
 
 @dataclass
@@ -144,10 +150,11 @@ class LLMAuditor:
             try:
                 verdict, answered_by = self.audit_one(row)
             except ROW_FAILURES as exc:
+                kind = classify_failure(exc)
                 reason = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {redact(exc)}"
                 if not isinstance(exc, ProviderError):  # the router logged the provider failures
-                    log.warning("audit of %s failed: %s", iid, reason)
-                failures.append(AuditFailure(iid, tenant, reason))
+                    log.warning("audit of %s failed (%s): %s", iid, kind.why, reason)
+                failures.append(AuditFailure(iid, tenant, tag_reason(reason, kind), kind.counted))
                 if on_item:
                     on_item(iid, False)
                 continue

@@ -218,6 +218,7 @@ def test_llm_auditor_failures_are_recorded_and_retried_next_run(learnloop_home, 
             failed = list(s.scalars(select(AuditAttempt).where(AuditAttempt.status == "failed")))
             assert len(failed) == 3
             assert all("500" in f.reason and "sk-test-secret" not in f.reason for f in failed)
+            assert all(f.reason.startswith("[outage] ") and f.attempts == 0 for f in failed)
             failed_ids = {f.interaction_id for f in failed}
             n_items = s.scalar(select(func.count()).select_from(ReviewItem))
             assert n_items == n_cands - 3
@@ -232,7 +233,8 @@ def test_llm_auditor_failures_are_recorded_and_retried_next_run(learnloop_home, 
         with session_scope(url) as s:
             rows = list(s.scalars(select(AuditAttempt).where(
                 AuditAttempt.interaction_id.in_(failed_ids))))
-            assert {(r.status, r.attempts) for r in rows} == {("ok", 2)}
+            # the 500 was an outage failure: recorded, not counted; the ok attempt counts
+            assert {(r.status, r.attempts) for r in rows} == {("ok", 1)}
             assert s.scalar(select(func.count()).select_from(ReviewItem)) == n_cands
         third = _materialize(learnloop_home, [audit_candidates, audited_errors])
         assert third["audit_candidates"]["dagster/row_count"].value == 0
@@ -390,4 +392,56 @@ def test_permanent_failures_are_given_up_after_max_attempts(small_home, monkeypa
     with session_scope(url) as s:
         rows = list(s.scalars(select(AuditAttempt)))
     assert len(rows) == n and {(r.status, r.attempts) for r in rows} == {("failed", 2)}
-    assert all("400" in r.reason or "circuit" in r.reason.lower() for r in rows)
+    assert all(r.reason.startswith("[request] ") and "400" in r.reason for r in rows)
+
+
+def test_an_outage_longer_than_max_attempts_loses_nothing(small_home, monkeypatch):
+    """HTTP 503 on every call for 3 hourly runs (more than max_attempts=2), then the provider
+    recovers: every run records each candidate as failed with the outage reason and retries it,
+    none is given up, and the first run after the outage audits them all."""
+    from tests.llm.fake_servers import FakeOpenAIServer, error, ok
+
+    verdict = json.dumps({"is_error": True, "category": "factual_error", "severity": "high",
+                          "confidence": 0.8, "explanation": "The price is wrong."})
+    state = {"down": True}
+
+    def behaviour(_request):
+        return error(503, "service unavailable") if state["down"] else ok(verdict)
+
+    url = f"sqlite:///{small_home / 'store.db'}"
+    with FakeOpenAIServer(default=behaviour) as server:
+        monkeypatch.setenv("LEARNLOOP_TEST_AUDIT_KEY", "sk-test-secret-abcdef0123456789")
+        for k, v in {"LEARNLOOP_AUDITOR": "openai", "LEARNLOOP_AUDITOR_MODEL": "gpt-test",
+                     "LEARNLOOP_AUDITOR_BASE_URL": server.base_url,
+                     "LEARNLOOP_AUDITOR_API_KEY_ENV": "LEARNLOOP_TEST_AUDIT_KEY",
+                     "LEARNLOOP_AUDITOR_MAX_RETRIES": "0", "LEARNLOOP_LLM_CACHE": "none"}.items():
+            monkeypatch.setenv(k, v)
+        cap = {"ops": {"audit_candidates": {"config": {"max_attempts": 2}},
+                       "audited_errors": {"config": {"max_attempts": 2}}}}
+        n = None
+        for run in range(3):
+            result = _run(small_home, [audit_candidates, audited_errors], cap)
+            c, a = _meta(result, "audit_candidates"), _meta(result, "audited_errors")
+            n = n or c["dagster/row_count"]
+            assert n > 0 and c["dagster/row_count"] == n and c["given_up"] == 0
+            assert c["reason/retry"] == (n if run else 0)
+            assert a["failures"] == n and a["audited"] == 0 and a["given_up"] == 0
+            with session_scope(url) as s:
+                rows = list(s.scalars(select(AuditAttempt)))
+            # recorded with the reason, not counted toward the cap
+            assert len(rows) == n and {(r.status, r.attempts) for r in rows} == {("failed", 0)}
+            assert all(r.reason.startswith("[outage] ") for r in rows)
+            assert any("503" in r.reason for r in rows)  # the rest: the breaker opened
+        assert server.calls > 0
+
+        state["down"] = False
+        recovered = _run(small_home, [audit_candidates, audited_errors], cap)
+        c, a = _meta(recovered, "audit_candidates"), _meta(recovered, "audited_errors")
+        assert c["dagster/row_count"] == n and c["reason/retry"] == n and c["given_up"] == 0
+        assert a["audited"] == n and a["failures"] == 0 and a["given_up"] == 0
+    with session_scope(url) as s:
+        rows = list(s.scalars(select(AuditAttempt)))
+        n_items = s.scalar(select(func.count()).select_from(ReviewItem))
+    assert len(rows) == n and {(r.status, r.attempts, r.reason) for r in rows} == {("ok", 1, None)}
+    assert n_items == n
+    assert _rows(small_home, "SELECT count(*) FROM audited_errors")[0][0] == n

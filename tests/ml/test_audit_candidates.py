@@ -162,3 +162,106 @@ def test_calibration_draw_is_uniformish():
     draws = calibration_draw([f"id{i}" for i in range(2000)], 0)
     assert all(0 <= d < 1 for d in draws)
     assert 0.45 < sum(draws) / len(draws) < 0.55
+
+
+# ---- which failures count toward max_attempts (ml.audit.failures) --------------------------------
+def _frame() -> pl.DataFrame:
+    return pl.DataFrame({"interaction_id": ["i1"], "tenant_id": ["t"], "messages": [None],
+                         "user_message": ["How much is it?"], "response": ["10 euros."]},
+                        schema={"interaction_id": pl.String, "tenant_id": pl.String,
+                                "messages": pl.String, "user_message": pl.String,
+                                "response": pl.String})
+
+
+def _audit_once(tmp_path, behaviour):
+    """One row audited by LEARNLOOP_AUDITOR=openai (real router and openai client) against the
+    stand-in server answering ``behaviour``; returns the AuditFailure."""
+    from ml.audit.llm import LLMAuditor
+    from ml.llm import from_env
+    from tests.llm.fake_servers import FakeOpenAIServer
+
+    with FakeOpenAIServer(default=behaviour) as server:
+        env = {"LEARNLOOP_HOME": str(tmp_path), "LEARNLOOP_AUDITOR": "openai",
+               "LEARNLOOP_AUDITOR_MODEL": "gpt-test", "LEARNLOOP_AUDITOR_BASE_URL": server.base_url,
+               "LEARNLOOP_AUDITOR_API_KEY_ENV": "K", "K": "sk-test-abcdef0123456789",
+               "LEARNLOOP_AUDITOR_MAX_RETRIES": "0", "LEARNLOOP_AUDITOR_TIMEOUT_S": "0.3",
+               "LEARNLOOP_LLM_CACHE": "none"}
+        outcome = LLMAuditor(from_env("auditor", env)).audit_frame(_frame())
+    [failure] = outcome.failures
+    assert outcome.verdicts.height == 0 and failure.interaction_id == "i1"
+    return failure
+
+
+@pytest.mark.parametrize("name,counted", [
+    ("400", True), ("413", True), ("422", True), ("not json", True), ("bad json twice", True),
+    ("503", False), ("500", False), ("429", False), ("401", False), ("403", False),
+    ("404", False), ("timeout", False), ("disconnect", False),
+])
+def test_failures_are_classified_request_specific_or_outage(tmp_path, name, counted):
+    from tests.llm.fake_servers import disconnect, error, hang, malformed, rate_limited, raw
+
+    behaviour = {"400": error(400, "too long"), "413": error(413, "too large"),
+                 "422": error(422, "bad params"), "not json": raw(b"<html>oops</html>"),
+                 "bad json twice": malformed(), "503": error(503, "unavailable"),
+                 "500": error(500, "boom"), "429": rate_limited(1), "401": error(401, "bad key"),
+                 "403": error(403, "forbidden"), "404": error(404, "no such model"),
+                 "timeout": hang(1.0), "disconnect": disconnect()}[name]
+    failure = _audit_once(tmp_path, behaviour)
+    assert failure.counted is counted
+    assert failure.reason.startswith("[request] " if counted else "[outage] ")
+
+
+def test_a_mix_of_rejection_and_outage_or_an_open_breaker_is_an_outage():
+    from ml.audit.failures import REQUEST, OUTAGE, classify_failure
+    from ml.audit.llm import RowInputError
+    from ml.llm import LLMRequest, ProviderError, RetryPolicy, Router
+    from ml.llm.errors import PermanentProviderError, TransientProviderError
+    from ml.llm.reliability import ResilientProvider
+
+    class Stub:
+        def __init__(self, name, exc):
+            self.name, self.model, self.exc = name, "m", exc
+
+        def complete(self, request):
+            raise self.exc
+
+    def fail(*errors) -> ProviderError:
+        router = Router("auditor", [ResilientProvider(Stub(f"p{i}", e), RetryPolicy(max_retries=0),
+                                                      sleep=lambda s: None)
+                                    for i, e in enumerate(errors)])
+        with pytest.raises(ProviderError) as info:
+            router.complete(LLMRequest(messages=[{"role": "user", "content": "hi"}]))
+        return info.value
+
+    rejected = PermanentProviderError("p0", "too long", status_code=400, kind="rejected")
+    down = TransientProviderError("p1", "unavailable", status_code=503, kind="server error")
+    assert classify_failure(fail(rejected, PermanentProviderError(
+        "p1", "too long", status_code=413, kind="rejected"))) == REQUEST
+    assert classify_failure(fail(rejected, down)) == OUTAGE  # the backup may answer next run
+    assert classify_failure(fail(PermanentProviderError(
+        "p0", "ValueError: boom", kind="unexpected error"))) == OUTAGE
+    assert classify_failure(RowInputError("interaction i1: messages is not valid JSON")) == REQUEST
+    assert classify_failure(ProviderError("auditor", [])) == OUTAGE
+    # an open breaker: the router skips the provider without calling it
+    stub = ResilientProvider(Stub("p0", down), RetryPolicy(max_retries=0), sleep=lambda s: None)
+    router = Router("auditor", [stub])
+    for _ in range(10):
+        with pytest.raises(ProviderError) as info:
+            router.complete(LLMRequest(messages=[{"role": "user", "content": "hi"}]))
+    assert info.value.failures[0].error_type == "CircuitOpenError"
+    assert classify_failure(info.value) == OUTAGE
+
+
+def test_only_a_last_request_specific_failure_at_the_cap_is_given_up():
+    attempts = pl.DataFrame({
+        "interaction_id": ["i1", "i2", "i3", "i7", "i5"],
+        "status": ["failed", "failed", "failed", "failed", "ok"],
+        "attempts": [2, 2, 1, 7, 3],
+        "reason": ["[request] 400 too long", "[outage] 503", "[request] 400",
+                   "all providers failed: 503 (written before failures were classified)", None]})
+    assert given_up(attempts, 2) == ["i1"]
+    out = select_candidates(interactions(), attempts, **A, config=CandidateConfig(calibration_rate=0.0, max_attempts=2))
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list()))
+    assert "i1" not in reasons and "i5" not in reasons  # given up / audited ok
+    assert reasons["i2"] == ["handoff", "retry"] and reasons["i3"] == ["human_correction", "retry"]
+    assert reasons["i7"] == ["retry"]  # a count from before the fix may include outages: retried
