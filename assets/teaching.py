@@ -30,6 +30,8 @@ from ml.teacher import (
     LLMTeacher,
     RetrievalTeacher,
     attempt_rows,
+    ensure_attempts_table,
+    given_up_ids,
     propose_corrections,
 )
 from ml.teacher.retrieval import DEFAULT_THRESHOLD, build_answer_index
@@ -47,8 +49,10 @@ class TeacherSamplesConfig(dg.Config):
     similarity_threshold: float = DEFAULT_THRESHOLD  # retrieval teacher: min cosine
     teacher: str = ""  # "" = LEARNLOOP_TEACHER; "retrieval" or an ml.llm kind list
     limit: int = 0  # at most this many errors per run (0 = all)
-    # an error whose LLM proposal failed this many times (same teacher and prompt version) is
-    # given up: no more calls, listed in the metadata; 0 = retry forever
+    # an error whose LLM proposal failed request-specifically this many times (same teacher and
+    # prompt version; ml.audit.failures: 400/413/422, unusable reply, malformed row) is given up:
+    # no more calls, listed in the metadata; 0 = retry forever. Failures during an outage (5xx,
+    # 429, timeouts, breaker open, auth) are recorded but never counted: retried every run.
     max_attempts: int = 5
 
 
@@ -66,8 +70,9 @@ def teacher_name(llm: LLMTeacher) -> str:
 
 
 def read_teacher_attempts(con, teacher: str | None = None) -> pl.DataFrame:
-    """``teacher_attempts`` rows (of one teacher when given); the table is created when missing."""
-    warehouse.ensure_table(con, TEACHER_ATTEMPTS_TABLE, TEACHER_ATTEMPT_COLUMNS)
+    """``teacher_attempts`` rows (of one teacher when given); the table is created when missing
+    and an older one gets the columns it lacks."""
+    ensure_attempts_table(con)
     if teacher is None:
         return query(con, f"SELECT * FROM {TEACHER_ATTEMPTS_TABLE}")
     return query(con, f"SELECT * FROM {TEACHER_ATTEMPTS_TABLE} WHERE teacher = ?", [teacher])
@@ -166,14 +171,14 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
 
     given_up: list[str] = []
     if llm is not None and config.max_attempts > 0 and previous.height:
-        exhausted = set(previous.filter(
-            (pl.col("status") == "failed") & (pl.col("prompt_version") == llm.prompt_version)
-            & (pl.col("attempts") >= config.max_attempts))["interaction_id"].to_list())
+        # only request-specific failures count (ml.audit.failures): an outage never gives up
+        exhausted = given_up_ids(previous, llm.prompt_version, config.max_attempts)
         given_up = [r["interaction_id"] for r in rows if r["interaction_id"] in exhausted]
         rows = [r for r in rows if r["interaction_id"] not in exhausted]
         if given_up:
             context.log.warning(
-                f"{len(given_up)} errors failed {config.max_attempts} teacher attempts and are "
+                f"{len(given_up)} errors failed {config.max_attempts} teacher attempts "
+                f"request-specifically (outages do not count) and are "
                 f"given up (see {TEACHER_ATTEMPTS_TABLE}): {given_up[:5]}")
 
     db = embeddings.connect(settings.lancedb)

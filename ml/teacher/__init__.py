@@ -10,7 +10,9 @@ Order of preference for one flagged interaction (``propose_corrections``):
 Provider failures of the LLM teacher are returned, not raised: no item is created for that
 interaction, so the next run tries again. The caller records every LLM attempt (failed with its
 reason, or ok) in the warehouse table ``teacher_attempts`` (:data:`TEACHER_ATTEMPT_COLUMNS`, rows
-from :func:`attempt_rows`), one row per (interaction, teacher, prompt version) with an attempt count.
+from :func:`attempt_rows`), one row per (interaction, teacher, prompt version) with an attempt count
+and a count of request-specific failures (``counted_attempts``, :mod:`ml.audit.failures`): only
+those bring an interaction to the retry cap; a failure during an outage never does.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
+from ml import warehouse
+from ml.audit.failures import classify_failure, tag_reason
 from ml.teacher.llm import LLMTeacher
 from ml.teacher.retrieval import Proposal, RetrievalTeacher
 
@@ -40,6 +44,10 @@ TEACHER_ATTEMPT_COLUMNS: dict[str, str] = {
     "first_attempt_at": "TIMESTAMP",
     "updated_at": "TIMESTAMP",
     "run_id": "VARCHAR",  # the Dagster run of the last attempt
+    # request-specific failures so far (ml.audit.failures; outages are not counted): the retry
+    # cap compares this. Last column: an older table gets it by ALTER TABLE ... ADD COLUMN (NULL
+    # on its rows, read as 0: those are retried)
+    "counted_attempts": "BIGINT",
 }
 TEACHER_ATTEMPT_KEYS = ("interaction_id", "teacher", "prompt_version")
 
@@ -48,7 +56,9 @@ TEACHER_ATTEMPT_KEYS = ("interaction_id", "teacher", "prompt_version")
 class TeachResult:
     proposals: dict[str, Proposal] = field(default_factory=dict)
     no_proposal: list[str] = field(default_factory=list)  # nothing similar enough (retrieval)
-    failures: dict[str, str] = field(default_factory=dict)  # interaction_id -> provider error
+    # interaction_id -> reason, prefixed "[request] " or "[outage] " (ml.audit.failures)
+    failures: dict[str, str] = field(default_factory=dict)
+    counted: set[str] = field(default_factory=set)  # failures that were request-specific
 
     def count_by_source(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -85,7 +95,10 @@ def propose_corrections(rows: Sequence[dict[str, Any]], *, retrieval: RetrievalT
             try:
                 p = llm.propose(row, row.get("finding") or "")
             except LLMTeacher.ROW_FAILURES as exc:
-                result.failures[str(row["interaction_id"])] = str(exc)
+                iid, kind = str(row["interaction_id"]), classify_failure(exc)
+                result.failures[iid] = tag_reason(str(exc), kind)
+                if kind.counted:
+                    result.counted.add(iid)
                 continue
             result.proposals[p.interaction_id] = p
         return result
@@ -98,6 +111,30 @@ def propose_corrections(rows: Sequence[dict[str, Any]], *, retrieval: RetrievalT
     return result
 
 
+def ensure_attempts_table(con) -> None:
+    """``teacher_attempts`` with every column of :data:`TEACHER_ATTEMPT_COLUMNS`: created when
+    missing; a table from before a column existed gets it (NULL on its old rows)."""
+    warehouse.ensure_table(con, TEACHER_ATTEMPTS_TABLE, TEACHER_ATTEMPT_COLUMNS)
+    have = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+        [TEACHER_ATTEMPTS_TABLE]).fetchall()}
+    for col, typ in TEACHER_ATTEMPT_COLUMNS.items():
+        if col not in have:
+            con.execute(f'ALTER TABLE "{TEACHER_ATTEMPTS_TABLE}" ADD COLUMN "{col}" {typ}')
+
+
+def given_up_ids(previous: pl.DataFrame, prompt_version: str, max_attempts: int) -> set[str]:
+    """Interactions whose LLM proposal (this prompt version) failed request-specifically
+    ``max_attempts`` times and failed last: no more calls. 0 = never give up."""
+    if max_attempts <= 0 or previous.height == 0:
+        return set()
+    counted = (pl.col("counted_attempts").fill_null(0) if "counted_attempts" in previous.columns
+               else pl.lit(0))
+    return set(previous.filter(
+        (pl.col("status") == "failed") & (pl.col("prompt_version") == prompt_version)
+        & (counted >= max_attempts))["interaction_id"].to_list())
+
+
 def attempt_schema() -> dict[str, pl.DataType]:
     types = {"VARCHAR": pl.String(), "BIGINT": pl.Int64(), "TIMESTAMP": pl.Datetime("us")}
     return {c: types[t] for c, t in TEACHER_ATTEMPT_COLUMNS.items()}
@@ -108,7 +145,8 @@ def attempt_rows(rows: Sequence[dict[str, Any]], result: TeachResult, previous: 
                  run_id: str = "") -> pl.DataFrame:
     """``teacher_attempts`` rows for the LLM teacher's attempts in ``result``: one per row of
     ``rows`` that failed (with its reason) or got an LLM proposal; ``attempts`` continues the
-    count in ``previous`` (earlier rows of the same teacher and prompt version)."""
+    count in ``previous`` (earlier rows of the same teacher and prompt version), and so does
+    ``counted_attempts`` for a request-specific failure (``result.counted``)."""
     before: dict[str, dict[str, Any]] = {}
     if previous.height:
         for p in previous.filter((pl.col("teacher") == teacher)
@@ -125,6 +163,7 @@ def attempt_rows(rows: Sequence[dict[str, Any]], result: TeachResult, previous: 
         else:
             continue  # a human correction or no LLM attempt: nothing to record
         prev = before.get(iid)
+        counted_before = int(prev.get("counted_attempts") or 0) if prev else 0
         out.append({
             "interaction_id": iid, "tenant_id": row.get("tenant_id") or "default",
             "error_item_id": row.get("error_id"), "teacher": teacher,
@@ -132,10 +171,11 @@ def attempt_rows(rows: Sequence[dict[str, Any]], result: TeachResult, previous: 
             "attempts": (int(prev["attempts"] or 0) if prev else 0) + 1,
             "first_attempt_at": prev["first_attempt_at"] if prev else now,
             "updated_at": now, "run_id": run_id,
+            "counted_attempts": counted_before + int(status == "failed" and iid in result.counted),
         })
     return pl.DataFrame(out, schema=attempt_schema())
 
 
 __all__ = ["HUMAN_SOURCE", "LLMTeacher", "Proposal", "RetrievalTeacher", "TEACHER_ATTEMPTS_TABLE",
            "TEACHER_ATTEMPT_COLUMNS", "TEACHER_ATTEMPT_KEYS", "TeachResult", "attempt_rows",
-           "human_proposal", "propose_corrections"]
+           "ensure_attempts_table", "given_up_ids", "human_proposal", "propose_corrections"]

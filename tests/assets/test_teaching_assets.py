@@ -12,6 +12,7 @@ import json
 
 import dagster as dg
 import duckdb
+import polars as pl
 import pytest
 from sqlalchemy import func, select
 
@@ -184,3 +185,94 @@ def test_teacher_gives_up_after_max_attempts(home, monkeypatch):
         assert len(third["given_up_ids"]) == min(n, 50)
     attempts = _rows(home, "SELECT DISTINCT status, attempts FROM teacher_attempts")
     assert attempts == [("failed", 2)]
+
+
+def _set_llm_env(monkeypatch, server) -> None:
+    monkeypatch.setenv("LEARNLOOP_TEST_LLM_KEY", "sk-test-secret-abcdef0123456789")
+    for role in ("AUDITOR", "TEACHER"):
+        for k, v in {"": "openai", "_MODEL": "gpt-test", "_BASE_URL": server.base_url,
+                     "_API_KEY_ENV": "LEARNLOOP_TEST_LLM_KEY", "_MAX_RETRIES": "0"}.items():
+            monkeypatch.setenv(f"LEARNLOOP_{role}{k}", v)
+    monkeypatch.setenv("LEARNLOOP_LLM_CACHE", "none")
+
+
+def _run_meta(home, assets, run_config=None):
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(assets, instance=instance, run_config=run_config,
+                                resources={"learnloop": LearnloopResource(home=str(home))})
+    assert result.success
+    return {m.materialization.asset_key.to_user_string():
+            {k: v.value for k, v in m.materialization.metadata.items()}
+            for m in result.get_asset_materialization_events()}
+
+
+def test_teacher_outage_longer_than_max_attempts_loses_nothing(home, monkeypatch):
+    """The teacher's provider answers 503 for 3 daily runs (more than max_attempts=2), then
+    recovers: each run records the failures with the outage reason, none is given up, and the
+    first run after the outage writes a sample for every one of them."""
+    state = {"down": True}
+    calls = {"teacher": 0}
+
+    def script(request):
+        if "You are the Teacher" in request.body["messages"][0]["content"]:
+            calls["teacher"] += 1
+            if state["down"]:
+                return error(503, "service unavailable")
+            return ok(_teacher_reply(calls["teacher"]))
+        return ok(VERDICT)
+
+    with FakeOpenAIServer(default=script) as server:
+        _set_llm_env(monkeypatch, server)
+        config = {"ops": {"teacher_samples": {"config": {"max_attempts": 2}}}}
+        n = None
+        for run in range(3):
+            teach = _run_meta(home, CHAIN, config)["teacher_samples"]
+            n = n or teach["failures"]
+            assert n > 0 and teach["failures"] == n and teach["given_up"] == 0
+            # the others have a human agent's correction (a sample without the LLM, first run)
+            assert teach["errors_needing_proposal"] == n + teach["proposals"]
+            assert "llm:openai" not in teach["samples_by_source"]
+            assert teach["retried"] == (n if run else 0)
+            rows = _rows(home, "SELECT status, attempts, counted_attempts, reason "
+                               "FROM teacher_attempts")
+            assert len(rows) == n
+            assert {r[:3] for r in rows} == {("failed", run + 1, 0)}  # attempted, not counted
+            assert all(r[3].startswith("[outage] ") for r in rows)
+            assert any("503" in r[3] for r in rows)  # the rest: the breaker opened
+        assert calls["teacher"] > 0
+
+        state["down"] = False
+        teach = _run_meta(home, CHAIN, config)["teacher_samples"]
+        assert teach["errors_needing_proposal"] == n and teach["retried"] == n
+        assert teach["failures"] == 0 and teach["given_up"] == 0
+        assert teach["samples_by_source"] == {"llm:openai": n}
+    rows = _rows(home, "SELECT DISTINCT status, attempts, counted_attempts, reason "
+                       "FROM teacher_attempts")
+    assert rows == [("ok", 4, 0, None)]
+
+
+def test_teacher_attempts_table_from_before_counted_attempts_is_read_and_extended(home):
+    """A teacher_attempts table written before counted_attempts existed: readable, gets the
+    column (NULL on old rows: not given up, so retried), and new rows can be written to it."""
+    from assets.teaching import read_teacher_attempts
+    from ml import warehouse
+    from ml.teacher import (TEACHER_ATTEMPT_COLUMNS, TEACHER_ATTEMPT_KEYS,
+                            TEACHER_ATTEMPTS_TABLE, given_up_ids)
+
+    old = {c: t for c, t in TEACHER_ATTEMPT_COLUMNS.items() if c != "counted_attempts"}
+    con = duckdb.connect(str(home / "warehouse.duckdb"))
+    try:
+        warehouse.ensure_table(con, TEACHER_ATTEMPTS_TABLE, old)
+        con.execute(f"INSERT INTO {TEACHER_ATTEMPTS_TABLE} VALUES ('i1', 'default', 1, 'llm:x', "
+                    "'teacher-v1', 'failed', 'all providers failed: 503', 9, NULL, NULL, 'r1')")
+        previous = read_teacher_attempts(con)
+        assert previous["counted_attempts"].to_list() == [None]
+        assert given_up_ids(previous, "teacher-v1", 2) == set()
+        row = previous.with_columns(pl.lit(2, dtype=pl.Int64).alias("counted_attempts"),
+                                    pl.lit("i2").alias("interaction_id"))
+        warehouse.upsert_rows(con, TEACHER_ATTEMPTS_TABLE, row, TEACHER_ATTEMPT_KEYS,
+                              TEACHER_ATTEMPT_COLUMNS)
+        assert given_up_ids(read_teacher_attempts(con), "teacher-v1", 2) == {"i2"}
+    finally:
+        con.close()
+
