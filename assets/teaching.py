@@ -37,7 +37,7 @@ from ml.teacher import (
 from ml.teacher.retrieval import DEFAULT_THRESHOLD, build_answer_index
 from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
 from store.db import session_scope
-from store.models import ReviewItem
+from store.models import ReviewEvent, ReviewItem
 from store.repo import approved_samples, create_item
 
 ROLE = "teacher"
@@ -76,6 +76,37 @@ def read_teacher_attempts(con, teacher: str | None = None) -> pl.DataFrame:
     if teacher is None:
         return query(con, f"SELECT * FROM {TEACHER_ATTEMPTS_TABLE}")
     return query(con, f"SELECT * FROM {TEACHER_ATTEMPTS_TABLE} WHERE teacher = ?", [teacher])
+
+
+NO_ERROR_FOUND_FINDING = "A reviewer marked this reply as wrong (the auditor had found no error)"
+
+
+def teacher_finding(item: ReviewItem, note: str | None) -> str:
+    """What the teacher is told is wrong with the reply of the error item ``item``.
+
+    A flagged error: its category, severity and the auditor's explanation. An item without a
+    category (a "no error found" calibration item a reviewer confirmed) must not hand the
+    auditor's "no error found" text to the teacher: it says a reviewer found the reply wrong.
+    A reviewer's decision ``note``, when there is one, is added either way."""
+    if item.category:
+        finding = f"{item.category} ({item.severity or 'severity not given'}): {item.explanation}"
+    elif item.status == "confirmed":
+        finding = NO_ERROR_FOUND_FINDING
+    else:
+        finding = "The reply was flagged for review; no specific error was named"
+    if note and note.strip():
+        finding += f". Reviewer's note: {note.strip()}"
+    return finding
+
+
+def decision_notes(session, item_ids: list[int]) -> dict[int, str]:
+    """The note of the latest ``decide`` event of each item that has one."""
+    if not item_ids:
+        return {}
+    rows = session.execute(select(ReviewEvent.item_id, ReviewEvent.note).where(
+        ReviewEvent.item_id.in_(item_ids), ReviewEvent.action == "decide",
+        ReviewEvent.note.is_not(None)).order_by(ReviewEvent.id)).all()
+    return {item_id: note for item_id, note in rows}  # later events overwrite earlier ones
 
 
 def sample_dedup_key(interaction_id: str) -> str:
@@ -136,6 +167,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
         errors = list(s.scalars(select(ReviewItem).where(
             ReviewItem.kind == "error", ReviewItem.status.in_(("pending", "confirmed")))
             .order_by(ReviewItem.id)))
+        notes = decision_notes(s, [e.id for e in errors if e.status == "confirmed"])
         wanted = []
         for e in errors:
             if sample_dedup_key(e.interaction_id) in have:
@@ -145,7 +177,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
                 wanted.append({"error_id": e.id, "interaction_id": e.interaction_id,
                                "tenant_id": e.tenant_id, "category": e.category,
                                "severity": e.severity, "status": e.status,
-                               "finding": f"{e.category} ({e.severity}): {e.explanation}"})
+                               "finding": teacher_finding(e, notes.get(e.id))})
     # one proposal per interaction: the first error item (lowest id) is the parent
     seen: set[str] = set()
     wanted = [w for w in wanted if not (w["interaction_id"] in seen or seen.add(w["interaction_id"]))]

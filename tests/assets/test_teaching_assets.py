@@ -276,3 +276,41 @@ def test_teacher_attempts_table_from_before_counted_attempts_is_read_and_extende
     finally:
         con.close()
 
+
+def test_teacher_is_told_a_confirmed_no_error_found_item_is_wrong(home, monkeypatch):
+    """A "no error found" calibration item a reviewer confirmed (category None) reaches the LLM
+    teacher as a reviewer's finding with the decision note, not as "None (None): No error found
+    ... dismiss if it is fine"."""
+    from assets.teaching import NO_ERROR_FOUND_FINDING
+    from store.repo import decide
+
+    clean = json.dumps({"is_error": False, "category": None, "severity": None,
+                        "confidence": 0.9, "explanation": "The reply looks fine."})
+
+    def script(request):
+        if "You are the Teacher" in request.body["messages"][0]["content"]:
+            return ok(_teacher_reply(1))
+        return ok(clean)
+
+    with FakeOpenAIServer(default=script) as server:
+        _set_llm_env(monkeypatch, server)
+        audit_cfg = {"ops": {"audit_candidates": {"config": {"calibration_rate": 1.0}},
+                             "audited_errors": {"config": {"clean_review_rate": 1.0}}}}
+        _run_meta(home, [interaction_embeddings, audit_candidates, audited_errors], audit_cfg)
+        url = f"sqlite:///{home / 'store.db'}"
+        with session_scope(url) as s:
+            items = list(s.scalars(select(ReviewItem).where(ReviewItem.kind == "error")
+                                   .order_by(ReviewItem.id)))
+            assert items and all(i.category is None for i in items)
+            target = items[0]
+            decide(s, target.id, decision="confirm", expected_version=target.version,
+                   actor="reviewer:ana", note="It quotes last year's price.")
+        server.reset()
+        teach = _run_meta(home, [teacher_samples])["teacher_samples"]
+        assert teach["errors_needing_proposal"] == 1 and teach["proposals"] == 1
+    [request] = server.requests  # only the confirmed item: pending clean ones have no severity
+    prompt = "\n".join(m["content"] for m in request.body["messages"])
+    assert NO_ERROR_FOUND_FINDING in prompt
+    assert "Reviewer's note: It quotes last year's price." in prompt
+    assert "None (None)" not in prompt and "dismiss if it is fine" not in prompt
+    assert "No error found by the auditor" not in prompt
