@@ -76,22 +76,30 @@ QUARANTINED = [
 
 
 def _verdict(iid: str, day: date, is_error: bool, category=None, severity=None,
-             confidence=0.8, auditor="rules", tenant="acme") -> dict:
+             confidence=0.8, auditor="rules", tenant="acme", in_calibration=False,
+             label_weight=None) -> dict:
     return {"interaction_id": iid, "tenant_id": tenant, "partition_date": day, "auditor": auditor,
             "prompt_version": "rules-v1", "is_error": is_error, "category": category,
             "severity": severity, "confidence": confidence, "explanation": "test",
-            "signals": [], "answered_by": auditor, "audited_at": datetime(2025, 1, 3, 9, 0)}
+            "signals": [], "answered_by": auditor, "audited_at": datetime(2025, 1, 3, 9, 0),
+            "in_calibration": in_calibration, "label_weight": label_weight}
 
 
 # rules auditor on day 1 (acme): flags i2 (confirmed), i3 (no decision, but a human correction:
 # NOT a label, since the rules auditor reads corrections; reported in correction_* instead),
-# i4 (dismissed); passes i1 (unlabeled) and i5 (unlabeled).
-# -> labeled: i2 tp, i4 fp  => precision = 1 / 2, recall = 1 / 1,
-#    kappa: tp=1, fp=1, fn=0, tn=0, n=2 -> po = 1/2, pe = (2*1 + 0*1)/4 = 1/2 -> kappa 0
+# i4 (dismissed); passes i1 (a "no error found" item a reviewer confirmed) and i5 (unlabeled).
+# i1 and i4 (no signal) are in the calibration sample: i4 a flag (weight 1), i1 a clean verdict
+# put to review at clean_review_rate 0.2 (weight 5).
+# -> raw labels: i2 tp, i4 fp, i1 fn => labeled 3, precision = 1 / 2 (all decided flags)
+# -> calibration sample: i4 fp (1), i1 fn (5): weighted TP 0, FP 1, FN 5, TN 0, N 6
+#    recall = 0 / (0 + 5) = 0 (raw tp / (tp + fn) would say 1/2)
+#    kappa: po = 0 / 6, pe = ((0+1)(0+5) + (5+0)(1+0)) / 36 = 10/36 -> (0 - 10/36) / (26/36) = -5/13
 AUDITED = [
-    _verdict("i1", D1, False), _verdict("i2", D1, True, "factual_error", "high", 0.9),
+    _verdict("i1", D1, False, in_calibration=True, label_weight=5.0),
+    _verdict("i2", D1, True, "factual_error", "high", 0.9),
     _verdict("i3", D1, True, "incomplete", "medium", 0.6),
-    _verdict("i4", D1, True, "factual_error", "low", 0.5), _verdict("i5", D1, False),
+    _verdict("i4", D1, True, "factual_error", "low", 0.5, in_calibration=True, label_weight=1.0),
+    _verdict("i5", D1, False),
 ]
 
 
@@ -105,7 +113,8 @@ def _event(eid: int, iid: str, action: str, before, after) -> dict:
 
 DECISIONS = [_event(1, "i2", "created", None, "pending"), _event(2, "i2", "decide", "pending",
                                                                   "confirmed"),
-             _event(3, "i4", "decide", "pending", "dismissed")]
+             _event(3, "i4", "decide", "pending", "dismissed"),
+             _event(4, "i1", "decide", "pending", "confirmed")]
 
 
 def _create(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str],
@@ -257,11 +266,15 @@ def test_dbt_build_computes_marts_and_reports_tests_as_checks(learnloop_home: Pa
 
     (agree,) = _query(warehouse, "SELECT * FROM analytics.auditor_agreement")
     assert (agree["audited"], agree["flagged"], agree["confirmed"], agree["dismissed"]) == (5, 3, 1, 1)
-    assert (agree["labeled"], agree["tp"], agree["fp"], agree["fn"], agree["tn"]) == (2, 1, 1, 0, 0)
+    assert agree["negatives_reviewed"] == 1
+    assert (agree["labeled"], agree["tp"], agree["fp"], agree["fn"], agree["tn"]) == (3, 1, 1, 1, 0)
     assert (agree["correction_labeled"], agree["correction_flagged"]) == (1, 1)
     assert agree["precision"] == pytest.approx(0.5)
-    assert agree["recall"] == pytest.approx(1.0)
-    assert agree["cohens_kappa"] == pytest.approx(0.0)
+    assert agree["calibration_labeled"] == 2
+    assert (agree["weighted_tp"], agree["weighted_fp"], agree["weighted_fn"],
+            agree["weighted_tn"]) == pytest.approx((0, 1, 5, 0))
+    assert agree["recall"] == pytest.approx(0.0)
+    assert agree["cohens_kappa"] == pytest.approx(-5 / 13)
 
 
 def test_duplicated_interaction_id_fails_the_uniqueness_check(learnloop_home: Path):

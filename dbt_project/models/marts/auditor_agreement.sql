@@ -1,21 +1,34 @@
 -- How often reviewers agree with each auditor and prompt version.
 --
 -- Reference label per audited interaction: the reviewer's latest decision on the auditor's
--- `error` review item: confirmed = error, dismissed = no error. Flagged verdicts get such an item;
--- so does a configurable share of the clean verdicts on the calibration sample (a "no error found"
--- item, audited_errors.clean_review_rate), so false negatives and true negatives get labels too.
+-- `error` review item: confirmed = error, dismissed = no error. Every flagged verdict gets such an
+-- item; a clean verdict only does on the calibration sample (a seeded random share,
+-- audit_candidates.calibration_rate, of the interactions no signal pointed at), and there only for
+-- a stable hash draw below audited_errors.clean_review_rate (a "no error found" item).
 --
 -- A human agent's correction is NOT a reference label for an auditor that reads corrections as an
 -- input (the rules auditor's human_correction signal; the LLM auditors' evidence text): it would
 -- flag every corrected reply and score recall ~1 by construction. Such agreement is reported apart
 -- (correction_* columns). Only auditors named in the dbt var `correction_blind_auditors` (default:
--- none) have corrections of undecided verdicts counted as "error" labels.
---   precision = reviewer-confirmed / reviewer-decided among the auditor's flags
---   recall    = tp / (tp + fn) over labeled verdicts
---   kappa     = Cohen's kappa between the auditor's verdict and the reference label
+-- none) have corrections of undecided verdicts counted as "error" labels (raw counts only:
+-- corrected interactions are signalled, so never in the calibration sample).
+--
+--   precision = reviewer-confirmed / reviewer-decided among ALL the auditor's flags (every flag
+--               gets an item, so the decided flags are the flags' own sample)
+--   recall, cohens_kappa: estimated on the calibration sample only, each labeled verdict weighted
+--               by the inverse of its probability of getting a review item (audited_errors
+--               .label_weight, ml.audit.labels): a flag 1, a clean verdict put to review
+--               1 / clean_review_rate. With weighted counts TP, FP, FN, TN (N = their sum):
+--                 recall = TP / (TP + FN)
+--                 kappa  = (po - pe) / (1 - pe), po = (TP + TN) / N,
+--                          pe = ((TP + FP)(TP + FN) + (FN + TN)(FP + TN)) / N^2
+--               NULL without calibration labels. Counting all labels unweighted (labeled/tp/fp/
+--               fn/tn below) mixes every reviewed flag with ~1% of the misses: recall ~1.
+--               The estimate describes the interactions no signal pointed at (the population
+--               the calibration sample is drawn from), not the signalled ones.
 {% set blind = var('correction_blind_auditors', []) %}
 with verdicts as (
-    select interaction_id, auditor, prompt_version, is_error
+    select interaction_id, auditor, prompt_version, is_error, in_calibration, label_weight
     from {{ ref('stg_audited_errors') }}
 ),
 
@@ -49,7 +62,12 @@ labeled as (
                 {%- for a in blind %}'{{ a }}'{% if not loop.last %}, {% endif %}{% endfor -%}
             ) then true
             {% endif %}
-        end as actual
+        end as actual,
+        -- weight of the label in the calibration-sample estimate; NULL = not in it
+        case
+            when coalesce(v.in_calibration, false) and d.status_after in ('confirmed', 'dismissed')
+                then v.label_weight
+        end as weight
     from verdicts as v
     left join latest_decision as d using (interaction_id, auditor, prompt_version)
     left join corrections as c using (interaction_id)
@@ -65,11 +83,22 @@ counts as (
         count(*) filter (where predicted and decision = 'dismissed') as dismissed,
         count(*) filter (where not predicted and decision in ('confirmed', 'dismissed'))
             as negatives_reviewed,
+        -- raw (unweighted) label counts over all verdicts: NOT a recall estimate
         count(*) filter (where actual is not null) as labeled,
         count(*) filter (where predicted and actual) as tp,
         count(*) filter (where predicted and actual = false) as fp,
         count(*) filter (where not predicted and actual) as fn,
         count(*) filter (where not predicted and actual = false) as tn,
+        -- the calibration-sample estimate
+        count(weight) as calibration_labeled,
+        coalesce(sum(weight) filter (where predicted and decision = 'confirmed'), 0)
+            as weighted_tp,
+        coalesce(sum(weight) filter (where predicted and decision = 'dismissed'), 0)
+            as weighted_fp,
+        coalesce(sum(weight) filter (where not predicted and decision = 'confirmed'), 0)
+            as weighted_fn,
+        coalesce(sum(weight) filter (where not predicted and decision = 'dismissed'), 0)
+            as weighted_tn,
         count(*) filter (where corrected) as correction_labeled,
         count(*) filter (where corrected and predicted) as correction_flagged
     from labeled
@@ -79,9 +108,11 @@ counts as (
 rates as (
     select
         *,
-        (tp + tn) / nullif(labeled, 0) as observed_agreement,
-        ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / nullif(labeled * labeled, 0)
-            as expected_agreement
+        weighted_tp + weighted_fp + weighted_fn + weighted_tn as weighted_n,
+        (weighted_tp + weighted_tn) / nullif(weighted_n, 0) as observed_agreement,
+        ((weighted_tp + weighted_fp) * (weighted_tp + weighted_fn)
+            + (weighted_fn + weighted_tn) * (weighted_fp + weighted_tn))
+            / nullif(weighted_n * weighted_n, 0) as expected_agreement
     from counts
 )
 
@@ -99,10 +130,17 @@ select
     fp,
     fn,
     tn,
+    calibration_labeled,
+    weighted_tp,
+    weighted_fp,
+    weighted_fn,
+    weighted_tn,
     confirmed / nullif(confirmed + dismissed, 0) as precision,
-    tp / nullif(tp + fn, 0) as recall,
+    case when calibration_labeled > 0 then weighted_tp / nullif(weighted_tp + weighted_fn, 0) end
+        as recall,
     case
-        when expected_agreement = 1 then null
+        when calibration_labeled = 0 or expected_agreement is null or expected_agreement >= 1
+            then null
         else (observed_agreement - expected_agreement) / (1 - expected_agreement)
     end as cohens_kappa,
     correction_labeled,
