@@ -35,6 +35,7 @@ from sqlalchemy import select
 from ml import embeddings, warehouse
 from ml.audit import make_auditor
 from ml.audit.rules import RulesAuditor
+from ml.audit.failures import tag_reason
 from ml.audit.candidates import (
     CANDIDATE_COLUMNS,
     DEFAULT_MAX_ATTEMPTS,
@@ -431,8 +432,8 @@ def save_batch(learnloop: LearnloopResource, url: str, auditor, frame: pl.DataFr
         for f in outcome.failures:
             row = record_attempt(s, interaction_id=f.interaction_id, tenant_id=f.tenant_id,
                                  auditor=auditor.name, prompt_version=auditor.prompt_version,
-                                 status="failed", is_error=None, reason=f.reason[:4000],
-                                 counted=f.counted)
+                                 status="failed", is_error=None,
+                                 reason=tag_reason(f.reason, f.counted)[:4000], counted=f.counted)
             if f.counted and row.attempts >= max_attempts:
                 totals.given_up.append(f.interaction_id)
     errors = verdicts.filter(pl.col("is_error")) if verdicts.height else verdicts

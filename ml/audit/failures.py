@@ -99,9 +99,9 @@ def classify_failure(exc: BaseException) -> FailureClass:
     return OUTAGE  # TransientProviderError, CircuitOpenError, anything unexpected
 
 
-def tag_reason(reason: str, failure: FailureClass) -> str:
-    """``reason`` with the prefix that names its class."""
-    return failure.prefix + reason
+def tag_reason(reason: str, counted: bool) -> str:
+    """``reason`` as stored: with the prefix of its class (``counted``: request-specific)."""
+    return (REQUEST_PREFIX if counted else OUTAGE_PREFIX) + reason
 
 
 def reason_counted(reason: str | None) -> bool | None:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import polars as pl
 
-from ml.audit.failures import classify_failure, tag_reason
+from ml.audit.failures import classify_failure
 from ml.audit.taxonomy import AUDITED_COLUMNS, Verdict
 from ml.llm import LLMRequest, ProviderError, Router, redact
 from ml.prompts import Prompt, load_prompt
@@ -45,9 +45,10 @@ ROW_FAILURES: tuple[type[Exception], ...] = (ProviderError, RowInputError)
 class AuditFailure:
     interaction_id: str
     tenant_id: str
-    reason: str  # starts with the class prefix of ml.audit.failures ("[request] " / "[outage] ")
+    reason: str
     # request-specific (counts toward max_attempts) or an outage (retried every run, not
-    # counted); see ml.audit.failures.classify_failure
+    # counted); see ml.audit.failures.classify_failure. The stored reason gets the class prefix
+    # (ml.audit.failures.tag_reason).
     counted: bool = False
 
 
@@ -154,7 +155,7 @@ class LLMAuditor:
                 reason = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {redact(exc)}"
                 if not isinstance(exc, ProviderError):  # the router logged the provider failures
                     log.warning("audit of %s failed (%s): %s", iid, kind.why, reason)
-                failures.append(AuditFailure(iid, tenant, tag_reason(reason, kind), kind.counted))
+                failures.append(AuditFailure(iid, tenant, reason, kind.counted))
                 if on_item:
                     on_item(iid, False)
                 continue

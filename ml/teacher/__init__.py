@@ -96,7 +96,7 @@ def propose_corrections(rows: Sequence[dict[str, Any]], *, retrieval: RetrievalT
                 p = llm.propose(row, row.get("finding") or "")
             except LLMTeacher.ROW_FAILURES as exc:
                 iid, kind = str(row["interaction_id"]), classify_failure(exc)
-                result.failures[iid] = tag_reason(str(exc), kind)
+                result.failures[iid] = tag_reason(str(exc), kind.counted)
                 if kind.counted:
                     result.counted.add(iid)
                 continue

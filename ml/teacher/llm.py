@@ -6,6 +6,8 @@ the role failed (``ProviderError``: HTTP errors, timeouts, unusable replies, une
 exceptions, malformed JSON after the repair retry) or the row's own data is malformed
 (:class:`~ml.audit.llm.RowInputError`, e.g. bad ``messages`` JSON). A caller looping over rows
 catches exactly those, records the reason and goes on; configuration errors still stop the run.
+:func:`ml.audit.failures.classify_failure` says whether one counts toward the retry cap
+(request-specific) or is an outage (retried on every run).
 """
 
 from __future__ import annotations
