@@ -20,10 +20,11 @@ The stored reason starts with :data:`REQUEST_PREFIX` or :data:`OUTAGE_PREFIX`
 (:func:`tag_reason`), so a reader of ``audit_attempts`` / ``teacher_attempts`` sees which kind it
 was, and :func:`reason_counted` reads it back.
 
-``ml.llm.ProviderError.failures`` carries strings only (provider, exception class name, message);
-the message of a ``ProviderCallError`` is ``"<provider>: <kind>[ (HTTP <status>)]: <text>"``, which
-:func:`provider_failure_counted` parses. A message it cannot parse is treated as an outage:
-retried, never lost.
+``ml.llm.ProviderError.failures`` carries each provider's exception class name and, for a
+``ProviderCallError``, its ``kind`` and HTTP ``status_code`` as fields, which
+:func:`provider_failure_counted` reads. A failure built without them falls back to parsing the
+message (``"<provider>: <kind>[ (HTTP <status>)]: <text>"``); one it cannot read is treated as
+an outage: retried, never lost.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def provider_failure_counted(failure: ProviderFailure) -> bool:
         return True
     if failure.error_type != PermanentProviderError.__name__:
         return False  # TransientProviderError, CircuitOpenError, anything unknown
+    if failure.kind is not None:  # the router records kind and status as fields
+        return _call_error_counted(failure.kind, failure.status_code)
+    # a failure built without the fields (e.g. by hand): read them from the message
     head = f"{failure.provider}: "
     if not failure.message.startswith(head):
         return False

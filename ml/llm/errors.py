@@ -80,9 +80,20 @@ class StructuredOutputError(LLMError):
 
 @dataclass(frozen=True)
 class ProviderFailure:
+    """One provider's failure inside a :class:`ProviderError`: the exception's class name and
+    message, and for a ``ProviderCallError`` its ``kind`` and HTTP ``status_code`` as fields
+    (callers classify on these, never on the message text)."""
+
     provider: str
     error_type: str
     message: str
+    kind: str | None = None
+    status_code: int | None = None
+
+    @classmethod
+    def from_exception(cls, provider: str, exc: BaseException) -> "ProviderFailure":
+        return cls(provider, type(exc).__name__, str(exc), getattr(exc, "kind", None),
+                   getattr(exc, "status_code", None))
 
 
 class ProviderError(LLMError):

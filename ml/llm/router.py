@@ -135,12 +135,12 @@ class Router:
                 response = self._call(slot, request)
             except CircuitOpenError as exc:
                 self._bump(breaker_skips=1)
-                failures.append(ProviderFailure(slot.name, type(exc).__name__, str(exc)))
+                failures.append(ProviderFailure.from_exception(slot.name, exc))
                 log.info("role %s: skipping %s (%s)", self.role, slot.name, exc)
                 continue
             except (ProviderCallError, StructuredOutputError) as exc:
                 self._bump(provider_failures=1)
-                failures.append(ProviderFailure(slot.name, type(exc).__name__, str(exc)))
+                failures.append(ProviderFailure.from_exception(slot.name, exc))
                 log.warning("role %s: provider %s failed, failing over: %s", self.role, slot.name, redact(exc))
                 continue
             if self.cache is not None:

@@ -238,6 +238,19 @@ def test_a_mix_of_rejection_and_outage_or_an_open_breaker_is_an_outage():
     assert classify_failure(fail(rejected, PermanentProviderError(
         "p1", "too long", status_code=413, kind="rejected"))) == REQUEST
     assert classify_failure(fail(rejected, down)) == OUTAGE  # the backup may answer next run
+    # the router keeps kind and status as fields: classification never depends on message text
+    f0, f1 = fail(rejected, down).failures
+    assert (f0.kind, f0.status_code, f1.kind, f1.status_code) == (
+        "rejected", 400, "server error", 503)
+    from ml.audit.failures import provider_failure_counted
+    from ml.llm.errors import ProviderFailure
+    renamed = ProviderFailure("p0", "PermanentProviderError", "reworded text", "rejected", 422)
+    assert provider_failure_counted(renamed)
+    # built by hand without fields: the message is read instead
+    assert provider_failure_counted(ProviderFailure(
+        "p0", "PermanentProviderError", "p0: rejected (HTTP 400): too long"))
+    assert not provider_failure_counted(ProviderFailure(
+        "p0", "PermanentProviderError", "unparseable"))
     assert classify_failure(fail(PermanentProviderError(
         "p0", "ValueError: boom", kind="unexpected error"))) == OUTAGE
     assert classify_failure(RowInputError("interaction i1: messages is not valid JSON")) == REQUEST
