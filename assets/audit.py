@@ -66,7 +66,9 @@ class AuditCandidatesConfig(dg.Config):
     calibration_rate: float = 0.05
     quality_threshold: float = 0.5
     seed: int = 0
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # request-specific failures (see ml.audit.failures) after which an item is given up; outages never count
+    # request-specific failures (ml.audit.failures) after which an item is given up; outages
+    # never count
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     retention_days: int = 7  # candidate rows of other runs older than this are pruned
     auditor: str = ""  # "" = LEARNLOOP_AUDITOR; "rules" or an ml.llm kind list ("openai,gemini")
     interaction_ids: list[str] = []
