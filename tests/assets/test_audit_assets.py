@@ -201,12 +201,7 @@ def test_llm_auditor_failures_are_recorded_and_retried_next_run(learnloop_home, 
         return error(500, "upstream exploded") if calls["n"] <= 3 else ok(verdict)
 
     with FakeOpenAIServer(default=behaviour) as server:
-        monkeypatch.setenv("LEARNLOOP_TEST_AUDIT_KEY", "sk-test-secret-abcdef0123456789")
-        for k, v in {"LEARNLOOP_AUDITOR": "openai", "LEARNLOOP_AUDITOR_MODEL": "gpt-test",
-                     "LEARNLOOP_AUDITOR_BASE_URL": server.base_url,
-                     "LEARNLOOP_AUDITOR_API_KEY_ENV": "LEARNLOOP_TEST_AUDIT_KEY",
-                     "LEARNLOOP_AUDITOR_MAX_RETRIES": "0", "LEARNLOOP_LLM_CACHE": "none"}.items():
-            monkeypatch.setenv(k, v)
+        _use_openai_auditor(monkeypatch, server)
         first = _materialize(learnloop_home, [audit_candidates, audited_errors])
         n_cands = first["audit_candidates"]["dagster/row_count"].value
         a1 = first["audited_errors"]
@@ -361,18 +356,23 @@ def test_results_are_saved_per_batch_and_survive_a_crash(small_home, monkeypatch
     assert len(keys) == len(set(keys)) and flag_items == n_flagged
 
 
+def _use_openai_auditor(monkeypatch, server) -> None:
+    """LEARNLOOP_AUDITOR=openai against ``server``: no retries, no response cache."""
+    monkeypatch.setenv("LEARNLOOP_TEST_AUDIT_KEY", "sk-test-secret-abcdef0123456789")
+    for k, v in {"LEARNLOOP_AUDITOR": "openai", "LEARNLOOP_AUDITOR_MODEL": "gpt-test",
+                 "LEARNLOOP_AUDITOR_BASE_URL": server.base_url,
+                 "LEARNLOOP_AUDITOR_API_KEY_ENV": "LEARNLOOP_TEST_AUDIT_KEY",
+                 "LEARNLOOP_AUDITOR_MAX_RETRIES": "0", "LEARNLOOP_LLM_CACHE": "none"}.items():
+        monkeypatch.setenv(k, v)
+
+
 def test_permanent_failures_are_given_up_after_max_attempts(small_home, monkeypatch):
     """HTTP 400 on every call: failed, retried once, then given up at max_attempts=2 and no
     longer selected (no more calls); the metadata names them."""
     from tests.llm.fake_servers import FakeOpenAIServer, error
 
     with FakeOpenAIServer(default=error(400, "this request will never work")) as server:
-        monkeypatch.setenv("LEARNLOOP_TEST_AUDIT_KEY", "sk-test-secret-abcdef0123456789")
-        for k, v in {"LEARNLOOP_AUDITOR": "openai", "LEARNLOOP_AUDITOR_MODEL": "gpt-test",
-                     "LEARNLOOP_AUDITOR_BASE_URL": server.base_url,
-                     "LEARNLOOP_AUDITOR_API_KEY_ENV": "LEARNLOOP_TEST_AUDIT_KEY",
-                     "LEARNLOOP_AUDITOR_MAX_RETRIES": "0", "LEARNLOOP_LLM_CACHE": "none"}.items():
-            monkeypatch.setenv(k, v)
+        _use_openai_auditor(monkeypatch, server)
         cap = {"ops": {"audit_candidates": {"config": {"max_attempts": 2}},
                        "audited_errors": {"config": {"max_attempts": 2}}}}
         first = _run(small_home, [audit_candidates, audited_errors], cap)
@@ -410,12 +410,7 @@ def test_an_outage_longer_than_max_attempts_loses_nothing(small_home, monkeypatc
 
     url = f"sqlite:///{small_home / 'store.db'}"
     with FakeOpenAIServer(default=behaviour) as server:
-        monkeypatch.setenv("LEARNLOOP_TEST_AUDIT_KEY", "sk-test-secret-abcdef0123456789")
-        for k, v in {"LEARNLOOP_AUDITOR": "openai", "LEARNLOOP_AUDITOR_MODEL": "gpt-test",
-                     "LEARNLOOP_AUDITOR_BASE_URL": server.base_url,
-                     "LEARNLOOP_AUDITOR_API_KEY_ENV": "LEARNLOOP_TEST_AUDIT_KEY",
-                     "LEARNLOOP_AUDITOR_MAX_RETRIES": "0", "LEARNLOOP_LLM_CACHE": "none"}.items():
-            monkeypatch.setenv(k, v)
+        _use_openai_auditor(monkeypatch, server)
         cap = {"ops": {"audit_candidates": {"config": {"max_attempts": 2}},
                        "audited_errors": {"config": {"max_attempts": 2}}}}
         n = None

@@ -60,9 +60,10 @@ class Script:
         return ok(_teacher_reply(n) if role == "teacher" else VERDICT)
 
 
-def _materialize(home):
+def _materialize(home, assets=CHAIN, run_config=None):
+    """Materialize ``assets`` (default: the whole chain); metadata by asset key."""
     with dg.instance_for_test() as instance:
-        result = dg.materialize(CHAIN, instance=instance,
+        result = dg.materialize(assets, instance=instance, run_config=run_config,
                                 resources={"learnloop": LearnloopResource(home=str(home))})
     assert result.success
     return {m.materialization.asset_key.to_user_string():
@@ -196,16 +197,6 @@ def _set_llm_env(monkeypatch, server) -> None:
     monkeypatch.setenv("LEARNLOOP_LLM_CACHE", "none")
 
 
-def _run_meta(home, assets, run_config=None):
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(assets, instance=instance, run_config=run_config,
-                                resources={"learnloop": LearnloopResource(home=str(home))})
-    assert result.success
-    return {m.materialization.asset_key.to_user_string():
-            {k: v.value for k, v in m.materialization.metadata.items()}
-            for m in result.get_asset_materialization_events()}
-
-
 def test_teacher_outage_longer_than_max_attempts_loses_nothing(home, monkeypatch):
     """The teacher's provider answers 503 for 3 daily runs (more than max_attempts=2), then
     recovers: each run records the failures with the outage reason, none is given up, and the
@@ -226,7 +217,7 @@ def test_teacher_outage_longer_than_max_attempts_loses_nothing(home, monkeypatch
         config = {"ops": {"teacher_samples": {"config": {"max_attempts": 2}}}}
         n = None
         for run in range(3):
-            teach = _run_meta(home, CHAIN, config)["teacher_samples"]
+            teach = _materialize(home, CHAIN, config)["teacher_samples"]
             n = n or teach["failures"]
             assert n > 0 and teach["failures"] == n and teach["given_up"] == 0
             # the others have a human agent's correction (a sample without the LLM, first run)
@@ -242,7 +233,7 @@ def test_teacher_outage_longer_than_max_attempts_loses_nothing(home, monkeypatch
         assert calls["teacher"] > 0
 
         state["down"] = False
-        teach = _run_meta(home, CHAIN, config)["teacher_samples"]
+        teach = _materialize(home, CHAIN, config)["teacher_samples"]
         assert teach["errors_needing_proposal"] == n and teach["retried"] == n
         assert teach["failures"] == 0 and teach["given_up"] == 0
         assert teach["samples_by_source"] == {"llm:openai": n}
@@ -296,7 +287,7 @@ def test_teacher_is_told_a_confirmed_no_error_found_item_is_wrong(home, monkeypa
         _set_llm_env(monkeypatch, server)
         audit_cfg = {"ops": {"audit_candidates": {"config": {"calibration_rate": 1.0}},
                              "audited_errors": {"config": {"clean_review_rate": 1.0}}}}
-        _run_meta(home, [interaction_embeddings, audit_candidates, audited_errors], audit_cfg)
+        _materialize(home, [interaction_embeddings, audit_candidates, audited_errors], audit_cfg)
         url = f"sqlite:///{home / 'store.db'}"
         with session_scope(url) as s:
             items = list(s.scalars(select(ReviewItem).where(ReviewItem.kind == "error")
@@ -306,7 +297,7 @@ def test_teacher_is_told_a_confirmed_no_error_found_item_is_wrong(home, monkeypa
             decide(s, target.id, decision="confirm", expected_version=target.version,
                    actor="reviewer:ana", note="It quotes last year's price.")
         server.reset()
-        teach = _run_meta(home, [teacher_samples])["teacher_samples"]
+        teach = _materialize(home, [teacher_samples])["teacher_samples"]
         assert teach["errors_needing_proposal"] == 1 and teach["proposals"] == 1
     [request] = server.requests  # only the confirmed item: pending clean ones have no severity
     prompt = "\n".join(m["content"] for m in request.body["messages"])
