@@ -133,6 +133,17 @@ def _parse_json_line(no: int, text: str | bytes, what: str) -> tuple[Any, Reject
                               text, envelope=(what != "native"))
 
 
+def _json_lines(path: Path, what: str) -> Iterator[int | Rejected | tuple[int, str, Any]]:
+    """The lines of ``path``: a blank line as its number, an undecodable one as ``Rejected``,
+    every other as ``(line_no, text, parsed JSON)``."""
+    for no, text in iter_lines(path):
+        if isinstance(text, str) and _blank(text):
+            yield no
+            continue
+        obj, bad = _parse_json_line(no, text, what)
+        yield bad if bad is not None else (no, text, obj)
+
+
 def _validated(no: int, rec: dict[str, Any], raw_for_reject: str, *,
                native: bool = False) -> Accepted | Rejected:
     try:
@@ -160,14 +171,11 @@ def _iso(ts: datetime) -> str:
 def read_native_jsonl(path: Path | str) -> Iterator[Accepted | Rejected | int]:
     """Native JSONL: each line is one record. Yields ``Accepted``/``Rejected``; a blank line
     yields its line number (an ``int``) so it is counted, not silently skipped."""
-    for no, text in iter_lines(path):
-        if isinstance(text, str) and _blank(text):
-            yield no
+    for item in _json_lines(path, "native"):
+        if not isinstance(item, tuple):  # a blank line's number or a rejected line
+            yield item
             continue
-        obj, bad = _parse_json_line(no, text, "native")
-        if bad is not None:
-            yield bad
-            continue
+        no, text, obj = item
         yield _validated(no, obj, text, native=True)
 
 
@@ -243,14 +251,11 @@ def read_openai_chat(path: Path | str, tenant_id: str = "default",
     p = _check_path(path)
     source = p.name
     fallback = _iso(timestamp or file_timestamp(p))
-    for no, text in iter_lines(p):
-        if isinstance(text, str) and _blank(text):
-            yield no
+    for item in _json_lines(p, "openai-chat"):
+        if not isinstance(item, tuple):  # a blank line's number or a rejected line
+            yield item
             continue
-        obj, bad = _parse_json_line(no, text, "openai-chat")
-        if bad is not None:
-            yield bad
-            continue
+        no, text, obj = item
         try:
             turns, ts, session, extra = _openai_conversation(obj, source, no, fallback)
         except ValueError as exc:
@@ -359,14 +364,11 @@ def read_hh_rlhf(path: Path | str, tenant_id: str = "default",
     p = _check_path(path)
     source = p.name
     ts = _iso(timestamp or file_timestamp(p))
-    for no, text in iter_lines(p):
-        if isinstance(text, str) and _blank(text):
-            yield no
+    for item in _json_lines(p, "hh-rlhf"):
+        if not isinstance(item, tuple):  # a blank line's number or a rejected line
+            yield item
             continue
-        obj, bad = _parse_json_line(no, text, "hh-rlhf")
-        if bad is not None:
-            yield bad
-            continue
+        no, text, obj = item
         try:
             if not isinstance(obj, dict):
                 raise ValueError(f"line is a JSON {type(obj).__name__}, expected an object")
@@ -467,14 +469,11 @@ def read_oasst(path: Path | str, tenant_id: str = "default",
     """
     p = _check_path(path)
     fallback = _iso(timestamp or file_timestamp(p))
-    for no, text in iter_lines(p):
-        if isinstance(text, str) and _blank(text):
-            yield no
+    for item in _json_lines(p, "oasst"):
+        if not isinstance(item, tuple):  # a blank line's number or a rejected line
+            yield item
             continue
-        obj, bad = _parse_json_line(no, text, "oasst")
-        if bad is not None:
-            yield bad
-            continue
+        no, text, obj = item
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), dict):
             yield Rejected(no, f"line {no}: prompt: expected a message tree object", text)
             continue
