@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
 import httpx
 import pytest
+
+from tests.service.servicekit import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 LEARNLOOP = Path(sys.executable).with_name("learnloop")
@@ -71,12 +71,6 @@ def test_demo_materializes_ingest_quality_audit_teaching_and_dbt(demo_home):
     assert (home / "dagster_home" / "dagster.yaml").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_reviewer_decides_demo_items_through_learnloop_serve(demo_home):
     home, env, _ = demo_home
     before = _status(env)
@@ -84,20 +78,12 @@ def test_reviewer_decides_demo_items_through_learnloop_serve(demo_home):
     added = _learnloop(env, "reviewers", "add", "ann", "--role", "admin", timeout=120)
     assert added.returncode == 0, added.stderr
     token = added.stdout.split("API token (shown once): ")[1].split()[0]
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(LEARNLOOP), "serve", "--port", str(port)], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/login", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "serve did not start"
-            time.sleep(0.3)
+        wait_until_serving(f"{base}/login", server, 60)
         auth = {"Authorization": f"Bearer {token}"}
         page = httpx.get(f"{base}/api/v1/items", params={"kind": "sample", "limit": 3},
                          headers=auth).json()

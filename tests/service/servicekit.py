@@ -111,6 +111,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(url: str, proc, timeout_s: float) -> None:
+    """Poll ``url`` until it answers 200 while the server process ``proc`` (a ``Popen``) runs;
+    raise with the process's output when it exits first or ``timeout_s`` passes."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            out, err = proc.communicate(timeout=10)
+            raise RuntimeError(f"server at {url} did not start (exit {proc.returncode}): "
+                               f"{out or ''}{err or ''}")
+        time.sleep(0.1)
+
+
 class LiveServer:
     def __init__(self, app):
         import uvicorn

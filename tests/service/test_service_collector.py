@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ from ml import landing
 from service.collector import check_records
 from store import collector_keys
 from store.db import session_scope, upgrade
-from servicekit import free_port
+from servicekit import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,15 +136,7 @@ def test_acknowledged_records_survive_kill_9(tmp_path):
     rejected: set[str] = set()
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {proc.stderr.read().decode()}")
-                time.sleep(0.1)
+        wait_until_serving(f"{base}/healthz", proc, 30)
         with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as c:
             for batch in range(3):
                 recs = [record(batch * 1000 + i, day=f"2026-11-{18 + i % 3}") for i in range(300)]
