@@ -50,21 +50,6 @@ DONE_WORDS = {"approved": "approved", "rejected": "rejected", "edited": "edited 
 # a "no error found" calibration item inverts the auditor's verdict: confirm = the reply IS wrong
 NO_ERROR_DONE_WORDS = {"confirmed": "confirmed: the reply is wrong (an error the auditor missed)",
                        "dismissed": "dismissed: the reply is fine (the auditor was right)"}
-NO_ERROR_VERDICT = "no error found"
-
-
-def is_no_error_found(item: Any) -> bool:
-    """An ``error`` item that asks a reviewer to check a clean auditor verdict (the audit stage's
-    calibration sample: ``extra.verdict == "no error found"``, tag ``no_error_found``). Confirming
-    it says the reply IS wrong (a miss of the auditor), dismissing it that the reply is fine, the
-    opposite of what agreeing with the auditor means on a flagged error."""
-    if getattr(item, "kind", None) != "error":
-        return False
-    extra = getattr(item, "extra", None) or {}
-    return (extra.get("verdict") == NO_ERROR_VERDICT or extra.get("is_error") is False
-            or "no_error_found" in (getattr(item, "tags", None) or []))
-
-
 def _flash(request: Request, message: str, level: str = "ok") -> None:
     request.session.setdefault("flash", [])
     request.session["flash"] = request.session["flash"] + [[level, message]]
@@ -191,7 +176,7 @@ def queue(request: Request, kind: str | None = Query(None, max_length=16),
     def page_url(n: int) -> str:
         return "/?" + urlencode({**params, "page": n})
 
-    rows = [{"item": i, "age": _age(i.created_at), "no_error_found": is_no_error_found(i),
+    rows = [{"item": i, "age": _age(i.created_at), "no_error_found": repo.is_no_error_found(i),
              "text": (i.proposed_response if i.kind == "sample" else i.original_response) or ""}
             for i in items]
     return render(request, "queue.html", {
@@ -235,7 +220,7 @@ def batch(request: Request, action: str = Form(...), selected: list[str] = Form(
                                      ReviewItem.kind == "error")
         if "*" not in user.scope:
             q = q.where(ReviewItem.tenant_id.in_(user.scope))
-        held = sorted(i.id for i in s.scalars(q) if is_no_error_found(i))
+        held = sorted(i.id for i in s.scalars(q) if repo.is_no_error_found(i))
     decisions = [d for d in decisions if d["item_id"] not in held]
     if held:
         which = (f"item {held[0]} is a" if len(held) == 1
@@ -297,7 +282,7 @@ def _item_context(request: Request, user: ReviewerInfo, item_id: int, back: str)
             "changes": [],
             "verdict": verdict_of, "diff": diff_html(item.original_response, proposed),
             "editable": proposed or "", "back": _safe_next(back), "age": _age(item.created_at),
-            "conflict": None, "error": None, "no_error_found": is_no_error_found(item)}
+            "conflict": None, "error": None, "no_error_found": repo.is_no_error_found(item)}
 
 
 def _conflict_page(request: Request, user: ReviewerInfo, item_id: int, back: str,
@@ -354,7 +339,7 @@ def decide(request: Request, item_id: int, decision: str = Form(...), version: i
                                final_response=text if decision in ("approve", "edit") else None,
                                note=note or None, tenants=user.scope)
             status = item.status
-            done = (NO_ERROR_DONE_WORDS if is_no_error_found(item) else DONE_WORDS).get(status,
+            done = (NO_ERROR_DONE_WORDS if repo.is_no_error_found(item) else DONE_WORDS).get(status,
                                                                                          status)
             next_id = repo.queue_neighbours(s, item_id, tenants=user.scope, flt=flt, sort=sort)[1]
     except repo.NotFound as exc:

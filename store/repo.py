@@ -293,6 +293,22 @@ def list_events(session: Session, *, after_id: int = 0, limit: int = 10_000,
     return list(session.scalars(q))
 
 
+NO_ERROR_VERDICT = "no error found"
+
+
+def is_no_error_found(item: Any) -> bool:
+    """An ``error`` item that asks a reviewer to check a clean auditor verdict (the audit stage's
+    calibration sample: ``extra.verdict == "no error found"``, tag ``no_error_found``; such items
+    have no category). Confirming it says the reply IS wrong (a miss of the auditor), dismissing
+    it that the reply is fine, the opposite of what agreeing with the auditor means on a flagged
+    error. (``status_counts`` counts the same items in SQL as error items without a category.)"""
+    if getattr(item, "kind", None) != "error":
+        return False
+    extra = getattr(item, "extra", None) or {}
+    return (extra.get("verdict") == NO_ERROR_VERDICT or extra.get("is_error") is False
+            or "no_error_found" in (getattr(item, "tags", None) or []))
+
+
 def status_counts(session: Session) -> dict[str, Any]:
     """Counts per review state, datasets and deployments, for ``learnloop status``."""
     # an `error` item without a category is a clean calibration verdict ("no error found") put
