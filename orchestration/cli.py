@@ -97,13 +97,13 @@ def _run_chain(settings: Settings, days: list[str] | None) -> bool:
     if not days:
         click.echo(f"the landing zone {settings.landing} is empty: nothing to ingest", err=True)
         return False
-    if settings.uses_dev_hash_key:
-        from orchestration import resources
+    from orchestration.resources import warn_dev_hash_key_once
 
-        resources._warned_dev_key = True  # said here, once, not in the middle of the progress bar
-        click.echo("note: LEARNLOOP_HASH_KEY is not set: session ids are hashed with the shipped "
-                   "development key (fine for the demo; set your own stable key before ingesting "
-                   "production logs).", err=True)
+    # said here, once, not in the middle of the progress bar
+    warn_dev_hash_key_once(settings, emit=lambda _: click.echo(
+        "note: LEARNLOOP_HASH_KEY is not set: session ids are hashed with the shipped development "
+        "key (fine for the demo; set your own stable key before ingesting production logs).",
+        err=True))
     ok = True
     with tqdm(total=len(days), desc="ingest + quality", unit="day") as bar:
         def on_day(day, result):

@@ -15,12 +15,14 @@ from ml.config import Settings
 _warned_dev_key = False
 
 
-def _warn_dev_hash_key(settings: Settings) -> None:
-    """Say once per process that session ids are hashed with the shipped development key."""
+def warn_dev_hash_key_once(settings: Settings, emit=None) -> None:
+    """Say once per process that session ids are hashed with the shipped development key:
+    through ``emit(message)`` when given (the CLI, before its progress bar), else to the Dagster
+    log of the run."""
     global _warned_dev_key
     if settings.uses_dev_hash_key and not _warned_dev_key:
         _warned_dev_key = True
-        dg.get_dagster_logger().warning(
+        (emit or dg.get_dagster_logger().warning)(
             "LEARNLOOP_HASH_KEY is not set: session ids are hashed with the shipped development "
             "key. Set your own stable key before ingesting production logs (docs/configuration.md).")
 
@@ -52,7 +54,7 @@ class LearnloopResource(dg.ConfigurableResource):
         }.items() if v}
         s = Settings(**overrides)
         s.ensure_dirs()
-        _warn_dev_hash_key(s)
+        warn_dev_hash_key_once(s)
         return s
 
     @contextmanager
