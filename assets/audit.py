@@ -189,12 +189,6 @@ def ensure_candidates_table(con) -> None:
     """``audit_candidates`` with every column of ``CANDIDATE_COLUMNS`` (a warehouse created before
     ``run_id`` existed gets the column; its old rows have run_id NULL and are pruned)."""
     warehouse.ensure_table(con, "audit_candidates", CANDIDATE_COLUMNS)
-    have = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'audit_candidates'"
-    ).fetchall()}
-    for col, typ in CANDIDATE_COLUMNS.items():
-        if col not in have:
-            con.execute(f'ALTER TABLE audit_candidates ADD COLUMN "{col}" {typ}')
 
 
 def write_run_candidates(con, run_id: str, candidates: pl.DataFrame, *,

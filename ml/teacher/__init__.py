@@ -115,12 +115,6 @@ def ensure_attempts_table(con) -> None:
     """``teacher_attempts`` with every column of :data:`TEACHER_ATTEMPT_COLUMNS`: created when
     missing; a table from before a column existed gets it (NULL on its old rows)."""
     warehouse.ensure_table(con, TEACHER_ATTEMPTS_TABLE, TEACHER_ATTEMPT_COLUMNS)
-    have = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
-        [TEACHER_ATTEMPTS_TABLE]).fetchall()}
-    for col, typ in TEACHER_ATTEMPT_COLUMNS.items():
-        if col not in have:
-            con.execute(f'ALTER TABLE "{TEACHER_ATTEMPTS_TABLE}" ADD COLUMN "{col}" {typ}')
 
 
 def given_up_ids(previous: pl.DataFrame, prompt_version: str, max_attempts: int) -> set[str]:
