@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -76,18 +78,78 @@ def run_ingest(defs: dg.Definitions, instance: dg.DagsterInstance, days: Iterabl
 def run_job(defs: dg.Definitions, instance: dg.DagsterInstance, name: str,
             log_level: str = "WARNING", run_config: dict | None = None,
             output: Path | None = None) -> dg.ExecuteInProcessResult:
-    """Execute one job in this process. With ``output``, what the run writes to this process's
-    stdout and stderr (dbt's log lines, library progress bars, console logs) goes to that file
-    (replaced at each run) instead of the terminal; the Dagster UI keeps the run's full event log either way."""
+    """Execute one job in this process.
+
+    With ``output``, nothing the run prints reaches the terminal; afterwards that file (replaced at
+    each run) holds the run's captured stdout and stderr (dbt's log lines, library progress bars,
+    console logs) followed by its warnings, errors and run events, read back from the instance.
+    Reading them back, rather than mirroring the terminal into the file while the run goes, makes
+    the file complete: Dagster's mirror is a ``tail -F`` subprocess that is stopped as soon as the
+    run ends and may not have copied the last lines yet (dagster-io/dagster#23336). The Dagster UI
+    keeps the run's full event log and captured output either way."""
     config = {**(run_config or {}), **_logging(log_level)}
     job = defs.resolve_job_def(name)
     if output is None:
         return job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
     output.parent.mkdir(parents=True, exist_ok=True)
-    # the file holds the job's last run only (the Dagster UI keeps every run's event log)
-    with open(output, "w", encoding="utf-8") as out, contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(out):
-        return job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
+    # two real file descriptors, so Dagster still captures each stream of the steps' output
+    # (its mirrors copy into them) while the terminal gets nothing
+    with open(os.devnull, "w", encoding="utf-8") as sink_out, \
+            open(os.devnull, "w", encoding="utf-8") as sink_err, \
+            contextlib.redirect_stdout(sink_out), contextlib.redirect_stderr(sink_err):
+        result = job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
+    write_run_output(instance, result.run_id, output)
+    return result
+
+
+def write_run_output(instance: dg.DagsterInstance, run_id: str, output: Path) -> None:
+    """Write one run's captured stdout/stderr, then its warnings, errors and run-level events with
+    each failure's message and causes (so a failure's reason is at the end of the file, where
+    ``tail`` looks)."""
+    records = instance.all_logs(run_id)
+    with open(output, "w", encoding="utf-8") as out:
+        for rec in records:
+            event = rec.dagster_event
+            if event is None or event.event_type_value != "LOGS_CAPTURED":
+                continue
+            captured = event.logs_captured_data
+            log_key = [run_id, "compute_logs", captured.file_key]
+            data = instance.compute_log_manager.get_log_data(log_key)
+            steps = ", ".join(captured.step_keys or []) or "run"
+            for stream, raw in (("stdout", data.stdout), ("stderr", data.stderr)):
+                if raw:
+                    out.write(f"===== {stream} of {steps} =====\n")
+                    out.write(raw.decode("utf-8", errors="replace"))
+                    if not raw.endswith(b"\n"):
+                        out.write("\n")
+        out.write("===== run events (warnings, errors, run start/end) =====\n")
+        said = set()
+        for rec in records:
+            event = rec.dagster_event
+            run_level = event is not None and event.event_type.name.startswith("RUN_")
+            if rec.level < logging.WARNING and not run_level:
+                continue
+            kind = event.event_type.name if event is not None else "LOG"
+            when = datetime.fromtimestamp(rec.timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            out.write(f"{when} {logging.getLevelName(rec.level)} {rec.step_key or '-'} {kind}: "
+                      f"{rec.user_message}\n")
+            error = _event_error(event)
+            # the message and its causes (the stack traces are in the stderr part above)
+            while error is not None and error.message not in said:
+                said.add(error.message)
+                out.write(f"  {error.message.strip()}\n")
+                error = error.cause
+
+
+def _event_error(event):
+    """The error a step or run failure carries, if any."""
+    if event is None:
+        return None
+    if event.event_type.name == "STEP_FAILURE":
+        return event.step_failure_data.error
+    if event.event_type.name in ("RUN_FAILURE", "ENGINE_EVENT") and event.event_specific_data:
+        return getattr(event.event_specific_data, "error", None)
+    return None
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -69,9 +69,12 @@ def test_status_json_on_an_empty_home_reports_zeros(learnloop_home):
 
 
 
-def test_run_job_output_goes_to_its_log_and_a_failure_is_readable(tmp_path):
+def test_run_job_output_goes_to_its_log_and_a_failure_is_readable(tmp_path, capfd):
     """The CLI keeps dbt's and the libraries' chatter out of the terminal by writing a job's
-    output to a log file; a failed run's reason must still be in that file for `tail` to show."""
+    output to a log file; all of it must be in that file (not just what Dagster's tail mirror
+    copied before it was stopped), and a failed run's reason must be where `tail` looks."""
+    import sys
+
     import dagster as dg
 
     from orchestration import runner
@@ -79,6 +82,7 @@ def test_run_job_output_goes_to_its_log_and_a_failure_is_readable(tmp_path):
     @dg.asset
     def talkative() -> None:
         print("line from a library")
+        print("warning from a library", file=sys.stderr)
 
     @dg.asset(deps=[talkative])
     def broken() -> None:
@@ -87,10 +91,18 @@ def test_run_job_output_goes_to_its_log_and_a_failure_is_readable(tmp_path):
     defs = dg.Definitions(assets=[talkative, broken],
                           jobs=[dg.define_asset_job("both", selection=["talkative", "broken"])])
     out = tmp_path / "logs" / "both.log"
+    capfd.readouterr()
     with dg.instance_for_test() as instance:
         result = runner.run_job(defs, instance, "both", output=out)
+    terminal = capfd.readouterr()
     assert not result.success
+    assert "line from a library" not in terminal.out + terminal.err
     text = out.read_text()
-    assert "line from a library" in text
-    assert "warehouse table 'interactions' is missing" in runner.tail(out, 200)
+    stdout_part = text.split("===== stdout of talkative, broken =====\n")[1].split("=====")[0]
+    assert stdout_part == "line from a library\n"
+    stderr_part = text.split("===== stderr of talkative, broken =====\n")[1].split("=====")[0]
+    assert stderr_part.startswith("warning from a library\n")
+    last = runner.tail(out)  # what the CLI shows: the default 20 lines
+    assert "ValueError: warehouse table 'interactions' is missing" in last
+    assert "RUN_FAILURE" in last
     assert runner.tail(tmp_path / "nope.log") == ""
