@@ -184,7 +184,7 @@ def test_breaker_opens_skips_the_provider_and_half_opens_after_cooldown(api_key)
         primary.default = error(503)
         backup.default = ok("backup answer")
         router = router_for(
-            resilient(make_provider(primary), retry=NO_RETRY, threshold=2, reset_s=0.5),
+            resilient(make_provider(primary), retry=NO_RETRY, threshold=2, reset_s=2.0),
             resilient(make_provider(backup)),
         )
         breaker = router.providers[0].breaker
@@ -198,13 +198,13 @@ def test_breaker_opens_skips_the_provider_and_half_opens_after_cooldown(api_key)
         assert router.stats.breaker_skips == 1
 
         # after the cool-down one trial goes through; a failed trial re-opens at once
-        time.sleep(0.55)
+        time.sleep(2.05)
         assert breaker.state == "half_open"
         assert router.complete(LLMRequest(MSGS)).provider == "gemini"
         assert primary.calls == 3 and breaker.state == "open"
 
         # next cool-down, the primary has recovered: the trial succeeds and closes the breaker
-        time.sleep(0.55)
+        time.sleep(2.05)
         primary.default = ok("primary is back")
         response = router.complete(LLMRequest(MSGS))
         assert response.provider == "openai" and response.text == "primary is back"
