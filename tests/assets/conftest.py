@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
@@ -24,3 +25,12 @@ def land_and_ingest(home: Path, n: int = 60, seed: int = 9) -> str:
                               resources={"learnloop": LearnloopResource(home=str(home))}
                               ).success
     return day
+
+
+def warehouse_rows(home: Path, sql: str) -> list[tuple]:
+    """The rows of ``sql`` run read-only against ``home``'s warehouse."""
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()

@@ -30,7 +30,7 @@ from orchestration.resources import LearnloopResource
 from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
 from store.repo import decide
-from tests.assets.conftest import land_and_ingest
+from tests.assets.conftest import land_and_ingest, warehouse_rows
 
 N_RECORDS = 400
 CHAIN = [interaction_embeddings, audit_candidates, audited_errors, teacher_samples,
@@ -55,12 +55,6 @@ def demo_home(learnloop_home, monkeypatch):
     return learnloop_home
 
 
-def _rows(home, sql):
-    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def _materialize(home, assets=CHAIN, run_config=None):
@@ -80,7 +74,7 @@ def _counts(url):
 def test_chain_creates_review_items_and_is_idempotent(demo_home):
     meta = _materialize(demo_home)
     url = f"sqlite:///{demo_home / 'store.db'}"
-    n_interactions = _rows(demo_home, "SELECT count(*) FROM interactions")[0][0]
+    n_interactions = warehouse_rows(demo_home, "SELECT count(*) FROM interactions")[0][0]
     assert meta["interaction_embeddings"]["added"].value == n_interactions
 
     cands = meta["audit_candidates"]["dagster/row_count"].value
@@ -104,7 +98,7 @@ def test_chain_creates_review_items_and_is_idempotent(demo_home):
     assert counts["error"] == audit["errors"].value + clean
     # a share (clean_review_rate 0.2) of the clean calibration verdicts asks a reviewer to check
     # "no error found": confirming it labels a false negative, dismissing a true negative
-    n_clean_calib = _rows(demo_home, "SELECT count(*) FROM audit_candidates c JOIN audited_errors "
+    n_clean_calib = warehouse_rows(demo_home, "SELECT count(*) FROM audit_candidates c JOIN audited_errors "
                                      "a USING (interaction_id) WHERE NOT a.is_error AND "
                                      "list_contains(c.reasons, 'calibration')")[0][0]
     assert 0 < clean < n_clean_calib
@@ -129,7 +123,7 @@ def test_chain_creates_review_items_and_is_idempotent(demo_home):
         n_ok = s.scalar(select(func.count()).select_from(AuditAttempt)
                         .where(AuditAttempt.status == "ok"))
         assert n_ok == cands
-    n_human = _rows(demo_home,
+    n_human = warehouse_rows(demo_home,
                     "SELECT count(*) FROM interactions WHERE corrected_response IS NOT NULL")[0][0]
     assert sum(1 for x in samples if x.source == "human_agent") == n_human
     assert meta["preference_pairs"]["dagster/row_count"].value == 0  # nothing approved yet
@@ -148,11 +142,11 @@ def test_chain_creates_review_items_and_is_idempotent(demo_home):
     assert meta2["audited_errors"]["review_items_created"].value == 0
     assert meta2["teacher_samples"]["samples_created"].value == 0
     assert _counts(url) == counts
-    pairs = _rows(demo_home, "SELECT chosen, rejected, status FROM preference_pairs ORDER BY 3")
+    pairs = warehouse_rows(demo_home, "SELECT chosen, rejected, status FROM preference_pairs ORDER BY 3")
     assert len(pairs) == 2
     assert ("An edited, better answer.", second.original_response, "edited") in pairs
     assert all(c != r for c, r, _ in pairs)
-    n_verdicts = _rows(demo_home, "SELECT count(*) FROM audited_errors")[0][0]
+    n_verdicts = warehouse_rows(demo_home, "SELECT count(*) FROM audited_errors")[0][0]
     assert n_verdicts == cands
 
     # a manual audit of named interactions already audited OK selects nothing new
@@ -160,7 +154,7 @@ def test_chain_creates_review_items_and_is_idempotent(demo_home):
     meta3 = _materialize(demo_home, [audit_candidates, audited_errors],
                          manual_audit_run_config(interaction_ids=[iid, "no-such-id"]))
     assert meta3["audit_candidates"]["manual"].value is True
-    expected = 0 if _rows(demo_home, f"SELECT count(*) FROM audited_errors "
+    expected = 0 if warehouse_rows(demo_home, f"SELECT count(*) FROM audited_errors "
                                      f"WHERE interaction_id = '{iid}'")[0][0] else 1
     assert meta3["audit_candidates"]["dagster/row_count"].value == expected
 
@@ -295,9 +289,9 @@ def test_overlapping_runs_each_audit_their_own_selection(small_home, monkeypatch
     assert a["selection_run_id"] == outer.run_id and b["selection_run_id"] == inner.run_id
     assert a["audited"] == 2 and a["selected_by_run"] == 2
     assert b["audited"] == len(hourly_ids)
-    by_run = dict(_rows(small_home, "SELECT run_id, count(*) FROM audit_candidates GROUP BY 1"))
+    by_run = dict(warehouse_rows(small_home, "SELECT run_id, count(*) FROM audit_candidates GROUP BY 1"))
     assert by_run == {outer.run_id: 2, inner.run_id: len(hourly_ids)}
-    audited = {r[0] for r in _rows(small_home, "SELECT interaction_id FROM audited_errors")}
+    audited = {r[0] for r in warehouse_rows(small_home, "SELECT interaction_id FROM audited_errors")}
     assert audited == hourly_ids | set(quiet)
 
     # audited_errors alone, in a run that selected nothing, refuses instead of guessing
@@ -334,8 +328,8 @@ def test_results_are_saved_per_batch_and_survive_a_crash(small_home, monkeypatch
     n_cands = _meta(crashed, "audit_candidates")["dagster/row_count"]
     assert n_cands > 10
     url = f"sqlite:///{small_home / 'store.db'}"
-    assert _rows(small_home, "SELECT count(*) FROM audited_errors")[0][0] == 10
-    flagged = _rows(small_home, "SELECT count(*) FROM audited_errors WHERE is_error")[0][0]
+    assert warehouse_rows(small_home, "SELECT count(*) FROM audited_errors")[0][0] == 10
+    flagged = warehouse_rows(small_home, "SELECT count(*) FROM audited_errors WHERE is_error")[0][0]
     with session_scope(url) as s:
         assert s.scalar(select(func.count()).select_from(AuditAttempt)
                         .where(AuditAttempt.status == "ok")) == 10
@@ -347,8 +341,8 @@ def test_results_are_saved_per_batch_and_survive_a_crash(small_home, monkeypatch
     resumed = _run(small_home, [audit_candidates, audited_errors], cfg)
     assert _meta(resumed, "audit_candidates")["dagster/row_count"] == n_cands - 10
     assert _meta(resumed, "audited_errors")["audited"] == n_cands - 10
-    assert _rows(small_home, "SELECT count(*) FROM audited_errors")[0][0] == n_cands
-    n_flagged = _rows(small_home, "SELECT count(*) FROM audited_errors WHERE is_error")[0][0]
+    assert warehouse_rows(small_home, "SELECT count(*) FROM audited_errors")[0][0] == n_cands
+    n_flagged = warehouse_rows(small_home, "SELECT count(*) FROM audited_errors WHERE is_error")[0][0]
     with session_scope(url) as s:
         keys = s.scalars(select(ReviewItem.dedup_key).where(ReviewItem.kind == "error")).all()
         flag_items = s.scalar(select(func.count()).select_from(ReviewItem).where(
@@ -439,4 +433,4 @@ def test_an_outage_longer_than_max_attempts_loses_nothing(small_home, monkeypatc
         n_items = s.scalar(select(func.count()).select_from(ReviewItem))
     assert len(rows) == n and {(r.status, r.attempts, r.reason) for r in rows} == {("ok", 1, None)}
     assert n_items == n
-    assert _rows(small_home, "SELECT count(*) FROM audited_errors")[0][0] == n
+    assert warehouse_rows(small_home, "SELECT count(*) FROM audited_errors")[0][0] == n

@@ -14,6 +14,7 @@ from assets.quality import interaction_quality
 from ml.landing import write_landing_file
 from orchestration.definitions import defs
 from orchestration.resources import LearnloopResource
+from tests.assets.conftest import warehouse_rows
 
 DAY = "2026-11-03"
 
@@ -57,12 +58,6 @@ def _materialize(home, instance):
     )
 
 
-def _rows(home, sql):
-    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_definitions_load():
@@ -81,32 +76,32 @@ def test_ingest_chain_quarantines_bad_records_and_keeps_good_ones(landing_day):
         assert checks == {"check_no_residual_pii": True, "check_unique_interaction_ids": True,
                           "check_no_residual_pii_in_quarantine": True,
                           "check_scores_in_range": True}
-    ids = sorted(r[0] for r in _rows(landing_day, "SELECT interaction_id FROM interactions"))
+    ids = sorted(r[0] for r in warehouse_rows(landing_day, "SELECT interaction_id FROM interactions"))
     assert ids == sorted([f"it-{i}" for i in range(6)] + ["it-7"])
-    reasons = [r[0] for r in _rows(landing_day,
+    reasons = [r[0] for r in warehouse_rows(landing_day,
                                    "SELECT reason FROM quarantined_interactions ORDER BY line_no")]
     assert len(reasons) == 3
     assert any("JSON" in r for r in reasons)
     assert any("rating" in r for r in reasons)
     assert any("interaction_id" in r for r in reasons)
-    raw = _rows(landing_day, "SELECT raw FROM quarantined_interactions")
+    raw = warehouse_rows(landing_day, "SELECT raw FROM quarantined_interactions")
     assert any(r[0] == "{not json" for r in raw)
     # PII scrubbed, session ids hashed
-    text = _rows(landing_day, "SELECT user_message, session_id FROM interactions")
+    text = warehouse_rows(landing_day, "SELECT user_message, session_id FROM interactions")
     assert all("@example.com" not in t and "[EMAIL]" in t for t, _ in text)
     assert all(not s.startswith("sess-") and len(s) == 64 for _, s in text)
-    assert _rows(landing_day, "SELECT count(*) FROM interaction_quality")[0][0] == 7
+    assert warehouse_rows(landing_day, "SELECT count(*) FROM interaction_quality")[0][0] == 7
 
 
 def test_rematerializing_a_partition_never_duplicates(landing_day):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("landing_date", [DAY])
         assert _materialize(landing_day, instance).success
-        first = _rows(landing_day, "SELECT * EXCLUDE (source_file) FROM interactions ORDER BY 1")
+        first = warehouse_rows(landing_day, "SELECT * EXCLUDE (source_file) FROM interactions ORDER BY 1")
         assert _materialize(landing_day, instance).success
-        second = _rows(landing_day, "SELECT * EXCLUDE (source_file) FROM interactions ORDER BY 1")
+        second = warehouse_rows(landing_day, "SELECT * EXCLUDE (source_file) FROM interactions ORDER BY 1")
     assert first == second
-    assert _rows(landing_day, "SELECT count(*) FROM quarantined_interactions")[0][0] == 3
+    assert warehouse_rows(landing_day, "SELECT count(*) FROM quarantined_interactions")[0][0] == 3
 
 
 def test_materialization_metadata_reports_rates(landing_day):
@@ -181,10 +176,10 @@ def test_pii_in_every_free_text_field_never_reaches_the_warehouse(learnloop_home
         assert result.success
         assert all(_checks(result).values()), _checks(result)
     for table in ("interactions", "quarantined_interactions"):
-        dump = _rows(learnloop_home, f"SELECT CAST(COLUMNS(*) AS VARCHAR) FROM {table}")
+        dump = warehouse_rows(learnloop_home, f"SELECT CAST(COLUMNS(*) AS VARCHAR) FROM {table}")
         assert dump and not any(mail in (v or "") for row in dump for v in row), table
         assert not any("4111" in (v or "") for row in dump for v in row), table
-    (reason,) = _rows(learnloop_home, "SELECT reason FROM quarantined_interactions")[0]
+    (reason,) = warehouse_rows(learnloop_home, "SELECT reason FROM quarantined_interactions")[0]
     assert "feedback.rating" in reason
 
 
@@ -197,9 +192,9 @@ def test_corrupt_parquet_does_not_stop_the_partition(learnloop_home):
         instance.add_dynamic_partitions("landing_date", [DAY])
         result = _materialize(learnloop_home, instance)
         assert result.success
-    assert sorted(r[0] for r in _rows(learnloop_home, "SELECT interaction_id FROM interactions")) \
+    assert sorted(r[0] for r in warehouse_rows(learnloop_home, "SELECT interaction_id FROM interactions")) \
         == ["it-1", "it-2"]
-    (row,) = _rows(learnloop_home, "SELECT source_file, line_no, reason, raw "
+    (row,) = warehouse_rows(learnloop_home, "SELECT source_file, line_no, reason, raw "
                                    "FROM quarantined_interactions")
     assert row[0] == str(broken) and row[1] is None and row[3] is None
     assert row[2].startswith("unreadable Parquet: ")
@@ -225,9 +220,9 @@ def test_ids_already_in_another_partition(learnloop_home):
     assert meta["interactions"]["stats/cross_partition_duplicates"] == 1
     assert meta["interactions"]["stats/cross_partition_conflicts"] == 1
     assert meta["interactions"]["dagster/row_count"] == 1
-    assert _rows(learnloop_home, "SELECT interaction_id, partition_date::VARCHAR FROM interactions "
+    assert warehouse_rows(learnloop_home, "SELECT interaction_id, partition_date::VARCHAR FROM interactions "
                                  "ORDER BY 1") == [("it-1", DAY), ("it-2", DAY), ("it-3", day2)]
-    assert _rows(learnloop_home, "SELECT interaction_id, reason, line_no FROM "
+    assert warehouse_rows(learnloop_home, "SELECT interaction_id, reason, line_no FROM "
                                  "quarantined_interactions WHERE partition_date = ?::DATE".replace(
                                      "?", f"'{day2}'")) == [
         ("it-2", f"duplicate interaction_id of partition {DAY}", 2)]
@@ -235,7 +230,7 @@ def test_ids_already_in_another_partition(learnloop_home):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("landing_date", [DAY, day2])
         assert _materialize(learnloop_home, instance).success
-    assert _rows(learnloop_home, "SELECT count(*), count(DISTINCT interaction_id) "
+    assert warehouse_rows(learnloop_home, "SELECT count(*), count(DISTINCT interaction_id) "
                                  "FROM interactions") == [(3, 3)]
 
 
@@ -250,6 +245,6 @@ def test_import_rejects_reach_quarantine_with_the_importers_reason(learnloop_hom
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("landing_date", [DAY])
         assert _materialize(learnloop_home, instance).success
-    (reason,) = _rows(learnloop_home, "SELECT reason FROM quarantined_interactions")[0]
+    (reason,) = warehouse_rows(learnloop_home, "SELECT reason FROM quarantined_interactions")[0]
     assert reason.startswith("import rejected (openai-chat chats.jsonl): line 1: ")
     assert "no assistant turn" in reason

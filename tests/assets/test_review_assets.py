@@ -1,20 +1,13 @@
 """review_decisions: review events copied incrementally from the operational store."""
 
 import dagster as dg
-import duckdb
 
 from assets.review import review_decisions
 from orchestration.resources import LearnloopResource
 from store import repo
 from store.db import session_scope, upgrade
+from tests.assets.conftest import warehouse_rows
 
-
-def _rows(home, sql):
-    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_review_events_are_copied_once_and_incrementally(learnloop_home):
@@ -28,7 +21,7 @@ def test_review_events_are_copied_once_and_incrementally(learnloop_home):
     res = LearnloopResource(home=str(learnloop_home))
     first = dg.materialize([review_decisions], resources={"learnloop": res})
     assert first.success
-    rows = _rows(learnloop_home, "SELECT event_id, kind, action, status_before, status_after, "
+    rows = warehouse_rows(learnloop_home, "SELECT event_id, kind, action, status_before, status_after, "
                                  "actor, auditor, note FROM review_decisions ORDER BY event_id")
     assert rows == [(1, "error", "created", None, "pending", "system", "rules", None),
                     (2, "error", "decide", "pending", "confirmed", "ann", "rules", "yes")]
@@ -36,7 +29,7 @@ def test_review_events_are_copied_once_and_incrementally(learnloop_home):
     again = dg.materialize([review_decisions], resources={"learnloop": res})
     (mat,) = [e.materialization for e in again.get_asset_materialization_events()]
     assert mat.metadata["copied"].value == 0
-    assert _rows(learnloop_home, "SELECT count(*) FROM review_decisions") == [(2,)]
+    assert warehouse_rows(learnloop_home, "SELECT count(*) FROM review_decisions") == [(2,)]
     # a new decision: only it is copied
     with session_scope(url) as s:
         sample, _ = repo.create_item(s, kind="sample", dedup_key="s1", tenant_id="acme",
@@ -46,5 +39,5 @@ def test_review_events_are_copied_once_and_incrementally(learnloop_home):
     (mat,) = [e.materialization for e in third.get_asset_materialization_events()]
     assert mat.metadata["copied"].value == 2
     assert mat.metadata["last_event_id"].value == 4
-    assert _rows(learnloop_home, "SELECT count(*), count(DISTINCT event_id) FROM review_decisions") \
+    assert warehouse_rows(learnloop_home, "SELECT count(*), count(DISTINCT event_id) FROM review_decisions") \
         == [(4, 4)]

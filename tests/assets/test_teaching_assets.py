@@ -22,7 +22,7 @@ from assets.teaching import preference_pairs, teacher_samples
 from orchestration.resources import LearnloopResource
 from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
-from tests.assets.conftest import land_and_ingest
+from tests.assets.conftest import land_and_ingest, warehouse_rows
 from tests.llm.fake_servers import FakeOpenAIServer, error, hang, ok, rate_limited
 
 CHAIN = [interaction_embeddings, audit_candidates, audited_errors, teacher_samples,
@@ -71,12 +71,6 @@ def _materialize(home, assets=CHAIN, run_config=None):
             for m in result.get_asset_materialization_events()}
 
 
-def _rows(home, sql):
-    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_llm_teacher_chain_records_mixed_faults_and_retries_them(home, monkeypatch):
@@ -105,7 +99,7 @@ def test_llm_teacher_chain_records_mixed_faults_and_retries_them(home, monkeypat
         assert any("500" in r for r in reasons) and any("429" in r for r in reasons)
         assert any("no reply within" in r for r in reasons)
         assert not any("sk-test-secret" in r for r in reasons)
-        t_failed = _rows(home, "SELECT interaction_id, reason, attempts FROM teacher_attempts "
+        t_failed = warehouse_rows(home, "SELECT interaction_id, reason, attempts FROM teacher_attempts "
                                "WHERE status = 'failed' ORDER BY reason")
         assert len(t_failed) == 3 and {a for _, _, a in t_failed} == {1}
         t_reasons = [r for _, r, _ in t_failed]
@@ -118,7 +112,7 @@ def test_llm_teacher_chain_records_mixed_faults_and_retries_them(home, monkeypat
         assert llm_samples and all(x.proposed_response.startswith("The correct answer")
                                    for x in llm_samples)
         assert teach["samples_by_source"]["llm:openai"] == len(llm_samples)
-        n_ok = _rows(home, "SELECT count(*) FROM teacher_attempts WHERE status = 'ok'")[0][0]
+        n_ok = warehouse_rows(home, "SELECT count(*) FROM teacher_attempts WHERE status = 'ok'")[0][0]
         assert n_ok == len(llm_samples)
 
         second = _materialize(home)
@@ -126,7 +120,7 @@ def test_llm_teacher_chain_records_mixed_faults_and_retries_them(home, monkeypat
         assert a2["retried_items"] == 3 and a2["failures"] == 0 and a2["audited"] == 3
         assert t2["retried"] == 3 and t2["failures"] == 0
         assert t2["failed_attempts_open"] == 0
-        retried = _rows(home, "SELECT interaction_id, status, attempts, reason "
+        retried = warehouse_rows(home, "SELECT interaction_id, status, attempts, reason "
                               "FROM teacher_attempts WHERE attempts > 1")
         assert {r[0] for r in retried} == t_failed_ids
         assert {(r[1], r[2], r[3]) for r in retried} == {("ok", 2, None)}
@@ -184,7 +178,7 @@ def test_teacher_gives_up_after_max_attempts(home, monkeypatch):
         assert third["given_up"] == n and third["failures"] == 0
         assert calls["teacher"] == 2 * n  # given up: not called again
         assert len(third["given_up_ids"]) == min(n, 50)
-    attempts = _rows(home, "SELECT DISTINCT status, attempts FROM teacher_attempts")
+    attempts = warehouse_rows(home, "SELECT DISTINCT status, attempts FROM teacher_attempts")
     assert attempts == [("failed", 2)]
 
 
@@ -224,7 +218,7 @@ def test_teacher_outage_longer_than_max_attempts_loses_nothing(home, monkeypatch
             assert teach["errors_needing_proposal"] == n + teach["proposals"]
             assert "llm:openai" not in teach["samples_by_source"]
             assert teach["retried"] == (n if run else 0)
-            rows = _rows(home, "SELECT status, attempts, counted_attempts, reason "
+            rows = warehouse_rows(home, "SELECT status, attempts, counted_attempts, reason "
                                "FROM teacher_attempts")
             assert len(rows) == n
             assert {r[:3] for r in rows} == {("failed", run + 1, 0)}  # attempted, not counted
@@ -237,7 +231,7 @@ def test_teacher_outage_longer_than_max_attempts_loses_nothing(home, monkeypatch
         assert teach["errors_needing_proposal"] == n and teach["retried"] == n
         assert teach["failures"] == 0 and teach["given_up"] == 0
         assert teach["samples_by_source"] == {"llm:openai": n}
-    rows = _rows(home, "SELECT DISTINCT status, attempts, counted_attempts, reason "
+    rows = warehouse_rows(home, "SELECT DISTINCT status, attempts, counted_attempts, reason "
                        "FROM teacher_attempts")
     assert rows == [("ok", 4, 0, None)]
 
