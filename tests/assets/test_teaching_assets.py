@@ -60,6 +60,18 @@ class Script:
         return ok(_teacher_reply(n) if role == "teacher" else VERDICT)
 
 
+def _set_llm_env(monkeypatch, server, **role_settings: str) -> None:
+    """Point the Auditor and the Teacher at ``server`` through the OpenAI provider, no retries
+    and no cache; ``role_settings`` adds settings for both roles (``_TIMEOUT_S="0.5"``)."""
+    monkeypatch.setenv("LEARNLOOP_TEST_LLM_KEY", "sk-test-secret-abcdef0123456789")
+    for role in ("AUDITOR", "TEACHER"):
+        for k, v in {"": "openai", "_MODEL": "gpt-test", "_BASE_URL": server.base_url,
+                     "_API_KEY_ENV": "LEARNLOOP_TEST_LLM_KEY", "_MAX_RETRIES": "0",
+                     **role_settings}.items():
+            monkeypatch.setenv(f"LEARNLOOP_{role}{k}", v)
+    monkeypatch.setenv("LEARNLOOP_LLM_CACHE", "none")
+
+
 def _materialize(home, assets=CHAIN, run_config=None):
     """Materialize ``assets`` (default: the whole chain); metadata by asset key."""
     with dg.instance_for_test() as instance:
@@ -76,13 +88,7 @@ def _materialize(home, assets=CHAIN, run_config=None):
 def test_llm_teacher_chain_records_mixed_faults_and_retries_them(home, monkeypatch):
     script = Script()
     with FakeOpenAIServer(default=script) as server:
-        monkeypatch.setenv("LEARNLOOP_TEST_LLM_KEY", "sk-test-secret-abcdef0123456789")
-        for role in ("AUDITOR", "TEACHER"):
-            for k, v in {"": "openai", "_MODEL": "gpt-test", "_BASE_URL": server.base_url,
-                         "_API_KEY_ENV": "LEARNLOOP_TEST_LLM_KEY", "_MAX_RETRIES": "0",
-                         "_TIMEOUT_S": "0.5"}.items():
-                monkeypatch.setenv(f"LEARNLOOP_{role}{k}", v)
-        monkeypatch.setenv("LEARNLOOP_LLM_CACHE", "none")
+        _set_llm_env(monkeypatch, server, _TIMEOUT_S="0.5")
         url = f"sqlite:///{home / 'store.db'}"
 
         first = _materialize(home)
@@ -151,22 +157,11 @@ def test_teacher_gives_up_after_max_attempts(home, monkeypatch):
         return ok(VERDICT)
 
     with FakeOpenAIServer(default=script) as server:
-        monkeypatch.setenv("LEARNLOOP_TEST_LLM_KEY", "sk-test-secret-abcdef0123456789")
-        for role in ("AUDITOR", "TEACHER"):
-            for k, v in {"": "openai", "_MODEL": "gpt-test", "_BASE_URL": server.base_url,
-                         "_API_KEY_ENV": "LEARNLOOP_TEST_LLM_KEY", "_MAX_RETRIES": "0"}.items():
-                monkeypatch.setenv(f"LEARNLOOP_{role}{k}", v)
-        monkeypatch.setenv("LEARNLOOP_LLM_CACHE", "none")
+        _set_llm_env(monkeypatch, server)
         config = {"ops": {"teacher_samples": {"config": {"max_attempts": 2}}}}
 
         def run():
-            with dg.instance_for_test() as instance:
-                result = dg.materialize(CHAIN, instance=instance, run_config=config,
-                                        resources={"learnloop": LearnloopResource(home=str(home))})
-            assert result.success
-            mat = [m.materialization for m in result.get_asset_materialization_events()
-                   if m.materialization.asset_key.to_user_string() == "teacher_samples"][0]
-            return {k: v.value for k, v in mat.metadata.items()}
+            return _materialize(home, CHAIN, config)["teacher_samples"]
 
         first = run()
         n = first["failures"]
@@ -180,15 +175,6 @@ def test_teacher_gives_up_after_max_attempts(home, monkeypatch):
         assert len(third["given_up_ids"]) == min(n, 50)
     attempts = warehouse_rows(home, "SELECT DISTINCT status, attempts FROM teacher_attempts")
     assert attempts == [("failed", 2)]
-
-
-def _set_llm_env(monkeypatch, server) -> None:
-    monkeypatch.setenv("LEARNLOOP_TEST_LLM_KEY", "sk-test-secret-abcdef0123456789")
-    for role in ("AUDITOR", "TEACHER"):
-        for k, v in {"": "openai", "_MODEL": "gpt-test", "_BASE_URL": server.base_url,
-                     "_API_KEY_ENV": "LEARNLOOP_TEST_LLM_KEY", "_MAX_RETRIES": "0"}.items():
-            monkeypatch.setenv(f"LEARNLOOP_{role}{k}", v)
-    monkeypatch.setenv("LEARNLOOP_LLM_CACHE", "none")
 
 
 def test_teacher_outage_longer_than_max_attempts_loses_nothing(home, monkeypatch):
