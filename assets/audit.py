@@ -21,7 +21,6 @@ Also here: the jobs and schedules of the audit and teaching stages (``audit_job`
 """
 
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from ml import embeddings, warehouse
 from ml.audit import make_auditor
 from ml.audit.rules import RulesAuditor
 from ml.audit.failures import tag_reason
+from ml.audit.llm import parse_messages
 from ml.audit.candidates import (
     CANDIDATE_COLUMNS,
     DEFAULT_MAX_ATTEMPTS,
@@ -164,18 +164,6 @@ def record_attempt(session, *, interaction_id: str, tenant_id: str, auditor: str
 
 def error_dedup_key(interaction_id: str, auditor: str, prompt_version: str) -> str:
     return f"{interaction_id}:{auditor}:{prompt_version}"
-
-
-def parse_messages(value: str | None, interaction_id: str) -> list[dict[str, Any]]:
-    if not value:
-        return []
-    try:
-        out = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"interaction {interaction_id}: messages column is not JSON: {exc}") from None
-    if not isinstance(out, list):
-        raise ValueError(f"interaction {interaction_id}: messages column is not a JSON list")
-    return out
 
 
 def selection_run_id(context: dg.AssetExecutionContext) -> str:

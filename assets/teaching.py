@@ -16,8 +16,9 @@ import dagster as dg
 import polars as pl
 from sqlalchemy import select
 
-from assets.audit import parse_messages, read_full_interactions
+from assets.audit import read_full_interactions
 from ml import embeddings, warehouse
+from ml.audit.llm import parse_messages
 from ml.audit.tables import query, replace_table
 from ml.audit.taxonomy import SEVERITIES, severity_at_least
 from ml.llm import from_env

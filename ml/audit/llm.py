@@ -62,24 +62,30 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + " [...]"
 
 
+def parse_messages(messages_json: str | None, interaction_id: str) -> list[Any]:
+    """The ``messages`` column of one interaction as a list ([] when the column is empty).
+    Raises :class:`RowInputError` naming the interaction when it is not a JSON list."""
+    if not messages_json:
+        return []
+    if not isinstance(messages_json, str):
+        raise RowInputError(f"interaction {interaction_id}: messages must be a JSON string, "
+                            f"got {type(messages_json).__name__}")
+    try:
+        messages = json.loads(messages_json)
+    except json.JSONDecodeError as exc:
+        raise RowInputError(f"interaction {interaction_id}: messages is not valid JSON: {exc}") from None
+    if not isinstance(messages, list):
+        raise RowInputError(f"interaction {interaction_id}: messages must be a JSON list")
+    return messages
+
+
 def render_conversation(messages_json: str | None, user_message: str | None,
                         interaction_id: str) -> str:
     """``role: content`` lines from the ``messages`` JSON column (the last user message when the
     column is empty). Raises :class:`RowInputError` naming the interaction when the column is
     malformed."""
-    messages: list[Any] = []
-    if messages_json and not isinstance(messages_json, str):
-        raise RowInputError(f"interaction {interaction_id}: messages must be a JSON string, "
-                         f"got {type(messages_json).__name__}")
-    if messages_json:
-        try:
-            messages = json.loads(messages_json)
-        except json.JSONDecodeError as exc:
-            raise RowInputError(f"interaction {interaction_id}: messages is not valid JSON: {exc}") from None
-        if not isinstance(messages, list):
-            raise RowInputError(f"interaction {interaction_id}: messages must be a JSON list")
     lines = []
-    for i, m in enumerate(messages):
+    for i, m in enumerate(parse_messages(messages_json, interaction_id)):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise RowInputError(f"interaction {interaction_id}: messages[{i}] lacks role/content")
         lines.append(f"{m['role']}: {_clip(str(m['content']))}")
