@@ -16,8 +16,7 @@ never audit each other's selection. ``audited_errors`` saves its results in batc
 (``batch_size`` items) as they finish: verdicts, attempt rows and review items of a finished batch
 survive a crash of the run.
 
-Also here: the jobs and schedules of the audit and teaching stages (``audit_job``,
-``manual_audit_job``, ``teaching_job``, ``hourly_audit_schedule``, ``daily_teacher_schedule``).
+The jobs and schedules of this stage are in ``orchestration/jobs.py``.
 """
 
 
@@ -560,36 +559,3 @@ def _with_relevance(frame: pl.DataFrame, relevance: pl.DataFrame) -> tuple[pl.Da
     frame = frame.join(fill, on="interaction_id", how="left").with_columns(
         pl.coalesce("qa_relevance", "_rel").alias("qa_relevance")).drop("_rel")
     return frame, missing.height
-
-
-# ---- jobs and schedules -----------------------------------------------------------------------------
-audit_job = dg.define_asset_job(
-    "audit_job",
-    selection=dg.AssetSelection.assets("interaction_embeddings", "audit_candidates",
-                                       "audited_errors"),
-    description="Embed new interactions, select candidates, audit them with the configured auditor.",
-)
-manual_audit_job = dg.define_asset_job(
-    "manual_audit_job",
-    selection=dg.AssetSelection.assets("audit_candidates", "audited_errors"),
-    description="Audit the interactions named in run config (interaction_ids, session_ids, "
-                "since/until on ops.audit_candidates.config); see manual_audit_run_config().",
-)
-teaching_job = dg.define_asset_job(
-    "teaching_job",
-    selection=dg.AssetSelection.assets("teacher_samples", "preference_pairs"),
-    description="Propose corrected replies for flagged errors and human corrections; rebuild "
-                "preference pairs from approved samples.",
-)
-# RUNNING by default: they run as soon as the code location loads (dagster dev, the daemon);
-# stop them in the Dagster UI (Automation) where that is not wanted.
-hourly_audit_schedule = dg.ScheduleDefinition(
-    name="hourly_audit_schedule", job=audit_job, cron_schedule="0 * * * *",
-    execution_timezone="UTC", description="Audit new interactions every hour.",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
-daily_teacher_schedule = dg.ScheduleDefinition(
-    name="daily_teacher_schedule", job=teaching_job, cron_schedule="30 2 * * *",
-    execution_timezone="UTC", description="Teacher samples and preference pairs once a day.",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)

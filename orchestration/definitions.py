@@ -3,21 +3,22 @@
 import dagster as dg
 
 from assets.analytics import dbt_analytics_assets, dbt_resource
-from assets.audit import (
-    audit_candidates,
-    audit_job,
-    audited_errors,
-    daily_teacher_schedule,
-    hourly_audit_schedule,
-    manual_audit_job,
-    teaching_job,
-)
+from assets.audit import audit_candidates, audited_errors
 from assets.embeddings import interaction_embeddings
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
 from assets.review import review_decisions
 from assets.teaching import preference_pairs, teacher_samples
-from orchestration.jobs import analytics_job, analytics_schedule, ingest_job
+from orchestration.jobs import (
+    analytics_job,
+    analytics_schedule,
+    audit_job,
+    daily_teacher_schedule,
+    hourly_audit_schedule,
+    ingest_job,
+    manual_audit_job,
+    teaching_job,
+)
 from orchestration.resources import LearnloopResource
 from orchestration.sensors import landing_file_sensor
 

@@ -1,5 +1,4 @@
-"""Jobs (`<noun>_job`) and schedules of the stages wired here; the audit and teaching jobs and
-schedules live with their assets in assets/audit.py."""
+"""Jobs (`<noun>_job`) and schedules of every stage."""
 
 import dagster as dg
 
@@ -20,5 +19,36 @@ analytics_job = dg.define_asset_job(
 analytics_schedule = dg.ScheduleDefinition(
     name="analytics_schedule", job=analytics_job, cron_schedule="15 * * * *",
     execution_timezone="UTC", description="Refresh review decisions and the dbt marts hourly.",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+audit_job = dg.define_asset_job(
+    "audit_job",
+    selection=dg.AssetSelection.assets("interaction_embeddings", "audit_candidates",
+                                       "audited_errors"),
+    description="Embed new interactions, select candidates, audit them with the configured auditor.",
+)
+manual_audit_job = dg.define_asset_job(
+    "manual_audit_job",
+    selection=dg.AssetSelection.assets("audit_candidates", "audited_errors"),
+    description="Audit the interactions named in run config (interaction_ids, session_ids, "
+                "since/until on ops.audit_candidates.config); see manual_audit_run_config().",
+)
+teaching_job = dg.define_asset_job(
+    "teaching_job",
+    selection=dg.AssetSelection.assets("teacher_samples", "preference_pairs"),
+    description="Propose corrected replies for flagged errors and human corrections; rebuild "
+                "preference pairs from approved samples.",
+)
+# RUNNING by default: they run as soon as the code location loads (dagster dev, the daemon);
+# stop them in the Dagster UI (Automation) where that is not wanted.
+hourly_audit_schedule = dg.ScheduleDefinition(
+    name="hourly_audit_schedule", job=audit_job, cron_schedule="0 * * * *",
+    execution_timezone="UTC", description="Audit new interactions every hour.",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+daily_teacher_schedule = dg.ScheduleDefinition(
+    name="daily_teacher_schedule", job=teaching_job, cron_schedule="30 2 * * *",
+    execution_timezone="UTC", description="Teacher samples and preference pairs once a day.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )

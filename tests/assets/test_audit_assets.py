@@ -11,21 +11,19 @@ import duckdb
 import pytest
 from sqlalchemy import func, select
 
-from assets.audit import (
-    audit_candidates,
-    audit_job,
-    audited_errors,
-    daily_teacher_schedule,
-    hourly_audit_schedule,
-    manual_audit_job,
-    manual_audit_run_config,
-    teaching_job,
-)
+from assets.audit import audit_candidates, audited_errors, manual_audit_run_config
 from assets.embeddings import interaction_embeddings
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
 from assets.teaching import preference_pairs, teacher_samples
 from ml.generate import generate
+from orchestration.jobs import (
+    audit_job,
+    daily_teacher_schedule,
+    hourly_audit_schedule,
+    manual_audit_job,
+    teaching_job,
+)
 from orchestration.resources import LearnloopResource
 from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
