@@ -22,8 +22,9 @@ warehouse path does not matter to ``dbt parse`` (it opens no connection). This r
 ``DbtProject.prepare_if_dev()``, which parses only under ``dagster dev`` (DAGSTER_IS_DEV_CLI) and
 runs ``dbt`` from PATH (a venv used without activation has none there).
 
-The warehouse path. It is decided at run time, not at import: the asset asks ``LearnloopResource``
-(``Settings().warehouse``: ``LEARNLOOP_WAREHOUSE_PATH`` or ``$LEARNLOOP_HOME/warehouse.duckdb``)
+The warehouse path. It is decided at run time, not at import: the asset asks the ``warehouse``
+resource (``WarehouseResource.path()``: its ``database`` field, else ``LEARNLOOP_WAREHOUSE_PATH``
+or ``$LEARNLOOP_HOME/warehouse.duckdb``)
 and passes it to dbt as ``--vars '{"warehouse_path": ...}'``, which profiles.yml reads before its
 own env-var fallbacks. A test with a temporary LEARNLOOP_HOME therefore builds into its own file.
 """
@@ -40,7 +41,7 @@ import dagster as dg
 import dagster_dbt as dg_dbt
 import duckdb
 
-from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
+from assets.resources import WAREHOUSE_POOL, WarehouseResource
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
 ANALYTICS_GROUP = "analytics"
@@ -136,7 +137,7 @@ def dbt_vars(warehouse: Path | str) -> str:
     pool=WAREHOUSE_POOL,
 )
 def dbt_analytics_assets(context: dg.AssetExecutionContext, dbt: dg_dbt.DbtCliResource,
-                         learnloop: LearnloopResource):
+                         warehouse: WarehouseResource):
     """`dbt build` of the selected models and their tests on the warehouse.
 
     dbt's log lines reach the Dagster log as dbt runs; its events (materializations, check
@@ -146,16 +147,16 @@ def dbt_analytics_assets(context: dg.AssetExecutionContext, dbt: dg_dbt.DbtCliRe
     handle open afterwards, which locks the warehouse against every other process.) A failed
     model or dbt test fails the step after all events, including the failed checks, are reported.
     """
-    warehouse = learnloop.settings().warehouse
-    with learnloop.warehouse() as con:
+    path = warehouse.path()
+    with warehouse.get_connection() as con:
         created = ensure_source_tables(con)
     if created:
         context.log.info(f"created empty source tables not written yet: {created}")
-    context.log.info(f"dbt build on warehouse {warehouse}")
-    invocation = dbt.cli(["build", "--vars", dbt_vars(warehouse)], context=context,
+    context.log.info(f"dbt build on warehouse {path}")
+    invocation = dbt.cli(["build", "--vars", dbt_vars(path)], context=context,
                          raise_on_error=False)
     events = list(invocation.stream())
-    with learnloop.warehouse() as con:
+    with warehouse.get_connection() as con:
         counts = table_row_counts(con, invocation.manifest, events)
     for event in events:
         unique_id = _unique_id(event)

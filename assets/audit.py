@@ -30,7 +30,8 @@ import dagster as dg
 import polars as pl
 from sqlalchemy import select
 
-from ml import embeddings, warehouse
+from ml import embeddings
+from ml import warehouse as wh
 from ml.audit import make_auditor
 from ml.audit.rules import RulesAuditor
 from ml.audit.failures import tag_reason
@@ -49,7 +50,14 @@ from ml.audit.tables import ensure as ensure_audit_table
 from ml.audit.tables import query, upsert_rows
 from ml.llm import from_env
 from ml.llm.errors import ConfigError
-from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
+from assets.resources import (
+    WAREHOUSE_POOL,
+    LandingZoneResource,
+    OperationalStoreResource,
+    VectorStoreResource,
+    WarehouseResource,
+    session_hash_key,
+)
 from store.db import session_scope
 from store.models import AuditAttempt, utcnow
 from store.repo import create_item
@@ -175,7 +183,7 @@ def selection_run_id(context: dg.AssetExecutionContext) -> str:
 def ensure_candidates_table(con) -> None:
     """``audit_candidates`` with every column of ``CANDIDATE_COLUMNS`` (a warehouse created before
     ``run_id`` existed gets the column; its old rows have run_id NULL and are pruned)."""
-    warehouse.ensure_table(con, "audit_candidates", CANDIDATE_COLUMNS)
+    wh.ensure_table(con, "audit_candidates", CANDIDATE_COLUMNS)
 
 
 def write_run_candidates(con, run_id: str, candidates: pl.DataFrame, *,
@@ -183,7 +191,7 @@ def write_run_candidates(con, run_id: str, candidates: pl.DataFrame, *,
     """Replace this run's rows of ``audit_candidates`` with ``candidates`` (one transaction);
     other runs' rows stay unless selected before ``prune_before`` (or untagged)."""
     ensure_candidates_table(con)
-    return warehouse.write_frame(
+    return wh.write_frame(
         con, "audit_candidates", candidates, columns=CANDIDATE_COLUMNS,
         delete_where="run_id = ? OR run_id IS NULL OR selected_at < ?",
         params=[run_id, prune_before])
@@ -202,8 +210,8 @@ _CANDIDATE_INPUT = ("interaction_id, tenant_id, session_id, ts, partition_date, 
 
 
 def read_interactions_for_selection(con) -> pl.DataFrame:
-    warehouse.ensure_table(con, "interactions")
-    warehouse.ensure_table(con, "interaction_quality")
+    wh.ensure_table(con, "interactions")
+    wh.ensure_table(con, "interaction_quality")
     cols = ", ".join(f"i.{c.strip()}" for c in _CANDIDATE_INPUT.split(","))
     return query(
         con,
@@ -213,8 +221,8 @@ def read_interactions_for_selection(con) -> pl.DataFrame:
 
 
 def read_full_interactions(con, ids: list[str]) -> pl.DataFrame:
-    warehouse.ensure_table(con, "interactions")
-    warehouse.ensure_table(con, "interaction_quality")
+    wh.ensure_table(con, "interactions")
+    wh.ensure_table(con, "interaction_quality")
     con.register("_ids", pl.DataFrame({"interaction_id": ids},
                                       schema={"interaction_id": pl.String}).to_arrow())
     try:
@@ -240,10 +248,10 @@ def read_full_interactions(con, ids: list[str]) -> pl.DataFrame:
                 "prompt version already audited.",
 )
 def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesConfig,
-                     learnloop: LearnloopResource) -> dg.MaterializeResult:
+                     warehouse: WarehouseResource,
+                     store: OperationalStoreResource) -> dg.MaterializeResult:
     auditor = resolve_auditor(config.auditor)
-    settings = learnloop.settings()
-    url = learnloop.store()
+    url = store.get_url()
     if config.retention_days < 1:
         raise ConfigError(f"audit_candidates.retention_days must be at least 1, "
                           f"got {config.retention_days}")
@@ -258,12 +266,12 @@ def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesC
     if cfg.session_ids:
         from ml.ingest import hash_session
 
-        key = settings.hash_key.get_secret_value().encode()
+        key = session_hash_key()
         aliases = {s: hash_session(key, s) for s in cfg.session_ids}
     attempts = attempts_frame(url, auditor.name, auditor.prompt_version)
     run_key = selection_run_id(context)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    with learnloop.warehouse() as con:
+    with warehouse.get_connection() as con:
         pool = read_interactions_for_selection(con)
         candidates = select_candidates(pool, attempts, auditor=auditor.name,
                                        prompt_version=auditor.prompt_version, config=cfg,
@@ -363,7 +371,7 @@ class BatchTotals:
     by_severity: Counter = field(default_factory=Counter)
 
 
-def save_batch(learnloop: LearnloopResource, url: str, auditor, frame: pl.DataFrame, outcome,
+def save_batch(warehouse: WarehouseResource, url: str, auditor, frame: pl.DataFrame, outcome,
                *, calibration_ids: set[str], clean_review_rate: float, max_attempts: int,
                totals: BatchTotals) -> None:
     """Save one batch's results: verdicts to the warehouse first, then (one store transaction)
@@ -374,7 +382,7 @@ def save_batch(learnloop: LearnloopResource, url: str, auditor, frame: pl.DataFr
     verdicts = with_label_columns(verdicts, calibration_ids, clean_review_ids(
         verdicts, calibration_ids, clean_review_rate), clean_review_rate)
     if verdicts.height:
-        with learnloop.warehouse() as con:
+        with warehouse.get_connection() as con:
             upsert_rows(con, "audited_errors", verdicts,
                         ["interaction_id", "auditor", "prompt_version"])
     rows_by_id = {r["interaction_id"]: r for r in frame.iter_rows(named=True)}
@@ -439,17 +447,18 @@ def save_batch(learnloop: LearnloopResource, url: str, auditor, frame: pl.DataFr
                 "only the candidates its own run selected; saves results every batch_size items.",
 )
 def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfig,
-                   learnloop: LearnloopResource) -> dg.MaterializeResult:
+                   warehouse: WarehouseResource, store: OperationalStoreResource,
+                   vectors: VectorStoreResource,
+                   landing_zone: LandingZoneResource) -> dg.MaterializeResult:
     if config.batch_size < 1:
         raise ConfigError(f"audited_errors.batch_size must be at least 1, got {config.batch_size}")
     if not 0.0 <= config.clean_review_rate <= 1.0:
         raise ConfigError(f"audited_errors.clean_review_rate must be in [0, 1], "
                           f"got {config.clean_review_rate}")
     auditor = resolve_auditor(config.auditor)
-    settings = learnloop.settings()
-    url = learnloop.store()
+    url = store.get_url()
     run_key = config.candidates_run_id.strip() or selection_run_id(context)
-    with learnloop.warehouse() as con:
+    with warehouse.get_connection() as con:
         ensure_audit_table(con, "audited_errors")  # exists even when every audit fails
         cands = read_run_candidates(con, run_key)
     if cands.height == 0 and not _materialized_in_run(context, run_key):
@@ -482,23 +491,23 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
     relevance = None
     relevance_computed = 0
     if isinstance(auditor, RulesAuditor) and ids:
-        with learnloop.warehouse() as con:  # the population the consensus signals compare with
+        with warehouse.get_connection() as con:  # the population the consensus signals compare with
             auditor.reference = query(
                 con, "SELECT tenant_id, user_message, response FROM interactions")
-        relevance = embeddings.read_relevance(embeddings.connect(settings.lancedb), ids)
+        relevance = embeddings.read_relevance(vectors.connect(), ids)
 
     context.log.info(f"auditing {len(ids)} interactions with {auditor.name} "
                      f"{auditor.prompt_version}, saving every {config.batch_size}")
     totals = BatchTotals()
     for start in range(0, len(ids), config.batch_size):
         chunk = ids[start:start + config.batch_size]
-        with learnloop.warehouse() as con:
+        with warehouse.get_connection() as con:
             frame = read_full_interactions(con, chunk)
         if relevance is not None and frame.height:
             frame, n = _with_relevance(frame, relevance)
             relevance_computed += n
         outcome = auditor.audit_frame(frame)
-        save_batch(learnloop, url, auditor, frame, outcome, calibration_ids=calibration_ids,
+        save_batch(warehouse, url, auditor, frame, outcome, calibration_ids=calibration_ids,
                    clean_review_rate=config.clean_review_rate, max_attempts=config.max_attempts,
                    totals=totals)
         context.log.info(f"saved {min(start + len(chunk), len(ids))}/{len(ids)}: "
@@ -511,8 +520,8 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
                             f"failed audits and are given up: {totals.given_up[:10]}")
 
     llm_stats = auditor.router.stats.as_metadata() if hasattr(auditor, "router") else {}
-    with learnloop.warehouse() as con:
-        pr = _demo_precision_recall(settings.landing, con, auditor.name, auditor.prompt_version)
+    with warehouse.get_connection() as con:
+        pr = _demo_precision_recall(landing_zone.root(), con, auditor.name, auditor.prompt_version)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": totals.audited,
         "candidates": cands.height,

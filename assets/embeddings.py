@@ -10,7 +10,7 @@ import polars as pl
 
 from ml import embeddings
 from ml.audit.tables import query
-from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
+from assets.resources import WAREHOUSE_POOL, VectorStoreResource, WarehouseResource
 
 EMBED_BATCH_ROWS = 5_000  # interactions embedded per LanceDB append
 
@@ -42,13 +42,12 @@ def new_interactions(con, have: set[str]) -> pl.DataFrame:
                 "question and reply, with their cosine (qa_relevance). Incremental: only "
                 "interaction ids not yet embedded.",
 )
-def interaction_embeddings(context: dg.AssetExecutionContext,
-                           learnloop: LearnloopResource) -> dg.MaterializeResult:
-    settings = learnloop.settings()
-    db = embeddings.connect(settings.lancedb)
+def interaction_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                           vectors: VectorStoreResource) -> dg.MaterializeResult:
+    db = vectors.connect()
     table = embeddings.open_embeddings(db)
     have = embeddings.embedded_ids(table)
-    with learnloop.warehouse() as con:
+    with warehouse.get_connection() as con:
         todo = new_interactions(con, have)
     started = time.perf_counter()
     added = 0
@@ -75,5 +74,5 @@ def interaction_embeddings(context: dg.AssetExecutionContext,
         "rows_per_second": round(added / seconds, 1) if added and seconds > 0 else 0.0,
         **rel_meta,
         "model": embeddings.MODEL_NAME,
-        "lancedb_uri": settings.lancedb,
+        "lancedb_uri": vectors.get_uri(),
     })

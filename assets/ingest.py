@@ -9,10 +9,16 @@ import dagster as dg
 import polars as pl
 
 from assets.partitions import landing_date_partitions
-from ml import landing, warehouse
+from ml import landing
+from ml import warehouse as wh
 from ml.ingest import drop_cross_partition_duplicates, ingest_files
 from ml.pii import residual_pii_in_table
-from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
+from assets.resources import (
+    WAREHOUSE_POOL,
+    LandingZoneResource,
+    WarehouseResource,
+    session_hash_key,
+)
 
 
 def _sha256(path: Path) -> str:
@@ -31,10 +37,10 @@ def residual_pii(con, table: str, day: str) -> list[dict]:
 
 def _earlier_copies(con, good: pl.DataFrame, day: str) -> pl.DataFrame:
     """Rows of other partitions of ``interactions`` with an interaction_id of ``good``."""
-    warehouse.ensure_table(con, "interactions")
+    wh.ensure_table(con, "interactions")
     con.register("_ids", good.select("interaction_id").to_arrow())
     try:
-        return warehouse.query(
+        return wh.query(
             con, "SELECT i.* FROM interactions i WHERE i.partition_date <> ?::DATE AND "
                  "i.interaction_id IN (SELECT interaction_id FROM _ids)", [day])
     finally:
@@ -48,11 +54,11 @@ def _earlier_copies(con, good: pl.DataFrame, day: str) -> pl.DataFrame:
     pool=WAREHOUSE_POOL,
     description="The landing-zone files of one day, registered with their size and checksum.",
 )
-def raw_interactions(context: dg.AssetExecutionContext,
-                     learnloop: LearnloopResource) -> dg.MaterializeResult:
+def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZoneResource,
+                     warehouse: WarehouseResource) -> dg.MaterializeResult:
     day = context.partition_key
-    settings = learnloop.settings()
-    files = landing.list_files(settings.landing, day)
+    root = landing_zone.root()
+    files = landing.list_files(root, day)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     frame = pl.DataFrame(
         {
@@ -65,13 +71,13 @@ def raw_interactions(context: dg.AssetExecutionContext,
         schema={"partition_date": pl.Date, "path": pl.Utf8, "size_bytes": pl.Int64,
                 "sha256": pl.Utf8, "registered_at": pl.Datetime("us")},
     )
-    with learnloop.warehouse() as con:
-        warehouse.replace_partition(con, "raw_files", day, frame)
+    with warehouse.get_connection() as con:
+        wh.replace_partition(con, "raw_files", day, frame)
     context.log.info(f"{len(files)} landing files for {day}")
     return dg.MaterializeResult(metadata={
         "files": len(files),
         "bytes": int(frame["size_bytes"].sum() or 0),
-        "landing_dir": str(landing.partition_dir(settings.landing, day)),
+        "landing_dir": str(landing.partition_dir(root, day)),
     })
 
 
@@ -99,11 +105,10 @@ def raw_interactions(context: dg.AssetExecutionContext,
     partitions_def=landing_date_partitions,
     pool=WAREHOUSE_POOL,
 )
-def ingest_interactions(context: dg.AssetExecutionContext, learnloop: LearnloopResource):
+def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     day = context.partition_key
-    settings = learnloop.settings()
-    with learnloop.warehouse() as con:
-        warehouse.ensure_table(con, "raw_files")
+    with warehouse.get_connection() as con:
+        wh.ensure_table(con, "raw_files")
         paths = [Path(r[0]) for r in con.execute(
             "SELECT path FROM raw_files WHERE partition_date = ?::DATE ORDER BY path", [day]
         ).fetchall()]
@@ -111,17 +116,17 @@ def ingest_interactions(context: dg.AssetExecutionContext, learnloop: LearnloopR
     if missing:
         raise FileNotFoundError(f"landing files registered for {day} are gone: {missing[:5]}")
     context.log.info(f"ingesting {len(paths)} files for {day}")
-    result = ingest_files(paths, day, settings.hash_key.get_secret_value().encode())
+    result = ingest_files(paths, day, session_hash_key())
     if result.stats.get("worker_failures"):
         context.log.warning(f"ingest worker processes failed, ran in-process: "
                             f"{result.stats.get('worker_failure')}")
-    with learnloop.warehouse() as con:
+    with warehouse.get_connection() as con:
         # ids another partition already holds: exact copies dropped, others quarantined
         result = drop_cross_partition_duplicates(result, _earlier_copies(con, result.interactions,
                                                                          day), paths)
         good, bad = result.interactions, result.quarantined
-        warehouse.replace_partition(con, "interactions", day, good)
-        warehouse.replace_partition(con, "quarantined_interactions", day, bad)
+        wh.replace_partition(con, "interactions", day, good)
+        wh.replace_partition(con, "quarantined_interactions", day, bad)
         # the checks read what was written
         leftover = residual_pii(con, "interactions", day)
         leftover_q = residual_pii(con, "quarantined_interactions", day)

@@ -5,9 +5,9 @@ import dagster as dg
 import polars as pl
 
 from assets.partitions import landing_date_partitions
-from ml import warehouse
+from ml import warehouse as wh
 from ml.quality import MEASURED_DIMENSIONS, score_interactions
-from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
+from assets.resources import WAREHOUSE_POOL, WarehouseResource
 
 SCORE_COLUMNS = ("quality_score", "confidence", *MEASURED_DIMENSIONS)
 
@@ -43,12 +43,12 @@ def out_of_range(scores: pl.DataFrame) -> dict[str, int]:
                 "relevance, efficiency; weights renormalized over the dimensions present; a "
                 "confidence per score.",
 )
-def interaction_quality(context: dg.AssetExecutionContext, learnloop: LearnloopResource):
+def interaction_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     day = context.partition_key
-    with learnloop.warehouse() as con:
-        interactions = warehouse.read_partition(con, "interactions", day)
+    with warehouse.get_connection() as con:
+        interactions = wh.read_partition(con, "interactions", day)
         scores = score_interactions(interactions)
-        warehouse.replace_partition(con, "interaction_quality", day, scores)
+        wh.replace_partition(con, "interaction_quality", day, scores)
     n = scores.height
     q = scores["quality_score"]
     bad = out_of_range(scores)

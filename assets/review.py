@@ -3,9 +3,8 @@
 import dagster as dg
 import polars as pl
 
-from ml import warehouse
-from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
-from store.db import session_scope
+from ml import warehouse as wh
+from assets.resources import WAREHOUSE_POOL, OperationalStoreResource, WarehouseResource
 from store.repo import review_event_rows
 
 REVIEW_DECISION_COLUMNS: dict[str, str] = {
@@ -41,16 +40,15 @@ def _schema() -> dict[str, pl.DataType]:
     description="Append-only copy of the review events (decisions, tags, creations) from the "
                 "operational store, incremental on the event id.",
 )
-def review_decisions(context: dg.AssetExecutionContext,
-                     learnloop: LearnloopResource) -> dg.MaterializeResult:
-    url = learnloop.store()
+def review_decisions(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                     store: OperationalStoreResource) -> dg.MaterializeResult:
     copied = 0
-    with learnloop.warehouse() as con:
-        warehouse.ensure_table(con, "review_decisions", REVIEW_DECISION_COLUMNS)
+    with warehouse.get_connection() as con:
+        wh.ensure_table(con, "review_decisions", REVIEW_DECISION_COLUMNS)
         [(cursor,)] = con.execute("SELECT coalesce(max(event_id), 0) FROM review_decisions").fetchall()
         start = cursor
         while True:
-            with session_scope(url) as session:
+            with store.session() as session:
                 rows = review_event_rows(session, after_id=cursor, limit=BATCH)
             if not rows:
                 break

@@ -17,7 +17,8 @@ import polars as pl
 from sqlalchemy import select
 
 from assets.audit import read_full_interactions
-from ml import embeddings, warehouse
+from ml import embeddings
+from ml import warehouse as wh
 from ml.audit.llm import parse_messages
 from ml.audit.tables import query, replace_table
 from ml.audit.taxonomy import SEVERITIES, severity_at_least
@@ -36,7 +37,12 @@ from ml.teacher import (
     propose_corrections,
 )
 from ml.teacher.retrieval import DEFAULT_THRESHOLD, build_answer_index
-from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
+from assets.resources import (
+    WAREHOUSE_POOL,
+    OperationalStoreResource,
+    VectorStoreResource,
+    WarehouseResource,
+)
 from store.db import session_scope
 from store.models import ReviewEvent, ReviewItem
 from store.repo import approved_samples, create_item
@@ -154,12 +160,12 @@ def answer_index_entries(url: str, corrections: pl.DataFrame) -> pl.DataFrame:
                 "(most similar approved answer, LanceDB), llm:<provider>.",
 )
 def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesConfig,
-                    learnloop: LearnloopResource) -> dg.MaterializeResult:
+                    warehouse: WarehouseResource, store: OperationalStoreResource,
+                    vectors: VectorStoreResource) -> dg.MaterializeResult:
     if config.min_severity_for_teacher not in SEVERITIES:
         raise ConfigError(f"teacher_samples.min_severity_for_teacher must be one of {SEVERITIES}, "
                           f"got {config.min_severity_for_teacher!r}")
-    settings = learnloop.settings()
-    url = learnloop.store()
+    url = store.get_url()
     llm = resolve_teacher(config.teacher)
 
     # errors that want a proposal and have none yet
@@ -186,8 +192,8 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
         wanted = wanted[: config.limit]
 
     name = teacher_name(llm) if llm else None
-    with learnloop.warehouse() as con:
-        warehouse.ensure_table(con, "interactions")
+    with warehouse.get_connection() as con:
+        wh.ensure_table(con, "interactions")
         corrections = query(
             con,
             "SELECT * FROM interactions WHERE corrected_response IS NOT NULL "
@@ -214,7 +220,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
                 f"request-specifically (outages do not count) and are "
                 f"given up (see {TEACHER_ATTEMPTS_TABLE}): {given_up[:5]}")
 
-    db = embeddings.connect(settings.lancedb)
+    db = vectors.connect()
     index_size = build_answer_index(db, answer_index_entries(url, corrections),
                                     embeddings.read_question_vectors(
                                         db, corrections["interaction_id"].to_list()))
@@ -230,8 +236,8 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
                                 prompt_version=llm.prompt_version,
                                 now=datetime.now(timezone.utc).replace(tzinfo=None),
                                 run_id=context.run.run_id)
-        with learnloop.warehouse() as con:
-            recorded = warehouse.upsert_rows(con, TEACHER_ATTEMPTS_TABLE, attempts,
+        with warehouse.get_connection() as con:
+            recorded = wh.upsert_rows(con, TEACHER_ATTEMPTS_TABLE, attempts,
                                              TEACHER_ATTEMPT_KEYS, TEACHER_ATTEMPT_COLUMNS)
 
     created: Counter[str] = Counter()
@@ -275,7 +281,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
         context.log.warning(f"teacher failed for {iid} (recorded in {TEACHER_ATTEMPTS_TABLE}, "
                             f"retried next run): {reason}")
     llm_stats = llm.router.stats.as_metadata() if llm else {}
-    with learnloop.warehouse() as con:
+    with warehouse.get_connection() as con:
         open_failures = int(read_teacher_attempts(con).filter(
             pl.col("status") == "failed").height)
     return dg.MaterializeResult(metadata={
@@ -339,11 +345,10 @@ def preference_frame(url: str) -> pl.DataFrame:
     description="Preference pairs for DPO: prompt/messages, rejected = the assistant's original "
                 "reply, chosen = the approved or edited correction. Rebuilt from the store.",
 )
-def preference_pairs(context: dg.AssetExecutionContext,
-                     learnloop: LearnloopResource) -> dg.MaterializeResult:
-    url = learnloop.store()
-    pairs = preference_frame(url)
-    with learnloop.warehouse() as con:
+def preference_pairs(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                     store: OperationalStoreResource) -> dg.MaterializeResult:
+    pairs = preference_frame(store.get_url())
+    with warehouse.get_connection() as con:
         replace_table(con, "preference_pairs", pairs)
     by_source = dict(Counter(pairs["source"].to_list())) if pairs.height else {}
     return dg.MaterializeResult(metadata={

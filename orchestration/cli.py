@@ -1,4 +1,6 @@
-"""The `learnloop` command line."""
+"""The pipeline commands of the ``learnloop`` command line: ``import``, ``generate``, ``run``,
+``audit``, ``demo``, ``status``, ``migrate``, ``dev``. The ``learnloop`` group that gathers these
+and the service commands (``service/cli.py``) is ``cli/main.py``."""
 
 from __future__ import annotations
 
@@ -19,14 +21,33 @@ def _settings() -> Settings:
     return s
 
 
-@click.group(help="learnloop: continuous learning from a chatbot's own logs.")
-def main() -> None:
-    # LanceDB's Rust core logs warnings (e.g. "No existing dataset ..., it will be created") straight
-    # to the terminal; keep those to errors unless the user asked for more.
-    os.environ.setdefault("LANCEDB_LOG", "error")
+def _migrated_settings() -> Settings:
+    """Settings, with the operational store migrated to head: the start-up step of every command
+    that runs assets or reads the store (the assets themselves only check the revision)."""
+    from store.db import upgrade
+
+    s = _settings()
+    upgrade(s.store)
+    return s
 
 
-@main.command("import", help="Import logs into the landing zone. FORMAT: native, openai-chat, "
+@click.command(help="Migrate the operational store to the revision this code needs (the deploy "
+                    "step; every other command that uses the store does it at start-up too).")
+def migrate() -> None:
+    from store.db import current_revision, head_revision, redacted, upgrade
+
+    settings = _settings()
+    before = current_revision(settings.store)
+    upgrade(settings.store)
+    after = current_revision(settings.store)
+    if before == after:
+        click.echo(f"{redacted(settings.store)}: already at revision {after}")
+    else:
+        click.echo(f"{redacted(settings.store)}: migrated from {before or 'an empty store'} to "
+                   f"revision {after} (head {head_revision()})")
+
+
+@click.command("import", help="Import logs into the landing zone. FORMAT: native, openai-chat, "
                              "hh-rlhf, oasst.")
 @click.argument("fmt", metavar="FORMAT",
                 type=click.Choice(["native", "openai-chat", "hh-rlhf", "oasst"]))
@@ -56,7 +77,7 @@ def import_cmd(fmt: str, path: Path, tenant: str, timestamp, as_json: bool) -> N
             click.echo(f"  wrote {f}")
 
 
-@main.command(help="Generate seeded demo support-bot logs (same seed, same bytes).")
+@click.command(help="Generate seeded demo support-bot logs (same seed, same bytes).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="output folder (default: the landing zone)")
 @click.option("--interactions", "n", type=click.IntRange(min=1), default=5000, show_default=True)
@@ -70,19 +91,19 @@ def generate(out: Path | None, n: int, seed: int, days: int) -> None:
     click.echo(json.dumps(summary, indent=2, default=str))
 
 
-@main.command(help="Counts per stage.")
+@click.command(help="Counts per stage.")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON")
 def status(as_json: bool) -> None:
     from orchestration.status import collect_status, format_status
 
-    st = collect_status(_settings())
+    st = collect_status(_migrated_settings())
     click.echo(json.dumps(st, indent=2) if as_json else format_status(st))
 
 
-@main.command(help="Ingest the landing zone (all days, or --date) and refresh analytics.")
+@click.command(help="Ingest the landing zone (all days, or --date) and refresh analytics.")
 @click.option("--date", "dates", multiple=True, help="YYYY-MM-DD (repeatable); default all days")
 def run(dates: tuple[str, ...]) -> None:
-    _run_chain(_settings(), list(dates) or None)
+    _run_chain(_migrated_settings(), list(dates) or None)
 
 
 def _run_chain(settings: Settings, days: list[str] | None) -> bool:
@@ -97,7 +118,7 @@ def _run_chain(settings: Settings, days: list[str] | None) -> bool:
     if not days:
         click.echo(f"the landing zone {settings.landing} is empty: nothing to ingest", err=True)
         return False
-    from orchestration.resources import warn_dev_hash_key_once
+    from assets.resources import warn_dev_hash_key_once
 
     # said here, once, not in the middle of the progress bar
     warn_dev_hash_key_once(settings, emit=lambda _: click.echo(
@@ -140,7 +161,7 @@ def post_ingest_jobs(defs) -> list[str]:
     return [j for j in wanted if j in names]
 
 
-@main.command(help="Audit chosen interactions now (manual_audit_job), with the configured or "
+@click.command(help="Audit chosen interactions now (manual_audit_job), with the configured or "
                    "given auditor.")
 @click.option("--ids", "interaction_ids", multiple=True, help="interaction id (repeatable)")
 @click.option("--sessions", "session_ids", multiple=True,
@@ -155,7 +176,7 @@ def audit(interaction_ids, session_ids, since: str, until: str, auditor: str) ->
 
     if not (interaction_ids or session_ids or since or until):
         raise click.UsageError("name what to audit: --ids, --sessions, --since or --until")
-    settings = _settings()
+    settings = _migrated_settings()
     instance = runner.instance_for(settings)
     config = manual_audit_run_config(interaction_ids=list(interaction_ids),
                                      session_ids=list(session_ids), since=since, until=until,
@@ -170,14 +191,14 @@ def audit(interaction_ids, session_ids, since: str, until: str, auditor: str) ->
         raise click.ClickException(f"manual audit failed: see run {result.run_id} in the Dagster UI")
 
 
-@main.command(help="Run the whole chain on the embedded default: no server, no API key.")
+@click.command(help="Run the whole chain on the embedded default: no server, no API key.")
 @click.option("--interactions", "n", type=click.IntRange(min=1), default=3000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(n: int, seed: int) -> None:
     from ml.generate import generate as gen
     from orchestration.status import collect_status, format_status
 
-    settings = _settings()
+    settings = _migrated_settings()
     click.echo(f"learnloop demo in {settings.home}")
     summary = gen(settings.landing, n, seed)
     click.echo(f"generated {summary.get('records', n):,} demo interactions into {settings.landing}")
@@ -197,178 +218,16 @@ def demo(n: int, seed: int) -> None:
         sys.exit(1)
 
 
-@main.command(help="Open the Dagster UI on this project (dagster dev).")
+@click.command(help="Open the Dagster UI on this project (dagster dev).")
 @click.option("--port", type=int, default=3000, show_default=True)
 def dev(port: int) -> None:
     from orchestration import runner
 
-    settings = _settings()
+    settings = _migrated_settings()  # the assets check the revision; the UI does not migrate
     runner.prepare_dagster_home(settings)
     root = Path(__file__).resolve().parents[1]
     exe = Path(sys.executable).with_name("dagster")
     os.execv(str(exe), [str(exe), "dev", "-w", str(root / "workspace.yaml"), "-p", str(port)])
 
 
-@main.command(help="Start the review web app, JSON API and log collector.")
-@click.option("--host", default=None, help="default: the host of LEARNLOOP_SERVICE_URL "
-                                            "(127.0.0.1)")
-@click.option("--port", type=int, default=None, help="default: the port of LEARNLOOP_SERVICE_URL "
-                                                     "(8000)")
-def serve(host: str | None, port: int | None) -> None:
-    from service.cli_support import serve as run_server
-
-    settings = _settings()
-    url_host, url_port = settings.service_bind
-    run_server(host or url_host, port or url_port, settings)
-
-
-@main.group(help="Reviewer accounts of the review web app. Every change is recorded in the "
-                  "store's config_history (who, when, old and new value).")
-def reviewers() -> None:
-    pass
-
-
-def _read_new_password(from_stdin: bool) -> str:
-    """A new password from one line of standard input, or prompted for twice without echo."""
-    if from_stdin:
-        line = sys.stdin.readline()
-        if not line:
-            raise click.ClickException("--password-stdin: standard input is empty")
-        return line.rstrip("\r\n")
-    return click.prompt("New password", hide_input=True, confirmation_prompt=True)
-
-
-def _account_call(fn, *args):
-    from store.collector_keys import CollectorKeyError
-    from store.reviewers import ReviewerError
-
-    try:
-        return fn(*args, settings=_settings())
-    except (ReviewerError, CollectorKeyError) as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-@reviewers.command("add", help="Create a reviewer; prints the API token once.")
-@click.argument("username")
-@click.option("--role", type=click.Choice(["reviewer", "admin"]), default="reviewer",
-              show_default=True)
-@click.option("--tenant", "tenants", multiple=True,
-              help="tenant the reviewer may see (repeatable; admins see all)")
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
-              envvar="LEARNLOOP_NEW_REVIEWER_PASSWORD",
-              help="prompted for when not given (or set LEARNLOOP_NEW_REVIEWER_PASSWORD)")
-def reviewers_add(username: str, role: str, tenants: tuple[str, ...], password: str) -> None:
-    from service.cli_support import add_reviewer
-
-    info = _account_call(add_reviewer, username, password, role, list(tenants))
-    click.echo(f"created {info.role} {info.username!r} for tenants {info.tenants or ['*']}")
-    click.echo(f"API token (shown once): {info.api_token}")
-
-
-@reviewers.command("list", help="List reviewer accounts.")
-def reviewers_list() -> None:
-    from service.cli_support import list_reviewers
-
-    for r in list_reviewers(_settings()):
-        click.echo(f"{r.username:20} {r.role:9} {'active' if r.active else 'INACTIVE':9} "
-                   f"{','.join(r.tenants) or '*'}")
-
-
-@reviewers.command("deactivate", help="Deactivate an account: sign-in, its API token and its "
-                                      "open web sessions stop working at once.")
-@click.argument("username")
-def reviewers_deactivate(username: str) -> None:
-    from service.cli_support import set_reviewer_active
-
-    _account_call(set_reviewer_active, username, False)
-    click.echo(f"deactivated {username!r}")
-
-
-@reviewers.command("activate", help="Reactivate a deactivated account.")
-@click.argument("username")
-def reviewers_activate(username: str) -> None:
-    from service.cli_support import set_reviewer_active
-
-    _account_call(set_reviewer_active, username, True)
-    click.echo(f"activated {username!r}")
-
-
-@reviewers.command("set-password", help="Set a new password (prompted twice, never echoed; or "
-                                        "one line from stdin). Open web sessions end and the API "
-                                        "token is replaced: the new one is printed once (a reset "
-                                        "after a compromise leaves no old credential working).")
-@click.argument("username")
-@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
-@click.option("--keep-token", is_flag=True,
-              help="keep the current API token (a routine change, no compromise suspected)")
-def reviewers_set_password(username: str, password_stdin: bool, keep_token: bool) -> None:
-    from functools import partial
-
-    from service.cli_support import set_reviewer_password
-
-    password = _read_new_password(password_stdin)
-    info = _account_call(partial(set_reviewer_password, keep_token=keep_token), username, password)
-    click.echo(f"password of {username!r} changed; their open sessions have ended")
-    if info.api_token:
-        click.echo(f"new API token of {username!r} (shown once; the old one stopped working): "
-                   f"{info.api_token}")
-    else:
-        click.echo(f"the API token of {username!r} was kept (--keep-token)")
-
-
-@reviewers.command("update", help="Change an account's role and/or tenants (--tenant replaces "
-                                  "the whole list).")
-@click.argument("username")
-@click.option("--role", type=click.Choice(["reviewer", "admin"]), default=None)
-@click.option("--tenant", "tenants", multiple=True, help="new tenant list (repeatable)")
-def reviewers_update(username: str, role: str | None, tenants: tuple[str, ...]) -> None:
-    from service.cli_support import update_reviewer
-
-    if role is None and not tenants:
-        raise click.UsageError("nothing to change: give --role and/or --tenant")
-    info = _account_call(update_reviewer, username, role, list(tenants) if tenants else None)
-    click.echo(f"{info.username!r} is now {info.role} for tenants {info.tenants or ['*']}")
-
-
-@reviewers.command("rotate-token", help="Issue a new API token (printed once); the old one "
-                                        "stops working.")
-@click.argument("username")
-def reviewers_rotate_token(username: str) -> None:
-    from service.cli_support import rotate_reviewer_token
-
-    token = _account_call(rotate_reviewer_token, username)
-    click.echo(f"new API token of {username!r} (shown once): {token}")
-
-
-@main.group("collector-keys", help="API keys of the log collector (one per tenant).")
-def collector_keys() -> None:
-    pass
-
-
-@collector_keys.command("add", help="Create a collector key for TENANT; prints it once.")
-@click.argument("tenant")
-@click.option("--label", default=None)
-def collector_keys_add(tenant: str, label: str | None) -> None:
-    from service.cli_support import add_collector_key
-
-    key = _account_call(add_collector_key, tenant, label)
-    click.echo(f"collector key for tenant {tenant!r} (shown once): {key}")
-
-
-@collector_keys.command("list", help="List collector keys (never the keys themselves).")
-def collector_keys_list() -> None:
-    from service.cli_support import list_collector_keys
-
-    for k in list_collector_keys(_settings()):
-        click.echo(f"{k.id:5} {k.tenant_id:20} {'active' if k.active else 'REVOKED':8} "
-                   f"{k.label or ''}")
-
-
-@collector_keys.command("revoke", help="Revoke the collector key with id KEY_ID (see `list`); "
-                                       "requests with it get 401.")
-@click.argument("key_id", type=click.IntRange(min=1))
-def collector_keys_revoke(key_id: int) -> None:
-    from service.cli_support import revoke_collector_key
-
-    info = _account_call(revoke_collector_key, key_id)
-    click.echo(f"revoked collector key {info.id} of tenant {info.tenant_id!r}")
+COMMANDS = [import_cmd, generate, run, audit, demo, status, migrate, dev]

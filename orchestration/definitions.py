@@ -7,6 +7,7 @@ from assets.audit import audit_candidates, audited_errors
 from assets.embeddings import interaction_embeddings
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
+from assets.resources import store_resources
 from assets.review import review_decisions
 from assets.teaching import preference_pairs, teacher_samples
 from orchestration.jobs import (
@@ -19,7 +20,6 @@ from orchestration.jobs import (
     manual_audit_job,
     teaching_job,
 )
-from orchestration.resources import LearnloopResource
 from orchestration.sensors import landing_file_sensor
 
 defs = dg.Definitions(
@@ -34,5 +34,6 @@ defs = dg.Definitions(
     jobs=[ingest_job, audit_job, manual_audit_job, teaching_job, analytics_job],
     schedules=[hourly_audit_schedule, daily_teacher_schedule, analytics_schedule],
     sensors=[landing_file_sensor],
-    resources={"learnloop": LearnloopResource(), "dbt": dbt_resource},
+    # one resource per store (assets/resources.py), each read from LEARNLOOP_* when used
+    resources={**store_resources(), "dbt": dbt_resource},
 )

@@ -7,9 +7,9 @@ import json
 import dagster as dg
 
 from assets.partitions import landing_date_partitions
+from assets.resources import LandingZoneResource
 from ml import landing
 from orchestration.jobs import ingest_job
-from orchestration.resources import LearnloopResource
 
 
 def landing_fingerprints(landing_dir) -> dict[str, str]:
@@ -27,10 +27,9 @@ def landing_fingerprints(landing_dir) -> dict[str, str]:
 @dg.sensor(job=ingest_job, minimum_interval_seconds=30,
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Starts ingest for every landing day whose files are new or changed.")
-def landing_file_sensor(context: dg.SensorEvaluationContext, learnloop: LearnloopResource):
-    settings = learnloop.settings()
+def landing_file_sensor(context: dg.SensorEvaluationContext, landing_zone: LandingZoneResource):
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    now = landing_fingerprints(settings.landing)
+    now = landing_fingerprints(landing_zone.root())
     changed = sorted(d for d, fp in now.items() if seen.get(d) != fp and fp != hashlib.sha256().hexdigest()[:16])
     if not changed:
         return dg.SkipReason(f"no new landing files ({len(now)} days known)")

@@ -9,7 +9,9 @@ from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -58,6 +60,43 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+class StoreNotMigrated(RuntimeError):
+    """The operational store is not at the revision this code needs."""
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password masked, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def head_revision() -> str:
+    """The newest migration of this code."""
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations under {MIGRATIONS}")
+    return head
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the store at ``url`` is at (None: never migrated)."""
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def require_current(url: str) -> None:
+    """Raise :class:`StoreNotMigrated`, naming the store, its revision and the fix, unless the
+    store at ``url`` is at the head revision. One query: the check run at the start of every run
+    that uses the store (migrations themselves run at start-up or deploy: ``learnloop migrate``,
+    ``learnloop dev``, every ``learnloop`` command, ``learnloop serve``)."""
+    have, want = current_revision(url), head_revision()
+    if have != want:
+        state = "has never been migrated" if have is None else f"is at revision {have}"
+        raise StoreNotMigrated(
+            f"the operational store {redacted(url)} {state}; this code needs revision {want}. "
+            f"Run `learnloop migrate` (or start through `learnloop dev`), then retry.")
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import duckdb
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
 from ml.generate import generate
-from orchestration.resources import LearnloopResource
+from tests.stores import resources_for
 
 
 def land_and_ingest(home: Path, n: int = 60, seed: int = 9) -> str:
@@ -22,7 +22,7 @@ def land_and_ingest(home: Path, n: int = 60, seed: int = 9) -> str:
         instance.add_dynamic_partitions("landing_date", [day])
         assert dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
                               partition_key=day, instance=instance,
-                              resources={"learnloop": LearnloopResource(home=str(home))}
+                              resources=resources_for(home)
                               ).success
     return day
 

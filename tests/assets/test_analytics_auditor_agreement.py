@@ -21,7 +21,7 @@ from ml.audit.labels import label_weight
 from ml.audit.metrics import cohen_kappa
 from ml.audit.taxonomy import AUDITED_COLUMNS
 from ml.schema import INTERACTION_COLUMNS, QUALITY_COLUMNS, QUARANTINE_COLUMNS
-from orchestration.resources import LearnloopResource
+from tests.stores import resources_for
 
 D1 = date(2025, 1, 1)
 RATE = 0.2  # clean_review_rate: a clean calibration verdict put to review weighs 1 / 0.2 = 5
@@ -109,7 +109,7 @@ def test_agreement_uses_reviewer_labels_and_matches_cohen_kappa(learnloop_home: 
     warehouse = learnloop_home / "warehouse.duckdb"
     _warehouse(warehouse)
     result = dg.materialize([dbt_analytics_assets],
-                            resources={"dbt": dbt_resource, "learnloop": LearnloopResource()},
+                            resources=resources_for(dbt=dbt_resource),
                             instance=dg.DagsterInstance.ephemeral())
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()
@@ -174,7 +174,7 @@ def test_no_calibration_labels_leave_recall_and_kappa_null(learnloop_home: Path,
     finally:
         con.close()
     result = dg.materialize([dbt_analytics_assets],
-                            resources={"dbt": dbt_resource, "learnloop": LearnloopResource()},
+                            resources=resources_for(dbt=dbt_resource),
                             instance=dg.DagsterInstance.ephemeral())
     assert result.success
     con = duckdb.connect(str(warehouse), read_only=True)

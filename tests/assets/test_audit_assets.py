@@ -24,7 +24,7 @@ from orchestration.jobs import (
     manual_audit_job,
     teaching_job,
 )
-from orchestration.resources import LearnloopResource
+from tests.stores import resources_for
 from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
 from store.repo import decide
@@ -48,7 +48,7 @@ def demo_home(learnloop_home, monkeypatch):
         for day in days:
             result = dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
                                     partition_key=day, instance=instance,
-                                    resources={"learnloop": LearnloopResource(home=str(learnloop_home))})
+                                    resources=resources_for(learnloop_home))
             assert result.success
     return learnloop_home
 
@@ -58,7 +58,7 @@ def demo_home(learnloop_home, monkeypatch):
 def _materialize(home, assets=CHAIN, run_config=None):
     with dg.instance_for_test() as instance:
         result = dg.materialize(assets, instance=instance, run_config=run_config,
-                                resources={"learnloop": LearnloopResource(home=str(home))})
+                                resources=resources_for(home))
     assert result.success
     return {m.materialization.asset_key.to_user_string(): m.materialization.metadata
             for m in result.get_asset_materialization_events()}
@@ -162,7 +162,7 @@ def test_jobs_and_schedules_are_defined():
         assets=[raw_interactions, ingest_interactions, interaction_quality, *CHAIN],
         jobs=[audit_job, teaching_job, manual_audit_job],
         schedules=[hourly_audit_schedule, daily_teacher_schedule],
-        resources={"learnloop": LearnloopResource()},
+        resources=resources_for(),
     )
     dg.Definitions.validate_loadable(defs)
     assert hourly_audit_schedule.cron_schedule == "0 * * * *"
@@ -242,7 +242,7 @@ def _run(home, assets, run_config=None, raise_on_error=True):
     with dg.instance_for_test() as instance:
         return dg.materialize(assets, instance=instance, run_config=run_config,
                               raise_on_error=raise_on_error,
-                              resources={"learnloop": LearnloopResource(home=str(home))})
+                              resources=resources_for(home))
 
 
 def _meta(result, key):

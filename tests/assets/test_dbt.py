@@ -23,7 +23,8 @@ from assets.analytics import (
 from assets.review import REVIEW_DECISION_COLUMNS
 from ml.audit.taxonomy import AUDITED_COLUMNS
 from ml.schema import INTERACTION_COLUMNS, QUALITY_COLUMNS, QUARANTINE_COLUMNS
-from orchestration.resources import WAREHOUSE_POOL, LearnloopResource
+from assets.resources import WAREHOUSE_POOL
+from tests.stores import resources_for
 
 D1, D2 = date(2025, 1, 1), date(2025, 1, 2)
 MARTS = {"fct_interactions", "daily_quality", "feedback_loop_metrics", "error_trends",
@@ -154,7 +155,7 @@ def _query(path: Path, sql: str) -> list[dict]:
 def _materialize(learnloop_home: Path, raise_on_error: bool = True):
     return dg.materialize(
         [dbt_analytics_assets],
-        resources={"dbt": dbt_resource, "learnloop": LearnloopResource()},
+        resources=resources_for(dbt=dbt_resource),
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=raise_on_error,
     )
@@ -173,7 +174,7 @@ def test_asset_graph_wiring():
     assert MARTS <= checked
     dg.Definitions.validate_loadable(dg.Definitions(
         assets=[dbt_analytics_assets],
-        resources={"dbt": dbt_resource, "learnloop": LearnloopResource()},
+        resources=resources_for(dbt=dbt_resource),
     ))
 
 

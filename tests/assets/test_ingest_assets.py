@@ -13,7 +13,7 @@ from assets.ingest import ingest_interactions, raw_interactions, residual_pii
 from assets.quality import interaction_quality
 from ml.landing import write_landing_file
 from orchestration.definitions import defs
-from orchestration.resources import LearnloopResource
+from tests.stores import resources_for
 from tests.assets.conftest import warehouse_rows
 
 DAY = "2026-11-03"
@@ -54,7 +54,7 @@ def _materialize(home, instance):
     return dg.materialize(
         [raw_interactions, ingest_interactions, interaction_quality],
         partition_key=DAY, instance=instance,
-        resources={"learnloop": LearnloopResource(home=str(home))},
+        resources=resources_for(home),
     )
 
 
@@ -213,7 +213,7 @@ def test_ids_already_in_another_partition(learnloop_home):
         result = dg.materialize(
             [raw_interactions, ingest_interactions, interaction_quality],
             partition_key=day2, instance=instance,
-            resources={"learnloop": LearnloopResource(home=str(learnloop_home))})
+            resources=resources_for(learnloop_home))
         assert result.success
         assert _checks(result)["check_unique_interaction_ids"] is True
         meta = _mats(result)

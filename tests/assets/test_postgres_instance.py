@@ -6,7 +6,7 @@ import pytest
 
 from assets.ingest import ingest_interactions, raw_interactions
 from ml.landing import write_landing_file
-from orchestration.resources import LearnloopResource
+from tests.stores import resources_for
 
 pytestmark = pytest.mark.postgres
 
@@ -24,7 +24,7 @@ def test_materialize_with_postgres_instance_storage(learnloop_home, pg_database)
         instance.add_dynamic_partitions("landing_date", [day])
         result = dg.materialize([raw_interactions, ingest_interactions], partition_key=day,
                                 instance=instance,
-                                resources={"learnloop": LearnloopResource(home=str(learnloop_home))})
+                                resources=resources_for(learnloop_home))
         assert result.success
         run_id = result.run_id
         mat = instance.get_latest_materialization_event(dg.AssetKey("interactions"))

@@ -11,7 +11,7 @@ from assets.quality import interaction_quality, out_of_range
 from ml.ingest import INTERACTION_SCHEMA
 from ml.landing import write_landing_file
 from ml.quality import score_interactions
-from orchestration.resources import LearnloopResource
+from tests.stores import resources_for
 
 DAY = "2026-11-05"
 
@@ -20,7 +20,7 @@ def _materialize(home, instance):
     return dg.materialize(
         [raw_interactions, ingest_interactions, interaction_quality],
         partition_key=DAY, instance=instance,
-        resources={"learnloop": LearnloopResource(home=str(home))},
+        resources=resources_for(home),
     )
 
 

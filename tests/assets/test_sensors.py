@@ -3,13 +3,13 @@ import json
 import dagster as dg
 
 from ml.landing import write_landing_file
-from orchestration.resources import LearnloopResource
+from tests.stores import resources_for
 from orchestration.sensors import landing_file_sensor
 
 
 def _evaluate(instance, home, cursor=None):
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                  resources={"learnloop": LearnloopResource(home=str(home))})
+                                  resources=resources_for(home))
     return landing_file_sensor(ctx)
 
 

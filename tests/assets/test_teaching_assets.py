@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from assets.audit import audit_candidates, audited_errors
 from assets.embeddings import interaction_embeddings
 from assets.teaching import preference_pairs, teacher_samples
-from orchestration.resources import LearnloopResource
+from tests.stores import resources_for
 from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
 from tests.assets.conftest import land_and_ingest, warehouse_rows
@@ -76,7 +76,7 @@ def _materialize(home, assets=CHAIN, run_config=None):
     """Materialize ``assets`` (default: the whole chain); metadata by asset key."""
     with dg.instance_for_test() as instance:
         result = dg.materialize(assets, instance=instance, run_config=run_config,
-                                resources={"learnloop": LearnloopResource(home=str(home))})
+                                resources=resources_for(home))
     assert result.success
     return {m.materialization.asset_key.to_user_string():
             {k: v.value for k, v in m.materialization.metadata.items()}

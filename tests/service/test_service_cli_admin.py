@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from orchestration.cli import main
+from cli.main import main
 from store import collector_keys, reviewers
 from store.db import session_scope
 from store.models import ConfigHistory

@@ -1,0 +1,156 @@
+"""Dagster resources: one per store, each configurable on its own.
+
+| key | resource | store | empty field falls back to |
+|---|---|---|---|
+| ``warehouse`` | :class:`WarehouseResource` (dagster-duckdb's ``DuckDBResource``) | DuckDB | ``LEARNLOOP_WAREHOUSE_PATH``, else ``$LEARNLOOP_HOME/warehouse.duckdb`` |
+| ``store`` | :class:`OperationalStoreResource` | SQLite / PostgreSQL | ``LEARNLOOP_STORE_URL``, else SQLite ``$LEARNLOOP_HOME/store.db`` |
+| ``vectors`` | :class:`VectorStoreResource` | LanceDB | ``LEARNLOOP_LANCEDB_URI``, else ``$LEARNLOOP_HOME/lancedb`` |
+| ``landing_zone`` | :class:`LandingZoneResource` | files | ``LEARNLOOP_LANDING_DIR``, else ``$LEARNLOOP_HOME/landing`` |
+
+Empty fields are resolved from the environment when the resource is *used*, never at import, so
+the shipped definitions run the embedded default with no environment at all (``dg.EnvVar`` has no
+default and fails a run when its variable is unset). A deployment binds what it wants, e.g.
+``OperationalStoreResource(url=dg.EnvVar("STORE_URL"))``, or sets the fields in run config.
+Secrets (the session hash key, API keys, passwords) are never fields, so they never show in run
+config or the UI: the hash key is read by :func:`session_hash_key`.
+
+The operational store is migrated at start-up or deploy (``learnloop migrate``, ``learnloop dev``
+and every ``learnloop`` command), not by the resource: at the start of a run it only checks, with
+one query, that the store is at the head revision, and fails the run naming the fix otherwise.
+
+This module sits below the stage modules (``assets/<stage>.py``) and the sensors
+(``orchestration/``), which both use it; it imports only dagster, ``ml`` and ``store``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+from pydantic import Field, PrivateAttr
+from sqlalchemy.orm import Session
+
+from ml.config import Settings
+
+WAREHOUSE_POOL = "warehouse"
+"""The Dagster concurrency pool of every writer of the DuckDB warehouse (one at a time)."""
+
+_warned_dev_key = False
+
+
+def warn_dev_hash_key_once(settings: Settings, emit=None) -> None:
+    """Say once per process that session ids are hashed with the shipped development key:
+    through ``emit(message)`` when given (the CLI, before its progress bar), else to the Dagster
+    log of the run."""
+    global _warned_dev_key
+    if settings.uses_dev_hash_key and not _warned_dev_key:
+        _warned_dev_key = True
+        (emit or dg.get_dagster_logger().warning)(
+            "LEARNLOOP_HASH_KEY is not set: session ids are hashed with the shipped development "
+            "key. Set your own stable key before ingesting production logs (docs/configuration.md).")
+
+
+def session_hash_key() -> bytes:
+    """The key of the keyed hash applied to session ids (``LEARNLOOP_HASH_KEY``, read now)."""
+    settings = Settings()
+    warn_dev_hash_key_once(settings)
+    return settings.hash_key.get_secret_value().encode()
+
+
+class WarehouseResource(DuckDBResource):
+    """The DuckDB warehouse. Connections come from dagster-duckdb's ``get_connection`` (retried
+    with backoff while another process holds the file's lock); writers are serialized by the
+    ``warehouse`` pool."""
+
+    database: str = Field(
+        default="", description="Path of the DuckDB file; empty: LEARNLOOP_WAREHOUSE_PATH, else "
+                                "$LEARNLOOP_HOME/warehouse.duckdb.")
+
+    def path(self) -> Path:
+        path = Path(self.database).expanduser().resolve() if self.database else Settings().warehouse
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        bound = DuckDBResource(database=str(self.path()), connection_config=self.connection_config)
+        with bound.get_connection() as con:
+            yield con
+
+
+class OperationalStoreResource(dg.ConfigurableResource):
+    """The operational store (review items, reviews, attempts, datasets, runs, deployments):
+    SQLite by default, PostgreSQL in production. Checks once per process that the store is at the
+    head revision before the first session it hands out."""
+
+    url: str = Field(default="", description="SQLAlchemy URL; empty: LEARNLOOP_STORE_URL, else "
+                                             "SQLite $LEARNLOOP_HOME/store.db.")
+    _checked: bool = PrivateAttr(default=False)
+
+    def get_url(self) -> str:
+        return self.url or Settings().store
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        from store.db import require_current
+
+        require_current(self.get_url())
+        self._checked = True
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: commit on success, roll back on error (``store.db.session_scope``)."""
+        from store.db import require_current, session_scope
+
+        url = self.get_url()
+        if not self._checked:  # used outside a run (a script, a test calling it directly)
+            require_current(url)
+            self._checked = True
+        with session_scope(url) as s:
+            yield s
+
+
+class VectorStoreResource(dg.ConfigurableResource):
+    """The LanceDB vector store (MiniLM vectors of questions and approved replies)."""
+
+    uri: str = Field(default="", description="LanceDB directory or URI; empty: "
+                                             "LEARNLOOP_LANCEDB_URI, else $LEARNLOOP_HOME/lancedb.")
+
+    def get_uri(self) -> str:
+        return self.uri or Settings().lancedb
+
+    def connect(self) -> Any:
+        """A LanceDB connection (``lancedb.DBConnection``)."""
+        from ml import embeddings
+
+        return embeddings.connect(self.get_uri())
+
+
+class LandingZoneResource(dg.ConfigurableResource):
+    """The landing zone: ``date=YYYY-MM-DD`` folders of interaction log files."""
+
+    path: str = Field(default="", description="Folder of the landing zone; empty: "
+                                              "LEARNLOOP_LANDING_DIR, else $LEARNLOOP_HOME/landing.")
+
+    def root(self) -> Path:
+        root = Path(self.path).expanduser().resolve() if self.path else Settings().landing
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+
+def store_resources(home: Path | str | None = None) -> dict[str, dg.ConfigurableResource]:
+    """The four store resources under their keys. With ``home``, every store is embedded under
+    that folder (as ``LEARNLOOP_HOME=home`` would place it); without, each reads the environment
+    when used (the shipped definitions)."""
+    if home is None:
+        return {"warehouse": WarehouseResource(), "store": OperationalStoreResource(),
+                "vectors": VectorStoreResource(), "landing_zone": LandingZoneResource()}
+    s = Settings(home=Path(home), store_url=None, warehouse_path=None, landing_dir=None,
+                 lancedb_uri=None)  # explicit: the environment does not move them elsewhere
+    return {"warehouse": WarehouseResource(database=str(s.warehouse)),
+            "store": OperationalStoreResource(url=s.store),
+            "vectors": VectorStoreResource(uri=s.lancedb),
+            "landing_zone": LandingZoneResource(path=str(s.landing))}

@@ -1,0 +1,5 @@
+"""``python -m cli`` = ``learnloop``."""
+
+from cli.main import main
+
+main()
