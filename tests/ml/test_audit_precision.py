@@ -21,7 +21,7 @@ import pytest
 from ml import embeddings
 from ml.audit.metrics import precision_recall, read_truth
 from ml.audit.rules import audit_rules
-from ml.generate import generate
+from ml.demo.generate import generate
 from ml.ingest import ingest_files
 from ml.quality import score_interactions
 
