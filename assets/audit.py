@@ -45,9 +45,9 @@ from ml.audit.candidates import (
     reason_counts,
     select_candidates,
 )
-from ml.audit.metrics import find_truth_files, precision_recall, read_truth
 from ml.audit.tables import ensure as ensure_audit_table
 from ml.audit.tables import query, upsert_rows
+from ml.demo.truth import find_truth_files, precision_recall, read_truth
 from ml.llm import from_env
 from ml.llm.errors import ConfigError
 from assets.resources import (

@@ -2,12 +2,12 @@
 
     python bench/ingest.py --n 1000000
 
-Generates N interactions into a temporary landing folder (``ml.generate.generate_records``), times
-the vectorized ingest, the scoring of the whole set and the writing of both frames into a DuckDB
-warehouse with the writer the assets use (``ml.warehouse.replace_partition``), measures the naive
-per-record baseline (``ml.ingest.naive_ingest`` + scoring + the same write) on a sub-sample in the
-same run, and prints interactions/s, peak RSS (this process plus the ingest worker processes), the
-per-stage timings and the speedup. Results are published in docs/benchmarks.md.
+Generates N interactions into a temporary landing folder (``ml.demo.generate.generate_records``),
+times the vectorized ingest, the scoring of the whole set and the writing of both frames into a
+DuckDB warehouse with the writer the assets use (``ml.warehouse.replace_partition``), measures the
+naive per-record baseline (``ml.ingest.naive_ingest`` + scoring + the same write) on a sub-sample
+in the same run, and prints interactions/s, peak RSS (this process plus the ingest worker
+processes), the per-stage timings and the speedup. Results are published in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml import warehouse  # noqa: E402
-from ml.generate import generate_records  # noqa: E402
+from ml.demo.generate import generate_records  # noqa: E402
 from ml.ingest import ingest_files, naive_ingest  # noqa: E402
 from ml.quality import score_interactions  # noqa: E402
 

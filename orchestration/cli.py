@@ -84,7 +84,7 @@ def import_cmd(fmt: str, path: Path, tenant: str, timestamp, as_json: bool) -> N
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--days", type=click.IntRange(min=1), default=7, show_default=True)
 def generate(out: Path | None, n: int, seed: int, days: int) -> None:
-    from ml.generate import generate as gen
+    from ml.demo.generate import generate as gen
 
     out = out or _settings().landing
     summary = gen(out, n, seed, days=days)
@@ -195,7 +195,7 @@ def audit(interaction_ids, session_ids, since: str, until: str, auditor: str) ->
 @click.option("--interactions", "n", type=click.IntRange(min=1), default=3000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(n: int, seed: int) -> None:
-    from ml.generate import generate as gen
+    from ml.demo.generate import generate as gen
     from orchestration.status import collect_status, format_status
 
     settings = _migrated_settings()

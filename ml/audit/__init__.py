@@ -4,7 +4,8 @@
 * ``rules``: the rules-and-signals auditor (offline default);
 * ``llm``: the LLM auditor (any ``ml.llm`` router);
 * ``candidates``: which interactions get audited;
-* ``metrics``: precision/recall against known labels, Cohen's kappa.
+* ``metrics``: agreement of two raters (Cohen's kappa); precision/recall against the demo
+  generator's truth file is ``ml.demo.truth``.
 
 ``make_auditor(router)`` gives the rules auditor for ``router=None`` and the LLM auditor
 otherwise; both have ``name``, ``prompt_version`` and ``audit_frame(frame) -> AuditOutcome``.

@@ -1,95 +1,13 @@
-"""How good an auditor is: precision and recall against known labels, agreement (Cohen's kappa).
+"""How much two raters agree: Cohen's kappa, e.g. of the auditor's verdicts and the reviewers'
+decisions on the same items (confirmed / dismissed error items; the ``auditor_agreement`` mart
+computes the same in SQL, with weights).
 
-On demo data the labels are the generator's ``truth.jsonl`` ({interaction_id, mistake}); in
-production they are reviewers' decisions (confirmed / dismissed error items).
+Precision and recall against the demo generator's ground truth are in ``ml.demo.truth``.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Sequence
-
-import polars as pl
-
-from ml.audit.taxonomy import normalize_category
-
-# the demo generator's mistake labels -> taxonomy categories
-MISTAKE_CATEGORY: dict[str, str] = {
-    "wrong_price": "factual_error",
-    "hallucinated_policy": "hallucinated_policy",
-    "refusal": "refusal_of_valid_request",
-    "pii_leak": "pii_leak",
-    "truncated": "incomplete",
-    "off_topic": "off_topic",
-}
-
-
-def read_truth(path: Path | str) -> pl.DataFrame:
-    """``truth.jsonl`` as (interaction_id, mistake); a bad line raises naming its number."""
-    rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not JSON: {exc}") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("interaction_id"), str):
-                raise ValueError(f"{path}:{n}: needs a string interaction_id")
-            mistake = obj.get("mistake")
-            if mistake is not None and not isinstance(mistake, str):
-                raise ValueError(f"{path}:{n}: mistake must be a string or null, got {mistake!r}")
-            rows.append({"interaction_id": obj["interaction_id"], "mistake": mistake})
-    return pl.DataFrame(rows, schema={"interaction_id": pl.String, "mistake": pl.String})
-
-
-def find_truth_files(landing_root: Path | str) -> list[Path]:
-    """Every ``truth.jsonl`` under the landing root (demo data only)."""
-    root = Path(landing_root)
-    return sorted(root.rglob("truth.jsonl")) if root.exists() else []
-
-
-def _ratio(a: int, b: int) -> float | None:
-    return round(a / b, 4) if b else None
-
-
-def precision_recall(verdicts: pl.DataFrame, truth: pl.DataFrame) -> dict[str, Any]:
-    """Compare ``verdicts`` (interaction_id, is_error, category) with ``truth``
-    (interaction_id, mistake) on the interactions present in both.
-
-    Returns counts, precision, recall, f1, category accuracy (share of true positives whose
-    category matches the mistake's), recall per mistake type and the false-positive categories.
-    """
-    joined = verdicts.select("interaction_id", "is_error", "category").join(
-        truth.select("interaction_id", "mistake"), on="interaction_id", how="inner")
-    actual = pl.col("mistake").is_not_null()
-    pred = pl.col("is_error").fill_null(False)
-    tp = joined.filter(actual & pred).height
-    fp = joined.filter(~actual & pred).height
-    fn = joined.filter(actual & ~pred).height
-    tn = joined.filter(~actual & ~pred).height
-    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    f1 = (round(2 * precision * recall / (precision + recall), 4)
-          if precision and recall else None)
-    hits = joined.filter(actual & pred).with_columns(
-        pl.col("mistake").replace_strict(MISTAKE_CATEGORY, default=None,
-                                         return_dtype=pl.String).alias("_expected"))
-    cat_ok = hits.filter(pl.col("_expected") == pl.col("category")).height
-    per_mistake = {}
-    for (mistake,), group in joined.filter(actual).group_by("mistake", maintain_order=True):
-        found = group.filter(pl.col("is_error").fill_null(False)).height
-        per_mistake[str(mistake)] = {"n": group.height, "recall": _ratio(found, group.height)}
-    fp_categories = (joined.filter(~actual & pred)["category"].value_counts()
-                     .sort("count", descending=True).to_dicts() if fp else [])
-    return {
-        "n": joined.height, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-        "precision": precision, "recall": recall, "f1": f1,
-        "category_accuracy": _ratio(cat_ok, tp),
-        "recall_by_mistake": dict(sorted(per_mistake.items())),
-        "false_positive_categories": fp_categories,
-    }
 
 
 def cohen_kappa(a: Sequence[Any], b: Sequence[Any],
@@ -116,9 +34,3 @@ def cohen_kappa(a: Sequence[Any], b: Sequence[Any],
     if expected >= 1.0:
         return None
     return round((observed - expected) / (1.0 - expected), 4)
-
-
-def category_of_mistake(mistake: str | None) -> str | None:
-    if mistake is None:
-        return None
-    return MISTAKE_CATEGORY.get(mistake) or normalize_category(mistake)

@@ -9,7 +9,7 @@ import duckdb
 
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
-from ml.generate import generate
+from ml.demo.generate import generate
 from tests.stores import resources_for
 
 

@@ -16,7 +16,7 @@ from assets.embeddings import interaction_embeddings
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
 from assets.teaching import preference_pairs, teacher_samples
-from ml.generate import generate
+from ml.demo.generate import generate
 from orchestration.jobs import (
     audit_job,
     daily_teacher_schedule,

@@ -19,9 +19,9 @@ import polars as pl
 import pytest
 
 from ml import embeddings
-from ml.audit.metrics import precision_recall, read_truth
 from ml.audit.rules import audit_rules
-from ml.generate import generate
+from ml.demo.generate import generate
+from ml.demo.truth import precision_recall, read_truth
 from ml.ingest import ingest_files
 from ml.quality import score_interactions
 

@@ -8,9 +8,10 @@ from datetime import date
 import polars as pl
 import pytest
 
-from ml.audit.metrics import cohen_kappa, precision_recall
+from ml.audit.metrics import cohen_kappa
 from ml.audit.rules import SIGNALS, RuleThresholds, RulesAuditor, audit_rules, signal_frame
 from ml.audit.taxonomy import AUDITED_COLUMNS, CATEGORIES, Verdict, normalize_category
+from ml.demo.truth import precision_recall
 
 CLEAN_Q = "How much does the basic plan cost per month?"
 CLEAN_A = "The basic plan costs $10 per month."

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.generate import (
+from ml.demo.generate import (
     MALFORMED_KINDS,
     MISTAKE_RATES,
     MISTAKES,

@@ -507,7 +507,7 @@ def test_positions_follow_the_rows(tmp_path):
 def test_crashed_workers_are_logged_and_counted(tmp_path, monkeypatch, caplog):
     from concurrent.futures.process import BrokenProcessPool
 
-    import ml.ingest as ingest
+    from ml.ingest import vectorized as ingest
     real = ingest._ingest
 
     def crash_with_workers(paths, day, key, chunk_bytes, n_workers):

@@ -1,13 +1,12 @@
-"""Ingest: landing files of one day -> validated, de-duplicated, scrubbed ``interactions`` rows
-plus ``quarantined`` rows (reason + raw text).
-
-``ingest_files`` is the vectorized path used by the ``interactions`` asset:
+"""The vectorized ingest path: ``ingest_files``, used by the ``interactions`` asset, and
+``drop_cross_partition_duplicates``.
 
 1. JSONL files are cut into ~64 MB byte ranges at line ends; each range (a chunk) goes through
    steps 2, 3 and 5 on its own, in worker processes when the input spans several chunks (one per
-   CPU; ``workers=`` overrides), and the results are put back in file/line order. Parquet files
-   are turned into one JSON text per row first (DuckDB ``to_json``; a NULL cell is an absent
-   field), then treated like JSONL lines whose line number is the row number. A gzip-compressed
+   CPU; ``workers=`` overrides; ``ml.ingest.workers``), and the results are put back in
+   file/line order. Parquet files are turned into one JSON text per row first (DuckDB
+   ``to_json``; a NULL cell is an absent field), then treated like JSONL lines whose line number
+   is the row number. A gzip-compressed
    ``.jsonl`` (by its magic bytes) is decompressed whole and processed in-process. A file that
    cannot be read as a whole (not Parquet, a corrupt gzip stream, no permission, ...) becomes
    one quarantine row (``line_no`` and ``raw`` NULL, reason ``unreadable Parquet: ...``,
@@ -21,9 +20,10 @@ plus ``quarantined`` rows (reason + raw text).
    turned into columns (Polars) without a per-field DuckDB/JSON pass.
 3. Every other line (invalid JSON, a wrong type, a value pydantic would coerce such as ``"3"``
    for an int, a numeric timestamp, a lone surrogate escape, ...) goes to the per-record Python
-   path: ``json.loads`` + ``ml.schema.validate_record``. That path decides, so the accept/reject
-   set is exactly the pydantic one, and its reasons name the field (``feedback.rating: Input
-   should be less than or equal to 5``). In real logs this is the small minority of bad lines.
+   path (``ml.ingest.reference._python_record``): ``json.loads`` + ``ml.schema.validate_record``.
+   That path decides, so the accept/reject set is exactly the pydantic one, and its reasons name
+   the field (``feedback.rating: Input should be less than or equal to 5``). In real logs this is
+   the small minority of bad lines.
    A line an importer rejected and wrapped as ``{"import_rejected": {..., "reason": ...}}`` is
    quarantined with the importer's reason (``import rejected (<format> <file>): <reason>``).
 4. De-duplication on ``interaction_id`` within the partition (first by file order, then line);
@@ -42,464 +42,64 @@ plus ``quarantined`` rows (reason + raw text).
    partitions of the warehouse hold for the same ids): exact copies are dropped, same id with
    different content is quarantined (``duplicate interaction_id of partition YYYY-MM-DD``).
 
-``naive_ingest`` computes the same result record by record in plain Python (``json.loads``,
-``validate_record``, ``scrub_text``): the benchmark's baseline and the tests' oracle.
-
-Both are deterministic: the same files in the same order give the same rows in the same order.
-Blank lines (only spaces, tabs, CR) are not records; they are counted in ``stats["blank_lines"]``.
-Worker processes are started with ``spawn``: like any ``multiprocessing`` user, a script that
-calls ``ingest_files`` on a large input needs the ``if __name__ == "__main__":`` guard (without
-it the workers fail at start and the ingest continues in-process: a ``logging`` warning, and
-``stats["worker_failures"]`` = 1).
+``ml.ingest.reference.naive_ingest`` computes the same result record by record: the benchmark's
+baseline and the tests' oracle.
 """
 
 from __future__ import annotations
 
 import collections
 import gc
-import gzip
 import hmac
 import itertools
 import json
 import logging
-import os
-import re
-import shutil
-import tempfile
-import time
-import zlib
-from dataclasses import dataclass, field
-from datetime import date, timezone
+from dataclasses import dataclass
+from datetime import date
 from operator import attrgetter
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import msgspec
 import polars as pl
 import pyarrow as pa
 
-from ml.pii import PII_TYPES, json_text_candidates, scrub_frame, scrub_json_value, scrub_text
-from ml.schema import (
-    INTERACTION_COLUMNS,
-    MAX_TEXT,
-    QUARANTINE_COLUMNS,
-    InteractionRecord,
-    RecordError,
-    validate_record,
+from ml.ingest.common import (
+    _BLANK,
+    _STAGE_SCHEMA,
+    CHUNK_BYTES,
+    DUPLICATE_REASON,
+    INT32_MAX,
+    INT64_MAX,
+    INTERACTION_SCHEMA,
+    QUARANTINE_SCHEMA,
+    SCRUBBED_COLUMNS,
+    IngestResult,
+    UnreadableFile,
+    _decode_lines,
+    _dumps,
+    _empty_quarantine,
+    _gunzip,
+    _is_gzip,
+    _Laps,
+    _one_line,
+    _parquet_lines,
+    _read_lines,
+    _stats,
+    _unreadable_row,
+    scrub_quarantine,
 )
+from ml.ingest.reference import _python_record
+from ml.ingest.workers import _ChunkPool, _worker_count
+from ml.pii import PII_TYPES, json_text_candidates, scrub_frame, scrub_json_value
+from ml.schema import INTERACTION_COLUMNS, MAX_TEXT
 
-CHUNK_BYTES = 64 << 20
-DUPLICATE_REASON = "duplicate interaction_id with different content"
-INT32_MAX = 2**31 - 1
-INT64_MAX = 2**63 - 1
-_BLANK = " \t\r"
-
-_PL_TYPES: dict[str, pl.DataType] = {
-    "VARCHAR": pl.String(), "INTEGER": pl.Int32(), "BIGINT": pl.Int64(), "DOUBLE": pl.Float64(),
-    "BOOLEAN": pl.Boolean(), "TIMESTAMP": pl.Datetime("us"), "DATE": pl.Date(),
-    "VARCHAR[]": pl.List(pl.String),
-}
-INTERACTION_SCHEMA: dict[str, pl.DataType] = {c: _PL_TYPES[t] for c, t in
-                                               INTERACTION_COLUMNS.items()}
-QUARANTINE_SCHEMA: dict[str, pl.DataType] = {c: _PL_TYPES[t] for c, t in
-                                              QUARANTINE_COLUMNS.items()}
-
-# the intermediate (pre-scrub) layout both paths produce per accepted record
-_STAGE_SCHEMA: dict[str, pl.DataType] = {
-    "line_no": pl.Int64(),
-    "interaction_id": pl.String(), "tenant_id": pl.String(), "session_raw": pl.String(),
-    "turn_index": pl.Int32(), "ts": pl.Datetime("us"), "channel": pl.String(),
-    "model_provider": pl.String(), "model_name": pl.String(), "model_version": pl.String(),
-    "msg_roles": pl.List(pl.String), "msg_contents": pl.List(pl.String),
-    "response": pl.String(), "latency_ms": pl.Float64(), "tokens_prompt": pl.Int64(),
-    "tokens_completion": pl.Int64(), "retrieval": pl.String(), "feedback_rating": pl.Int32(),
-    "feedback_thumbs": pl.String(), "feedback_comment": pl.String(),
-    "user_continued": pl.Boolean(), "completed_action": pl.Boolean(),
-    "requested_human": pl.Boolean(), "abandoned": pl.Boolean(), "accepted": pl.Boolean(),
-    "modified": pl.Boolean(), "time_to_first_use_s": pl.Float64(),
-    "correction_agent_id": pl.String(), "corrected_response": pl.String(),
-    "correction_reason": pl.String(), "correction_category": pl.String(),
-    "intent": pl.String(), "language": pl.String(), "tags": pl.List(pl.String),
-}
-# every free-text column is scrubbed; the keys (interaction_id, tenant_id), the hashed session id
-# and the validated enums (roles, thumbs) are not; ``retrieval`` (JSON) is scrubbed value by value
-SCRUBBED_COLUMNS = ["msg_contents", "response", "corrected_response", "feedback_comment",
-                    "correction_reason", "correction_category", "correction_agent_id", "channel",
-                    "model_provider", "model_name", "model_version", "intent", "language", "tags"]
-# scrubbed once per distinct value (few distinct values per chunk)
 _LOW_CARDINALITY = ("correction_category", "correction_agent_id", "channel", "model_provider",
                     "model_name", "model_version", "intent", "language")
-QUARANTINE_SCRUBBED = ["reason", "raw"]
-UNREADABLE_LINE_NO = None  # a quarantine row for a whole unreadable file has no line number
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class IngestResult:
-    interactions: pl.DataFrame  # exactly INTERACTION_COLUMNS, in file/line order
-    quarantined: pl.DataFrame  # exactly QUARANTINE_COLUMNS, in file/line order
-    stats: dict[str, Any] = field(default_factory=dict)
-    # per row of ``interactions``: index of its file in the input list and its line number
-    positions: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(
-        schema={"file_idx": pl.Int32, "line_no": pl.Int64}))
-
-
-class UnreadableFile(Exception):
-    """A landing file that cannot be read as a whole; ``reason`` goes to the quarantine."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-# ---- shared helpers ---------------------------------------------------------------------------
-
-
-def hash_session(hash_key: bytes, session_id: str) -> str:
-    """Hex HMAC-SHA256 of the session id (``hmac.digest``: OpenSSL's one-shot HMAC)."""
-    return hmac.digest(hash_key, session_id.encode("utf-8"), "sha256").hex()
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-_SURROGATE_ESC = re.compile(r"\\u[dD][89abcdefABCDEF]")
-
-
-def _python_record(line: str) -> tuple[dict | None, str | None, str | None]:
-    """Decode and validate one line: (stage row, None, id) or (None, reason, id or None)."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc.msg} at column {exc.colno}", None
-    rejected = _import_rejected_reason(obj)
-    if rejected is not None:
-        return None, rejected, None
-    if _SURROGATE_ESC.search(line):
-        try:
-            _dumps(obj).encode("utf-8")
-        except UnicodeEncodeError:
-            iid = obj.get("interaction_id") if isinstance(obj, dict) else None
-            return None, "invalid JSON: unpaired surrogate escape in a string", (
-                iid if isinstance(iid, str) else None)
-    try:
-        rec = validate_record(obj)
-    except RecordError as exc:
-        return None, exc.reason, exc.interaction_id
-    problems = _range_problems(rec)
-    if problems:
-        return None, "; ".join(problems), rec.interaction_id
-    return _stage_row(rec), None, rec.interaction_id
-
-
-def _import_rejected_reason(obj: Any) -> str | None:
-    """The reason of a line an importer rejected and wrapped as ``{"import_rejected": {format,
-    source, line_no, reason, raw}}`` (``ml.importers``); None for anything else."""
-    if not (isinstance(obj, dict) and len(obj) == 1 and isinstance(obj.get("import_rejected"),
-                                                                    dict)):
-        return None
-    env = obj["import_rejected"]
-    reason = env.get("reason")
-    if not isinstance(reason, str) or not reason:
-        return None
-    where = " ".join(str(env[k]) for k in ("format", "source") if isinstance(env.get(k), str))
-    return f"import rejected ({where}): {reason}" if where else f"import rejected: {reason}"
-
-
-def _range_problems(rec: InteractionRecord) -> list[str]:
-    """Values pydantic accepts but the warehouse column types cannot hold."""
-    out = []
-    if rec.turn_index is not None and rec.turn_index > INT32_MAX:
-        out.append(f"turn_index: {rec.turn_index} exceeds the INTEGER range")
-    if rec.tokens is not None:
-        for name in ("prompt", "completion"):
-            v = getattr(rec.tokens, name)
-            if v is not None and v > INT64_MAX:
-                out.append(f"tokens.{name}: {v} exceeds the BIGINT range")
-    return out
-
-
-def _stage_row(rec: InteractionRecord) -> dict:
-    m, t, f, s, h, md = (rec.model, rec.tokens, rec.feedback, rec.signals, rec.human_correction,
-                         rec.metadata)
-    return {
-        "interaction_id": rec.interaction_id,
-        "tenant_id": rec.tenant_id,
-        "session_raw": rec.session_id,
-        "turn_index": rec.turn_index,
-        "ts": rec.timestamp.astimezone(timezone.utc).replace(tzinfo=None),
-        "channel": rec.channel,
-        "model_provider": m.provider if m else None,
-        "model_name": m.name if m else None,
-        "model_version": m.version if m else None,
-        "msg_roles": [x.role for x in rec.messages],
-        "msg_contents": [x.content for x in rec.messages],
-        "response": rec.response,
-        "latency_ms": rec.latency_ms,
-        "tokens_prompt": t.prompt if t else None,
-        "tokens_completion": t.completion if t else None,
-        "retrieval": _dumps(rec.retrieval) if rec.retrieval is not None else None,
-        "feedback_rating": f.rating if f else None,
-        "feedback_thumbs": f.thumbs if f else None,
-        "feedback_comment": f.comment if f else None,
-        "user_continued": s.user_continued if s else None,
-        "completed_action": s.completed_action if s else None,
-        "requested_human": s.requested_human if s else None,
-        "abandoned": s.abandoned if s else None,
-        "accepted": s.accepted if s else None,
-        "modified": s.modified if s else None,
-        "time_to_first_use_s": s.time_to_first_use_s if s else None,
-        "correction_agent_id": h.agent_id if h else None,
-        "corrected_response": h.corrected_response if h else None,
-        "correction_reason": h.reason if h else None,
-        "correction_category": h.category if h else None,
-        "intent": md.intent if md else None,
-        "language": md.language if md else None,
-        "tags": list(md.tags) if md else [],
-    }
-
-
-def _is_blank(line: str) -> bool:
-    return line.strip(_BLANK) == ""
-
-
-def _parquet_lines(path: Path) -> list[str]:
-    """One JSON object text per Parquet row; NULL cells are left out (an absent field).
-    Raises ``UnreadableFile`` when DuckDB cannot read the file."""
-    import duckdb  # noqa: PLC0415 - only Parquet landing files need it
-    try:
-        return _parquet_lines_duckdb(duckdb, path)
-    except duckdb.Error as exc:
-        raise UnreadableFile(f"unreadable Parquet: {_one_line(exc)}") from None
-    except OSError as exc:
-        raise UnreadableFile(f"unreadable file: {exc}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:500]
-
-
-def _is_gzip(path: Path) -> bool:
-    """Whether a JSONL landing file is gzip-compressed (by its magic bytes). Raises
-    ``UnreadableFile`` when it cannot be opened."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(2) == b"\x1f\x8b"
-    except OSError as exc:
-        raise UnreadableFile(f"unreadable file: {exc}") from None
-
-
-def _gunzip(path: Path) -> bytes:
-    """The decompressed bytes of a gzip JSONL file; ``UnreadableFile`` when it is corrupt."""
-    try:
-        with gzip.open(path, "rb") as fh:
-            return fh.read()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UnreadableFile(f"unreadable gzip-compressed JSONL: {_one_line(exc)}") from None
-
-
-def _unreadable_row(file_idx: int | None, src: str, reason: str) -> dict:
-    row = dict(source_file=src, line_no=UNREADABLE_LINE_NO, interaction_id=None, reason=reason,
-               raw=None)
-    if file_idx is not None:
-        row["file_idx"] = file_idx
-    return row
-
-
-def _parquet_lines_duckdb(duckdb: Any, path: Path) -> list[str]:
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone='UTC'")
-        cols = con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()
-        ts_types = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS",
-                    "TIMESTAMP_S", "DATE")
-        repl = [f'strftime("{name}"::TIMESTAMP, \'%Y-%m-%dT%H:%M:%S.%fZ\') AS "{name}"'
-                for name, typ, *_ in cols if typ in ts_types]
-        star = f"* REPLACE ({', '.join(repl)})" if repl else "*"
-        rows = con.execute(
-            f"SELECT json_merge_patch('{{}}', to_json(t))::VARCHAR FROM "
-            f"(SELECT {star} FROM read_parquet(?)) t", [str(path)]
-        ).fetchall()
-    finally:
-        con.close()
-    return [r[0] for r in rows]
-
-
-def _decode_lines(data: bytes) -> Iterator[tuple[str | None, str]]:
-    """Per-line strict UTF-8 decoding: (text or None if undecodable, text for display)."""
-    pieces = data.split(b"\n")
-    if pieces and pieces[-1] == b"":
-        pieces.pop()
-    for raw in pieces:
-        try:
-            yield raw.decode("utf-8"), ""
-        except UnicodeDecodeError:
-            yield None, raw.decode("utf-8", errors="replace")
-
-
-def _empty_quarantine() -> pl.DataFrame:
-    return pl.DataFrame(schema=QUARANTINE_SCHEMA)
-
-
-# ---- the naive per-record path ----------------------------------------------------------------
-
-
-def _file_lines_python(path: Path) -> list[tuple[int, str | None, str]]:
-    """(line_no, text or None when not UTF-8, display text) for every line of a landing file.
-    Raises ``UnreadableFile`` when the file cannot be read as a whole."""
-    if path.suffix == ".parquet":
-        return [(i, text, text) for i, text in enumerate(_parquet_lines(path), 1)]
-    if _is_gzip(path):
-        data = _gunzip(path)
-    else:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise UnreadableFile(f"unreadable file: {exc}") from None
-    return [(i, text, shown if text is None else text)
-            for i, (text, shown) in enumerate(_decode_lines(data), 1)]
-
-
-def naive_ingest(paths: list[Path], partition_date: str, hash_key: bytes) -> IngestResult:
-    """The same result as ``ingest_files``, computed one record at a time in plain Python."""
-    day = date.fromisoformat(partition_date)
-    rows: list[dict] = []
-    quarantine: list[dict] = []
-    first_raw: dict[str, str] = {}
-    exact_dups: list[dict] = []
-    positions: list[tuple[int, int]] = []
-    blank = lines = 0
-    for file_idx, path in enumerate(paths):
-        path = Path(path)
-        src = str(path)
-        try:
-            file_lines = _file_lines_python(path)
-        except UnreadableFile as exc:
-            quarantine.append(dict(_unreadable_row(None, src, exc.reason), partition_date=day))
-            continue
-        for line_no, text, shown in file_lines:
-            lines += 1
-            if text is None:
-                quarantine.append(dict(source_file=src, line_no=line_no, partition_date=day,
-                                       interaction_id=None, reason="invalid UTF-8", raw=shown))
-                continue
-            if _is_blank(text):
-                blank += 1
-                continue
-            row, reason, iid = _python_record(text)
-            if row is None:
-                quarantine.append(dict(source_file=src, line_no=line_no, partition_date=day,
-                                       interaction_id=iid, reason=reason, raw=text))
-                continue
-            key = text.strip(_BLANK)
-            prev = first_raw.get(row["interaction_id"])
-            if prev is not None:
-                if prev == key:
-                    exact_dups.append(dict(interaction_id=row["interaction_id"], source_file=src,
-                                           line_no=line_no))
-                else:
-                    quarantine.append(dict(source_file=src, line_no=line_no, partition_date=day,
-                                           interaction_id=row["interaction_id"],
-                                           reason=DUPLICATE_REASON, raw=text))
-                continue
-            first_raw[row["interaction_id"]] = key
-            rows.append(_finish_row_python(row, hash_key, src, day))
-            positions.append((file_idx, line_no))
-    interactions = pl.DataFrame(rows, schema=INTERACTION_SCHEMA) if rows else \
-        pl.DataFrame(schema=INTERACTION_SCHEMA)
-    quarantined = scrub_quarantine(pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA)) \
-        if quarantine else _empty_quarantine()
-    stats = _stats(len(paths), lines, blank, interactions, quarantined, exact_dups, None)
-    pos = pl.DataFrame(positions, schema={"file_idx": pl.Int32, "line_no": pl.Int64},
-                       orient="row")
-    return IngestResult(interactions, quarantined, stats, pos)
-
-
-def _finish_row_python(row: dict, hash_key: bytes, src: str, day: date) -> dict:
-    found: set[str] = set()
-    contents = []
-    for c in row["msg_contents"]:
-        sc, types = scrub_text(c)
-        contents.append(sc)
-        found.update(types)
-    out_texts = {}
-    for col in SCRUBBED_COLUMNS:
-        if col in ("msg_contents", "tags"):
-            continue
-        sc, types = scrub_text(row[col])
-        out_texts[col] = sc
-        found.update(types)
-    tags = []
-    for t in row["tags"]:
-        sc, types = scrub_text(t)
-        tags.append(sc)
-        found.update(types)
-    retrieval = row["retrieval"]
-    if retrieval is not None:
-        retrieval = _dumps(scrub_json_value(json.loads(retrieval), found))
-    user_msgs = [c for r, c in zip(row["msg_roles"], contents) if r == "user"]
-    return {
-        "interaction_id": row["interaction_id"],
-        "tenant_id": row["tenant_id"],
-        "session_id": hash_session(hash_key, row["session_raw"]),
-        "turn_index": row["turn_index"],
-        "ts": row["ts"],
-        "channel": out_texts["channel"],
-        "model_provider": out_texts["model_provider"],
-        "model_name": out_texts["model_name"],
-        "model_version": out_texts["model_version"],
-        "messages": _dumps([{"role": r, "content": c}
-                            for r, c in zip(row["msg_roles"], contents)]),
-        "user_message": user_msgs[-1] if user_msgs else None,
-        "response": out_texts["response"],
-        "latency_ms": row["latency_ms"],
-        "tokens_prompt": row["tokens_prompt"],
-        "tokens_completion": row["tokens_completion"],
-        "retrieval": retrieval,
-        "feedback_rating": row["feedback_rating"],
-        "feedback_thumbs": row["feedback_thumbs"],
-        "feedback_comment": out_texts["feedback_comment"],
-        "user_continued": row["user_continued"],
-        "completed_action": row["completed_action"],
-        "requested_human": row["requested_human"],
-        "abandoned": row["abandoned"],
-        "accepted": row["accepted"],
-        "modified": row["modified"],
-        "time_to_first_use_s": row["time_to_first_use_s"],
-        "correction_agent_id": out_texts["correction_agent_id"],
-        "corrected_response": out_texts["corrected_response"],
-        "correction_reason": out_texts["correction_reason"],
-        "correction_category": out_texts["correction_category"],
-        "intent": out_texts["intent"],
-        "language": out_texts["language"],
-        "tags": tags,
-        "pii_types": [t for t in PII_TYPES if t in found],
-        "source_file": src,
-        "partition_date": day,
-    }
-
-
-def _stats(files: int, lines: int, blank: int, good: pl.DataFrame, bad: pl.DataFrame,
-           exact_dups: list[dict], fast_rows: int | None) -> dict[str, Any]:
-    stats: dict[str, Any] = {
-        "files": files,
-        "lines": lines,
-        "blank_lines": blank,
-        "accepted": good.height,
-        "quarantined": bad.height,
-        "exact_duplicates": len(exact_dups),
-        "exact_duplicate_rows": exact_dups,
-        "duplicate_conflicts": int((bad["reason"] == DUPLICATE_REASON).sum()) if bad.height else 0,
-        "pii_rows": int((good["pii_types"].list.len() > 0).sum()) if good.height else 0,
-    }
-    if fast_rows is not None:
-        stats["fast_path_rows"] = fast_rows
-        stats["python_path_rows"] = (lines - blank) - fast_rows
-    return stats
-
-
-# ---- the vectorized path ----------------------------------------------------------------------
+# ---- decoding and validating lines ------------------------------------------------------------
 #
 # The fast path decodes and validates each line with msgspec (C): typed Structs whose rules are
 # those of ``ml.schema.InteractionRecord`` made *strict* (a JSON int for an int, a JSON bool for a
@@ -858,21 +458,9 @@ def _fix_retrieval(fast: pl.DataFrame) -> pl.DataFrame:
     return fast.with_columns(col)
 
 
-_STAGES = ("read", "validate", "scrub", "messages", "hash", "dedup")
+# ---- the chunk job and the partition ----------------------------------------------------------
+
 _ROW_KEYS = ["file_idx", "line_no", "h1", "h2"]  # carried through the chunk job for de-duplication
-
-
-class _Laps:
-    """Wall-clock seconds per stage."""
-
-    def __init__(self) -> None:
-        self.seconds = dict.fromkeys(_STAGES, 0.0)
-        self._clock = time.perf_counter()
-
-    def __call__(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.seconds[stage] += now - self._clock
-        self._clock = now
 
 
 def _chunk_job(src: str, file_idx: int, lines: pl.DataFrame, bad_utf8: list[dict],
@@ -930,36 +518,12 @@ def _chunk_job_body(src: str, file_idx: int, lines: pl.DataFrame, bad_utf8: list
     return rows, quarantine, {"lines": n_lines, "blank": n_blank, "fast": n_fast}
 
 
-def _chunk_worker(src: str, file_idx: int, start: int, end: int, hash_key: bytes, day: date,
-                  out_path: str) -> tuple[str, list[dict], dict[str, int], dict[str, float]]:
-    """``_chunk_job`` on bytes [start, end) of a JSONL file, in a worker process (line numbers
-    counted from the start of the range; the caller shifts them). The rows go back as an Arrow
-    IPC file at ``out_path`` (in shared memory where there is one: cheaper than pickling)."""
-    lap = _Laps()
-    data = _read_range(Path(src), start, end)
-    lines, bad_utf8, texts = _lines_frame(0, data)
-    del data
-    rows, quarantine, counts = _chunk_job(src, file_idx, lines, bad_utf8, texts, hash_key, day,
-                                          lap)
-    rows.write_ipc(out_path)
-    lap("hash")
-    return out_path, quarantine, counts, lap.seconds
-
-
-def _exchange_dir() -> str:
-    shm = Path("/dev/shm")
-    base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return tempfile.mkdtemp(prefix="learnloop-ingest-", dir=base)
-
-
-def _worker_count(paths: list[Path], chunk_bytes: int, workers: int | None) -> int:
-    if workers is not None:
-        return max(0, workers)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    jsonl = sum(p.stat().st_size for p in paths if p.suffix != ".parquet")
-    # worker start-up (~1 s of imports) pays off only on several chunks
-    return min(cpus or 1, 4) if cpus and cpus > 1 and jsonl >= 4 * min(chunk_bytes, CHUNK_BYTES) \
-        else 0
+def _range_job(src: str, file_idx: int, start: int, end: int, hash_key: bytes, day: date,
+               lap: Callable[[str], None]) -> tuple[pl.DataFrame, list[dict], dict[str, int]]:
+    """``_chunk_job`` on bytes [start, end) of a JSONL file (line numbers counted from the start
+    of the range; the caller shifts them), in-process or in a worker process."""
+    lines, bad_utf8, texts = _lines_frame(0, _read_range(Path(src), start, end))
+    return _chunk_job(src, file_idx, lines, bad_utf8, texts, hash_key, day, lap)
 
 
 def ingest_files(paths: list[Path], partition_date: str, hash_key: bytes, *,
@@ -1013,26 +577,14 @@ def _ingest(paths: list[Path], day: date, hash_key: bytes, chunk_bytes: int, n_w
         for k in totals:
             totals[k] += counts[k]
 
-    pool = None
-    exchange = None
-    if n_workers:
-        import multiprocessing  # noqa: PLC0415
-        from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
-        # spawn: a forked child would inherit Polars' and DuckDB's thread pools mid-state
-        pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
-        exchange = _exchange_dir()
+    pool = _ChunkPool(n_workers) if n_workers else None
     try:
-        pending: collections.deque = collections.deque()
-
         def drain(limit: int) -> None:
-            while len(pending) > limit:
-                file_idx, future = pending.popleft()
-                out_path, bad, counts, secs = future.result()
-                rows = pl.read_ipc(out_path)
-                os.unlink(out_path)
-                take(rows, bad, counts, file_idx)
-                for k, v in secs.items():
-                    timings[k] += v
+            if pool is not None:
+                for file_idx, rows, bad, counts, secs in pool.results(limit):
+                    take(rows, bad, counts, file_idx)
+                    for k, v in secs.items():
+                        timings[k] += v
             lap("dedup")  # waiting for workers: counted with the merge
 
         for file_idx, path in enumerate(paths):
@@ -1060,20 +612,14 @@ def _ingest(paths: list[Path], day: date, hash_key: bytes, chunk_bytes: int, n_w
                 continue
             for start, end in bounds:
                 if pool is not None:
-                    out_path = os.path.join(exchange, f"{file_idx}-{start}.arrow")
-                    pending.append((file_idx, pool.submit(_chunk_worker, src, file_idx, start,
-                                                          end, hash_key, day, out_path)))
-                    drain(2 * n_workers)  # bounded read-ahead: memory stays flat
+                    pool.submit(file_idx, _range_job, src, file_idx, start, end, hash_key, day)
+                    drain(pool.read_ahead)  # bounded read-ahead: memory stays flat
                 else:
-                    lines, bad_utf8, texts = _lines_frame(0, _read_range(path, start, end))
-                    take(*_chunk_job(src, file_idx, lines, bad_utf8, texts, hash_key, day, lap),
-                         file_idx)
+                    take(*_range_job(src, file_idx, start, end, hash_key, day, lap), file_idx)
         drain(0)
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if exchange is not None:
-            shutil.rmtree(exchange, ignore_errors=True)
+            pool.close()
 
     all_rows = pl.concat(parts, how="vertical") if parts else pl.DataFrame(
         schema={**INTERACTION_SCHEMA, "file_idx": pl.Int32, "line_no": pl.Int64,
@@ -1123,31 +669,7 @@ def _ingest(paths: list[Path], day: date, hash_key: bytes, chunk_bytes: int, n_w
     return IngestResult(interactions, quarantined, stats, positions)
 
 
-def scrub_quarantine(quarantined: pl.DataFrame) -> pl.DataFrame:
-    """Quarantine rows with their ``raw`` text and ``reason`` PII-scrubbed (a reason may quote a
-    value); the rest as it is."""
-    if quarantined.height == 0:
-        return quarantined
-    return scrub_frame(quarantined, QUARANTINE_SCRUBBED)[0]
-
-
-def _read_lines(path: Path, wanted: set[int]) -> dict[int, str]:
-    """The text of some lines (1-based numbers) of a landing file."""
-    if path.suffix == ".parquet":
-        texts = _parquet_lines(path)
-        return {n: texts[n - 1] for n in wanted}
-    if _is_gzip(path):
-        texts = _gunzip(path).split(b"\n")
-        return {n: texts[n - 1].decode("utf-8") for n in wanted}
-    out: dict[int, str] = {}
-    last = max(wanted)
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            if n in wanted:
-                out[n] = raw.rstrip(b"\n").decode("utf-8")
-            if n >= last:
-                break
-    return out
+# ---- scrubbing and finishing the rows ---------------------------------------------------------
 
 
 def _scrub_stage(kept: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
