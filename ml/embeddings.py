@@ -250,3 +250,21 @@ def read_question_vectors(db: Any, interaction_ids: Sequence[str]) -> dict[str, 
         for k, iid in enumerate(arrow.column("interaction_id").to_pylist()):
             out[iid] = vecs[k]
     return out
+
+
+def with_qa_relevance(frame: pl.DataFrame, relevance: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """``frame`` with ``qa_relevance`` from the embeddings table (``read_relevance``), computed
+    here for interactions not embedded yet (rather than skipping the signal). Returns (frame,
+    how many were computed here)."""
+    frame = frame.join(relevance, on="interaction_id", how="left")
+    missing = frame.filter(pl.col("qa_relevance").is_null()
+                           & pl.col("user_message").is_not_null()
+                           & pl.col("response").is_not_null())
+    if not missing.height:
+        return frame, 0
+    scores = qa_relevance(missing["user_message"].to_list(), missing["response"].to_list())
+    fill = missing.select("interaction_id").with_columns(
+        pl.Series("_rel", scores, dtype=pl.Float64))
+    frame = frame.join(fill, on="interaction_id", how="left").with_columns(
+        pl.coalesce("qa_relevance", "_rel").alias("qa_relevance")).drop("_rel")
+    return frame, missing.height

@@ -30,6 +30,18 @@ TABLES: dict[str, dict[str, str]] = {
 }
 
 
+POLARS_TYPES: dict[str, pl.DataType] = {
+    "VARCHAR": pl.String(), "DATE": pl.Date(), "BOOLEAN": pl.Boolean(), "DOUBLE": pl.Float64(),
+    "BIGINT": pl.Int64(), "INTEGER": pl.Int32(), "TIMESTAMP": pl.Datetime("us"),
+    "VARCHAR[]": pl.List(pl.String()),
+}
+
+
+def polars_schema(columns: dict[str, str]) -> dict[str, pl.DataType]:
+    """The polars schema of a column layout (name -> DuckDB type)."""
+    return {c: POLARS_TYPES[t] for c, t in columns.items()}
+
+
 def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     if not read_only:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -145,3 +157,27 @@ def table_count(path: Path | str, table: str) -> int:
         return int(con.execute(f'SELECT count(*) FROM "{table}"').fetchall()[0][0])
     finally:
         con.close()
+
+
+def read_interactions(con: duckdb.DuckDBPyConnection, ids: list[str]) -> pl.DataFrame:
+    """Every column of the interactions ``ids`` (in time order), with their quality score."""
+    ensure_table(con, "interactions")
+    ensure_table(con, "interaction_quality")
+    con.register("_ids", pl.DataFrame({"interaction_id": ids},
+                                      schema={"interaction_id": pl.String}).to_arrow())
+    try:
+        return query(
+            con,
+            "SELECT i.*, q.quality_score FROM interactions i "
+            "SEMI JOIN _ids USING (interaction_id) "
+            "LEFT JOIN interaction_quality q USING (interaction_id) ORDER BY i.ts, i.interaction_id"
+        )
+    finally:
+        con.unregister("_ids")
+
+
+def read_human_corrections(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Every interaction a human agent corrected (``corrected_response`` set), in time order."""
+    ensure_table(con, "interactions")
+    return query(con, "SELECT * FROM interactions WHERE corrected_response IS NOT NULL "
+                      "ORDER BY ts, interaction_id")

@@ -170,9 +170,9 @@ def post_ingest_jobs(defs) -> list[str]:
 @click.option("--until", default="", help="ISO timestamp: interactions before it")
 @click.option("--auditor", default="", help="override LEARNLOOP_AUDITOR for this run")
 def audit(interaction_ids, session_ids, since: str, until: str, auditor: str) -> None:
-    from assets.audit import manual_audit_run_config
     from orchestration import runner
     from orchestration.definitions import defs
+    from orchestration.jobs import manual_audit_run_config
 
     if not (interaction_ids or session_ids or since or until):
         raise click.UsageError("name what to audit: --ids, --sessions, --since or --until")

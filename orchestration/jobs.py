@@ -1,5 +1,7 @@
 """Jobs (`<noun>_job`) and schedules of every stage."""
 
+from typing import Any
+
 import dagster as dg
 
 ingest_job = dg.define_asset_job(
@@ -52,3 +54,17 @@ daily_teacher_schedule = dg.ScheduleDefinition(
     execution_timezone="UTC", description="Teacher samples and preference pairs once a day.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
+
+
+def manual_audit_run_config(*, interaction_ids: list[str] | None = None,
+                            session_ids: list[str] | None = None, since: str = "",
+                            until: str = "", auditor: str = "") -> dict[str, Any]:
+    """Run config of ``manual_audit_job`` (for the CLI: ``learnloop audit --sessions ...``)."""
+    cfg: dict[str, Any] = {"interaction_ids": list(interaction_ids or []),
+                           "session_ids": list(session_ids or []), "since": since, "until": until}
+    if auditor:
+        cfg["auditor"] = auditor
+    ops: dict[str, Any] = {"audit_candidates": {"config": cfg}}
+    if auditor:
+        ops["audited_errors"] = {"config": {"auditor": auditor}}
+    return {"ops": ops}

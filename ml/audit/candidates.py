@@ -191,7 +191,7 @@ def given_up(attempts: pl.DataFrame | None, max_attempts: int = DEFAULT_MAX_ATTE
     (status ``failed``): the scheduled audit no longer retries them. ``attempts`` without an
     ``attempts`` column (counts unknown) gives none.
 
-    With a ``reason`` column (as ``assets.audit.attempts_frame`` reads it), only a row whose last
+    With a ``reason`` column (as :func:`attempts_frame` builds it), only a row whose last
     failure was request-specific (reason prefix ``[request]``, see :mod:`ml.audit.failures`) is
     given up: after an outage failure, or a reason written before failures were classified
     (whose count may include outage failures), the interaction is retried; a request-specific
@@ -211,3 +211,11 @@ def reason_counts(candidates: pl.DataFrame) -> dict[str, int]:
         for row in candidates["reasons"].explode().drop_nulls().value_counts().iter_rows():
             counts[row[0]] = int(row[1])
     return counts
+
+
+def attempts_frame(rows: Sequence[tuple[str, str, int | None, str | None]]) -> pl.DataFrame:
+    """(interaction_id, status, attempts, reason) rows of ``store.audit.attempt_rows`` as a
+    frame (the reason's prefix says whether the last failure counted, see :func:`given_up`)."""
+    return pl.DataFrame([tuple(r) for r in rows],
+                        schema={"interaction_id": pl.String, "status": pl.String,
+                                "attempts": pl.Int64, "reason": pl.String}, orient="row")

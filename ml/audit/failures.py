@@ -4,7 +4,7 @@ A failure is either
 
 * **request-specific** (``counted``): this interaction's own request cannot be processed, so
   retrying it forever would only spend money. The row's data is malformed
-  (:class:`~ml.audit.llm.RowInputError`), or *every* provider of the role rejected this request
+  (:class:`~ml.conversation.RowInputError`), or *every* provider of the role rejected this request
   (HTTP 400/413/422, :data:`ml.llm.reliability.REQUEST_REJECTED_STATUS`; kind ``unusable
   response``; kind ``bad request``), or its reply stayed invalid JSON after the repair retry
   (``StructuredOutputError``). These count toward ``max_attempts``; at the cap the interaction
@@ -38,7 +38,13 @@ from ml.llm.errors import (
     ProviderFailure,
     StructuredOutputError,
 )
+from ml.conversation import RowInputError
 from ml.llm.reliability import REQUEST_REJECTED_STATUS
+
+# what one row may raise without stopping the others: every provider of the role failed (unusable
+# replies and unexpected provider exceptions included), or the row's own data is malformed.
+# Configuration and prompt errors are not in here: they stop the run.
+ROW_FAILURES: tuple[type[Exception], ...] = (ProviderError, RowInputError)
 
 REQUEST_PREFIX = "[request] "  # counted toward max_attempts
 OUTAGE_PREFIX = "[outage] "  # retried on every run, not counted
@@ -88,8 +94,6 @@ def provider_failure_counted(failure: ProviderFailure) -> bool:
 
 def classify_failure(exc: BaseException) -> FailureClass:
     """:data:`REQUEST` (counts toward ``max_attempts``) or :data:`OUTAGE` (retried every run)."""
-    from ml.audit.llm import RowInputError  # ml.audit.llm imports this module
-
     if isinstance(exc, RowInputError):
         return REQUEST
     if isinstance(exc, ProviderError):

@@ -22,6 +22,8 @@ from typing import Iterable
 
 import polars as pl
 
+from ml.audit.candidates import calibration_draw
+
 
 def label_weight(is_error: bool, in_calibration: bool, reviewed: bool,
                  clean_review_rate: float) -> float | None:
@@ -52,3 +54,14 @@ def with_label_columns(verdicts: pl.DataFrame, calibration_ids: Iterable[str],
                for i, e, c in zip(ids, errors, in_cal)]
     return verdicts.with_columns(pl.Series("in_calibration", in_cal, dtype=pl.Boolean),
                                  pl.Series("label_weight", weights, dtype=pl.Float64))
+
+
+def clean_review_ids(verdicts: pl.DataFrame, calibration_ids: set[str], rate: float) -> set[str]:
+    """The clean (is_error false) verdicts on calibration-sample interactions that get a "no error
+    found" review item: a stable hash draw below ``rate`` (the same interactions on every run)."""
+    if rate <= 0 or verdicts.height == 0:
+        return set()
+    clean = [i for i, e in zip(verdicts["interaction_id"].to_list(),
+                               verdicts["is_error"].to_list()) if not e and i in calibration_ids]
+    draws = calibration_draw(clean, "clean-review")
+    return {i for i, d in zip(clean, draws) if d < rate}

@@ -11,7 +11,6 @@ the retry cap; an outage is retried on every run.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,27 +18,13 @@ from typing import Any, Callable
 
 import polars as pl
 
-from ml.audit.failures import classify_failure
+from ml.audit.failures import ROW_FAILURES, classify_failure
 from ml.audit.taxonomy import AUDITED_COLUMNS, Verdict
+from ml.conversation import clip, render_conversation
 from ml.llm import LLMRequest, ProviderError, Router, redact
 from ml.prompts import Prompt, load_prompt
 
 log = logging.getLogger(__name__)
-
-MAX_TEXT_CHARS = 6000  # per message, so one long conversation cannot blow the context window
-
-
-
-class RowInputError(ValueError):
-    """One interaction's own data cannot be turned into a request (e.g. its ``messages`` column
-    is not a JSON list of {role, content}). The message names the interaction."""
-
-
-# what one row may raise without stopping the others: every provider of the role failed (unusable
-# replies and unexpected provider exceptions included), or the row's own data is malformed.
-# Configuration and prompt errors are not in here: they stop the run.
-ROW_FAILURES: tuple[type[Exception], ...] = (ProviderError, RowInputError)
-
 
 @dataclass(frozen=True)
 class AuditFailure:
@@ -58,42 +43,6 @@ class AuditOutcome:
     failures: list[AuditFailure] = field(default_factory=list)
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + " [...]"
-
-
-def parse_messages(messages_json: str | None, interaction_id: str) -> list[Any]:
-    """The ``messages`` column of one interaction as a list ([] when the column is empty).
-    Raises :class:`RowInputError` naming the interaction when it is not a JSON list."""
-    if not messages_json:
-        return []
-    if not isinstance(messages_json, str):
-        raise RowInputError(f"interaction {interaction_id}: messages must be a JSON string, "
-                            f"got {type(messages_json).__name__}")
-    try:
-        messages = json.loads(messages_json)
-    except json.JSONDecodeError as exc:
-        raise RowInputError(f"interaction {interaction_id}: messages is not valid JSON: {exc}") from None
-    if not isinstance(messages, list):
-        raise RowInputError(f"interaction {interaction_id}: messages must be a JSON list")
-    return messages
-
-
-def render_conversation(messages_json: str | None, user_message: str | None,
-                        interaction_id: str) -> str:
-    """``role: content`` lines from the ``messages`` JSON column (the last user message when the
-    column is empty). Raises :class:`RowInputError` naming the interaction when the column is
-    malformed."""
-    lines = []
-    for i, m in enumerate(parse_messages(messages_json, interaction_id)):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise RowInputError(f"interaction {interaction_id}: messages[{i}] lacks role/content")
-        lines.append(f"{m['role']}: {_clip(str(m['content']))}")
-    if not lines and user_message:
-        lines.append(f"user: {_clip(user_message)}")
-    return "\n".join(lines) if lines else "(no earlier messages)"
-
-
 def evidence_text(row: dict[str, Any]) -> str:
     """Signals from the logs that help the judge (feedback, handoff, a human's correction)."""
     parts = []
@@ -102,11 +51,11 @@ def evidence_text(row: dict[str, Any]) -> str:
     if row.get("feedback_rating") is not None:
         parts.append(f"user rating: {row['feedback_rating']}/5")
     if row.get("feedback_comment"):
-        parts.append(f"user comment: {_clip(str(row['feedback_comment']))!r}")
+        parts.append(f"user comment: {clip(str(row['feedback_comment']))!r}")
     if row.get("requested_human"):
         parts.append("the user asked for a human agent")
     if row.get("corrected_response"):
-        parts.append(f"a human agent replied instead: {_clip(str(row['corrected_response']))!r}")
+        parts.append(f"a human agent replied instead: {clip(str(row['corrected_response']))!r}")
     return "; ".join(parts) if parts else "none"
 
 
@@ -132,7 +81,7 @@ class LLMAuditor:
         iid = str(row.get("interaction_id"))
         messages = self.prompt.render(
             conversation=render_conversation(row.get("messages"), row.get("user_message"), iid),
-            response=_clip(row.get("response") or ""),
+            response=clip(row.get("response") or ""),
             evidence=evidence_text(row),
         )
         return LLMRequest(messages=messages, temperature=0.0, max_tokens=self.max_tokens,

@@ -4,10 +4,14 @@
   ``preference_pairs``); rewritten in one transaction.
 * ``upsert_rows``: rows keyed by columns (``audited_errors`` on interaction_id, auditor,
   prompt_version); a re-audit replaces its rows, never duplicates them.
+
+Also the reads the audit makes: each run's candidates, the selection's input, the reference
+population of the rules auditor.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Sequence
 
 import duckdb
@@ -57,3 +61,52 @@ def upsert_rows(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame,
 
 table_exists = warehouse.table_exists
 query = warehouse.query
+
+
+# ---- audit_candidates: each run's selection, tagged with the run id ---------------------------------
+def ensure_candidates_table(con: duckdb.DuckDBPyConnection) -> None:
+    """``audit_candidates`` with every column of ``CANDIDATE_COLUMNS`` (a warehouse created before
+    ``run_id`` existed gets the column; its old rows have run_id NULL and are pruned)."""
+    ensure(con, "audit_candidates")
+
+
+def write_run_candidates(con: duckdb.DuckDBPyConnection, run_id: str, candidates: pl.DataFrame, *,
+                         prune_before: datetime) -> int:
+    """Replace this run's rows of ``audit_candidates`` with ``candidates`` (one transaction);
+    other runs' rows stay unless selected before ``prune_before`` (or untagged)."""
+    ensure_candidates_table(con)
+    return warehouse.write_frame(
+        con, "audit_candidates", candidates, columns=AUDIT_TABLES["audit_candidates"],
+        delete_where="run_id = ? OR run_id IS NULL OR selected_at < ?",
+        params=[run_id, prune_before])
+
+
+def read_run_candidates(con: duckdb.DuckDBPyConnection, run_id: str) -> pl.DataFrame:
+    """The candidates the run ``run_id`` selected (and only those)."""
+    ensure_candidates_table(con)
+    return query(con, "SELECT * FROM audit_candidates WHERE run_id = ? "
+                      "ORDER BY selected_at, interaction_id", [run_id])
+
+
+# ---- reads of the interactions the audit works on ---------------------------------------------------
+_SELECTION_INPUT = ("interaction_id", "tenant_id", "session_id", "ts", "partition_date",
+                    "feedback_thumbs", "feedback_rating", "requested_human", "corrected_response")
+
+
+def read_interactions_for_selection(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """The columns candidate selection reads, with each interaction's quality score."""
+    warehouse.ensure_table(con, "interactions")
+    warehouse.ensure_table(con, "interaction_quality")
+    cols = ", ".join(f"i.{c}" for c in _SELECTION_INPUT)
+    return query(
+        con,
+        f"SELECT {cols}, q.quality_score FROM interactions i "
+        "LEFT JOIN interaction_quality q USING (interaction_id) ORDER BY i.ts, i.interaction_id"
+    )
+
+
+def read_reference_population(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """(tenant_id, user_message, response) of every interaction: the population the rules
+    auditor's consensus signals compare a reply with."""
+    warehouse.ensure_table(con, "interactions")
+    return query(con, "SELECT tenant_id, user_message, response FROM interactions")

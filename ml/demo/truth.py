@@ -99,3 +99,41 @@ def category_of_mistake(mistake: str | None) -> str | None:
     if mistake is None:
         return None
     return MISTAKE_CATEGORY.get(mistake) or normalize_category(mistake)
+
+
+def demo_precision_recall(landing_root: Path | str, con: Any, auditor: str,
+                          prompt_version: str) -> dict[str, Any]:
+    """Precision/recall of this auditor over everything it audited, against the demo
+    generator's truth.jsonl files under ``landing_root`` ({} when there are none: production).
+    Keys are ``demo_only/...``. A figure with no data behind it (e.g. precision with nothing
+    flagged) is left out and named in ``demo_only/note``, never reported as 0. ``con`` is a
+    warehouse connection (``audited_errors`` and ``interactions`` are read)."""
+    from ml.warehouse import query
+
+    files = find_truth_files(landing_root)
+    if not files:
+        return {}
+    truth = pl.concat([read_truth(f) for f in files]).unique("interaction_id", keep="last")
+    verdicts = query(
+        con,
+        "SELECT interaction_id, is_error, category FROM audited_errors "
+        "WHERE auditor = ? AND prompt_version = ?", [auditor, prompt_version])
+    known = query(con, "SELECT interaction_id FROM interactions")
+    truth = truth.join(known, on="interaction_id", how="semi")
+    # an interaction never audited counts as not flagged (end-to-end recall)
+    full = truth.select("interaction_id").join(verdicts, on="interaction_id", how="left") \
+        .with_columns(pl.col("is_error").fill_null(False))
+    pr = precision_recall(full, truth)
+    out: dict[str, Any] = {}
+    missing = []
+    for key in ("precision", "recall", "f1", "category_accuracy"):
+        if pr[key] is None:
+            missing.append(key)
+        else:
+            out[f"demo_only/{key}"] = pr[key]
+    if missing:
+        out["demo_only/note"] = (f"no data for {', '.join(missing)} (nothing flagged, no labelled "
+                                 f"errors or no true positives): left out, not 0")
+    out["demo_only/labelled_interactions"] = pr["n"]
+    out["demo_only/recall_by_mistake"] = pr["recall_by_mistake"]
+    return out

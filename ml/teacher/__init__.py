@@ -17,6 +17,8 @@ those bring an interaction to the retry cap; a failure during an outage never do
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Sequence
@@ -26,10 +28,11 @@ import polars as pl
 
 from ml import warehouse
 from ml.audit.failures import classify_failure, tag_reason
+from ml.llm import from_env
+from ml.teacher.items import HUMAN_SOURCE
 from ml.teacher.llm import LLMTeacher
 from ml.teacher.retrieval import Proposal, RetrievalTeacher
 
-HUMAN_SOURCE = "human_agent"
 
 TEACHER_ATTEMPTS_TABLE = "teacher_attempts"
 TEACHER_ATTEMPT_COLUMNS: dict[str, str] = {
@@ -111,6 +114,35 @@ def propose_corrections(rows: Sequence[dict[str, Any]], *, retrieval: RetrievalT
     return result
 
 
+ROLE = "teacher"
+
+
+def teacher_from_env(override: str = "") -> LLMTeacher | None:
+    """The configured LLM teacher (``LEARNLOOP_TEACHER``, read now), or None for the offline
+    default (human corrections, then retrieval). ``override`` replaces the variable for this
+    call."""
+    env = dict(os.environ)
+    if override.strip():
+        env["LEARNLOOP_TEACHER"] = override.strip()
+    router = from_env(ROLE, env)
+    return LLMTeacher(router) if router is not None else None
+
+
+def teacher_name(llm: LLMTeacher) -> str:
+    """Stable identity of an LLM teacher: its providers and models, in order."""
+    return "llm:" + ",".join(f"{p.name}/{getattr(p, 'model', '?')}" for p in llm.router.providers)
+
+
+def read_teacher_attempts(con, teacher: str | None = None) -> pl.DataFrame:
+    """``teacher_attempts`` rows (of one teacher when given); the table is created when missing
+    and an older one gets the columns it lacks."""
+    ensure_attempts_table(con)
+    if teacher is None:
+        return warehouse.query(con, f"SELECT * FROM {TEACHER_ATTEMPTS_TABLE}")
+    return warehouse.query(con, f"SELECT * FROM {TEACHER_ATTEMPTS_TABLE} WHERE teacher = ?",
+                           [teacher])
+
+
 def ensure_attempts_table(con) -> None:
     """``teacher_attempts`` with every column of :data:`TEACHER_ATTEMPT_COLUMNS`: created when
     missing; a table from before a column existed gets it (NULL on its old rows)."""
@@ -172,4 +204,5 @@ def attempt_rows(rows: Sequence[dict[str, Any]], result: TeachResult, previous: 
 
 __all__ = ["HUMAN_SOURCE", "LLMTeacher", "Proposal", "RetrievalTeacher", "TEACHER_ATTEMPTS_TABLE",
            "TEACHER_ATTEMPT_COLUMNS", "TEACHER_ATTEMPT_KEYS", "TeachResult", "attempt_rows",
-           "ensure_attempts_table", "given_up_ids", "human_proposal", "propose_corrections"]
+           "ensure_attempts_table", "given_up_ids", "human_proposal", "propose_corrections",
+           "read_teacher_attempts", "teacher_from_env", "teacher_name"]

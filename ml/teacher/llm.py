@@ -4,7 +4,7 @@ through a role's ``ml.llm.Router``; answers a validated :class:`TeacherOutput`.
 A per-interaction failure is raised as one of :attr:`LLMTeacher.ROW_FAILURES`: every provider of
 the role failed (``ProviderError``: HTTP errors, timeouts, unusable replies, unexpected provider
 exceptions, malformed JSON after the repair retry) or the row's own data is malformed
-(:class:`~ml.audit.llm.RowInputError`, e.g. bad ``messages`` JSON). A caller looping over rows
+(:class:`~ml.conversation.RowInputError`, e.g. bad ``messages`` JSON). A caller looping over rows
 catches exactly those, records the reason and goes on; configuration errors still stop the run.
 :func:`ml.audit.failures.classify_failure` says whether one counts toward the retry cap
 (request-specific) or is an outage (retried on every run).
@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ml.audit.llm import ROW_FAILURES as _ROW_FAILURES
-from ml.audit.llm import RowInputError, _clip, render_conversation
+from ml.audit.failures import ROW_FAILURES as _ROW_FAILURES
+from ml.conversation import RowInputError, clip, render_conversation
 from ml.llm import LLMRequest, Router
 from ml.prompts import Prompt, load_prompt
 from ml.teacher.retrieval import Proposal
@@ -51,7 +51,7 @@ class LLMTeacher:
         iid = str(row.get("interaction_id"))
         messages = self.prompt.render(
             conversation=render_conversation(row.get("messages"), row.get("user_message"), iid),
-            response=_clip(row.get("original_response") or row.get("response") or ""),
+            response=clip(row.get("original_response") or row.get("response") or ""),
             finding=finding or "none given",
         )
         return LLMRequest(messages=messages, temperature=0.2, max_tokens=self.max_tokens,
@@ -60,7 +60,7 @@ class LLMTeacher:
 
     def propose(self, row: dict[str, Any], finding: str) -> Proposal:
         """One corrected reply; raises ``ml.llm.ProviderError`` when every provider fails and
-        :class:`~ml.audit.llm.RowInputError` when the row cannot be rendered (both are in
+        :class:`~ml.conversation.RowInputError` when the row cannot be rendered (both are in
         :attr:`ROW_FAILURES`)."""
         response = self.router.complete(self.build_request(row, finding))
         out = TeacherOutput.model_validate(response.parsed)

@@ -11,13 +11,14 @@ import duckdb
 import pytest
 from sqlalchemy import func, select
 
-from assets.audit import audit_candidates, audited_errors, manual_audit_run_config
+from assets.audit import audit_candidates, audited_errors
 from assets.embeddings import interaction_embeddings
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
 from assets.teaching import preference_pairs, teacher_samples
 from ml.demo.generate import generate
 from orchestration.jobs import (
+    manual_audit_run_config,
     audit_job,
     daily_teacher_schedule,
     hourly_audit_schedule,
@@ -257,10 +258,11 @@ def test_overlapping_runs_each_audit_their_own_selection(small_home, monkeypatch
     (before the fix it read the shared table, i.e. B's selection)."""
     import assets.audit as audit_mod
     from ml.audit.candidates import select_candidates
+    from ml.audit.tables import read_interactions_for_selection
 
     con = duckdb.connect(str(small_home / "warehouse.duckdb"))
     try:
-        pool = audit_mod.read_interactions_for_selection(con)
+        pool = read_interactions_for_selection(con)
     finally:
         con.close()
     hourly_ids = set(select_candidates(pool, None, auditor="rules",

@@ -225,7 +225,7 @@ def test_teacher_outage_longer_than_max_attempts_loses_nothing(home, monkeypatch
 def test_teacher_attempts_table_from_before_counted_attempts_is_read_and_extended(home):
     """A teacher_attempts table written before counted_attempts existed: readable, gets the
     column (NULL on old rows: not given up, so retried), and new rows can be written to it."""
-    from assets.teaching import read_teacher_attempts
+    from ml.teacher import read_teacher_attempts
     from ml import warehouse
     from ml.teacher import (TEACHER_ATTEMPT_COLUMNS, TEACHER_ATTEMPT_KEYS,
                             TEACHER_ATTEMPTS_TABLE, given_up_ids)
@@ -252,7 +252,7 @@ def test_teacher_is_told_a_confirmed_no_error_found_item_is_wrong(home, monkeypa
     """A "no error found" calibration item a reviewer confirmed (category None) reaches the LLM
     teacher as a reviewer's finding with the decision note, not as "None (None): No error found
     ... dismiss if it is fine"."""
-    from assets.teaching import NO_ERROR_FOUND_FINDING
+    from ml.teacher.items import NO_ERROR_FOUND_FINDING
     from store.repo import decide
 
     clean = json.dumps({"is_error": False, "category": None, "severity": None,

@@ -213,7 +213,7 @@ def test_failures_are_classified_request_specific_or_outage(tmp_path, name, coun
 
 def test_a_mix_of_rejection_and_outage_or_an_open_breaker_is_an_outage():
     from ml.audit.failures import REQUEST, OUTAGE, classify_failure
-    from ml.audit.llm import RowInputError
+    from ml.conversation import RowInputError
     from ml.llm import LLMRequest, ProviderError, RetryPolicy, Router
     from ml.llm.errors import PermanentProviderError, TransientProviderError
     from ml.llm.reliability import ResilientProvider

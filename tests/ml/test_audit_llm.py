@@ -9,7 +9,8 @@ from datetime import date
 import polars as pl
 import pytest
 
-from ml.audit.llm import LLMAuditor, RowInputError, render_conversation
+from ml.audit.llm import LLMAuditor
+from ml.conversation import RowInputError, render_conversation
 from ml.audit.taxonomy import AUDITED_COLUMNS
 from ml.llm import build_router
 from ml.prompts import PromptError, load_prompt

@@ -1,0 +1,102 @@
+"""The operational-store side of auditing: attempt rows and the review items of a batch.
+
+``audit_attempts`` holds one row per (interaction, auditor, prompt version): ``ok`` (never audited
+again) or ``failed`` with the reason (retried by the next run). ``attempts`` counts the attempts that
+got somewhere: an ``ok`` one and each request-specific failure; a failure during an outage is
+recorded without counting, so it never brings the interaction closer to being given up (the
+classification is ``ml.audit.failures``; this module only stores its result).
+
+:func:`save_audit_batch` writes one batch's attempt rows and its ``error`` review items in the
+caller's transaction, so a crash loses at most the batch being saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from store.models import AuditAttempt, utcnow
+from store.repo import create_item
+
+
+def attempt_rows(session: Session, auditor: str,
+                 prompt_version: str) -> list[tuple[str, str, int, str | None]]:
+    """(interaction_id, status, attempts, reason) of this auditor's and prompt version's
+    attempts."""
+    rows = session.execute(select(AuditAttempt.interaction_id, AuditAttempt.status,
+                                  AuditAttempt.attempts, AuditAttempt.reason).where(
+        AuditAttempt.auditor == auditor, AuditAttempt.prompt_version == prompt_version)
+        .order_by(AuditAttempt.interaction_id)).all()
+    return [tuple(r) for r in rows]
+
+
+def record_attempt(session: Session, *, interaction_id: str, tenant_id: str, auditor: str,
+                   prompt_version: str, status: str, is_error: bool | None,
+                   reason: str | None, counted: bool = True) -> AuditAttempt:
+    """Insert or update the (interaction, auditor, prompt version) attempt row.
+
+    ``counted``: a failed attempt that counts toward the retry cap (request-specific); an ``ok``
+    attempt always counts."""
+    if status not in ("ok", "failed"):
+        raise ValueError(f"attempt status must be 'ok' or 'failed', got {status!r}")
+    step = 1 if status == "ok" or counted else 0
+    row = session.scalar(select(AuditAttempt).where(
+        AuditAttempt.interaction_id == interaction_id, AuditAttempt.auditor == auditor,
+        AuditAttempt.prompt_version == prompt_version))
+    if row is None:
+        row = AuditAttempt(interaction_id=interaction_id, tenant_id=tenant_id, auditor=auditor,
+                           prompt_version=prompt_version, status=status, is_error=is_error,
+                           reason=reason, attempts=step, updated_at=utcnow())
+        session.add(row)
+    else:
+        row.status, row.is_error, row.reason = status, is_error, reason
+        row.attempts = (row.attempts or 0) + step
+        row.updated_at = utcnow()
+    return row
+
+
+def error_dedup_key(interaction_id: str, auditor: str, prompt_version: str) -> str:
+    """One error item per interaction, auditor and prompt version."""
+    return f"{interaction_id}:{auditor}:{prompt_version}"
+
+
+@dataclass
+class SavedAudit:
+    created: int = 0  # new error items (flags)
+    clean_created: int = 0  # new "no error found" calibration items
+    given_up: list[str] = field(default_factory=list)  # reached max_attempts in this batch
+
+
+def save_audit_batch(session: Session, *, auditor: str, prompt_version: str,
+                     verdicts: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]],
+                     failures: Iterable[Mapping[str, Any]], max_attempts: int) -> SavedAudit:
+    """One batch: an ``ok`` attempt per verdict (``interaction_id``, ``tenant_id``,
+    ``is_error``), the ``error`` review items ``items`` (keyword arguments of
+    :func:`store.repo.create_item` but ``kind`` and ``dedup_key``: idempotent on
+    :func:`error_dedup_key`; an item whose ``extra`` says ``is_error: False`` is a "no error
+    found" calibration item) and a ``failed`` attempt per
+    failure (``interaction_id``, ``tenant_id``, ``reason`` as stored, ``counted``: request-
+    specific). Returns what was created and which interactions reached ``max_attempts``."""
+    saved = SavedAudit()
+    for v in verdicts:
+        record_attempt(session, interaction_id=v["interaction_id"], tenant_id=v["tenant_id"],
+                       auditor=auditor, prompt_version=prompt_version, status="ok",
+                       is_error=v["is_error"], reason=None)
+    for spec in items:
+        key = error_dedup_key(spec["interaction_id"], auditor, prompt_version)
+        _, new = create_item(session, kind="error", dedup_key=key, **spec)
+        if (spec.get("extra") or {}).get("is_error") is False:
+            saved.clean_created += int(new)
+        else:
+            saved.created += int(new)
+    for f in failures:
+        row = record_attempt(session, interaction_id=f["interaction_id"],
+                             tenant_id=f["tenant_id"], auditor=auditor,
+                             prompt_version=prompt_version, status="failed", is_error=None,
+                             reason=f["reason"][:4000], counted=f["counted"])
+        if f["counted"] and row.attempts >= max_attempts:
+            saved.given_up.append(f["interaction_id"])
+    return saved

@@ -1,0 +1,105 @@
+"""The operational-store side of teaching: which error items want a proposed reply, the sample
+items the teacher creates, and the approved samples the answer index and preference pairs read.
+
+Samples are ``sample`` review items, one per interaction (``dedup_key`` = the interaction's sample
+key, whoever proposed it: a human agent, the retrieval teacher or an LLM), so a producer that runs
+twice or concurrently creates each at most once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from store.models import ReviewEvent, ReviewItem
+from store.repo import approved_samples, create_item
+
+
+@dataclass(frozen=True)
+class OpenError:
+    """An ``error`` item, pending or confirmed, whose interaction has no sample item yet."""
+
+    id: int
+    interaction_id: str
+    tenant_id: str
+    category: str | None
+    severity: str | None
+    status: str
+    explanation: str | None
+    note: str | None  # the note of the latest decision, when a reviewer wrote one
+
+
+def sample_dedup_key(interaction_id: str) -> str:
+    """One sample item per interaction, whoever proposed it (human, retrieval, LLM)."""
+    return f"{interaction_id}:sample"
+
+
+def sample_keys(session: Session) -> set[str]:
+    """The dedup keys of every sample item."""
+    return set(session.scalars(select(ReviewItem.dedup_key).where(ReviewItem.kind == "sample")))
+
+
+def interactions_with_sample(session: Session) -> set[str]:
+    """The interactions that have a sample item."""
+    return set(session.scalars(select(ReviewItem.interaction_id).where(
+        ReviewItem.kind == "sample")))
+
+
+def decision_notes(session: Session, item_ids: Sequence[int]) -> dict[int, str]:
+    """The note of the latest ``decide`` event of each item that has one."""
+    if not item_ids:
+        return {}
+    rows = session.execute(select(ReviewEvent.item_id, ReviewEvent.note).where(
+        ReviewEvent.item_id.in_(list(item_ids)), ReviewEvent.action == "decide",
+        ReviewEvent.note.is_not(None)).order_by(ReviewEvent.id)).all()
+    return {item_id: note for item_id, note in rows}  # later events overwrite earlier ones
+
+
+def open_errors(session: Session) -> list[OpenError]:
+    """Pending and confirmed error items whose interaction has no sample item yet, oldest
+    first."""
+    have = sample_keys(session)
+    errors = [e for e in session.scalars(select(ReviewItem).where(
+        ReviewItem.kind == "error", ReviewItem.status.in_(("pending", "confirmed")))
+        .order_by(ReviewItem.id)) if sample_dedup_key(e.interaction_id) not in have]
+    notes = decision_notes(session, [e.id for e in errors if e.status == "confirmed"])
+    return [OpenError(id=e.id, interaction_id=e.interaction_id, tenant_id=e.tenant_id,
+                      category=e.category, severity=e.severity, status=e.status,
+                      explanation=e.explanation, note=notes.get(e.id)) for e in errors]
+
+
+def error_parents(session: Session) -> dict[str, int]:
+    """interaction_id -> the id of its oldest error item (the parent of a human correction's
+    sample)."""
+    rows = session.execute(select(ReviewItem.interaction_id, ReviewItem.id).where(
+        ReviewItem.kind == "error").order_by(ReviewItem.id.desc())).all()
+    return dict(rows)
+
+
+def create_samples(session: Session, specs: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool]]:
+    """Create the sample items ``specs`` (keyword arguments of ``create_item`` but ``kind`` and
+    ``dedup_key``: one sample per interaction); returns (source, created) per spec (False: the
+    interaction had a sample item already)."""
+    out = []
+    for spec in specs:
+        _, new = create_item(session, kind="sample",
+                             dedup_key=sample_dedup_key(spec["interaction_id"]), **spec)
+        out.append((spec.get("source") or "", new))
+    return out
+
+
+def approved_sample_rows(session: Session, *, since: datetime | None = None) -> list[dict[str, Any]]:
+    """Approved and edited sample items as plain rows (the reviewer's final text in
+    ``final_response``), oldest first."""
+    return [{
+        "id": item.id, "parent_id": item.parent_id, "interaction_id": item.interaction_id,
+        "tenant_id": item.tenant_id, "messages": item.messages or [],
+        "original_response": item.original_response, "final_response": item.final_response,
+        "source": item.source, "status": item.status, "category": item.category,
+        "decided_by": item.decided_by,
+        "decided_at": item.decided_at.replace(tzinfo=None) if item.decided_at else None,
+    } for item in approved_samples(session, since=since)]
