@@ -12,11 +12,12 @@ WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: help install lock demo test dev serve bench clean browser
+.PHONY: help install lock lint demo test dev serve bench clean browser
 
 help:
 	@echo "make demo   - install, then run the whole chain on the embedded default (no server, no key)"
-	@echo "make test   - install, then run the whole test suite"
+	@echo "make test   - install, then lint and run the whole test suite"
+	@echo "make lint   - ruff check . (rules in pyproject.toml [tool.ruff])"
 	@echo "make dev    - open the Dagster UI on this project (http://127.0.0.1:3000)"
 	@echo "make serve  - start the review web app and log collector (http://127.0.0.1:8000)"
 	@echo "make bench  - run the benchmarks in bench/"
@@ -55,7 +56,11 @@ browser:
 demo: install
 	$(BIN)/learnloop demo
 
-test: install browser
+lint: install
+	$(BIN)/ruff check .
+
+# lint first, so CI (.ci/run) fails on findings before the long suite starts
+test: lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 dev: install
