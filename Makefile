@@ -12,24 +12,42 @@ WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test dev serve bench clean browser
+.PHONY: help install lock lint demo test dev serve bench clean browser
 
 help:
 	@echo "make demo   - install, then run the whole chain on the embedded default (no server, no key)"
-	@echo "make test   - install, then run the whole test suite"
+	@echo "make test   - install, then lint and run the whole test suite"
+	@echo "make lint   - ruff check . (rules in pyproject.toml [tool.ruff])"
 	@echo "make dev    - open the Dagster UI on this project (http://127.0.0.1:3000)"
 	@echo "make serve  - start the review web app and log collector (http://127.0.0.1:8000)"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make lock   - recompile requirements.lock from pyproject.toml (+ test extra), keeping its pins;"
+	@echo "              LOCK_ARGS=--upgrade-package NAME (or --upgrade) moves pins, then run make test"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# the tested set from requirements.lock, then the project itself without re-resolving anything
+$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | { grep -v 'is ignored: it is neither' || true; }
-	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e '.[test]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	$(BIN)/python -m pip install -q $(PIP_FLAGS) -r requirements.lock 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	$(BIN)/python -m pip install -q --no-deps -e . 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	touch $@
 
 install: $(VENV)/.installed
+
+# pip-compile runs from a throwaway venv, never the project's. pip-compile keeps the pins that are
+# already in requirements.lock unless LOCK_ARGS asks to upgrade; extra pip-compile options (e.g.
+# `-c constraints.txt`) go in LOCK_ARGS too. The find-links folder and index URLs are machine
+# facts, so they are not written into the lock.
+LOCK_ARGS ?=
+lock:
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp" && \
+	"$$tmp/bin/python" -m pip install -q --upgrade pip 'pip-tools>=7.5,<8' 2>&1 | { grep -v 'is ignored: it is neither' || true; } && \
+	CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/bin/pip-compile" -q $(PIP_FLAGS) --extra test \
+	  --no-emit-find-links --no-emit-index-url --strip-extras --allow-unsafe $(LOCK_ARGS) \
+	  -o requirements.lock pyproject.toml
 
 # Debian's chromium drives the browser tests (no browser download at test time)
 browser:
@@ -38,7 +56,11 @@ browser:
 demo: install
 	$(BIN)/learnloop demo
 
-test: install browser
+lint: install
+	$(BIN)/ruff check .
+
+# lint first, so CI (.ci/run) fails on findings before the long suite starts
+test: lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 dev: install

@@ -26,6 +26,19 @@ def make_provider(server, *, name: str | None = None, timeout_s: float = 2.0, mo
                           timeout_s=timeout_s, name=name or "gemini")
 
 
+class FakeClock:
+    """A clock that stands still until the test moves it: pass it as ``resilient(..., clock=)``."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def resilient(provider, retry: RetryPolicy = FAST_RETRY, threshold: int = 5, reset_s: float = 30.0,
               clock: Callable[[], float] | None = None) -> ResilientProvider:
     """The provider under a fast retry policy and its own breaker."""

@@ -19,7 +19,7 @@ from ml.llm import (
     Router,
     SQLiteCache,
 )
-from tests.llm.helpers import FAST_RETRY, KEY_ENV, make_provider, resilient
+from tests.llm.helpers import FAST_RETRY, KEY_ENV, FakeClock, make_provider, resilient
 from tests.llm.fake_servers import (
     FakeGeminiServer,
     FakeOpenAIServer,
@@ -180,11 +180,12 @@ def test_all_providers_failing_names_each_failure(api_key):
 
 # ---- circuit breaker ------------------------------------------------------------------------
 def test_breaker_opens_skips_the_provider_and_half_opens_after_cooldown(api_key):
+    clock = FakeClock()
     with FakeOpenAIServer() as primary, FakeGeminiServer() as backup:
         primary.default = error(503)
         backup.default = ok("backup answer")
         router = router_for(
-            resilient(make_provider(primary), retry=NO_RETRY, threshold=2, reset_s=2.0),
+            resilient(make_provider(primary), retry=NO_RETRY, threshold=2, reset_s=30.0, clock=clock),
             resilient(make_provider(backup)),
         )
         breaker = router.providers[0].breaker
@@ -192,19 +193,22 @@ def test_breaker_opens_skips_the_provider_and_half_opens_after_cooldown(api_key)
             assert router.complete(LLMRequest(MSGS)).provider == "gemini"
         assert primary.calls == 2 and breaker.state == "open"
 
-        # open: the primary is skipped without a request
+        # open: the primary is skipped without a request, up to the last instant of the cool-down
+        assert router.complete(LLMRequest(MSGS)).provider == "gemini"
+        clock.advance(29)
+        assert breaker.state == "open" and breaker.retry_in_s() == 1
         assert router.complete(LLMRequest(MSGS)).provider == "gemini"
         assert primary.calls == 2
-        assert router.stats.breaker_skips == 1
+        assert router.stats.breaker_skips == 2
 
         # after the cool-down one trial goes through; a failed trial re-opens at once
-        time.sleep(2.05)
+        clock.advance(1)
         assert breaker.state == "half_open"
         assert router.complete(LLMRequest(MSGS)).provider == "gemini"
-        assert primary.calls == 3 and breaker.state == "open"
+        assert primary.calls == 3 and breaker.state == "open" and breaker.retry_in_s() == 30
 
         # next cool-down, the primary has recovered: the trial succeeds and closes the breaker
-        time.sleep(2.05)
+        clock.advance(30)
         primary.default = ok("primary is back")
         response = router.complete(LLMRequest(MSGS))
         assert response.provider == "openai" and response.text == "primary is back"
