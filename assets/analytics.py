@@ -34,8 +34,9 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import dagster as dg
 import dagster_dbt as dg_dbt

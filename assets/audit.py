@@ -19,7 +19,7 @@ survive a crash of the run.
 The jobs and schedules of this stage are in ``orchestration/jobs.py``.
 """
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -34,9 +34,8 @@ from assets.resources import (
 )
 from ml import embeddings
 from ml import warehouse as wh
-from ml.audit import RulesAuditor, auditor_from_env
+from ml.audit import RulesAuditor, auditor_from_env, tables
 from ml.audit import run as audit_run
-from ml.audit import tables
 from ml.audit.candidates import (
     DEFAULT_MAX_ATTEMPTS,
     CandidateConfig,
@@ -149,7 +148,7 @@ def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesC
     with store.session() as s:
         attempts = attempts_frame(attempt_rows(s, auditor.name, auditor.prompt_version))
     run_key = selection_run_id(context)
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     with warehouse.get_connection() as con:
         pool = tables.read_interactions_for_selection(con)
         candidates = select_candidates(pool, attempts, auditor=auditor.name,

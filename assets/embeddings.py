@@ -8,9 +8,9 @@ import time
 import dagster as dg
 import polars as pl
 
+from assets.resources import WAREHOUSE_POOL, VectorStoreResource, WarehouseResource
 from ml import embeddings
 from ml.audit.tables import query
-from assets.resources import WAREHOUSE_POOL, VectorStoreResource, WarehouseResource
 
 EMBED_BATCH_ROWS = 5_000  # interactions embedded per LanceDB append
 

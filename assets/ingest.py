@@ -2,23 +2,23 @@
 
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from assets.partitions import landing_date_partitions
-from ml import landing
-from ml import warehouse as wh
-from ml.ingest import drop_cross_partition_duplicates, ingest_files
-from ml.pii import residual_pii_in_table
 from assets.resources import (
     WAREHOUSE_POOL,
     LandingZoneResource,
     WarehouseResource,
     session_hash_key,
 )
+from ml import landing
+from ml import warehouse as wh
+from ml.ingest import drop_cross_partition_duplicates, ingest_files
+from ml.pii import residual_pii_in_table
 
 
 def _sha256(path: Path) -> str:
@@ -59,7 +59,7 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
     day = context.partition_key
     root = landing_zone.root()
     files = landing.list_files(root, day)
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     frame = pl.DataFrame(
         {
             "partition_date": [datetime.fromisoformat(day).date()] * len(files),

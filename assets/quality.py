@@ -5,9 +5,9 @@ import dagster as dg
 import polars as pl
 
 from assets.partitions import landing_date_partitions
+from assets.resources import WAREHOUSE_POOL, WarehouseResource
 from ml import warehouse as wh
 from ml.quality import MEASURED_DIMENSIONS, score_interactions
-from assets.resources import WAREHOUSE_POOL, WarehouseResource
 
 SCORE_COLUMNS = ("quality_score", "confidence", *MEASURED_DIMENSIONS)
 

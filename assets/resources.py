@@ -1,11 +1,13 @@
 """Dagster resources: one per store, each configurable on its own.
 
-| key | resource | store | empty field falls back to |
-|---|---|---|---|
-| ``warehouse`` | :class:`WarehouseResource` (dagster-duckdb's ``DuckDBResource``) | DuckDB | ``LEARNLOOP_WAREHOUSE_PATH``, else ``$LEARNLOOP_HOME/warehouse.duckdb`` |
-| ``store`` | :class:`OperationalStoreResource` | SQLite / PostgreSQL | ``LEARNLOOP_STORE_URL``, else SQLite ``$LEARNLOOP_HOME/store.db`` |
-| ``vectors`` | :class:`VectorStoreResource` | LanceDB | ``LEARNLOOP_LANCEDB_URI``, else ``$LEARNLOOP_HOME/lancedb`` |
-| ``landing_zone`` | :class:`LandingZoneResource` | files | ``LEARNLOOP_LANDING_DIR``, else ``$LEARNLOOP_HOME/landing`` |
+* ``warehouse``: :class:`WarehouseResource` (dagster-duckdb's ``DuckDBResource``), the DuckDB
+  file; empty ``database``: ``LEARNLOOP_WAREHOUSE_PATH``, else ``$LEARNLOOP_HOME/warehouse.duckdb``.
+* ``store``: :class:`OperationalStoreResource`, SQLite or PostgreSQL; empty ``url``:
+  ``LEARNLOOP_STORE_URL``, else SQLite ``$LEARNLOOP_HOME/store.db``.
+* ``vectors``: :class:`VectorStoreResource`, LanceDB; empty ``uri``: ``LEARNLOOP_LANCEDB_URI``,
+  else ``$LEARNLOOP_HOME/lancedb``.
+* ``landing_zone``: :class:`LandingZoneResource`, the landing files; empty ``path``:
+  ``LEARNLOOP_LANDING_DIR``, else ``$LEARNLOOP_HOME/landing``.
 
 Empty fields are resolved from the environment when the resource is *used*, never at import, so
 the shipped definitions run the embedded default with no environment at all (``dg.EnvVar`` has no
@@ -24,9 +26,10 @@ This module sits below the stage modules (``assets/<stage>.py``) and the sensors
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import dagster as dg
 import duckdb

@@ -3,8 +3,8 @@
 import dagster as dg
 import polars as pl
 
-from ml import warehouse as wh
 from assets.resources import WAREHOUSE_POOL, OperationalStoreResource, WarehouseResource
+from ml import warehouse as wh
 from store.repo import review_event_rows
 
 REVIEW_DECISION_COLUMNS: dict[str, str] = {

@@ -6,7 +6,7 @@ provider's reason, or ok), before the review items are written. A failed interac
 item, so the next run proposes for it again (``retried`` in the metadata)."""
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
@@ -115,7 +115,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
     if llm is not None:  # failure reasons are durable before any item is written
         attempts = attempt_rows(rows, result, previous, teacher=name,
                                 prompt_version=llm.prompt_version,
-                                now=datetime.now(timezone.utc).replace(tzinfo=None),
+                                now=datetime.now(UTC).replace(tzinfo=None),
                                 run_id=context.run.run_id)
         with warehouse.get_connection() as con:
             recorded = wh.upsert_rows(con, TEACHER_ATTEMPTS_TABLE, attempts,

@@ -32,12 +32,12 @@ from ml.demo.generate import generate_records  # noqa: E402
 from ml.ingest import ingest_files, naive_ingest  # noqa: E402
 from ml.quality import score_interactions  # noqa: E402
 
+
 def generate_landing(folder: Path, n: int, seed: int, day: str, files: int = 4) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     lines = (json.dumps(r, ensure_ascii=False, default=str) if isinstance(r, dict) else r
              for r in generate_records(n, seed))
     per_file = n // files + 1
-    paths = []
     handles = [open(folder / f"bench-{j:02d}.jsonl", "w", encoding="utf-8") for j in range(files)]
     try:
         for i, line in enumerate(lines):
@@ -86,7 +86,7 @@ class PeakRSS:
             self._sample()
             time.sleep(0.02)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.peak = self.peak_main = 0
         self._sample()
         self._t.start()

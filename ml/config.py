@@ -12,7 +12,6 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 DEV_HASH_KEY = "learnloop-dev-key-change-me"
 
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from functools import lru_cache
 from threading import Lock
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -78,7 +79,7 @@ def encode(texts: Sequence[str | None], *, batch_size: int = 64) -> np.ndarray:
                                    convert_to_numpy=True, show_progress_bar=False)
         vecs = np.asarray(vecs, dtype=np.float32)
         with _cache_lock:
-            for t, v in zip(distinct, vecs):
+            for t, v in zip(distinct, vecs, strict=True):
                 out[todo[t]] = v
                 _cache[t] = v
             while len(_cache) > _CACHE_SIZE:

@@ -43,11 +43,12 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ml.landing import write_landing_file
 from ml.schema import RecordError, validate_record
@@ -161,8 +162,8 @@ def _hid(prefix: str, *parts: object) -> str:
 
 def _iso(ts: datetime) -> str:
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # ---- native -------------------------------------------------------------------------------------
@@ -243,10 +244,11 @@ def read_openai_chat(path: Path | str, tenant_id: str = "default",
     = its content. ``interaction_id`` = hash(file name, line, turn); ``session_id`` = the line's
     ``id`` when it is a string, else hash(file name, line); ``turn_index`` = the ordinal of the
     assistant turn in the conversation (0, 1, ...). ``timestamp`` = the line's ``created`` (unix
-    seconds) when present, else ``timestamp`` (default: the file's mtime). Roles ``developer`` -> system, ``function`` ->
-    tool; list contents are their text parts joined by newlines (image, audio and file parts carry
-    no text and are left out; any other part rejects the line); ``content: null`` (an assistant
-    turn that only calls tools) is an empty string. A line with no assistant turn is rejected.
+    seconds) when present, else ``timestamp`` (default: the file's mtime). Roles ``developer``
+    -> system, ``function`` -> tool; list contents are their text parts joined by newlines
+    (image, audio and file parts carry no text and are left out; any other part rejects the
+    line); ``content: null`` (an assistant turn that only calls tools) is an empty string. A line
+    with no assistant turn is rejected.
     """
     p = _check_path(path)
     source = p.name
@@ -303,7 +305,7 @@ def _openai_conversation(obj: Any, source: str, no: int, fallback_ts: str):
         ts = fallback_ts
     elif isinstance(created, (int, float)) and not isinstance(created, bool):
         try:
-            ts = _iso(datetime.fromtimestamp(created, tz=timezone.utc))
+            ts = _iso(datetime.fromtimestamp(created, tz=UTC))
         except (OverflowError, OSError, ValueError) as exc:
             raise ValueError(f"created: {created!r} is not a valid unix time ({exc})") from None
     else:
@@ -338,7 +340,7 @@ def parse_hh_transcript(text: str, where: str) -> list[tuple[str, str]]:
     if parts[0].strip():
         raise ValueError(f"{where}: text before the first 'Human:'/'Assistant:' turn: "
                          f"{parts[0][:60]!r}")
-    turns = [(_HH_ROLE[r], c) for r, c in zip(parts[1::2], parts[2::2])]
+    turns = [(_HH_ROLE[r], c) for r, c in zip(parts[1::2], parts[2::2], strict=True)]
     if not turns:
         raise ValueError(f"{where}: no 'Human:'/'Assistant:' turns found")
     if turns[-1][0] != "assistant":
@@ -556,13 +558,13 @@ def _oasst_walk(msg: Any, path: list[dict[str, str]], depth: int, siblings: list
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def file_timestamp(path: Path | str) -> datetime:
     """The default timestamp of records without one: the file's modification time (UTC, whole
     seconds), the same however often and whenever the file is imported."""
-    return datetime.fromtimestamp(int(Path(path).stat().st_mtime), tz=timezone.utc)
+    return datetime.fromtimestamp(int(Path(path).stat().st_mtime), tz=UTC)
 
 
 def iter_import(fmt: str, path: Path | str, tenant_id: str = "default",
@@ -665,7 +667,8 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
     Accepted records go to ``date=<UTC day of their timestamp>/<source>-....jsonl`` (one file per
     day); records without a timestamp of their own get ``timestamp`` (default: the timestamp
     registered for this file content by its first import, else the file's mtime; so a re-import
-    of the same content, even touched or copied, gives the same records). Rejected lines go to the folder of ``import_time``'s
+    of the same content, even touched or copied, gives the same records). Rejected lines go to
+    the folder of ``import_time``'s
     UTC day (default: now) as ``<source>-rejected-....jsonl`` so the ingest stage quarantines them
     with the importer's reason (see the module docstring). Returns ``{format, source, accepted,
     quarantined, blank_lines, days: {day: records}, files: [paths]}``."""
@@ -680,7 +683,7 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
     result = import_file(fmt, path, tenant_id, timestamp)
     source = landing_source_name(fmt, path)
     by_day: dict[str, list[dict[str, Any]]] = {}
-    for rec, day in zip(result.records, result.days):
+    for rec, day in zip(result.records, result.days, strict=True):
         by_day.setdefault(day, []).append(rec)
     files: list[str] = []
     for day in sorted(by_day):
@@ -694,7 +697,7 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
                     "reason": item.reason, "raw": item.raw}}, ensure_ascii=False))
             else:
                 lines.append(item.raw)
-        today = import_time.astimezone(timezone.utc).date()
+        today = import_time.astimezone(UTC).date()
         files.append(str(write_landing_file(Path(landing_dir), today, f"{source}-rejected",
                                             lines)))
     if registry_entry is not None:

@@ -13,9 +13,9 @@ import json
 import os
 import re
 import uuid
-from datetime import date, datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Iterable
 
 PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 LANDING_SUFFIXES = (".jsonl", ".parquet")
@@ -42,7 +42,7 @@ def write_landing_bytes(landing: Path, day: date | str, source: str, data: bytes
         raise ValueError(f"landing source name {source!r} must be 1-64 of [A-Za-z0-9_.-]")
     folder = partition_dir(landing, day)
     _make_dirs_durably(folder)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     final = folder / f"{source}-{stamp}-{uuid.uuid4().hex[:12]}{suffix}"
     tmp = folder / f".{final.name}.tmp"
     try:

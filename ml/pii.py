@@ -26,8 +26,8 @@ number written with phone separators (``555-123-4567``) is taken for a phone num
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import polars as pl
 import pyarrow as pa
@@ -165,9 +165,9 @@ def _card_sub(m: re.Match[str]) -> str:
             window = digit_groups[start:start + width]
             digits = "".join(window)
             if card_valid(digits):
-                before = "".join(g + s for g, s in zip(digit_groups[:start], seps[:start]))
+                before = "".join(g + s for g, s in zip(digit_groups[:start], seps[:start], strict=True))
                 after = "".join(s + g for s, g in zip(seps[start + width - 1:],
-                                                       digit_groups[start + width:]))
+                                                       digit_groups[start + width:], strict=True))
                 return before + "[CREDIT_CARD]" + after
     return text
 

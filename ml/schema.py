@@ -9,7 +9,7 @@ Also here: ``INTERACTION_COLUMNS``, the flat column layout of the warehouse tabl
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -91,11 +91,11 @@ class InteractionRecord(BaseModel):
     @classmethod
     def _utc(cls, v: datetime) -> datetime:
         if v.tzinfo is None:
-            return v.replace(tzinfo=timezone.utc)
-        return v.astimezone(timezone.utc)
+            return v.replace(tzinfo=UTC)
+        return v.astimezone(UTC)
 
     @model_validator(mode="after")
-    def _has_text(self) -> "InteractionRecord":
+    def _has_text(self) -> InteractionRecord:
         if not self.messages and self.response is None:
             raise ValueError("record has neither `messages` nor `response`")
         return self

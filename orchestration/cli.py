@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 
 import click
@@ -60,13 +61,12 @@ def migrate() -> None:
                                  "a re-import lands on the same day")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def import_cmd(fmt: str, path: Path, tenant: str, timestamp, as_json: bool) -> None:
-    from datetime import timezone
 
     from ml.importers import import_to_landing
 
     settings = _settings()
     if timestamp is not None and timestamp.tzinfo is None:
-        timestamp = timestamp.replace(tzinfo=timezone.utc)
+        timestamp = timestamp.replace(tzinfo=UTC)
     summary = import_to_landing(fmt, path, settings.landing, tenant, timestamp=timestamp)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterable
 
 import dagster as dg
 
@@ -130,7 +130,7 @@ def write_run_output(instance: dg.DagsterInstance, run_id: str, output: Path) ->
             if rec.level < logging.WARNING and not run_level:
                 continue
             kind = event.event_type.name if event is not None else "LOG"
-            when = datetime.fromtimestamp(rec.timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            when = datetime.fromtimestamp(rec.timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
             out.write(f"{when} {logging.getLevelName(rec.level)} {rec.step_key or '-'} {kind}: "
                       f"{rec.user_message}\n")
             error = _event_error(event)

@@ -15,8 +15,8 @@ from __future__ import annotations
 from ml.config import Settings
 from service.config import ServiceSettings
 from store import collector_keys, reviewers
-from store.db import session_scope, upgrade
 from store.collector_keys import CollectorKeyInfo
+from store.db import session_scope, upgrade
 from store.reviewers import ReviewerInfo
 
 

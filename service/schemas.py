@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -22,7 +22,7 @@ Decision = Literal["approve", "reject", "edit", "confirm", "dismiss"]
 
 def _as_utc(v: datetime) -> datetime:
     # SQLite hands back naive datetimes; every stored time is UTC, so say so (RFC 3339 needs it)
-    return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+    return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]

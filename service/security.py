@@ -6,7 +6,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 # input length limits (characters); longer input gets 422 with a message naming the field
 MAX_NOTE = 2000

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
 
 from service.deps import csrf_token, get_ctx, require_csrf, session_reviewer
 from service.diffs import diff_html
@@ -21,8 +22,6 @@ from service.security import (
     InputTooLong,
     check_length,
 )
-from sqlalchemy import select
-
 from store import repo, reviewers
 from store.db import session_scope
 from store.models import ReviewItem
@@ -87,8 +86,8 @@ def _age(dt: datetime | None) -> str:
     if dt is None:
         return ""
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    secs = max(0, int((datetime.now(timezone.utc) - dt).total_seconds()))
+        dt = dt.replace(tzinfo=UTC)
+    secs = max(0, int((datetime.now(UTC) - dt).total_seconds()))
     for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
         if secs >= n:
             return f"{secs // n}{unit}"

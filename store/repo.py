@@ -7,9 +7,10 @@ scoping. The service (web app and JSON API) and the Dagster assets share these f
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select, text, true, update
 from sqlalchemy.exc import IntegrityError

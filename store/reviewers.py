@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Sequence
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -21,7 +21,7 @@ from sqlalchemy import false, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from store.models import ConfigHistory, ReviewEvent, ReviewItem, Reviewer
+from store.models import ConfigHistory, Reviewer, ReviewEvent, ReviewItem
 
 ROLES = ("reviewer", "admin")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
@@ -284,7 +284,7 @@ def list_reviewers(session: Session) -> list[ReviewerInfo]:
 
 def progress(session: Session, actor: str, *, now: datetime | None = None) -> dict[str, int]:
     """Decisions of one reviewer: today (UTC) and in total, counted from the review events."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     base = select(func.count()).select_from(ReviewEvent).where(
         ReviewEvent.actor == actor, ReviewEvent.action == "decide")
@@ -305,7 +305,7 @@ def remaining(session: Session, tenants: Sequence[str] | None) -> dict[str, int]
 
 def progress_all(session: Session, *, now: datetime | None = None) -> list[dict]:
     """Every reviewer's decisions (today UTC and in total) and the items left in their tenants."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     decide = select(ReviewEvent.actor, func.count()).where(ReviewEvent.action == "decide") \
         .group_by(ReviewEvent.actor)

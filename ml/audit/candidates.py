@@ -28,9 +28,9 @@ overlap (the hourly job between the two steps of a manual one) each audit their 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Sequence
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -87,7 +87,7 @@ def calibration_draw(ids: Sequence[str], seed: int | str) -> list[float]:
 
 
 def _naive_utc(dt: datetime) -> datetime:
-    return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
+    return dt.astimezone(UTC).replace(tzinfo=None) if dt.tzinfo else dt
 
 
 def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None = None, *,
@@ -173,7 +173,7 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
         abandoned_ids = given_up(attempts, c.max_attempts)
         if abandoned_ids:  # the scheduled audit stops asking; a manual run still may
             out = out.filter(~pl.col("interaction_id").is_in(abandoned_ids))
-    stamp = _naive_utc(now or datetime.now(timezone.utc))
+    stamp = _naive_utc(now or datetime.now(UTC))
     return out.unique("interaction_id", keep="first", maintain_order=True).select(
         pl.col("interaction_id"),
         pl.col("tenant_id").fill_null("default"),

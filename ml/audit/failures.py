@@ -32,13 +32,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ml.conversation import RowInputError
 from ml.llm.errors import (
     PermanentProviderError,
     ProviderError,
     ProviderFailure,
     StructuredOutputError,
 )
-from ml.conversation import RowInputError
 from ml.llm.reliability import REQUEST_REJECTED_STATUS
 
 # what one row may raise without stopping the others: every provider of the role failed (unusable

@@ -18,7 +18,7 @@ ratios, so it is not part of the weight.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import polars as pl
 
@@ -51,7 +51,7 @@ def with_label_columns(verdicts: pl.DataFrame, calibration_ids: Iterable[str],
     errors = verdicts["is_error"].to_list()
     in_cal = [i in calibration for i in ids]
     weights = [label_weight(bool(e), c, i in reviewed, clean_review_rate)
-               for i, e, c in zip(ids, errors, in_cal)]
+               for i, e, c in zip(ids, errors, in_cal, strict=True)]
     return verdicts.with_columns(pl.Series("in_calibration", in_cal, dtype=pl.Boolean),
                                  pl.Series("label_weight", weights, dtype=pl.Float64))
 
@@ -62,6 +62,6 @@ def clean_review_ids(verdicts: pl.DataFrame, calibration_ids: set[str], rate: fl
     if rate <= 0 or verdicts.height == 0:
         return set()
     clean = [i for i, e in zip(verdicts["interaction_id"].to_list(),
-                               verdicts["is_error"].to_list()) if not e and i in calibration_ids]
+                               verdicts["is_error"].to_list(), strict=True) if not e and i in calibration_ids]
     draws = calibration_draw(clean, "clean-review")
-    return {i for i, d in zip(clean, draws) if d < rate}
+    return {i for i, d in zip(clean, draws, strict=True) if d < rate}

@@ -12,9 +12,10 @@ the retry cap; an outage is retried on every run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 
@@ -98,7 +99,7 @@ class LLMAuditor:
                     on_item: Callable[[str, bool], None] | None = None) -> AuditOutcome:
         """Audit every row of ``frame``; per-row failures (:data:`ROW_FAILURES`) are collected as
         :class:`AuditFailure` with the reason, not raised, and the other rows proceed."""
-        stamp = (now or datetime.now(timezone.utc)).replace(tzinfo=None)
+        stamp = (now or datetime.now(UTC)).replace(tzinfo=None)
         rows: list[dict[str, Any]] = []
         failures: list[AuditFailure] = []
         for row in frame.iter_rows(named=True):

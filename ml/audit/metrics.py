@@ -7,7 +7,8 @@ Precision and recall against the demo generator's ground truth are in ``ml.demo.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def cohen_kappa(a: Sequence[Any], b: Sequence[Any],
@@ -28,9 +29,9 @@ def cohen_kappa(a: Sequence[Any], b: Sequence[Any],
     if n <= 0:
         return None
     labels = set(a) | set(b)
-    observed = sum(wi for x, y, wi in zip(a, b, w) if x == y) / n
-    expected = sum((sum(wi for x, wi in zip(a, w) if x == lbl) / n)
-                   * (sum(wi for y, wi in zip(b, w) if y == lbl) / n) for lbl in labels)
+    observed = sum(wi for x, y, wi in zip(a, b, w, strict=True) if x == y) / n
+    expected = sum((sum(wi for x, wi in zip(a, w, strict=True) if x == lbl) / n)
+                   * (sum(wi for y, wi in zip(b, w, strict=True) if y == lbl) / n) for lbl in labels)
     if expected >= 1.0:
         return None
     return round((observed - expected) / (1.0 - expected), 4)

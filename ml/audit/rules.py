@@ -20,7 +20,7 @@ measurement); every one is a field of :class:`RuleThresholds` or a row of ``SIGN
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -278,7 +278,7 @@ def refine_pii_with_raw(frame: pl.DataFrame, sig: pl.DataFrame) -> pl.DataFrame:
         return sig
     raw_user = frame["user_message_raw"] if "user_message_raw" in frame.columns else frame["user_message"]
     flags = []
-    for reply, question in zip(frame["response_raw"].to_list(), raw_user.to_list()):
+    for reply, question in zip(frame["response_raw"].to_list(), raw_user.to_list(), strict=True):
         found = {v for _, v in find_pii(reply)}
         given = {v for _, v in find_pii(question)}
         flags.append(bool(found - given))
@@ -343,7 +343,7 @@ def audit_rules(frame: pl.DataFrame, thresholds: RuleThresholds = RuleThresholds
         .round(4).alias("confidence"),
         explanation.alias("explanation"),
     )
-    stamp = (now or datetime.now(timezone.utc)).replace(tzinfo=None)
+    stamp = (now or datetime.now(UTC)).replace(tzinfo=None)
     return out.with_columns(
         pl.lit(AUDITOR_NAME).alias("auditor"),
         pl.lit(PROMPT_VERSION).alias("prompt_version"),

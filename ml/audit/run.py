@@ -8,8 +8,9 @@ store (``store.audit.save_audit_batch``) and the auditor; everything here is pur
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import polars as pl
 

@@ -11,8 +11,8 @@ population of the rules auditor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Sequence
 
 import duckdb
 import polars as pl

@@ -101,7 +101,7 @@ class Verdict(BaseModel):
     explanation: str = Field(min_length=1, max_length=2000)
 
     @model_validator(mode="after")
-    def _category_when_error(self) -> "Verdict":
+    def _category_when_error(self) -> Verdict:
         if self.is_error and (self.category is None or self.severity is None):
             raise ValueError("an error verdict needs a category and a severity")
         if not self.is_error and (self.category is not None or self.severity is not None):

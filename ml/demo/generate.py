@@ -48,10 +48,11 @@ import json
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 MISTAKES: tuple[str, ...] = (
     "wrong_price", "hallucinated_policy", "refusal", "pii_leak", "truncated", "off_topic",
@@ -413,7 +414,7 @@ class Customer:
 def _customers(rng: random.Random, spec: TenantSpec, n: int) -> list[Customer]:
     out = []
     phone = _PHONES[spec.phone_style]
-    for k in range(n):
+    for _ in range(n):
         first, last = rng.choice(_FIRST), rng.choice(_LAST)
         local = f"{first}.{last.replace(' ', '')}".lower()
         if rng.random() < 0.5:
@@ -598,7 +599,7 @@ def iter_generated(n: int, seed: int, tenants: int = 3, days: int = 7,
             sec += int(latency / 1000) + (5 + randrange(85) if turn else 0)
             hh, rem = divmod(sec, 3600)
             mm, ss = divmod(rem, 60)
-            iid = "%032x" % rng.getrandbits(128)
+            iid = f"{rng.getrandbits(128):032x}"
             iid = f"{iid[:8]}-{iid[8:12]}-{iid[12:16]}-{iid[16:20]}-{iid[20:]}"
             rec: dict[str, Any] = {
                 "interaction_id": iid,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, timezone
+from datetime import UTC, date
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ def _stage_row(rec: InteractionRecord) -> dict:
         "tenant_id": rec.tenant_id,
         "session_raw": rec.session_id,
         "turn_index": rec.turn_index,
-        "ts": rec.timestamp.astimezone(timezone.utc).replace(tzinfo=None),
+        "ts": rec.timestamp.astimezone(UTC).replace(tzinfo=None),
         "channel": rec.channel,
         "model_provider": m.provider if m else None,
         "model_name": m.name if m else None,
@@ -242,7 +242,7 @@ def _finish_row_python(row: dict, hash_key: bytes, src: str, day: date) -> dict:
     retrieval = row["retrieval"]
     if retrieval is not None:
         retrieval = _dumps(scrub_json_value(json.loads(retrieval), found))
-    user_msgs = [c for r, c in zip(row["msg_roles"], contents) if r == "user"]
+    user_msgs = [c for r, c in zip(row["msg_roles"], contents, strict=True) if r == "user"]
     return {
         "interaction_id": row["interaction_id"],
         "tenant_id": row["tenant_id"],
@@ -254,7 +254,7 @@ def _finish_row_python(row: dict, hash_key: bytes, src: str, day: date) -> dict:
         "model_name": out_texts["model_name"],
         "model_version": out_texts["model_version"],
         "messages": _dumps([{"role": r, "content": c}
-                            for r, c in zip(row["msg_roles"], contents)]),
+                            for r, c in zip(row["msg_roles"], contents, strict=True)]),
         "user_message": user_msgs[-1] if user_msgs else None,
         "response": out_texts["response"],
         "latency_ms": row["latency_ms"],

@@ -54,11 +54,12 @@ import hmac
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from operator import attrgetter
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 import msgspec
 import polars as pl
@@ -110,8 +111,8 @@ log = logging.getLogger(__name__)
 # commas, a BOM). Everything msgspec rejects goes to the per-record Python path, which decides.
 
 _Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
-_OptText = Optional[_Text]
-_NonNegFloat = Optional[Annotated[float, msgspec.Meta(ge=0)]]
+_OptText = _Text | None
+_NonNegFloat = Annotated[float, msgspec.Meta(ge=0)] | None
 
 
 class _MMessage(msgspec.Struct, gc=False):
@@ -120,42 +121,42 @@ class _MMessage(msgspec.Struct, gc=False):
 
 
 class _MModel(msgspec.Struct, gc=False):
-    provider: Optional[str] = None
-    name: Optional[str] = None
-    version: Optional[str] = None
+    provider: str | None = None
+    name: str | None = None
+    version: str | None = None
 
 
 class _MTokens(msgspec.Struct, gc=False):
-    prompt: Optional[Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]] = None
-    completion: Optional[Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]] = None
+    prompt: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)] | None = None
+    completion: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)] | None = None
 
 
 class _MFeedback(msgspec.Struct, gc=False):
-    rating: Optional[Annotated[int, msgspec.Meta(ge=1, le=5)]] = None
-    thumbs: Optional[Literal["up", "down"]] = None
+    rating: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
+    thumbs: Literal["up", "down"] | None = None
     comment: _OptText = None
 
 
 class _MSignals(msgspec.Struct, gc=False):
-    user_continued: Optional[bool] = None
-    completed_action: Optional[bool] = None
-    requested_human: Optional[bool] = None
-    abandoned: Optional[bool] = None
-    accepted: Optional[bool] = None
-    modified: Optional[bool] = None
+    user_continued: bool | None = None
+    completed_action: bool | None = None
+    requested_human: bool | None = None
+    abandoned: bool | None = None
+    accepted: bool | None = None
+    modified: bool | None = None
     time_to_first_use_s: _NonNegFloat = None
 
 
 class _MCorrection(msgspec.Struct, gc=False):
     corrected_response: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
-    agent_id: Optional[str] = None
-    reason: Optional[str] = None
-    category: Optional[str] = None
+    agent_id: str | None = None
+    reason: str | None = None
+    category: str | None = None
 
 
 class _MMetadata(msgspec.Struct, gc=False):
-    intent: Optional[str] = None
-    language: Optional[str] = None
+    intent: str | None = None
+    language: str | None = None
     tags: list[str] = []
 
 
@@ -164,18 +165,18 @@ class _MRecord(msgspec.Struct, gc=False):
     session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     timestamp: str  # parsed below (vectorized); an unusual format takes the Python path
     tenant_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = "default"
-    turn_index: Optional[Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]] = None
-    channel: Optional[str] = None
-    model: Optional[_MModel] = None
+    turn_index: Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)] | None = None
+    channel: str | None = None
+    model: _MModel | None = None
     messages: list[_MMessage] = []
     response: _OptText = None
     latency_ms: _NonNegFloat = None
-    tokens: Optional[_MTokens] = None
-    retrieval: Optional[list[Union[dict, str]]] = None
-    feedback: Optional[_MFeedback] = None
-    signals: Optional[_MSignals] = None
-    human_correction: Optional[_MCorrection] = None
-    metadata: Optional[_MMetadata] = None
+    tokens: _MTokens | None = None
+    retrieval: list[dict | str] | None = None
+    feedback: _MFeedback | None = None
+    signals: _MSignals | None = None
+    human_correction: _MCorrection | None = None
+    metadata: _MMetadata | None = None
 
 
 _DECODE = msgspec.json.Decoder(_MRecord).decode
@@ -220,7 +221,7 @@ def _fields(structs: list, cls: type) -> tuple:
     if not structs:
         return tuple(() for _ in cls.__struct_fields__)
     if cls is _MRecord:  # many fields: one transposition of the tuples is cheapest
-        return tuple(zip(*map(_astuple, structs)))
+        return tuple(zip(*map(_astuple, structs), strict=True))
     empty = _EMPTY[cls]
     if empty is not None:
         structs = [s if s is not None else empty for s in structs]
@@ -229,7 +230,7 @@ def _fields(structs: list, cls: type) -> tuple:
 
 def _columns(recs: list) -> dict[str, Any]:
     """Column values of the decoded records (stage layout minus ts; messages/tags flattened)."""
-    top = dict(zip(_MRecord.__struct_fields__, _fields(recs, _MRecord)))
+    top = dict(zip(_MRecord.__struct_fields__, _fields(recs, _MRecord), strict=True))
     cols: dict[str, Any] = {
         "interaction_id": top["interaction_id"], "tenant_id": top["tenant_id"],
         "session_raw": top["session_id"], "turn_index": top["turn_index"],
@@ -245,11 +246,11 @@ def _columns(recs: list) -> dict[str, Any]:
         present = [i for i, s in enumerate(subs) if s is not None]
         sparse = len(present) < n // 2  # e.g. feedback, corrections: fields of those rows only
         values_per_field = _fields([subs[i] for i in present] if sparse else subs, cls)
-        for field_name, values in zip(cls.__struct_fields__, values_per_field):
+        for field_name, values in zip(cls.__struct_fields__, values_per_field, strict=True):
             key = "corrected_response" if field_name == "corrected_response" else \
                 prefix + field_name
             cols[key] = _Sparse(n, present, values) if sparse else values
-    md = dict(zip(_MMetadata.__struct_fields__, _fields(top["metadata"], _MMetadata)))
+    md = dict(zip(_MMetadata.__struct_fields__, _fields(top["metadata"], _MMetadata), strict=True))
     cols["intent"], cols["language"] = md["intent"], md["language"]
     tags = md["tags"]
     cols["tags"] = ([len(t) for t in tags], [x for t in tags for x in t])
@@ -624,7 +625,7 @@ def _ingest(paths: list[Path], day: date, hash_key: bytes, chunk_bytes: int, n_w
     all_rows = pl.concat(parts, how="vertical") if parts else pl.DataFrame(
         schema={**INTERACTION_SCHEMA, "file_idx": pl.Int32, "line_no": pl.Int64,
                 "h1": pl.UInt64, "h2": pl.UInt64})
-    del parts
+    parts.clear()  # the chunks are in all_rows now: let them go
 
     # de-duplicate on interaction_id: first by (file, line) wins
     first = all_rows.select(pl.col("interaction_id").is_first_distinct()).to_series()
@@ -713,7 +714,7 @@ def _scrub_stage(kept: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
         new.scatter(idx, pl.Series(texts, dtype=pl.String))
         replaced.append(new)
         for t in PII_TYPES:
-            hit = [i for i, found in zip(idx.to_list(), row_types) if t in found]
+            hit = [i for i, found in zip(idx.to_list(), row_types, strict=True) if t in found]
             if hit:
                 flag = pl.Series([False] * kept.height, dtype=pl.Boolean)
                 flag.scatter(hit, True)

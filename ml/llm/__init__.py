@@ -3,7 +3,14 @@ models, with retries, circuit breakers, structured output, caching, cost account
 failover. See docs/providers.md."""
 
 from ml.llm.breaker import CircuitBreaker
-from ml.llm.cache import JsonlCache, MemoryCache, ResponseCache, SQLiteCache, open_cache, request_key
+from ml.llm.cache import (
+    JsonlCache,
+    MemoryCache,
+    ResponseCache,
+    SQLiteCache,
+    open_cache,
+    request_key,
+)
 from ml.llm.config import build_provider, build_router, env_config, from_env
 from ml.llm.errors import (
     CircuitOpenError,
@@ -17,9 +24,9 @@ from ml.llm.errors import (
     TransientProviderError,
 )
 from ml.llm.pricing import Price, PriceTable
+from ml.llm.redaction import RedactingFilter, install_redaction, redact, register_secret
 from ml.llm.reliability import ResilientProvider, RetryPolicy
 from ml.llm.router import Router, RouterStats
-from ml.llm.redaction import RedactingFilter, install_redaction, redact, register_secret
 from ml.llm.types import LLMRequest, LLMResponse, Provider, Usage
 
 __all__ = [

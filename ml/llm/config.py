@@ -42,7 +42,8 @@ def build_provider(spec: Mapping[str, Any]) -> Provider:
     params = {k: v for k, v in spec.items() if k not in _RETRY_KEYS and k != "breaker"}
     unknown = set(params) - allowed
     if unknown:
-        raise ConfigError(f"{kind} provider: unknown field(s) {sorted(unknown)}; allowed {sorted(allowed | _RETRY_KEYS | {'breaker'})}")
+        known = sorted(allowed | _RETRY_KEYS | {"breaker"})
+        raise ConfigError(f"{kind} provider: unknown field(s) {sorted(unknown)}; allowed {known}")
     params.pop("kind")
     name = params.pop("name", None) or kind
     if "timeout_s" in params:

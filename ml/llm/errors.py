@@ -91,7 +91,7 @@ class ProviderFailure:
     status_code: int | None = None
 
     @classmethod
-    def from_exception(cls, provider: str, exc: BaseException) -> "ProviderFailure":
+    def from_exception(cls, provider: str, exc: BaseException) -> ProviderFailure:
         return cls(provider, type(exc).__name__, str(exc), getattr(exc, "kind", None),
                    getattr(exc, "status_code", None))
 

@@ -38,8 +38,9 @@ class GeminiProvider:
 
     ``base_url`` points the client at another endpoint (a proxy or a stand-in server); the client
     appends ``{api_version}/models/{model}:generateContent`` (``api_version`` defaults to
-    ``v1beta``, where ``response_json_schema`` lives; the SDK's own default is ``v1``). The timeout is passed in milliseconds, as
-    ``HttpOptions.timeout`` expects; the SDK's retries are off (``HttpRetryOptions(attempts=1)``).
+    ``v1beta``, where ``response_json_schema`` lives; the SDK's own default is ``v1``). The
+    timeout is passed in milliseconds, as ``HttpOptions.timeout`` expects; the SDK's retries
+    are off (``HttpRetryOptions(attempts=1)``).
     System messages become ``system_instruction``; ``assistant`` turns become ``model`` turns.
     With a schema: ``response_mime_type='application/json'`` and ``response_json_schema``.
     """

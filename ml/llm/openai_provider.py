@@ -12,9 +12,9 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice
 
+from ml.llm._http import is_retryable_status, provider_key, retry_after_seconds
 from ml.llm.errors import ConfigError, PermanentProviderError, TransientProviderError
 from ml.llm.redaction import redact
-from ml.llm._http import is_retryable_status, provider_key, retry_after_seconds
 from ml.llm.structured import schema_instruction
 from ml.llm.types import LLMRequest, LLMResponse, Usage
 

@@ -19,8 +19,8 @@ from ml.llm.errors import (
     StructuredOutputError,
 )
 from ml.llm.pricing import Price, PriceTable
-from ml.llm.reliability import ResilientProvider
 from ml.llm.redaction import redact
+from ml.llm.reliability import ResilientProvider
 from ml.llm.structured import SchemaViolation, parse_and_validate, repair_request
 from ml.llm.types import LLMRequest, LLMResponse, Provider
 

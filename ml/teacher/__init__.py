@@ -18,10 +18,10 @@ those bring an interaction to the retry cap; a failure during an outage never do
 from __future__ import annotations
 
 import os
-
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -32,7 +32,6 @@ from ml.llm import from_env
 from ml.teacher.items import HUMAN_SOURCE
 from ml.teacher.llm import LLMTeacher
 from ml.teacher.retrieval import Proposal, RetrievalTeacher
-
 
 TEACHER_ATTEMPTS_TABLE = "teacher_attempts"
 TEACHER_ATTEMPT_COLUMNS: dict[str, str] = {
@@ -106,7 +105,7 @@ def propose_corrections(rows: Sequence[dict[str, Any]], *, retrieval: RetrievalT
             result.proposals[p.interaction_id] = p
         return result
     found = retrieval.propose_many(rest, vectors) if retrieval is not None else [None] * len(rest)
-    for row, p in zip(rest, found):
+    for row, p in zip(rest, found, strict=True):
         if p is None:
             result.no_proposal.append(str(row["interaction_id"]))
         else:

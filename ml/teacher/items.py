@@ -10,7 +10,8 @@ operational store (``store.teaching``); everything here is pure.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import polars as pl
 

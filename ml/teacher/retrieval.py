@@ -4,8 +4,9 @@ For a flawed reply it proposes the best *approved* answer to the most similar pa
 answers live in the LanceDB table ``interaction_embeddings`` as rows of ``kind = 'approved_reply'``
 (next to the ``question`` rows of every interaction, see ``ml.embeddings``): one row per approved
 or edited sample item (its final reply) and per human agent correction, with the MiniLM vector of
-the question it answered (``vector``) and of the approved reply (``response_vector``). A proposal needs a cosine similarity of at least ``threshold``; with nothing similar
-enough there is no proposal (counted, never invented). Every proposal is marked
+the question it answered (``vector``) and of the approved reply (``response_vector``). A
+proposal needs a cosine similarity of at least ``threshold``; with nothing similar enough there
+is no proposal (counted, never invented). Every proposal is marked
 ``source="retrieval"`` with ``extra = {similar_interaction_id, similarity, ...}`` so reviewers see
 where it came from.
 """
@@ -13,8 +14,9 @@ where it came from.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -124,7 +126,7 @@ class RetrievalTeacher:
         fresh = embeddings.encode([rows[i].get("user_message") for i in missing]) if missing else None
         out: list[Proposal | None] = []
         k = 0
-        for i, row in enumerate(rows):
+        for row in rows:
             if row["interaction_id"] in vectors:
                 vec = vectors[row["interaction_id"]]
             else:

@@ -120,7 +120,7 @@ def test_agreement_uses_reviewer_labels_and_matches_cohen_kappa(learnloop_home: 
     try:
         cur = con.execute("SELECT * FROM analytics.auditor_agreement")
         names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
     finally:
         con.close()
     [row] = rows

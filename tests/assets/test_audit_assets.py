@@ -18,18 +18,18 @@ from assets.quality import interaction_quality
 from assets.teaching import preference_pairs, teacher_samples
 from ml.demo.generate import generate
 from orchestration.jobs import (
-    manual_audit_run_config,
     audit_job,
     daily_teacher_schedule,
     hourly_audit_schedule,
     manual_audit_job,
+    manual_audit_run_config,
     teaching_job,
 )
-from tests.stores import resources_for
 from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
 from store.repo import decide
 from tests.assets.conftest import land_and_ingest, warehouse_rows
+from tests.stores import resources_for
 
 N_RECORDS = 400
 CHAIN = [interaction_embeddings, audit_candidates, audited_errors, teacher_samples,

@@ -20,10 +20,10 @@ from assets.analytics import (
     ensure_manifest,
     manifest_is_current,
 )
+from assets.resources import WAREHOUSE_POOL
 from assets.review import REVIEW_DECISION_COLUMNS
 from ml.audit.taxonomy import AUDITED_COLUMNS
 from ml.schema import INTERACTION_COLUMNS, QUALITY_COLUMNS, QUARANTINE_COLUMNS
-from assets.resources import WAREHOUSE_POOL
 from tests.stores import resources_for
 
 D1, D2 = date(2025, 1, 1), date(2025, 1, 2)
@@ -147,7 +147,7 @@ def _query(path: Path, sql: str) -> list[dict]:
     try:
         cur = con.execute(sql)
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
     finally:
         con.close()
 

@@ -13,8 +13,8 @@ from assets.ingest import ingest_interactions, raw_interactions, residual_pii
 from assets.quality import interaction_quality
 from ml.landing import write_landing_file
 from orchestration.definitions import defs
-from tests.stores import resources_for
 from tests.assets.conftest import warehouse_rows
+from tests.stores import resources_for
 
 DAY = "2026-11-03"
 

@@ -3,11 +3,10 @@
 import dagster as dg
 
 from assets.review import review_decisions
-from tests.stores import resources_for
 from store import repo
 from store.db import session_scope, upgrade
 from tests.assets.conftest import warehouse_rows
-
+from tests.stores import resources_for
 
 
 def test_review_events_are_copied_once_and_incrementally(learnloop_home):

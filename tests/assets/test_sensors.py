@@ -3,8 +3,8 @@ import json
 import dagster as dg
 
 from ml.landing import write_landing_file
-from tests.stores import resources_for
 from orchestration.sensors import landing_file_sensor
+from tests.stores import resources_for
 
 
 def _evaluate(instance, home, cursor=None):

@@ -19,11 +19,11 @@ from sqlalchemy import func, select
 from assets.audit import audit_candidates, audited_errors
 from assets.embeddings import interaction_embeddings
 from assets.teaching import preference_pairs, teacher_samples
-from tests.stores import resources_for
 from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
 from tests.assets.conftest import land_and_ingest, warehouse_rows
 from tests.llm.fake_servers import FakeOpenAIServer, error, hang, ok, rate_limited
+from tests.stores import resources_for
 
 CHAIN = [interaction_embeddings, audit_candidates, audited_errors, teacher_samples,
          preference_pairs]
@@ -225,10 +225,14 @@ def test_teacher_outage_longer_than_max_attempts_loses_nothing(home, monkeypatch
 def test_teacher_attempts_table_from_before_counted_attempts_is_read_and_extended(home):
     """A teacher_attempts table written before counted_attempts existed: readable, gets the
     column (NULL on old rows: not given up, so retried), and new rows can be written to it."""
-    from ml.teacher import read_teacher_attempts
     from ml import warehouse
-    from ml.teacher import (TEACHER_ATTEMPT_COLUMNS, TEACHER_ATTEMPT_KEYS,
-                            TEACHER_ATTEMPTS_TABLE, given_up_ids)
+    from ml.teacher import (
+        TEACHER_ATTEMPT_COLUMNS,
+        TEACHER_ATTEMPT_KEYS,
+        TEACHER_ATTEMPTS_TABLE,
+        given_up_ids,
+        read_teacher_attempts,
+    )
 
     old = {c: t for c, t in TEACHER_ATTEMPT_COLUMNS.items() if c != "counted_attempts"}
     con = duckdb.connect(str(home / "warehouse.duckdb"))

@@ -6,10 +6,18 @@ import json
 
 import pytest
 
-from ml.llm import ConfigError, LLMRequest, ProviderError, Router, SQLiteCache, build_router, from_env
+from ml.llm import (
+    ConfigError,
+    LLMRequest,
+    ProviderError,
+    Router,
+    SQLiteCache,
+    build_router,
+    from_env,
+)
 from ml.llm.openai_provider import OpenAIProvider
-from tests.llm.helpers import KEY_ENV
 from tests.llm.fake_servers import error, ok
+from tests.llm.helpers import KEY_ENV
 
 MSGS = [{"role": "user", "content": "hello"}]
 

@@ -19,7 +19,6 @@ from ml.llm import (
     Router,
     SQLiteCache,
 )
-from tests.llm.helpers import FAST_RETRY, KEY_ENV, FakeClock, make_provider, resilient
 from tests.llm.fake_servers import (
     FakeGeminiServer,
     FakeOpenAIServer,
@@ -28,10 +27,11 @@ from tests.llm.fake_servers import (
     hang,
     malformed,
     ok,
-    raw,
     rate_limited,
+    raw,
     truncated,
 )
+from tests.llm.helpers import KEY_ENV, FakeClock, make_provider, resilient
 
 MSGS = [{"role": "system", "content": "You audit replies."}, {"role": "user", "content": "Was this reply wrong?"}]
 NO_RETRY = RetryPolicy(max_retries=0)

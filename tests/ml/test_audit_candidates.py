@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import polars as pl
 import pytest
@@ -40,7 +40,7 @@ def ids(frame: pl.DataFrame) -> list[str]:
 def test_each_signal_selects_with_its_reason_and_nothing_else_without_calibration():
     out = select_candidates(interactions(), None, config=CandidateConfig(calibration_rate=0.0), **A)
     assert out.columns == list(CANDIDATE_COLUMNS)
-    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list()))
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list(), strict=True))
     assert reasons == {"i0": ["negative_feedback"], "i1": ["negative_feedback"],
                        "i2": ["handoff"], "i3": ["human_correction"], "i4": ["low_quality"]}
     assert set(out["auditor"]) == {"rules"} and set(out["prompt_version"]) == {"rules-v1"}
@@ -70,7 +70,7 @@ def test_calibration_sample_is_seeded_stable_and_near_the_rate():
 def test_calibration_never_double_counts_signalled_rows():
     out = select_candidates(interactions(), None, **A,
                             config=CandidateConfig(calibration_rate=1.0))
-    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list()))
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list(), strict=True))
     assert reasons["i0"] == ["negative_feedback"]
     assert reasons["i9"] == ["calibration"]
     assert out.height == 10
@@ -81,7 +81,7 @@ def test_audited_ok_is_excluded_and_failed_is_retried():
                              "status": ["ok", "failed", "failed"]})
     out = select_candidates(interactions(), attempts, **A,
                             config=CandidateConfig(calibration_rate=0.0))
-    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list()))
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list(), strict=True))
     assert "i0" not in reasons
     assert reasons["i1"] == ["negative_feedback", "retry"]
     assert reasons["i7"] == ["retry"]
@@ -93,7 +93,7 @@ def test_failed_max_attempts_times_is_given_up_except_for_a_manual_run():
     cfg = CandidateConfig(calibration_rate=0.0)  # max_attempts defaults to 5
     assert given_up(attempts, cfg.max_attempts) == ["i1", "i8"]
     out = select_candidates(interactions(), attempts, **A, config=cfg)
-    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list()))
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list(), strict=True))
     # i1 has negative feedback too, but it is given up: the schedule stops asking
     assert "i1" not in reasons and "i8" not in reasons
     assert reasons["i7"] == ["retry"]
@@ -135,7 +135,7 @@ def test_manual_selection_by_ids_sessions_and_time_range():
                                    session_aliases={"raw-s3": "s3"})
     assert ids(by_session) == ["i6", "i7"]
     by_time = select_candidates(df, None, **A, config=CandidateConfig(
-        since=datetime(2026, 1, 1, 10, 2, tzinfo=timezone.utc),
+        since=datetime(2026, 1, 1, 10, 2, tzinfo=UTC),
         until=datetime(2026, 1, 1, 10, 4)))
     assert ids(by_time) == ["i2", "i3"]
     assert by_time.filter(pl.col("interaction_id") == "i2")["reasons"][0].to_list() == \
@@ -212,7 +212,7 @@ def test_failures_are_classified_request_specific_or_outage(tmp_path, name, coun
 
 
 def test_a_mix_of_rejection_and_outage_or_an_open_breaker_is_an_outage():
-    from ml.audit.failures import REQUEST, OUTAGE, classify_failure
+    from ml.audit.failures import OUTAGE, REQUEST, classify_failure
     from ml.conversation import RowInputError
     from ml.llm import LLMRequest, ProviderError, RetryPolicy, Router
     from ml.llm.errors import PermanentProviderError, TransientProviderError
@@ -275,7 +275,7 @@ def test_only_a_last_request_specific_failure_at_the_cap_is_given_up():
     assert given_up(attempts, 2) == ["i1"]
     out = select_candidates(interactions(), attempts, **A,
                             config=CandidateConfig(calibration_rate=0.0, max_attempts=2))
-    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list()))
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list(), strict=True))
     assert "i1" not in reasons and "i5" not in reasons  # given up / audited ok
     assert reasons["i2"] == ["handoff", "retry"] and reasons["i3"] == ["human_correction", "retry"]
     assert reasons["i7"] == ["retry"]  # a count from before the fix may include outages: retried

@@ -67,7 +67,7 @@ def test_weighted_cohen_kappa_matches_the_weighted_table_by_hand():
     # kappa = (po - pe) / (1 - pe) = (247 - 197) / (361 - 197) = 50 / 164
     rows = [(True, True, 1.0)] * 3 + [(True, False, 1.0)] + [(False, True, 5.0)] + \
         [(False, False, 5.0)] * 2
-    pred, actual, w = zip(*rows)
+    pred, actual, w = zip(*rows, strict=True)
     assert cohen_kappa(pred, actual, w) == pytest.approx(50 / 164, abs=1e-4)
     # unweighted the same labels give po 5/7, pe (4*4 + 3*3)/49 = 25/49 -> kappa 10/24
     assert cohen_kappa(pred, actual) == pytest.approx(10 / 24, abs=1e-4)
@@ -77,8 +77,8 @@ def test_weighted_cohen_kappa_equals_repeating_items():
     a = [1, 1, 0, 0, 1]
     b = [1, 0, 0, 1, 1]
     w = [1, 3, 2, 1, 2]
-    rep_a = [x for x, k in zip(a, w) for _ in range(k)]
-    rep_b = [y for y, k in zip(b, w) for _ in range(k)]
+    rep_a = [x for x, k in zip(a, w, strict=True) for _ in range(k)]
+    rep_b = [y for y, k in zip(b, w, strict=True) for _ in range(k)]
     assert cohen_kappa(a, b, w) == cohen_kappa(rep_a, rep_b)
     assert cohen_kappa(a, b, [1] * 5) == cohen_kappa(a, b)
     assert cohen_kappa(a, b, [0] * 5) is None

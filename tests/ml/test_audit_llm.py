@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from ml.audit.llm import LLMAuditor
-from ml.conversation import RowInputError, render_conversation
 from ml.audit.taxonomy import AUDITED_COLUMNS
+from ml.conversation import RowInputError, render_conversation
 from ml.llm import build_router
 from ml.prompts import PromptError, load_prompt
 from ml.teacher import propose_corrections

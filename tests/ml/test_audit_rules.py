@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from ml.audit.metrics import cohen_kappa
-from ml.audit.rules import SIGNALS, RuleThresholds, RulesAuditor, audit_rules, signal_frame
+from ml.audit.rules import SIGNALS, RulesAuditor, RuleThresholds, audit_rules, signal_frame
 from ml.audit.taxonomy import AUDITED_COLUMNS, CATEGORIES, Verdict, normalize_category
 from ml.demo.truth import precision_recall
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -23,7 +23,7 @@ from ml.schema import RecordError, validate_record
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 HH = DATA / "hh-rlhf-helpful-base" / "test.jsonl.gz"
 OASST = DATA / "oasst1-en100" / "en_100_tree.jsonl"
-T0 = datetime(2026, 11, 3, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 3, 12, 0, 0, tzinfo=UTC)
 
 
 def _all_valid(records: list[dict]) -> None:
@@ -208,7 +208,7 @@ def test_openai_chat_each_assistant_turn_becomes_an_interaction(tmp_path):
     assert a["messages"] == conv["messages"][:2] and a["response"] == "Shipping is free over $50."
     assert b["messages"][-1] == {"role": "user", "content": "And returns?"}
     assert len(b["messages"]) == 4 and b["response"] == "30 days."
-    assert a["timestamp"] == datetime.fromtimestamp(1793880000, timezone.utc).isoformat().replace(
+    assert a["timestamp"] == datetime.fromtimestamp(1793880000, UTC).isoformat().replace(
         "+00:00", "Z")
     assert a["metadata"]["intent"] == "billing"
     assert a["metadata"]["source_metadata"] == {"intent": "billing", "x": 1}
@@ -395,11 +395,11 @@ def test_records_without_a_time_get_the_file_mtime_whenever_imported(tmp_path):
         src.write_text("".join(next(fh) for _ in range(3)), encoding="utf-8")
     chats = _write_jsonl(tmp_path / "chats.jsonl", [
         {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
-    mtime = datetime(2025, 6, 30, 23, 59, 58, tzinfo=timezone.utc)
+    mtime = datetime(2025, 6, 30, 23, 59, 58, tzinfo=UTC)
     for p in (src, chats):
         os.utime(p, (mtime.timestamp() + 0.7, mtime.timestamp() + 0.7))
     runs = []
-    for when in (datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 2, 9, tzinfo=timezone.utc)):
+    for when in (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 9, tzinfo=UTC)):
         land = tmp_path / f"landing-{when.date()}"
         runs.append((import_to_landing("hh-rlhf", src, land, import_time=when),
                      import_to_landing("openai-chat", chats, land, import_time=when)))
@@ -427,9 +427,9 @@ def test_reimporting_touched_content_gives_identical_records(tmp_path):
     with gzip.open(HH, "rt", encoding="utf-8") as fh:
         src.write_text("".join(next(fh) for _ in range(3)), encoding="utf-8")
     land = tmp_path / "landing"
-    os.utime(src, (datetime(2025, 6, 30, 12, tzinfo=timezone.utc).timestamp(),) * 2)
+    os.utime(src, (datetime(2025, 6, 30, 12, tzinfo=UTC).timestamp(),) * 2)
     first = import_to_landing("hh-rlhf", src, land)
-    os.utime(src, (datetime(2026, 3, 4, 9, tzinfo=timezone.utc).timestamp(),) * 2)  # touched
+    os.utime(src, (datetime(2026, 3, 4, 9, tzinfo=UTC).timestamp(),) * 2)  # touched
     second = import_to_landing("hh-rlhf", src, land)
     assert first["days"] == second["days"] == {"2025-06-30": 3}
 
@@ -439,7 +439,7 @@ def test_reimporting_touched_content_gives_identical_records(tmp_path):
     assert records(first) == records(second)
     # new content registers its own timestamp (the mtime of its first import)
     src.write_text(src.read_text() + src.read_text().splitlines(keepends=True)[0])
-    os.utime(src, (datetime(2026, 3, 4, 9, tzinfo=timezone.utc).timestamp(),) * 2)
+    os.utime(src, (datetime(2026, 3, 4, 9, tzinfo=UTC).timestamp(),) * 2)
     third = import_to_landing("hh-rlhf", src, land)
     assert third["days"] == {"2026-03-04": 4}
     assert len(list((land / "_imports").glob("*.json"))) == 2

@@ -212,13 +212,13 @@ def test_quarantine_reasons_name_the_field(tmp_path):
     assert list(q.columns) == list(QUARANTINE_COLUMNS)
     assert sorted(res.interactions["interaction_id"].to_list()) == ["id-1", "id-2"]
     assert q.height == len(variants)
-    for (line, field), row in zip(variants, q.iter_rows(named=True)):
+    for (line, field), row in zip(variants, q.iter_rows(named=True), strict=True):
         assert field in row["reason"], (field, row["reason"])
         assert row["raw"] == scrub_text(line)[0]  # the raw text, PII-scrubbed
         assert "a.b@example.com" not in row["raw"]
         assert row["line_no"] == lines.index(line) + 1
         assert row["partition_date"] == datetime(2024, 3, 1).date()
-    by_field = dict(zip([f for _, f in variants], q["reason"]))
+    by_field = dict(zip([f for _, f in variants], q["reason"], strict=True))
     assert by_field["feedback.rating"].startswith("feedback.rating:")
     assert q.filter(pl.col("reason").str.contains("interaction_id"))["interaction_id"][0] is None
 

@@ -109,7 +109,7 @@ def test_frame_matches_single_string():
     ]
     df = pl.DataFrame({"a": corpus, "b": list(reversed(corpus))})
     out, types = scrub_frame(df, ["a", "b"])
-    for i, (a, b) in enumerate(zip(corpus, reversed(corpus))):
+    for i, (a, b) in enumerate(zip(corpus, reversed(corpus), strict=True)):
         sa, ta = scrub_text(a)
         sb, tb = scrub_text(b)
         assert out["a"][i] == sa

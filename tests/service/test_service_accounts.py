@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from argon2 import PasswordHasher
+from servicekit import make_settings
 from sqlalchemy import select
 
 from service import cli_support
 from service.security import LoginLimiter
 from store import collector_keys, repo, reviewers
 from store.db import session_scope
-from store.models import CollectorKey, ReviewEvent, Reviewer
-from servicekit import make_settings
+from store.models import CollectorKey, Reviewer, ReviewEvent
 
 
 def test_passwords_and_tokens_are_stored_hashed(svc_store, monkeypatch):
@@ -145,7 +145,7 @@ def test_progress_counts_decisions_today_and_total(svc_store):
         # a decision two days ago (events are append-only: write it as it would have been written)
         s.add(ReviewEvent(item_id=item.id, tenant_id="acme", actor="ann", action="decide",
                           before={"status": "pending"}, after={"status": "approved"},
-                          at=datetime.now(timezone.utc) - timedelta(days=2)))
+                          at=datetime.now(UTC) - timedelta(days=2)))
     with session_scope(svc_store) as s:
         assert reviewers.progress(s, "ann") == {"today": 2, "total": 3}
         assert reviewers.progress(s, "bob") == {"today": 0, "total": 0}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from servicekit import auth, csrf_of, sign_in
 from sqlalchemy import func, select
 
 from store.db import session_scope
 from store.models import ReviewEvent, ReviewItem
-from servicekit import auth, csrf_of, sign_in
 
 
 def test_requires_authentication(client):

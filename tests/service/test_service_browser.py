@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 
 import pytest
+from servicekit import PASSWORD, LiveServer
 from sqlalchemy import select
 
 from store.db import session_scope
 from store.models import ReviewEvent, ReviewItem
-from servicekit import PASSWORD, LiveServer
 
 CHROMIUM = os.environ.get("LEARNLOOP_CHROMIUM", "/usr/bin/chromium")
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"

@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from servicekit import free_port, wait_until_serving
 
 from ml import landing
 from service.collector import check_records
 from store import collector_keys
 from store.db import session_scope, upgrade
-from servicekit import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 
 import httpx
+from servicekit import LiveServer, auth
 from sqlalchemy import func, select
 
 from store.db import session_scope
 from store.models import ReviewEvent, ReviewItem
-from servicekit import LiveServer, auth
 
 
 def _race(base_url: str, item_id: int, contenders: list[tuple[str, dict]]) -> list[httpx.Response]:

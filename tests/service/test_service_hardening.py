@@ -6,8 +6,8 @@ import socket
 import threading
 
 import httpx
-
 from servicekit import PASSWORD, LiveServer, auth, csrf_of
+
 from store.db import session_scope
 from store.models import ReviewItem
 

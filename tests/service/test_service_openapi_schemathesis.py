@@ -17,10 +17,10 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from servicekit import make_settings, seed, service_settings
 
 from store import collector_keys
 from store.db import session_scope
-from servicekit import make_settings, seed, service_settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]

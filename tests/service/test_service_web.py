@@ -6,11 +6,11 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from servicekit import PASSWORD, csrf_of, sign_in
 from sqlalchemy import select
 
 from store.db import session_scope
 from store.models import ReviewEvent, ReviewItem
-from servicekit import PASSWORD, csrf_of, sign_in
 
 
 @pytest.fixture()
@@ -391,8 +391,9 @@ def test_deactivation_ends_open_sessions(web, sqlite_world):
     ("0.0.0.0", None, True), ("review.example.com", None, True), ("10.1.2.3", False, False),
     ("127.0.0.1", True, True)])
 def test_cookie_is_secure_off_loopback_unless_overridden(sqlite_world, host, override, secure):
-    from service.app import create_app
     from servicekit import service_settings
+
+    from service.app import create_app
 
     kw = {} if override is None else {"cookie_secure": override}
     app = create_app(sqlite_world.settings, service_settings(**kw), migrate=False, host=host)

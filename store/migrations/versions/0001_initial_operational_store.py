@@ -1,12 +1,11 @@
 """initial operational store
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-22 07:50:03.083299
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
