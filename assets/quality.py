@@ -4,6 +4,7 @@
 import dagster as dg
 import polars as pl
 
+from assets.catalog import catalog
 from assets.partitions import landing_date_partitions
 from assets.resources import WAREHOUSE_POOL, WarehouseResource
 from ml import warehouse as wh
@@ -33,7 +34,7 @@ def out_of_range(scores: pl.DataFrame) -> dict[str, int]:
 @dg.asset(
     deps=["interactions"],
     partitions_def=landing_date_partitions,
-    group_name="quality",
+    **catalog("interaction_quality", "quality"),
     kinds={"duckdb", "polars"},
     pool=WAREHOUSE_POOL,
     check_specs=[dg.AssetCheckSpec("check_scores_in_range", asset="interaction_quality",

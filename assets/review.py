@@ -3,38 +3,17 @@
 import dagster as dg
 import polars as pl
 
+from assets.catalog import catalog
 from assets.resources import WAREHOUSE_POOL, OperationalStoreResource, WarehouseResource
 from ml import warehouse as wh
+from ml.tables import TABLES
 from store.repo import review_event_rows
 
-REVIEW_DECISION_COLUMNS: dict[str, str] = {
-    "event_id": "BIGINT",
-    "item_id": "BIGINT",
-    "kind": "VARCHAR",  # error | sample
-    "tenant_id": "VARCHAR",
-    "interaction_id": "VARCHAR",
-    "actor": "VARCHAR",
-    "action": "VARCHAR",  # created | decide | tag
-    "status_before": "VARCHAR",
-    "status_after": "VARCHAR",
-    "note": "VARCHAR",
-    "event_at": "TIMESTAMP",
-    "auditor": "VARCHAR",
-    "prompt_version": "VARCHAR",
-    "category": "VARCHAR",
-    "severity": "VARCHAR",
-    "source": "VARCHAR",
-}
 BATCH = 50_000
 
 
-def _schema() -> dict[str, pl.DataType]:
-    types = {"BIGINT": pl.Int64, "VARCHAR": pl.Utf8, "TIMESTAMP": pl.Datetime("us")}
-    return {c: types[t] for c, t in REVIEW_DECISION_COLUMNS.items()}
-
-
 @dg.asset(
-    group_name="review",
+    **catalog("review_decisions", "review"),
     kinds={"duckdb", "sqlite"},
     pool=WAREHOUSE_POOL,
     description="Append-only copy of the review events (decisions, tags, creations) from the "
@@ -44,7 +23,7 @@ def review_decisions(context: dg.AssetExecutionContext, warehouse: WarehouseReso
                      store: OperationalStoreResource) -> dg.MaterializeResult:
     copied = 0
     with warehouse.get_connection() as con:
-        wh.ensure_table(con, "review_decisions", REVIEW_DECISION_COLUMNS)
+        wh.ensure_table(con, "review_decisions")
         [(cursor,)] = con.execute("SELECT coalesce(max(event_id), 0) FROM review_decisions").fetchall()
         start = cursor
         while True:
@@ -52,7 +31,7 @@ def review_decisions(context: dg.AssetExecutionContext, warehouse: WarehouseReso
                 rows = review_event_rows(session, after_id=cursor, limit=BATCH)
             if not rows:
                 break
-            frame = pl.DataFrame(rows, schema=_schema())
+            frame = pl.DataFrame(rows, schema=TABLES["review_decisions"].polars_schema())
             con.register("_incoming", frame.to_arrow())
             con.execute("INSERT INTO review_decisions SELECT * FROM _incoming")
             con.unregister("_incoming")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from assets.catalog import catalog
 from assets.resources import (
     WAREHOUSE_POOL,
     OperationalStoreResource,
@@ -19,9 +20,10 @@ from assets.resources import (
 )
 from ml import embeddings
 from ml import warehouse as wh
-from ml.audit.tables import AUDIT_TABLES, replace_table
+from ml.audit.tables import preference_problems, replace_table
 from ml.audit.taxonomy import SEVERITIES
 from ml.llm.errors import ConfigError
+from ml.tables import TABLES
 from ml.teacher import (
     TEACHER_ATTEMPT_COLUMNS,
     TEACHER_ATTEMPT_KEYS,
@@ -54,7 +56,7 @@ class TeacherSamplesConfig(dg.Config):
 
 @dg.asset(
     deps=["audited_errors", "interaction_embeddings"],
-    group_name="teaching",
+    **catalog("teacher_samples", "teaching"),
     kinds={"sqlite", "lancedb"},
     pool=WAREHOUSE_POOL,
     description="A proposed corrected reply (`sample` review item, parent = the error item) for "
@@ -165,12 +167,12 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
     })
 
 
-PREFERENCE_SCHEMA = wh.polars_schema(AUDIT_TABLES["preference_pairs"])
+PREFERENCE_SCHEMA = TABLES["preference_pairs"].polars_schema()
 
 
 @dg.asset(
     deps=["teacher_samples"],
-    group_name="teaching",
+    **catalog("preference_pairs", "teaching"),
     kinds={"duckdb", "sqlite"},
     pool=WAREHOUSE_POOL,
     description="Preference pairs for DPO: prompt/messages, rejected = the assistant's original "
@@ -189,3 +191,22 @@ def preference_pairs(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         "edited": int((pairs["status"] == "edited").sum()) if pairs.height else 0,
         "tenants": pairs["tenant_id"].n_unique() if pairs.height else 0,
     })
+
+
+# ---- checks -----------------------------------------------------------------------------------------
+@dg.asset_check(asset=teacher_samples,
+                description="Every sample item has a proposed reply and a known source, and every "
+                            "teacher proposal names its parent error item.")
+def check_samples_are_reviewable(store: OperationalStoreResource) -> dg.AssetCheckResult:
+    with store.session() as s:
+        problems = store_teaching.sample_problems(s, teach.HUMAN_SOURCE)
+    return dg.AssetCheckResult(passed=not any(problems.values()), metadata=problems)
+
+
+@dg.asset_check(asset=preference_pairs, pool=WAREHOUSE_POOL,
+                description="Every pair has a non-empty chosen and rejected reply that differ; "
+                            "each sample item is in one pair at most.")
+def check_pairs_differ(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        problems = preference_problems(con)
+    return dg.AssetCheckResult(passed=not any(problems.values()), metadata=problems)

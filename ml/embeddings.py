@@ -124,6 +124,23 @@ def embeddings_schema() -> pa.Schema:
     ])
 
 
+# what each column of the LanceDB table holds (the Dagster catalog shows it)
+EMBEDDING_COLUMN_DOCS: dict[str, str] = {
+    "interaction_id": "The interaction (question rows) or the interaction of the approved reply.",
+    "tenant_id": "Its tenant.",
+    "partition_date": "Its landing day (YYYY-MM-DD).",
+    "question": "The user question that was embedded.",
+    "vector": f"MiniLM embedding of the question ({DIM} floats, L2-normalized).",
+    "response_vector": f"MiniLM embedding of the reply ({DIM} floats).",
+    "qa_relevance": "Cosine of question and reply vectors.",
+    "model": "The embedding model.",
+    "kind": "question (every interaction) or approved_reply (the teacher's answer index).",
+    "answer": "approved_reply rows: the approved text.",
+    "origin": "approved_reply rows: sample_item or human_correction.",
+    "item_id": "approved_reply rows: the sample review item.",
+}
+
+
 # columns added since the first layout, with the value old rows get (a SQL expression)
 _ADDED_COLUMNS = {"kind": f"'{KIND_QUESTION}'", "answer": "CAST(NULL AS string)",
                   "origin": "CAST(NULL AS string)", "item_id": "CAST(NULL AS bigint)"}

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ml.schema import QUALITY_COLUMNS
+from ml.tables import QUALITY_COLUMNS
 
 SCORER_VERSION = "quality-1.0"
 

@@ -4,7 +4,8 @@ One JSON object per assistant turn. ``InteractionRecord`` validates one record (
 importers and the naive baseline use it); ``ml.ingest`` validates whole files with vectorized
 expressions that accept and reject exactly what this model does (a test checks they agree).
 
-Also here: ``INTERACTION_COLUMNS``, the flat column layout of the warehouse table ``interactions``.
+The flat column layout of the warehouse table ``interactions`` is in the table registry,
+``ml.tables``.
 """
 
 from __future__ import annotations
@@ -128,69 +129,3 @@ def validate_record(obj: object) -> InteractionRecord:
         return InteractionRecord.model_validate(obj)
     except ValidationError as exc:
         raise RecordError(describe_validation_error(exc), iid) from None
-
-
-# Flat layout of the warehouse table `interactions` (after validation, scrubbing and hashing).
-INTERACTION_COLUMNS: dict[str, str] = {
-    "interaction_id": "VARCHAR",
-    "tenant_id": "VARCHAR",
-    "session_id": "VARCHAR",  # keyed hash (HMAC-SHA256, hex) of the raw session id
-    "turn_index": "INTEGER",
-    "ts": "TIMESTAMP",  # UTC
-    "channel": "VARCHAR",
-    "model_provider": "VARCHAR",
-    "model_name": "VARCHAR",
-    "model_version": "VARCHAR",
-    "messages": "VARCHAR",  # JSON list of {role, content}, scrubbed
-    "user_message": "VARCHAR",  # last user message, scrubbed
-    "response": "VARCHAR",  # scrubbed
-    "latency_ms": "DOUBLE",
-    "tokens_prompt": "BIGINT",
-    "tokens_completion": "BIGINT",
-    "retrieval": "VARCHAR",  # JSON or NULL
-    "feedback_rating": "INTEGER",
-    "feedback_thumbs": "VARCHAR",
-    "feedback_comment": "VARCHAR",
-    "user_continued": "BOOLEAN",
-    "completed_action": "BOOLEAN",
-    "requested_human": "BOOLEAN",
-    "abandoned": "BOOLEAN",
-    "accepted": "BOOLEAN",
-    "modified": "BOOLEAN",
-    "time_to_first_use_s": "DOUBLE",
-    "correction_agent_id": "VARCHAR",
-    "corrected_response": "VARCHAR",  # scrubbed
-    "correction_reason": "VARCHAR",
-    "correction_category": "VARCHAR",
-    "intent": "VARCHAR",
-    "language": "VARCHAR",
-    "tags": "VARCHAR[]",
-    "pii_types": "VARCHAR[]",  # placeholder types the scrubber inserted
-    "source_file": "VARCHAR",
-    "partition_date": "DATE",
-}
-
-QUARANTINE_COLUMNS: dict[str, str] = {
-    "source_file": "VARCHAR",
-    "line_no": "BIGINT",
-    "partition_date": "DATE",
-    "interaction_id": "VARCHAR",
-    "reason": "VARCHAR",
-    "raw": "VARCHAR",
-}
-
-# Warehouse table `interaction_quality` (one row per interaction; NULL = dimension not measurable).
-QUALITY_COLUMNS: dict[str, str] = {
-    "interaction_id": "VARCHAR",
-    "tenant_id": "VARCHAR",
-    "partition_date": "DATE",
-    "model_version": "VARCHAR",
-    "user_satisfaction": "DOUBLE",
-    "functional_correctness": "DOUBLE",
-    "context_relevance": "DOUBLE",
-    "efficiency": "DOUBLE",
-    "quality_score": "DOUBLE",  # weighted mean over the dimensions present (weights renormalized)
-    "confidence": "DOUBLE",  # 0-1, from how much evidence the score rests on
-    "dimensions_present": "INTEGER",
-    "scorer_version": "VARCHAR",
-}

@@ -1,6 +1,6 @@
 """The DuckDB warehouse: append-only analytics tables written by Dagster runs.
 
-Tables are created from the column layouts in ``ml.schema``. Partitioned tables are rewritten one
+Tables are created from the column layouts of the registry ``ml.tables``. Partitioned tables are rewritten one
 partition at a time inside a transaction (delete the partition's rows, insert the new ones), so
 re-materializing a partition gives the same rows, never duplicates.
 """
@@ -12,34 +12,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from ml.schema import INTERACTION_COLUMNS, QUALITY_COLUMNS, QUARANTINE_COLUMNS
-
-RAW_FILE_COLUMNS: dict[str, str] = {
-    "partition_date": "DATE",
-    "path": "VARCHAR",
-    "size_bytes": "BIGINT",
-    "sha256": "VARCHAR",
-    "registered_at": "TIMESTAMP",
-}
-
-TABLES: dict[str, dict[str, str]] = {
-    "raw_files": RAW_FILE_COLUMNS,
-    "interactions": INTERACTION_COLUMNS,
-    "quarantined_interactions": QUARANTINE_COLUMNS,
-    "interaction_quality": QUALITY_COLUMNS,
-}
-
-
-POLARS_TYPES: dict[str, pl.DataType] = {
-    "VARCHAR": pl.String(), "DATE": pl.Date(), "BOOLEAN": pl.Boolean(), "DOUBLE": pl.Float64(),
-    "BIGINT": pl.Int64(), "INTEGER": pl.Int32(), "TIMESTAMP": pl.Datetime("us"),
-    "VARCHAR[]": pl.List(pl.String()),
-}
-
-
-def polars_schema(columns: dict[str, str]) -> dict[str, pl.DataType]:
-    """The polars schema of a column layout (name -> DuckDB type)."""
-    return {c: POLARS_TYPES[t] for c, t in columns.items()}
+from ml.tables import table as registered
 
 
 def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -50,11 +23,12 @@ def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnect
 
 def ensure_table(con: duckdb.DuckDBPyConnection, name: str,
                  columns: dict[str, str] | None = None) -> None:
-    """Create table ``name`` with ``columns`` (default ``TABLES[name]``) if it does not exist; add
-    to an existing table the columns it lacks (``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``, NULL
-    in its old rows), so a warehouse written by an older version keeps working. New columns go
-    last: add them at the end of a layout, since inserts match columns by position."""
-    columns = columns or TABLES[name]
+    """Create table ``name`` with ``columns`` (default: its registered layout, ``ml.tables``) if
+    it does not exist; add to an existing table the columns it lacks (``ALTER TABLE ... ADD
+    COLUMN IF NOT EXISTS``, NULL in its old rows), so a warehouse written by an older version
+    keeps working. New columns go last: add them at the end of a layout, since inserts match
+    columns by position."""
+    columns = columns or registered(name).types
     have = {r[0] for r in con.execute(
         "SELECT column_name FROM information_schema.columns "
         "WHERE table_name = ? AND table_schema = current_schema()", [name]).fetchall()}
@@ -81,7 +55,7 @@ def write_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame,
                 columns: dict[str, str] | None = None) -> int:
     """In one transaction: delete the rows of ``table`` matching ``delete_where`` (which may refer
     to the incoming rows as ``_incoming``), then insert ``frame``. Returns rows written."""
-    columns = columns or TABLES[table]
+    columns = columns or registered(table).types
     ensure_table(con, table, columns)
     arrow = _incoming(columns, table, frame)
     con.execute("BEGIN TRANSACTION")

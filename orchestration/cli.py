@@ -15,6 +15,10 @@ import click
 
 from ml.config import Settings
 
+# generated from the table registry (ml.tables.dbt_sources_yaml)
+DBT_SOURCES_FILE = Path(__file__).resolve().parents[1] / "dbt_project" / "models" / "staging" / \
+    "_sources.yml"
+
 
 def _settings() -> Settings:
     s = Settings()
@@ -30,6 +34,32 @@ def _migrated_settings() -> Settings:
     s = _settings()
     upgrade(s.store)
     return s
+
+
+@click.command(help="The warehouse tables of the registry (ml/tables.py): name, the asset that "
+                    "writes it, key, columns.")
+@click.option("--write-dbt-sources", is_flag=True,
+              help="rewrite dbt_project/models/staging/_sources.yml from the registry")
+@click.option("--json", "as_json", is_flag=True, help="every table with its columns, as JSON")
+def tables(write_dbt_sources: bool, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from ml.tables import TABLE_LIST, dbt_sources_yaml
+
+    if write_dbt_sources:
+        # not through assets.analytics: loading the dbt assets needs a valid _sources.yml
+        target = DBT_SOURCES_FILE
+        target.write_text(dbt_sources_yaml(), encoding="utf-8")
+        click.echo(f"wrote {target}")
+        return
+    if as_json:
+        click.echo(json.dumps([asdict(t) for t in TABLE_LIST], indent=2))
+        return
+    for t in TABLE_LIST:
+        flags = ", ".join(f for f, on in (("partitioned", t.partitioned),
+                                          ("dbt source", t.dbt_source)) if on)
+        click.echo(f"{t.name:26} {len(t.columns):3} columns  asset {t.asset:24} "
+                   f"key ({', '.join(t.key) or '-'}){'  ' + flags if flags else ''}")
 
 
 @click.command(help="Migrate the operational store to the revision this code needs (the deploy "
@@ -230,4 +260,4 @@ def dev(port: int) -> None:
     os.execv(str(exe), [str(exe), "dev", "-w", str(root / "workspace.yaml"), "-p", str(port)])
 
 
-COMMANDS = [import_cmd, generate, run, audit, demo, status, migrate, dev]
+COMMANDS = [import_cmd, generate, run, audit, demo, status, migrate, tables, dev]

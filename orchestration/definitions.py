@@ -1,15 +1,27 @@
 """The one Dagster code location of learnloop (workspace.yaml -> orchestration.definitions)."""
 
+import warnings
+
 import dagster as dg
 
 from assets.analytics import dbt_analytics_assets, dbt_resource
-from assets.audit import audit_candidates, audited_errors
+from assets.audit import (
+    audit_candidates,
+    audited_errors,
+    check_candidates_have_known_reasons,
+    check_verdicts_are_consistent,
+)
 from assets.embeddings import interaction_embeddings
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
 from assets.resources import store_resources
 from assets.review import review_decisions
-from assets.teaching import preference_pairs, teacher_samples
+from assets.teaching import (
+    check_pairs_differ,
+    check_samples_are_reviewable,
+    preference_pairs,
+    teacher_samples,
+)
 from orchestration.jobs import (
     analytics_job,
     analytics_schedule,
@@ -22,15 +34,23 @@ from orchestration.jobs import (
 )
 from orchestration.sensors import landing_file_sensor
 
-defs = dg.Definitions(
-    assets=[
+with warnings.catch_warnings():
+    # code references are a beta API of Dagster, chosen on purpose: no warning per process load
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    assets = dg.with_source_code_references([
         raw_interactions, ingest_interactions,  # ingest
         interaction_quality, interaction_embeddings,  # quality
         audit_candidates, audited_errors,  # audit
         teacher_samples, preference_pairs,  # teaching
         review_decisions,  # review
         dbt_analytics_assets,  # analytics
-    ],
+    ])
+
+defs = dg.Definitions(
+    # with code references: each asset's file and line in the UI (dbt models: their .sql)
+    assets=assets,
+    asset_checks=[check_candidates_have_known_reasons, check_verdicts_are_consistent,
+                  check_samples_are_reviewable, check_pairs_differ],
     jobs=[ingest_job, audit_job, manual_audit_job, teaching_job, analytics_job],
     schedules=[hourly_audit_schedule, daily_teacher_schedule, analytics_schedule],
     sensors=[landing_file_sensor],

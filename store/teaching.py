@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from store.models import ReviewEvent, ReviewItem
@@ -104,3 +104,22 @@ def approved_sample_rows(session: Session, *, since: datetime | None = None) -> 
         "decided_by": item.decided_by,
         "decided_at": item.decided_at.replace(tzinfo=None) if item.decided_at else None,
     } for item in approved_samples(session, since=since)]
+
+
+def sample_problems(session: Session, human_source: str) -> dict[str, int]:
+    """Sample items a reviewer could not act on: no proposed reply, a teacher proposal without
+    its parent error item (only ``human_source`` samples may have none), an unknown source."""
+
+    def count(*conditions) -> int:
+        return int(session.scalar(select(func.count()).select_from(ReviewItem).where(
+            ReviewItem.kind == "sample", *conditions)) or 0)
+
+    return {
+        "no_proposed_reply": count(or_(ReviewItem.proposed_response.is_(None),
+                                       func.trim(ReviewItem.proposed_response) == "")),
+        "teacher_sample_without_parent": count(ReviewItem.source != human_source,
+                                               ReviewItem.parent_id.is_(None)),
+        "unknown_source": count(or_(ReviewItem.source.is_(None),
+                                    ~(ReviewItem.source.in_((human_source, "retrieval"))
+                                      | ReviewItem.source.like("llm:%")))),
+    }

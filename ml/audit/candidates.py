@@ -36,16 +36,6 @@ import polars as pl
 
 from ml.audit.failures import REQUEST_PREFIX
 
-CANDIDATE_COLUMNS: dict[str, str] = {
-    "interaction_id": "VARCHAR",
-    "tenant_id": "VARCHAR",
-    "partition_date": "DATE",
-    "reasons": "VARCHAR[]",
-    "auditor": "VARCHAR",
-    "prompt_version": "VARCHAR",
-    "selected_at": "TIMESTAMP",
-    "run_id": "VARCHAR",  # last: older warehouses get it by ALTER TABLE ... ADD COLUMN
-}
 DEFAULT_MAX_ATTEMPTS = 5
 REASONS = ("negative_feedback", "handoff", "low_quality", "human_correction", "calibration",
            "manual", "retry")

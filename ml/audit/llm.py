@@ -20,10 +20,11 @@ from typing import Any
 import polars as pl
 
 from ml.audit.failures import ROW_FAILURES, classify_failure
-from ml.audit.taxonomy import AUDITED_COLUMNS, Verdict
+from ml.audit.taxonomy import Verdict
 from ml.conversation import clip, render_conversation
 from ml.llm import LLMRequest, ProviderError, Router, redact
 from ml.prompts import Prompt, load_prompt
+from ml.tables import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class AuditFailure:
 
 @dataclass
 class AuditOutcome:
-    verdicts: pl.DataFrame  # AUDITED_COLUMNS
+    verdicts: pl.DataFrame  # the audited_errors columns (ml.tables)
     failures: list[AuditFailure] = field(default_factory=list)
 
 
@@ -130,7 +131,5 @@ class LLMAuditor:
 
 
 def verdict_schema() -> dict[str, pl.DataType]:
-    types = {"VARCHAR": pl.String(), "DATE": pl.Date(), "BOOLEAN": pl.Boolean(),
-             "DOUBLE": pl.Float64(), "VARCHAR[]": pl.List(pl.String()),
-             "TIMESTAMP": pl.Datetime("us")}
-    return {c: types[t] for c, t in AUDITED_COLUMNS.items()}
+    """The polars schema of the ``audited_errors`` table (``ml.tables``)."""
+    return TABLES["audited_errors"].polars_schema()

@@ -1,7 +1,7 @@
 """The rules-and-signals Auditor: the offline default (DESIGN.md, "Offline defaults").
 
 ``audit_rules(frame) -> verdicts`` runs vectorized over a Polars frame of interactions (the columns
-of ``ml.schema.INTERACTION_COLUMNS``; optionally ``quality_score`` from ``interaction_quality``,
+of the ``interactions`` table (``ml.tables``); optionally ``quality_score`` from ``interaction_quality``,
 ``qa_relevance`` from ``interaction_embeddings`` and ``response_raw``, the unscrubbed reply).
 
 Each *signal* is a boolean expression with a weight (how likely the reply is wrong when it fires)
@@ -25,12 +25,12 @@ from datetime import UTC, datetime
 import polars as pl
 
 from ml.audit.taxonomy import (
-    AUDITED_COLUMNS,
     CATEGORY_ALIASES,
     CATEGORY_NAMES,
     DEFAULT_SEVERITY,
 )
 from ml.pii import PII_TYPES, find_pii
+from ml.tables import AUDITED_COLUMNS
 
 AUDITOR_NAME = "rules"
 PROMPT_VERSION = "rules-v1"

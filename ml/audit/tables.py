@@ -18,29 +18,10 @@ import duckdb
 import polars as pl
 
 from ml import warehouse
-from ml.audit.candidates import CANDIDATE_COLUMNS
-from ml.audit.taxonomy import AUDITED_COLUMNS
-
-PREFERENCE_COLUMNS: dict[str, str] = {
-    "sample_item_id": "BIGINT",
-    "error_item_id": "BIGINT",
-    "interaction_id": "VARCHAR",
-    "tenant_id": "VARCHAR",
-    "prompt": "VARCHAR",  # the last user message
-    "messages": "VARCHAR",  # JSON list of {role, content}: the context of the reply
-    "chosen": "VARCHAR",  # the approved / edited reply
-    "rejected": "VARCHAR",  # the assistant's original reply
-    "source": "VARCHAR",  # who proposed the chosen reply: human_agent | retrieval | llm:<p>
-    "status": "VARCHAR",  # approved | edited
-    "category": "VARCHAR",
-    "decided_by": "VARCHAR",
-    "decided_at": "TIMESTAMP",
-}
+from ml.tables import TABLES
 
 AUDIT_TABLES: dict[str, dict[str, str]] = {
-    "audit_candidates": CANDIDATE_COLUMNS,
-    "audited_errors": AUDITED_COLUMNS,
-    "preference_pairs": PREFERENCE_COLUMNS,
+    name: TABLES[name].types for name in ("audit_candidates", "audited_errors", "preference_pairs")
 }
 
 
@@ -110,3 +91,63 @@ def read_reference_population(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     auditor's consensus signals compare a reply with."""
     warehouse.ensure_table(con, "interactions")
     return query(con, "SELECT tenant_id, user_message, response FROM interactions")
+
+
+# ---- the asset checks' queries: each returns problem -> rows with it (0 everywhere = passed) ---
+def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> int:
+    return int(con.execute(sql, params or []).fetchone()[0])
+
+
+def candidate_problems(con: duckdb.DuckDBPyConnection, reasons: Sequence[str]) -> dict[str, int]:
+    """``audit_candidates``: rows with no reason or a reason not in ``reasons``, and interactions
+    selected twice by one run."""
+    ensure_candidates_table(con)
+    known = list(reasons)
+    return {
+        "no_reason": _count(con, "SELECT count(*) FROM audit_candidates "
+                                 "WHERE reasons IS NULL OR len(reasons) = 0"),
+        "unknown_reason": _count(con, "SELECT count(*) FROM audit_candidates "
+                                      "WHERE NOT list_has_all(?, reasons)", [known]),
+        "selected_twice_by_a_run": _count(con, "SELECT count(*) FROM (SELECT run_id, "
+                                               "interaction_id FROM audit_candidates GROUP BY ALL "
+                                               "HAVING count(*) > 1)"),
+    }
+
+
+def verdict_problems(con: duckdb.DuckDBPyConnection, categories: Sequence[str],
+                     severities: Sequence[str]) -> dict[str, int]:
+    """``audited_errors``: an error without a known category and severity, a clean verdict with
+    either, a confidence outside [0, 1], a verdict twice for one (interaction, auditor, prompt)."""
+    ensure(con, "audited_errors")
+    return {
+        "error_without_known_category": _count(
+            con, "SELECT count(*) FROM audited_errors WHERE is_error AND "
+                 "(category IS NULL OR NOT list_contains(?, category))", [list(categories)]),
+        "error_without_known_severity": _count(
+            con, "SELECT count(*) FROM audited_errors WHERE is_error AND "
+                 "(severity IS NULL OR NOT list_contains(?, severity))", [list(severities)]),
+        "clean_verdict_with_category_or_severity": _count(
+            con, "SELECT count(*) FROM audited_errors WHERE NOT is_error AND "
+                 "(category IS NOT NULL OR severity IS NOT NULL)"),
+        "is_error_missing": _count(con, "SELECT count(*) FROM audited_errors WHERE is_error IS NULL"),
+        "confidence_out_of_range": _count(
+            con, "SELECT count(*) FROM audited_errors WHERE confidence < 0 OR confidence > 1 "
+                 "OR confidence IS NULL"),
+        "duplicate_verdicts": _count(
+            con, "SELECT count(*) FROM (SELECT interaction_id, auditor, prompt_version FROM "
+                 "audited_errors GROUP BY ALL HAVING count(*) > 1)"),
+    }
+
+
+def preference_problems(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """``preference_pairs``: an empty chosen or rejected reply, a pair whose two replies are the
+    same, a sample item in two pairs."""
+    ensure(con, "preference_pairs")
+    return {
+        "empty_reply": _count(con, "SELECT count(*) FROM preference_pairs WHERE "
+                                   "coalesce(trim(chosen), '') = '' OR rejected IS NULL"),
+        "chosen_equals_rejected": _count(con, "SELECT count(*) FROM preference_pairs "
+                                              "WHERE trim(chosen) = trim(rejected)"),
+        "sample_item_twice": _count(con, "SELECT count(*) FROM (SELECT sample_item_id FROM "
+                                         "preference_pairs GROUP BY 1 HAVING count(*) > 1)"),
+    }

@@ -107,31 +107,3 @@ class Verdict(BaseModel):
         if not self.is_error and (self.category is not None or self.severity is not None):
             raise ValueError("a no-error verdict must have category and severity null")
         return self
-
-
-# Columns of the warehouse table `audited_errors` (one row per interaction, auditor and prompt
-# version; errors and clean verdicts alike, so error rates can be computed). Auditors leave the
-# last two NULL; the audited_errors asset fills them in (ml.audit.labels.with_label_columns).
-AUDITED_COLUMNS: dict[str, str] = {
-    "interaction_id": "VARCHAR",
-    "tenant_id": "VARCHAR",
-    "partition_date": "DATE",
-    "auditor": "VARCHAR",
-    "prompt_version": "VARCHAR",
-    "is_error": "BOOLEAN",
-    "category": "VARCHAR",
-    "severity": "VARCHAR",
-    "confidence": "DOUBLE",
-    "explanation": "VARCHAR",
-    "signals": "VARCHAR[]",
-    "answered_by": "VARCHAR",
-    "audited_at": "TIMESTAMP",
-    # Reviewer-label design of the verdict (ml.audit.labels; last, so older warehouses get them
-    # by ALTER TABLE ... ADD COLUMN and keep the column order). in_calibration: the interaction is
-    # in the seeded random calibration sample of audit_candidates. label_weight: inverse of the
-    # probability that the verdict got a review item, for the calibration-sample estimate of
-    # recall and kappa in the auditor_agreement mart (1 for a flag, 1 / clean_review_rate for a
-    # clean verdict put to review); NULL outside the sample or without a review item.
-    "in_calibration": "BOOLEAN",
-    "label_weight": "DOUBLE",
-}

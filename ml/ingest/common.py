@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from ml.pii import scrub_frame
-from ml.schema import INTERACTION_COLUMNS, QUARANTINE_COLUMNS
+from ml.tables import INTERACTION_COLUMNS, QUARANTINE_COLUMNS
 
 CHUNK_BYTES = 64 << 20  # JSONL files are cut into byte ranges of about this size
 DUPLICATE_REASON = "duplicate interaction_id with different content"

@@ -93,7 +93,8 @@ from ml.ingest.common import (
 from ml.ingest.reference import _python_record
 from ml.ingest.workers import _ChunkPool, _worker_count
 from ml.pii import PII_TYPES, json_text_candidates, scrub_frame, scrub_json_value
-from ml.schema import INTERACTION_COLUMNS, MAX_TEXT
+from ml.schema import MAX_TEXT
+from ml.tables import INTERACTION_COLUMNS
 
 _LOW_CARDINALITY = ("correction_category", "correction_agent_id", "channel", "model_provider",
                     "model_name", "model_version", "intent", "language")

@@ -29,29 +29,13 @@ import polars as pl
 from ml import warehouse
 from ml.audit.failures import classify_failure, tag_reason
 from ml.llm import from_env
+from ml.tables import TABLES, TEACHER_ATTEMPT_COLUMNS
 from ml.teacher.items import HUMAN_SOURCE
 from ml.teacher.llm import LLMTeacher
 from ml.teacher.retrieval import Proposal, RetrievalTeacher
 
 TEACHER_ATTEMPTS_TABLE = "teacher_attempts"
-TEACHER_ATTEMPT_COLUMNS: dict[str, str] = {
-    "interaction_id": "VARCHAR",
-    "tenant_id": "VARCHAR",
-    "error_item_id": "BIGINT",  # the error review item the proposal was for
-    "teacher": "VARCHAR",  # llm:<provider>/<model>,...
-    "prompt_version": "VARCHAR",
-    "status": "VARCHAR",  # failed | ok
-    "reason": "VARCHAR",  # the provider error of the last failed attempt (NULL when ok)
-    "attempts": "BIGINT",  # attempts so far (failed and ok)
-    "first_attempt_at": "TIMESTAMP",
-    "updated_at": "TIMESTAMP",
-    "run_id": "VARCHAR",  # the Dagster run of the last attempt
-    # request-specific failures so far (ml.audit.failures; outages are not counted): the retry
-    # cap compares this. Last column: an older table gets it by ALTER TABLE ... ADD COLUMN (NULL
-    # on its rows, read as 0: those are retried)
-    "counted_attempts": "BIGINT",
-}
-TEACHER_ATTEMPT_KEYS = ("interaction_id", "teacher", "prompt_version")
+TEACHER_ATTEMPT_KEYS = TABLES[TEACHER_ATTEMPTS_TABLE].key
 
 
 @dataclass
@@ -161,8 +145,7 @@ def given_up_ids(previous: pl.DataFrame, prompt_version: str, max_attempts: int)
 
 
 def attempt_schema() -> dict[str, pl.DataType]:
-    types = {"VARCHAR": pl.String(), "BIGINT": pl.Int64(), "TIMESTAMP": pl.Datetime("us")}
-    return {c: types[t] for c, t in TEACHER_ATTEMPT_COLUMNS.items()}
+    return TABLES[TEACHER_ATTEMPTS_TABLE].polars_schema()
 
 
 def attempt_rows(rows: Sequence[dict[str, Any]], result: TeachResult, previous: pl.DataFrame, *,

@@ -16,11 +16,15 @@ import duckdb
 import pytest
 
 from assets.analytics import dbt_analytics_assets, dbt_resource
-from assets.review import REVIEW_DECISION_COLUMNS
 from ml.audit.labels import label_weight
 from ml.audit.metrics import cohen_kappa
-from ml.audit.taxonomy import AUDITED_COLUMNS
-from ml.schema import INTERACTION_COLUMNS, QUALITY_COLUMNS, QUARANTINE_COLUMNS
+from ml.tables import (
+    AUDITED_COLUMNS,
+    INTERACTION_COLUMNS,
+    QUALITY_COLUMNS,
+    QUARANTINE_COLUMNS,
+    REVIEW_DECISION_COLUMNS,
+)
 from tests.stores import resources_for
 
 D1 = date(2025, 1, 1)

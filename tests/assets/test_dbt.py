@@ -21,9 +21,13 @@ from assets.analytics import (
     manifest_is_current,
 )
 from assets.resources import WAREHOUSE_POOL
-from assets.review import REVIEW_DECISION_COLUMNS
-from ml.audit.taxonomy import AUDITED_COLUMNS
-from ml.schema import INTERACTION_COLUMNS, QUALITY_COLUMNS, QUARANTINE_COLUMNS
+from ml.tables import (
+    AUDITED_COLUMNS,
+    INTERACTION_COLUMNS,
+    QUALITY_COLUMNS,
+    QUARANTINE_COLUMNS,
+    REVIEW_DECISION_COLUMNS,
+)
 from tests.stores import resources_for
 
 D1, D2 = date(2025, 1, 1), date(2025, 1, 2)

@@ -103,3 +103,24 @@ def test_run_job_output_goes_to_its_log_and_a_failure_is_readable(tmp_path, capf
     assert "ValueError: warehouse table 'interactions' is missing" in last
     assert "RUN_FAILURE" in last
     assert runner.tail(tmp_path / "nope.log") == ""
+
+
+def test_migrate_brings_a_new_store_to_head_once(learnloop_home):
+    from store.db import current_revision, head_revision
+
+    first = CliRunner().invoke(main, ["migrate"])
+    assert first.exit_code == 0, first.output
+    assert f"migrated from an empty store to revision {head_revision()}" in first.output
+    assert current_revision(f"sqlite:///{learnloop_home / 'store.db'}") == head_revision()
+    again = CliRunner().invoke(main, ["migrate"])
+    assert again.exit_code == 0 and f"already at revision {head_revision()}" in again.output
+
+
+def test_tables_lists_the_registry(learnloop_home):
+    from ml.tables import TABLE_LIST
+
+    res = CliRunner().invoke(main, ["tables", "--json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.output)
+    assert [t["name"] for t in listed] == [t.name for t in TABLE_LIST]
+    assert listed[1]["columns"][0]["name"] == "interaction_id"

@@ -9,13 +9,13 @@ import polars as pl
 import pytest
 
 from ml.audit.candidates import (
-    CANDIDATE_COLUMNS,
     CandidateConfig,
     calibration_draw,
     given_up,
     reason_counts,
     select_candidates,
 )
+from ml.tables import CANDIDATE_COLUMNS
 
 A = dict(auditor="rules", prompt_version="rules-v1")
 

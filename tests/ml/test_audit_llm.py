@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 
 from ml.audit.llm import LLMAuditor
-from ml.audit.taxonomy import AUDITED_COLUMNS
 from ml.conversation import RowInputError, render_conversation
 from ml.llm import build_router
 from ml.prompts import PromptError, load_prompt
+from ml.tables import AUDITED_COLUMNS
 from ml.teacher import propose_corrections
 from ml.teacher.llm import LLMTeacher
 from tests.llm.fake_servers import FakeGeminiServer, FakeOpenAIServer, error, malformed, ok, raw

@@ -10,8 +10,9 @@ import pytest
 
 from ml.audit.metrics import cohen_kappa
 from ml.audit.rules import SIGNALS, RulesAuditor, RuleThresholds, audit_rules, signal_frame
-from ml.audit.taxonomy import AUDITED_COLUMNS, CATEGORIES, Verdict, normalize_category
+from ml.audit.taxonomy import CATEGORIES, Verdict, normalize_category
 from ml.demo.truth import precision_recall
+from ml.tables import AUDITED_COLUMNS
 
 CLEAN_Q = "How much does the basic plan cost per month?"
 CLEAN_A = "The basic plan costs $10 per month."

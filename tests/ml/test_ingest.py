@@ -15,7 +15,8 @@ from polars.testing import assert_frame_equal
 
 from ml.ingest import DUPLICATE_REASON, ingest_files, naive_ingest
 from ml.pii import scrub_text
-from ml.schema import INTERACTION_COLUMNS, QUARANTINE_COLUMNS, RecordError, validate_record
+from ml.schema import RecordError, validate_record
+from ml.tables import INTERACTION_COLUMNS, QUARANTINE_COLUMNS
 
 DAY = "2024-03-01"
 KEY = b"test-key"

@@ -9,7 +9,7 @@ import pytest
 
 from ml.ingest import INTERACTION_SCHEMA
 from ml.quality import SCORER_VERSION, quality_weights, score_interactions
-from ml.schema import QUALITY_COLUMNS
+from ml.tables import QUALITY_COLUMNS
 
 
 def frame(*rows: dict) -> pl.DataFrame:

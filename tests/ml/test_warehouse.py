@@ -10,7 +10,7 @@ import polars as pl
 
 from ml import warehouse
 from ml.audit import tables
-from ml.audit.taxonomy import AUDITED_COLUMNS
+from ml.tables import AUDITED_COLUMNS
 
 OLD_COLUMNS = {c: t for c, t in AUDITED_COLUMNS.items()
                if c not in ("in_calibration", "label_weight")}

@@ -1,0 +1,81 @@
+"""What the Dagster catalog shows of every asset: its group, owners, tags, and the column schema
+and table name of the table it writes (from the registry ``ml.tables``), so the Python assets
+show their columns in the UI as the dbt models do. Code references (the file and line of each
+asset) are attached where the definitions are assembled (``orchestration/definitions.py``).
+
+``@dg.asset(**catalog("audited_errors", "audit"), ...)`` applies it, and so does
+``dg.AssetSpec("interactions", **catalog("interactions", "ingest"), ...)`` in a multi-asset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from ml.tables import Table, primary_table
+
+# who answers for each stage (Dagster owners: team:<name> or an e-mail address)
+STAGE_OWNERS: dict[str, list[str]] = {
+    "ingest": ["team:data-engineering"],
+    "quality": ["team:data-engineering"],
+    "analytics": ["team:data-engineering"],
+    "audit": ["team:ml-engineering"],
+    "teaching": ["team:ml-engineering"],
+    "review": ["team:review-operations"],
+}
+
+# where the asset's data lives (a tag, so the catalog can be filtered by store)
+ASSET_STORES: dict[str, str] = {
+    "raw_interactions": "duckdb", "interactions": "duckdb", "quarantined_interactions": "duckdb",
+    "interaction_quality": "duckdb", "interaction_embeddings": "lancedb",
+    "audit_candidates": "duckdb", "audited_errors": "duckdb", "teacher_samples": "operational",
+    "preference_pairs": "duckdb", "review_decisions": "duckdb",
+}
+
+# assets whose rows hold conversation text (scrubbed of PII at ingest)
+CONVERSATION_TEXT = {"interactions", "quarantined_interactions", "interaction_embeddings",
+                     "teacher_samples", "preference_pairs"}
+
+
+def column_schema(table: Table) -> dg.TableSchema:
+    return dg.TableSchema(columns=[
+        dg.TableColumn(name=c.name, type=c.type, description=c.description)
+        for c in table.columns])
+
+
+def table_metadata(asset: str) -> dict[str, Any]:
+    """``dagster/column_schema`` and ``dagster/table_name`` of the table ``asset`` writes (none
+    when it writes no table: ``teacher_samples`` writes review items)."""
+    if asset == "interaction_embeddings":  # the LanceDB table
+        from ml import embeddings
+
+        return {"dagster/column_schema": dg.TableSchema(columns=[
+            dg.TableColumn(name=f.name, type=str(f.type),
+                           description=embeddings.EMBEDDING_COLUMN_DOCS.get(f.name, ""))
+            for f in embeddings.embeddings_schema()]),
+            "dagster/table_name": f"lancedb.{embeddings.EMBEDDINGS_TABLE}"}
+    table = primary_table(asset)
+    if table is None:
+        return {}
+    return {"dagster/column_schema": column_schema(table),
+            "dagster/table_name": f"warehouse.main.{table.name}"}
+
+
+def tags(asset: str, stage: str) -> dict[str, str]:
+    out = {"stage": stage, "store": ASSET_STORES[asset]}
+    if asset in CONVERSATION_TEXT:
+        out["contains"] = "conversation-text"
+    return out
+
+
+def catalog(asset: str, stage: str) -> dict[str, Any]:
+    """``group_name``, ``owners``, ``tags`` and ``metadata`` of ``@dg.asset`` for ``asset``."""
+    return {"group_name": stage, "owners": STAGE_OWNERS[stage], "tags": tags(asset, stage),
+            "metadata": table_metadata(asset)}
+
+
+def with_metadata(values: dict[str, Any]) -> dict[str, Any]:
+    """Plain values as Dagster metadata (dicts and lists as JSON)."""
+    return {k: dg.MetadataValue.json(v) if isinstance(v, (dict, list)) else v
+            for k, v in values.items()}
