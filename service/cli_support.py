@@ -1,4 +1,4 @@
-"""Functions the `learnloop` CLI calls (the CLI itself lives in orchestration/cli.py).
+"""Functions the service commands of the `learnloop` CLI call (the commands: service/cli.py).
 
     learnloop serve [--host 127.0.0.1] [--port 8000]      -> serve(host, port)
     learnloop reviewers add NAME --role reviewer --tenant acme [--password ...]
