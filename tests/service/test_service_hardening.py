@@ -92,6 +92,14 @@ def _chunked_post(port: int, path: str, headers: dict[str, str], total: int,
             data += part
         head_raw, _, body = data.partition(b"\r\n\r\n")
         status = int(head_raw.split(b" ", 2)[1])
+        # the body may come in later segments than the head (a loaded machine): read all of it
+        length = next((int(line.split(b":", 1)[1]) for line in head_raw.split(b"\r\n")[1:]
+                       if line.lower().startswith(b"content-length:")), None)
+        while length is None or len(body) < length:
+            part = sock.recv(65536)
+            if not part:
+                break
+            body += part
         return status, body, sent
     finally:
         sock.close()
