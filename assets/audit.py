@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from assets.catalog import catalog, with_metadata
+from assets.catalog import catalog, problems_result, with_metadata
 from assets.resources import (
     WAREHOUSE_POOL,
     LandingZoneResource,
@@ -199,7 +199,7 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
     auditor = auditor_from_env(config.auditor)
     run_key = config.candidates_run_id.strip() or selection_run_id(context)
     with warehouse.get_connection() as con:
-        tables.ensure(con, "audited_errors")  # exists even when every audit fails
+        wh.ensure_table(con, "audited_errors")  # exists even when every audit fails
         cands = tables.read_run_candidates(con, run_key)
     if cands.height == 0 and not _materialized_in_run(context, run_key):
         raise dg.Failure(
@@ -243,8 +243,7 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
             outcome.verdicts, calibration_ids, config.clean_review_rate)
         if verdicts.height:
             with warehouse.get_connection() as con:
-                tables.upsert_rows(con, "audited_errors", verdicts,
-                                   ["interaction_id", "auditor", "prompt_version"])
+                wh.upsert_rows(con, "audited_errors", verdicts)
         items = audit_run.review_item_specs(verdicts, frame, auditor=auditor.name,
                                             prompt_version=auditor.prompt_version,
                                             clean_items=clean_items)
@@ -299,17 +298,12 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
 
 
 # ---- checks -----------------------------------------------------------------------------------------
-def _problems_result(problems: dict[str, int]) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=not any(problems.values()),
-                               metadata={**problems, "problem_rows": sum(problems.values())})
-
-
 @dg.asset_check(asset=audit_candidates, pool=WAREHOUSE_POOL,
                 description="Every candidate was selected for at least one known reason, and no "
                             "run selected an interaction twice.")
 def check_candidates_have_known_reasons(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.get_connection() as con:
-        return _problems_result(tables.candidate_problems(con, REASONS))
+        return problems_result(tables.candidate_problems(con, REASONS))
 
 
 @dg.asset_check(asset=audited_errors, pool=WAREHOUSE_POOL, blocking=True,
@@ -318,4 +312,4 @@ def check_candidates_have_known_reasons(warehouse: WarehouseResource) -> dg.Asse
                             "auditor and prompt version. Blocking: teaching waits for it.")
 def check_verdicts_are_consistent(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.get_connection() as con:
-        return _problems_result(tables.verdict_problems(con, CATEGORY_NAMES, SEVERITIES))
+        return problems_result(tables.verdict_problems(con, CATEGORY_NAMES, SEVERITIES))

@@ -75,6 +75,12 @@ def catalog(asset: str, stage: str) -> dict[str, Any]:
             "metadata": table_metadata(asset)}
 
 
+def problems_result(problems: dict[str, int]) -> dg.AssetCheckResult:
+    """A check's result from problem -> rows with it: passed when every count is 0."""
+    return dg.AssetCheckResult(passed=not any(problems.values()),
+                               metadata={**problems, "problem_rows": sum(problems.values())})
+
+
 def with_metadata(values: dict[str, Any]) -> dict[str, Any]:
     """Plain values as Dagster metadata (dicts and lists as JSON)."""
     return {k: dg.MetadataValue.json(v) if isinstance(v, (dict, list)) else v

@@ -11,7 +11,7 @@ import polars as pl
 from assets.catalog import catalog
 from assets.resources import WAREHOUSE_POOL, VectorStoreResource, WarehouseResource
 from ml import embeddings
-from ml.audit.tables import query
+from ml.warehouse import query
 
 EMBED_BATCH_ROWS = 5_000  # interactions embedded per LanceDB append
 

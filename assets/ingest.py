@@ -20,6 +20,7 @@ from ml import landing
 from ml import warehouse as wh
 from ml.ingest import drop_cross_partition_duplicates, ingest_files
 from ml.pii import residual_pii_in_table
+from ml.tables import TABLES
 
 
 def _sha256(path: Path) -> str:
@@ -69,8 +70,7 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
             "sha256": [_sha256(p) for p in files],
             "registered_at": [now] * len(files),
         },
-        schema={"partition_date": pl.Date, "path": pl.Utf8, "size_bytes": pl.Int64,
-                "sha256": pl.Utf8, "registered_at": pl.Datetime("us")},
+        schema=TABLES["raw_files"].polars_schema(),
     )
     with warehouse.get_connection() as con:
         wh.replace_partition(con, "raw_files", day, frame)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from assets.catalog import catalog
+from assets.catalog import catalog, problems_result
 from assets.resources import (
     WAREHOUSE_POOL,
     OperationalStoreResource,
@@ -20,13 +20,11 @@ from assets.resources import (
 )
 from ml import embeddings
 from ml import warehouse as wh
-from ml.audit.tables import preference_problems, replace_table
+from ml.audit.tables import preference_problems
 from ml.audit.taxonomy import SEVERITIES
 from ml.llm.errors import ConfigError
 from ml.tables import TABLES
 from ml.teacher import (
-    TEACHER_ATTEMPT_COLUMNS,
-    TEACHER_ATTEMPT_KEYS,
     TEACHER_ATTEMPTS_TABLE,
     RetrievalTeacher,
     attempt_rows,
@@ -120,8 +118,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
                                 now=datetime.now(UTC).replace(tzinfo=None),
                                 run_id=context.run.run_id)
         with warehouse.get_connection() as con:
-            recorded = wh.upsert_rows(con, TEACHER_ATTEMPTS_TABLE, attempts,
-                                      TEACHER_ATTEMPT_KEYS, TEACHER_ATTEMPT_COLUMNS)
+            recorded = wh.upsert_rows(con, TEACHER_ATTEMPTS_TABLE, attempts)
 
     specs = teach.sample_item_specs(rows, result.proposals,
                                     prompt_version=llm.prompt_version if llm else None)
@@ -183,7 +180,7 @@ def preference_pairs(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     with store.session() as s:
         pairs = teach.preference_frame(store_teaching.approved_sample_rows(s), PREFERENCE_SCHEMA)
     with warehouse.get_connection() as con:
-        replace_table(con, "preference_pairs", pairs)
+        wh.replace_table(con, "preference_pairs", pairs)
     by_source = dict(Counter(pairs["source"].to_list())) if pairs.height else {}
     return dg.MaterializeResult(metadata={
         "dagster/row_count": pairs.height,
@@ -200,7 +197,7 @@ def preference_pairs(context: dg.AssetExecutionContext, warehouse: WarehouseReso
 def check_samples_are_reviewable(store: OperationalStoreResource) -> dg.AssetCheckResult:
     with store.session() as s:
         problems = store_teaching.sample_problems(s, teach.HUMAN_SOURCE)
-    return dg.AssetCheckResult(passed=not any(problems.values()), metadata=problems)
+    return problems_result(problems)
 
 
 @dg.asset_check(asset=preference_pairs, pool=WAREHOUSE_POOL,
@@ -208,5 +205,4 @@ def check_samples_are_reviewable(store: OperationalStoreResource) -> dg.AssetChe
                             "each sample item is in one pair at most.")
 def check_pairs_differ(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.get_connection() as con:
-        problems = preference_problems(con)
-    return dg.AssetCheckResult(passed=not any(problems.values()), metadata=problems)
+        return problems_result(preference_problems(con))

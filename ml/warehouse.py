@@ -79,14 +79,17 @@ def replace_partition(con: duckdb.DuckDBPyConnection, table: str, partition_date
 
 
 def replace_table(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame,
-                  columns: dict[str, str]) -> int:
+                  columns: dict[str, str] | None = None) -> int:
     """Make ``frame`` the whole content of ``table`` (atomically)."""
     return write_frame(con, table, frame, delete_where="true", columns=columns)
 
 
 def upsert_rows(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame,
-                keys: list[str] | tuple[str, ...], columns: dict[str, str]) -> int:
-    """Replace the rows of ``table`` whose ``keys`` match a row of ``frame``, then insert it."""
+                keys: list[str] | tuple[str, ...] | None = None,
+                columns: dict[str, str] | None = None) -> int:
+    """Replace the rows of ``table`` whose ``keys`` (default: the table's registered key) match a
+    row of ``frame``, then insert it."""
+    keys = keys or registered(table).key
     if frame.height == 0:
         ensure_table(con, table, columns)
         return 0

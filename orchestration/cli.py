@@ -1,5 +1,5 @@
 """The pipeline commands of the ``learnloop`` command line: ``import``, ``generate``, ``run``,
-``audit``, ``demo``, ``status``, ``migrate``, ``dev``. The ``learnloop`` group that gathers these
+``audit``, ``demo``, ``status``, ``migrate``, ``tables``, ``dev``. The ``learnloop`` group that gathers these
 and the service commands (``service/cli.py``) is ``cli/main.py``."""
 
 from __future__ import annotations

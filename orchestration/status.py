@@ -9,11 +9,11 @@ from ml.config import Settings
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
-    """Counts per stage. Stages not built yet report zeros or null."""
-    from store.db import session_scope, upgrade
+    """Counts per stage. Stages not built yet report zeros or null. The store must be migrated
+    (the CLI migrates it at start-up)."""
+    from store.db import session_scope
     from store.repo import status_counts
 
-    upgrade(settings.store)
     with session_scope(settings.store) as session:
         counts = status_counts(session)
         from sqlalchemy import func, select

@@ -76,11 +76,10 @@ def layer_violations() -> list[str]:
                 if top in FORBIDDEN_THIRD_PARTY.get(package, ()):
                     problems.append(f"{rel}:{line} imports {name}: {top} does not belong in "
                                     f"{package}")
-                if package == "assets" and top == "assets" and name.count(".") >= 1:
+                if package == "assets" and top == "assets" and "." in name \
+                        and module != "assets.__init__":
                     target = ".".join(name.split(".")[:2])
-                    is_stage = module not in ASSETS_SHARED and module != "assets.__init__"
-                    if target not in ASSETS_SHARED and target != module and \
-                            (is_stage or module in ASSETS_SHARED):
+                    if target not in ASSETS_SHARED and target != module:
                         problems.append(f"{rel}:{line} imports {name}: an asset module imports "
                                         f"only {sorted(ASSETS_SHARED)} of assets/")
     return problems

@@ -1,12 +1,6 @@
-"""Warehouse tables of the audit and teaching stages, and the two ways they are written.
-
-* ``replace_table``: the whole table is the current state (``audit_candidates``,
-  ``preference_pairs``); rewritten in one transaction.
-* ``upsert_rows``: rows keyed by columns (``audited_errors`` on interaction_id, auditor,
-  prompt_version); a re-audit replaces its rows, never duplicates them.
-
-Also the reads the audit makes: each run's candidates, the selection's input, the reference
-population of the rules auditor.
+"""The warehouse reads and writes of the audit and teaching stages beyond plain table writes
+(``ml.warehouse``, layouts from ``ml.tables``): each run's candidates, the selection's input, the
+reference population of the rules auditor, and the queries of the stages' asset checks.
 """
 
 from __future__ import annotations
@@ -18,37 +12,13 @@ import duckdb
 import polars as pl
 
 from ml import warehouse
-from ml.tables import TABLES
-
-AUDIT_TABLES: dict[str, dict[str, str]] = {
-    name: TABLES[name].types for name in ("audit_candidates", "audited_errors", "preference_pairs")
-}
-
-
-def ensure(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    warehouse.ensure_table(con, name, AUDIT_TABLES[name])
-
-
-def replace_table(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> int:
-    """Make ``frame`` the whole content of table ``name`` (atomically)."""
-    return warehouse.replace_table(con, name, frame, AUDIT_TABLES[name])
-
-
-def upsert_rows(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame,
-                keys: Sequence[str]) -> int:
-    """Replace the rows of ``name`` whose ``keys`` match a row of ``frame``, then insert ``frame``."""
-    return warehouse.upsert_rows(con, name, frame, tuple(keys), AUDIT_TABLES[name])
-
-
-table_exists = warehouse.table_exists
-query = warehouse.query
 
 
 # ---- audit_candidates: each run's selection, tagged with the run id ---------------------------------
 def ensure_candidates_table(con: duckdb.DuckDBPyConnection) -> None:
     """``audit_candidates`` with every column of ``CANDIDATE_COLUMNS`` (a warehouse created before
     ``run_id`` existed gets the column; its old rows have run_id NULL and are pruned)."""
-    ensure(con, "audit_candidates")
+    warehouse.ensure_table(con, "audit_candidates")
 
 
 def write_run_candidates(con: duckdb.DuckDBPyConnection, run_id: str, candidates: pl.DataFrame, *,
@@ -57,7 +27,7 @@ def write_run_candidates(con: duckdb.DuckDBPyConnection, run_id: str, candidates
     other runs' rows stay unless selected before ``prune_before`` (or untagged)."""
     ensure_candidates_table(con)
     return warehouse.write_frame(
-        con, "audit_candidates", candidates, columns=AUDIT_TABLES["audit_candidates"],
+        con, "audit_candidates", candidates,
         delete_where="run_id = ? OR run_id IS NULL OR selected_at < ?",
         params=[run_id, prune_before])
 
@@ -65,7 +35,7 @@ def write_run_candidates(con: duckdb.DuckDBPyConnection, run_id: str, candidates
 def read_run_candidates(con: duckdb.DuckDBPyConnection, run_id: str) -> pl.DataFrame:
     """The candidates the run ``run_id`` selected (and only those)."""
     ensure_candidates_table(con)
-    return query(con, "SELECT * FROM audit_candidates WHERE run_id = ? "
+    return warehouse.query(con, "SELECT * FROM audit_candidates WHERE run_id = ? "
                       "ORDER BY selected_at, interaction_id", [run_id])
 
 
@@ -79,7 +49,7 @@ def read_interactions_for_selection(con: duckdb.DuckDBPyConnection) -> pl.DataFr
     warehouse.ensure_table(con, "interactions")
     warehouse.ensure_table(con, "interaction_quality")
     cols = ", ".join(f"i.{c}" for c in _SELECTION_INPUT)
-    return query(
+    return warehouse.query(
         con,
         f"SELECT {cols}, q.quality_score FROM interactions i "
         "LEFT JOIN interaction_quality q USING (interaction_id) ORDER BY i.ts, i.interaction_id"
@@ -90,7 +60,7 @@ def read_reference_population(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """(tenant_id, user_message, response) of every interaction: the population the rules
     auditor's consensus signals compare a reply with."""
     warehouse.ensure_table(con, "interactions")
-    return query(con, "SELECT tenant_id, user_message, response FROM interactions")
+    return warehouse.query(con, "SELECT tenant_id, user_message, response FROM interactions")
 
 
 # ---- the asset checks' queries: each returns problem -> rows with it (0 everywhere = passed) ---
@@ -118,7 +88,7 @@ def verdict_problems(con: duckdb.DuckDBPyConnection, categories: Sequence[str],
                      severities: Sequence[str]) -> dict[str, int]:
     """``audited_errors``: an error without a known category and severity, a clean verdict with
     either, a confidence outside [0, 1], a verdict twice for one (interaction, auditor, prompt)."""
-    ensure(con, "audited_errors")
+    warehouse.ensure_table(con, "audited_errors")
     return {
         "error_without_known_category": _count(
             con, "SELECT count(*) FROM audited_errors WHERE is_error AND "
@@ -142,7 +112,7 @@ def verdict_problems(con: duckdb.DuckDBPyConnection, categories: Sequence[str],
 def preference_problems(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """``preference_pairs``: an empty chosen or rejected reply, a pair whose two replies are the
     same, a sample item in two pairs."""
-    ensure(con, "preference_pairs")
+    warehouse.ensure_table(con, "preference_pairs")
     return {
         "empty_reply": _count(con, "SELECT count(*) FROM preference_pairs WHERE "
                                    "coalesce(trim(chosen), '') = '' OR rejected IS NULL"),

@@ -9,7 +9,6 @@ from pathlib import Path
 import polars as pl
 
 from ml import warehouse
-from ml.audit import tables
 from ml.tables import AUDITED_COLUMNS
 
 OLD_COLUMNS = {c: t for c, t in AUDITED_COLUMNS.items()
@@ -35,20 +34,20 @@ def test_ensure_table_adds_missing_columns_to_an_older_table(tmp_path: Path):
         warehouse.ensure_table(con, "audited_errors", OLD_COLUMNS)
         con.execute("INSERT INTO audited_errors BY NAME SELECT 'old' AS interaction_id, "
                     "'rules' AS auditor, 'rules-v1' AS prompt_version, false AS is_error")
-        tables.ensure(con, "audited_errors")
+        warehouse.ensure_table(con, "audited_errors")
         cols = _columns(con, "audited_errors")
         assert list(cols) == list(AUDITED_COLUMNS)  # appended last, in layout order
         assert (cols["in_calibration"], cols["label_weight"]) == ("BOOLEAN", "DOUBLE")
         assert con.execute("SELECT in_calibration, label_weight FROM audited_errors"
                            ).fetchall() == [(None, None)]  # old rows: NULL
-        tables.ensure(con, "audited_errors")  # idempotent
+        warehouse.ensure_table(con, "audited_errors")  # idempotent
         assert list(_columns(con, "audited_errors")) == list(AUDITED_COLUMNS)
 
         # the new layout writes into the upgraded table (inserts match columns by position)
         frame = pl.DataFrame([_verdict("new", in_calibration=True, label_weight=5.0)],
                              schema_overrides={"signals": pl.List(pl.String)})
-        assert tables.upsert_rows(con, "audited_errors", frame,
-                                  ["interaction_id", "auditor", "prompt_version"]) == 1
+        assert warehouse.upsert_rows(con, "audited_errors", frame,
+                                     ["interaction_id", "auditor", "prompt_version"]) == 1
         got = con.execute("SELECT interaction_id, in_calibration, label_weight FROM "
                           "audited_errors ORDER BY interaction_id").fetchall()
         assert got == [("new", True, 5.0), ("old", None, None)]
@@ -72,7 +71,7 @@ def test_ensure_table_on_a_complete_table_reads_read_only(tmp_path: Path):
 def test_ensure_table_creates_a_new_table_with_the_whole_layout(tmp_path: Path):
     con = warehouse.connect(tmp_path / "w.duckdb")
     try:
-        tables.ensure(con, "audited_errors")
+        warehouse.ensure_table(con, "audited_errors")
         assert list(_columns(con, "audited_errors")) == list(AUDITED_COLUMNS)
     finally:
         con.close()
