@@ -22,6 +22,10 @@ from ml.ingest import drop_cross_partition_duplicates, ingest_files
 from ml.pii import residual_pii_in_table
 from ml.tables import TABLES
 
+# metadata of each `interactions` materialization: the landing files it read (``ml.landing.
+# fingerprint``); the landing sensor and `learnloop run` skip days ingested with the same files
+LANDING_FINGERPRINT = "landing_fingerprint"
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -38,13 +42,14 @@ def residual_pii(con, table: str, day: str) -> list[dict]:
 
 
 def _earlier_copies(con, good: pl.DataFrame, day: str) -> pl.DataFrame:
-    """Rows of other partitions of ``interactions`` with an interaction_id of ``good``."""
+    """Rows of other partitions of ``interactions`` with a (tenant_id, interaction_id) of
+    ``good``."""
     wh.ensure_table(con, "interactions")
-    con.register("_ids", good.select("interaction_id").to_arrow())
+    con.register("_ids", good.select("tenant_id", "interaction_id").to_arrow())
     try:
         return wh.query(
-            con, "SELECT i.* FROM interactions i WHERE i.partition_date <> ?::DATE AND "
-                 "i.interaction_id IN (SELECT interaction_id FROM _ids)", [day])
+            con, "SELECT i.* FROM interactions i SEMI JOIN _ids USING (tenant_id, interaction_id) "
+                 "WHERE i.partition_date <> ?::DATE", [day])
     finally:
         con.unregister("_ids")
 
@@ -102,8 +107,8 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
                           asset="quarantined_interactions",
                           description="No PII pattern remains in the written quarantine rows."),
         dg.AssetCheckSpec("check_unique_interaction_ids", asset="interactions",
-                          description="interaction_id is unique within the partition and "
-                                      "appears in no other partition."),
+                          description="(tenant_id, interaction_id) is unique within the "
+                                      "partition and appears in no other partition."),
     ],
     partitions_def=landing_date_partitions,
     pool=WAREHOUSE_POOL,
@@ -134,9 +139,10 @@ def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseR
         leftover = residual_pii(con, "interactions", day)
         leftover_q = residual_pii(con, "quarantined_interactions", day)
         rows, n_unique, elsewhere = con.execute(
-            "SELECT count(*), count(DISTINCT interaction_id), count(*) FILTER (WHERE "
-            "interaction_id IN (SELECT interaction_id FROM interactions WHERE partition_date "
-            "<> ?::DATE)) FROM interactions WHERE partition_date = ?::DATE", [day, day]
+            "SELECT count(*), count(DISTINCT (tenant_id, interaction_id)), count(*) FILTER "
+            "(WHERE (tenant_id, interaction_id) IN (SELECT (tenant_id, interaction_id) FROM "
+            "interactions WHERE partition_date <> ?::DATE)) FROM interactions "
+            "WHERE partition_date = ?::DATE", [day, day]
         ).fetchone()
     if result.stats["cross_partition_duplicates"] or result.stats["cross_partition_conflicts"]:
         context.log.info(f"ids already in other partitions: "
@@ -153,6 +159,7 @@ def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseR
         "accepted_rate": round(good.height / total, 4) if total else 0.0,
         "tenants": good["tenant_id"].n_unique() if good.height else 0,
         "pii_scrubbed_rows": int((good["pii_types"].list.len() > 0).sum()) if good.height else 0,
+        LANDING_FINGERPRINT: landing.fingerprint(paths),
         **{f"stats/{k}": v for k, v in stats.items()},
     })
     yield dg.MaterializeResult(asset_key="quarantined_interactions", metadata={

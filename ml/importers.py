@@ -21,10 +21,11 @@ landing file.
 
 Records without a time of their own (hh-rlhf pairs; openai-chat lines without ``created``; oasst
 messages without ``created_date``) get a *deterministic* timestamp: the ``timestamp`` argument when
-given, else the imported file's modification time (UTC, whole seconds). Their ids are hashes of
-(file name, line), so importing the same file again lands the same ids on the same day, where
-ingest de-duplicates them (a later import on another day would otherwise put the same ids in a
-second partition).
+given, else the imported file's modification time (UTC, whole seconds). Formats without ids of
+their own (hh-rlhf, openai-chat) get ids that are hashes of the *line's content* (and the turn):
+the same line imported again, from any file under any name, at any position, gets the same id
+(ingest drops the identical copy), and different lines never share one (the four hh-rlhf splits
+are all called ``test.jsonl.gz``; ids derived from the file name and line number collided).
 
 ``import_to_landing`` writes the accepted records into the landing zone, one file per UTC day of
 their timestamps (``ml.landing.write_landing_file``), and the rejected lines into today's (UTC)
@@ -49,6 +50,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from ml.landing import write_landing_file
 from ml.schema import RecordError, validate_record
@@ -155,6 +158,15 @@ def _validated(no: int, rec: dict[str, Any], raw_for_reject: str, *,
     return Accepted(no, rec, model.timestamp.date().isoformat())
 
 
+def content_digest(path: Path | str) -> str:
+    """SHA-256 (hex) of a file's bytes: what importer ids and the timestamp registry key on."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _hid(prefix: str, *parts: object) -> str:
     h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).hexdigest()
     return f"{prefix}-{h[:24]}"
@@ -241,8 +253,8 @@ def read_openai_chat(path: Path | str, tenant_id: str = "default",
     """OpenAI chat / fine-tuning JSONL: ``{"messages": [{role, content}, ...], ...}``.
 
     Every assistant turn becomes one interaction: ``messages`` = the turns before it, ``response``
-    = its content. ``interaction_id`` = hash(file name, line, turn); ``session_id`` = the line's
-    ``id`` when it is a string, else hash(file name, line); ``turn_index`` = the ordinal of the
+    = its content. ``interaction_id`` = hash(line text, turn); ``session_id`` = the line's
+    ``id`` when it is a string, else hash(line text); ``turn_index`` = the ordinal of the
     assistant turn in the conversation (0, 1, ...). ``timestamp`` = the line's ``created`` (unix
     seconds) when present, else ``timestamp`` (default: the file's mtime). Roles ``developer``
     -> system, ``function`` -> tool; list contents are their text parts joined by newlines
@@ -251,7 +263,6 @@ def read_openai_chat(path: Path | str, tenant_id: str = "default",
     with no assistant turn is rejected.
     """
     p = _check_path(path)
-    source = p.name
     fallback = _iso(timestamp or file_timestamp(p))
     for item in _json_lines(p, "openai-chat"):
         if not isinstance(item, tuple):  # a blank line's number or a rejected line
@@ -259,7 +270,7 @@ def read_openai_chat(path: Path | str, tenant_id: str = "default",
             continue
         no, text, obj = item
         try:
-            turns, ts, session, extra = _openai_conversation(obj, source, no, fallback)
+            turns, ts, session, extra = _openai_conversation(obj, text, fallback)
         except ValueError as exc:
             yield Rejected(no, f"line {no}: {exc}", text)
             continue
@@ -268,7 +279,7 @@ def read_openai_chat(path: Path | str, tenant_id: str = "default",
             if role != "assistant":
                 continue
             rec: dict[str, Any] = {
-                "interaction_id": _hid("oai", source, no, i),
+                "interaction_id": _hid("oai", text, i),
                 "tenant_id": tenant_id,
                 "session_id": session,
                 "turn_index": k,
@@ -282,7 +293,7 @@ def read_openai_chat(path: Path | str, tenant_id: str = "default",
             yield _validated(no, rec, text)
 
 
-def _openai_conversation(obj: Any, source: str, no: int, fallback_ts: str):
+def _openai_conversation(obj: Any, line: str, fallback_ts: str):
     if not isinstance(obj, dict):
         raise ValueError(f"line is a JSON {type(obj).__name__}, expected an object with `messages`")
     msgs = obj.get("messages")
@@ -311,7 +322,7 @@ def _openai_conversation(obj: Any, source: str, no: int, fallback_ts: str):
     else:
         raise ValueError(f"created: expected unix seconds (a number), got {created!r:.60}")
     sid = obj.get("id")
-    session = sid if isinstance(sid, str) and sid else _hid("oai-session", source, no)
+    session = sid if isinstance(sid, str) and sid else _hid("oai-session", line)
     extra: dict[str, Any] = {}
     if isinstance(obj.get("model"), str):
         extra["model"] = {"provider": "openai", "name": obj["model"]}
@@ -359,12 +370,11 @@ def read_hh_rlhf(path: Path | str, tenant_id: str = "default",
     * ``messages`` = the turns the two transcripts share before their last turns (all of them in
       almost every pair; 9 pairs of the helpful-base test split diverge earlier and are tagged
       ``hh-rlhf:context-differs``);
-    * ``interaction_id`` / ``session_id`` = hashes of (file name, line); ``turn_index`` = number of
+    * ``interaction_id`` / ``session_id`` = hashes of the line's text; ``turn_index`` = number of
       assistant turns before the response; ``timestamp`` = ``timestamp`` (default: the file's
       mtime).
     """
     p = _check_path(path)
-    source = p.name
     ts = _iso(timestamp or file_timestamp(p))
     for item in _json_lines(p, "hh-rlhf"):
         if not isinstance(item, tuple):  # a blank line's number or a rejected line
@@ -392,9 +402,9 @@ def read_hh_rlhf(path: Path | str, tenant_id: str = "default",
         if shared != len(context_r) or shared != len(context_c):
             tags.append("hh-rlhf:context-differs")
         rec = {
-            "interaction_id": _hid("hh", source, no),
+            "interaction_id": _hid("hh", text),
             "tenant_id": tenant_id,
-            "session_id": _hid("hh-session", source, no),
+            "session_id": _hid("hh-session", text),
             "turn_index": sum(1 for r, _ in context_r[:shared] if r == "assistant"),
             "timestamp": ts,
             "channel": "import",
@@ -637,11 +647,7 @@ def _registered_timestamp(landing_dir: Path, path: Path) -> tuple[Path, datetime
     Keyed by the SHA-256 of the file's bytes: re-importing the same content (touched, copied or
     downloaded again, so with a new mtime) reuses the first import's timestamp, which makes the
     records identical and ingest drops them as exact duplicates instead of quarantining them."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    entry = landing_dir / IMPORT_REGISTRY / f"{digest.hexdigest()}.json"
+    entry = landing_dir / IMPORT_REGISTRY / f"{content_digest(path)}.json"
     if not entry.exists():
         return entry, None
     try:
@@ -661,7 +667,8 @@ def _register_timestamp(entry: Path, path: Path, timestamp: datetime) -> None:
 def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
                       tenant_id: str = "default",
                       import_time: datetime | None = None,
-                      timestamp: datetime | None = None) -> dict[str, Any]:
+                      timestamp: datetime | None = None,
+                      warehouse: Path | str | None = None) -> dict[str, Any]:
     """Import ``path`` and write it into the landing zone.
 
     Accepted records go to ``date=<UTC day of their timestamp>/<source>-....jsonl`` (one file per
@@ -671,7 +678,9 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
     the folder of ``import_time``'s
     UTC day (default: now) as ``<source>-rejected-....jsonl`` so the ingest stage quarantines them
     with the importer's reason (see the module docstring). Returns ``{format, source, accepted,
-    quarantined, blank_lines, days: {day: records}, files: [paths]}``."""
+    quarantined, blank_lines, days: {day: records}, files: [paths], ingest_outlook}``
+    (``ingest_outlook``: what ingest will do with the accepted records, given the other landing
+    files of their days and the ``warehouse`` DuckDB file when given)."""
     import_time = import_time or _now()
     registry_entry = None
     if timestamp is None and fmt != "native":
@@ -702,6 +711,7 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
                                             lines)))
     if registry_entry is not None:
         _register_timestamp(registry_entry, Path(path), timestamp)
+    outlook = ingest_outlook(Path(landing_dir), by_day, [Path(f) for f in files], warehouse)
     return {
         "format": fmt,
         "source": result.source,
@@ -710,7 +720,107 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
         "blank_lines": result.blank_lines,
         "days": {d: len(v) for d, v in sorted(by_day.items())},
         "files": files,
+        "ingest_outlook": outlook,
     }
+
+
+class _Ident(msgspec.Struct):
+    interaction_id: Any = None
+    tenant_id: Any = "default"
+
+
+_IDENT = msgspec.json.Decoder(_Ident).decode
+
+
+def _landing_idents(path: Path) -> Iterator[tuple[tuple[str, str], str]]:
+    """((tenant_id, interaction_id), trimmed line) of the records of a JSONL landing file
+    (gzip-compressed or not); lines without a readable id are skipped."""
+    with _open_bytes(path) as fh:
+        for raw in fh:
+            try:
+                ident = _IDENT(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if isinstance(ident.interaction_id, str) and isinstance(ident.tenant_id, str):
+                yield (ident.tenant_id, ident.interaction_id), raw.decode(
+                    "utf-8", "replace").strip(" \t\r\n")
+
+
+def ingest_outlook(landing_dir: Path, by_day: dict[str, list[dict[str, Any]]],
+                   written: list[Path], warehouse: Path | str | None = None) -> dict[str, Any]:
+    """What the ingest stage will do with the records just imported (``by_day``: the accepted
+    records per landing day; ``written``: the files the import wrote).
+
+    Ingest keys records on ``(tenant_id, interaction_id)`` per day: of two records with the same
+    key the first (by file name, then line) is kept, a later identical copy is dropped and a
+    later different one is quarantined; a key another day already holds in the warehouse is
+    dropped when identical and quarantined when changed. Counted here: ``duplicates_in_import``
+    and ``in_other_landing_files`` (same day, not yet told apart by file order: one of the two
+    copies goes), each ``{exact, conflicting}``; ``already_ingested`` (keys the warehouse's
+    ``interactions`` table holds; ``None`` when it could not be read, with ``warehouse_note``);
+    ``unchecked_files`` (Parquet landing files, not scanned); ``new`` = the rest."""
+    out: dict[str, Any] = {"records": 0, "duplicates_in_import": {"exact": 0, "conflicting": 0},
+                           "in_other_landing_files": {"exact": 0, "conflicting": 0},
+                           "already_ingested": 0, "unchecked_files": 0}
+    written_set = {p.resolve() for p in written}
+    keys: set[tuple[str, str]] = set()
+    in_other: set[tuple[str, str]] = set()  # keys another landing file of the day holds too
+    for day, recs in by_day.items():
+        seen: dict[tuple[str, str], str] = {}
+        for rec in recs:
+            out["records"] += 1
+            key = (rec.get("tenant_id", "default"), rec["interaction_id"])
+            text = json.dumps(rec, ensure_ascii=False)
+            if key in seen:
+                kind = "exact" if seen[key] == text else "conflicting"
+                out["duplicates_in_import"][kind] += 1
+                continue
+            seen[key] = text
+            keys.add(key)
+        folder = Path(landing_dir) / f"date={day}"
+        if not folder.is_dir():
+            continue
+        for other in sorted(folder.iterdir()):
+            if (not other.is_file() or other.name.startswith(".") or other.resolve() in written_set
+                    or other.suffix not in (".jsonl", ".parquet")):
+                continue
+            if other.suffix == ".parquet":
+                out["unchecked_files"] += 1
+                continue
+            for key, text in _landing_idents(other):
+                if key in seen:
+                    kind = "exact" if seen[key] == text else "conflicting"
+                    out["in_other_landing_files"][kind] += 1
+                    in_other.add(key)
+    out["already_ingested"] = _already_ingested(keys - in_other, warehouse, out)
+    out["new"] = (out["records"] - sum(out["duplicates_in_import"].values()) - len(in_other)
+                  - (out["already_ingested"] or 0))
+    return out
+
+
+def _already_ingested(keys: set[tuple[str, str]], warehouse: Path | str | None,
+                      out: dict[str, Any]) -> int | None:
+    """How many of ``keys`` the warehouse's ``interactions`` table holds (read-only)."""
+    if not keys or warehouse is None or not Path(warehouse).exists():
+        return 0
+    import duckdb  # noqa: PLC0415
+    import pyarrow as pa  # noqa: PLC0415
+
+    tenants, ids = zip(*keys, strict=True)
+    try:
+        con = duckdb.connect(str(warehouse), read_only=True)
+    except duckdb.Error as exc:
+        out["warehouse_note"] = f"warehouse not read ({' '.join(str(exc).split())[:200]})"
+        return None
+    try:
+        if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = "
+                           "'interactions'").fetchall()[0][0]:
+            return 0
+        con.register("_keys", pa.table({"tenant_id": list(tenants), "interaction_id": list(ids)}))
+        return con.execute("SELECT count(*) FROM _keys k SEMI JOIN interactions i "
+                           "USING (tenant_id, interaction_id)").fetchall()[0][0]
+    finally:
+        con.close()
 
 
 __all__ = [

@@ -9,6 +9,7 @@ failed write removes its temporary file).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -82,6 +83,24 @@ def write_landing_file(landing: Path, day: date | str, source: str,
         for ln in lines
     )
     return write_landing_bytes(landing, day, source, body.encode("utf-8"))
+
+
+EMPTY_FINGERPRINT = hashlib.sha256().hexdigest()[:16]
+
+
+def fingerprint(paths: Iterable[Path]) -> str:
+    """What a set of landing files looks like (names, sizes, modification times): equal
+    fingerprints mean the same files, so a day already ingested with it needs no new run."""
+    h = hashlib.sha256()
+    for p in sorted(Path(x) for x in paths):
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def day_fingerprints(landing: Path) -> dict[str, str]:
+    """day -> ``fingerprint`` of its finished files, for every day folder."""
+    return {day: fingerprint(list_files(landing, day)) for day in list_partitions(landing)}
 
 
 def list_partitions(landing: Path) -> list[str]:

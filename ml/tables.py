@@ -115,7 +115,13 @@ TABLE_LIST: list[Table] = [
                ("pii_types", "VARCHAR[]", "Placeholder types the PII scrubber inserted."),
                ("source_file", "VARCHAR", "The landing file the record came from."),
                ("partition_date", "DATE", "The landing day."),
-           ], key=("interaction_id",), partitioned=True, dbt_source=True),
+               ("conversation_rating", "INTEGER", "The user's rating of the whole conversation, "
+                                                  "1-5 (the same on each of its turns)."),
+               ("extra", "VARCHAR", "Fields outside the record contract, by path (JSON object, "
+                                    "scrubbed), and a dropped empty correction; NULL when none."),
+               ("ingest_notes", "VARCHAR[]", "What ingest changed in the record and why (e.g. "
+                                             "an empty human_correction dropped)."),
+           ], key=("tenant_id", "interaction_id"), partitioned=True, dbt_source=True),
     _table("quarantined_interactions",
            "Records that failed validation, with the reason and the PII-scrubbed raw text; an "
            "unreadable file is one row.", "quarantined_interactions", [
@@ -142,7 +148,7 @@ TABLE_LIST: list[Table] = [
                ("confidence", "DOUBLE", "0-1, from how much evidence the score rests on."),
                ("dimensions_present", "INTEGER", "How many dimensions could be measured."),
                ("scorer_version", "VARCHAR", "Version of the scoring rules."),
-           ], key=("interaction_id",), partitioned=True, dbt_source=True),
+           ], key=("tenant_id", "interaction_id"), partitioned=True, dbt_source=True),
     _table("audit_candidates",
            "Each audit run's selection: the interactions to audit and why.", "audit_candidates", [
                ("interaction_id", "VARCHAR", "The interaction to audit."),

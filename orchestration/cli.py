@@ -97,14 +97,38 @@ def import_cmd(fmt: str, path: Path, tenant: str, timestamp, as_json: bool) -> N
     settings = _settings()
     if timestamp is not None and timestamp.tzinfo is None:
         timestamp = timestamp.replace(tzinfo=UTC)
-    summary = import_to_landing(fmt, path, settings.landing, tenant, timestamp=timestamp)
+    summary = import_to_landing(fmt, path, settings.landing, tenant, timestamp=timestamp,
+                                warehouse=settings.warehouse)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
-    else:
-        click.echo(f"{path.name}: {summary['accepted']:,} accepted, "
-                   f"{summary['quarantined']:,} quarantined -> {settings.landing}")
-        for f in summary.get("files", []):
-            click.echo(f"  wrote {f}")
+        return
+    click.echo(f"{path.name}: {summary['accepted']:,} accepted, "
+               f"{summary['quarantined']:,} quarantined -> {settings.landing}")
+    for f in summary.get("files", []):
+        click.echo(f"  wrote {f}")
+    click.echo(format_outlook(summary["ingest_outlook"]))
+
+
+def format_outlook(o: dict) -> str:
+    """One paragraph: what ingest will do with the imported records (``ingest_outlook``)."""
+    lines = [f"ingest will add {o['new']:,} new record(s)"]
+    dup, other = o["duplicates_in_import"], o["in_other_landing_files"]
+    if dup["exact"] or dup["conflicting"]:
+        lines.append(f"  same (tenant, id) twice in this import: {dup['exact']:,} identical "
+                     f"copies dropped, {dup['conflicting']:,} different ones quarantined")
+    if other["exact"] or other["conflicting"]:
+        lines.append(f"  (tenant, id) also in other landing files of the same day: "
+                     f"{other['exact']:,} identical (one copy dropped), {other['conflicting']:,} "
+                     f"different (the later file's copy quarantined)")
+    if o["already_ingested"] is None:
+        lines.append(f"  {o.get('warehouse_note', 'warehouse not read')}: ids already ingested "
+                     f"were not checked")
+    elif o["already_ingested"]:
+        lines.append(f"  already ingested: {o['already_ingested']:,} (dropped if identical, "
+                     f"quarantined if changed)")
+    if o["unchecked_files"]:
+        lines.append(f"  {o['unchecked_files']} Parquet landing file(s) of those days not checked")
+    return "\n".join(lines)
 
 
 @click.command(help="Generate seeded demo support-bot logs (same seed, same bytes).")
@@ -130,24 +154,34 @@ def status(as_json: bool) -> None:
     click.echo(json.dumps(st, indent=2) if as_json else format_status(st))
 
 
-@click.command(help="Ingest the landing zone (all days, or --date) and refresh analytics.")
-@click.option("--date", "dates", multiple=True, help="YYYY-MM-DD (repeatable); default all days")
-def run(dates: tuple[str, ...]) -> None:
-    _run_chain(_migrated_settings(), list(dates) or None)
+@click.command(help="Ingest the landing days that are new or changed since their last ingest "
+                   "(or --date, or --force for all) and run the jobs after ingest.")
+@click.option("--date", "dates", multiple=True,
+              help="YYYY-MM-DD (repeatable): ingest these days, changed or not")
+@click.option("--force", is_flag=True, help="ingest every landing day, changed or not")
+def run(dates: tuple[str, ...], force: bool) -> None:
+    _run_chain(_migrated_settings(), list(dates) or None, force=force)
 
 
-def _run_chain(settings: Settings, days: list[str] | None) -> bool:
+def _run_chain(settings: Settings, days: list[str] | None, force: bool = False) -> bool:
     from tqdm import tqdm
 
     from ml import landing
     from orchestration import runner
     from orchestration.definitions import defs
+    from orchestration.sensors import days_to_ingest
 
     instance = runner.instance_for(settings)
-    days = days or landing.list_partitions(settings.landing)
-    if not days:
+    if not landing.list_partitions(settings.landing) and not days:
         click.echo(f"the landing zone {settings.landing} is empty: nothing to ingest", err=True)
         return False
+    if days is None:
+        changed, every = days_to_ingest(instance, settings.landing)
+        days = sorted(every) if force else changed
+        skipped = len(every) - len(days)
+        if skipped:
+            click.echo(f"{skipped} landing day(s) unchanged since their last ingest: skipped "
+                       f"(--force ingests them again)")
     from assets.resources import warn_dev_hash_key_once
 
     # said here, once, not in the middle of the progress bar
@@ -214,11 +248,28 @@ def audit(interaction_ids, session_ids, since: str, until: str, auditor: str) ->
     result = runner.run_job(defs, instance, "manual_audit_job", run_config=config)
     for event in result.get_asset_materialization_events():
         mat = event.materialization
-        shown = {k: v.value for k, v in mat.metadata.items()
-                 if k in ("candidates", "audited", "errors", "failures", "error_rate")}
-        click.echo(f"{mat.asset_key.to_user_string()}: {shown}")
+        click.echo(describe_audit_materialization(mat.asset_key.to_user_string(),
+                                                  {k: v.value for k, v in mat.metadata.items()}))
     if not result.success:
         raise click.ClickException(f"manual audit failed: see run {result.run_id} in the Dagster UI")
+
+
+def describe_audit_materialization(asset: str, meta: dict) -> str:
+    """One line per asset of an audit run: what was selected and what was audited."""
+    if asset == "audit_candidates":
+        return (f"audit_candidates: {meta.get('dagster/row_count', 0):,} selected of "
+                f"{meta.get('interactions', 0):,} matching interactions for "
+                f"{meta.get('auditor', '?')} {meta.get('prompt_version', '')}".rstrip()
+                + (f"; {meta['given_up']} given up after repeated failures"
+                   if meta.get("given_up") else ""))
+    if asset == "audited_errors":
+        by_cat = meta.get("errors_by_category") or {}
+        cats = ", ".join(f"{k} {v}" for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1]))
+        return (f"audited_errors: {meta.get('audited', 0):,} audited, {meta.get('errors', 0):,} "
+                f"errors ({cats or 'none'}), {meta.get('failures', 0):,} failed, "
+                f"{meta.get('review_items_created', 0):,} review items created")
+    rows = meta.get("dagster/row_count")
+    return f"{asset}: {rows:,} rows" if isinstance(rows, int) else f"{asset}: materialized"
 
 
 @click.command(help="Run the whole chain on the embedded default: no server, no API key.")

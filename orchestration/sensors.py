@@ -1,43 +1,71 @@
 """Sensors: `<event>_sensor`."""
 
 
-import hashlib
 import json
 
 import dagster as dg
 
 from assets.partitions import landing_date_partitions
+from assets.ingest import LANDING_FINGERPRINT
 from assets.resources import LandingZoneResource
 from ml import landing
 from orchestration.jobs import ingest_job
 
+INTERACTIONS = dg.AssetKey("interactions")
+
 
 def landing_fingerprints(landing_dir) -> dict[str, str]:
     """day -> fingerprint of its finished files (names, sizes, mtimes)."""
-    out: dict[str, str] = {}
-    for day in landing.list_partitions(landing_dir):
-        h = hashlib.sha256()
-        for p in landing.list_files(landing_dir, day):
-            st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        out[day] = h.hexdigest()[:16]
+    return landing.day_fingerprints(landing_dir)
+
+
+def ingested_fingerprints(instance: dg.DagsterInstance, days) -> dict[str, str | None]:
+    """day -> the landing fingerprint of the latest ``interactions`` materialization of that day
+    (whoever launched it: this sensor, ``learnloop run``/``demo``, the UI); None when the day was
+    never ingested (or by a version that did not record it)."""
+    out: dict[str, str | None] = {}
+    for day in days:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=INTERACTIONS, asset_partitions=[day]), limit=1).records
+        meta = records[0].asset_materialization.metadata if records else {}
+        value = meta.get(LANDING_FINGERPRINT)
+        out[day] = value.value if value is not None else None
     return out
+
+
+def days_to_ingest(instance: dg.DagsterInstance, landing_dir, days=None) -> tuple[list[str],
+                                                                                   dict[str, str]]:
+    """(days whose landing files differ from what their last ingest read, all fingerprints)."""
+    now = landing_fingerprints(landing_dir)
+    candidates = [d for d in sorted(now) if (days is None or d in days)
+                  and now[d] != landing.EMPTY_FINGERPRINT]
+    done = ingested_fingerprints(instance, candidates)
+    return [d for d in candidates if done.get(d) != now[d]], now
 
 
 @dg.sensor(job=ingest_job, minimum_interval_seconds=30,
            default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Starts ingest for every landing day whose files are new or changed.")
+           description="Starts ingest for every landing day whose files are new or changed since "
+                       "that day was last ingested (by this sensor or by the CLI).")
 def landing_file_sensor(context: dg.SensorEvaluationContext, landing_zone: LandingZoneResource):
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     now = landing_fingerprints(landing_zone.root())
-    changed = sorted(d for d, fp in now.items() if seen.get(d) != fp and fp != hashlib.sha256().hexdigest()[:16])
+    changed = [d for d, fp in sorted(now.items())
+               if seen.get(d) != fp and fp != landing.EMPTY_FINGERPRINT]
     if not changed:
         return dg.SkipReason(f"no new landing files ({len(now)} days known)")
+    done = ingested_fingerprints(context.instance, changed)
+    wanted = [d for d in changed if done.get(d) != now[d]]
+    cursor = json.dumps(now, sort_keys=True)
+    if not wanted:
+        return dg.SensorResult(skip_reason=dg.SkipReason(
+            f"{len(changed)} changed day(s) already ingested with these files (by the CLI?)"),
+            cursor=cursor)
     existing = set(context.instance.get_dynamic_partitions(landing_date_partitions.name))
-    new_days = [d for d in changed if d not in existing]
+    new_days = [d for d in wanted if d not in existing]
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"{d}:{now[d]}", partition_key=d) for d in changed],
+        run_requests=[dg.RunRequest(run_key=f"{d}:{now[d]}", partition_key=d) for d in wanted],
         dynamic_partitions_requests=[landing_date_partitions.build_add_request(new_days)]
         if new_days else [],
-        cursor=json.dumps(now, sort_keys=True),
+        cursor=cursor,
     )

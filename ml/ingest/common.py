@@ -23,10 +23,11 @@ from typing import Any
 import polars as pl
 
 from ml.pii import scrub_frame
+from ml.schema import unknown_fields
 from ml.tables import INTERACTION_COLUMNS, QUARANTINE_COLUMNS
 
 CHUNK_BYTES = 64 << 20  # JSONL files are cut into byte ranges of about this size
-DUPLICATE_REASON = "duplicate interaction_id with different content"
+DUPLICATE_REASON = "duplicate interaction_id (same tenant_id) with different content"
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 _BLANK = " \t\r"
@@ -57,6 +58,7 @@ _STAGE_SCHEMA: dict[str, pl.DataType] = {
     "correction_agent_id": pl.String(), "corrected_response": pl.String(),
     "correction_reason": pl.String(), "correction_category": pl.String(),
     "intent": pl.String(), "language": pl.String(), "tags": pl.List(pl.String),
+    "conversation_rating": pl.Int32(), "extra": pl.String(), "ingest_notes": pl.List(pl.String),
 }
 # every free-text column is scrubbed; the keys (interaction_id, tenant_id), the hashed session id
 # and the validated enums (roles, thumbs) are not; ``retrieval`` (JSON) is scrubbed value by value
@@ -95,6 +97,16 @@ def hash_session(hash_key: bytes, session_id: str) -> str:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def extra_json(obj: dict, dropped_correction: dict | None) -> str | None:
+    """The ``extra`` column of a record: its fields outside the contract by path
+    (``ml.schema.unknown_fields``) and, under ``human_correction``, a correction dropped for an
+    empty ``corrected_response``; NULL when there is neither."""
+    extra = unknown_fields(obj)
+    if dropped_correction is not None:
+        extra["human_correction"] = dropped_correction
+    return _dumps(extra) if extra else None
 
 
 def _one_line(exc: BaseException) -> str:

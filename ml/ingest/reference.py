@@ -2,7 +2,7 @@
 one record at a time in plain Python.
 
 ``naive_ingest`` reads every line (``json.loads``), validates it with the pydantic model
-(``ml.schema.validate_record``), de-duplicates on ``interaction_id`` and scrubs every free-text
+(``ml.schema.validate_record``), de-duplicates on ``(tenant_id, interaction_id)`` and scrubs every free-text
 field with ``scrub_text``: the benchmark's baseline and the tests' oracle (the agreement tests
 compare both paths on crafted edge cases).
 
@@ -38,11 +38,12 @@ from ml.ingest.common import (
     _parquet_lines,
     _stats,
     _unreadable_row,
+    extra_json,
     hash_session,
     scrub_quarantine,
 )
 from ml.pii import PII_TYPES, scrub_json_value, scrub_text
-from ml.schema import InteractionRecord, RecordError, validate_record
+from ml.schema import EMPTY_CORRECTION_NOTE, InteractionRecord, RecordError, validate_record
 
 # ---- one record: decode and validate (the vectorized path's fallback too) ---------------------
 
@@ -72,7 +73,7 @@ def _python_record(line: str) -> tuple[dict | None, str | None, str | None]:
     problems = _range_problems(rec)
     if problems:
         return None, "; ".join(problems), rec.interaction_id
-    return _stage_row(rec), None, rec.interaction_id
+    return _stage_row(rec, obj), None, rec.interaction_id
 
 
 def _import_rejected_reason(obj: Any) -> str | None:
@@ -102,9 +103,10 @@ def _range_problems(rec: InteractionRecord) -> list[str]:
     return out
 
 
-def _stage_row(rec: InteractionRecord) -> dict:
+def _stage_row(rec: InteractionRecord, obj: dict) -> dict:
     m, t, f, s, h, md = (rec.model, rec.tokens, rec.feedback, rec.signals, rec.human_correction,
                          rec.metadata)
+    dropped = rec.dropped_correction
     return {
         "interaction_id": rec.interaction_id,
         "tenant_id": rec.tenant_id,
@@ -139,6 +141,9 @@ def _stage_row(rec: InteractionRecord) -> dict:
         "intent": md.intent if md else None,
         "language": md.language if md else None,
         "tags": list(md.tags) if md else [],
+        "conversation_rating": f.conversation_rating if f else None,
+        "extra": extra_json(obj, dropped),
+        "ingest_notes": [EMPTY_CORRECTION_NOTE] if dropped is not None else [],
     }
 
 
@@ -170,7 +175,7 @@ def naive_ingest(paths: list[Path], partition_date: str, hash_key: bytes) -> Ing
     day = date.fromisoformat(partition_date)
     rows: list[dict] = []
     quarantine: list[dict] = []
-    first_raw: dict[str, str] = {}
+    first_raw: dict[tuple[str, str], str] = {}
     exact_dups: list[dict] = []
     positions: list[tuple[int, int]] = []
     blank = lines = 0
@@ -197,7 +202,8 @@ def naive_ingest(paths: list[Path], partition_date: str, hash_key: bytes) -> Ing
                                        interaction_id=iid, reason=reason, raw=text))
                 continue
             key = text.strip(_BLANK)
-            prev = first_raw.get(row["interaction_id"])
+            ident = (row["tenant_id"], row["interaction_id"])
+            prev = first_raw.get(ident)
             if prev is not None:
                 if prev == key:
                     exact_dups.append(dict(interaction_id=row["interaction_id"], source_file=src,
@@ -207,7 +213,7 @@ def naive_ingest(paths: list[Path], partition_date: str, hash_key: bytes) -> Ing
                                            interaction_id=row["interaction_id"],
                                            reason=DUPLICATE_REASON, raw=text))
                 continue
-            first_raw[row["interaction_id"]] = key
+            first_raw[ident] = key
             rows.append(_finish_row_python(row, hash_key, src, day))
             positions.append((file_idx, line_no))
     interactions = pl.DataFrame(rows, schema=INTERACTION_SCHEMA) if rows else \
@@ -239,9 +245,11 @@ def _finish_row_python(row: dict, hash_key: bytes, src: str, day: date) -> dict:
         sc, types = scrub_text(t)
         tags.append(sc)
         found.update(types)
-    retrieval = row["retrieval"]
+    retrieval, extra = row["retrieval"], row["extra"]
     if retrieval is not None:
         retrieval = _dumps(scrub_json_value(json.loads(retrieval), found))
+    if extra is not None:
+        extra = _dumps(scrub_json_value(json.loads(extra), found))
     user_msgs = [c for r, c in zip(row["msg_roles"], contents, strict=True) if r == "user"]
     return {
         "interaction_id": row["interaction_id"],
@@ -281,4 +289,7 @@ def _finish_row_python(row: dict, hash_key: bytes, src: str, day: date) -> dict:
         "pii_types": [t for t in PII_TYPES if t in found],
         "source_file": src,
         "partition_date": day,
+        "conversation_rating": row["conversation_rating"],
+        "extra": extra,
+        "ingest_notes": row["ingest_notes"],
     }

@@ -26,10 +26,15 @@
    the small minority of bad lines.
    A line an importer rejected and wrapped as ``{"import_rejected": {..., "reason": ...}}`` is
    quarantined with the importer's reason (``import rejected (<format> <file>): <reason>``).
-4. De-duplication on ``interaction_id`` within the partition (first by file order, then line);
-   a later copy with the same record text (whitespace-trimmed) is an exact duplicate and is dropped
-   (listed in ``stats["exact_duplicate_rows"]``); a later record with the same id but different text
-   is quarantined with reason ``duplicate interaction_id with different content``.
+4. De-duplication on ``(tenant_id, interaction_id)`` within the partition (first by file order,
+   then line; ids are per tenant, so two tenants' records with the same id are both kept); a
+   later copy with the same record text (whitespace-trimmed) is an exact duplicate and is dropped
+   (listed in ``stats["exact_duplicate_rows"]``); a later record of the same tenant with the same
+   id but different text is quarantined (``DUPLICATE_REASON``).
+   Fields outside the contract are kept by path in ``extra`` (JSON): a line refused by the
+   closed Structs for an unknown key only is decoded with the open ones and its unknown fields
+   are collected in Python. An empty ``human_correction.corrected_response`` drops the
+   correction (into ``extra``, with a note in ``ingest_notes``), not the record.
 5. PII scrubbing (``ml.pii.scrub_frame``) of every free-text column (``SCRUBBED_COLUMNS``:
    message contents, response, corrected response, comment, correction agent/reason/category,
    channel, model provider/name/version, intent, language, tags) and of every string (keys too)
@@ -39,7 +44,7 @@
    JSON list of ``{role, content}``; ``session_id`` = hex HMAC-SHA256(hash_key, raw session id).
    Quarantine rows have their ``raw`` text and ``reason`` scrubbed the same way.
 6. ``drop_cross_partition_duplicates`` (called by the ``interactions`` asset with the rows other
-   partitions of the warehouse hold for the same ids): exact copies are dropped, same id with
+   partitions of the warehouse hold for the same tenant and id): exact copies are dropped, same id with
    different content is quarantined (``duplicate interaction_id of partition YYYY-MM-DD``).
 
 ``ml.ingest.reference.naive_ingest`` computes the same result record by record: the benchmark's
@@ -88,12 +93,13 @@ from ml.ingest.common import (
     _read_lines,
     _stats,
     _unreadable_row,
+    extra_json,
     scrub_quarantine,
 )
 from ml.ingest.reference import _python_record
 from ml.ingest.workers import _ChunkPool, _worker_count
 from ml.pii import PII_TYPES, json_text_candidates, scrub_frame, scrub_json_value
-from ml.schema import MAX_TEXT
+from ml.schema import BLANK_PATTERN, EMPTY_CORRECTION_NOTE, MAX_TEXT
 from ml.tables import INTERACTION_COLUMNS
 
 _LOW_CARDINALITY = ("correction_category", "correction_agent_id", "channel", "model_provider",
@@ -136,6 +142,7 @@ class _MFeedback(msgspec.Struct, gc=False):
     rating: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
     thumbs: Literal["up", "down"] | None = None
     comment: _OptText = None
+    conversation_rating: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
 
 
 class _MSignals(msgspec.Struct, gc=False):
@@ -149,7 +156,7 @@ class _MSignals(msgspec.Struct, gc=False):
 
 
 class _MCorrection(msgspec.Struct, gc=False):
-    corrected_response: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+    corrected_response: _Text  # an empty one is dropped after decoding (``_drop_empty``)
     agent_id: str | None = None
     reason: str | None = None
     category: str | None = None
@@ -180,7 +187,49 @@ class _MRecord(msgspec.Struct, gc=False):
     metadata: _MMetadata | None = None
 
 
+# The same Structs refusing unknown keys: a line that decodes with them has no field outside the
+# contract (the common case, one decode). A line refused for an unknown key only is decoded with
+# the Structs above and its unknown fields are collected in Python (``_extras``).
+class _SMessage(_MMessage, forbid_unknown_fields=True):
+    pass
+
+
+class _SModel(_MModel, forbid_unknown_fields=True):
+    pass
+
+
+class _STokens(_MTokens, forbid_unknown_fields=True):
+    pass
+
+
+class _SFeedback(_MFeedback, forbid_unknown_fields=True):
+    pass
+
+
+class _SSignals(_MSignals, forbid_unknown_fields=True):
+    pass
+
+
+class _SCorrection(_MCorrection, forbid_unknown_fields=True):
+    pass
+
+
+class _SMetadata(_MMetadata, forbid_unknown_fields=True):
+    pass
+
+
+class _SRecord(_MRecord, forbid_unknown_fields=True):
+    model: _SModel | None = None
+    messages: list[_SMessage] = []
+    tokens: _STokens | None = None
+    feedback: _SFeedback | None = None
+    signals: _SSignals | None = None
+    human_correction: _SCorrection | None = None
+    metadata: _SMetadata | None = None
+
+
 _DECODE = msgspec.json.Decoder(_MRecord).decode
+_DECODE_CLOSED = msgspec.json.Decoder(_SRecord).decode
 # all-None stand-ins for an absent sub-object when transposing
 _EMPTY: dict[type, Any] = {
     _MRecord: None, _MMessage: None, _MModel: _MModel(), _MTokens: _MTokens(),
@@ -248,8 +297,8 @@ def _columns(recs: list) -> dict[str, Any]:
         sparse = len(present) < n // 2  # e.g. feedback, corrections: fields of those rows only
         values_per_field = _fields([subs[i] for i in present] if sparse else subs, cls)
         for field_name, values in zip(cls.__struct_fields__, values_per_field, strict=True):
-            key = "corrected_response" if field_name == "corrected_response" else \
-                prefix + field_name
+            key = field_name if field_name in ("corrected_response", "conversation_rating") \
+                else prefix + field_name
             cols[key] = _Sparse(n, present, values) if sparse else values
     md = dict(zip(_MMetadata.__struct_fields__, _fields(top["metadata"], _MMetadata), strict=True))
     cols["intent"], cols["language"] = md["intent"], md["language"]
@@ -287,7 +336,7 @@ _COL_TYPES: dict[str, pl.DataType] = {
     **{k: v for k, v in _STAGE_SCHEMA.items() if k not in ("line_no", "ts", "msg_roles",
                                                             "msg_contents")},
     "timestamp": pl.String(), "retrieval": pl.Binary(), "turn_index": pl.Int64(),
-    "feedback_rating": pl.Int64(),
+    "feedback_rating": pl.Int64(), "conversation_rating": pl.Int64(),
 }
 
 
@@ -379,10 +428,11 @@ def _process_lines(lines: pl.DataFrame, texts: list[str] | None = None
     line_nos = lines.get_column("line_no").to_list()
     if texts is None:
         texts = lines.get_column("line").to_list()
-    decode = _DECODE
+    decode, decode_closed = _DECODE, _DECODE_CLOSED
     recs: list = []
     fast_nos: list[int] = []
     slow_idx: list[int] = []
+    open_idx: list[tuple[int, int]] = []  # (position in recs, line index): unknown keys
     add_rec, add_no, add_slow = recs.append, fast_nos.append, slow_idx.append
     # millions of short-lived containers: the cyclic GC would rescan them again and again
     gc_was_enabled = gc.isenabled()
@@ -390,8 +440,18 @@ def _process_lines(lines: pl.DataFrame, texts: list[str] | None = None
     try:
         for i, text in enumerate(texts):
             try:
-                rec = decode(text)
-            except _MSGSPEC_ERRORS:
+                rec = decode_closed(text)
+            except msgspec.ValidationError as exc:
+                if not str(exc).startswith("Object contains unknown field"):
+                    add_slow(i)
+                    continue
+                try:
+                    rec = decode(text)
+                except _MSGSPEC_ERRORS:
+                    add_slow(i)
+                    continue
+                open_idx.append((len(recs), i))
+            except msgspec.DecodeError:
                 add_slow(i)
                 continue
             add_rec(rec)
@@ -413,7 +473,9 @@ def _process_lines(lines: pl.DataFrame, texts: list[str] | None = None
     fast = fast.with_columns(
         _parse_ts(pl.col("timestamp")).alias("ts"),
         pl.col("retrieval").cast(pl.String),
+        _extras(fast.height, open_idx, texts),
     )
+    fast = _drop_empty_corrections(fast)
     # what msgspec cannot express: a parsable timestamp, messages or response present;
     # rows failing these go to the Python path (pydantic decides and words the reason)
     ok = pl.col("ts").is_not_null() & ((pl.col("msg_roles").list.len() > 0)
@@ -446,6 +508,47 @@ def _process_lines(lines: pl.DataFrame, texts: list[str] | None = None
     return stage, bad, n_fast
 
 
+def _extras(n: int, open_idx: list[tuple[int, int]], texts: list[str]) -> pl.Series:
+    """The ``extra`` column of the fast-path rows: JSON of the unknown fields of the rows at
+    ``open_idx`` (row, line index), NULL elsewhere (``ml.ingest.common.extra_json``)."""
+    out = pl.Series("extra", [None] * n, dtype=pl.String)
+    if open_idx:
+        rows = [r for r, _ in open_idx]
+        out.scatter(rows, pl.Series([extra_json(json.loads(texts[i]), None)
+                                     for _, i in open_idx], dtype=pl.String))
+    return out
+
+
+_CORRECTION_FIELDS = ("correction_agent_id", "corrected_response", "correction_reason",
+                      "correction_category")
+
+
+def _drop_empty_corrections(fast: pl.DataFrame) -> pl.DataFrame:
+    """A correction whose ``corrected_response`` is empty is dropped from its record, which is
+    kept: the correction moves to ``extra`` (under ``human_correction``) and ``ingest_notes``
+    says why (the rule of ``ml.schema.InteractionRecord``)."""
+    empty = fast.get_column("corrected_response").str.contains(BLANK_PATTERN).fill_null(False)
+    idx = empty.arg_true()
+    if idx.len() == 0:
+        return fast.with_columns(pl.lit([], pl.List(pl.String)).alias("ingest_notes"))
+    picked = fast.select(*_CORRECTION_FIELDS, "extra").with_row_index("_i").filter(empty)
+    extras = []
+    for r in picked.iter_rows(named=True):
+        dropped = {k: r[c] for k, c in zip(("agent_id", "corrected_response", "reason",
+                                            "category"), _CORRECTION_FIELDS, strict=True)
+                   if r[c] is not None}
+        extra = json.loads(r["extra"]) if r["extra"] is not None else {}
+        extra["human_correction"] = dropped
+        extras.append(_dumps(extra))
+    extra_col = fast.get_column("extra").clone()
+    extra_col.scatter(idx, pl.Series(extras, dtype=pl.String))
+    notes = pl.when(empty).then(pl.lit([EMPTY_CORRECTION_NOTE], pl.List(pl.String))) \
+        .otherwise(pl.lit([], pl.List(pl.String))).alias("ingest_notes")
+    return fast.with_columns(
+        extra_col, notes,
+        *[pl.when(empty).then(None).otherwise(pl.col(c)).alias(c) for c in _CORRECTION_FIELDS])
+
+
 def _fix_retrieval(fast: pl.DataFrame) -> pl.DataFrame:
     """Retrieval JSON exactly as ``json.dumps`` writes it: rows where msgspec's float spelling
     may differ (exponents, tiny numbers) are re-serialized in Python (rare)."""
@@ -463,6 +566,7 @@ def _fix_retrieval(fast: pl.DataFrame) -> pl.DataFrame:
 # ---- the chunk job and the partition ----------------------------------------------------------
 
 _ROW_KEYS = ["file_idx", "line_no", "h1", "h2"]  # carried through the chunk job for de-duplication
+_IDENTITY = ["tenant_id", "interaction_id"]  # what identifies a record: ids are per tenant
 
 
 def _chunk_job(src: str, file_idx: int, lines: pl.DataFrame, bad_utf8: list[dict],
@@ -628,15 +732,15 @@ def _ingest(paths: list[Path], day: date, hash_key: bytes, chunk_bytes: int, n_w
                 "h1": pl.UInt64, "h2": pl.UInt64})
     parts.clear()  # the chunks are in all_rows now: let them go
 
-    # de-duplicate on interaction_id: first by (file, line) wins
-    first = all_rows.select(pl.col("interaction_id").is_first_distinct()).to_series()
+    # de-duplicate on (tenant_id, interaction_id): first by (file, line) wins
+    first = all_rows.select(pl.struct(*_IDENTITY).is_first_distinct()).to_series()
     later_rows = all_rows.filter(~first).select(
-        "interaction_id", "file_idx", "source_file", "line_no", "h1", "h2")
+        *_IDENTITY, "file_idx", "source_file", "line_no", "h1", "h2")
     # the hashes of the first copy of each repeated id (a small frame: repeats are rare)
-    firsts = all_rows.filter(first & pl.col("interaction_id").is_in(
-        later_rows.get_column("interaction_id").implode())).select(
-        "interaction_id", pl.col("h1").alias("_h1"), pl.col("h2").alias("_h2"))
-    later_rows = later_rows.join(firsts, on="interaction_id", how="left", maintain_order="left")
+    firsts = all_rows.filter(first).join(later_rows.select(_IDENTITY).unique(), on=_IDENTITY,
+                                         how="semi").select(
+        *_IDENTITY, pl.col("h1").alias("_h1"), pl.col("h2").alias("_h2"))
+    later_rows = later_rows.join(firsts, on=_IDENTITY, how="left", maintain_order="left")
     same = (pl.col("h1") == pl.col("_h1")) & (pl.col("h2") == pl.col("_h2"))
     exact_dups = later_rows.filter(same).select(
         "interaction_id", "source_file", "line_no").to_dicts()
@@ -703,15 +807,17 @@ def _scrub_stage(kept: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
         replaced.append(pl.coalesce(joined.get_column("_clean"), values).alias(col))
         for t in PII_TYPES:
             add(t, joined.get_column("_types").list.contains(t).fill_null(False))
-    retrieval = scrubbed.get_column("retrieval")
-    idx = json_text_candidates(retrieval).arg_true()
-    if idx.len():
+    for json_col in ("retrieval", "extra"):
+        column = scrubbed.get_column(json_col)
+        idx = json_text_candidates(column).arg_true()
+        if not idx.len():
+            continue
         texts, row_types = [], []
-        for text in retrieval.gather(idx).to_list():
+        for text in column.gather(idx).to_list():
             found: set[str] = set()
             texts.append(_dumps(scrub_json_value(json.loads(text), found)))
             row_types.append(found)
-        new = retrieval.clone()
+        new = column.clone()
         new.scatter(idx, pl.Series(texts, dtype=pl.String))
         replaced.append(new)
         for t in PII_TYPES:
@@ -788,7 +894,7 @@ def drop_cross_partition_duplicates(result: IngestResult, earlier: pl.DataFrame,
     """Resolve ids of ``result`` that other partitions already hold.
 
     ``earlier``: rows (INTERACTION_COLUMNS) of *other* partitions of the ``interactions`` table
-    whose ``interaction_id`` is among ``result.interactions`` (when an id is in several, the
+    whose ``(tenant_id, interaction_id)`` is among ``result.interactions`` (when one is in several, the
     earliest of those partitions is compared). The copy already in the warehouse wins: the
     partition materialized first keeps the record, whatever the dates (a backfill that runs newest
     day first keeps the newest copy). A row whose content (``CONTENT_COLUMNS``: everything but
@@ -805,16 +911,16 @@ def drop_cross_partition_duplicates(result: IngestResult, earlier: pl.DataFrame,
     if earlier.height == 0 or good.height == 0:
         return IngestResult(good, result.quarantined, stats, result.positions)
     earlier = (earlier.select(list(INTERACTION_SCHEMA)).cast(INTERACTION_SCHEMA)
-               .sort("partition_date").unique("interaction_id", keep="first",
-                                              maintain_order=True))
-    old = earlier.select("interaction_id", pl.col("partition_date").alias("_other"),
-                         *[pl.col(c).alias(f"{c}__old") for c in CONTENT_COLUMNS])
+               .sort("partition_date").unique(_IDENTITY, keep="first", maintain_order=True))
+    old = earlier.select(*_IDENTITY, pl.col("partition_date").alias("_other"),
+                         *[pl.col(c).alias(f"{c}__old") for c in CONTENT_COLUMNS
+                           if c not in _IDENTITY])
     rows = pl.concat([good.with_row_index("_row"), result.positions], how="horizontal")
-    hits = rows.join(old, on="interaction_id", how="inner", maintain_order="left")
+    hits = rows.join(old, on=_IDENTITY, how="inner", maintain_order="left")
     if hits.height == 0:
         return IngestResult(good, result.quarantined, stats, result.positions)
     same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"{c}__old"))
-                              for c in CONTENT_COLUMNS])
+                              for c in CONTENT_COLUMNS if c not in _IDENTITY])
     hits = hits.with_columns(same.alias("_same"))
     exact = hits.filter(pl.col("_same"))
     conflicts = hits.filter(~pl.col("_same"))

@@ -133,10 +133,24 @@ def test_learnloop_audit_audits_named_interactions_once(demo_home):
         con.close()
     first = _learnloop(env, "audit", "--ids", iid, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert "audited_errors: {" in first.stdout and "'audited': 1" in first.stdout
+    # it says what was selected and audited (it printed `audit_candidates: {}` before)
+    assert "audit_candidates: 1 selected of 1 matching interactions for rules" in first.stdout
+    assert "audited_errors: 1 audited, " in first.stdout
     # the same auditor and prompt version never audits an interaction twice
     again = _learnloop(env, "audit", "--ids", iid, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "'audited': 0" in again.stdout
+    assert "audit_candidates: 0 selected of 1 matching" in again.stdout
+    assert "audited_errors: 0 audited, " in again.stdout
     usage = _learnloop(env, "audit", timeout=60)
     assert usage.returncode != 0 and "name what to audit" in usage.stderr
+
+
+def test_learnloop_run_after_demo_skips_the_days_already_ingested(demo_home):
+    """Item 14 of issue 8: `learnloop run` re-ingested every landing day, changed or not."""
+    home, env, _ = demo_home
+    before = _status(env)
+    rerun = _learnloop(env, "run", timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    days = len([p for p in (home / "landing").iterdir() if p.name.startswith("date=")])
+    assert f"{days} landing day(s) unchanged since their last ingest: skipped" in rerun.stdout
+    assert _status(env)["interactions"] == before["interactions"]

@@ -446,3 +446,63 @@ def test_reimporting_touched_content_gives_identical_records(tmp_path):
     # the registry is not a landing day
     from ml.landing import list_partitions
     assert list_partitions(land) == ["2025-06-30", "2026-03-04"]
+
+
+# ---- issue 8: ids never collide across files, and import says what ingest will do -------------
+
+
+def _split(tmp_path: Path, parts: int) -> list[Path]:
+    """The hh-rlhf sample cut in ``parts`` files, each called test.jsonl.gz (like the real
+    splits) in its own folder."""
+    with gzip.open(HH, "rt", encoding="utf-8") as fh:
+        lines = fh.readlines()
+    out = []
+    for k in range(parts):
+        p = tmp_path / f"split{k}" / "test.jsonl.gz"
+        p.parent.mkdir()
+        with gzip.open(p, "wt", encoding="utf-8") as fh:
+            fh.writelines(lines[k::parts])
+        out.append(p)
+    return out
+
+
+def test_same_named_files_never_share_an_id_and_ingest_keeps_every_pair(tmp_path):
+    from ml.ingest import ingest_files
+    from ml.landing import list_files
+    land = tmp_path / "landing"
+    summaries = [import_to_landing("hh-rlhf", p, land, timestamp=T0) for p in _split(tmp_path, 4)]
+    assert sum(s["accepted"] for s in summaries) == 2354
+    # each import saw the earlier ones' files of the same day: no shared key
+    for s in summaries:
+        o = s["ingest_outlook"]
+        assert o["in_other_landing_files"] == {"exact": 0, "conflicting": 0}
+        assert o["new"] == s["accepted"] - o["duplicates_in_import"]["exact"]
+    res = ingest_files(list_files(land, "2026-11-03"), "2026-11-03", b"k")
+    dup_reasons = [r for r in res.quarantined["reason"].to_list() if "duplicate" in r]
+    assert dup_reasons == []
+    assert res.interactions.height + res.stats["exact_duplicates"] == 2354
+    assert res.interactions.height == sum(s["ingest_outlook"]["new"] for s in summaries)
+
+
+def test_import_outlook_counts_copies_conflicts_and_ingested_ids(tmp_path):
+    import duckdb
+    land = tmp_path / "landing"
+    src = tmp_path / "a.jsonl"
+    rec = {"interaction_id": "x1", "session_id": "s", "timestamp": "2026-11-03T10:00:00Z",
+           "response": "hello"}
+    lines = [rec, rec, {**rec, "response": "changed"}, {**rec, "interaction_id": "x2"},
+             {**rec, "interaction_id": "x3"}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    wh = tmp_path / "wh.duckdb"
+    con = duckdb.connect(str(wh))
+    con.execute("CREATE TABLE interactions (tenant_id VARCHAR, interaction_id VARCHAR)")
+    con.execute("INSERT INTO interactions VALUES ('default', 'x3'), ('other', 'x2')")
+    con.close()
+    first = import_to_landing("native", src, land, warehouse=wh)["ingest_outlook"]
+    assert first["duplicates_in_import"] == {"exact": 1, "conflicting": 1}
+    assert first["already_ingested"] == 1  # x3 of tenant default; x2 is another tenant's
+    assert first["new"] == 2  # x1 (first copy) and x2
+    # the same file again: every record is in another landing file of the day
+    again = import_to_landing("native", src, land, warehouse=wh)["ingest_outlook"]
+    assert again["in_other_landing_files"] == {"exact": 3 + 1, "conflicting": 1}
+    assert again["new"] == 0

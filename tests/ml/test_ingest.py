@@ -70,7 +70,6 @@ def bad_variants() -> list[tuple[str, str]]:
     add("tokens.prompt", tokens={"prompt": -1})
     add("signals.accepted", signals={"accepted": "maybe"})
     add("human_correction.corrected_response", human_correction={"agent_id": "x"})
-    add("human_correction.corrected_response", human_correction={"corrected_response": ""})
     add("metadata.tags", metadata={"tags": "notalist"})
     add("model", model="gpt")
     add("turn_index", turn_index=2**40)
@@ -524,3 +523,87 @@ def test_crashed_workers_are_logged_and_counted(tmp_path, monkeypatch, caplog):
     assert res.stats["worker_failures"] == 1 and "a worker died" in res.stats["worker_failure"]
     assert any("worker processes failed" in r.getMessage() for r in caplog.records)
     assert ingest.ingest_files([p], DAY, KEY, workers=0).stats["worker_failures"] == 0
+
+
+# ---- issue 8: nothing lost or silently changed ---------------------------------------------------
+
+
+def _both(paths: list[Path]):
+    v, n = ingest_files(paths, DAY, KEY, workers=0), naive_ingest(paths, DAY, KEY)
+    assert_frame_equal(v.interactions, n.interactions)
+    assert_frame_equal(v.quarantined, n.quarantined)
+    return v
+
+
+@pytest.mark.parametrize("empty", ["", "   ", "\n\t", "\u00a0\u3000"])
+def test_empty_correction_drops_the_correction_not_the_record(tmp_path, empty):
+    rec = good(1, human_correction={"agent_id": "agent 7", "corrected_response": empty,
+                                    "reason": "mail me at x.y@example.com"})
+    res = _both([write(tmp_path, "c.jsonl", [json.dumps(rec), json.dumps(good(2))])])
+    assert res.quarantined.height == 0
+    rows = {r["interaction_id"]: r for r in res.interactions.iter_rows(named=True)}
+    row = rows["id-1"]
+    assert row["response"].startswith("Card [CREDIT_CARD]")  # the bad reply is kept
+    assert row["corrected_response"] is None and row["correction_agent_id"] is None
+    assert row["ingest_notes"] == ["human_correction dropped: corrected_response is empty"]
+    extra = json.loads(row["extra"])
+    # the dropped correction is kept in `extra`, scrubbed like every other text
+    assert extra["human_correction"] == {"agent_id": "agent 7", "corrected_response": empty,
+                                         "reason": "mail me at [EMAIL]"}
+    assert rows["id-2"]["ingest_notes"] == [] and rows["id-2"]["corrected_response"]
+
+
+def test_unknown_fields_are_kept_in_extra_by_path(tmp_path):
+    rec = good(1)
+    rec["feedback"] = {**rec["feedback"], "reason": "too long", "labels": ["verbose", 2]}
+    rec["messages"][1]["name"] = "Jörg"
+    rec["source"] = {"app": "ios", "build": 1.5e-07}
+    rec["metadata"] = {**rec["metadata"], "source_metadata": {"phone": "+44 20 7946 0958"}}
+    plain = good(2)
+    del plain["extra_field"]
+    res = _both([write(tmp_path, "x.jsonl", [json.dumps(rec), json.dumps(plain)])])
+    rows = {r["interaction_id"]: r for r in res.interactions.iter_rows(named=True)}
+    assert rows["id-2"]["extra"] is None
+    extra = json.loads(rows["id-1"]["extra"])
+    assert extra == {
+        "extra_field": {"kept": "out"},
+        "feedback.reason": "too long", "feedback.labels": ["verbose", 2],
+        "messages[1].name": "Jörg",
+        "source": {"app": "ios", "build": 1.5e-07},
+        "metadata.source_metadata": {"phone": "[PHONE]"},
+    }
+    assert "PHONE" in rows["id-1"]["pii_types"]
+    # the known fields next to them are read as before
+    assert rows["id-1"]["feedback_rating"] == 4 and rows["id-1"]["intent"] == "billing"
+
+
+def test_conversation_rating_is_a_column(tmp_path):
+    rec = good(1, feedback={"thumbs": "up", "conversation_rating": 2})
+    bad = good(2, feedback={"conversation_rating": 6})
+    res = _both([write(tmp_path, "r.jsonl", [json.dumps(rec), json.dumps(bad)])])
+    row = res.interactions.row(0, named=True)
+    assert row["conversation_rating"] == 2 and row["feedback_thumbs"] == "up"
+    assert row["extra"] is not None and "conversation_rating" not in row["extra"]
+    assert res.quarantined["reason"].to_list() == [
+        "feedback.conversation_rating: Input should be less than or equal to 5"]
+
+
+def test_same_id_in_two_tenants_is_two_records(tmp_path):
+    a = good(1, tenant_id="acme")
+    b = good(1, tenant_id="globex", response="a different reply")
+    again = good(1, tenant_id="globex", response="yet another reply")
+    res = _both([write(tmp_path, "t.jsonl", [json.dumps(x) for x in (a, b, again)])])
+    assert sorted(res.interactions["tenant_id"].to_list()) == ["acme", "globex"]
+    assert res.quarantined["reason"].to_list() == [DUPLICATE_REASON]
+    assert res.quarantined["line_no"].to_list() == [3]
+
+
+def test_cross_partition_dedup_is_per_tenant(tmp_path):
+    from ml.ingest import drop_cross_partition_duplicates
+    first = ingest_files([write(tmp_path, "a.jsonl", [json.dumps(good(1, tenant_id="acme"))])],
+                         "2024-02-01", KEY)
+    p = write(tmp_path, "b.jsonl", [json.dumps(good(1, tenant_id="globex"))])
+    later = ingest_files([p], DAY, KEY)
+    res = drop_cross_partition_duplicates(later, first.interactions, [p])
+    assert res.interactions.height == 1 and res.quarantined.height == 0
+    assert res.interactions["tenant_id"].to_list() == ["globex"]

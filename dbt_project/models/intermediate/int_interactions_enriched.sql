@@ -58,4 +58,4 @@ select
     q.quality_score < {{ var('low_quality_threshold') }} as is_low_quality
 from interactions as i
 left join quality as q
-    on i.interaction_id = q.interaction_id
+    on i.tenant_id = q.tenant_id and i.interaction_id = q.interaction_id

@@ -36,5 +36,8 @@ select
     language,
     tags,
     pii_types,
-    source_file
+    source_file,
+    conversation_rating,
+    extra,
+    ingest_notes
 from {{ source('warehouse', 'interactions') }}
