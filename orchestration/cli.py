@@ -258,7 +258,7 @@ def describe_audit_materialization(asset: str, meta: dict) -> str:
     """One line per asset of an audit run: what was selected and what was audited."""
     if asset == "audit_candidates":
         return (f"audit_candidates: {meta.get('dagster/row_count', 0):,} selected of "
-                f"{meta.get('interactions', 0):,} matching interactions for "
+                f"{meta.get('interactions', 0):,} interactions for "
                 f"{meta.get('auditor', '?')} {meta.get('prompt_version', '')}".rstrip()
                 + (f"; {meta['given_up']} given up after repeated failures"
                    if meta.get("given_up") else ""))

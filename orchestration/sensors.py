@@ -5,8 +5,8 @@ import json
 
 import dagster as dg
 
-from assets.partitions import landing_date_partitions
 from assets.ingest import LANDING_FINGERPRINT
+from assets.partitions import landing_date_partitions
 from assets.resources import LandingZoneResource
 from ml import landing
 from orchestration.jobs import ingest_job

@@ -196,7 +196,7 @@ def test_dbt_build_computes_marts_and_reports_tests_as_checks(learnloop_home: Pa
     failed = [e.check_name for e in evaluations if not e.passed]
     assert not failed
     names = {e.check_name for e in evaluations}
-    assert "unique_fct_interactions_interaction_id" in names
+    assert "unique_combination_fct_interactions_tenant_id__interaction_id" in names
     assert "relationships_fct_interactions_interaction_id__interaction_id__ref_stg_interactions_" \
         in names
     assert "assert_daily_quality_covers_every_interaction" in names
@@ -282,6 +282,16 @@ def test_dbt_build_computes_marts_and_reports_tests_as_checks(learnloop_home: Pa
     assert agree["cohens_kappa"] == pytest.approx(-5 / 13)
 
 
+def test_same_id_in_two_tenants_passes_the_uniqueness_check(learnloop_home: Path):
+    """Ids are per tenant: (tenant_id, interaction_id) is the key (issue 8, item 4)."""
+    warehouse = learnloop_home / "warehouse.duckdb"
+    _build_warehouse(warehouse, INTERACTIONS + [dict(INTERACTIONS[0], tenant_id="other")])
+    result = _materialize(learnloop_home, raise_on_error=False)
+    by_name = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert by_name["unique_combination_stg_interactions_tenant_id__interaction_id"].passed
+    assert by_name["unique_combination_fct_interactions_tenant_id__interaction_id"].passed
+
+
 def test_duplicated_interaction_id_fails_the_uniqueness_check(learnloop_home: Path):
     warehouse = learnloop_home / "warehouse.duckdb"
     _build_warehouse(warehouse, INTERACTIONS + [dict(INTERACTIONS[0])])
@@ -290,7 +300,7 @@ def test_duplicated_interaction_id_fails_the_uniqueness_check(learnloop_home: Pa
 
     assert not result.success  # dbt build exits non-zero on an error-severity test failure
     by_name = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    unique = by_name["unique_stg_interactions_interaction_id"]
+    unique = by_name["unique_combination_stg_interactions_tenant_id__interaction_id"]
     assert unique.asset_key == dg.AssetKey("stg_interactions")
     assert not unique.passed
     assert unique.metadata["dagster_dbt/failed_row_count"].value == 1

