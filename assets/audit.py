@@ -213,9 +213,11 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
         raise dg.Failure(str(exc)) from None
     selected = cands.height
     with store.session() as s:  # a candidate audited OK since the selection is skipped
-        ok = [r[0] for r in attempt_rows(s, auditor.name, auditor.prompt_version) if r[1] == "ok"]
+        ok = [(r[0], r[1]) for r in attempt_rows(s, auditor.name, auditor.prompt_version)
+              if r[2] == "ok"]
     cands = audit_run.still_to_audit(cands, ok, config.limit)
-    ids = cands["interaction_id"].to_list()
+    keys = audit_run.keys_of(cands)
+    ids = [i for _, i in keys]
     calibration_ids = audit_run.with_reason(cands, "calibration")
 
     relevance = None
@@ -228,8 +230,8 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
     context.log.info(f"auditing {len(ids)} interactions with {auditor.name} "
                      f"{auditor.prompt_version}, saving every {config.batch_size}")
     totals = audit_run.AuditTotals()
-    for start in range(0, len(ids), config.batch_size):
-        chunk = ids[start:start + config.batch_size]
+    for start in range(0, len(keys), config.batch_size):
+        chunk = keys[start:start + config.batch_size]
         with warehouse.get_connection() as con:
             frame = wh.read_interactions(con, chunk)
         if relevance is not None and frame.height:

@@ -16,19 +16,20 @@ from ml.warehouse import query
 EMBED_BATCH_ROWS = 5_000  # interactions embedded per LanceDB append
 
 
-def new_interactions(con, have: set[str]) -> pl.DataFrame:
-    """Interactions of the warehouse whose id is not in ``have``."""
+def new_interactions(con, have: set[tuple[str, str]]) -> pl.DataFrame:
+    """Interactions of the warehouse whose (tenant_id, interaction_id) is not in ``have``."""
     from ml import warehouse
 
     warehouse.ensure_table(con, "interactions")
-    ids = pl.DataFrame({"interaction_id": sorted(have)}, schema={"interaction_id": pl.String})
+    ids = pl.DataFrame(sorted(have), schema={"tenant_id": pl.String, "interaction_id": pl.String},
+                       orient="row")
     con.register("_have", ids.to_arrow())
     try:
         return query(
             con,
             "SELECT i.interaction_id, i.tenant_id, i.partition_date, i.user_message, i.response "
-            "FROM interactions i ANTI JOIN _have h ON i.interaction_id = h.interaction_id "
-            "ORDER BY i.partition_date, i.interaction_id"
+            "FROM interactions i ANTI JOIN _have h USING (tenant_id, interaction_id) "
+            "ORDER BY i.partition_date, i.tenant_id, i.interaction_id"
         )
     finally:
         con.unregister("_have")

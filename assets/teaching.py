@@ -27,6 +27,7 @@ from ml.tables import TABLES
 from ml.teacher import (
     TEACHER_ATTEMPTS_TABLE,
     RetrievalTeacher,
+    TeachResult,
     attempt_rows,
     given_up_ids,
     propose_corrections,
@@ -79,49 +80,64 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
     name = teacher_name(llm) if llm else None
     with warehouse.get_connection() as con:
         corrections = wh.read_human_corrections(con)
-        frame = wh.read_interactions(con, [w["interaction_id"] for w in wanted])
+        frame = wh.read_interactions(con, [(w["tenant_id"], w["interaction_id"]) for w in wanted])
         previous = read_teacher_attempts(con, name)
-    by_id = {r["interaction_id"]: r for r in frame.iter_rows(named=True)}
-    missing = [w["interaction_id"] for w in wanted if w["interaction_id"] not in by_id]
+    # an interaction is (tenant_id, interaction_id): ids are per tenant
+    by_key = {(r["tenant_id"], r["interaction_id"]): r for r in frame.iter_rows(named=True)}
+    missing = [w["interaction_id"] for w in wanted
+               if (w["tenant_id"], w["interaction_id"]) not in by_key]
     if missing:
         context.log.warning(f"{len(missing)} error items name interactions not in the warehouse "
                             f"(skipped): {missing[:5]}")
-    rows = [{**by_id[w["interaction_id"]], **w, "original_response":
-             by_id[w["interaction_id"]].get("response")} for w in wanted if w["interaction_id"] in by_id]
-
-    given_up: list[str] = []
-    if llm is not None and config.max_attempts > 0 and previous.height:
-        # only request-specific failures count (ml.audit.failures): an outage never gives up
-        exhausted = given_up_ids(previous, llm.prompt_version, config.max_attempts)
-        given_up = [r["interaction_id"] for r in rows if r["interaction_id"] in exhausted]
-        rows = [r for r in rows if r["interaction_id"] not in exhausted]
-        if given_up:
-            context.log.warning(
-                f"{len(given_up)} errors failed {config.max_attempts} teacher attempts "
-                f"request-specifically (outages do not count) and are "
-                f"given up (see {TEACHER_ATTEMPTS_TABLE}): {given_up[:5]}")
+    rows = [{**by_key[k], **w, "original_response": by_key[k].get("response")}
+            for w in wanted if (k := (w["tenant_id"], w["interaction_id"])) in by_key]
 
     db = vectors.connect()
+    correction_vectors = embeddings.read_question_vectors(
+        db, list(zip(corrections["tenant_id"].to_list(), corrections["interaction_id"].to_list(),
+                     strict=True)))
     index_size = build_answer_index(db, teach.answer_index_entries(approved, corrections),
-                                    embeddings.read_question_vectors(
-                                        db, corrections["interaction_id"].to_list()))
+                                    _by_unique_id(correction_vectors))
     retrieval = RetrievalTeacher(db, threshold=config.similarity_threshold)
-    question_vectors = embeddings.read_question_vectors(db, [r["interaction_id"] for r in rows])
-    result = propose_corrections(rows, retrieval=retrieval, llm=llm, vectors=question_vectors)
-    earlier_failed = set(previous.filter(pl.col("status") == "failed")["interaction_id"].to_list()) \
-        if previous.height else set()
-    retried = sum(1 for r in rows if r["interaction_id"] in earlier_failed)
-    recorded = 0
-    if llm is not None:  # failure reasons are durable before any item is written
-        attempts = attempt_rows(rows, result, previous, teacher=name,
-                                prompt_version=llm.prompt_version,
-                                now=datetime.now(UTC).replace(tzinfo=None),
-                                run_id=context.run.run_id)
-        with warehouse.get_connection() as con:
-            recorded = wh.upsert_rows(con, TEACHER_ATTEMPTS_TABLE, attempts)
+    question_vectors = embeddings.read_question_vectors(
+        db, [(r["tenant_id"], r["interaction_id"]) for r in rows])
 
-    specs = teach.sample_item_specs(rows, result.proposals,
-                                    prompt_version=llm.prompt_version if llm else None)
+    # the teacher's results are keyed by interaction id: one tenant at a time
+    given_up: list[str] = []
+    result = TeachResult()
+    specs: list[dict] = []
+    retried = recorded = 0
+    for tenant in sorted({r["tenant_id"] for r in rows}):
+        t_rows = [r for r in rows if r["tenant_id"] == tenant]
+        t_previous = previous.filter(pl.col("tenant_id") == tenant) if previous.height \
+            else previous
+        if llm is not None and config.max_attempts > 0 and t_previous.height:
+            # only request-specific failures count (ml.audit.failures): an outage never gives up
+            exhausted = given_up_ids(t_previous, llm.prompt_version, config.max_attempts)
+            given_up += [r["interaction_id"] for r in t_rows if r["interaction_id"] in exhausted]
+            t_rows = [r for r in t_rows if r["interaction_id"] not in exhausted]
+        t_result = propose_corrections(
+            t_rows, retrieval=retrieval, llm=llm,
+            vectors={i: v for (t, i), v in question_vectors.items() if t == tenant})
+        earlier_failed = set(t_previous.filter(pl.col("status") == "failed")["interaction_id"]
+                             .to_list()) if t_previous.height else set()
+        retried += sum(1 for r in t_rows if r["interaction_id"] in earlier_failed)
+        if llm is not None:  # failure reasons are durable before any item is written
+            attempts = attempt_rows(t_rows, t_result, t_previous, teacher=name,
+                                    prompt_version=llm.prompt_version,
+                                    now=datetime.now(UTC).replace(tzinfo=None),
+                                    run_id=context.run.run_id)
+            with warehouse.get_connection() as con:
+                recorded += wh.upsert_rows(con, TEACHER_ATTEMPTS_TABLE, attempts)
+        specs += teach.sample_item_specs(t_rows, t_result.proposals,
+                                         prompt_version=llm.prompt_version if llm else None)
+        result.merge(t_result, tenant)
+    if given_up:
+        context.log.warning(
+            f"{len(given_up)} errors failed {config.max_attempts} teacher attempts "
+            f"request-specifically (outages do not count) and are "
+            f"given up (see {TEACHER_ATTEMPTS_TABLE}): {given_up[:5]}")
+
     created: Counter[str] = Counter()
     with store.session() as s:
         for source, new in store_teaching.create_samples(s, specs):
@@ -140,7 +156,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
             pl.col("status") == "failed").height)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": sum(created.values()),
-        "errors_needing_proposal": len(rows),
+        "errors_needing_proposal": len(rows) - len(given_up),
         "proposals": len(result.proposals),
         "no_similar_answer": len(result.no_proposal),
         "failures": len(result.failures),
@@ -162,6 +178,13 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
         "cache_hits": int(llm_stats.get("llm_cache_hits", 0)),
         "retries": int(llm_stats.get("llm_retries", 0)),
     })
+
+
+def _by_unique_id(vectors: dict[tuple[str, str], object]) -> dict[str, object]:
+    """Vectors keyed by (tenant_id, interaction_id) as the answer index takes them (by id):
+    an id two tenants share is left out (encoded again), never the other tenant's vector."""
+    counts = Counter(i for _, i in vectors)
+    return {i: v for (_, i), v in vectors.items() if counts[i] == 1}
 
 
 PREFERENCE_SCHEMA = TABLES["preference_pairs"].polars_schema()

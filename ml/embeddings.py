@@ -188,12 +188,13 @@ def question_count(table: Any) -> int:
     return table.count_rows(_is(KIND_QUESTION))
 
 
-def embedded_ids(table: Any) -> set[str]:
-    """Interaction ids with a ``question`` row."""
+def embedded_ids(table: Any) -> set[tuple[str, str]]:
+    """(tenant_id, interaction_id) of the interactions with a ``question`` row."""
     if question_count(table) == 0:
         return set()
-    return set(_columns(table, ["interaction_id"], _is(KIND_QUESTION))
-               .column("interaction_id").to_pylist())
+    cols = _columns(table, ["tenant_id", "interaction_id"], _is(KIND_QUESTION))
+    return set(zip(cols.column("tenant_id").to_pylist(), cols.column("interaction_id").to_pylist(),
+                   strict=True))
 
 
 def embed_interactions(frame: pl.DataFrame) -> pa.Table:
@@ -228,45 +229,58 @@ def add_new_embeddings(db: Any, frame: pl.DataFrame) -> tuple[int, int]:
     """Embed the interactions of ``frame`` not yet in the table; return (added, already_there)."""
     table = open_embeddings(db)
     have = embedded_ids(table)
-    new = frame.filter(~pl.col("interaction_id").is_in(list(have))) if have else frame
-    new = new.unique("interaction_id", keep="first", maintain_order=True)
+    key = ["tenant_id", "interaction_id"]
+    if have:
+        done = pl.DataFrame(sorted(have), schema={"tenant_id": pl.String,
+                                                  "interaction_id": pl.String}, orient="row")
+        new = frame.join(done, on=key, how="anti", maintain_order="left")
+    else:
+        new = frame
+    new = new.unique(key, keep="first", maintain_order=True)
     if new.height:
         table.add(embed_interactions(new))
     return new.height, frame.height - new.height
 
 
 def read_relevance(db: Any, interaction_ids: Sequence[str] | None = None) -> pl.DataFrame:
-    """(interaction_id, qa_relevance) from ``interaction_embeddings`` (empty when missing)."""
-    empty = pl.DataFrame(schema={"interaction_id": pl.String, "qa_relevance": pl.Float64})
+    """(tenant_id, interaction_id, qa_relevance) from ``interaction_embeddings`` (empty when
+    missing), of the interactions with an id in ``interaction_ids`` (all when None)."""
+    empty = pl.DataFrame(schema={"tenant_id": pl.String, "interaction_id": pl.String,
+                                 "qa_relevance": pl.Float64})
     if EMBEDDINGS_TABLE not in table_names(db):
         return empty
     table = open_embeddings(db)
     if question_count(table) == 0:
         return empty
-    out = pl.DataFrame(pl.from_arrow(_columns(table, ["interaction_id", "qa_relevance"],
-                                              _is(KIND_QUESTION))))
+    out = pl.DataFrame(pl.from_arrow(_columns(table, ["tenant_id", "interaction_id",
+                                                      "qa_relevance"], _is(KIND_QUESTION))))
     if interaction_ids is not None:
         out = out.filter(pl.col("interaction_id").is_in(list(interaction_ids)))
     return out
 
 
-def read_question_vectors(db: Any, interaction_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    """Question vectors already stored for ``interaction_ids`` (missing ids are left out)."""
-    if not interaction_ids or EMBEDDINGS_TABLE not in table_names(db):
+def read_question_vectors(db: Any, keys: Sequence[tuple[str, str]]
+                          ) -> dict[tuple[str, str], np.ndarray]:
+    """Question vectors already stored for ``keys`` ((tenant_id, interaction_id); missing ones
+    are left out)."""
+    if not keys or EMBEDDINGS_TABLE not in table_names(db):
         return {}
     table = open_embeddings(db)
-    out: dict[str, np.ndarray] = {}
-    ids = sorted(set(interaction_ids))
+    wanted = set(keys)
+    out: dict[tuple[str, str], np.ndarray] = {}
+    ids = sorted({i for _, i in wanted})
     for i in range(0, len(ids), 500):  # filtered reads: only the wanted rows' vectors
         chunk = ", ".join("'" + x.replace("'", "''") + "'" for x in ids[i:i + 500])
         arrow = (table.search().where(f"{_is(KIND_QUESTION)} AND interaction_id IN ({chunk})")
-                 .select(["interaction_id", "vector"]).limit(None).to_arrow())
+                 .select(["tenant_id", "interaction_id", "vector"]).limit(None).to_arrow())
         if arrow.num_rows == 0:
             continue
         vecs = arrow.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         vecs = vecs.reshape(-1, DIM)
-        for k, iid in enumerate(arrow.column("interaction_id").to_pylist()):
-            out[iid] = vecs[k]
+        for k, key in enumerate(zip(arrow.column("tenant_id").to_pylist(),
+                                    arrow.column("interaction_id").to_pylist(), strict=True)):
+            if key in wanted:
+                out[key] = vecs[k]
     return out
 
 
@@ -274,15 +288,15 @@ def with_qa_relevance(frame: pl.DataFrame, relevance: pl.DataFrame) -> tuple[pl.
     """``frame`` with ``qa_relevance`` from the embeddings table (``read_relevance``), computed
     here for interactions not embedded yet (rather than skipping the signal). Returns (frame,
     how many were computed here)."""
-    frame = frame.join(relevance, on="interaction_id", how="left")
+    key = ["tenant_id", "interaction_id"]
+    frame = frame.join(relevance.select(*key, "qa_relevance"), on=key, how="left")
     missing = frame.filter(pl.col("qa_relevance").is_null()
                            & pl.col("user_message").is_not_null()
                            & pl.col("response").is_not_null())
     if not missing.height:
         return frame, 0
     scores = qa_relevance(missing["user_message"].to_list(), missing["response"].to_list())
-    fill = missing.select("interaction_id").with_columns(
-        pl.Series("_rel", scores, dtype=pl.Float64))
-    frame = frame.join(fill, on="interaction_id", how="left").with_columns(
+    fill = missing.select(key).with_columns(pl.Series("_rel", scores, dtype=pl.Float64))
+    frame = frame.join(fill, on=key, how="left").with_columns(
         pl.coalesce("qa_relevance", "_rel").alias("qa_relevance")).drop("_rel")
     return frame, missing.height

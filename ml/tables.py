@@ -160,7 +160,7 @@ TABLE_LIST: list[Table] = [
                ("prompt_version", "VARCHAR", "The auditor's prompt version."),
                ("selected_at", "TIMESTAMP", "When the run selected it (UTC)."),
                ("run_id", "VARCHAR", "The Dagster run (root run) that selected it."),
-           ], key=("run_id", "interaction_id")),
+           ], key=("run_id", "tenant_id", "interaction_id")),
     _table("audited_errors",
            "The Auditor's verdict per audited interaction, auditor and prompt version (errors "
            "and clean verdicts alike, so error rates can be computed).", "audited_errors", [
@@ -182,7 +182,7 @@ TABLE_LIST: list[Table] = [
                ("label_weight", "DOUBLE", "Inverse probability that the verdict got a review "
                                           "item (1 for a flag, 1/clean_review_rate for a clean "
                                           "verdict put to review); NULL outside the sample."),
-           ], key=("interaction_id", "auditor", "prompt_version"), dbt_source=True),
+           ], key=("tenant_id", "interaction_id", "auditor", "prompt_version"), dbt_source=True),
     _table("teacher_attempts",
            "Every LLM teacher attempt per interaction, teacher and prompt version: failed with "
            "the provider's reason, or ok.", "teacher_samples", [
@@ -200,7 +200,7 @@ TABLE_LIST: list[Table] = [
                ("run_id", "VARCHAR", "The Dagster run of the last attempt."),
                ("counted_attempts", "BIGINT", "Request-specific failures so far (outages are not "
                                               "counted); the retry cap compares this."),
-           ], key=("interaction_id", "teacher", "prompt_version"), primary=False),
+           ], key=("tenant_id", "interaction_id", "teacher", "prompt_version"), primary=False),
     _table("preference_pairs",
            "Preference pairs for DPO: rejected = the assistant's original reply, chosen = the "
            "approved or edited correction; rebuilt from the operational store.",

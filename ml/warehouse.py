@@ -136,18 +136,22 @@ def table_count(path: Path | str, table: str) -> int:
         con.close()
 
 
-def read_interactions(con: duckdb.DuckDBPyConnection, ids: list[str]) -> pl.DataFrame:
-    """Every column of the interactions ``ids`` (in time order), with their quality score."""
+def read_interactions(con: duckdb.DuckDBPyConnection,
+                      keys: list[tuple[str, str]]) -> pl.DataFrame:
+    """Every column of the interactions ``keys`` ((tenant_id, interaction_id): ids are per
+    tenant), in time order, with their quality score."""
     ensure_table(con, "interactions")
     ensure_table(con, "interaction_quality")
-    con.register("_ids", pl.DataFrame({"interaction_id": ids},
-                                      schema={"interaction_id": pl.String}).to_arrow())
+    con.register("_ids", pl.DataFrame(list(keys), schema={"tenant_id": pl.String,
+                                                          "interaction_id": pl.String},
+                                      orient="row").to_arrow())
     try:
         return query(
             con,
             "SELECT i.*, q.quality_score FROM interactions i "
-            "SEMI JOIN _ids USING (interaction_id) "
-            "LEFT JOIN interaction_quality q USING (interaction_id) ORDER BY i.ts, i.interaction_id"
+            "SEMI JOIN _ids USING (tenant_id, interaction_id) "
+            "LEFT JOIN interaction_quality q USING (tenant_id, interaction_id) "
+            "ORDER BY i.ts, i.tenant_id, i.interaction_id"
         )
     finally:
         con.unregister("_ids")

@@ -1,6 +1,6 @@
 """The operational-store side of auditing: attempt rows and the review items of a batch.
 
-``audit_attempts`` holds one row per (interaction, auditor, prompt version): ``ok`` (never audited
+``audit_attempts`` holds one row per (tenant, interaction, auditor, prompt version): ``ok`` (never audited
 again) or ``failed`` with the reason (retried by the next run). ``attempts`` counts the attempts that
 got somewhere: an ``ok`` one and each request-specific failure; a failure during an outage is
 recorded without counting, so it never brings the interaction closer to being given up (the
@@ -20,24 +20,25 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from store.models import AuditAttempt, utcnow
-from store.repo import create_item
+from store.repo import bounded_key, create_item
 
 
 def attempt_rows(session: Session, auditor: str,
-                 prompt_version: str) -> list[tuple[str, str, int, str | None]]:
-    """(interaction_id, status, attempts, reason) of this auditor's and prompt version's
-    attempts."""
-    rows = session.execute(select(AuditAttempt.interaction_id, AuditAttempt.status,
-                                  AuditAttempt.attempts, AuditAttempt.reason).where(
+                 prompt_version: str) -> list[tuple[str, str, str, int, str | None]]:
+    """(tenant_id, interaction_id, status, attempts, reason) of this auditor's and prompt
+    version's attempts."""
+    rows = session.execute(select(AuditAttempt.tenant_id, AuditAttempt.interaction_id,
+                                  AuditAttempt.status, AuditAttempt.attempts,
+                                  AuditAttempt.reason).where(
         AuditAttempt.auditor == auditor, AuditAttempt.prompt_version == prompt_version)
-        .order_by(AuditAttempt.interaction_id)).all()
+        .order_by(AuditAttempt.tenant_id, AuditAttempt.interaction_id)).all()
     return [tuple(r) for r in rows]
 
 
 def record_attempt(session: Session, *, interaction_id: str, tenant_id: str, auditor: str,
                    prompt_version: str, status: str, is_error: bool | None,
                    reason: str | None, counted: bool = True) -> AuditAttempt:
-    """Insert or update the (interaction, auditor, prompt version) attempt row.
+    """Insert or update the (tenant, interaction, auditor, prompt version) attempt row.
 
     ``counted``: a failed attempt that counts toward the retry cap (request-specific); an ``ok``
     attempt always counts."""
@@ -45,8 +46,8 @@ def record_attempt(session: Session, *, interaction_id: str, tenant_id: str, aud
         raise ValueError(f"attempt status must be 'ok' or 'failed', got {status!r}")
     step = 1 if status == "ok" or counted else 0
     row = session.scalar(select(AuditAttempt).where(
-        AuditAttempt.interaction_id == interaction_id, AuditAttempt.auditor == auditor,
-        AuditAttempt.prompt_version == prompt_version))
+        AuditAttempt.tenant_id == tenant_id, AuditAttempt.interaction_id == interaction_id,
+        AuditAttempt.auditor == auditor, AuditAttempt.prompt_version == prompt_version))
     if row is None:
         row = AuditAttempt(interaction_id=interaction_id, tenant_id=tenant_id, auditor=auditor,
                            prompt_version=prompt_version, status=status, is_error=is_error,
@@ -59,16 +60,17 @@ def record_attempt(session: Session, *, interaction_id: str, tenant_id: str, aud
     return row
 
 
-def error_dedup_key(interaction_id: str, auditor: str, prompt_version: str) -> str:
-    """One error item per interaction, auditor and prompt version."""
-    return f"{interaction_id}:{auditor}:{prompt_version}"
+def error_dedup_key(tenant_id: str, interaction_id: str, auditor: str,
+                    prompt_version: str) -> str:
+    """One error item per interaction (ids are per tenant), auditor and prompt version."""
+    return bounded_key(f"{tenant_id}/{interaction_id}:{auditor}:{prompt_version}")
 
 
 @dataclass
 class SavedAudit:
     created: int = 0  # new error items (flags)
     clean_created: int = 0  # new "no error found" calibration items
-    given_up: list[str] = field(default_factory=list)  # reached max_attempts in this batch
+    given_up: list[str] = field(default_factory=list)  # ids that reached max_attempts now
 
 
 def save_audit_batch(session: Session, *, auditor: str, prompt_version: str,
@@ -87,7 +89,7 @@ def save_audit_batch(session: Session, *, auditor: str, prompt_version: str,
                        auditor=auditor, prompt_version=prompt_version, status="ok",
                        is_error=v["is_error"], reason=None)
     for spec in items:
-        key = error_dedup_key(spec["interaction_id"], auditor, prompt_version)
+        key = error_dedup_key(spec["tenant_id"], spec["interaction_id"], auditor, prompt_version)
         _, new = create_item(session, kind="error", dedup_key=key, **spec)
         if (spec.get("extra") or {}).get("is_error") is False:
             saved.clean_created += int(new)

@@ -44,7 +44,7 @@ class ReviewItem(Base):
     __table_args__ = (
         UniqueConstraint("kind", "dedup_key", name="uq_review_items_kind_dedup"),
         Index("ix_review_items_queue", "kind", "status", "tenant_id"),
-        Index("ix_review_items_interaction", "interaction_id"),
+        Index("ix_review_items_interaction", "tenant_id", "interaction_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -129,7 +129,8 @@ class AuditAttempt(Base):
 
     __tablename__ = "audit_attempts"
     __table_args__ = (
-        UniqueConstraint("interaction_id", "auditor", "prompt_version", name="uq_audit_attempt"),
+        UniqueConstraint("tenant_id", "interaction_id", "auditor", "prompt_version",
+                         name="uq_audit_attempt"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -7,6 +7,7 @@ scoping. The service (web app and JSON API) and the Dagster assets share these f
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,6 +75,18 @@ def tenant_allowed(tenants: Sequence[str] | None, tenant_id: str) -> bool:
 
 
 # ---- creating items -------------------------------------------------------------------------------
+MAX_DEDUP_KEY = 300  # review_items.dedup_key is VARCHAR(300)
+
+
+def bounded_key(key: str) -> str:
+    """A dedup key that fits the column: kept as it is up to 300 characters, else its first 235
+    and the SHA-256 of the whole (a tenant id of 128 and an interaction id of 256 fit either way,
+    and distinct keys stay distinct)."""
+    if len(key) <= MAX_DEDUP_KEY:
+        return key
+    return f"{key[:MAX_DEDUP_KEY - 65]}#{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
+
+
 def create_item(session: Session, *, kind: str, dedup_key: str, actor: str = "system",
                 **fields: Any) -> tuple[ReviewItem, bool]:
     """Create a review item unless one with the same (kind, dedup_key) exists.

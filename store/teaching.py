@@ -17,7 +17,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from store.models import ReviewEvent, ReviewItem
-from store.repo import approved_samples, create_item
+from store.repo import approved_samples, bounded_key, create_item
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,10 @@ class OpenError:
     note: str | None  # the note of the latest decision, when a reviewer wrote one
 
 
-def sample_dedup_key(interaction_id: str) -> str:
-    """One sample item per interaction, whoever proposed it (human, retrieval, LLM)."""
-    return f"{interaction_id}:sample"
+def sample_dedup_key(tenant_id: str, interaction_id: str) -> str:
+    """One sample item per interaction (ids are per tenant), whoever proposed it (human,
+    retrieval, LLM)."""
+    return bounded_key(f"{tenant_id}/{interaction_id}:sample")
 
 
 def sample_keys(session: Session) -> set[str]:
@@ -44,10 +45,10 @@ def sample_keys(session: Session) -> set[str]:
     return set(session.scalars(select(ReviewItem.dedup_key).where(ReviewItem.kind == "sample")))
 
 
-def interactions_with_sample(session: Session) -> set[str]:
-    """The interactions that have a sample item."""
-    return set(session.scalars(select(ReviewItem.interaction_id).where(
-        ReviewItem.kind == "sample")))
+def interactions_with_sample(session: Session) -> set[tuple[str, str]]:
+    """The interactions, as (tenant_id, interaction_id), that have a sample item."""
+    return {tuple(r) for r in session.execute(select(
+        ReviewItem.tenant_id, ReviewItem.interaction_id).where(ReviewItem.kind == "sample"))}
 
 
 def decision_notes(session: Session, item_ids: Sequence[int]) -> dict[int, str]:
@@ -66,19 +67,20 @@ def open_errors(session: Session) -> list[OpenError]:
     have = sample_keys(session)
     errors = [e for e in session.scalars(select(ReviewItem).where(
         ReviewItem.kind == "error", ReviewItem.status.in_(("pending", "confirmed")))
-        .order_by(ReviewItem.id)) if sample_dedup_key(e.interaction_id) not in have]
+        .order_by(ReviewItem.id)) if sample_dedup_key(e.tenant_id, e.interaction_id) not in have]
     notes = decision_notes(session, [e.id for e in errors if e.status == "confirmed"])
     return [OpenError(id=e.id, interaction_id=e.interaction_id, tenant_id=e.tenant_id,
                       category=e.category, severity=e.severity, status=e.status,
                       explanation=e.explanation, note=notes.get(e.id)) for e in errors]
 
 
-def error_parents(session: Session) -> dict[str, int]:
-    """interaction_id -> the id of its oldest error item (the parent of a human correction's
-    sample)."""
-    rows = session.execute(select(ReviewItem.interaction_id, ReviewItem.id).where(
+def error_parents(session: Session) -> dict[tuple[str, str], int]:
+    """(tenant_id, interaction_id) -> the id of its oldest error item (the parent of a human
+    correction's sample)."""
+    rows = session.execute(select(ReviewItem.tenant_id, ReviewItem.interaction_id,
+                                  ReviewItem.id).where(
         ReviewItem.kind == "error").order_by(ReviewItem.id.desc())).all()
-    return dict(rows)
+    return {(t, i): item_id for t, i, item_id in rows}
 
 
 def create_samples(session: Session, specs: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool]]:
@@ -88,7 +90,8 @@ def create_samples(session: Session, specs: Sequence[Mapping[str, Any]]) -> list
     out = []
     for spec in specs:
         _, new = create_item(session, kind="sample",
-                             dedup_key=sample_dedup_key(spec["interaction_id"]), **spec)
+                             dedup_key=sample_dedup_key(spec["tenant_id"], spec["interaction_id"]),
+                             **spec)
         out.append((spec.get("source") or "", new))
     return out
 

@@ -89,8 +89,9 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
 
     ``interactions`` carries the ``interactions`` columns (``quality_score`` optional).
     ``attempts`` holds this auditor's and prompt version's ``AuditAttempt`` rows
-    (``interaction_id``, ``status``, optionally ``attempts``: failed ones at ``max_attempts`` or
-    more are given up, see :func:`given_up`). ``session_aliases`` maps a session id as a user
+    (``tenant_id``, ``interaction_id``, ``status``, optionally ``attempts``: failed ones at
+    ``max_attempts`` or more are given up, see :func:`given_up`). An interaction is identified by
+    (``tenant_id``, ``interaction_id``): ids are per tenant. ``session_aliases`` maps a session id as a user
     typed it to its stored (hashed) form, so the manual job accepts either. ``run_id`` tags every
     row with the run that selected it.
     """
@@ -107,17 +108,16 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=dtype).alias(col))
 
-    if attempts is None or attempts.height == 0:
-        ok_ids: list[str] = []
-        failed_ids: list[str] = []
-    else:
-        for needed in ("interaction_id", "status"):
+    df = df.with_columns(pl.col("tenant_id").fill_null("default"))
+    ok_keys = failed_keys = abandoned_keys = pl.DataFrame(schema=_KEY_SCHEMA)
+    if attempts is not None and attempts.height:
+        for needed in ("interaction_id", "status", "tenant_id"):
             if needed not in attempts.columns:
                 raise ValueError(f"select_candidates: attempts lack column {needed!r}")
-        ok_ids = attempts.filter(pl.col("status") == "ok")["interaction_id"].to_list()
-        failed_ids = attempts.filter(pl.col("status") == "failed")["interaction_id"].to_list()
-        abandoned = set(given_up(attempts, config.max_attempts))
-        failed_ids = [i for i in failed_ids if i not in abandoned]
+        ok_keys = attempts.filter(pl.col("status") == "ok").select(_KEY)
+        abandoned_keys = _given_up_keys(attempts, config.max_attempts)
+        failed_keys = attempts.filter(pl.col("status") == "failed").select(_KEY).join(
+            abandoned_keys, on=_KEY, how="anti")
 
     c = config
     manual = pl.lit(False)
@@ -149,7 +149,9 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
         signalled = signalled | e
     flags["calibration"] = ~signalled & (pl.col("_draw") < c.calibration_rate)
     flags["manual"] = manual
-    flags["retry"] = pl.col("interaction_id").is_in(failed_ids)
+    df = df.join(failed_keys.with_columns(pl.lit(True).alias("_retry")), on=_KEY, how="left",
+                 maintain_order="left")
+    flags["retry"] = pl.col("_retry").fill_null(False)
 
     reasons = pl.concat_list([pl.when(e).then(pl.lit(name)).otherwise(None)
                               for name, e in flags.items()]).list.drop_nulls()
@@ -157,16 +159,13 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
     if c.manual:  # the manual job audits exactly what it names (and what failed before, within it)
         out = out.filter(manual)
     out = out.filter(pl.col("reasons").list.len() > 0)
-    if ok_ids:
-        out = out.filter(~pl.col("interaction_id").is_in(ok_ids))
-    if not c.manual and attempts is not None and attempts.height:
-        abandoned_ids = given_up(attempts, c.max_attempts)
-        if abandoned_ids:  # the scheduled audit stops asking; a manual run still may
-            out = out.filter(~pl.col("interaction_id").is_in(abandoned_ids))
+    out = out.join(ok_keys, on=_KEY, how="anti", maintain_order="left")
+    if not c.manual:  # the scheduled audit stops asking; a manual run still may
+        out = out.join(abandoned_keys, on=_KEY, how="anti", maintain_order="left")
     stamp = _naive_utc(now or datetime.now(UTC))
-    return out.unique("interaction_id", keep="first", maintain_order=True).select(
+    return out.unique(_KEY, keep="first", maintain_order=True).select(
         pl.col("interaction_id"),
-        pl.col("tenant_id").fill_null("default"),
+        pl.col("tenant_id"),
         pl.col("partition_date"),
         pl.col("reasons"),
         pl.lit(auditor).alias("auditor"),
@@ -186,12 +185,23 @@ def given_up(attempts: pl.DataFrame | None, max_attempts: int = DEFAULT_MAX_ATTE
     given up: after an outage failure, or a reason written before failures were classified
     (whose count may include outage failures), the interaction is retried; a request-specific
     failure on that retry gives it up again."""
+    return sorted(_given_up_keys(attempts, max_attempts)["interaction_id"].to_list())
+
+
+_KEY = ["tenant_id", "interaction_id"]
+_KEY_SCHEMA = {"tenant_id": pl.String, "interaction_id": pl.String}
+
+
+def _given_up_keys(attempts: pl.DataFrame | None, max_attempts: int) -> pl.DataFrame:
+    """(tenant_id, interaction_id) of the interactions :func:`given_up` names."""
     if attempts is None or attempts.height == 0 or "attempts" not in attempts.columns:
-        return []
+        return pl.DataFrame(schema=_KEY_SCHEMA)
     capped = (pl.col("status") == "failed") & (pl.col("attempts").fill_null(1) >= max_attempts)
     if "reason" in attempts.columns:
         capped = capped & pl.col("reason").fill_null("").str.starts_with(REQUEST_PREFIX)
-    return sorted(attempts.filter(capped)["interaction_id"].to_list())
+    if "tenant_id" not in attempts.columns:
+        attempts = attempts.with_columns(pl.lit("default").alias("tenant_id"))
+    return attempts.filter(capped).select(_KEY).cast(_KEY_SCHEMA)
 
 
 def reason_counts(candidates: pl.DataFrame) -> dict[str, int]:
@@ -203,9 +213,11 @@ def reason_counts(candidates: pl.DataFrame) -> dict[str, int]:
     return counts
 
 
-def attempts_frame(rows: Sequence[tuple[str, str, int | None, str | None]]) -> pl.DataFrame:
-    """(interaction_id, status, attempts, reason) rows of ``store.audit.attempt_rows`` as a
-    frame (the reason's prefix says whether the last failure counted, see :func:`given_up`)."""
+def attempts_frame(rows: Sequence[tuple[str, str, str, int | None, str | None]]) -> pl.DataFrame:
+    """(tenant_id, interaction_id, status, attempts, reason) rows of
+    ``store.audit.attempt_rows`` as a frame (the reason's prefix says whether the last failure
+    counted, see :func:`given_up`)."""
     return pl.DataFrame([tuple(r) for r in rows],
-                        schema={"interaction_id": pl.String, "status": pl.String,
-                                "attempts": pl.Int64, "reason": pl.String}, orient="row")
+                        schema={"tenant_id": pl.String, "interaction_id": pl.String,
+                                "status": pl.String, "attempts": pl.Int64, "reason": pl.String},
+                        orient="row")

@@ -42,12 +42,20 @@ def label_weight(is_error: bool, in_calibration: bool, reviewed: bool,
     return None
 
 
-def with_label_columns(verdicts: pl.DataFrame, calibration_ids: Iterable[str],
-                       reviewed_ids: Iterable[str], clean_review_rate: float) -> pl.DataFrame:
+def _keys(verdicts: pl.DataFrame) -> list[tuple[str, str]]:
+    """(tenant_id, interaction_id) of each verdict: what identifies an interaction."""
+    return list(zip(verdicts["tenant_id"].to_list(), verdicts["interaction_id"].to_list(),
+                    strict=True))
+
+
+def with_label_columns(verdicts: pl.DataFrame, calibration_ids: Iterable[tuple[str, str]],
+                       reviewed_ids: Iterable[tuple[str, str]],
+                       clean_review_rate: float) -> pl.DataFrame:
     """``verdicts`` with ``in_calibration`` and ``label_weight`` (ml.audit.taxonomy.AUDITED_COLUMNS)
-    set from the calibration sample and the clean verdicts put to review."""
+    set from the calibration sample and the clean verdicts put to review (both given as
+    (tenant_id, interaction_id) keys)."""
     calibration, reviewed = set(calibration_ids), set(reviewed_ids)
-    ids = verdicts["interaction_id"].to_list()
+    ids = _keys(verdicts)
     errors = verdicts["is_error"].to_list()
     in_cal = [i in calibration for i in ids]
     weights = [label_weight(bool(e), c, i in reviewed, clean_review_rate)
@@ -56,12 +64,14 @@ def with_label_columns(verdicts: pl.DataFrame, calibration_ids: Iterable[str],
                                  pl.Series("label_weight", weights, dtype=pl.Float64))
 
 
-def clean_review_ids(verdicts: pl.DataFrame, calibration_ids: set[str], rate: float) -> set[str]:
-    """The clean (is_error false) verdicts on calibration-sample interactions that get a "no error
-    found" review item: a stable hash draw below ``rate`` (the same interactions on every run)."""
+def clean_review_ids(verdicts: pl.DataFrame, calibration_ids: set[tuple[str, str]],
+                     rate: float) -> set[tuple[str, str]]:
+    """The (tenant_id, interaction_id) keys of the clean (is_error false) verdicts on
+    calibration-sample interactions that get a "no error found" review item: a stable hash draw
+    of the interaction id below ``rate`` (the same interactions on every run)."""
     if rate <= 0 or verdicts.height == 0:
         return set()
-    clean = [i for i, e in zip(verdicts["interaction_id"].to_list(),
-                               verdicts["is_error"].to_list(), strict=True) if not e and i in calibration_ids]
-    draws = calibration_draw(clean, "clean-review")
-    return {i for i, d in zip(clean, draws, strict=True) if d < rate}
+    clean = [k for k, e in zip(_keys(verdicts), verdicts["is_error"].to_list(), strict=True)
+             if not e and k in calibration_ids]
+    draws = calibration_draw([i for _, i in clean], "clean-review")
+    return {k for k, d in zip(clean, draws, strict=True) if d < rate}

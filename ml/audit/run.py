@@ -38,23 +38,36 @@ def check_selection(candidates: pl.DataFrame, auditor: str, prompt_version: str)
             f"{prompt_version!r}; re-materialize audit_candidates with the same auditor")
 
 
-def still_to_audit(candidates: pl.DataFrame, ok_ids: Iterable[str], limit: int = 0) -> pl.DataFrame:
+KEY = ["tenant_id", "interaction_id"]  # what identifies an interaction: ids are per tenant
+
+
+def keys_of(frame: pl.DataFrame) -> list[tuple[str, str]]:
+    """The (tenant_id, interaction_id) of each row, in order."""
+    return [tuple(k) for k in frame.select(KEY).iter_rows()]
+
+
+def still_to_audit(candidates: pl.DataFrame, ok_keys: Iterable[tuple[str, str]],
+                   limit: int = 0) -> pl.DataFrame:
     """The candidates not audited OK since the selection (e.g. by a concurrent run), at most
-    ``limit`` of them (0 = all), in selection order."""
-    ok = list(ok_ids)
-    out = candidates.filter(~pl.col("interaction_id").is_in(ok)) if ok else candidates
-    return out.head(limit) if limit > 0 else out
+    ``limit`` of them (0 = all), in selection order. ``ok_keys``: (tenant_id, interaction_id)."""
+    ok = list(ok_keys)
+    if ok:
+        done = pl.DataFrame(ok, schema={"tenant_id": pl.String, "interaction_id": pl.String},
+                            orient="row")
+        candidates = candidates.join(done, on=KEY, how="anti", maintain_order="left")
+    return candidates.head(limit) if limit > 0 else candidates
 
 
-def with_reason(candidates: pl.DataFrame, reason: str) -> set[str]:
-    """The ids of the candidates selected (also) for ``reason`` (e.g. calibration, retry)."""
+def with_reason(candidates: pl.DataFrame, reason: str) -> set[tuple[str, str]]:
+    """The (tenant_id, interaction_id) of the candidates selected (also) for ``reason`` (e.g.
+    calibration, retry)."""
     if candidates.height == 0:
         return set()
-    return set(candidates.filter(pl.col("reasons").list.contains(reason))["interaction_id"])
+    return set(keys_of(candidates.filter(pl.col("reasons").list.contains(reason))))
 
 
-def labelled_verdicts(verdicts: pl.DataFrame, calibration_ids: set[str],
-                      clean_review_rate: float) -> tuple[pl.DataFrame, set[str]]:
+def labelled_verdicts(verdicts: pl.DataFrame, calibration_ids: set[tuple[str, str]],
+                      clean_review_rate: float) -> tuple[pl.DataFrame, set[tuple[str, str]]]:
     """``verdicts`` with their reviewer-label columns (``ml.audit.labels``), and the clean
     calibration verdicts that get a "no error found" review item."""
     clean_items = clean_review_ids(verdicts, calibration_ids, clean_review_rate)
@@ -62,19 +75,21 @@ def labelled_verdicts(verdicts: pl.DataFrame, calibration_ids: set[str],
 
 
 def review_item_specs(verdicts: pl.DataFrame, interactions: pl.DataFrame, *, auditor: str,
-                      prompt_version: str, clean_items: set[str]) -> list[dict[str, Any]]:
+                      prompt_version: str, clean_items: set[tuple[str, str]]
+                      ) -> list[dict[str, Any]]:
     """The ``error`` review items of a batch (for ``store.audit.save_audit_batch``):
     one per flagged verdict, and a "no error found" item per clean verdict in ``clean_items``.
     ``interactions`` holds the audited rows (messages, response, session). Raises
     ``ml.conversation.RowInputError`` naming the interaction when its messages are malformed."""
-    rows_by_id = {r["interaction_id"]: r for r in interactions.iter_rows(named=True)}
+    rows_by_key = {(r["tenant_id"], r["interaction_id"]): r
+                   for r in interactions.iter_rows(named=True)}
     actor = f"auditor:{auditor}"[:128]
     specs: list[dict[str, Any]] = []
     for v in verdicts.iter_rows(named=True):
-        iid = v["interaction_id"]
-        if not v["is_error"] and iid not in clean_items:
+        iid, key = v["interaction_id"], (v["tenant_id"], v["interaction_id"])
+        if not v["is_error"] and key not in clean_items:
             continue
-        src = rows_by_id[iid]
+        src = rows_by_key[key]
         common: dict[str, Any] = dict(
             actor=actor, tenant_id=v["tenant_id"], interaction_id=iid, session_id=src.get("session_id"),
             messages=parse_messages(src.get("messages"), iid),

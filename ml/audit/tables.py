@@ -52,7 +52,8 @@ def read_interactions_for_selection(con: duckdb.DuckDBPyConnection) -> pl.DataFr
     return warehouse.query(
         con,
         f"SELECT {cols}, q.quality_score FROM interactions i "
-        "LEFT JOIN interaction_quality q USING (interaction_id) ORDER BY i.ts, i.interaction_id"
+        "LEFT JOIN interaction_quality q USING (tenant_id, interaction_id) "
+        "ORDER BY i.ts, i.tenant_id, i.interaction_id"
     )
 
 
@@ -78,7 +79,7 @@ def candidate_problems(con: duckdb.DuckDBPyConnection, reasons: Sequence[str]) -
                                  "WHERE reasons IS NULL OR len(reasons) = 0"),
         "unknown_reason": _count(con, "SELECT count(*) FROM audit_candidates "
                                       "WHERE NOT list_has_all(?, reasons)", [known]),
-        "selected_twice_by_a_run": _count(con, "SELECT count(*) FROM (SELECT run_id, "
+        "selected_twice_by_a_run": _count(con, "SELECT count(*) FROM (SELECT run_id, tenant_id, "
                                                "interaction_id FROM audit_candidates GROUP BY ALL "
                                                "HAVING count(*) > 1)"),
     }
@@ -104,8 +105,8 @@ def verdict_problems(con: duckdb.DuckDBPyConnection, categories: Sequence[str],
             con, "SELECT count(*) FROM audited_errors WHERE confidence < 0 OR confidence > 1 "
                  "OR confidence IS NULL"),
         "duplicate_verdicts": _count(
-            con, "SELECT count(*) FROM (SELECT interaction_id, auditor, prompt_version FROM "
-                 "audited_errors GROUP BY ALL HAVING count(*) > 1)"),
+            con, "SELECT count(*) FROM (SELECT tenant_id, interaction_id, auditor, prompt_version "
+                 "FROM audited_errors GROUP BY ALL HAVING count(*) > 1)"),
     }
 
 

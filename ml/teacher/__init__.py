@@ -46,6 +46,14 @@ class TeachResult:
     failures: dict[str, str] = field(default_factory=dict)
     counted: set[str] = field(default_factory=set)  # failures that were request-specific
 
+    def merge(self, other: TeachResult, tenant: str) -> None:
+        """Add ``other`` (one tenant's result) with its keys written ``<tenant>/<id>``: ids are
+        per tenant, so a run over several tenants keeps them apart."""
+        self.proposals.update({f"{tenant}/{k}": v for k, v in other.proposals.items()})
+        self.no_proposal += [f"{tenant}/{k}" for k in other.no_proposal]
+        self.failures.update({f"{tenant}/{k}": v for k, v in other.failures.items()})
+        self.counted |= {f"{tenant}/{k}" for k in other.counted}
+
     def count_by_source(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for p in self.proposals.values():

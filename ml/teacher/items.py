@@ -63,13 +63,13 @@ def errors_to_teach(errors: Iterable[ErrorItem], *, min_severity: str, include_p
     if min_severity not in SEVERITIES:
         raise ValueError(f"min_severity must be one of {SEVERITIES}, got {min_severity!r}")
     wanted: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()  # (tenant_id, interaction_id): ids are per tenant
     for e in errors:
-        if e.interaction_id in seen:
+        if (e.tenant_id, e.interaction_id) in seen:
             continue
         if e.status == "confirmed" or (include_pending and severity_at_least(e.severity,
                                                                              min_severity)):
-            seen.add(e.interaction_id)
+            seen.add((e.tenant_id, e.interaction_id))
             wanted.append({"error_id": e.id, "interaction_id": e.interaction_id,
                            "tenant_id": e.tenant_id, "category": e.category,
                            "severity": e.severity, "status": e.status,
@@ -99,19 +99,20 @@ def sample_item_specs(rows: Sequence[Mapping[str, Any]], proposals: Mapping[str,
     return specs
 
 
-def human_correction_specs(corrections: pl.DataFrame, parents: Mapping[str, int],
-                           skip: set[str]) -> list[dict[str, Any]]:
+def human_correction_specs(corrections: pl.DataFrame, parents: Mapping[tuple[str, str], int],
+                           skip: set[tuple[str, str]]) -> list[dict[str, Any]]:
     """A sample item per human agent's correction (``interactions`` rows with
-    ``corrected_response``) whose interaction is not in ``skip`` (has a sample already); the
-    parent is the interaction's error item when there is one."""
+    ``corrected_response``) whose interaction (tenant_id, interaction_id) is not in ``skip`` (has
+    a sample already); the parent is the interaction's error item when there is one."""
     specs = []
     for r in corrections.iter_rows(named=True):
-        if r["interaction_id"] in skip:
+        key = (r["tenant_id"], r["interaction_id"])
+        if key in skip:
             continue
         specs.append(dict(
             actor=f"teacher:{HUMAN_SOURCE}", tenant_id=r["tenant_id"],
             interaction_id=r["interaction_id"], session_id=r.get("session_id"),
-            parent_id=parents.get(r["interaction_id"]),
+            parent_id=parents.get(key),
             messages=parse_messages(r.get("messages"), r["interaction_id"]),
             original_response=r.get("response"), proposed_response=r["corrected_response"],
             source=HUMAN_SOURCE, category=r.get("correction_category"),

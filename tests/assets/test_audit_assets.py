@@ -111,7 +111,7 @@ def test_chain_creates_review_items_and_is_idempotent(demo_home):
     with session_scope(url) as s:
         err = s.scalars(select(ReviewItem).where(ReviewItem.kind == "error")).first()
         assert err.status == "pending" and err.auditor == "rules"
-        assert err.dedup_key == f"{err.interaction_id}:rules:rules-v1"
+        assert err.dedup_key == f"{err.tenant_id}/{err.interaction_id}:rules:rules-v1"
         assert err.messages and err.original_response is not None and err.explanation
         assert err.category and err.severity and 0 < err.confidence <= 1
         samples = list(s.scalars(select(ReviewItem).where(ReviewItem.kind == "sample")))

@@ -77,7 +77,7 @@ def test_calibration_never_double_counts_signalled_rows():
 
 
 def test_audited_ok_is_excluded_and_failed_is_retried():
-    attempts = pl.DataFrame({"interaction_id": ["i0", "i1", "i7"],
+    attempts = pl.DataFrame({"interaction_id": ["i0", "i1", "i7"], "tenant_id": ["t"] * 3,
                              "status": ["ok", "failed", "failed"]})
     out = select_candidates(interactions(), attempts, **A,
                             config=CandidateConfig(calibration_rate=0.0))
@@ -88,7 +88,7 @@ def test_audited_ok_is_excluded_and_failed_is_retried():
 
 
 def test_failed_max_attempts_times_is_given_up_except_for_a_manual_run():
-    attempts = pl.DataFrame({"interaction_id": ["i1", "i7", "i8"],
+    attempts = pl.DataFrame({"interaction_id": ["i1", "i7", "i8"], "tenant_id": ["t"] * 3,
                              "status": ["failed", "failed", "failed"], "attempts": [5, 4, 9]})
     cfg = CandidateConfig(calibration_rate=0.0)  # max_attempts defaults to 5
     assert given_up(attempts, cfg.max_attempts) == ["i1", "i8"]
@@ -107,7 +107,8 @@ def test_failed_max_attempts_times_is_given_up_except_for_a_manual_run():
     assert manual["interaction_id"].to_list() == ["i8"]
     assert manual["reasons"][0].to_list() == ["manual"]
     # an ok attempt is never given up, whatever its count
-    ok = pl.DataFrame({"interaction_id": ["i9"], "status": ["ok"], "attempts": [7]})
+    ok = pl.DataFrame({"interaction_id": ["i9"], "tenant_id": ["t"], "status": ["ok"],
+                       "attempts": [7]})
     assert given_up(ok) == [] and given_up(None) == []
     with pytest.raises(ValueError, match="max_attempts"):
         CandidateConfig(max_attempts=0)
@@ -123,7 +124,8 @@ def test_rows_carry_the_selecting_run():
 def test_selection_is_idempotent_once_everything_is_audited():
     cfg = CandidateConfig(calibration_rate=0.3)
     first = select_candidates(interactions(), None, config=cfg, **A)
-    attempts = first.select("interaction_id").with_columns(pl.lit("ok").alias("status"))
+    attempts = first.select("tenant_id", "interaction_id").with_columns(
+        pl.lit("ok").alias("status"))
     assert select_candidates(interactions(), attempts, config=cfg, **A).height == 0
 
 
@@ -143,7 +145,7 @@ def test_manual_selection_by_ids_sessions_and_time_range():
 
 
 def test_manual_selection_still_skips_audited_ok():
-    attempts = pl.DataFrame({"interaction_id": ["i8"], "status": ["ok"]})
+    attempts = pl.DataFrame({"interaction_id": ["i8"], "tenant_id": ["t"], "status": ["ok"]})
     out = select_candidates(interactions(), attempts, **A,
                             config=CandidateConfig(interaction_ids=["i8", "i9"]))
     assert ids(out) == ["i9"]
@@ -267,7 +269,7 @@ def test_a_mix_of_rejection_and_outage_or_an_open_breaker_is_an_outage():
 
 def test_only_a_last_request_specific_failure_at_the_cap_is_given_up():
     attempts = pl.DataFrame({
-        "interaction_id": ["i1", "i2", "i3", "i7", "i5"],
+        "interaction_id": ["i1", "i2", "i3", "i7", "i5"], "tenant_id": ["t"] * 5,
         "status": ["failed", "failed", "failed", "failed", "ok"],
         "attempts": [2, 2, 1, 7, 3],
         "reason": ["[request] 400 too long", "[outage] 503", "[request] 400",
@@ -279,3 +281,13 @@ def test_only_a_last_request_specific_failure_at_the_cap_is_given_up():
     assert "i1" not in reasons and "i5" not in reasons  # given up / audited ok
     assert reasons["i2"] == ["handoff", "retry"] and reasons["i3"] == ["human_correction", "retry"]
     assert reasons["i7"] == ["retry"]  # a count from before the fix may include outages: retried
+
+
+def test_an_id_audited_for_one_tenant_is_still_a_candidate_for_another():
+    """Ids are per tenant (issue 8, item 4): tenant t's ok attempt on i0 says nothing about
+    tenant u's i0."""
+    two = pl.concat([interactions(2), interactions(2).with_columns(pl.lit("u").alias("tenant_id"))])
+    attempts = pl.DataFrame({"interaction_id": ["i0"], "tenant_id": ["t"], "status": ["ok"]})
+    out = select_candidates(two, attempts, **A, config=CandidateConfig(calibration_rate=0.0))
+    assert sorted(zip(out["tenant_id"], out["interaction_id"], strict=True)) == [
+        ("t", "i1"), ("u", "i0"), ("u", "i1")]

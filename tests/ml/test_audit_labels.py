@@ -25,11 +25,14 @@ def test_label_weight_is_the_inverse_probability_of_a_review_item():
 
 def test_with_label_columns_sets_both_columns_per_verdict():
     verdicts = pl.DataFrame({"interaction_id": ["f1", "f2", "c1", "c2", "o1", "o2"],
+                             "tenant_id": ["t"] * 5 + ["u"],
                              "is_error": [True, True, False, False, True, False],
                              "explanation": ["x"] * 6})
-    out = with_label_columns(verdicts, {"f1", "f2", "c1", "c2"}, {"c1"}, 0.25)
-    assert out.columns == ["interaction_id", "is_error", "explanation", "in_calibration",
-                           "label_weight"]
+    out = with_label_columns(verdicts, {("t", "f1"), ("t", "f2"), ("t", "c1"), ("t", "c2"),
+                                        ("t", "o2")}, {("t", "c1")}, 0.25)
+    assert out.columns == ["interaction_id", "tenant_id", "is_error", "explanation",
+                           "in_calibration", "label_weight"]
+    # o2 is tenant u's: tenant t's key for the same id does not put it in the sample
     assert out["in_calibration"].to_list() == [True, True, True, True, False, False]
     assert out["label_weight"].to_list() == [1.0, 1.0, 4.0, None, None, None]
     assert out.schema["label_weight"] == pl.Float64

@@ -24,7 +24,7 @@ from ml.conversation import RowInputError
 from ml.tables import TABLES
 
 CANDS = pl.DataFrame({
-    "interaction_id": ["a", "b", "c"], "auditor": ["rules"] * 3,
+    "interaction_id": ["a", "b", "c"], "tenant_id": ["acme"] * 3, "auditor": ["rules"] * 3,
     "prompt_version": ["rules-v1"] * 3,
     "reasons": [["negative_feedback"], ["calibration"], ["retry", "handoff"]],
 })
@@ -41,7 +41,8 @@ def _verdicts(rows: list[dict]) -> pl.DataFrame:
 
 def _interactions(ids: list[str], messages: str | None = None) -> pl.DataFrame:
     msgs = messages or json.dumps([{"role": "user", "content": "where is my order?"}])
-    return pl.DataFrame({"interaction_id": ids, "session_id": [f"s-{i}" for i in ids],
+    return pl.DataFrame({"interaction_id": ids, "tenant_id": ["acme"] * len(ids),
+                         "session_id": [f"s-{i}" for i in ids],
                          "messages": [msgs] * len(ids), "response": [f"reply {i}" for i in ids]})
 
 
@@ -52,23 +53,26 @@ def test_check_selection_names_both_auditors():
 
 
 def test_still_to_audit_skips_what_was_audited_since_and_honours_the_limit():
-    assert still_to_audit(CANDS, ["b"])["interaction_id"].to_list() == ["a", "c"]
+    assert still_to_audit(CANDS, [("acme", "b")])["interaction_id"].to_list() == ["a", "c"]
     assert still_to_audit(CANDS, [], limit=2)["interaction_id"].to_list() == ["a", "b"]
-    assert still_to_audit(CANDS, ["a"], limit=1)["interaction_id"].to_list() == ["b"]
-    assert with_reason(CANDS, "retry") == {"c"} and with_reason(CANDS.head(0), "retry") == set()
+    assert still_to_audit(CANDS, [("acme", "a")], limit=1)["interaction_id"].to_list() == ["b"]
+    # another tenant's id is another interaction
+    assert still_to_audit(CANDS, [("other", "b")])["interaction_id"].to_list() == ["a", "b", "c"]
+    assert with_reason(CANDS, "retry") == {("acme", "c")}
+    assert with_reason(CANDS.head(0), "retry") == set()
 
 
 def test_labelled_verdicts_weight_flags_and_put_clean_calibration_verdicts_to_review():
     verdicts = _verdicts([{"interaction_id": f"clean{i}", "is_error": False} for i in range(200)]
                          + [{"interaction_id": "flag", "is_error": True,
                              "category": "factual_error", "severity": "high"}])
-    calibration = {f"clean{i}" for i in range(100)} | {"flag"}
+    calibration = {("acme", f"clean{i}") for i in range(100)} | {("acme", "flag")}
     out, clean_items = labelled_verdicts(verdicts, calibration, 0.25)
-    assert clean_items and clean_items <= calibration - {"flag"}
+    assert clean_items and clean_items <= calibration - {("acme", "flag")}
     assert 10 <= len(clean_items) <= 45  # a hash draw below 0.25 of 100 clean verdicts
     weights = dict(zip(out["interaction_id"], out["label_weight"], strict=True))
     assert weights["flag"] == 1.0
-    assert all(weights[i] == 4.0 for i in clean_items)
+    assert all(weights[i] == 4.0 for _, i in clean_items)
     assert weights["clean150"] is None  # outside the calibration sample
     assert labelled_verdicts(verdicts, calibration, 0.0)[1] == set()
 
@@ -80,7 +84,7 @@ def test_review_item_specs_for_a_flag_and_a_no_error_found_item():
         {"interaction_id": "quiet", "is_error": False},
     ])
     specs = review_item_specs(verdicts, _interactions(["f", "c", "quiet"]), auditor="rules",
-                              prompt_version="rules-v1", clean_items={"c"})
+                              prompt_version="rules-v1", clean_items={("acme", "c")})
     assert [s["interaction_id"] for s in specs] == ["f", "c"]
     flag, clean = specs
     assert (flag["category"], flag["severity"], flag["tags"]) == ("factual_error", "high",

@@ -41,5 +41,9 @@ def test_table_is_incremental_on_interaction_id(tmp_path):
     rel = embeddings.read_relevance(db, ["a", "c"])
     assert sorted(rel["interaction_id"].to_list()) == ["a", "c"]
     assert rel["qa_relevance"].min() > 0.3
-    vecs = embeddings.read_question_vectors(db, ["b", "zzz"])
-    assert set(vecs) == {"b"} and vecs["b"].shape == (embeddings.DIM,)
+    vecs = embeddings.read_question_vectors(db, [("t", "b"), ("t", "zzz"), ("u", "a")])
+    assert set(vecs) == {("t", "b")} and vecs[("t", "b")].shape == (embeddings.DIM,)
+    # ids are per tenant: tenant u's "a" is a new interaction, embedded on its own
+    other = frame.head(1).with_columns(pl.lit("u").alias("tenant_id"))
+    assert embeddings.add_new_embeddings(db, other) == (1, 0)
+    assert ("u", "a") in embeddings.embedded_ids(embeddings.open_embeddings(db))

@@ -70,4 +70,5 @@ def test_every_column_is_described_and_every_asset_has_one_primary_table():
         assert t.description and all(c.description for c in t.columns), t.name
     assert primary_table("teacher_samples") is None  # writes review items; attempts are a side table
     assert primary_table("raw_interactions").name == "raw_files"
-    assert primary_table("audited_errors").key == ("interaction_id", "auditor", "prompt_version")
+    assert primary_table("audited_errors").key == ("tenant_id", "interaction_id", "auditor",
+                                                   "prompt_version")

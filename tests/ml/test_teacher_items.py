@@ -86,7 +86,8 @@ def test_human_correction_specs_skip_interactions_with_a_sample_and_find_the_par
         "correction_category": ["factual_error", None, None],
         "correction_agent_id": ["agent-7", None, None], "correction_reason": ["price", None, None],
     })
-    specs = human_correction_specs(corrections, parents={"i1": 11}, skip={"i2"})
+    specs = human_correction_specs(corrections, parents={("acme", "i1"): 11, ("other", "i3"): 9},
+                                   skip={("acme", "i2"), ("other", "i1")})
     assert [(s["interaction_id"], s["parent_id"]) for s in specs] == [("i1", 11), ("i3", None)]
     assert specs[0]["source"] == HUMAN_SOURCE and specs[0]["messages"] == []
     assert specs[0]["extra"] == {"agent_id": "agent-7", "reason": "price"}

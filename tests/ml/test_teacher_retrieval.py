@@ -105,10 +105,11 @@ def test_approved_replies_live_in_interaction_embeddings_next_to_questions(tmp_p
     a1 = kinds.filter((pl.col("interaction_id") == "a1") & (pl.col("kind") == "approved_reply"))
     assert a1["answer"].to_list() == ["The Pro laptop costs $1,299.00."]
     # question-side readers ignore approved replies (a1 has both kinds of row)
-    assert embeddings.embedded_ids(table) == {"a1", "q9"}
+    assert embeddings.embedded_ids(table) == {("acme", "a1"), ("acme", "q9")}
     assert embeddings.add_new_embeddings(db, frame) == (0, 2)
     assert sorted(embeddings.read_relevance(db)["interaction_id"].to_list()) == ["a1", "q9"]
-    assert set(embeddings.read_question_vectors(db, ["a1", "a2"])) == {"a1"}
+    assert set(embeddings.read_question_vectors(db, [("acme", "a1"), ("acme", "a2")])) == {
+        ("acme", "a1")}
     # a rebuild replaces the approved replies and keeps the questions
     assert build_answer_index(db, ENTRIES.head(1)) == 1
     table = embeddings.open_embeddings(db)
@@ -135,7 +136,7 @@ def test_a_table_of_the_first_layout_is_migrated_and_the_old_table_dropped(tmp_p
         "question": ["q"], "vector": vec, "response_vector": vec, "qa_relevance": [0.5],
         "model": ["m"]}, schema=old))
     db.create_table("approved_answers", data=pa.table({"interaction_id": ["y"]}))
-    assert embeddings.embedded_ids(embeddings.open_embeddings(db)) == {"x"}
+    assert embeddings.embedded_ids(embeddings.open_embeddings(db)) == {("t", "x")}
     assert build_answer_index(db, ENTRIES) == 4
     assert "approved_answers" not in embeddings.table_names(db)
     assert embeddings.read_relevance(db)["interaction_id"].to_list() == ["x"]

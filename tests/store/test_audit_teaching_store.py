@@ -42,7 +42,7 @@ def test_record_attempt_counts_ok_and_request_failures_but_not_outages(store_url
                        reason=None, **A)
     with session_scope(store_url) as s:
         rows = attempt_rows(s, **A)
-        assert rows == [("i1", "failed", 1, "[request] 400"), ("i2", "ok", 1, None)]
+        assert rows == [("acme", "i1", "failed", 1, "[request] 400"), ("acme", "i2", "ok", 1, None)]
         assert attempt_rows(s, auditor="rules", prompt_version="rules-v2") == []
         with pytest.raises(ValueError, match="'ok' or 'failed'"):
             record_attempt(s, interaction_id="i3", tenant_id="acme", status="maybe",
@@ -66,9 +66,9 @@ def test_save_audit_batch_is_idempotent_and_reports_what_reached_the_cap(store_u
     assert (again.created, again.clean_created, again.given_up) == (0, 0, ["i3"])
     with session_scope(store_url) as s:
         keys = set(s.scalars(select(ReviewItem.dedup_key)))
-        assert keys == {error_dedup_key("i1", **A), error_dedup_key("i2", **A)}
+        assert keys == {error_dedup_key("acme", "i1", **A), error_dedup_key("acme", "i2", **A)}
         assert s.scalar(select(func.count()).select_from(AuditAttempt)) == 3
-        assert [r[2] for r in attempt_rows(s, **A)] == [2, 2, 2]
+        assert [r[3] for r in attempt_rows(s, **A)] == [2, 2, 2]
 
 
 def test_a_failing_item_rolls_back_the_whole_batch(store_url):
@@ -83,7 +83,7 @@ def test_a_failing_item_rolls_back_the_whole_batch(store_url):
 
 
 def _error(s, iid: str, severity: str = "high"):
-    item, _ = repo.create_item(s, kind="error", dedup_key=error_dedup_key(iid, **A),
+    item, _ = repo.create_item(s, kind="error", dedup_key=error_dedup_key("acme", iid, **A),
                                **{**_flag(iid), "severity": severity})
     return item
 
@@ -107,14 +107,15 @@ def test_open_errors_leave_out_interactions_with_a_sample_and_carry_the_decision
         assert [(e.interaction_id, e.status, e.note) for e in errors] == [
             ("i1", "confirmed", "the price is 12, not 10")]
         assert decision_notes(s, [ids[2]]) == {}
-        assert interactions_with_sample(s) == {"i2"}
-        assert error_parents(s) == {"i1": ids[0], "i2": ids[1], "i3": ids[2]}
+        assert interactions_with_sample(s) == {("acme", "i2")}
+        assert error_parents(s) == {("acme", "i1"): ids[0], ("acme", "i2"): ids[1],
+                                    ("acme", "i3"): ids[2]}
         # a second proposal for i2 (another teacher) is not created: one sample per interaction
         assert create_samples(s, [dict(actor="teacher:llm", tenant_id="acme",
                                        interaction_id="i2", proposed_response="other",
                                        source="llm:openai")]) == [("llm:openai", False)]
         assert s.scalar(select(func.count()).select_from(ReviewItem).where(
-            ReviewItem.dedup_key == sample_dedup_key("i2"))) == 1
+            ReviewItem.dedup_key == sample_dedup_key("acme", "i2"))) == 1
 
 
 def test_approved_sample_rows_hold_the_reviewers_final_text(store_url):
@@ -150,3 +151,22 @@ def test_sample_problems_names_unreviewable_samples(store_url):
     with session_scope(store_url) as s:
         assert sample_problems(s, "human_agent") == {
             "no_proposed_reply": 1, "teacher_sample_without_parent": 2, "unknown_source": 1}
+
+
+def test_the_same_id_in_two_tenants_is_two_interactions(store_url):
+    """Ids are per tenant (issue 8, item 4): an attempt row, an error item and a sample each."""
+    with session_scope(store_url) as s:
+        for tenant in ("acme", "globex"):
+            save_audit_batch(s, verdicts=[{"interaction_id": "i1", "tenant_id": tenant,
+                                           "is_error": True}],
+                             items=[{**_flag("i1"), "tenant_id": tenant}], failures=[],
+                             max_attempts=2, **A)
+            create_samples(s, [dict(actor="teacher:retrieval", tenant_id=tenant,
+                                    interaction_id="i1", proposed_response="good",
+                                    source="retrieval")])
+    with session_scope(store_url) as s:
+        assert [r[:3] for r in attempt_rows(s, **A)] == [("acme", "i1", "ok"),
+                                                         ("globex", "i1", "ok")]
+        assert s.scalar(select(func.count()).select_from(ReviewItem).where(
+            ReviewItem.kind == "error")) == 2
+        assert interactions_with_sample(s) == {("acme", "i1"), ("globex", "i1")}

@@ -193,3 +193,35 @@ def test_head_has_every_append_only_trigger(store_url):
         assert APPEND_ONLY_GUARDS <= _refusing_triggers(eng)
     finally:
         eng.dispose()
+
+
+def test_0004_prefixes_the_tenant_to_existing_dedup_keys(store_url):
+    """Items written before 0004 keep their identity: their producers' keys gain the tenant, so a
+    re-run after the upgrade finds them instead of creating a second item."""
+    from sqlalchemy import text as sql
+
+    from store import repo
+    from store.audit import error_dedup_key
+    from store.db import session_scope
+
+    downgrade(store_url, "0003")  # the fixture migrated to head
+    eng = make_engine(store_url)
+    try:
+        with eng.begin() as con:
+            for kind, key in (("error", "i1:rules:rules-v1"), ("sample", "i1:sample"),
+                              ("error", "x" * 299)):
+                con.execute(sql("INSERT INTO review_items (kind, status, version, dedup_key, "
+                                "tenant_id, interaction_id, tags, extra, created_at, updated_at) "
+                                "VALUES (:k, 'pending', 1, :d, 'acme', 'i1', '[]', '{}', "
+                                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"), {"k": kind, "d": key})
+    finally:
+        eng.dispose()
+    upgrade(store_url)
+    with session_scope(store_url) as s:
+        keys = sorted(s.execute(sql("SELECT dedup_key FROM review_items")).scalars())
+        assert keys[:2] == ["acme/i1:rules:rules-v1", "acme/i1:sample"]
+        assert len(keys[2]) == 300 and keys[2] == repo.bounded_key("acme/" + "x" * 299)
+        _, created = repo.create_item(
+            s, kind="error", dedup_key=error_dedup_key("acme", "i1", "rules", "rules-v1"),
+            actor="auditor:rules", tenant_id="acme", interaction_id="i1")
+        assert not created
