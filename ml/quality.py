@@ -26,8 +26,8 @@ Dimensions (weights: ``quality_weights()``):
   words, placeholders removed) with the reply, a weak signal: open-domain chat answers well with
   other words than the question's ("a name for my kitten?" -> "Luna or Milo"). So: shared words
   give ``min(1, 0.5 + |Q & R| / |Q|)``; no shared word gives 0.0 only for a specific information
-  request (``is_information_request``: a question that is not open-ended, i.e. not creative
-  writing, ideas, opinions, advice or small talk) and is absent otherwise; absent without a user
+  request (``is_information_request``: a message of 2+ content words that is not open-ended,
+  i.e. not creative writing, ideas, opinions, advice or small talk) and is absent otherwise; absent without a user
   message, a reply, or content words. No model is involved.
 * ``efficiency`` (0.10): the seed's time score ``clamp(1 - (latency_s - 2) / 10, 0, 1)`` (weight
   0.4) and a conciseness score from completion tokens ``clamp(1 - (tokens - 400) / 1600, 0, 1)``
@@ -88,12 +88,14 @@ REFUSAL = (
 # without one)
 TRAILING_ELLIPSIS = r"[\p{L}\p{N}](?:\.\.\.|…)\s*$"
 TERMINAL = r"[.!?)>\]\"'`*:;»”’》。！？}]\s*$|[\p{Emoji_Presentation}]\s*$|https?://\S+\s*$"
-# ends in a comma, an opening bracket, a dash or a word no sentence ends with (article,
-# preposition, conjunction, possessive)
+# ends in a comma, an opening bracket, a dash or a word a reply's sentence hardly ends with
+# (article, preposition, conjunction, possessive, a bare "is"/"are"; in the public samples of
+# docs/auditing.md every reply ending on one of them without punctuation was cut)
 DANGLING = (
     r"(?:,|,\s*then|\(|\[|\{|&|\+|–|—|\s-)\s*$"
     r"|(?i:\b(?:a|an|the|and|or|but|nor|of|to|from|by|into|onto|than|per|via|between|because|"
-    r"although|whether|your|our|their|my|whose|including|(?:and|or|but)\s+then|such\s+as|"
+    r"although|whether|your|our|their|my|whose|including|for|with|at|on|in|about|is|are|was|were|"
+    r"(?:and|or|but)\s+then|such\s+as|"
     r"as\s+well\s+as|in\s+order\s+to))\s*$"
 )
 MID_WORD = r"\s[b-hj-z]$"  # a lone lower-case consonant: a word cut after its first letter
@@ -104,14 +106,13 @@ TOKEN_CAPS = (100, 128, 150, 200, 250, 256, 300, 400, 500, 512, 1000, 1024, 1500
               3000, 4000, 4096, 8000, 8192)
 _PLACEHOLDER = r"\[[A-Z_]+\]"
 _WORD = r"[\p{L}\p{N}]{3,}"
-# a question (an explicit "?" or a leading wh-word or auxiliary) ...
-_ASKS = (r"(?i)(?:\?|^\s*(?:(?:hi|hello|hey)\W+)?(?:what|which|who|whom|whose|when|where|why|how|"
-         r"is|are|does|do|did|can|could|will|would|should)\b)")
-# ... that is not open-ended: creative, opinion, advice, brainstorming or small talk, where a good
-# reply need not repeat any of the question's words
+# a request needs this many content words (fewer: small talk, "thanks", "ok")
+_REQUEST_MIN_WORDS = 2
+# open-ended requests: creative, opinion, advice, brainstorming or small talk, where a good reply
+# need not repeat any of the question's words
 _OPEN_ENDED = (r"(?i)\b(?:write|compose|poem|story|song|lyrics|joke|ideas?|suggest\w*|recommend\w*|"
                r"opinion|think|feel|imagine|brainstorm|creative|names?\s+for|good\s+name|advice|"
-               r"tips?|favou?rite|how\s+are\s+you|chat|talk|pretend|role-?play)\b")
+               r"tips?|favou?rite|how\s+are\s+you|chat|talk|pretend|role-?play|good\s+(?:morning|afternoon|evening|night)|how\s+is\s+it\s+going)\b")
 
 
 def content_words(text: pl.Expr) -> pl.Expr:
@@ -123,12 +124,13 @@ def content_words(text: pl.Expr) -> pl.Expr:
 
 
 def is_information_request(text: pl.Expr) -> pl.Expr:
-    """The message asks for specific information: it is a question (``?`` or a leading wh-word or
-    auxiliary) and not an open-ended one (creative writing, ideas, opinions, advice, small talk:
-    ``_OPEN_ENDED``), where a good reply sharing no word with the question is normal ("A good
+    """The message asks for something specific (a question or a request about a thing: "How much
+    is the basic plan?", "My order ES-1 hasn't arrived"): at least ``_REQUEST_MIN_WORDS`` content
+    words and not open-ended (creative writing, ideas, opinions, advice, small talk:
+    ``_OPEN_ENDED``), where a good reply sharing no word with the message is normal ("A good
     name for my kitten?" -> "Luna or Milo")."""
     t = text.fill_null("")
-    return t.str.contains(_ASKS) & ~t.str.contains(_OPEN_ENDED)
+    return (content_words(t).list.len() >= _REQUEST_MIN_WORDS) & ~t.str.contains(_OPEN_ENDED)
 
 
 _SCHEMA = {"VARCHAR": pl.String, "DATE": pl.Date, "DOUBLE": pl.Float64, "INTEGER": pl.Int32}

@@ -42,13 +42,21 @@ def read_run_candidates(con: duckdb.DuckDBPyConnection, run_id: str) -> pl.DataF
 # ---- reads of the interactions the audit works on ---------------------------------------------------
 _SELECTION_INPUT = ("interaction_id", "tenant_id", "session_id", "ts", "partition_date",
                     "feedback_thumbs", "feedback_rating", "requested_human", "corrected_response")
+# read when the interactions table has them (a warehouse written before they existed reads NULL)
+_OPTIONAL_SELECTION_INPUT = {"conversation_rating": "INTEGER"}
 
 
 def read_interactions_for_selection(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """The columns candidate selection reads, with each interaction's quality score."""
+    """The columns candidate selection reads, with each interaction's quality score
+    (``conversation_rating`` NULL where the table has no such column)."""
     warehouse.ensure_table(con, "interactions")
     warehouse.ensure_table(con, "interaction_quality")
-    cols = ", ".join(f"i.{c}" for c in _SELECTION_INPUT)
+    have = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'interactions' "
+        "AND table_schema = current_schema()").fetchall()}
+    cols = ", ".join([f"i.{c}" for c in _SELECTION_INPUT]
+                     + [f"i.{c}" if c in have else f"CAST(NULL AS {t}) AS {c}"
+                        for c, t in _OPTIONAL_SELECTION_INPUT.items()])
     return warehouse.query(
         con,
         f"SELECT {cols}, q.quality_score FROM interactions i "

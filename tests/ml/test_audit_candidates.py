@@ -279,3 +279,40 @@ def test_only_a_last_request_specific_failure_at_the_cap_is_given_up():
     assert "i1" not in reasons and "i5" not in reasons  # given up / audited ok
     assert reasons["i2"] == ["handoff", "retry"] and reasons["i3"] == ["human_correction", "retry"]
     assert reasons["i7"] == ["retry"]  # a count from before the fix may include outages: retried
+
+
+def test_low_conversation_rating_selects_turns_not_rated_well():
+    """Issue 8.5: a conversation-level rating; a turn the user rated well is not selected for it."""
+    df = interactions(4).with_columns(
+        pl.Series("conversation_rating", [1, 1, 2, 3], dtype=pl.Int64),
+        pl.Series("feedback_thumbs", [None, "up", None, None], dtype=pl.String),
+        pl.Series("feedback_rating", [None, None, None, None], dtype=pl.Int64),
+        pl.lit(False).alias("requested_human"), pl.lit(None, dtype=pl.String)
+        .alias("corrected_response"), pl.lit(0.9).alias("quality_score"))
+    out = select_candidates(df, None, config=CandidateConfig(calibration_rate=0.0), **A)
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list(), strict=True))
+    assert reasons == {"i0": ["low_conversation_rating"], "i2": ["low_conversation_rating"]}
+    assert reason_counts(out)["low_conversation_rating"] == 2
+
+
+def test_selection_reads_conversation_rating_when_the_table_has_it(tmp_path):
+    from ml import warehouse
+    from ml.audit.tables import read_interactions_for_selection
+
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    try:
+        warehouse.ensure_table(con, "interactions")
+        con.execute("INSERT INTO interactions (interaction_id, tenant_id) VALUES ('a', 't')")
+        pool = read_interactions_for_selection(con)  # a table without the column: NULL
+        assert pool["conversation_rating"].to_list() == [None]
+        if "conversation_rating" not in {r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'interactions'").fetchall()}:
+            con.execute("ALTER TABLE interactions ADD COLUMN conversation_rating INTEGER")
+        con.execute("UPDATE interactions SET conversation_rating = 1")
+        pool = read_interactions_for_selection(con)
+        assert pool["conversation_rating"].to_list() == [1]
+        out = select_candidates(pool, None, config=CandidateConfig(calibration_rate=0.0), **A)
+        assert out["reasons"].to_list() == [["low_conversation_rating"]]
+    finally:
+        con.close()
