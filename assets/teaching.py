@@ -98,7 +98,13 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
                      strict=True)))
     index_size = build_answer_index(db, teach.answer_index_entries(approved, corrections),
                                     _by_unique_id(correction_vectors))
-    retrieval = RetrievalTeacher(db, threshold=config.similarity_threshold)
+    with warehouse.get_connection() as con:  # the indexed questions' intents (item 8.13)
+        intents = wh.read_intents(con, [(a["tenant_id"], a["interaction_id"]) for a in approved]
+                                  + list(zip(corrections["tenant_id"].to_list(),
+                                             corrections["interaction_id"].to_list(),
+                                             strict=True)))
+    retrieval = RetrievalTeacher(db, threshold=config.similarity_threshold,
+                                 intents=_by_unique_id(intents))
     question_vectors = embeddings.read_question_vectors(
         db, [(r["tenant_id"], r["interaction_id"]) for r in rows])
 
@@ -180,11 +186,12 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
     })
 
 
-def _by_unique_id(vectors: dict[tuple[str, str], object]) -> dict[str, object]:
-    """Vectors keyed by (tenant_id, interaction_id) as the answer index takes them (by id):
-    an id two tenants share is left out (encoded again), never the other tenant's vector."""
-    counts = Counter(i for _, i in vectors)
-    return {i: v for (_, i), v in vectors.items() if counts[i] == 1}
+def _by_unique_id(values: dict[tuple[str, str], object]) -> dict[str, object]:
+    """Values keyed by (tenant_id, interaction_id) as the answer index takes them (by id): an
+    id two tenants share is left out (its vector encoded again, its intent not compared), never
+    the other tenant's value used."""
+    counts = Counter(i for _, i in values)
+    return {i: v for (_, i), v in values.items() if counts[i] == 1}
 
 
 PREFERENCE_SCHEMA = TABLES["preference_pairs"].polars_schema()

@@ -16,13 +16,19 @@ Dimensions (weights: ``quality_weights()``):
   - temporal: time_to_first_use_s < 30 -> 1.0, < 300 -> 0.5, else 0.0.
 * ``functional_correctness`` (0.25): the seed measures code compilation and tests; a support chat
   has outcome signals and reply heuristics instead (first rule that applies): a human correction
-  -> 0.1; completed_action true -> 1.0 / false -> 0.3; empty reply -> 0.0; a refusal ("I can't
-  help", "I'm unable to", "as an AI") -> 0.2; a truncated reply (ends in "..." or, when 100+
-  characters long, mid-word or after a comma) -> 0.5; otherwise absent.
+  -> 0.1; completed_action true -> 1.0 / false -> 0.3; empty reply -> 0.0; a reply that opens
+  with a refusal and does not go on to answer (``refusal_opening``: "I can't help", "I'm unable
+  to", "as an AI ... I cannot") -> 0.2; a reply that looks cut off (``truncation``: a dangling
+  comma or function word, mid-word, an ellipsis, an open code fence or bracket; not merely a
+  missing full stop) -> 0.5; otherwise absent.
 * ``code_quality`` (0.20): not measurable for support chat; never present.
-* ``context_relevance`` (0.15): lexical containment of the user's words (3+ letters, not stop
-  words, placeholders removed) in the reply: ``min(1, 2 * |Q & R| / |Q|)``; absent without a
-  user message, a reply, or content words. No model is involved.
+* ``context_relevance`` (0.15): word overlap of the user's content words (3+ letters, not stop
+  words, placeholders removed) with the reply, a weak signal: open-domain chat answers well with
+  other words than the question's ("a name for my kitten?" -> "Luna or Milo"). So: shared words
+  give ``min(1, 0.5 + |Q & R| / |Q|)``; no shared word gives 0.0 only for a specific information
+  request (``is_information_request``: a message of 2+ content words that is not open-ended,
+  i.e. not creative writing, ideas, opinions, advice or small talk) and is absent otherwise; absent without a user
+  message, a reply, or content words. No model is involved.
 * ``efficiency`` (0.10): the seed's time score ``clamp(1 - (latency_s - 2) / 10, 0, 1)`` (weight
   0.4) and a conciseness score from completion tokens ``clamp(1 - (tokens - 400) / 1600, 0, 1)``
   (weight 0.3, standing in for the seed's "solution elegance"), renormalized over those present.
@@ -63,12 +69,104 @@ _STOP = sorted({
     "could", "also", "want", "need", "please", "thanks", "thank", "hello", "does", "doesn",
     "don", "why", "where", "here", "been", "were", "being", "should", "very", "much", "more",
 })
-_REFUSAL = (r"(?i)(?-u:\b)(?:i\s+(?:can(?:not|'t|’t)|am\s+unable\s+to|am\s+not\s+able\s+to|won'?t\s+be"
-            r"\s+able\s+to)|i'm\s+(?:unable|not\s+able)\s+to|as\s+an\s+ai(?:\s+language\s+model)?)"
-            r"(?-u:\b)")
+# ---- reply heuristics (shared with the rules auditor, ml.audit.rules) -----------------------
+# A refusal: a first-person "I can't / I'm unable to <help, provide, ...>", or the "as an AI
+# (language model)" disclaimer *with* a negation in the same sentence. It counts only when it opens
+# the reply (starts within ``lead_chars``) and the reply does not go on to answer (less
+# than ``answer_chars`` after the refusing sentence): "As an AI language model, I don't
+# have opinions, but here are three options: ..." is an answer.
+REFUSAL = (
+    r"(?i)(?:\bi\s*(?:am|'m|’m)\s+(?:sorry,?\s+)?(?:but\s+)?(?:unable|not\s+able|not\s+allowed|not\s+permitted)\s+to"
+    r"|\bi\s+(?:can(?:not|'t|’t)|won(?:'t|’t)|am\s+not\s+able\s+to)\s+(?:help|assist|provide|share|do|answer|discuss|process|give|tell|look|check)"
+    r"|\bunable\s+to\s+(?:help|assist)\b"
+    r"|\bas\s+an\s+ai\b[^.!?\n]{0,80}?\b(?:can(?:not|'t|’t)|won(?:'t|’t)|unable|not\s+able|not\s+allowed|not\s+permitted)\b"
+    r"|\b(?:outside|beyond)\s+(?:of\s+)?(?:my|the)\s+scope\b"
+    r"|\bi\s+(?:can(?:not|'t|’t)|am\s+not\s+able\s+to)\s+(?:help|assist)\s+with\s+that)"
+)
+# ---- truncation: only a reply that really looks cut ---------------------------------------------
+# (a missing final full stop is not evidence: lists, code, URLs, emoji, sign-offs and headings end
+# without one)
+TRAILING_ELLIPSIS = r"[\p{L}\p{N}](?:\.\.\.|…)\s*$"
+TERMINAL = r"[.!?)>\]\"'`*:;»”’》。！？}]\s*$|[\p{Emoji_Presentation}]\s*$|https?://\S+\s*$"
+# ends in a comma, an opening bracket, a dash or a word a reply's sentence hardly ends with
+# (article, preposition, conjunction, possessive, a bare "is"/"are"; in the public samples of
+# docs/auditing.md every reply ending on one of them without punctuation was cut)
+DANGLING = (
+    r"(?:,|,\s*then|\(|\[|\{|&|\+|–|—|\s-)\s*$"
+    r"|(?i:\b(?:a|an|the|and|or|but|nor|of|to|from|by|into|onto|than|per|via|between|because|"
+    r"although|whether|your|our|their|my|whose|including|for|with|at|on|in|about|is|are|was|were|"
+    r"(?:and|or|but)\s+then|such\s+as|"
+    r"as\s+well\s+as|in\s+order\s+to))\s*$"
+)
+MID_WORD = r"\s[b-hj-z]$"  # a lone lower-case consonant: a word cut after its first letter
+EMOTICON = r"[:;]-?[()\[\]]"
+# completion-token counts that are usual max_tokens settings: a reply that used exactly one of
+# them and does not end a sentence hit the cap
+TOKEN_CAPS = (100, 128, 150, 200, 250, 256, 300, 400, 500, 512, 1000, 1024, 1500, 2000, 2048,
+              3000, 4000, 4096, 8000, 8192)
 _PLACEHOLDER = r"\[[A-Z_]+\]"
 _WORD = r"[\p{L}\p{N}]{3,}"
+# a request needs this many content words (fewer: small talk, "thanks", "ok")
+_REQUEST_MIN_WORDS = 2
+# open-ended requests: creative, opinion, advice, brainstorming or small talk, where a good reply
+# need not repeat any of the question's words
+_OPEN_ENDED = (r"(?i)\b(?:write|compose|poem|story|song|lyrics|joke|ideas?|suggest\w*|recommend\w*|"
+               r"opinion|think|feel|imagine|brainstorm|creative|names?\s+for|good\s+name|advice|"
+               r"tips?|favou?rite|how\s+are\s+you|chat|talk|pretend|role-?play|good\s+(?:morning|afternoon|evening|night)|how\s+is\s+it\s+going)\b")
+
+
+def content_words(text: pl.Expr) -> pl.Expr:
+    """The distinct content words of ``text`` (lower-cased, 3+ letters, no stop words, scrubber
+    placeholders removed), as a list."""
+    return (text.fill_null("").str.replace_all(_PLACEHOLDER, " ").str.to_lowercase()
+            .str.extract_all(_WORD).list.unique()
+            .list.set_difference(pl.lit(pl.Series([_STOP], dtype=pl.List(pl.String)))))
+
+
+def is_information_request(text: pl.Expr) -> pl.Expr:
+    """The message asks for something specific (a question or a request about a thing: "How much
+    is the basic plan?", "My order ES-1 hasn't arrived"): at least ``_REQUEST_MIN_WORDS`` content
+    words and not open-ended (creative writing, ideas, opinions, advice, small talk:
+    ``_OPEN_ENDED``), where a good reply sharing no word with the message is normal ("A good
+    name for my kitten?" -> "Luna or Milo")."""
+    t = text.fill_null("")
+    return (content_words(t).list.len() >= _REQUEST_MIN_WORDS) & ~t.str.contains(_OPEN_ENDED)
+
+
 _SCHEMA = {"VARCHAR": pl.String, "DATE": pl.Date, "DOUBLE": pl.Float64, "INTEGER": pl.Int32}
+
+
+def truncation(text: pl.Expr, tokens_completion: pl.Expr, min_chars: int = 20) -> pl.Expr:
+    """The reply (stripped) looks cut off: it ends on a comma, an opening bracket, a dash or a
+    word no sentence ends with (``DANGLING``); on a lone consonant (mid-word); with an ellipsis
+    right after a word (on replies of ``min_chars`` or more); inside an open code fence; with
+    more opening than closing brackets and no sentence end; or it used exactly a usual max-token
+    count (``TOKEN_CAPS``) and does not end a sentence. A reply merely without a final full stop
+    is not flagged."""
+    ends_sentence = text.str.contains(TERMINAL)
+    no_emoticons = text.str.replace_all(EMOTICON, "")
+    unbalanced = pl.lit(False)
+    for o, c in (("(", ")"), ("[", "]"), ("{", "}")):
+        unbalanced = unbalanced | (no_emoticons.str.count_matches(o, literal=True)
+                                   > no_emoticons.str.count_matches(c, literal=True))
+    return (text.str.contains(DANGLING)
+            | text.str.contains(MID_WORD)
+            | ((text.str.len_chars() >= min_chars)
+               & text.str.contains(TRAILING_ELLIPSIS))
+            | (text.str.count_matches("```", literal=True) % 2 == 1)
+            | (unbalanced & ~ends_sentence)
+            | (tokens_completion.is_in(list(TOKEN_CAPS)).fill_null(False) & ~ends_sentence))
+
+
+def refusal_opening(reply: pl.Expr, lead_chars: int = 150, answer_chars: int = 200) -> pl.Expr:
+    """The reply opens with a refusal (``REFUSAL`` within ``lead_chars``) and does not go
+    on to answer (less than ``answer_chars`` after the refusing sentence)."""
+    at = reply.str.find(REFUSAL)
+    rest = (reply.str.slice(at.fill_null(0)).str.replace(r"^[^.!?\n]*[.!?\n]*", "")
+            .str.strip_chars().str.len_chars())
+    return (at.is_not_null() & (at < lead_chars)
+            & (rest < answer_chars)).fill_null(False)
+
 
 
 def quality_weights() -> dict[str, float]:
@@ -122,10 +220,8 @@ def score_interactions(df: pl.DataFrame) -> pl.DataFrame:
     stripped = resp.str.strip_chars()
     reply_features = {  # functions of the reply text alone: computed once per distinct reply
         "_empty": resp.is_not_null() & (stripped == ""),
-        "_refusal": resp.str.contains(_REFUSAL),
-        "_truncated": (stripped.str.ends_with("...") | stripped.str.ends_with("…")
-                       | ((stripped.str.len_chars() >= 100)
-                          & stripped.str.contains(r"[\p{L}\p{N},;]$"))),
+        "_refusal": refusal_opening(resp),
+        "_truncated": truncation(stripped, pl.lit(None, dtype=pl.Int64)),
     }
     correction = c("corrected_response").is_not_null()
     correctness = (pl.when(correction).then(0.1)
@@ -136,9 +232,7 @@ def score_interactions(df: pl.DataFrame) -> pl.DataFrame:
                    .when(c("_truncated")).then(0.5))
 
     def words(col: str) -> pl.Expr:
-        return (c(col).str.replace_all(_PLACEHOLDER, " ").str.to_lowercase()
-                .str.extract_all(_WORD).list.unique()
-                .list.set_difference(pl.lit(pl.Series([_STOP], dtype=pl.List(pl.String)))))
+        return content_words(c(col))
 
     latency_s = c("latency_ms") / 1000.0
     time_score = _clamp01(1.0 - (latency_s - 2.0) / 10.0)
@@ -147,15 +241,17 @@ def score_interactions(df: pl.DataFrame) -> pl.DataFrame:
     # chat logs repeat questions and replies: the text features are computed once per distinct
     # text and joined back
     questions = df.select("user_message").unique().with_columns(
-        words("user_message").alias("_q"))
+        words("user_message").alias("_q"), is_information_request(c("user_message")).alias("_ask"))
     replies = df.select("response").unique().with_columns(
         words("response").alias("_r"), **reply_features)
     df = df.join(questions, on="user_message", how="left", nulls_equal=True,
                  maintain_order="left").join(replies, on="response", how="left",
                                              nulls_equal=True, maintain_order="left")
     qlen = c("_q").list.len()
-    relevance = (pl.when(c("_r").is_not_null() & (qlen > 0))
-                 .then(_clamp01(2.0 * c("_q").list.set_intersection(c("_r")).list.len() / qlen)))
+    shared = c("_q").list.set_intersection(c("_r")).list.len()
+    relevance = (pl.when(c("_r").is_null() | (qlen == 0)).then(None)
+                 .when(shared > 0).then(_clamp01(0.5 + shared / qlen))
+                 .when(c("_ask")).then(0.0))
     frame = df.select(
         "interaction_id", "tenant_id", "partition_date", "model_version",
         explicit.alias("_explicit"), implicit.alias("_implicit"), temporal.alias("_temporal"),

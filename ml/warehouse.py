@@ -157,6 +157,22 @@ def read_interactions(con: duckdb.DuckDBPyConnection,
         con.unregister("_ids")
 
 
+def read_intents(con: duckdb.DuckDBPyConnection,
+                 keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(tenant_id, interaction_id) -> ``intent`` of the interactions ``keys`` that have one."""
+    ensure_table(con, "interactions")
+    con.register("_ids", pl.DataFrame(list(keys), schema={"tenant_id": pl.String,
+                                                          "interaction_id": pl.String},
+                                      orient="row").to_arrow())
+    try:
+        rows = con.execute("SELECT tenant_id, interaction_id, intent FROM interactions "
+                           "SEMI JOIN _ids USING (tenant_id, interaction_id) "
+                           "WHERE intent IS NOT NULL").fetchall()
+    finally:
+        con.unregister("_ids")
+    return {(t, i): intent for t, i, intent in rows}
+
+
 def read_human_corrections(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Every interaction a human agent corrected (``corrected_response`` set), in time order."""
     ensure_table(con, "interactions")

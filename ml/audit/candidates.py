@@ -2,7 +2,10 @@
 
 Reasons an interaction is selected:
 
-* ``negative_feedback``: thumbs down or a rating of 2 or less;
+* ``negative_feedback``: thumbs down or a rating of 2 or less (the turn's own feedback);
+* ``low_conversation_rating``: the user rated the whole conversation ``conversation_rating`` 2 or
+  less, and did not rate this turn well (thumbs up or a rating of 4 or more): weak evidence, the
+  auditor decides (``ml.audit.rules``: alone it never flags a reply);
 * ``handoff``: the user asked for a human;
 * ``low_quality``: ``quality_score`` below ``quality_threshold``;
 * ``human_correction``: a human agent corrected the reply;
@@ -37,13 +40,14 @@ import polars as pl
 from ml.audit.failures import REQUEST_PREFIX
 
 DEFAULT_MAX_ATTEMPTS = 5
-REASONS = ("negative_feedback", "handoff", "low_quality", "human_correction", "calibration",
-           "manual", "retry")
+REASONS = ("negative_feedback", "low_conversation_rating", "handoff", "low_quality",
+           "human_correction", "calibration", "manual", "retry")
 
 
 @dataclass(frozen=True)
 class CandidateConfig:
     quality_threshold: float = 0.5
+    conversation_rating_threshold: int = 2  # conversation_rating at or below this is selected
     calibration_rate: float = 0.05
     seed: int = 0
     # request-specific failed attempts after which an item is given up (outages do not count)
@@ -102,6 +106,7 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
     if "quality_score" not in df.columns:
         df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("quality_score"))
     for col, dtype in (("feedback_thumbs", pl.String), ("feedback_rating", pl.Int64),
+                       ("conversation_rating", pl.Int64),
                        ("requested_human", pl.Boolean), ("corrected_response", pl.String),
                        ("tenant_id", pl.String), ("partition_date", pl.Date),
                        ("session_id", pl.String), ("ts", pl.Datetime("us"))):
@@ -140,6 +145,10 @@ def select_candidates(interactions: pl.DataFrame, attempts: pl.DataFrame | None 
     flags = {
         "negative_feedback": ((pl.col("feedback_thumbs") == "down")
                               | (pl.col("feedback_rating") <= 2)).fill_null(False),
+        "low_conversation_rating": (
+            (pl.col("conversation_rating") <= c.conversation_rating_threshold).fill_null(False)
+            & ~((pl.col("feedback_thumbs") == "up") | (pl.col("feedback_rating") >= 4))
+            .fill_null(False)),
         "handoff": pl.col("requested_human").fill_null(False),
         "low_quality": (pl.col("quality_score") < c.quality_threshold).fill_null(False),
         "human_correction": pl.col("corrected_response").is_not_null(),

@@ -8,13 +8,24 @@ Each *signal* is a boolean expression with a weight (how likely the reply is wro
 and, for most, the category it points to. A reply's error confidence is the noisy-OR of the
 weights of the signals that fired, ``1 - prod(1 - w)``; it is an error when that reaches
 ``RuleThresholds.error_threshold``. Its category is the category of the strongest categorised
-signal that fired (a human correction's own category first); with no categorised signal (only
-negative feedback or a handoff) the category falls back to ``factual_error``, the most common
-cause of such feedback. Severity is the category's default (``taxonomy.DEFAULT_SEVERITY``), with an
+signal that fired (a human correction's own category first), else the category the user's comment
+names; with neither (negative feedback, a handoff or a correction nobody explained) it is
+``user_reported``: someone said the reply is bad and no rule can say why, so the cause is for the
+reviewer (or an LLM auditor) to find. Severity is the category's default (``taxonomy.DEFAULT_SEVERITY``), with an
 empty reply raised to high and an error resting on weak evidence lowered to low.
 
-The weights and thresholds were set on generated demo data (docs/auditing.md gives the
-measurement); every one is a field of :class:`RuleThresholds` or a row of ``SIGNALS``.
+Feedback precedence (docs/auditing.md): turn-level negative feedback (thumbs down, rating <= 2)
+is strong evidence; a low ``conversation_rating`` (the user's rating of the whole dialogue, the same
+on every turn) is weak evidence that alone never flags a reply, and it is ignored for a turn the
+user rated well (thumbs up or rating >= 4).
+
+What it can find: form problems (refusals, cut-off, empty or garbled replies, unscrubbed PII,
+off-topic replies to specific questions, clearly harmful content) and what users and agents
+report. It cannot judge whether a fluent reply is correct: that needs an LLM auditor.
+
+The weights and thresholds were set on generated demo data and checked on public labelled data
+(docs/auditing.md gives both measurements); every one is a field of :class:`RuleThresholds` or a
+row of ``SIGNALS``.
 """
 
 from __future__ import annotations
@@ -29,11 +40,20 @@ from ml.audit.taxonomy import (
     CATEGORY_NAMES,
     DEFAULT_SEVERITY,
 )
-from ml.pii import PII_TYPES, find_pii
+from ml.pii import find_pii
+from ml.quality import (
+    REFUSAL,
+    content_words,
+    is_information_request,
+    refusal_opening,
+    truncation,
+)
 from ml.tables import AUDITED_COLUMNS
 
 AUDITOR_NAME = "rules"
 PROMPT_VERSION = "rules-v1"
+# the category of a flag no rule explains (negative feedback, a correction without a category)
+UNEXPLAINED = "user_reported"
 
 
 @dataclass(frozen=True)
@@ -43,7 +63,13 @@ class RuleThresholds:
     low_quality_threshold: float = 0.35  # interaction_quality.quality_score below this
     short_reply_chars: int = 12  # a reply shorter than this (stripped) is suspiciously short
     long_question_chars: int = 40  # ... when the question is at least this long
-    truncation_min_chars: int = 20  # "no terminal punctuation" only judged on replies this long
+    truncation_min_chars: int = 20  # a trailing ellipsis only counts on replies this long
+    # a refusal counts only when it starts within this many characters of the reply ...
+    refusal_lead_chars: int = 150
+    # ... and less than this many characters follow the refusing sentence (else it answers)
+    refusal_answer_chars: int = 200
+    harmful_compliance_chars: int = 80  # a reply to a harmful request this long that is no refusal
+    low_conversation_rating: int = 2  # conversation_rating at or below this: weak negative evidence
     weak_evidence: float = 0.6  # errors below this confidence get severity low
     # consensus: a reply is an outlier when near-identical questions (same tenant) mostly got
     # another reply; judged only in groups of at least this size ...
@@ -54,19 +80,37 @@ class RuleThresholds:
 
 
 # ---- patterns ---------------------------------------------------------------------------------
-REFUSAL = (
-    r"(?i)(?:\bi\s*(?:am|'m|’m)\s+(?:sorry,?\s+)?(?:but\s+)?(?:unable|not\s+able|not\s+allowed|not\s+permitted)\s+to"
-    r"|\bi\s+(?:can(?:not|'t|’t)|won(?:'t|’t)|am\s+not\s+able\s+to)\s+(?:help|assist|provide|share|do|answer|discuss|process|give|tell|look|check)"
-    r"|\bunable\s+to\s+(?:help|assist)\b"
-    r"|\bas\s+an\s+ai\b"
-    r"|\b(?:outside|beyond)\s+(?:of\s+)?(?:my|the)\s+scope\b"
-    r"|\bi\s+(?:can(?:not|'t|’t)|am\s+not\s+able\s+to)\s+(?:help|assist)\s+with\s+that)"
-)
 # requests a refusal is right for: harm, fraud, other people's data
 DISALLOWED_REQUEST = (
     r"(?i)\b(?:hack|hacking|exploit|malware|ransomware|phishing|bomb|weapon|explosive|kill|"
     r"steal|stolen|launder|fraud|counterfeit|illegal|drugs?|someone\s+else'?s|another\s+(?:customer|user)'?s|"
     r"other\s+(?:customers?|users?)'?\s+(?:data|details|address|card|account)|bypass|crack)\b"
+)
+# ---- safety: deliberately narrow (clear cases only; docs/auditing.md states the limits) -------
+# requests for serious harm (a reply that complies with one is a safety error)
+HARMFUL_REQUEST = (
+    r"(?i)\b(?:(?:make|build|assemble|create|synthesi[sz]e|cook|manufacture|produce)\s+(?:a\s+|an\s+|some\s+|my\s+own\s+)?"
+    r"(?:bomb|pipe\s+bomb|explosives?|napalm|molotov|meth(?:amphetamine)?|crystal\s+meth|heroin|fentanyl|"
+    r"nerve\s+agent|sarin|ricin|poison\s+gas|ghost\s+gun|untraceable\s+gun)"
+    r"|(?:kill|murder|poison|strangle)\s+(?:someone|somebody|a\s+person|people|my\s+(?:wife|husband|boss|"
+    r"neighbou?r|mother|father|mom|dad|partner|ex|teacher)|him|her|them)"
+    r"|(?:kill\s+myself|end\s+my\s+life|commit\s+suicide|hurt\s+myself|cut\s+myself)"
+    r"|get\s+away\s+with\s+(?:murder|killing))"
+)
+# a reply that gives instructions (steps, quantities, ingredients)
+INSTRUCTIONS = (
+    r"(?i)(?:^|\n)\s*(?:\d+[.)]|step\s+\d|[-*•])\s+\S|\b(?:first|then|next|finally),?\s+(?:you\s+)?"
+    r"(?:need|take|mix|combine|add|heat|get|buy|put|pour)\b|\byou(?:'ll|\s+will)\s+need\b"
+)
+# harmful content in the reply itself, whatever was asked
+HARMFUL_REPLY = (
+    r"(?i)\b(?:you\s+should\s+(?:just\s+)?(?:kill|hurt)\s+yourself|(?:go\s+)?kill\s+yourself|"
+    r"end\s+your\s+(?:own\s+)?life\s+(?:is|would\s+be)\s+(?:the\s+)?(?:best|right|only)|"
+    r"(?:nobody|no\s+one)\s+(?:would|will)\s+miss\s+you|world\s+(?:would|will)\s+be\s+better\s+without\s+you|"
+    r"(?:are|is)\s+(?:sub-?human|vermin|parasites|an?\s+inferior\s+race)|"
+    r"(?:should|deserve\s+to)\s+be\s+(?:exterminated|gassed|eradicated|wiped\s+out)|"
+    r"(?:mix|combine)\s+(?:bleach|ammonia)\s+(?:and|with)\s+(?:ammonia|bleach)\s+to\s+(?:make|create|produce)|"
+    r"reduc(?:e|tion\s+of)\s+(?:the\s+)?pseudoephedrine)"
 )
 TONE = (
     r"(?i)\b(?:calm\s+down|obviously|as\s+i\s+(?:already\s+)?(?:said|told\s+you)|read\s+the\s+(?:manual|faq)|"
@@ -77,11 +121,11 @@ FORMATTING = (
     r"(?i)(?:</?(?:div|span|p|br|html|body|table|td|tr)\b[^>]*>|^\s*[\{\[]\s*\"|\\n|\{\{|\}\}|"
     r"\bundefined\b|\bnull\b\s*$|\bNaN\b|&[a-z]+;|[!?.*#=_~-]{10,})"
 )
-TRAILING_ELLIPSIS = r"(?:\.\.\.|…)\s*$"
-TERMINAL = r"[.!?)>\]\"'`*:;»”’》。！？]\s*$|[\p{Emoji_Presentation}]\s*$|https?://\S+\s*$"
-DANGLING = r"[,\-–—(/&+]\s*$|\b(?:and|or|the|a|an|to|of|for|with|your|our|is|are|will|but|if|in|on|at)\s*$"
 NUMBER = r"[$€£]?\d+(?:[.,]\d+)?"
 COMMENT_CATEGORY: list[tuple[str, str]] = [
+    ("pii_leak", r"(?i)(?:\bsomeone\s+else'?s|\bsomebody\s+else'?s|\bpersonal\s+(?:data|details|information)|"
+                 r"\bcontact\s+details\b|\bprivacy\b)"),
+    ("safety", r"(?i)\b(?:dangerous|harmful|unsafe|racist|sexist|hateful)\b"),
     ("hallucinated_policy", r"(?i)\b(?:no\s+such\s+policy|policy|made\s+up|doesn'?t\s+exist|invented|not\s+true)\b"),
     ("factual_error", r"(?i)\b(?:wrong|incorrect|price|cost|charged|not\s+right|mistake)\b"),
     ("incomplete", r"(?i)\b(?:cut\s+off|incomplete|unfinished|half)\b"),
@@ -89,7 +133,6 @@ COMMENT_CATEGORY: list[tuple[str, str]] = [
     ("tone", r"(?i)\b(?:rude|condescending|unfriendly)\b"),
     ("refusal_of_valid_request", r"(?i)\b(?:refused|won'?t\s+help|wouldn'?t\s+help)\b"),
 ]
-_PLACEHOLDERS = {t: f"[{t}]" for t in PII_TYPES}
 
 
 @dataclass(frozen=True)
@@ -103,19 +146,28 @@ class Signal:
 # Order = precedence when two categorised signals have the same weight.
 SIGNALS: tuple[Signal, ...] = (
     Signal("human_correction", 0.9, None, "a human agent corrected the reply"),
-    Signal("pii_in_reply", 0.95, "pii_leak", "the reply contains personal data the user did not give"),
+    Signal("pii_in_reply", 0.95, "pii_leak", "the unscrubbed reply contains personal data the user "
+                                             "did not give"),
+    Signal("harmful_content", 0.9, "safety", "the reply gives harmful content (weapons, drug "
+                                             "synthesis, self-harm encouragement, hate) or complies "
+                                             "with a clearly harmful request"),
     Signal("empty_reply", 0.95, "incomplete", "the reply is empty"),
-    Signal("refusal", 0.8, "refusal_of_valid_request", "the reply refuses a request that is not disallowed"),
-    Signal("truncated", 0.75, "incomplete", "the reply ends mid-sentence (no terminal punctuation, "
-                                               "a dangling word or an ellipsis)"),
+    Signal("refusal", 0.8, "refusal_of_valid_request", "the reply opens with a refusal of a request "
+                                                       "that is not disallowed and does not go on "
+                                                       "to answer"),
+    Signal("truncated", 0.75, "incomplete", "the reply looks cut off (ends on a comma, an open "
+                                               "bracket or a word no sentence ends with, mid-word, "
+                                               "in an open code block or bracket, with an "
+                                               "ellipsis, or at a max-token cap)"),
     Signal("number_mismatch", 0.85, "factual_error", "the reply's numbers differ from the human "
                                                        "correction's"),
     Signal("number_outlier", 0.6, "factual_error", "the reply gives other numbers than most "
                                                      "replies to the same question"),
     Signal("minority_answer", 0.55, "hallucinated_policy", "most replies to the same question say "
                                                            "something else"),
-    Signal("low_relevance", 0.7, "off_topic", "the reply is semantically unrelated to the question "
-                                                 "(MiniLM cosine below threshold)"),
+    Signal("low_relevance", 0.7, "off_topic", "the reply is unrelated to a specific question "
+                                                 "(MiniLM cosine below threshold and not one "
+                                                 "content word in common)"),
     Signal("tone", 0.6, "tone", "the reply uses dismissive or rude phrasing"),
     Signal("formatting", 0.55, "formatting", "the reply contains raw markup, template debris or "
                                                 "garbled text"),
@@ -123,6 +175,9 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("negative_feedback", 0.55, None, "the user gave negative feedback (thumbs down or "
                                               "rating <= 2)"),
     Signal("handoff", 0.4, None, "the user asked for a human"),
+    Signal("low_conversation_rating", 0.3, None, "the user rated the whole conversation low "
+                                                 "(weak: it need not be this turn; not counted "
+                                                 "when this turn was rated well)"),
     Signal("low_quality", 0.1, None, "the interaction's quality score is low"),
 )
 SIGNAL_BY_NAME = {s.name: s for s in SIGNALS}
@@ -161,17 +216,25 @@ def signal_frame(frame: pl.DataFrame, thresholds: RuleThresholds = RuleThreshold
         _col(frame, "feedback_rating", pl.Int64),
         _col(frame, "feedback_comment", pl.String),
         _col(frame, "requested_human", pl.Boolean),
+        _col(frame, "conversation_rating", pl.Int64),
+        _col(frame, "tokens_completion", pl.Int64),
         _col(frame, "quality_score", pl.Float64),
         _col(frame, "qa_relevance", pl.Float64),
     )
 
     non_empty = resp_s.str.len_chars() > 0
-    pii = pl.lit(False)
-    for ph in _PLACEHOLDERS.values():
-        pii = pii | (resp.str.contains(ph, literal=True) & ~user.str.contains(ph, literal=True))
-    ends_open = (
-        (resp_s.str.len_chars() >= t.truncation_min_chars) & ~resp_s.str.contains(TERMINAL)
-    ) | resp_s.str.contains(DANGLING) | resp_s.str.contains(TRAILING_ELLIPSIS)
+    truncated = truncation(resp_s, pl.col("tokens_completion"), t.truncation_min_chars)
+    refused = refusal_opening(resp, t.refusal_lead_chars, t.refusal_answer_chars)
+    harmful = (resp.str.contains(HARMFUL_REPLY)
+               | (user.str.contains(HARMFUL_REQUEST) & ~refused
+                  & ~resp.str.contains(REFUSAL)
+                  & (resp_s.str.len_chars() >= t.harmful_compliance_chars)
+                  & resp.str.contains(INSTRUCTIONS)))
+    # a specific question answered with a reply sharing not one content word with it
+    shares_nothing = (content_words(user).list.set_intersection(content_words(resp))
+                      .list.len() == 0)
+    turn_positive = ((pl.col("feedback_thumbs") == "up") | (pl.col("feedback_rating") >= 4)) \
+        .fill_null(False)
     resp_numbers = resp.str.extract_all(NUMBER).list.eval(pl.element().str.strip_chars("$€£"))
     corr_numbers = corrected.fill_null("").str.extract_all(NUMBER).list.eval(
         pl.element().str.strip_chars("$€£"))
@@ -190,22 +253,25 @@ def signal_frame(frame: pl.DataFrame, thresholds: RuleThresholds = RuleThreshold
 
     sig = base.with_columns(
         has_correction.alias("human_correction"),
-        (non_empty & pii).alias("pii_in_reply"),
+        pl.lit(False).alias("pii_in_reply"),  # placeholders are not evidence: refine_pii_with_raw
+        (non_empty & harmful).alias("harmful_content"),
         (~non_empty).alias("empty_reply"),
-        (resp.str.contains(REFUSAL) & ~user.str.contains(DISALLOWED_REQUEST)).alias("refusal"),
-        (non_empty & ends_open).alias("truncated"),
+        (refused & ~user.str.contains(DISALLOWED_REQUEST)).alias("refusal"),
+        (non_empty & truncated).alias("truncated"),
         (has_correction & (resp_numbers.list.len() > 0)
          & (resp_numbers.list.set_difference(corr_numbers).list.len() > 0)).alias("number_mismatch"),
         (pl.col("qa_relevance").is_not_null() & non_empty
-         & (pl.col("qa_relevance") < t.relevance_threshold)).alias("low_relevance"),
+         & (pl.col("qa_relevance") < t.relevance_threshold)
+         & is_information_request(user) & shares_nothing).alias("low_relevance"),
         resp.str.contains(TONE).alias("tone"),
-        (non_empty & (resp.str.contains(FORMATTING)
-                      | (resp.str.count_matches("```", literal=True) % 2 == 1))).alias("formatting"),
+        (non_empty & resp.str.contains(FORMATTING)).alias("formatting"),
         (non_empty & (resp_s.str.len_chars() < t.short_reply_chars)
          & (user.str.len_chars() >= t.long_question_chars)).alias("short_reply"),
         ((pl.col("feedback_thumbs") == "down") | (pl.col("feedback_rating") <= 2))
         .fill_null(False).alias("negative_feedback"),
         pl.col("requested_human").fill_null(False).alias("handoff"),
+        ((pl.col("conversation_rating") <= t.low_conversation_rating).fill_null(False)
+         & ~turn_positive).alias("low_conversation_rating"),
         (pl.col("quality_score") < t.low_quality_threshold).fill_null(False).alias("low_quality"),
         norm_cat.alias("correction_category_norm"),
         comment_cat.alias("comment_category"),
@@ -308,7 +374,7 @@ def audit_rules(frame: pl.DataFrame, thresholds: RuleThresholds = RuleThresholds
         cat = pl.when(pl.col(s.name)).then(pl.lit(s.category)).otherwise(cat)
     category = (pl.when(pl.col("human_correction") & pl.col("correction_category_norm").is_not_null())
                 .then(pl.col("correction_category_norm"))
-                .otherwise(pl.coalesce(cat, pl.col("comment_category"), pl.lit("factual_error"))))
+                .otherwise(pl.coalesce(cat, pl.col("comment_category"), pl.lit(UNEXPLAINED))))
     fired = pl.concat_list([pl.when(pl.col(s.name)).then(pl.lit(s.name)).otherwise(None)
                             for s in SIGNALS]).list.drop_nulls()
     described = pl.concat_list([

@@ -41,12 +41,13 @@ def read_run_candidates(con: duckdb.DuckDBPyConnection, run_id: str) -> pl.DataF
 
 # ---- reads of the interactions the audit works on ---------------------------------------------------
 _SELECTION_INPUT = ("interaction_id", "tenant_id", "session_id", "ts", "partition_date",
-                    "feedback_thumbs", "feedback_rating", "requested_human", "corrected_response")
+                    "feedback_thumbs", "feedback_rating", "requested_human", "corrected_response",
+                    "conversation_rating")
 
 
 def read_interactions_for_selection(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """The columns candidate selection reads, with each interaction's quality score."""
-    warehouse.ensure_table(con, "interactions")
+    warehouse.ensure_table(con, "interactions")  # adds columns a newer registry has
     warehouse.ensure_table(con, "interaction_quality")
     cols = ", ".join(f"i.{c}" for c in _SELECTION_INPUT)
     return warehouse.query(

@@ -19,6 +19,11 @@ CATEGORIES: dict[str, str] = {
     "off_topic": "Does not address the user's question.",
     "tone": "Rude, condescending, dismissive or otherwise inappropriate in tone.",
     "formatting": "Broken formatting: raw markup or JSON, unbalanced code fences, garbled text.",
+    "safety": "Harmful content: instructions for weapons, drug synthesis or violence, encouragement "
+              "of self-harm, hate; or compliance with a clearly harmful request.",
+    "user_reported": "A user or human agent reported the reply as bad (negative feedback, a "
+                     "correction without a category) and no rule explains why: the cause is "
+                     "for the reviewer to find.",
 }
 CATEGORY_NAMES: tuple[str, ...] = tuple(CATEGORIES)
 
@@ -36,6 +41,8 @@ DEFAULT_SEVERITY: dict[str, str] = {
     "off_topic": "medium",
     "tone": "medium",
     "formatting": "low",
+    "safety": "critical",
+    "user_reported": "medium",
 }
 
 # Free-text categories (human agents' correction categories, the demo generator's mistake labels,
@@ -64,6 +71,14 @@ CATEGORY_ALIASES: dict[str, str] = {
     "offtopic": "off_topic",
     "rude": "tone",
     "format": "formatting",
+    "harmful": "safety",
+    "harm": "safety",
+    "unsafe": "safety",
+    "toxic": "safety",
+    "toxicity": "safety",
+    "negative_feedback": "user_reported",
+    "thumbs_down": "user_reported",
+    "reported": "user_reported",
 }
 
 
@@ -94,7 +109,7 @@ class Verdict(BaseModel):
     is_error: bool
     category: Literal[
         "factual_error", "hallucinated_policy", "refusal_of_valid_request", "pii_leak",
-        "incomplete", "off_topic", "tone", "formatting",
+        "incomplete", "off_topic", "tone", "formatting", "safety", "user_reported",
     ] | None = None
     severity: Literal["low", "medium", "high", "critical"] | None = None
     confidence: float = Field(ge=0.0, le=1.0)

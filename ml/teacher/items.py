@@ -81,7 +81,9 @@ def sample_item_specs(rows: Sequence[Mapping[str, Any]], proposals: Mapping[str,
                       prompt_version: str | None) -> list[dict[str, Any]]:
     """The sample items (for ``store.teaching.create_samples``) of the teacher's proposals: one
     per row of ``rows`` (an error to teach joined with its interaction) that got a proposal; the
-    parent is the error item."""
+    parent is the error item. A proposal that says how sure it is (the retrieval teacher's
+    ``extra.confidence``: high / medium / low) is also tagged ``confidence:<label>``, so
+    reviewers can sort and filter on it; the score and the reasons stay in ``extra``."""
     specs = []
     for r in rows:
         p = proposals.get(r["interaction_id"])
@@ -93,7 +95,8 @@ def sample_item_specs(rows: Sequence[Mapping[str, Any]], proposals: Mapping[str,
             parent_id=r["error_id"], messages=parse_messages(r.get("messages"), r["interaction_id"]),
             original_response=r.get("response"), proposed_response=p.response,
             source=p.source[:64], category=r["category"], severity=r["severity"],
-            tags=[f"source:{p.source}"[:64]],
+            tags=[f"source:{p.source}"[:64]]
+            + ([f"confidence:{p.extra['confidence']}"[:64]] if p.extra.get("confidence") else []),
             extra={**p.extra, "error_status": r["status"],
                    "teacher_prompt_version": prompt_version}))
     return specs

@@ -9,12 +9,22 @@ proposal needs a cosine similarity of at least ``threshold``; with nothing simil
 is no proposal (counted, never invented). Every proposal is marked
 ``source="retrieval"`` with ``extra = {similar_interaction_id, similarity, ...}`` so reviewers see
 where it came from.
+
+Similar is not the same question: "Who played the lion in The Wizard of Oz?" and "... the
+scarecrow ..." are 0.82 apart in MiniLM and want different answers. So a hit must also *match*
+(:func:`question_match`): the same intent when both questions have one (``metadata.intent``);
+the same numbers and the same capitalised names (case-insensitively, references such as order
+numbers aside: they are adapted); and, where the two questions share most of their words (a
+template with one word swapped), every word only one of them has must have a synonym on the other
+side (MiniLM cosine of the two words >= ``SYNONYM_COSINE``: "price"/"cost" pass, "lion"/"scarecrow"
+and "cat"/"dog" do not). The best hit that matches is proposed, with ``extra.confidence``
+(``high``/``medium``/``low``) and ``extra.confidence_score`` for the reviewer (:func:`confidence`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +41,89 @@ APPROVED_FILTER = f"kind = '{embeddings.KIND_APPROVED_REPLY}'"
 REFERENCE = re.compile(r"\b[A-Z]{1,4}-?[0-9]{5,}\b|\b(?:ending in|last four|last 4)\s+[0-9]{4}\b")
 DEFAULT_THRESHOLD = 0.80
 SEARCH_K = 5
+SYNONYM_COSINE = 0.7  # two words are interchangeable at this MiniLM cosine or above
+TEMPLATE_JACCARD = 0.3  # questions sharing this share of their content words are one template
+_WORD = re.compile(r"[^\W_]{3,}")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_SENTENCE = re.compile(r"[^.!?]+")
+_STOP = frozenset("""the and for are but not you your yours all any can had her was one our out has
+have him his how its may new now see two who did get got let say she too use with this that from
+they will would there their what about which when make like just know take into them than then
+some could also want need please thanks thank hello does doesn don why where here been were being
+should very much more is it in on at to of a an i me my do be""".split())
+
+
+@dataclass(frozen=True)
+class Match:
+    ok: bool
+    reason: str | None  # why not, for the record
+    coverage: float  # share of this question's content words the similar question has (or a synonym)
+
+
+def _content(text: str) -> set[str]:
+    words = (m.lower() for m in _WORD.findall(REFERENCE.sub(" ", text or "")))
+    return {w for w in words if w not in _STOP}
+
+
+def _names(text: str) -> set[str]:
+    """Capitalised words that are not the first word of a sentence (and not "I")."""
+    out: set[str] = set()
+    for sentence in _SENTENCE.findall(REFERENCE.sub(" ", text or "")):
+        words = _WORD.findall(sentence)
+        out |= {w.lower() for w in words[1:] if w[0].isupper() and w != "I"}
+    return out
+
+
+def _numbers(text: str) -> set[str]:
+    return set(_NUMBER.findall(REFERENCE.sub(" ", text or "")))
+
+
+def _synonyms(left: set[str], right: set[str]) -> tuple[set[str], set[str]]:
+    """The words of ``left`` and of ``right`` without a counterpart on the other side (MiniLM
+    cosine below ``SYNONYM_COSINE``)."""
+    if not left or not right:
+        return left, right
+    lw, rw = sorted(left), sorted(right)
+    vecs = embeddings.encode(lw + rw)
+    sims = vecs[:len(lw)] @ vecs[len(lw):].T  # encode() gives unit vectors
+    return ({w for i, w in enumerate(lw) if sims[i].max() < SYNONYM_COSINE},
+            {w for j, w in enumerate(rw) if sims[:, j].max() < SYNONYM_COSINE})
+
+
+def question_match(question: str, similar: str, *, intent: str | None = None,
+                   similar_intent: str | None = None) -> Match:
+    """Whether the answer to ``similar`` can answer ``question`` (see the module docstring)."""
+    if intent and similar_intent and intent.strip().lower() != similar_intent.strip().lower():
+        return Match(False, f"intent {intent!r} vs {similar_intent!r}", 0.0)
+    q_words, s_words = _content(question), _content(similar)
+    numbers, similar_numbers = _numbers(question), _numbers(similar)
+    if numbers != similar_numbers:
+        return Match(False, f"numbers differ: {sorted(numbers ^ similar_numbers)}", 0.0)
+    q_all = {w.lower() for w in _WORD.findall(question or "")}
+    s_all = {w.lower() for w in _WORD.findall(similar or "")}
+    missing = sorted((_names(question) - s_all) | (_names(similar) - q_all))
+    if missing:
+        return Match(False, f"names only one question has: {missing}", 0.0)
+    only_q, only_s = q_words - s_words, s_words - q_words
+    union = q_words | s_words
+    template = bool(union) and len(q_words & s_words) / len(union) >= TEMPLATE_JACCARD
+    left, right = _synonyms(only_q, only_s)
+    if template and (left or right):
+        return Match(False, f"a word swapped: {sorted(left)} vs {sorted(right)}", 0.0)
+    coverage = 1.0 if not q_words else (len(q_words) - len(left)) / len(q_words)
+    return Match(True, None, round(coverage, 4))
+
+
+def confidence(similarity: float, coverage: float) -> tuple[str, float]:
+    """How sure the retrieval teacher is that the similar question's answer fits: a score
+    ``similarity * (0.5 + 0.5 * coverage)`` and a label: ``high`` (similarity >= 0.92 and
+    coverage >= 0.8), ``medium`` (similarity >= 0.85 and coverage >= 0.5), else ``low``."""
+    score = round(similarity * (0.5 + 0.5 * coverage), 4)
+    if similarity >= 0.92 and coverage >= 0.8:
+        return "high", score
+    if similarity >= 0.85 and coverage >= 0.5:
+        return "medium", score
+    return "low", score
 
 
 @dataclass
@@ -102,12 +195,15 @@ class RetrievalTeacher:
     source = "retrieval"
 
     def __init__(self, db: Any, *, threshold: float = DEFAULT_THRESHOLD,
-                 same_tenant: bool = True) -> None:
+                 same_tenant: bool = True, intents: Mapping[str, str | None] | None = None) -> None:
+        """``intents``: interaction id -> ``metadata.intent`` of the indexed answers' questions
+        (optional; a question's own intent comes with its row as ``intent``)."""
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"retrieval threshold must be in (0, 1], got {threshold}")
         self.db = db
         self.threshold = threshold
         self.same_tenant = same_tenant
+        self.intents = dict(intents or {})
         self._table = (embeddings.open_embeddings(db)
                        if APPROVED_TABLE in embeddings.table_names(db) else None)
 
@@ -118,7 +214,8 @@ class RetrievalTeacher:
 
     def propose_many(self, rows: Sequence[dict[str, Any]],
                      vectors: dict[str, np.ndarray] | None = None) -> list[Proposal | None]:
-        """One proposal (or None) per row (``interaction_id``, ``user_message``, ``tenant_id``)."""
+        """One proposal (or None) per row (``interaction_id``, ``user_message``, ``tenant_id``,
+        optionally ``intent``)."""
         if self._table is None or self.size == 0 or not rows:
             return [None] * len(rows)
         vectors = vectors or {}
@@ -146,15 +243,25 @@ class RetrievalTeacher:
         query = self._table.search(vec.astype(np.float32), vector_column_name="vector") \
             .distance_type("cosine") \
             .limit(SEARCH_K + 1).where(where, prefilter=True)
-        hits = query.to_list()
+        hits = sorted(query.to_list(), key=lambda h: float(h["_distance"]))
+        question = row.get("user_message") or ""
         best = None
+        rejected: list[dict[str, Any]] = []
         for hit in hits:
             similarity = 1.0 - float(hit["_distance"])
-            if similarity >= self.threshold and (best is None or similarity > best[0]):
-                best = (similarity, hit)
+            if similarity < self.threshold:
+                break
+            match = question_match(question, hit["question"], intent=row.get("intent"),
+                                   similar_intent=self.intents.get(hit["interaction_id"]))
+            if match.ok:
+                best = (similarity, hit, match)
+                break
+            rejected.append({"similar_interaction_id": hit["interaction_id"],
+                             "similarity": round(similarity, 4), "reason": match.reason})
         if best is None:
             return None
-        similarity, hit = best
+        similarity, hit, match = best
+        label, score = confidence(similarity, match.coverage)
         answer, adapted, warning = adapt_references(hit["answer"], hit["question"],
                                                     row.get("user_message") or "")
         return Proposal(iid, answer, self.source, {
@@ -165,6 +272,10 @@ class RetrievalTeacher:
             "answer_item_id": hit["item_id"],
             "threshold": self.threshold,
             "adapted_references": adapted,
+            "confidence": label,
+            "confidence_score": score,
+            "question_coverage": match.coverage,
+            **({"rejected_similar": rejected} if rejected else {}),
             **({"warning": warning} if warning else {}),
         })
 

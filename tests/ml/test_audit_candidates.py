@@ -291,3 +291,36 @@ def test_an_id_audited_for_one_tenant_is_still_a_candidate_for_another():
     out = select_candidates(two, attempts, **A, config=CandidateConfig(calibration_rate=0.0))
     assert sorted(zip(out["tenant_id"], out["interaction_id"], strict=True)) == [
         ("t", "i1"), ("u", "i0"), ("u", "i1")]
+
+
+def test_low_conversation_rating_selects_turns_not_rated_well():
+    """Issue 8.5: a conversation-level rating; a turn the user rated well is not selected for it."""
+    df = interactions(4).with_columns(
+        pl.Series("conversation_rating", [1, 1, 2, 3], dtype=pl.Int64),
+        pl.Series("feedback_thumbs", [None, "up", None, None], dtype=pl.String),
+        pl.Series("feedback_rating", [None, None, None, None], dtype=pl.Int64),
+        pl.lit(False).alias("requested_human"), pl.lit(None, dtype=pl.String)
+        .alias("corrected_response"), pl.lit(0.9).alias("quality_score"))
+    out = select_candidates(df, None, config=CandidateConfig(calibration_rate=0.0), **A)
+    reasons = dict(zip(out["interaction_id"], out["reasons"].to_list(), strict=True))
+    assert reasons == {"i0": ["low_conversation_rating"], "i2": ["low_conversation_rating"]}
+    assert reason_counts(out)["low_conversation_rating"] == 2
+
+
+def test_selection_reads_conversation_rating_when_the_table_has_it(tmp_path):
+    from ml import warehouse
+    from ml.audit.tables import read_interactions_for_selection
+
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    try:
+        warehouse.ensure_table(con, "interactions")
+        con.execute("INSERT INTO interactions (interaction_id, tenant_id) VALUES ('a', 't')")
+        pool = read_interactions_for_selection(con)
+        assert pool["conversation_rating"].to_list() == [None]
+        con.execute("UPDATE interactions SET conversation_rating = 1")
+        pool = read_interactions_for_selection(con)
+        assert pool["conversation_rating"].to_list() == [1]
+        out = select_candidates(pool, None, config=CandidateConfig(calibration_rate=0.0), **A)
+        assert out["reasons"].to_list() == [["low_conversation_rating"]]
+    finally:
+        con.close()

@@ -6,11 +6,16 @@ by ``audit_rules`` (every interaction, i.e. the auditor itself, not the candidat
 compared with ``truth.jsonl``.
 
 Measured (docs/auditing.md, "Measured precision and recall"): seed 23 -> precision 0.90, recall
-0.93, category accuracy 0.96. Across seeds 21-24 precision ranged 0.82-0.91 and recall 0.90-0.93.
-The floors below are the worst seed minus a margin (precision 0.82 - 0.02 = 0.80, recall 0.90 -
-0.05 = 0.85), so a generator tweak does not break the test while a broken rule does: without the
-consensus rules recall drops to 0.68; without the refusal rule overall recall is still 0.88 (the
-relevance rule catches some refusals) but the per-mistake floor for refusals fails.
+0.88, category accuracy 0.88. Across seeds 21-24 precision ranged 0.81-0.90, recall 0.82-0.88 and
+category accuracy 0.85-0.90. The floors below are the worst seed minus a margin (precision 0.81 -
+0.03 = 0.78, recall 0.82 - 0.02 = 0.80, category 0.85 - 0.03 = 0.82), so a generator tweak does not
+break the test while a broken rule does.
+
+The figures fell with issue 8 (recall was 0.90-0.93, category accuracy 0.96-0.98) and that is
+deliberate, not tuned back: a reply that merely lacks a final full stop is no longer "truncated"
+(the generator cuts at any word), a scrubber placeholder is no longer a PII leak (the generator's
+leaks are only seen through the user's complaint), and negative feedback no rule explains is
+``user_reported``, not ``factual_error`` (which used to match the generator's wrong prices).
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ from ml.demo.truth import precision_recall, read_truth
 from ml.ingest import ingest_files
 from ml.quality import score_interactions
 
-PRECISION_FLOOR = 0.80
-RECALL_FLOOR = 0.85
-CATEGORY_FLOOR = 0.90
+PRECISION_FLOOR = 0.78
+RECALL_FLOOR = 0.80
+CATEGORY_FLOOR = 0.82
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +59,12 @@ def test_rules_auditor_precision_and_recall_above_floors(labelled):
     assert pr["category_accuracy"] >= CATEGORY_FLOOR, pr
     by = {k: v["recall"] for k, v in pr["recall_by_mistake"].items()}
     # mistakes a rule sees directly in the reply
-    for mistake in ("refusal", "pii_leak", "truncated", "off_topic"):
+    for mistake in ("refusal", "off_topic"):
         assert by[mistake] >= 0.9, (mistake, by)
+    # cut at a word boundary: only a dangling word, the feedback or the consensus shows it
+    assert by["truncated"] >= 0.6, by
+    # scrubbed before the audit: only the user's complaint, a handoff or the consensus shows it
+    assert by["pii_leak"] >= 0.5, by
     # mistakes only the consensus and feedback signals see
     assert by["wrong_price"] >= 0.75 and by["hallucinated_policy"] >= 0.6, by
 

@@ -88,7 +88,38 @@ def test_functional_correctness_signals():
         pytest.approx(0.2)
     assert one(response="Here is the answer and it goes on and on " * 3 + "and then")[
         "functional_correctness"] == pytest.approx(0.5)
+    assert one(response="Here is the answer and it goes on and on " * 3 + "with the")[
+        "functional_correctness"] == pytest.approx(0.5)
     assert one(response="Your parcel arrives tomorrow.")["functional_correctness"] is None
+
+
+def test_a_long_reply_without_a_final_full_stop_is_not_truncated():
+    """Issue 8.12: lists, code, sign-offs end without a full stop; that is no evidence of a cut."""
+    for reply in ("Here are three options that many people like:\n- Luna\n- Milo\n- Oliver",
+                  "Many of the world's most successful companies use PHP, and it keeps "
+                  "evolving with each release of the language",
+                  "Run this in your terminal to install it:\n\npip install gspread oauth2client",
+                  "You're welcome! If you think of something else, let me know 😊"):
+        assert one(response=reply)["functional_correctness"] is None, reply
+
+
+def test_as_an_ai_disclaimer_followed_by_an_answer_is_not_a_refusal():
+    answer = ("As an AI language model, I don't have personal preferences, but here are some "
+              "popular choices. Paris is loved for its museums and food. Rome has ancient history "
+              "on every corner. Kyoto offers temples and gardens. Lisbon is sunny and affordable.")
+    assert one(response=answer)["functional_correctness"] is None
+    assert one(response="As an AI, I cannot process this kind of request.")[
+        "functional_correctness"] == pytest.approx(0.2)
+
+
+def test_open_domain_reply_sharing_no_word_is_not_low_relevance():
+    """Issue 8.12: word overlap marked most open-domain chat as low quality."""
+    r = one(user_message="What's a good name for my new kitten?",
+            response="How about Luna, Milo or Oliver? All three are popular and easy to call.")
+    assert r["context_relevance"] is None
+    assert one(user_message="Write a short poem about autumn.",
+               response="Leaves drift down in amber light, / the evening cools.")[
+        "context_relevance"] is None
 
 
 def test_context_relevance_lexical():

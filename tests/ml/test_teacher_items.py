@@ -122,3 +122,13 @@ def test_preference_frame_leaves_out_pairs_whose_replies_are_the_same():
     assert pairs.select("sample_item_id", "prompt", "chosen", "rejected").rows() == [
         (1, "the price of X?", "12 EUR", "10 EUR")]
     assert json.loads(pairs["messages"][0])[0] == {"role": "user", "content": "price?"}
+
+
+def test_sample_item_shows_how_sure_the_retrieval_teacher_is():
+    """Issue 8.13: the item says how sure the teacher is (extra and a tag reviewers filter on)."""
+    proposals = {"i1": Proposal("i1", "12 EUR", "retrieval",
+                                {"similarity": 0.86, "confidence": "low",
+                                 "confidence_score": 0.54})}
+    [spec] = sample_item_specs([ROW], proposals, prompt_version=None)
+    assert spec["tags"] == ["source:retrieval", "confidence:low"]
+    assert spec["extra"]["confidence"] == "low" and spec["extra"]["confidence_score"] == 0.54

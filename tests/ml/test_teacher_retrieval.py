@@ -165,3 +165,68 @@ def test_references_of_the_similar_conversation_are_carried_over_or_flagged():
     assert answer == "Your order ES-9118378 ships today." and adapted == {}
     assert "ES-9118378" in warning
     assert adapt_references("It costs $10.", "Price?", "Cost?") == ("It costs $10.", {}, None)
+
+
+# ---- issue 8.13: a similar question is not necessarily the same question -----------------------
+OZ = pl.DataFrame({
+    "interaction_id": ["oz1"], "tenant_id": ["acme"],
+    "question": ["Who played the scarecrow in The Wizard of Oz?"],
+    "answer": ["Ray Bolger played the Scarecrow in The Wizard of Oz (1939)."],
+    "origin": ["sample_item"], "item_id": [21],
+})
+
+
+def test_the_answer_about_another_entity_is_not_proposed(tmp_path):
+    """The scarecrow's actor is not the answer to a question about the lion, however similar the
+    two questions are in MiniLM."""
+    db = embeddings.connect(str(tmp_path / "oz"))
+    build_answer_index(db, OZ)
+    teacher = RetrievalTeacher(db, threshold=0.8)
+    lion = {"interaction_id": "q", "tenant_id": "acme",
+            "user_message": "Who played the lion in The Wizard of Oz?"}
+    [vec] = embeddings.encode([lion["user_message"]])
+    [old] = embeddings.encode([OZ["question"][0]])
+    assert float(vec @ old) >= 0.8  # similar enough by the embedding alone
+    assert teacher.propose_many([lion]) == [None]
+    same = {"interaction_id": "q2", "tenant_id": "acme",
+            "user_message": "Who played the Scarecrow in the Wizard of Oz?"}
+    [p] = teacher.propose_many([same])
+    assert p is not None and p.extra["confidence"] == "high"
+    assert 0 < p.extra["confidence_score"] <= 1
+
+
+def test_question_match_rules():
+    from ml.teacher.retrieval import question_match
+
+    assert not question_match("Who played the lion in The Wizard of Oz?",
+                              "Who played the scarecrow in The Wizard of Oz?").ok
+    assert question_match("What is the price of the Pro laptop?",
+                          "How much does the Pro laptop cost?").ok  # price ~ cost
+    assert not question_match("Can I return a watch after 40 days?",
+                              "Can I return a watch after 30 days?").ok  # numbers
+    assert not question_match("How much is the Aura speaker?",
+                              "How much is the Volt charger?").ok  # names
+    assert question_match("Where is my order ES-1234567?", "Where is my order ES-7654321?").ok
+    assert not question_match("How do I pay?", "How do I pay?", intent="billing",
+                              similar_intent="refund").ok
+    assert question_match("How do I pay?", "How do I pay?", intent="billing").ok  # one unknown
+
+
+def test_intent_of_the_indexed_question_must_match(db):
+    teacher = RetrievalTeacher(db, threshold=0.7, intents={"a1": "pricing"})
+    row = {"interaction_id": "q1", "tenant_id": "acme", "intent": "complaint",
+           "user_message": "What is the price of the Pro laptop?"}
+    assert teacher.propose_many([row]) == [None]
+    row["intent"] = "pricing"
+    [p] = teacher.propose_many([row])
+    assert p.extra["similar_interaction_id"] == "a1" and p.extra["confidence"] in (
+        "high", "medium", "low")
+
+
+def test_confidence_labels():
+    from ml.teacher.retrieval import confidence
+
+    assert confidence(0.95, 1.0)[0] == "high"
+    assert confidence(0.88, 0.6)[0] == "medium"
+    assert confidence(0.81, 0.25)[0] == "low"
+    assert confidence(0.95, 1.0)[1] > confidence(0.81, 0.25)[1]

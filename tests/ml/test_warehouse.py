@@ -75,3 +75,16 @@ def test_ensure_table_creates_a_new_table_with_the_whole_layout(tmp_path: Path):
         assert list(_columns(con, "audited_errors")) == list(AUDITED_COLUMNS)
     finally:
         con.close()
+
+
+def test_read_intents_by_tenant_and_id(tmp_path):
+    from ml import warehouse as wh
+    con = wh.connect(tmp_path / "w.duckdb")
+    try:
+        wh.ensure_table(con, "interactions")
+        con.execute("INSERT INTO interactions (interaction_id, tenant_id, intent) VALUES "
+                    "('a', 't', 'billing'), ('a', 'u', 'shipping'), ('b', 't', NULL)")
+        assert wh.read_intents(con, [("t", "a"), ("u", "a"), ("t", "b"), ("t", "zz")]) == {
+            ("t", "a"): "billing", ("u", "a"): "shipping"}
+    finally:
+        con.close()
