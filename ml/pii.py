@@ -271,6 +271,8 @@ def _phone_ok(groups: list[str], seps: list[str], ctx: str, plus: bool) -> bool:
     strong_cue = _PHONE_CUE.search(ctx) is not None
     id_ctx = _ID_CUE.search(ctx[-20:]) is not None and not re.search(
         r"(?i)phone|\btel|mobile|\bcell|whats|\bcall|\bfax|\bsms", ctx)
+    if n < 7:
+        return False
     if plus:  # +CC ...
         return 8 <= n <= 15 and (digits[0] != "1" or n == 11)
     if _is_list(groups):
@@ -792,14 +794,30 @@ def _re2(pattern: str) -> str:
 
 RE2_ANY = "|".join(f"(?:{_re2(r.pattern)})" for r in _RULES)
 
+# What the residual check hands to the independent detector: every value with an ``@`` (or
+# ``%40``), six digits within a short stretch, an IPv6-like ``::`` or ``hex:hex``, a 24+ character
+# token, or a private-key header. Built from what PII looks like, not from ``ml.pii``'s rules.
+RESIDUAL_PREFILTER = (
+    "@|%40|\uff20|[0-9\uff10-\uff19](?:[^0-9\uff10-\uff19]{0,3}[0-9\uff10-\uff19]){5,}"
+    "|[0-9A-Fa-f]:[0-9A-Fa-f]*:|[A-Za-z0-9+/_=-]{24,}|PRIVATE KEY"
+)
+RESIDUAL_MAX_VALUES = 20_000  # distinct candidate values per column handed to Presidio
+
 
 def residual_pii_in_table(con, table: str, where: str = "true", params: list | None = None,
-                          skip: tuple[str, ...] = ()) -> list[dict]:
+                          skip: tuple[str, ...] = (),
+                          max_values: int = RESIDUAL_MAX_VALUES) -> list[dict]:
     """PII left in the rows of DuckDB ``table`` matching ``where``: every VARCHAR and VARCHAR[]
-    column except ``skip``. DuckDB (RE2) picks the values matching any rule's pattern; ``find_pii``
-    (Python ``re``, with the checksum rules and placeholders ignored) decides. Independent of
-    ``scrub_frame``'s engine (Polars / Rust regex). Returns ``[{column, pii_type, values}]``:
-    per column and type, the number of values holding it."""
+    column except ``skip``, judged by a detector independent of the scrubber.
+
+    DuckDB (RE2) picks the distinct values matching ``RESIDUAL_PREFILTER``; Presidio's pattern
+    recognizers (``ml.pii_presidio``: ``phonenumbers``, its own checksums and regexes, plus an
+    entropy test for credentials) decide. Placeholders (``[EMAIL]``, ...) match nothing. A column
+    with more than ``max_values`` distinct candidate values is checked on a seeded random sample
+    of that many. Returns ``[{column, pii_type, values}]``: per column and type, the number of
+    values holding it."""
+    from ml.pii_presidio import presidio_findings
+
     cols = con.execute(
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
         "ORDER BY ordinal_position", [table]).fetchall()
@@ -811,12 +829,13 @@ def residual_pii_in_table(con, table: str, where: str = "true", params: list | N
             continue
         value = f'"{name}"' if typ == "VARCHAR" else f'unnest("{name}")'
         rows = con.execute(
-            f'SELECT v FROM (SELECT {value} AS v FROM "{table}" WHERE {where}) '
-            f"WHERE regexp_matches(v, ?)", [*(params or []), RE2_ANY]).fetchall()
+            f"SELECT v, count(*) FROM (SELECT {value} AS v FROM \"{table}\" WHERE {where}) "
+            f"WHERE regexp_matches(v, ?) GROUP BY v ORDER BY hash(v) LIMIT ?",
+            [*(params or []), RESIDUAL_PREFILTER, max_values]).fetchall()
         counts: dict[str, int] = {}
-        for (v,) in rows:
-            for t in {t for t, _ in find_pii(v)}:
-                counts[t] = counts.get(t, 0) + 1
+        for v, n in rows:
+            for t in {t for t, _ in presidio_findings(v)}:
+                counts[t] = counts.get(t, 0) + n
         out.extend({"column": name, "pii_type": t, "values": counts[t]}
                    for t in PII_TYPES if t in counts)
     return out
