@@ -140,7 +140,7 @@ def _said_secret_sub(m: re.Match[str]) -> str:
 
 
 # e-mail: non-ASCII local parts and domains, `_`, URL-encoded `%40`, full-width `＠`
-_LOCAL = "A-Za-z0-9._%+\\-\u00c0-\u024f\u0370-\u03ff\u0400-\u04ff"
+_LOCAL = "A-Za-z0-9._%+'\\-\u00c0-\u024f\u0370-\u03ff\u0400-\u04ff"
 _DOMAIN = "A-Za-z0-9\\-\u00c0-\u024f\u0370-\u03ff\u0400-\u04ff"
 _EMAIL = re.compile(
     rf"[{_LOCAL}_]+(?:@|%40|\uff20)[{_DOMAIN}]+(?:\.[{_DOMAIN}]+)*\.([A-Za-z]{{2,}})(?![A-Za-z0-9-])",
@@ -178,8 +178,8 @@ _SSN_CUE = re.compile(r"(?i)(?:\bssn|\bss#|social[ \t]+security|soc\.?[ \t]*sec|
 _ID_CUE = re.compile(
     r"(?i)(?:\b(?:part|p/n|pn|sku|model|item|ref|reference|article|art|serial|s/n|sn|order|invoice"
     r"|product|catalog|catalogue|cat|po|ticket|case|tracking|booking|confirmation|transaction"
-    r"|receipt|account|acct|customer|client|member|policy|claim|id|no|nr|number|code|batch|lot"
-    r"|version|build)\b|#)")
+    r"|receipt|account|acct|customer|client|member|policy|claim|id|nr|batch|lot"
+    r"|version|build)\b|\bno\.|#)")
 _PHONE_CUE = re.compile(
     r"(?i)(?:phone|\btel\b|\btel\.|t[ée]l[ée]phone|telefon|mobile?|\bmob\b|\bcell|handy|whats ?app"
     r"|\bcall|\bring\b|\btext\b|\bsms\b|\bfax|\bnumber|num[ée]ro|nummer|n[úu]mero|\breach\b"
@@ -196,7 +196,7 @@ def _ssn_sub(m: re.Match[str]) -> str:
     if a == 0 or a == 666 or a >= 900 or g == 0 or s == 0:
         return m.group(0)
     ctx = _context(m, 40)
-    if _SSN_CUE.search(ctx):
+    if _SSN_CUE.search(ctx) or _SSN_CUE.search(m.string[m.end():m.end() + 12]):
         return "[SSN]"
     if sep == "-" and not _ID_CUE.search(ctx):
         return "[SSN]"  # the dashed form alone, unless a part / order number cue precedes it
@@ -210,7 +210,7 @@ _IPV4_CAND = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"
 _VERSION_CUE = re.compile(
     r"(?i)(?:\bv|\bver\.?|\bversion|\bversi[oó]n|\brelease|\brel\.?|\bbuild|\bfirmware|\bfw|\bupdate"
     r"|\bpatch|\bsdk|\bkernel|\bchrome|\bfirefox|\bedge|\bpython|\bnode|\bjava|\bios|\bandroid"
-    r"|\bwindows|\bmacos|\bapp|@)[ \t:=/-]*(?:is[ \t]+|to[ \t]+|of[ \t]+)?$")
+    r"|\bwindows|\bmacos|\bapp)[ \t:=/-]*(?:is[ \t]+|to[ \t]+|of[ \t]+)?$")
 _IPV6 = re.compile(r"(?<![0-9A-Za-z:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}"
                    r"|(?:[0-9]{1,3}\.){3}[0-9]{1,3})?(?![0-9A-Za-z:])", re.ASCII)
 _IPV6_CAND = (r"[0-9A-Fa-f]{1,4}::|::[0-9A-Fa-f]{1,4}"
@@ -377,7 +377,8 @@ _PERSON = (
     r"\b((?i:my (?:full |real |first |last )?name is|my name's|i am called|i'm called"
     "|i\u2019m called|je m'appelle|je m\u2019appelle|ich hei\u00dfe|ich heisse"
     "|me llamo|mi chiamo|mijn naam is|meu nome \u00e9)[ \t]+)"
-    f"{_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,3}}"
+    f"{_NAME_WORD}(?:[ \t]+(?:(?:van|von|de|da|del|della|di|du|le|la|bin|al|el|ter|den|der|dos|das)"
+    f"[ \t]+)*{_NAME_WORD}){{0,3}}"
 )
 _ADDRESS = (
     r"\b((?i:i live at|i live on|i'm at|i am at|my (?:home |postal |mailing |shipping |billing "
@@ -482,8 +483,13 @@ def _iban_sub(m: re.Match[str]) -> str:
     text = m.group(0)
     # the longest prefix ending on a letter or digit that validates (the regex may have taken
     # trailing capitals or digits of the next word)
+    if not text[:2].isupper() and m.start() > 0 and m.string[m.start() - 1].isalnum():
+        return text  # a lowercase candidate inside a longer token (hex ids, UUIDs)
     for end in range(len(text), 14, -1):
-        if text[end - 1].isalnum() and iban_valid(text[:end]):
+        head = text[:end]
+        if "-" in head and any(len(g) != 4 for g in head.split("-")[:-1]):
+            continue  # dashes between groups of four only (not a UUID)
+        if text[end - 1].isalnum() and iban_valid(head):
             return "[IBAN]" + text[end:]
     return text
 
@@ -498,6 +504,8 @@ def _card_sub(m: re.Match[str]) -> str:
     text = m.group(0)
     if m.start() > 0 and m.string[m.start() - 1] in "+\uff0b":
         return text  # "+4915112345678": an international phone number, not a card
+    if m.start() >= 2 and m.string[m.start() - 1] == "-" and m.string[m.start() - 2].isdigit():
+        return text  # ORD-2423-4921565311564926: the tail of a dashed reference
     parts = _CARD_SPLIT.split(_ascii_digits(text))  # digits, sep, digits, sep, ...
     digit_groups, seps = parts[0::2], parts[1::2]
     n = len(digit_groups)
@@ -595,12 +603,24 @@ del _r
 # ---- single strings ---------------------------------------------------------------------------
 
 
+# Python side of the prefilter: per rule, its selecting pattern (a text it cannot match is left
+# alone by the rule), and the union of all of them
+_PY_CAND: dict[int, re.Pattern[str]] = {id(r): re.compile(r.pattern, re.ASCII) for r in _RULES}
+_PY_ANY = re.compile("|".join(
+    f"(?i:{r.pattern[4:]})" if r.pattern.startswith("(?i)") else f"(?:{r.pattern})"
+    for r in _RULES), re.ASCII)
+
+
 def scrub_text(s: str | None) -> tuple[str | None, list[str]]:
     """Scrub one string; return (scrubbed text, PII types replaced, in ``PII_TYPES`` order)."""
     if s is None:
         return None, []
+    if not _PY_ANY.search(s):
+        return s, []
     found: set[str] = set()
     for rule in _RULES:
+        if rule.pl_repl is None and not _PY_CAND[id(rule)].search(s):
+            continue
         new = rule.compiled.sub(rule.py_repl, s)
         if new != s:
             found.add(rule.pii_type)
