@@ -815,10 +815,11 @@ def _re2(pattern: str) -> str:
 RE2_ANY = "|".join(f"(?:{_re2(r.pattern)})" for r in _RULES)
 
 # What the residual check hands to the independent detector: every value with an ``@`` (or
-# ``%40``), six digits within a short stretch, an IPv6-like ``::`` or ``hex:hex``, a 24+ character
+# ``%40``), six digits within a short stretch, a dotted quad, an IPv6-like ``::`` or ``hex:hex``, a 24+ character
 # token, or a private-key header. Built from what PII looks like, not from ``ml.pii``'s rules.
 RESIDUAL_PREFILTER = (
     "@|%40|\uff20|[0-9\uff10-\uff19](?:[^0-9\uff10-\uff19]{0,3}[0-9\uff10-\uff19]){5,}"
+    "|[0-9]{1,3}[.][0-9]{1,3}[.][0-9]{1,3}[.][0-9]{1,3}"
     "|[0-9A-Fa-f]:[0-9A-Fa-f]*:|[A-Za-z0-9+/_=-]{24,}|PRIVATE KEY"
 )
 RESIDUAL_MAX_VALUES = 20_000  # distinct candidate values per column handed to Presidio

@@ -154,7 +154,7 @@ def _ipv6(r: random.Random) -> str:
         f"2001:db8:{h()}::{h()}:{h()}",
         f"fe80::{h()}:{h()}:{h()}:{h()}",
         f"2001:{h()}:{h()}::",
-        f"fe80::",
+        "fe80::",
         f"2a02:{h()}:{h()}:{h()}::{h()}",
     ])
 
@@ -288,14 +288,15 @@ def _positive(r: random.Random) -> Probe:
 
 def _negative(r: random.Random) -> Probe:
     d = lambda n, first="0123456789": _digits(r, n, first)  # noqa: E731
+    n9 = lambda: r.randint(0, 9)  # noqa: E731
+    part = lambda: f"{d(3, '1234')}-{d(2, '123')}-{d(4, '123')}"  # noqa: E731
     kinds = {
         "version": lambda: r.choice([f"updated to version {r.randint(1, 20)}.{r.randint(0, 9)}."
                                      f"{r.randint(0, 30)}.{r.randint(0, 99)}",
-                                     f"v{r.randint(1, 9)}.{r.randint(0, 9)}.{r.randint(0, 9)}.{r.randint(0, 9)} crashes",
-                                     f"build 1.{r.randint(0, 9)}.{r.randint(0, 9)}.{r.randint(0, 9)}.{r.randint(1, 9)}"]),
-        "part_number": lambda: r.choice([f"part {d(3, '1234')}-{d(2, '123')}-{d(4, '123')} is missing",
-                                         f"P/N {d(3, '1234')}-{d(2, '123')}-{d(4, '123')}",
-                                         f"model no. {d(3, '1234')}-{d(2, '123')}-{d(4, '123')}"]),
+                                     f"v{r.randint(1, 9)}.{n9()}.{n9()}.{n9()} crashes",
+                                     f"build 1.{n9()}.{n9()}.{n9()}.{r.randint(1, 9)}"]),
+        "part_number": lambda: r.choice([f"part {part()} is missing", f"P/N {part()}",
+                                         f"model no. {part()}"]),
         "order_number": lambda: r.choice([f"order {d(20, '123456789')} shipped",
                                           f"Order #{d(16, '123456789')}{d(2)}",
                                           f"ORD-{d(4)}-{d(16, '4')} pending",
