@@ -94,7 +94,7 @@ def ratio(a: int, b: int) -> str:
 
 def real_texts(folder: Path) -> list[str]:
     texts: list[str] = []
-    oasst = folder / "en_100_tree.jsonl"
+    oasst = next(iter(sorted(folder.rglob("en_100_tree.jsonl"))), folder / "none")
     if oasst.exists():
         def walk(node):
             texts.append(node.get("text", ""))
@@ -103,7 +103,7 @@ def real_texts(folder: Path) -> list[str]:
         for line in oasst.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 walk(json.loads(line)["prompt"])
-    hh = folder / "test.jsonl.gz"
+    hh = next(iter(sorted(folder.rglob("test.jsonl.gz"))), folder / "none")
     if hh.exists():
         with gzip.open(hh, "rt", encoding="utf-8") as fh:
             for line in fh:

@@ -106,6 +106,9 @@ _KV_CAND = ("(?i)(?:key|secret|token|password|passwd|passphrase|pwd|credentials?
             "[\"']?[ \t]*(?::=|=>|[:=])[ \t]*[\"'`]?[^\\s\"'`,;()\\[\\]{}<>]")
 
 
+_CODE_PATH = re.compile(r"[A-Za-z_]+(?:\.[A-Za-z_]+)+")
+
+
 def _kv_secret_sub(m: re.Match[str]) -> str:
     name, sep, value = m.group(1), m.group(2), m.group(3)
     value_clean = value.rstrip(".:!?")
@@ -113,11 +116,15 @@ def _kv_secret_sub(m: re.Match[str]) -> str:
     low = value_clean.lower()
     if len(value_clean) < 4 or low in _STOPWORDS or low.startswith(_PLACEHOLDER_VALUES):
         return m.group(0)
+    if m.string[m.end():m.end() + 1] in ("(", "[") or _CODE_PATH.fullmatch(value_clean):
+        return m.group(0)  # credentials = Creds.from_file(...), token = os.environ[...]
     code_like = "=" in sep and " " not in sep.strip("\"'`")  # key=value, KEY = value
-    strong = (any(c.isdigit() for c in value_clean) or not value_clean.isalpha()
-              or (value_clean != low and value_clean != value_clean.upper()))
+    strong = (any(c.isdigit() for c in value_clean) or not value_clean.isalnum()
+              or (any(c.isupper() for c in value_clean[1:]) and value_clean != value_clean.upper()))
+    if value_clean.replace("_", "").isalpha() and not strong:
+        return m.group(0)  # "secret: patience", credentials=credentials: words, identifiers
     if not (code_like or strong or len(value_clean) >= 12):
-        return m.group(0)  # "secret: patience", "token: expired": prose
+        return m.group(0)
     return f"{name}{sep}[SECRET]{tail}"
 
 

@@ -75,7 +75,25 @@ def presidio_spans(text: str, entities: list[str] | None = None,
     return sorted((r.start, r.end, ENTITIES[r.entity_type]) for r in results)
 
 
+def _inside_identifier(text: str, s: int, e: int) -> bool:
+    """Is ``text[s:e]`` part of a longer token (ES-1689455, 09340662-cae9-...)?"""
+    before = text[max(0, s - 2):s]
+    after = text[e:e + 2]
+    return (bool(before) and (before[-1].isalnum() or (before[-1] in "-_/" and len(before) > 1
+                                                       and before[0].isalnum()))) or \
+        (bool(after) and (after[0].isalnum() or (after[0] in "-_" and len(after) > 1
+                                                 and after[1].isalnum())))
+
+
 def presidio_findings(text: str) -> list[tuple[str, str]]:
     """(PII type, matched text) per Presidio finding in ``text`` (placeholders such as
-    ``[EMAIL]`` hold nothing it matches)."""
-    return [(t, text[s:e]) for s, e, t in presidio_spans(text)]
+    ``[EMAIL]`` hold nothing it matches). ``phonenumbers`` is lenient: phone hits with fewer than
+    8 digits or inside a longer identifier (order ``ES-1689455``, a UUID's first group) are
+    dropped, so the blocking check does not stop on order numbers."""
+    out = []
+    for s, e, t in presidio_spans(text):
+        if t == "PHONE" and (sum(c.isdigit() for c in text[s:e]) < 8
+                             or _inside_identifier(text, s, e)):
+            continue
+        out.append((t, text[s:e]))
+    return out
