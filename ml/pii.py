@@ -1,26 +1,35 @@
 """PII scrubbing: vectorized over Polars string columns, and the same rules for one string.
 
 Every detector replaces what it finds by a typed placeholder (``[EMAIL]``, ``[PHONE]``,
-``[CREDIT_CARD]``, ``[IBAN]``, ``[IP_ADDRESS]``, ``[SSN]``, ``[SECRET]``). Detectors run in a fixed
-order (``PII_TYPES``): secrets first (tokens contain digits and ``@``), then e-mails, IBANs, card
-numbers, SSNs, IP addresses and, last and most permissive, phone numbers.
+``[CREDIT_CARD]``, ``[IBAN]``, ``[IP_ADDRESS]``, ``[SSN]``, ``[SECRET]``, ``[PERSON]``,
+``[ADDRESS]``). Detectors run in a fixed order (``PII_TYPES``): secrets first (tokens contain
+digits and ``@``), then e-mails, IBANs, card numbers, SSNs, IP addresses, phone numbers, and the
+self-disclosure cues ("my name is X", "I live at 12 ...").
 
-Two implementations share one set of rules:
+Two kinds of rules:
 
-* ``scrub_frame`` (the ingest path) works on whole Polars columns: one union-pattern
-  ``str.contains`` picks the rows that can hold anything at all, those rows are scrubbed once per
-  distinct text (chat logs repeat system prompts and earlier turns), and per PII type one scan
-  picks the texts the type's rules then rewrite with ``str.replace_all`` (Rust ``regex``). The two
-  checksum detectors (card numbers: Luhn; IBANs: mod-97) run their Python rule on their candidate
-  texts only (digit runs of 13+ characters and IBAN-shaped tokens are rare in chat text).
-* ``scrub_text`` / ``find_pii`` run the same patterns with Python ``re``. The patterns use only the
-  syntax both engines read the same way (no look-around, no back-references, explicit ``[0-9]``
-  instead of ``\\d``), so both give the same output; ``tests/ml/test_pii.py`` checks that.
+* rules both engines run (most secrets, names, addresses): patterns without look-around, read the
+  same by Python ``re`` and Rust ``regex``; ``scrub_frame`` runs them with ``str.replace_all``.
+* rules that need context, checksums or look-around (e-mail, IBAN, card, SSN, IP, phone,
+  key=value and "my password is" secrets): a Python rule plus a *candidate* pattern (Rust / RE2 /
+  Python) that matches a superset of the texts the rule changes. ``scrub_frame`` picks the
+  candidate texts with Rust and runs the Python rule on those only.
 
-Out of scope: names of people, postal addresses. Known limits (documented, tested where cheap):
-version strings shaped like dotted quads (``1.2.3.4``) are taken for IPv4 addresses; a 10-digit
-number written with phone separators (``555-123-4567``) is taken for a phone number, a bare
-10-digit run (``5551234567``, typical of order numbers) is not.
+``scrub_frame`` (the ingest path): one union ``str.contains`` picks the rows that can hold
+anything, those rows are scrubbed once per distinct text (chat logs repeat system prompts and
+earlier turns), and per PII type one scan picks the texts the type's rules rewrite.
+``scrub_text`` / ``find_pii`` run the same rules one string at a time; ``tests/ml/test_pii.py``
+checks both give the same output, on the labelled probe set of ``ml/pii_probe.py`` too.
+
+Context (see the rules): an undashed or spaced SSN needs "SSN" / "social security" near it, a
+dashed one is left alone after a part / order number cue; a dotted quad after "v", "version",
+"build", ... or followed by more dots is a version, not an IP; phone numbers need a plausible
+shape (``+CC``, ``00CC``, national with trunk 0, North American, Spanish, Indian, Brazilian,
+Italian mobile) or a phone cue, a bare digit run only next to a phone cue and never next to an
+order / id cue, arithmetic digit lists are no phones, extensions go with the number; cards need
+an issuer range with its lengths and Luhn, an EAN-13 / UPC-A barcode is no card, nor is a run
+joined by dashes to more digits. Full-width digits and NBSP / thin spaces count as digits and
+spaces. Out of scope: names and addresses without a self-disclosure cue.
 """
 
 from __future__ import annotations
