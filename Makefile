@@ -12,7 +12,7 @@ WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: help install lock lint demo test dev serve bench clean browser
+.PHONY: help install lock lint demo test dev serve bench bench-pii clean browser
 
 help:
 	@echo "make demo   - install, then run the whole chain on the embedded default (no server, no key)"
@@ -21,6 +21,7 @@ help:
 	@echo "make dev    - open the Dagster UI on this project (http://127.0.0.1:3000)"
 	@echo "make serve  - start the review web app and log collector (http://127.0.0.1:8000)"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make bench-pii - PII recall/precision of ml.pii vs Presidio on labelled texts (bench/pii.py)"
 	@echo "make lock   - recompile requirements.lock from pyproject.toml (+ test extra), keeping its pins;"
 	@echo "              LOCK_ARGS=--upgrade-package NAME (or --upgrade) moves pins, then run make test"
 
@@ -71,6 +72,9 @@ serve: install
 
 bench: install
 	$(BIN)/python bench/ingest.py
+
+bench-pii: install
+	$(BIN)/python bench/pii.py --n 3000 $(if $(wildcard ../shared/data),--real ../shared/data,)
 
 clean:
 	rm -rf $(VENV) .learnloop

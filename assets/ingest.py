@@ -100,12 +100,15 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
                      description="Records that failed validation, with the reason and raw text."),
     ],
     check_specs=[
-        dg.AssetCheckSpec("check_no_residual_pii", asset="interactions",
-                          description="No PII pattern remains in any text column of the "
-                                      "written partition (re-read from the warehouse)."),
+        dg.AssetCheckSpec("check_no_residual_pii", asset="interactions", blocking=True,
+                          description="No PII remains in any text column of the written "
+                                      "partition (re-read from the warehouse), judged by a "
+                                      "detector independent of the scrubber (Presidio's "
+                                      "pattern recognizers); blocking: downstream stops."),
         dg.AssetCheckSpec("check_no_residual_pii_in_quarantine",
-                          asset="quarantined_interactions",
-                          description="No PII pattern remains in the written quarantine rows."),
+                          asset="quarantined_interactions", blocking=True,
+                          description="No PII remains in the written quarantine rows "
+                                      "(the same independent detector); blocking."),
         dg.AssetCheckSpec("check_unique_interaction_ids", asset="interactions",
                           description="(tenant_id, interaction_id) is unique within the "
                                       "partition and appears in no other partition."),

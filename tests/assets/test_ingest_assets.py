@@ -248,3 +248,28 @@ def test_import_rejects_reach_quarantine_with_the_importers_reason(learnloop_hom
     (reason,) = warehouse_rows(learnloop_home, "SELECT reason FROM quarantined_interactions")[0]
     assert reason.startswith("import rejected (openai-chat chats.jsonl): line 1: ")
     assert "no assistant turn" in reason
+
+
+def test_residue_the_scrubber_misses_fails_the_blocking_check(learnloop_home):
+    """The scrubber leaves a dotted quad after "version" (a version guard); the independent
+    detector (Presidio) still takes it for an IP address: the blocking check fails and the
+    downstream asset of the same run does not materialize."""
+    from ml.pii import scrub_text
+
+    text = "please upgrade the server to version 10.0.0.1 tonight"
+    assert scrub_text(text)[0] == text  # the scrubber's blind spot
+    write_landing_file(learnloop_home / "landing", DAY, "residue",
+                       [_record(1, response=text), _record(2)])
+    specs = {s.name: s for s in ingest_interactions.check_specs}
+    assert specs["check_no_residual_pii"].blocking
+    assert specs["check_no_residual_pii_in_quarantine"].blocking
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [DAY])
+        result = dg.materialize(
+            [raw_interactions, ingest_interactions, interaction_quality],
+            partition_key=DAY, instance=instance, resources=resources_for(learnloop_home),
+            raise_on_error=False)
+        assert _checks(result)["check_no_residual_pii"] is False
+        assert _check_metadata(result, "check_no_residual_pii")["by_column"] == [
+            {"column": "response", "pii_type": "IP_ADDRESS", "values": 1}]
+        assert "interaction_quality" not in _mats(result)  # blocked downstream

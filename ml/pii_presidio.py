@@ -1,0 +1,99 @@
+"""Presidio as an independent PII detector: the residual-PII checks and the PII benchmark.
+
+``ml.pii`` is our scrubber (hand-written rules). This module wraps Microsoft Presidio's analyzer
+with its *pattern recognizers only* (no NER model: the spaCy pipeline is ``spacy.blank("en")``, so
+nothing is downloaded), a differently built detector whose blind spots are not ours: phone numbers
+through Google's ``phonenumbers``, e-mails checked against the public-suffix list that ships with
+``tldextract`` (never fetched: the extractor is set to the bundled snapshot), Luhn and IBAN
+checksums of its own. Presidio has no recognizer for credentials, so two are added here, built
+differently from ``ml.pii``'s prefix list: any 24+ character token with upper case, lower case and
+digits and a high character entropy, and PEM private-key headers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from functools import lru_cache
+
+# Presidio entity -> our PII type (``ml.pii.PII_TYPES``)
+ENTITIES = {
+    "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CREDIT_CARD",
+    "IBAN_CODE": "IBAN", "IP_ADDRESS": "IP_ADDRESS", "US_SSN": "SSN", "SECRET": "SECRET",
+}
+# the recognizers the benchmark compares with (Presidio's own, no secrets)
+PRESIDIO_ENTITIES = [e for e in ENTITIES if e != "SECRET"]
+
+
+def _entropy(s: str) -> float:
+    n = len(s)
+    return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
+
+
+@lru_cache(maxsize=1)
+def analyzer():
+    """The Presidio ``AnalyzerEngine``: pattern recognizers, blank spaCy pipeline, offline."""
+    import spacy
+    import tldextract
+    import tldextract.tldextract as tld_module
+    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+
+    # the public-suffix list bundled with tldextract; never fetched from the network
+    tld_module.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+    class BlankSpacy(SpacyNlpEngine):
+        def load(self) -> None:
+            self.nlp = {"en": spacy.blank("en")}
+
+    class HighEntropyToken(PatternRecognizer):
+        def validate_result(self, pattern_text: str) -> bool:
+            t = pattern_text
+            return (sum(c.isdigit() for c in t) >= 2 and sum(c.isupper() for c in t) >= 2
+                    and sum(c.islower() for c in t) >= 2 and _entropy(t) >= 4.2)
+
+    engine = BlankSpacy(models=[{"lang_code": "en", "model_name": "blank"}])
+    engine.load()
+    registry = RecognizerRegistry(supported_languages=["en"])
+    registry.load_predefined_recognizers(languages=["en"], nlp_engine=engine)
+    registry.add_recognizer(HighEntropyToken(
+        supported_entity="SECRET", name="HighEntropyToken",
+        patterns=[Pattern("token", r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_=-]{24,}", 0.6)]))
+    registry.add_recognizer(PatternRecognizer(
+        supported_entity="SECRET", name="PrivateKeyHeader",
+        patterns=[Pattern("pem", r"-----BEGIN [A-Z ]*PRIVATE KEY-----", 0.9)]))
+    return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+
+
+def presidio_spans(text: str, entities: list[str] | None = None,
+                   threshold: float = 0.0) -> list[tuple[int, int, str]]:
+    """(start, end, our PII type) of what Presidio finds in ``text``."""
+    if not text:
+        return []
+    results = analyzer().analyze(text, language="en", entities=entities or list(ENTITIES),
+                                 score_threshold=threshold)
+    return sorted((r.start, r.end, ENTITIES[r.entity_type]) for r in results)
+
+
+def _inside_identifier(text: str, s: int, e: int) -> bool:
+    """Is ``text[s:e]`` part of a longer token (ES-1689455, 09340662-cae9-...)?"""
+    before = text[max(0, s - 2):s]
+    after = text[e:e + 2]
+    return (bool(before) and (before[-1].isalnum() or (before[-1] in "-_/" and len(before) > 1
+                                                       and before[0].isalnum()))) or \
+        (bool(after) and (after[0].isalnum() or (after[0] in "-_" and len(after) > 1
+                                                 and after[1].isalnum())))
+
+
+def presidio_findings(text: str) -> list[tuple[str, str]]:
+    """(PII type, matched text) per Presidio finding in ``text`` (placeholders such as
+    ``[EMAIL]`` hold nothing it matches). ``phonenumbers`` is lenient: phone hits with fewer than
+    8 digits or inside a longer identifier (order ``ES-1689455``, a UUID's first group) are
+    dropped, so the blocking check does not stop on order numbers."""
+    out = []
+    for s, e, t in presidio_spans(text):
+        if t == "PHONE" and (sum(c.isdigit() for c in text[s:e]) < 8
+                             or _inside_identifier(text, s, e)):
+            continue
+        out.append((t, text[s:e]))
+    return out
