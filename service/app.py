@@ -12,8 +12,10 @@ import secrets
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import HTMLResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import MutableHeaders
@@ -24,6 +26,7 @@ from ml.config import Settings
 from service import api, collector, web
 from service.config import ServiceSettings
 from service.deps import ServiceContext
+from service.jsonbody import encodable
 from service.security import LoginLimiter
 from store.db import upgrade
 
@@ -109,6 +112,34 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+def _storable(value) -> bool:
+    """True when ``value`` can go into a JSON answer as it is (UTF-8, finite numbers)."""
+    try:
+        json.dumps(jsonable_encoder(value), allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return False
+    return True
+
+
+def _clean_text(v):
+    return v if not isinstance(v, str) or encodable(v) else v.encode("utf-8", "replace").decode()
+
+
+def safe_validation_errors(errors) -> list[dict]:
+    """FastAPI's field errors, made safe to answer: an ``input`` (or ``ctx``) that cannot be
+    encoded (a lone surrogate, NaN, a huge structure) is left out, and text in ``loc``/``msg``
+    that cannot be encoded has those characters replaced by ``?``: bad input is never echoed."""
+    out = []
+    for err in errors:
+        e = {"type": err.get("type"), "loc": [_clean_text(x) for x in err.get("loc", ())],
+             "msg": _clean_text(str(err.get("msg", "")))}
+        for extra in ("input", "ctx"):
+            if extra in err and _storable(err[extra]):
+                e[extra] = err[extra]
+        out.append(e)
+    return out
+
+
 def create_app(settings: Settings | None = None, service: ServiceSettings | None = None,
                *, migrate: bool = True, host: str | None = None) -> FastAPI:
     """Build the service. ``host``: the address it will listen on (``learnloop serve`` passes it);
@@ -162,6 +193,11 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
             templates.get_template("error.html").render(
                 request=request, status=exc.status_code, message=str(exc.detail), user=None),
             status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_errors(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": jsonable_encoder(safe_validation_errors(exc.errors()))},
+                            status_code=422)
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api.router)
