@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from ml.config import Settings
+from ml.landing import STALE_TEMP_AGE_S, remove_stale_temp_files
 from service import api, collector, web
 from service.config import ServiceSettings
 from service.deps import ServiceContext
@@ -149,6 +150,10 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     service = service or ServiceSettings()
     if migrate:
         upgrade(settings.store)
+    # temporary files of writes that a crash interrupted (never those of a live writer: only
+    # files untouched for STALE_TEMP_AGE_S go)
+    for stale in remove_stale_temp_files(settings.landing, STALE_TEMP_AGE_S):
+        log.warning("removed a temporary landing file left by an interrupted write: %s", stale)
     if service.secret_key is None or not service.secret_key.get_secret_value():
         log.warning("LEARNLOOP_SECRET_KEY is not set: using a random key for this process; "
                     "sessions end when it restarts and are not shared between processes")

@@ -194,3 +194,26 @@ def test_landing_write_fsyncs_new_folders_and_cleans_up_a_failed_write(tmp_path,
     leftovers = sorted(p.name for p in (root / "date=2026-11-21").iterdir())
     assert leftovers == []  # removed: no temp file, no half file
     assert len(landing.list_files(root, "2026-11-20")) == 2
+
+
+def test_start_up_removes_stale_temp_files_only(sqlite_world, app_factory):
+    """A crash mid-write leaves ``.<name>.tmp``; the service removes it when it starts, unless it
+    is fresh (a live writer may be using it) or not in a date= folder."""
+    import time
+
+    root = sqlite_world.settings.landing
+    folder = root / "date=2026-11-20"
+    folder.mkdir(parents=True)
+    stale = folder / ".collector-acme-20261120T100000-0123456789ab.jsonl.tmp"
+    fresh = folder / ".collector-acme-20261120T100001-0123456789ac.jsonl.tmp"
+    done = folder / "collector-acme-20261120T100002-0123456789ad.jsonl"
+    other = root / ".elsewhere.tmp"
+    for p in (stale, fresh, done, other):
+        p.write_text('{"half": ')
+    old = time.time() - landing.STALE_TEMP_AGE_S - 60
+    for p in (stale, done, other):
+        os.utime(p, (old, old))
+    app_factory(sqlite_world)
+    assert not stale.exists()
+    assert fresh.exists() and done.exists() and other.exists()
+    assert landing.list_files(root, "2026-11-20") == [done]
