@@ -217,3 +217,43 @@ def test_start_up_removes_stale_temp_files_only(sqlite_world, app_factory):
     assert not stale.exists()
     assert fresh.exists() and done.exists() and other.exists()
     assert landing.list_files(root, "2026-11-20") == [done]
+
+
+def test_health_answers_while_a_batch_is_being_checked(sqlite_world, app_factory, monkeypatch):
+    """The batch's validation is held (it waits for an event) until /healthz has answered: when
+    the collector validated on the event loop, /healthz could not answer and this failed; not a
+    timing test (the waits are only upper bounds)."""
+    import threading
+
+    from servicekit import LiveServer
+
+    from service import collector
+
+    entered, release = threading.Event(), threading.Event()
+    real = collector.check_records
+
+    def held_check_records(records, tenant_id):
+        entered.set()
+        release.wait(30)
+        return real(records, tenant_id)
+
+    monkeypatch.setattr(collector, "check_records", held_check_records)
+    with session_scope(sqlite_world.url) as s:
+        key = collector_keys.create_key(s, "acme").key
+    answers: list = []
+    with LiveServer(app_factory(sqlite_world)) as live:
+        def send() -> None:
+            with httpx.Client(base_url=live.url, timeout=60) as c:
+                answers.append(c.post("/v1/interactions", headers={"X-API-Key": key},
+                                      json=[record(i) for i in range(200)]))
+
+        t = threading.Thread(target=send)
+        t.start()
+        try:
+            assert entered.wait(30), "the batch never reached validation"
+            health = httpx.get(f"{live.url}/healthz", timeout=10)
+            assert health.status_code == 200 and health.json() == {"status": "ok"}
+        finally:
+            release.set()
+            t.join(60)
+    assert answers and answers[0].status_code == 200 and answers[0].json()["accepted"] == 200
