@@ -74,3 +74,8 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .learnloop
+
+# the log collector under load (a uvicorn process driven from another): docs/benchmarks.md
+.PHONY: bench-collector
+bench-collector: install
+	$(BIN)/python bench/collector.py
