@@ -201,8 +201,15 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
 
     @app.exception_handler(RequestValidationError)
     async def validation_errors(request: Request, exc: RequestValidationError):
-        return JSONResponse({"detail": jsonable_encoder(safe_validation_errors(exc.errors()))},
-                            status_code=422)
+        errors = safe_validation_errors(exc.errors())
+        if request.url.path.startswith(API_PREFIXES) or request.url.path.startswith("/openapi"):
+            return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+        message = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}"
+                            for e in errors)
+        return HTMLResponse(
+            templates.get_template("error.html").render(
+                request=request, status=422, message=f"Invalid input: {message}", user=None),
+            status_code=422)
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api.router)
