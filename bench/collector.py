@@ -13,8 +13,10 @@ landing zone on local disk, one collector key) and drives it over loopback HTTP 
 4. ``healthz``: ``/healthz`` probed at 20/s, alone and then while the batches of 3 are in flight:
    p50/p99 (a blocked event loop shows here).
 
-For each phase it reports the server process's CPU seconds, its peak RSS, and the machine's load
-average (``os.getloadavg``) at the end. The client shares the machine (2 cores here), so the
+For each phase it reports the CPU seconds and peak RSS of the server process with its children
+(the collector's worker processes), and the machine's load average (``os.getloadavg``) at the
+end. ``LEARNLOOP_*`` variables in the environment reach the server (e.g.
+``LEARNLOOP_COLLECTOR_WORKERS=2``). The client shares the machine (2 cores here), so the
 figures are for the pair. Results are published in docs/benchmarks.md.
 """
 
@@ -72,15 +74,28 @@ def pct(xs: list[float], q: float) -> float:
 
 
 class ServerWatch:
-    """CPU seconds and peak RSS of the server process over one phase (RSS sampled every 20 ms)."""
+    """CPU seconds and peak RSS of the server process and its children (the collector's worker
+    processes) over one phase; RSS sampled every 20 ms."""
 
     def __init__(self, proc: psutil.Process) -> None:
         self.proc, self.peak = proc, 0
         self._stop = threading.Event()
 
+    def _procs(self) -> list[psutil.Process]:
+        return [self.proc, *self.proc.children(recursive=True)]
+
+    def _cpu(self) -> dict[int, float]:
+        out = {}
+        for p in self._procs():
+            try:
+                c = p.cpu_times()
+            except psutil.Error:  # exited between listing and reading
+                continue
+            out[p.pid] = c.user + c.system
+        return out
+
     def __enter__(self):
-        c = self.proc.cpu_times()
-        self.cpu0 = c.user + c.system
+        self.cpu0 = self._cpu()
         self.t0 = time.perf_counter()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -88,14 +103,20 @@ class ServerWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            rss = 0
+            for p in self._procs():
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, rss)
             self._stop.wait(0.02)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._t.join()
-        c = self.proc.cpu_times()
-        self.cpu = c.user + c.system - self.cpu0
+        cpu1 = self._cpu()
+        self.cpu = sum(v - self.cpu0.get(pid, 0.0) for pid, v in cpu1.items())
         self.wall = time.perf_counter() - self.t0
         self.load = os.getloadavg()
 
@@ -236,7 +257,10 @@ def main() -> None:
         base = f"http://127.0.0.1:{args.port}"
         ids = Counter()
         try:
-            post_records(httpx.Client(base_url=base, timeout=60), key, [record(0)])  # warm up
+            with httpx.Client(base_url=base, timeout=120) as c:  # warm up, worker pool started
+                post_records(c, key, [record(ids.next())])
+                for _ in range(3):
+                    post_records(c, key, [record(ids.next()) for _ in range(args.batch)])
             phases = [
                 ("healthz_idle", lambda: probe_health(base, args.duration)),
                 ("steady_single", lambda: steady(base, key, ids, args.rate, args.duration)),

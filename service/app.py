@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -29,6 +30,7 @@ from service.config import ServiceSettings
 from service.deps import ServiceContext
 from service.jsonbody import encodable
 from service.security import LoginLimiter
+from service.workers import ProcessPool
 from store.db import upgrade
 
 log = logging.getLogger("learnloop.service")
@@ -161,7 +163,14 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     else:
         secret = service.secret_key.get_secret_value()
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if app.state.ctx.collector_pool is not None:  # its workers also exit with this process
+            app.state.ctx.collector_pool.shutdown()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="learnloop review service",
         version="1.0.0",
         description="Human review of flagged errors and proposed training samples, and the log "
@@ -176,6 +185,7 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
         limiter=LoginLimiter(service.login_max_failures, service.login_window_s,
                              max_per_ip=service.login_max_failures_per_ip),
         templates=templates,
+        collector_pool=ProcessPool(service.collector_workers) if service.collector_workers else None,
     )
     secure_cookie = service.secure_cookie(host)
     if secure_cookie and service.cookie_secure is None:

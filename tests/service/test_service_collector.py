@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 from servicekit import free_port, wait_until_serving
@@ -125,7 +126,8 @@ def test_acknowledged_records_survive_kill_9(tmp_path):
     with session_scope(url) as s:
         key = collector_keys.create_key(s, "acme").key
     port = free_port()
-    env = {**os.environ, "LEARNLOOP_HOME": str(home), "LEARNLOOP_SECRET_KEY": "k" * 32}
+    env = {**os.environ, "LEARNLOOP_HOME": str(home), "LEARNLOOP_SECRET_KEY": "k" * 32,
+           "LEARNLOOP_COLLECTOR_PROCESS_MIN_BYTES": "0"}  # every body to the worker process
     env.pop("LEARNLOOP_STORE_URL", None)
     env.pop("LEARNLOOP_LANDING_DIR", None)
     proc = subprocess.Popen(
@@ -143,6 +145,7 @@ def test_acknowledged_records_survive_kill_9(tmp_path):
                 recs.append({"interaction_id": f"broken-{batch}", "session_id": "s"})
                 r = c.post("/v1/interactions", json=recs)
                 if batch == 2:
+                    workers = psutil.Process(proc.pid).children(recursive=True)
                     os.kill(proc.pid, signal.SIGKILL)  # immediately after the last answer
                 assert r.status_code == 200, r.text
                 for res in r.json()["results"]:
@@ -152,6 +155,10 @@ def test_acknowledged_records_survive_kill_9(tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
+    # the collector's worker process did the writes; it exits by itself with the server
+    assert workers, "the batches did not go to a worker process"
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, f"worker processes outlived the server: {alive}"
     assert len(acknowledged) == 900 and len(rejected) == 3
     on_disk = landed(home / "landing")
     assert acknowledged <= set(on_disk), f"lost {len(acknowledged - set(on_disk))} records"
@@ -241,7 +248,7 @@ def test_health_answers_while_a_batch_is_being_checked(sqlite_world, app_factory
     with session_scope(sqlite_world.url) as s:
         key = collector_keys.create_key(s, "acme").key
     answers: list = []
-    with LiveServer(app_factory(sqlite_world)) as live:
+    with LiveServer(app_factory(sqlite_world, collector_workers=0)) as live:
         def send() -> None:
             with httpx.Client(base_url=live.url, timeout=60) as c:
                 answers.append(c.post("/v1/interactions", headers={"X-API-Key": key},
@@ -257,3 +264,29 @@ def test_health_answers_while_a_batch_is_being_checked(sqlite_world, app_factory
             release.set()
             t.join(60)
     assert answers and answers[0].status_code == 200 and answers[0].json()["accepted"] == 200
+
+
+def test_large_bodies_go_to_a_worker_process(sqlite_world, app_factory):
+    """Bodies over collector_process_min_bytes are decoded, checked and written in another
+    process (its own interpreter lock); the answers are the same as from a thread."""
+    from servicekit import LiveServer
+
+    with session_scope(sqlite_world.url) as s:
+        key = collector_keys.create_key(s, "acme").key
+    app = app_factory(sqlite_world, collector_workers=1, collector_process_min_bytes=4096)
+    pool = app.state.ctx.collector_pool
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60,
+                                                headers={"X-API-Key": key}) as c:
+        small = c.post("/v1/interactions", json=record(1))
+        assert small.status_code == 200 and pool.pids() == []  # a thread did it
+        big = c.post("/v1/interactions", json=[record(i) for i in range(2, 60)]
+                     + [{"interaction_id": "bad"}])
+        assert big.status_code == 200, big.text
+        assert (big.json()["accepted"], big.json()["rejected"]) == (58, 1)
+        workers = pool.pids()
+        assert workers and os.getpid() not in workers
+        bad = c.post("/v1/interactions", content=b"[" * 5000 + b" " * 4096,
+                     headers={"Content-Type": "application/json"})
+        assert bad.status_code == 400 and "nested too deeply" in bad.json()["detail"]
+    pool.shutdown()
+    assert set(landed(sqlite_world.settings.landing)) == {f"int-{i}" for i in range(1, 60)}
