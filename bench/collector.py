@@ -259,8 +259,9 @@ def main() -> None:
         try:
             with httpx.Client(base_url=base, timeout=120) as c:  # warm up, worker pool started
                 post_records(c, key, [record(ids.next())])
-                for _ in range(3):
-                    post_records(c, key, [record(ids.next()) for _ in range(args.batch)])
+                post_records(c, key, [record(ids.next()) for _ in range(args.batch)])
+            # concurrent batches, so that every worker process the phases will use is started
+            closed_loop(base, key, ids, args.batch_clients, args.batch, 2.0)
             phases = [
                 ("healthz_idle", lambda: probe_health(base, args.duration)),
                 ("steady_single", lambda: steady(base, key, ids, args.rate, args.duration)),
