@@ -9,8 +9,9 @@ landing zone as one unit (one file per UTC day of the records' timestamps, all d
 fsynced: ``ml.landing.write_landing_files``) *before* the answer, so every record the answer calls
 accepted survives a crash right after it, and a failed write leaves nothing to pile up on retry.
 
-Only the body is read on the event loop; decoding, validation and writing run in a worker thread
-(``handle_records``), so a large batch does not hold up other requests.
+Only the body is read on the event loop; decoding, validation and writing (``handle_records``)
+run in a worker process for a large body (``service.workers``: its own interpreter lock) and in a
+worker thread for a small one, so a batch does not hold up other requests.
 """
 
 from __future__ import annotations

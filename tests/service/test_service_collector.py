@@ -290,3 +290,31 @@ def test_large_bodies_go_to_a_worker_process(sqlite_world, app_factory):
         assert bad.status_code == 400 and "nested too deeply" in bad.json()["detail"]
     pool.shutdown()
     assert set(landed(sqlite_world.settings.landing)) == {f"int-{i}" for i in range(1, 60)}
+
+
+def test_landing_unit_write_leaves_nothing_when_a_later_day_fails(tmp_path, monkeypatch):
+    """write_landing_files: the second day's fsync fails (disk full) after the first day's file
+    was written and fsynced: neither day appears, no temporary file is left."""
+    import stat
+
+    root = tmp_path / "landing"
+    real_fsync, files_synced = os.fsync, []
+
+    def fsync(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            files_synced.append(fd)
+            if len(files_synced) == 2:
+                raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left"):
+        landing.write_landing_files(root, "collector-acme",
+                                    {"2026-11-20": b"{}\n", "2026-11-21": b"{}\n"})
+    assert len(files_synced) == 2
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    paths = landing.write_landing_files(root, "collector-acme",
+                                        {"2026-11-20": b"{}\n", "2026-11-21": b"{}\n"})
+    assert [p.parent.name for p in paths] == ["date=2026-11-20", "date=2026-11-21"]
+    assert len({p.name for p in paths}) == 1  # one unit: the same name in every day
