@@ -157,7 +157,7 @@ async def post_interactions(request: Request,
             log.error("a collector worker process died; the pool is restarted")
             ctx.collector_pool.reset()
             raise HTTPException(503, "the request could not be processed (a worker process "
-                                     "stopped; nothing was written); retry") from None
+                                     "stopped); retry it") from None
     else:
         status, body = await run_in_threadpool(handle_records, *args)
     return Response(body, status_code=status, media_type="application/json")
