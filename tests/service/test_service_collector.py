@@ -318,3 +318,23 @@ def test_landing_unit_write_leaves_nothing_when_a_later_day_fails(tmp_path, monk
                                         {"2026-11-20": b"{}\n", "2026-11-21": b"{}\n"})
     assert [p.parent.name for p in paths] == ["date=2026-11-20", "date=2026-11-21"]
     assert len({p.name for p in paths}) == 1  # one unit: the same name in every day
+
+
+def test_a_dead_worker_process_is_a_503_then_the_pool_restarts(sqlite_world, app_factory):
+    from servicekit import LiveServer
+
+    with session_scope(sqlite_world.url) as s:
+        key = collector_keys.create_key(s, "acme").key
+    app = app_factory(sqlite_world, collector_workers=1, collector_process_min_bytes=0)
+    pool = app.state.ctx.collector_pool
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60,
+                                                headers={"X-API-Key": key}) as c:
+        assert c.post("/v1/interactions", json=record(1)).status_code == 200
+        (pid,) = pool.pids()
+        os.kill(pid, signal.SIGKILL)
+        broken = c.post("/v1/interactions", json=record(2))
+        assert broken.status_code == 503 and "retry" in broken.json()["detail"]
+        again = c.post("/v1/interactions", json=record(2))
+        assert again.status_code == 200 and again.json()["accepted"] == 1
+        assert pool.pids() and pool.pids() != [pid]
+    pool.shutdown()
