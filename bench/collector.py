@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -209,6 +210,12 @@ def probe_health(base: str, duration: float, rate: float = 20.0) -> dict:
             "max_ms": round(max(lat) * 1000, 1), "mean_ms": round(statistics.mean(lat) * 1000, 1)}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_server(code: Path, home: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "LEARNLOOP_HOME": str(home), "LEARNLOOP_SECRET_KEY": "b" * 32,
            "PYTHONPATH": str(code)}
@@ -241,7 +248,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8, help="closed-loop single-record clients")
     ap.add_argument("--batch", type=int, default=1000, help="records per batch")
     ap.add_argument("--batch-clients", type=int, default=2)
-    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--port", type=int, default=0, help="0: a free loopback port")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
@@ -252,9 +259,10 @@ def main() -> None:
         upgrade(url)
         with session_scope(url) as s:
             key = collector_keys.create_key(s, "bench").key
-        proc = start_server(args.code.resolve(), home, args.port)
+        port = args.port or free_port()
+        proc = start_server(args.code.resolve(), home, port)
         server = psutil.Process(proc.pid)
-        base = f"http://127.0.0.1:{args.port}"
+        base = f"http://127.0.0.1:{port}"
         ids = Counter()
         try:
             with httpx.Client(base_url=base, timeout=120) as c:  # warm up, worker pool started
