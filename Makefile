@@ -12,7 +12,7 @@ WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: help install lock lint demo test dev serve bench bench-pii clean browser
+.PHONY: help install lock lint demo test dev serve bench bench-pii bench-collector bench-auditor clean browser
 
 help:
 	@echo "make demo   - install, then run the whole chain on the embedded default (no server, no key)"
@@ -22,6 +22,8 @@ help:
 	@echo "make serve  - start the review web app and log collector (http://127.0.0.1:8000)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make bench-pii - PII recall/precision of ml.pii vs Presidio on labelled texts (bench/pii.py)"
+	@echo "make bench-collector - the log collector under load, from a separate process (bench/collector.py)"
+	@echo "make bench-auditor - the offline rules auditor on public labelled sets (bench/auditor_eval.py)"
 	@echo "make lock   - recompile requirements.lock from pyproject.toml (+ test extra), keeping its pins;"
 	@echo "              LOCK_ARGS=--upgrade-package NAME (or --upgrade) moves pins, then run make test"
 
@@ -75,6 +77,14 @@ bench: install
 
 bench-pii: install
 	$(BIN)/python bench/pii.py --n 3000 $(if $(wildcard ../shared/data),--real ../shared/data,)
+
+# the log collector under load (a uvicorn process driven from another): docs/benchmarks.md
+bench-collector: install
+	$(BIN)/python bench/collector.py
+
+# the offline rules auditor on public labelled sets (oasst1, hh-rlhf): docs/auditing.md
+bench-auditor: install
+	$(BIN)/python bench/auditor_eval.py
 
 clean:
 	rm -rf $(VENV) .learnloop

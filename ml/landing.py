@@ -4,7 +4,13 @@ Layout: ``<landing>/date=YYYY-MM-DD/<source>-<unique>.jsonl`` (or ``.parquet``).
 through ``write_landing_file``: the bytes are written to a temporary file in the same folder,
 fsynced, then renamed into place, so a reader never sees a half-written file and a crash after the
 call returns loses nothing (folders created on the way are fsynced too, with their parents; a
-failed write removes its temporary file).
+failed write removes its temporary file). ``write_landing_files`` writes the files of several days
+as one unit: every temporary file is written and fsynced before the first rename, so a failure
+(a folder that cannot be made, a full disk) leaves no day written.
+
+A crash (SIGKILL, power loss) in the middle of a write leaves a ``.<name>.tmp`` file behind;
+readers skip it, and ``remove_stale_temp_files`` (run when the service starts) deletes those older
+than a grace period.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import hashlib
 import json
 import os
 import re
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -39,24 +46,48 @@ def _fsync_dir(path: Path) -> None:
 def write_landing_bytes(landing: Path, day: date | str, source: str, data: bytes,
                         suffix: str = ".jsonl") -> Path:
     """Write one file durably and atomically into the day's partition folder; return its path."""
+    return write_landing_files(landing, source, {day: data}, suffix)[0]
+
+
+def write_landing_files(landing: Path, source: str, parts: Mapping[date | str, bytes],
+                        suffix: str = ".jsonl") -> list[Path]:
+    """Write one file per day (``parts``: day -> bytes) as one unit; return the paths in order.
+
+    All folders are made first, then every file is written to a temporary name and fsynced, and
+    only then are they renamed into place (and the folders fsynced). Any failure before the
+    renames (a folder that cannot be made, a full disk, an I/O error) removes the temporary
+    files and raises with no day written; a failed rename takes back the renames already done.
+    Only a crash between two renames (microseconds) can leave some days of the unit.
+    """
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", source):
         raise ValueError(f"landing source name {source!r} must be 1-64 of [A-Za-z0-9_.-]")
-    folder = partition_dir(landing, day)
-    _make_dirs_durably(folder)
+    folders = [partition_dir(landing, day) for day in parts]  # validates every day first
+    for folder in folders:
+        _make_dirs_durably(folder)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    final = folder / f"{source}-{stamp}-{uuid.uuid4().hex[:12]}{suffix}"
-    tmp = folder / f".{final.name}.tmp"
+    token = uuid.uuid4().hex[:12]
+    plan = [(folder / f".{source}-{stamp}-{token}{suffix}.tmp",
+             folder / f"{source}-{stamp}-{token}{suffix}", data)
+            for folder, data in zip(folders, parts.values(), strict=True)]
+    renamed: list[Path] = []
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        for tmp, _, data in plan:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, final, _ in plan:
+            os.replace(tmp, final)
+            renamed.append(final)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write (disk full, I/O error) leaves no temp file
+        for tmp, _, _ in plan:  # a failed write (disk full, I/O error) leaves no temp file
+            tmp.unlink(missing_ok=True)
+        for final in renamed:  # nor a part of the unit
+            final.unlink(missing_ok=True)
         raise
-    _fsync_dir(folder)
-    return final
+    for folder in dict.fromkeys(folders):
+        _fsync_dir(folder)
+    return [final for _, final, _ in plan]
 
 
 def _make_dirs_durably(folder: Path) -> None:
@@ -119,3 +150,33 @@ def list_files(landing: Path, day: date | str) -> list[Path]:
         return []
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix in LANDING_SUFFIXES and not p.name.startswith("."))
+
+
+STALE_TEMP_AGE_S = 3600  # a write takes milliseconds: an hour-old temporary file has no writer
+
+
+def remove_stale_temp_files(landing: Path, older_than_s: float = STALE_TEMP_AGE_S,
+                            now: float | None = None) -> list[Path]:
+    """Delete the temporary files (``date=*/.<name>.tmp``) that a crashed write left behind.
+
+    Only those not modified for ``older_than_s`` seconds go: a writer that is alive (in this
+    process or another one sharing the landing zone) is writing its file right now, so its
+    temporary file is fresh. Returns the deleted paths."""
+    landing = Path(landing)
+    if not landing.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - older_than_s
+    removed: list[Path] = []
+    for folder in sorted(landing.iterdir()):
+        if not (folder.is_dir() and PARTITION_RE.match(folder.name)):
+            continue
+        for p in sorted(folder.iterdir()):
+            if not (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()):
+                continue
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    removed.append(p)
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                continue
+    return removed

@@ -6,14 +6,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import HTMLResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import MutableHeaders
@@ -21,10 +24,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from ml.config import Settings
+from ml.landing import STALE_TEMP_AGE_S, remove_stale_temp_files
 from service import api, collector, web
 from service.config import ServiceSettings
 from service.deps import ServiceContext
+from service.jsonbody import encodable
 from service.security import LoginLimiter
+from service.workers import ProcessPool
 from store.db import upgrade
 
 log = logging.getLogger("learnloop.service")
@@ -59,8 +65,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            body = json.dumps({"detail": BodyTooLarge(self.max_bytes, int(declared)).detail})
+        if declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes):
+            size = int(declared) if len(declared) <= 18 else None  # no int() of 5,000 digits
+            body = json.dumps({"detail": BodyTooLarge(self.max_bytes, size).detail})
             await send({"type": "http.response.start", "status": 413,
                         "headers": [(b"content-type", b"application/json"),
                                     (b"connection", b"close")]})
@@ -109,6 +116,34 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+def _storable(value) -> bool:
+    """True when ``value`` can go into a JSON answer as it is (UTF-8, finite numbers)."""
+    try:
+        json.dumps(jsonable_encoder(value), allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return False
+    return True
+
+
+def _clean_text(v):
+    return v if not isinstance(v, str) or encodable(v) else v.encode("utf-8", "replace").decode()
+
+
+def safe_validation_errors(errors) -> list[dict]:
+    """FastAPI's field errors, made safe to answer: an ``input`` (or ``ctx``) that cannot be
+    encoded (a lone surrogate, NaN, a huge structure) is left out, and text in ``loc``/``msg``
+    that cannot be encoded has those characters replaced by ``?``: bad input is never echoed."""
+    out = []
+    for err in errors:
+        e = {"type": err.get("type"), "loc": [_clean_text(x) for x in err.get("loc", ())],
+             "msg": _clean_text(str(err.get("msg", "")))}
+        for extra in ("input", "ctx"):
+            if extra in err and _storable(err[extra]):
+                e[extra] = err[extra]
+        out.append(e)
+    return out
+
+
 def create_app(settings: Settings | None = None, service: ServiceSettings | None = None,
                *, migrate: bool = True, host: str | None = None) -> FastAPI:
     """Build the service. ``host``: the address it will listen on (``learnloop serve`` passes it);
@@ -118,6 +153,10 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     service = service or ServiceSettings()
     if migrate:
         upgrade(settings.store)
+    # temporary files of writes that a crash interrupted (never those of a live writer: only
+    # files untouched for STALE_TEMP_AGE_S go)
+    for stale in remove_stale_temp_files(settings.landing, STALE_TEMP_AGE_S):
+        log.warning("removed a temporary landing file left by an interrupted write: %s", stale)
     if service.secret_key is None or not service.secret_key.get_secret_value():
         log.warning("LEARNLOOP_SECRET_KEY is not set: using a random key for this process; "
                     "sessions end when it restarts and are not shared between processes")
@@ -125,7 +164,14 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     else:
         secret = service.secret_key.get_secret_value()
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if app.state.ctx.collector_pool is not None:  # its workers also exit with this process
+            app.state.ctx.collector_pool.shutdown()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="learnloop review service",
         version="1.0.0",
         description="Human review of flagged errors and proposed training samples, and the log "
@@ -140,6 +186,7 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
         limiter=LoginLimiter(service.login_max_failures, service.login_window_s,
                              max_per_ip=service.login_max_failures_per_ip),
         templates=templates,
+        collector_pool=ProcessPool(service.collector_workers) if service.collector_workers else None,
     )
     secure_cookie = service.secure_cookie(host)
     if secure_cookie and service.cookie_secure is None:
@@ -162,6 +209,18 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
             templates.get_template("error.html").render(
                 request=request, status=exc.status_code, message=str(exc.detail), user=None),
             status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_errors(request: Request, exc: RequestValidationError):
+        errors = safe_validation_errors(exc.errors())
+        if request.url.path.startswith(API_PREFIXES) or request.url.path.startswith("/openapi"):
+            return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+        message = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}"
+                            for e in errors)
+        return HTMLResponse(
+            templates.get_template("error.html").render(
+                request=request, status=422, message=f"Invalid input: {message}", user=None),
+            status_code=422)
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api.router)

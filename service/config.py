@@ -40,6 +40,13 @@ class ServiceSettings(BaseSettings):
     collector_max_records: int = Field(default=1000, ge=1, description="Records per request.")
     collector_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024,
                                      description="Request body bytes of the collector.")
+    collector_workers: int = Field(default=1, ge=0, le=64,
+                                   description="Worker processes that decode, validate and write "
+                                               "large collector bodies (0: worker threads only).")
+    collector_process_min_bytes: int = Field(default=64 * 1024, ge=0,
+                                             description="Collector bodies of at least this size "
+                                                         "go to a worker process; smaller ones "
+                                                         "to a worker thread.")
     page_size: int = Field(default=25, ge=1, le=500)
     proxy_headers: bool = Field(default=False, description="Trust X-Forwarded-For/-Proto from "
                                                            "forwarded_allow_ips (behind a proxy).")

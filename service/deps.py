@@ -12,6 +12,7 @@ from fastapi.templating import Jinja2Templates
 from ml.config import Settings
 from service.config import ServiceSettings
 from service.security import LoginLimiter, csrf_matches, new_csrf_token
+from service.workers import ProcessPool
 from store import reviewers
 from store.db import session_scope
 from store.reviewers import ReviewerInfo
@@ -27,6 +28,7 @@ class ServiceContext:
     landing: Path
     limiter: LoginLimiter
     templates: Jinja2Templates
+    collector_pool: ProcessPool | None = None  # None: the collector uses worker threads only
 
 
 def get_ctx(request: Request) -> ServiceContext:

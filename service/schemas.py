@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from service.jsonbody import SURROGATE, encodable
 from service.security import (
     MAX_BATCH_DECISIONS,
     MAX_FINAL_RESPONSE,
@@ -26,6 +27,16 @@ def _as_utc(v: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+def _unicode_text(v: str) -> str:
+    # JSON "\ud800" decodes to a str that cannot be stored or answered: refuse it by name (422)
+    if not encodable(v):
+        raise ValueError(SURROGATE)
+    return v
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]  # every free-text field of a request
 
 
 class ErrorOut(BaseModel):
@@ -88,9 +99,9 @@ class DecisionIn(BaseModel):
     decision: Decision = Field(description="error items: confirm|dismiss (approve|reject accepted); "
                                            "sample items: approve|reject|edit")
     version: int = Field(ge=1, le=2**31 - 1, description="the item version you decided on")
-    final_response: str | None = Field(default=None, max_length=MAX_FINAL_RESPONSE,
+    final_response: Text | None = Field(default=None, max_length=MAX_FINAL_RESPONSE,
                                        description="the edited reply (required for edit)")
-    note: str | None = Field(default=None, max_length=MAX_NOTE)
+    note: Text | None = Field(default=None, max_length=MAX_NOTE)
 
 
 class BatchDecisionIn(DecisionIn):
@@ -120,9 +131,9 @@ class BatchOut(BaseModel):
 class TagsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(ge=1, le=2**31 - 1)
-    add: list[str] = Field(default_factory=list, max_length=MAX_TAGS_PER_REQUEST,
+    add: list[Text] = Field(default_factory=list, max_length=MAX_TAGS_PER_REQUEST,
                            json_schema_extra={"items": {"type": "string", "maxLength": MAX_TAG}})
-    remove: list[str] = Field(default_factory=list, max_length=MAX_TAGS_PER_REQUEST,
+    remove: list[Text] = Field(default_factory=list, max_length=MAX_TAGS_PER_REQUEST,
                               json_schema_extra={"items": {"type": "string", "maxLength": MAX_TAG}})
 
 
@@ -169,9 +180,9 @@ class ReviewerCreated(ReviewerOut):
 class ReviewerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str = Field(min_length=1, max_length=MAX_USERNAME, pattern=r"^[A-Za-z0-9_.@-]+$")
-    password: str = Field(min_length=8, max_length=MAX_PASSWORD)
+    password: Text = Field(min_length=8, max_length=MAX_PASSWORD)
     role: Literal["reviewer", "admin"] = "reviewer"
-    tenants: list[str] = Field(default_factory=list, max_length=100)
+    tenants: list[Text] = Field(default_factory=list, max_length=100)
 
 
 class ReviewerPatch(BaseModel):
@@ -179,13 +190,13 @@ class ReviewerPatch(BaseModel):
     active: bool | None = Field(default=None, description="false: sign-in, API token and open "
                                                           "sessions stop working; true: reactivate")
     role: Literal["reviewer", "admin"] | None = None
-    tenants: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+    tenants: list[Annotated[Text, Field(min_length=1, max_length=128)]] | None = Field(
         default=None, max_length=100, description="replaces the tenant list ('*' = every tenant)")
 
 
 class PasswordIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    password: str = Field(min_length=8, max_length=MAX_PASSWORD)
+    password: Text = Field(min_length=8, max_length=MAX_PASSWORD)
     keep_token: bool = Field(default=False, description="true: keep the API token (a routine "
                                                         "change); by default it is replaced too")
 
@@ -227,7 +238,7 @@ class TokenOut(BaseModel):
 class CollectorKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tenant_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
-    label: str | None = Field(default=None, max_length=128)
+    label: Text | None = Field(default=None, max_length=128)
 
 
 class CollectorKeyOut(BaseModel):

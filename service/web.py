@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi import Path as FPath
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
@@ -75,9 +77,20 @@ def _login_redirect(request: Request) -> RedirectResponse:
     return RedirectResponse("/login?" + urlencode({"next": nxt}), status_code=303)
 
 
+MAX_ID = 2**31 - 1  # ids and versions are 32-bit in the store; the API has the same bounds
+ItemId = Annotated[int, FPath(ge=1, le=MAX_ID, description="review item id")]
+SELECTION_RE = re.compile(r"([0-9]{1,10}):([0-9]{1,10})")  # ASCII digits only (not str.isdigit)
+
+
 def _safe_next(nxt: str | None) -> str:
-    # only same-site relative paths: never an open redirect
-    if nxt and nxt.startswith("/") and not nxt.startswith("//") and "\\" not in nxt:
+    r"""``nxt`` when it is a same-site relative path, else ``/``: never an open redirect.
+
+    A browser parsing a URL (WHATWG) drops tab, CR and LF anywhere in it, strips leading and
+    trailing spaces and control characters, and reads ``\`` as ``/``: ``/\t/evil.example`` is
+    ``//evil.example``, another site. So any control character, any whitespace and any backslash
+    makes the link refused, as does a leading ``//``."""
+    if (nxt and nxt.startswith("/") and not nxt.startswith("//") and nxt.isprintable()
+            and not any(ch.isspace() for ch in nxt) and "\\" not in nxt):
         return nxt
     return "/"
 
@@ -204,10 +217,11 @@ def batch(request: Request, action: str = Form(...), selected: list[str] = Form(
                                  "select fewer and repeat")
     decisions = []
     for sel in selected:
-        item_id, _, version = sel.partition(":")
-        if not (item_id.isdigit() and version.isdigit()):
-            raise HTTPException(422, f"bad selection {sel[:40]!r} (expected id:version)")
-        decisions.append({"item_id": int(item_id), "version": int(version), "decision": action,
+        m = SELECTION_RE.fullmatch(sel)
+        if not m or not all(1 <= int(x) <= MAX_ID for x in m.groups()):
+            raise HTTPException(422, f"bad selection {sel[:40]!r} (expected id:version, each "
+                                     f"1 to {MAX_ID:,})")
+        decisions.append({"item_id": int(m[1]), "version": int(m[2]), "decision": action,
                           "note": note or None})
     if not decisions:
         _flash(request, "Select at least one item first.", "warn")
@@ -302,7 +316,7 @@ def _conflict_page(request: Request, user: ReviewerInfo, item_id: int, back: str
 
 
 @router.get("/items/{item_id}", response_class=HTMLResponse)
-def item_page(request: Request, item_id: int, back: str = Query("/", max_length=2000)):
+def item_page(request: Request, item_id: ItemId, back: str = Query("/", max_length=2000)):
     user = session_reviewer(request)
     if user is None:
         return _login_redirect(request)
@@ -310,7 +324,8 @@ def item_page(request: Request, item_id: int, back: str = Query("/", max_length=
 
 
 @router.post("/items/{item_id}/decide", response_class=HTMLResponse)
-def decide(request: Request, item_id: int, decision: str = Form(...), version: int = Form(...),
+def decide(request: Request, item_id: ItemId, decision: str = Form(...),
+           version: int = Form(..., ge=1, le=MAX_ID),
            final_response: str | None = Form(None), note: str = Form(""),
            csrf_token: str = Form(""), back: str = Form("/")):
     user = session_reviewer(request)
@@ -356,7 +371,8 @@ def decide(request: Request, item_id: int, decision: str = Form(...), version: i
 
 
 @router.post("/items/{item_id}/tags", response_class=HTMLResponse)
-def tags(request: Request, item_id: int, version: int = Form(...), add: str = Form(""),
+def tags(request: Request, item_id: ItemId, version: int = Form(..., ge=1, le=MAX_ID),
+         add: str = Form(""),
          remove: str = Form(""), csrf_token: str = Form(""), back: str = Form("/")):
     user = session_reviewer(request)
     if user is None:

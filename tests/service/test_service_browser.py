@@ -140,3 +140,28 @@ def test_no_error_found_item_is_left_out_of_batches_and_asked_as_is_the_reply_fi
             browser.close()
     with session_scope(sqlite_world.url) as s:
         assert s.get(ReviewItem, clean_id).status == "dismissed"
+
+
+def test_back_link_with_a_tab_stays_on_the_site_in_chromium(sqlite_world, app_factory):
+    """``?back=/%09/evil.example/phish``: chromium itself resolves the page's back links."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run `make browser` (apt chromium)"
+    item = sqlite_world.items["sample"]
+    with LiveServer(app_factory(sqlite_world)) as live, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(f"{live.url}/login")
+            page.fill("input[name=username]", "ann")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{live.url}/")
+            page.goto(f"{live.url}/items/{item}?back=/%09/evil.example/phish")
+            hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
+            backs = page.eval_on_selector_all("input[name=back]", "els => els.map(e => e.value)")
+        finally:
+            browser.close()
+    assert hrefs and all(h.startswith(live.url + "/") for h in hrefs), hrefs
+    assert backs and set(backs) == {"/"}, backs

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 from servicekit import free_port, wait_until_serving
@@ -125,7 +126,8 @@ def test_acknowledged_records_survive_kill_9(tmp_path):
     with session_scope(url) as s:
         key = collector_keys.create_key(s, "acme").key
     port = free_port()
-    env = {**os.environ, "LEARNLOOP_HOME": str(home), "LEARNLOOP_SECRET_KEY": "k" * 32}
+    env = {**os.environ, "LEARNLOOP_HOME": str(home), "LEARNLOOP_SECRET_KEY": "k" * 32,
+           "LEARNLOOP_COLLECTOR_PROCESS_MIN_BYTES": "0"}  # every body to the worker process
     env.pop("LEARNLOOP_STORE_URL", None)
     env.pop("LEARNLOOP_LANDING_DIR", None)
     proc = subprocess.Popen(
@@ -143,6 +145,7 @@ def test_acknowledged_records_survive_kill_9(tmp_path):
                 recs.append({"interaction_id": f"broken-{batch}", "session_id": "s"})
                 r = c.post("/v1/interactions", json=recs)
                 if batch == 2:
+                    workers = psutil.Process(proc.pid).children(recursive=True)
                     os.kill(proc.pid, signal.SIGKILL)  # immediately after the last answer
                 assert r.status_code == 200, r.text
                 for res in r.json()["results"]:
@@ -152,6 +155,10 @@ def test_acknowledged_records_survive_kill_9(tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
+    # the collector's worker process did the writes; it exits by itself with the server
+    assert workers, "the batches did not go to a worker process"
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, f"worker processes outlived the server: {alive}"
     assert len(acknowledged) == 900 and len(rejected) == 3
     on_disk = landed(home / "landing")
     assert acknowledged <= set(on_disk), f"lost {len(acknowledged - set(on_disk))} records"
@@ -194,3 +201,140 @@ def test_landing_write_fsyncs_new_folders_and_cleans_up_a_failed_write(tmp_path,
     leftovers = sorted(p.name for p in (root / "date=2026-11-21").iterdir())
     assert leftovers == []  # removed: no temp file, no half file
     assert len(landing.list_files(root, "2026-11-20")) == 2
+
+
+def test_start_up_removes_stale_temp_files_only(sqlite_world, app_factory):
+    """A crash mid-write leaves ``.<name>.tmp``; the service removes it when it starts, unless it
+    is fresh (a live writer may be using it) or not in a date= folder."""
+    import time
+
+    root = sqlite_world.settings.landing
+    folder = root / "date=2026-11-20"
+    folder.mkdir(parents=True)
+    stale = folder / ".collector-acme-20261120T100000-0123456789ab.jsonl.tmp"
+    fresh = folder / ".collector-acme-20261120T100001-0123456789ac.jsonl.tmp"
+    done = folder / "collector-acme-20261120T100002-0123456789ad.jsonl"
+    other = root / ".elsewhere.tmp"
+    for p in (stale, fresh, done, other):
+        p.write_text('{"half": ')
+    old = time.time() - landing.STALE_TEMP_AGE_S - 60
+    for p in (stale, done, other):
+        os.utime(p, (old, old))
+    app_factory(sqlite_world)
+    assert not stale.exists()
+    assert fresh.exists() and done.exists() and other.exists()
+    assert landing.list_files(root, "2026-11-20") == [done]
+
+
+def test_health_answers_while_a_batch_is_being_checked(sqlite_world, app_factory, monkeypatch):
+    """The batch's validation is held (it waits for an event) until /healthz has answered: when
+    the collector validated on the event loop, /healthz could not answer and this failed; not a
+    timing test (the waits are only upper bounds)."""
+    import threading
+
+    from servicekit import LiveServer
+
+    from service import collector
+
+    entered, release = threading.Event(), threading.Event()
+    real = collector.check_records
+
+    def held_check_records(records, tenant_id):
+        entered.set()
+        release.wait(30)
+        return real(records, tenant_id)
+
+    monkeypatch.setattr(collector, "check_records", held_check_records)
+    with session_scope(sqlite_world.url) as s:
+        key = collector_keys.create_key(s, "acme").key
+    answers: list = []
+    with LiveServer(app_factory(sqlite_world, collector_workers=0)) as live:
+        def send() -> None:
+            with httpx.Client(base_url=live.url, timeout=60) as c:
+                answers.append(c.post("/v1/interactions", headers={"X-API-Key": key},
+                                      json=[record(i) for i in range(200)]))
+
+        t = threading.Thread(target=send)
+        t.start()
+        try:
+            assert entered.wait(30), "the batch never reached validation"
+            health = httpx.get(f"{live.url}/healthz", timeout=10)
+            assert health.status_code == 200 and health.json() == {"status": "ok"}
+        finally:
+            release.set()
+            t.join(60)
+    assert answers and answers[0].status_code == 200 and answers[0].json()["accepted"] == 200
+
+
+def test_large_bodies_go_to_a_worker_process(sqlite_world, app_factory):
+    """Bodies over collector_process_min_bytes are decoded, checked and written in another
+    process (its own interpreter lock); the answers are the same as from a thread."""
+    from servicekit import LiveServer
+
+    with session_scope(sqlite_world.url) as s:
+        key = collector_keys.create_key(s, "acme").key
+    app = app_factory(sqlite_world, collector_workers=1, collector_process_min_bytes=4096)
+    pool = app.state.ctx.collector_pool
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60,
+                                                headers={"X-API-Key": key}) as c:
+        small = c.post("/v1/interactions", json=record(1))
+        assert small.status_code == 200 and pool.pids() == []  # a thread did it
+        big = c.post("/v1/interactions", json=[record(i) for i in range(2, 60)]
+                     + [{"interaction_id": "bad"}])
+        assert big.status_code == 200, big.text
+        assert (big.json()["accepted"], big.json()["rejected"]) == (58, 1)
+        workers = pool.pids()
+        assert workers and os.getpid() not in workers
+        bad = c.post("/v1/interactions", content=b"[" * 5000 + b" " * 4096,
+                     headers={"Content-Type": "application/json"})
+        assert bad.status_code == 400 and "nested too deeply" in bad.json()["detail"]
+    pool.shutdown()
+    assert set(landed(sqlite_world.settings.landing)) == {f"int-{i}" for i in range(1, 60)}
+
+
+def test_landing_unit_write_leaves_nothing_when_a_later_day_fails(tmp_path, monkeypatch):
+    """write_landing_files: the second day's fsync fails (disk full) after the first day's file
+    was written and fsynced: neither day appears, no temporary file is left."""
+    import stat
+
+    root = tmp_path / "landing"
+    real_fsync, files_synced = os.fsync, []
+
+    def fsync(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            files_synced.append(fd)
+            if len(files_synced) == 2:
+                raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left"):
+        landing.write_landing_files(root, "collector-acme",
+                                    {"2026-11-20": b"{}\n", "2026-11-21": b"{}\n"})
+    assert len(files_synced) == 2
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    paths = landing.write_landing_files(root, "collector-acme",
+                                        {"2026-11-20": b"{}\n", "2026-11-21": b"{}\n"})
+    assert [p.parent.name for p in paths] == ["date=2026-11-20", "date=2026-11-21"]
+    assert len({p.name for p in paths}) == 1  # one unit: the same name in every day
+
+
+def test_a_dead_worker_process_is_a_503_then_the_pool_restarts(sqlite_world, app_factory):
+    from servicekit import LiveServer
+
+    with session_scope(sqlite_world.url) as s:
+        key = collector_keys.create_key(s, "acme").key
+    app = app_factory(sqlite_world, collector_workers=1, collector_process_min_bytes=0)
+    pool = app.state.ctx.collector_pool
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60,
+                                                headers={"X-API-Key": key}) as c:
+        assert c.post("/v1/interactions", json=record(1)).status_code == 200
+        (pid,) = pool.pids()
+        os.kill(pid, signal.SIGKILL)
+        broken = c.post("/v1/interactions", json=record(2))
+        assert broken.status_code == 503 and "retry" in broken.json()["detail"]
+        again = c.post("/v1/interactions", json=record(2))
+        assert again.status_code == 200 and again.json()["accepted"] == 1
+        assert pool.pids() and pool.pids() != [pid]
+    pool.shutdown()

@@ -458,3 +458,66 @@ def test_offline_api_page_lists_operations(web):
     assert 'data-op="PATCH /api/v1/admin/reviewers/{username}"' in r.text
     assert 'href="/openapi.json"' in r.text
     assert web.get("/openapi.json").json()["info"]["title"] == "learnloop review service"
+
+
+PHISH = "/%09/evil.example/phish"  # the query value decodes to "/\t/evil.example/phish"
+
+
+@pytest.mark.parametrize("nxt", [
+    "/\t/evil.example/phish", "/\n/evil.example", "/\r\n/evil.example", "\t//evil.example",
+    " //evil.example", "/ /evil.example", "/\x00/evil.example", "/\x0b/evil.example",
+    "/\u2028/evil.example", "/\\evil.example", "\\\\evil.example", "//evil.example",
+    "https://evil.example/", "javascript:alert(1)", "evil.example",
+])
+def test_safe_next_refuses_what_a_browser_reads_as_another_site(nxt):
+    from urllib.parse import urljoin, urlsplit
+
+    from service.web import _safe_next
+
+    got = _safe_next(nxt)
+    assert got == "/"
+    # as a browser resolves a link (WHATWG: tab/CR/LF removed, backslash is a slash)
+    seen = "".join(ch for ch in got if ch not in "\t\r\n").replace("\\", "/")
+    assert urlsplit(urljoin("http://app.example/items/1", seen)).netloc == "app.example"
+
+
+def test_safe_next_keeps_same_site_paths():
+    from service.web import _safe_next
+
+    for ok in ("/", "/?kind=error&page=2", "/items/3?back=%2F", "/?tag=caf%C3%A9", "/?tag=café"):
+        assert _safe_next(ok) == ok
+
+
+def test_item_page_never_links_back_to_another_site(web, sqlite_world):
+    sign_in(web, "ann")
+    page = web.get(f"/items/{sqlite_world.items['sample']}?back={PHISH}")
+    assert page.status_code == 200
+    assert re.search(r'<a class="back" href="/">', page.text)
+    assert "evil.example" not in page.text
+
+
+def test_web_ids_are_bounded_and_ascii(web, sqlite_world):
+    """Ids over the store's 32-bit range and non-ASCII digits are refused (422), never a 500."""
+    sign_in(web, "ann")
+    for path in ("/items/9223372036854775808", "/items/2147483648", "/items/0",
+                 "/items/%D9%A1"):  # Arabic-Indic digit one
+        r = web.get(path)
+        assert r.status_code == 422, (path, r.status_code)
+        assert "item_id" in r.text
+    item = sqlite_world.items["sample2"]
+    tok, _ = _form(web, item)
+    for version in ("9223372036854775808", "0", "\u0661"):
+        r = web.post(f"/items/{item}/decide", follow_redirects=False,
+                     data={"decision": "approve", "version": version, "csrf_token": tok})
+        assert r.status_code == 422, (version, r.status_code)
+        r = web.post(f"/items/{item}/tags", follow_redirects=False,
+                     data={"version": version, "add": "x", "csrf_token": tok})
+        assert r.status_code == 422, (version, r.status_code)
+    for sel in ("\u0661:\u0661", f"{item}:\u0661", "9223372036854775808:1",
+                f"{item}:9223372036854775808", f"{item}:0", f" {item}:1"):
+        r = web.post("/batch", follow_redirects=False,
+                     data={"action": "approve", "selected": [sel], "csrf_token": tok})
+        assert r.status_code == 422, (sel, r.status_code)
+    with session_scope(sqlite_world.url) as s:
+        actions = s.scalars(select(ReviewEvent.action)).all()
+    assert actions and "decide" not in actions and "tag" not in actions  # nothing was changed
