@@ -14,6 +14,8 @@ import random
 import string
 from typing import NamedTuple
 
+from ml.demo.generate import luhn_check_digit
+
 STRUCTURED = ("SECRET", "EMAIL", "IBAN", "CREDIT_CARD", "SSN", "IP_ADDRESS", "PHONE")
 DISCLOSURE = ("PERSON", "ADDRESS")
 
@@ -43,15 +45,7 @@ def _digits(r: random.Random, n: int, first: str = "0123456789") -> str:
 
 
 def _luhn_complete(payload: str) -> str:
-    total = 0
-    for i, ch in enumerate(reversed(payload)):
-        d = int(ch)
-        if i % 2 == 0:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return payload + str((10 - total % 10) % 10)
+    return payload + luhn_check_digit(payload)
 
 
 def _ean13(r: random.Random) -> str:

@@ -59,6 +59,7 @@ import hmac
 import itertools
 import json
 import logging
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -190,32 +191,14 @@ class _MRecord(msgspec.Struct, gc=False):
 # The same Structs refusing unknown keys: a line that decodes with them has no field outside the
 # contract (the common case, one decode). A line refused for an unknown key only is decoded with
 # the Structs above and its unknown fields are collected in Python (``_extras``).
-class _SMessage(_MMessage, forbid_unknown_fields=True):
-    pass
+def _closed(cls: type) -> type:
+    """``cls`` refusing unknown keys (a subclass with ``forbid_unknown_fields``)."""
+    return types.new_class(cls.__name__.replace("_M", "_S", 1), (cls,),
+                           {"forbid_unknown_fields": True})
 
 
-class _SModel(_MModel, forbid_unknown_fields=True):
-    pass
-
-
-class _STokens(_MTokens, forbid_unknown_fields=True):
-    pass
-
-
-class _SFeedback(_MFeedback, forbid_unknown_fields=True):
-    pass
-
-
-class _SSignals(_MSignals, forbid_unknown_fields=True):
-    pass
-
-
-class _SCorrection(_MCorrection, forbid_unknown_fields=True):
-    pass
-
-
-class _SMetadata(_MMetadata, forbid_unknown_fields=True):
-    pass
+_SMessage, _SModel, _STokens, _SFeedback, _SSignals, _SCorrection, _SMetadata = map(
+    _closed, (_MMessage, _MModel, _MTokens, _MFeedback, _MSignals, _MCorrection, _MMetadata))
 
 
 class _SRecord(_MRecord, forbid_unknown_fields=True):
