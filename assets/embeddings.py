@@ -21,9 +21,7 @@ def new_interactions(con, have: set[tuple[str, str]]) -> pl.DataFrame:
     from ml import warehouse
 
     warehouse.ensure_table(con, "interactions")
-    ids = pl.DataFrame(sorted(have), schema={"tenant_id": pl.String, "interaction_id": pl.String},
-                       orient="row")
-    con.register("_have", ids.to_arrow())
+    con.register("_have", warehouse.key_table(sorted(have)))
     try:
         return query(
             con,

@@ -93,16 +93,14 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
             for w in wanted if (k := (w["tenant_id"], w["interaction_id"])) in by_key]
 
     db = vectors.connect()
-    correction_vectors = embeddings.read_question_vectors(
-        db, list(zip(corrections["tenant_id"].to_list(), corrections["interaction_id"].to_list(),
-                     strict=True)))
+    correction_keys = list(zip(corrections["tenant_id"].to_list(),
+                               corrections["interaction_id"].to_list(), strict=True))
+    correction_vectors = embeddings.read_question_vectors(db, correction_keys)
     index_size = build_answer_index(db, teach.answer_index_entries(approved, corrections),
                                     _by_unique_id(correction_vectors))
     with warehouse.get_connection() as con:  # the indexed questions' intents (item 8.13)
         intents = wh.read_intents(con, [(a["tenant_id"], a["interaction_id"]) for a in approved]
-                                  + list(zip(corrections["tenant_id"].to_list(),
-                                             corrections["interaction_id"].to_list(),
-                                             strict=True)))
+                                  + correction_keys)
     retrieval = RetrievalTeacher(db, threshold=config.similarity_threshold,
                                  intents=_by_unique_id(intents))
     question_vectors = embeddings.read_question_vectors(

@@ -804,9 +804,9 @@ def _already_ingested(keys: set[tuple[str, str]], warehouse: Path | str | None,
     if not keys or warehouse is None or not Path(warehouse).exists():
         return 0
     import duckdb  # noqa: PLC0415
-    import pyarrow as pa  # noqa: PLC0415
 
-    tenants, ids = zip(*keys, strict=True)
+    from ml.warehouse import key_table  # noqa: PLC0415
+
     try:
         con = duckdb.connect(str(warehouse), read_only=True)
     except duckdb.Error as exc:
@@ -816,7 +816,7 @@ def _already_ingested(keys: set[tuple[str, str]], warehouse: Path | str | None,
         if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = "
                            "'interactions'").fetchall()[0][0]:
             return 0
-        con.register("_keys", pa.table({"tenant_id": list(tenants), "interaction_id": list(ids)}))
+        con.register("_keys", key_table(keys))
         return con.execute("SELECT count(*) FROM _keys k SEMI JOIN interactions i "
                            "USING (tenant_id, interaction_id)").fetchall()[0][0]
     finally:

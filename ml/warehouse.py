@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from ml.tables import table as registered
 
@@ -136,15 +137,20 @@ def table_count(path: Path | str, table: str) -> int:
         con.close()
 
 
+def key_table(keys) -> pa.Table:
+    """(tenant_id, interaction_id) pairs as an Arrow table to register and join ``USING
+    (tenant_id, interaction_id)``: what identifies an interaction (ids are per tenant)."""
+    return pl.DataFrame(list(keys), schema={"tenant_id": pl.String, "interaction_id": pl.String},
+                        orient="row").to_arrow()
+
+
 def read_interactions(con: duckdb.DuckDBPyConnection,
                       keys: list[tuple[str, str]]) -> pl.DataFrame:
     """Every column of the interactions ``keys`` ((tenant_id, interaction_id): ids are per
     tenant), in time order, with their quality score."""
     ensure_table(con, "interactions")
     ensure_table(con, "interaction_quality")
-    con.register("_ids", pl.DataFrame(list(keys), schema={"tenant_id": pl.String,
-                                                          "interaction_id": pl.String},
-                                      orient="row").to_arrow())
+    con.register("_ids", key_table(keys))
     try:
         return query(
             con,
@@ -161,9 +167,7 @@ def read_intents(con: duckdb.DuckDBPyConnection,
                  keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """(tenant_id, interaction_id) -> ``intent`` of the interactions ``keys`` that have one."""
     ensure_table(con, "interactions")
-    con.register("_ids", pl.DataFrame(list(keys), schema={"tenant_id": pl.String,
-                                                          "interaction_id": pl.String},
-                                      orient="row").to_arrow())
+    con.register("_ids", key_table(keys))
     try:
         rows = con.execute("SELECT tenant_id, interaction_id, intent FROM interactions "
                            "SEMI JOIN _ids USING (tenant_id, interaction_id) "

@@ -14,11 +14,6 @@ from orchestration.jobs import ingest_job
 INTERACTIONS = dg.AssetKey("interactions")
 
 
-def landing_fingerprints(landing_dir) -> dict[str, str]:
-    """day -> fingerprint of its finished files (names, sizes, mtimes)."""
-    return landing.day_fingerprints(landing_dir)
-
-
 def ingested_fingerprints(instance: dg.DagsterInstance, days) -> dict[str, str | None]:
     """day -> the landing fingerprint of the latest ``interactions`` materialization of that day
     (whoever launched it: this sensor, ``learnloop run``/``demo``, the UI); None when the day was
@@ -33,14 +28,20 @@ def ingested_fingerprints(instance: dg.DagsterInstance, days) -> dict[str, str |
     return out
 
 
-def days_to_ingest(instance: dg.DagsterInstance, landing_dir, days=None) -> tuple[list[str],
-                                                                                   dict[str, str]]:
+def still_to_ingest(instance: dg.DagsterInstance, fingerprints: dict[str, str],
+                    days) -> list[str]:
+    """The days of ``days`` (sorted) whose landing files (``fingerprints``: day -> fingerprint)
+    differ from what their last ingest read; empty day folders are left out."""
+    days = [d for d in sorted(days) if fingerprints[d] != landing.EMPTY_FINGERPRINT]
+    done = ingested_fingerprints(instance, days)
+    return [d for d in days if done.get(d) != fingerprints[d]]
+
+
+def days_to_ingest(instance: dg.DagsterInstance, landing_dir) -> tuple[list[str],
+                                                                        dict[str, str]]:
     """(days whose landing files differ from what their last ingest read, all fingerprints)."""
-    now = landing_fingerprints(landing_dir)
-    candidates = [d for d in sorted(now) if (days is None or d in days)
-                  and now[d] != landing.EMPTY_FINGERPRINT]
-    done = ingested_fingerprints(instance, candidates)
-    return [d for d in candidates if done.get(d) != now[d]], now
+    now = landing.day_fingerprints(landing_dir)
+    return still_to_ingest(instance, now, now), now
 
 
 @dg.sensor(job=ingest_job, minimum_interval_seconds=30,
@@ -49,13 +50,11 @@ def days_to_ingest(instance: dg.DagsterInstance, landing_dir, days=None) -> tupl
                        "that day was last ingested (by this sensor or by the CLI).")
 def landing_file_sensor(context: dg.SensorEvaluationContext, landing_zone: LandingZoneResource):
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    now = landing_fingerprints(landing_zone.root())
-    changed = [d for d, fp in sorted(now.items())
-               if seen.get(d) != fp and fp != landing.EMPTY_FINGERPRINT]
+    now = landing.day_fingerprints(landing_zone.root())
+    changed = [d for d, fp in now.items() if seen.get(d) != fp and fp != landing.EMPTY_FINGERPRINT]
     if not changed:
         return dg.SkipReason(f"no new landing files ({len(now)} days known)")
-    done = ingested_fingerprints(context.instance, changed)
-    wanted = [d for d in changed if done.get(d) != now[d]]
+    wanted = still_to_ingest(context.instance, now, changed)
     cursor = json.dumps(now, sort_keys=True)
     if not wanted:
         return dg.SensorResult(skip_reason=dg.SkipReason(

@@ -208,8 +208,6 @@ def _given_up_keys(attempts: pl.DataFrame | None, max_attempts: int) -> pl.DataF
     capped = (pl.col("status") == "failed") & (pl.col("attempts").fill_null(1) >= max_attempts)
     if "reason" in attempts.columns:
         capped = capped & pl.col("reason").fill_null("").str.starts_with(REQUEST_PREFIX)
-    if "tenant_id" not in attempts.columns:
-        attempts = attempts.with_columns(pl.lit("default").alias("tenant_id"))
     return attempts.filter(capped).select(_KEY).cast(_KEY_SCHEMA)
 
 
