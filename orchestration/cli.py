@@ -299,16 +299,70 @@ def demo(n: int, seed: int) -> None:
         sys.exit(1)
 
 
-@click.command(help="Open the Dagster UI on this project (dagster dev).")
-@click.option("--port", type=int, default=3000, show_default=True)
-def dev(port: int) -> None:
+DEV_PORT = 3000
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on ``host:port`` (a bind attempt, closed at once)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str) -> int:
+    """A port on ``host`` that nothing listens on now (the system picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def choose_dev_port(host: str, wanted: int | None) -> tuple[int, str | None]:
+    """(port, note) for the Dagster UI. ``wanted`` (``--port``) is used as given (an error when
+    taken; 0: any free port). Without it: ``LEARNLOOP_DAGSTER_PORT`` or 3000, or a free port when
+    that one is taken (the note says so)."""
+    if wanted:
+        if not port_is_free(host, wanted):
+            raise click.BadParameter(f"port {wanted} on {host} is in use; pick another, or leave "
+                                     f"--port out to get a free one", param_hint="--port")
+        return wanted, None
+    if wanted == 0:
+        return free_port(host), None
+    env = os.environ.get("LEARNLOOP_DAGSTER_PORT", "").strip()
+    if env and not (env.isdigit() and 0 < int(env) < 65536):
+        raise click.ClickException(f"LEARNLOOP_DAGSTER_PORT={env!r} is not a port number")
+    preferred, source = (int(env), "LEARNLOOP_DAGSTER_PORT") if env else (DEV_PORT, "the default")
+    if port_is_free(host, preferred):
+        return preferred, None
+    return free_port(host), f"port {preferred} ({source}) is in use"
+
+
+@click.command(help="Open the Dagster UI and daemon on this project (`dg dev` on workspace.yaml "
+                    "with the project's Dagster home). The port: --port, else "
+                    "LEARNLOOP_DAGSTER_PORT, else 3000; when that one is taken, a free one.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="port of the UI (0: any free port); default LEARNLOOP_DAGSTER_PORT or 3000, "
+                   "or a free port when that is taken")
+@click.option("--host", default="127.0.0.1", show_default=True)
+def dev(port: int | None, host: str) -> None:
     from orchestration import runner
 
     settings = _migrated_settings()  # the assets check the revision; the UI does not migrate
     runner.prepare_dagster_home(settings)
+    chosen, note = choose_dev_port(host, port)
+    click.echo(f"Dagster UI at http://{host}:{chosen}" + (f" ({note})" if note else ""))
     root = Path(__file__).resolve().parents[1]
-    exe = Path(sys.executable).with_name("dagster")
-    os.execv(str(exe), [str(exe), "dev", "-w", str(root / "workspace.yaml"), "-p", str(port)])
+    exe = Path(sys.executable).with_name("dg")
+    # `dg dev -w` hands the workspace file straight to Dagster's dev server (UI, daemon, code
+    # server); `dagster dev` is its superseded predecessor
+    os.execv(str(exe), [str(exe), "dev", "-w", str(root / "workspace.yaml"), "-h", host,
+                        "-p", str(chosen)])
 
 
 COMMANDS = [import_cmd, generate, run, audit, demo, status, migrate, tables, dev]
