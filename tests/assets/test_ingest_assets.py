@@ -263,3 +263,26 @@ def test_residue_the_scrubber_misses_fails_the_blocking_check(learnloop_home):
         assert _check_metadata(result, "check_no_residual_pii")["by_column"] == [
             {"column": "response", "pii_type": "IP_ADDRESS", "values": 1}]
         assert "interaction_quality" not in _mats(result)  # blocked downstream
+
+
+def test_a_record_from_the_future_is_quarantined_and_a_late_one_noted(learnloop_home):
+    """Issue 9 item 4, end to end: the `interactions` asset quarantines a record timestamped in
+    2031 (it used to be accepted, and importers made a 2031 day of it) and notes a record whose
+    timestamp is weeks before its landing day; the counts are in the run's metadata."""
+    write_landing_file(learnloop_home / "landing", DAY, "t", [
+        _record(1), _record(2, timestamp="2031-01-01T00:00:00Z"),
+        _record(3, timestamp="2026-10-01T09:00:00Z")])
+    with dg.instance_for_test() as instance:
+        result = _materialize(learnloop_home, instance)
+        assert result.success
+        meta = {e.materialization.asset_key.to_user_string(): e.materialization.metadata
+                for e in result.get_asset_materialization_events()}["interactions"]
+        assert meta["stats/future_timestamps"].value == 1
+        assert meta["stats/far_from_landing_day"].value == 1
+    (reason,) = warehouse_rows(learnloop_home, "SELECT reason FROM quarantined_interactions")[0:1]
+    assert "2031-01-01T00:00:00 (UTC) is in the future" in reason[0]
+    notes = dict(warehouse_rows(learnloop_home,
+                                "SELECT interaction_id, ingest_notes FROM interactions"))
+    assert notes["it-3"] == ["timestamp day 2026-10-01 is 33 day(s) before the landing day "
+                             f"{DAY}"]
+    assert notes["it-1"] == []
