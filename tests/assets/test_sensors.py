@@ -182,3 +182,17 @@ def test_daily_partitions_put_a_range_in_calendar_order():
         dg.PartitionKeyRange("2026-02-27", "2026-03-02"))
     assert keys == ["2026-02-27", "2026-02-28", "2026-03-01", "2026-03-02"]
     assert landing_date_partitions.get_first_partition_key() == "2000-01-01"
+
+
+def test_the_shipped_instance_retries_only_runs_that_ask(tmp_path, monkeypatch):
+    """The dagster.yaml `learnloop` writes enables run retries (the daemon re-executes the
+    sensor's ingest runs, tagged dagster/max_retries) with no retry for other runs."""
+    from orchestration import runner
+    from orchestration.jobs import INGEST_RUN_RETRIES
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    home = runner.prepare_dagster_home(None)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.run_retries_enabled
+        assert instance.run_retries_max_retries == 0
+    assert INGEST_RUN_RETRIES >= 1
