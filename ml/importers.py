@@ -53,7 +53,7 @@ from typing import Any
 
 import msgspec
 
-from ml.landing import write_landing_file
+from ml.landing import timestamp_problem, write_landing_file
 from ml.schema import RecordError, validate_record
 
 FORMATS: tuple[str, ...] = ("native", "openai-chat", "hh-rlhf", "oasst")
@@ -67,6 +67,7 @@ class Accepted:
     line_no: int
     record: dict[str, Any]
     day: str  # UTC day of the record's timestamp, YYYY-MM-DD
+    timestamp: datetime | None = None  # the validated timestamp
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class ImportResult:
     rejected: list[dict[str, Any]] = field(default_factory=list)  # {line_no, reason, raw}
     days: list[str] = field(default_factory=list)  # parallel to ``records``: UTC day
     blank_lines: int = 0
+    timestamp_rejected: int = 0  # of ``rejected``: future timestamps, or before the first day
     _rejected_items: list[Rejected] = field(default_factory=list, repr=False)
 
 
@@ -155,7 +157,7 @@ def _validated(no: int, rec: dict[str, Any], raw_for_reject: str, *,
     except RecordError as exc:
         who = f"record {exc.interaction_id!r}" if exc.interaction_id else "record"
         return Rejected(no, f"line {no}: {who}: {exc.reason}", raw_for_reject, envelope=not native)
-    return Accepted(no, rec, model.timestamp.date().isoformat())
+    return Accepted(no, rec, model.timestamp.date().isoformat(), model.timestamp)
 
 
 def content_digest(path: Path | str) -> str:
@@ -611,12 +613,24 @@ def _retag_native(items: Iterable[Accepted | Rejected | int], tenant_id: str
 
 
 def import_file(fmt: str, path: Path | str, tenant_id: str = "default",
-                timestamp: datetime | None = None) -> ImportResult:
+                timestamp: datetime | None = None,
+                now: datetime | None = None) -> ImportResult:
     """Import one file: ``.records`` (validated dicts), ``.rejected`` ({line_no, reason, raw}).
-    ``timestamp``: for records without their own (default: the file's mtime)."""
+    ``timestamp``: for records without their own (default: the file's mtime). A record whose
+    timestamp is in the future (beyond ``ml.landing.FUTURE_TOLERANCE`` after ``now``, default:
+    the clock) or before ``ml.landing.FIRST_DAY`` is rejected with that reason (kept, wrapped: it would
+    otherwise create a landing day that has not happened)."""
     p = Path(path)
     result = ImportResult(fmt=fmt, source=p.name)
+    now = now or _now()
     for item in iter_import(fmt, p, tenant_id, timestamp):
+        if isinstance(item, Accepted) and item.timestamp is not None and (
+                problem := timestamp_problem(item.timestamp, now)) is not None:
+            iid = item.record.get("interaction_id")
+            who = f"record {iid!r}" if iid else "record"
+            item = Rejected(item.line_no, f"line {item.line_no}: {who}: {problem}",
+                            json.dumps(item.record, ensure_ascii=False))
+            result.timestamp_rejected += 1
         if isinstance(item, Accepted):
             result.records.append(item.record)
             result.days.append(item.day)
@@ -717,6 +731,7 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
         "source": result.source,
         "accepted": len(result.records),
         "quarantined": len(result.rejected),
+        "timestamp_rejected": result.timestamp_rejected,
         "blank_lines": result.blank_lines,
         "days": {d: len(v) for d, v in sorted(by_day.items())},
         "files": files,

@@ -22,11 +22,102 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 LANDING_SUFFIXES = (".jsonl", ".parquet")
+
+# The first landing day the pipeline knows (the start of the daily partitions of
+# ``assets.partitions``): a day folder before it is rejected, and so is a record timestamp.
+FIRST_DAY = date(2000, 1, 1)
+# How far ahead of today (UTC) a day folder may be: one day, for clocks a little ahead and for
+# records written just before midnight elsewhere (the daily partitions end one day ahead too).
+MAX_FUTURE_DAYS = 1
+# Clock skew allowed between the writers of the logs and this machine: a record timestamped later
+# than ``now + FUTURE_TOLERANCE`` is in the future; it is quarantined, never put on a future day.
+FUTURE_TOLERANCE = timedelta(hours=1)
+# A record whose timestamp's UTC day is more than this many days from its landing day is kept,
+# with a note in ``ingest_notes`` (late uploads, a wrong clock, a file put in the wrong folder).
+FAR_FROM_LANDING_DAYS = 1
+
+
+class BadDayFolder(NamedTuple):
+    """A folder of the landing zone that is not a valid day folder, and why."""
+
+    folder: str
+    reason: str
+
+
+def check_day(day: str, today: date | None = None) -> date:
+    """The date of a landing day ``YYYY-MM-DD``; ``ValueError`` with a clear reason when it is not
+    a calendar date, is before ``FIRST_DAY`` or more than ``MAX_FUTURE_DAYS`` after ``today``
+    (default: today in UTC)."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        raise ValueError(f"{day!r} is not a day: expected YYYY-MM-DD")
+    try:
+        d = date.fromisoformat(day)
+    except ValueError as exc:
+        raise ValueError(f"{day!r} is not a calendar date ({exc})") from None
+    if d < FIRST_DAY:
+        raise ValueError(f"{day} is before the first landing day {FIRST_DAY.isoformat()}")
+    today = today or datetime.now(UTC).date()
+    if d > today + timedelta(days=MAX_FUTURE_DAYS):
+        raise ValueError(f"{day} is in the future (today is {today.isoformat()} UTC; at most "
+                         f"{MAX_FUTURE_DAYS} day ahead is accepted)")
+    return d
+
+
+def timestamp_problem(ts: datetime, now: datetime | None = None) -> str | None:
+    """Why a record's timestamp cannot go into the landing zone, or None: more than
+    ``FUTURE_TOLERANCE`` after ``now`` (default: now; it would create a day that has not
+    happened), or before ``FIRST_DAY``. A naive ``ts`` is UTC."""
+    ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    if ts > now + FUTURE_TOLERANCE:
+        return (f"timestamp {ts.astimezone(UTC).isoformat()} is in the future (more than "
+                f"{FUTURE_TOLERANCE} after {now.astimezone(UTC).isoformat(timespec='seconds')})")
+    if ts.astimezone(UTC).date() < FIRST_DAY:
+        return (f"timestamp {ts.astimezone(UTC).isoformat()} is before the first landing day "
+                f"{FIRST_DAY.isoformat()}")
+    return None
+
+
+def scan_partitions(landing: Path, today: date | None = None
+                    ) -> tuple[list[str], list[BadDayFolder]]:
+    """(valid days, sorted; the folders that are not valid day folders, with the reason).
+
+    Never raises for one folder: a folder named ``date=2026-02-30`` (no such date), ``date=1999-
+    12-31`` (before ``FIRST_DAY``), a day more than ``MAX_FUTURE_DAYS`` ahead or any other folder
+    name is reported and skipped; the other days go on. Hidden folders (``.name``) and the
+    importers' registry (``_imports``) are not day folders and not reported."""
+    landing = Path(landing)
+    if not landing.exists():
+        return [], []
+    days: list[str] = []
+    bad: list[BadDayFolder] = []
+    for p in sorted(landing.iterdir()):
+        if not p.is_dir() or p.name.startswith((".", "_")):
+            continue
+        m = PARTITION_RE.match(p.name)
+        if not m:
+            bad.append(BadDayFolder(p.name, "not a day folder: expected date=YYYY-MM-DD"))
+            continue
+        try:
+            check_day(m.group(1), today)
+        except ValueError as exc:
+            bad.append(BadDayFolder(p.name, str(exc)))
+            continue
+        days.append(m.group(1))
+    return sorted(days), bad
+
+
+def describe_bad_folder(landing: Path, bad: BadDayFolder) -> str:
+    """One line for an operator: which folder, why, what happens."""
+    return (f"landing folder {Path(landing) / bad.folder} skipped: {bad.reason}; rename it to "
+            f"date=YYYY-MM-DD (a real day) or move it out of the landing zone")
 
 
 def partition_dir(landing: Path, day: date | str) -> Path:
@@ -129,18 +220,17 @@ def fingerprint(paths: Iterable[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def day_fingerprints(landing: Path) -> dict[str, str]:
-    """day -> ``fingerprint`` of its finished files, for every day folder."""
-    return {day: fingerprint(list_files(landing, day)) for day in list_partitions(landing)}
+def day_fingerprints(landing: Path, days: Iterable[str] | None = None) -> dict[str, str]:
+    """day -> ``fingerprint`` of its finished files, for ``days`` (default: every valid day
+    folder, ``list_partitions``)."""
+    days = list_partitions(landing) if days is None else days
+    return {day: fingerprint(list_files(landing, day)) for day in days}
 
 
 def list_partitions(landing: Path) -> list[str]:
-    """The days that have a folder in the landing zone, sorted."""
-    landing = Path(landing)
-    if not landing.exists():
-        return []
-    days = [m.group(1) for p in landing.iterdir() if p.is_dir() and (m := PARTITION_RE.match(p.name))]
-    return sorted(days)
+    """The valid days that have a folder in the landing zone, sorted (invalid folders are
+    skipped: ``scan_partitions`` reports them)."""
+    return scan_partitions(landing)[0]
 
 
 def list_files(landing: Path, day: date | str) -> list[Path]:

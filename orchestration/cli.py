@@ -154,13 +154,67 @@ def status(as_json: bool) -> None:
     click.echo(json.dumps(st, indent=2) if as_json else format_status(st))
 
 
+def _landing_day(ctx, param, value):
+    """A ``--date``/``--since``/``--until`` value checked as a landing day (a calendar date, not
+    before the first landing day, not in the future): a clear usage error otherwise."""
+    from ml.landing import check_day
+
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if v is None:
+            continue
+        try:
+            check_day(v)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
 @click.command(help="Ingest the landing days that are new or changed since their last ingest "
-                   "(or --date, or --force for all) and run the jobs after ingest.")
-@click.option("--date", "dates", multiple=True,
+                   "(or --date, or a --since/--until range of dates, or --force for all) and "
+                   "run the jobs after ingest.")
+@click.option("--date", "dates", multiple=True, callback=_landing_day,
               help="YYYY-MM-DD (repeatable): ingest these days, changed or not")
+@click.option("--since", default=None, callback=_landing_day,
+              help="YYYY-MM-DD: ingest the landing days from this date on (calendar order), "
+                   "changed or not")
+@click.option("--until", default=None, callback=_landing_day,
+              help="YYYY-MM-DD: ingest the landing days up to this date, included (with or "
+                   "without --since)")
 @click.option("--force", is_flag=True, help="ingest every landing day, changed or not")
-def run(dates: tuple[str, ...], force: bool) -> None:
-    _run_chain(_migrated_settings(), list(dates) or None, force=force)
+def run(dates: tuple[str, ...], since: str | None, until: str | None, force: bool) -> None:
+    if (since or until) and dates:
+        raise click.UsageError("give --date or a --since/--until range, not both")
+    if since and until and since > until:
+        raise click.UsageError(f"--since {since} is after --until {until}")
+    settings = _migrated_settings()
+    days = list(dates) or None
+    if since or until:
+        days = landing_days_between(settings.landing, since, until)
+        if not days:
+            raise click.ClickException(
+                f"no landing day from {since or 'the first day'} to {until or 'the last day'} "
+                f"in {settings.landing}: nothing to ingest")
+    _run_chain(settings, days, force=force)
+
+
+def landing_days_between(landing_dir: Path, since: str | None, until: str | None) -> list[str]:
+    """The valid landing days (with a folder) from ``since`` to ``until`` (both included, either
+    open), in calendar order."""
+    from ml.landing import scan_partitions
+
+    return [d for d in scan_partitions(landing_dir)[0]
+            if (since is None or d >= since) and (until is None or d <= until)]
+
+
+def report_bad_folders(landing_dir: Path) -> int:
+    """Print one line per landing folder that is not a valid day (skipped); return how many."""
+    from ml.landing import describe_bad_folder, scan_partitions
+
+    bad = scan_partitions(landing_dir)[1]
+    for b in bad:
+        click.echo(f"warning: {describe_bad_folder(landing_dir, b)}", err=True)
+    return len(bad)
 
 
 def _run_chain(settings: Settings, days: list[str] | None, force: bool = False) -> bool:
@@ -172,6 +226,7 @@ def _run_chain(settings: Settings, days: list[str] | None, force: bool = False) 
     from orchestration.sensors import days_to_ingest
 
     instance = runner.instance_for(settings)
+    report_bad_folders(settings.landing)
     if not landing.list_partitions(settings.landing) and not days:
         click.echo(f"the landing zone {settings.landing} is empty: nothing to ingest", err=True)
         return False

@@ -4,6 +4,11 @@ from typing import Any
 
 import dagster as dg
 
+# Dagster run retries of an ingest run the landing sensor launched (its ``dagster/max_retries``
+# tag; the instance's dagster.yaml enables run retries with a default of 0 for other runs). The
+# sensor's own attempts (``orchestration.sensors.MAX_SENSOR_ATTEMPTS``) come on top.
+INGEST_RUN_RETRIES = 2
+
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.assets("raw_interactions", "interactions",

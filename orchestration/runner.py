@@ -25,6 +25,11 @@ python_logs:
 concurrency:
   pools:
     default_limit: 1
+# a failed run is launched again by the daemon when its job or run asks for it (the landing
+# sensor's ingest runs carry dagster/max_retries); other runs are not retried (default 0)
+run_retries:
+  enabled: true
+  max_retries: 0
 """
 
 
@@ -55,14 +60,8 @@ def _logging(level: str) -> dict:
 def run_ingest(defs: dg.Definitions, instance: dg.DagsterInstance, days: Iterable[str],
                on_day: Callable[[str, dg.ExecuteInProcessResult], None] | None = None,
                log_level: str = "WARNING") -> list[str]:
-    """Materialize the ingest job for each day (adding the dynamic partitions first)."""
-    from assets.partitions import landing_date_partitions
-
+    """Materialize the ingest job for each day (daily partitions: nothing to register first)."""
     days = list(days)
-    known = set(instance.get_dynamic_partitions(landing_date_partitions.name))
-    new = [d for d in days if d not in known]
-    if new:
-        instance.add_dynamic_partitions(landing_date_partitions.name, new)
     job = defs.resolve_job_def("ingest_job")
     failed = []
     for day in days:

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ml.landing import write_landing_files
+from ml.landing import timestamp_problem, write_landing_files
 from ml.schema import RecordError, validate_record
 from service import schemas as S
 from service.deps import collector_key_scheme, get_ctx
@@ -87,7 +87,9 @@ def check_records(records: list[Any], tenant_id: str) -> tuple[list[dict], dict[
             except RecordError as exc:
                 reason = exc.reason
             else:
-                if rec.interaction_id in seen:
+                if (problem := timestamp_problem(rec.timestamp)) is not None:
+                    reason = problem  # a future day must not be created in the landing zone
+                elif rec.interaction_id in seen:
                     reason = f"duplicate interaction_id {rec.interaction_id!r} in this request"
                 else:
                     seen.add(rec.interaction_id)

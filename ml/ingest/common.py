@@ -17,11 +17,13 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from ml.landing import FAR_FROM_LANDING_DAYS, FUTURE_TOLERANCE
 from ml.pii import scrub_frame
 from ml.schema import unknown_fields
 from ml.tables import INTERACTION_COLUMNS, QUARANTINE_COLUMNS
@@ -253,3 +255,74 @@ class _Laps:
         now = time.perf_counter()
         self.seconds[stage] += now - self._clock
         self._clock = now
+
+
+# ---- timestamps against the clock and the landing day -----------------------------------------
+
+FUTURE_REASON = ("timestamp {ts} (UTC) is in the future: more than {tol} after the ingest time; "
+                 "fix the writer's clock and land the record again")
+
+
+def _tolerance_text() -> str:
+    minutes = int(FUTURE_TOLERANCE.total_seconds() // 60)
+    return f"{minutes // 60} h" if minutes % 60 == 0 else f"{minutes} min"
+
+
+def apply_timestamp_rules(result: IngestResult, paths: list[Path], day: date,
+                          now: datetime | None = None) -> IngestResult:
+    """The timestamp rules both ingest paths apply last (so they agree by construction).
+
+    * A record timestamped more than ``ml.landing.FUTURE_TOLERANCE`` after ``now`` (the ingest
+      time, default: now, UTC) is quarantined (``FUTURE_REASON``, with its raw line read back from
+      ``paths``): a clock gone wrong must not put data on days that have not happened.
+    * A record whose timestamp's UTC day is more than ``ml.landing.FAR_FROM_LANDING_DAYS`` days
+      from its landing day ``day`` is kept with a note in ``ingest_notes`` (``timestamp day
+      YYYY-MM-DD is N day(s) before/after the landing day YYYY-MM-DD``).
+
+    ``stats`` gains ``future_timestamps`` and ``far_from_landing_day``."""
+    now = now or datetime.now(UTC)
+    cutoff = (now.astimezone(UTC) if now.tzinfo else now).replace(tzinfo=None) + FUTURE_TOLERANCE
+    good, positions = result.interactions, result.positions
+    stats = dict(result.stats)
+    future = good.get_column("ts") > cutoff
+    n_future = int(future.sum()) if good.height else 0
+    quarantined = result.quarantined
+    if n_future:
+        hits = pl.concat([good.select("interaction_id", "source_file", "ts"), positions],
+                         how="horizontal").filter(future)
+        wanted: dict[int, set[int]] = {}
+        for fi, ln in hits.select("file_idx", "line_no").iter_rows():
+            wanted.setdefault(fi, set()).add(ln)
+        raw_text = {fi: _read_lines(Path(paths[fi]), lines) for fi, lines in wanted.items()}
+        tol = _tolerance_text()
+        new_bad = scrub_quarantine(pl.DataFrame([
+            dict(source_file=r["source_file"], line_no=r["line_no"], partition_date=day,
+                 interaction_id=r["interaction_id"],
+                 reason=FUTURE_REASON.format(ts=r["ts"].isoformat(), tol=tol),
+                 raw=raw_text[r["file_idx"]][r["line_no"]])
+            for r in hits.iter_rows(named=True)], schema=QUARANTINE_SCHEMA))
+        order = {str(Path(p)): i for i, p in reversed(list(enumerate(paths)))}
+        quarantined = (pl.concat([quarantined, new_bad])
+                       .with_columns(pl.col("source_file").replace_strict(
+                           order, default=None, return_dtype=pl.Int64).alias("_file"))
+                       .sort("_file", "line_no", nulls_last=False, maintain_order=True)
+                       .drop("_file"))
+        good, positions = good.filter(~future), positions.filter(~future)
+    far_days = (pl.col("ts").dt.date() - pl.lit(day)).dt.total_days()
+    far = far_days.abs() > FAR_FROM_LANDING_DAYS
+    n_far = int(good.select(far.sum()).item() or 0) if good.height else 0
+    if n_far:
+        note = pl.concat_str(
+            pl.lit("timestamp day "), pl.col("ts").dt.date().dt.to_string("%Y-%m-%d"),
+            pl.lit(" is "), far_days.abs().cast(pl.String), pl.lit(" day(s) "),
+            pl.when(far_days < 0).then(pl.lit("before")).otherwise(pl.lit("after")),
+            pl.lit(f" the landing day {day.isoformat()}"))
+        good = good.with_columns(pl.when(far).then(pl.concat_list(pl.col("ingest_notes"), note))
+                                 .otherwise(pl.col("ingest_notes")).alias("ingest_notes"))
+    stats["future_timestamps"] = n_future
+    stats["far_from_landing_day"] = n_far
+    if n_future:
+        stats["accepted"] = good.height
+        stats["quarantined"] = quarantined.height
+        stats["pii_rows"] = int((good["pii_types"].list.len() > 0).sum()) if good.height else 0
+    return IngestResult(good, quarantined, stats, positions)

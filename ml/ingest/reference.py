@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from ml.ingest.common import (
     _parquet_lines,
     _stats,
     _unreadable_row,
+    apply_timestamp_rules,
     extra_json,
     hash_session,
     scrub_quarantine,
@@ -170,8 +171,10 @@ def _file_lines_python(path: Path) -> list[tuple[int, str | None, str]]:
             for i, (text, shown) in enumerate(_decode_lines(data), 1)]
 
 
-def naive_ingest(paths: list[Path], partition_date: str, hash_key: bytes) -> IngestResult:
-    """The same result as ``ingest_files``, computed one record at a time in plain Python."""
+def naive_ingest(paths: list[Path], partition_date: str, hash_key: bytes, *,
+                 now: datetime | None = None) -> IngestResult:
+    """The same result as ``ingest_files``, computed one record at a time in plain Python
+    (``now``: the ingest time the timestamp rules compare with, default now)."""
     day = date.fromisoformat(partition_date)
     rows: list[dict] = []
     quarantine: list[dict] = []
@@ -223,7 +226,8 @@ def naive_ingest(paths: list[Path], partition_date: str, hash_key: bytes) -> Ing
     stats = _stats(len(paths), lines, blank, interactions, quarantined, exact_dups, None)
     pos = pl.DataFrame(positions, schema={"file_idx": pl.Int32, "line_no": pl.Int64},
                        orient="row")
-    return IngestResult(interactions, quarantined, stats, pos)
+    return apply_timestamp_rules(IngestResult(interactions, quarantined, stats, pos),
+                                 [Path(p) for p in paths], day, now)
 
 
 def _finish_row_python(row: dict, hash_key: bytes, src: str, day: date) -> dict:

@@ -62,7 +62,7 @@ import logging
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -94,6 +94,7 @@ from ml.ingest.common import (
     _read_lines,
     _stats,
     _unreadable_row,
+    apply_timestamp_rules,
     extra_json,
     scrub_quarantine,
 )
@@ -616,15 +617,24 @@ def _range_job(src: str, file_idx: int, start: int, end: int, hash_key: bytes, d
 
 
 def ingest_files(paths: list[Path], partition_date: str, hash_key: bytes, *,
-                 chunk_bytes: int = CHUNK_BYTES, workers: int | None = None) -> IngestResult:
+                 chunk_bytes: int = CHUNK_BYTES, workers: int | None = None,
+                 now: datetime | None = None) -> IngestResult:
     """Validate, de-duplicate, scrub and hash the landing files of one partition (vectorized).
 
     JSONL files are processed in chunks of ``chunk_bytes``; with ``workers`` > 0 (default: one
     per CPU when the input spans several chunks) the chunks run in worker processes, in parallel,
     and are put back in file/line order. ``stats["timings_s"]``: seconds per stage (summed over
-    the workers when there are several)."""
+    the workers when there are several). Last, the timestamp rules
+    (``ml.ingest.common.apply_timestamp_rules``: future timestamps quarantined, timestamps far
+    from the landing day noted) against ``now`` (the ingest time, default now)."""
     day = date.fromisoformat(partition_date)
     paths = [Path(p) for p in paths]
+    return apply_timestamp_rules(_ingest_files(paths, day, hash_key, chunk_bytes, workers),
+                                 paths, day, now)
+
+
+def _ingest_files(paths: list[Path], day: date, hash_key: bytes, chunk_bytes: int,
+                  workers: int | None) -> IngestResult:
     n_workers = _worker_count(paths, chunk_bytes, workers)
     if n_workers:
         from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415

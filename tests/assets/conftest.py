@@ -19,7 +19,6 @@ def land_and_ingest(home: Path, n: int = 60, seed: int = 9) -> str:
     summary = generate(home / "landing", n, seed=seed, days=1)
     day = sorted(summary["days"])[0]
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [day])
         assert dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
                               partition_key=day, instance=instance,
                               resources=resources_for(home)

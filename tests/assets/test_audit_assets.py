@@ -46,7 +46,6 @@ def demo_home(learnloop_home, monkeypatch):
     days = sorted(summary["per_day"]) if "per_day" in summary else sorted(
         p.name[5:] for p in (learnloop_home / "landing").glob("date=*"))
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", days)
         for day in days:
             result = dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
                                     partition_key=day, instance=instance,

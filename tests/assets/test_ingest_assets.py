@@ -69,7 +69,6 @@ def test_definitions_load():
 
 def test_ingest_chain_quarantines_bad_records_and_keeps_good_ones(landing_day):
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY])
         result = _materialize(landing_day, instance)
         assert result.success
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
@@ -95,7 +94,6 @@ def test_ingest_chain_quarantines_bad_records_and_keeps_good_ones(landing_day):
 
 def test_rematerializing_a_partition_never_duplicates(landing_day):
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY])
         assert _materialize(landing_day, instance).success
         first = warehouse_rows(landing_day, "SELECT * EXCLUDE (source_file) FROM interactions ORDER BY 1")
         assert _materialize(landing_day, instance).success
@@ -106,7 +104,6 @@ def test_rematerializing_a_partition_never_duplicates(landing_day):
 
 def test_materialization_metadata_reports_rates(landing_day):
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY])
         result = _materialize(landing_day, instance)
         mats = {m.asset_key.to_user_string(): m.metadata
                 for m in result.get_asset_materialization_events()
@@ -133,7 +130,6 @@ def _mats(result) -> dict[str, dict]:
 
 def test_residual_pii_check_reads_the_warehouse_and_names_the_column(landing_day):
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY])
         assert _materialize(landing_day, instance).success
     con = duckdb.connect(str(landing_day / "warehouse.duckdb"))
     try:
@@ -171,7 +167,6 @@ def test_pii_in_every_free_text_field_never_reaches_the_warehouse(learnloop_home
     bad = _record(2, feedback={"rating": 9, "comment": mail})
     write_landing_file(learnloop_home / "landing", DAY, "pii", [rec, bad])
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY])
         result = _materialize(learnloop_home, instance)
         assert result.success
         assert all(_checks(result).values()), _checks(result)
@@ -189,7 +184,6 @@ def test_corrupt_parquet_does_not_stop_the_partition(learnloop_home):
     broken = landing / f"date={DAY}" / "broken-upload.parquet"
     broken.write_bytes(b"PAR1 not really parquet PAR1")
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY])
         result = _materialize(learnloop_home, instance)
         assert result.success
     assert sorted(r[0] for r in warehouse_rows(learnloop_home, "SELECT interaction_id FROM interactions")) \
@@ -208,7 +202,6 @@ def test_ids_already_in_another_partition(learnloop_home):
     write_landing_file(landing, day2, "again", [_record(1), _record(2, response="changed"),
                                                 _record(3)])
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY, day2])
         assert _materialize(learnloop_home, instance).success
         result = dg.materialize(
             [raw_interactions, ingest_interactions, interaction_quality],
@@ -228,7 +221,6 @@ def test_ids_already_in_another_partition(learnloop_home):
         ("it-2", f"duplicate interaction_id of partition {DAY}", 2)]
     # re-materializing the first day keeps its rows (the later day holds none of them)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY, day2])
         assert _materialize(learnloop_home, instance).success
     assert warehouse_rows(learnloop_home, "SELECT count(*), count(DISTINCT interaction_id) "
                                  "FROM interactions") == [(3, 3)]
@@ -243,7 +235,6 @@ def test_import_rejects_reach_quarantine_with_the_importers_reason(learnloop_hom
                                 import_time=datetime.fromisoformat(f"{DAY}T08:00:00+00:00"))
     assert summary["quarantined"] == 1
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY])
         assert _materialize(learnloop_home, instance).success
     (reason,) = warehouse_rows(learnloop_home, "SELECT reason FROM quarantined_interactions")[0]
     assert reason.startswith("import rejected (openai-chat chats.jsonl): line 1: ")
@@ -264,7 +255,6 @@ def test_residue_the_scrubber_misses_fails_the_blocking_check(learnloop_home):
     assert specs["check_no_residual_pii"].blocking
     assert specs["check_no_residual_pii_in_quarantine"].blocking
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY])
         result = dg.materialize(
             [raw_interactions, ingest_interactions, interaction_quality],
             partition_key=DAY, instance=instance, resources=resources_for(learnloop_home),
@@ -273,3 +263,26 @@ def test_residue_the_scrubber_misses_fails_the_blocking_check(learnloop_home):
         assert _check_metadata(result, "check_no_residual_pii")["by_column"] == [
             {"column": "response", "pii_type": "IP_ADDRESS", "values": 1}]
         assert "interaction_quality" not in _mats(result)  # blocked downstream
+
+
+def test_a_record_from_the_future_is_quarantined_and_a_late_one_noted(learnloop_home):
+    """Issue 9 item 4, end to end: the `interactions` asset quarantines a record timestamped in
+    2031 (it used to be accepted, and importers made a 2031 day of it) and notes a record whose
+    timestamp is weeks before its landing day; the counts are in the run's metadata."""
+    write_landing_file(learnloop_home / "landing", DAY, "t", [
+        _record(1), _record(2, timestamp="2031-01-01T00:00:00Z"),
+        _record(3, timestamp="2026-10-01T09:00:00Z")])
+    with dg.instance_for_test() as instance:
+        result = _materialize(learnloop_home, instance)
+        assert result.success
+        meta = {e.materialization.asset_key.to_user_string(): e.materialization.metadata
+                for e in result.get_asset_materialization_events()}["interactions"]
+        assert meta["stats/future_timestamps"].value == 1
+        assert meta["stats/far_from_landing_day"].value == 1
+    (reason,) = warehouse_rows(learnloop_home, "SELECT reason FROM quarantined_interactions")[0:1]
+    assert "2031-01-01T00:00:00 (UTC) is in the future" in reason[0]
+    notes = dict(warehouse_rows(learnloop_home,
+                                "SELECT interaction_id, ingest_notes FROM interactions"))
+    assert notes["it-3"] == ["timestamp day 2026-10-01 is 33 day(s) before the landing day "
+                             f"{DAY}"]
+    assert notes["it-1"] == []

@@ -36,7 +36,6 @@ def test_partition_where_no_row_can_be_scored(learnloop_home):
            "messages": [{"role": "user", "content": "hello"}], "response": "hi there"}
     write_landing_file(learnloop_home / "landing", DAY, "hello", [rec])
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY])
         result = _materialize(learnloop_home, instance)
         assert result.success
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
@@ -59,7 +58,6 @@ def test_partition_where_no_row_can_be_scored(learnloop_home):
 def test_empty_partition(learnloop_home):
     write_landing_file(learnloop_home / "landing", DAY, "empty", ["{not json"])
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("landing_date", [DAY])
         result = _materialize(learnloop_home, instance)
         assert result.success
         meta = _quality_metadata(result)

@@ -124,3 +124,102 @@ def test_tables_lists_the_registry(learnloop_home):
     listed = json.loads(res.output)
     assert [t["name"] for t in listed] == [t.name for t in TABLE_LIST]
     assert listed[1]["columns"][0]["name"] == "interaction_id"
+
+
+# ---- issue 9: landing days, bad folders, ranges, the sensor after `learnloop run` -------------
+
+REC = {"interaction_id": "r1", "session_id": "s", "timestamp": "2026-11-01T10:00:00Z",
+       "response": "hello"}
+
+
+def _ingest_only(monkeypatch, learnloop_home):
+    """`learnloop run` as a user runs it, but only the ingest part of the chain (audit, teaching
+    and dbt are other tests' business), with a Dagster home that is put back afterwards."""
+    from orchestration import cli as pipeline_cli
+
+    monkeypatch.setattr(pipeline_cli, "post_ingest_jobs", lambda defs: [])
+    home = learnloop_home / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def _ingested_days(dagster_home) -> list[str]:
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        records = instance.fetch_materializations(dg.AssetKey("interactions"), limit=100).records
+        return sorted(r.partition_key for r in records)
+
+
+def test_run_skips_a_malformed_landing_folder_and_ingests_the_valid_day(learnloop_home,
+                                                                        monkeypatch):
+    """Issue 9 items 3 and 10: `date=2026-02-30` beside a valid new day: `learnloop run` says
+    which folder it skipped and why, and ingests the valid day."""
+    from ml.landing import write_landing_file
+
+    dagster_home = _ingest_only(monkeypatch, learnloop_home)
+    landing = learnloop_home / "landing"
+    bad = landing / "date=2026-02-30"
+    bad.mkdir(parents=True)
+    (bad / "x.jsonl").write_text(json.dumps(REC) + "\n")
+    write_landing_file(landing, "2026-11-02", "t", [REC])
+    res = CliRunner().invoke(main, ["run"])
+    assert res.exit_code == 0, res.output
+    assert "date=2026-02-30 skipped: '2026-02-30' is not a calendar date" in res.output
+    assert _ingested_days(dagster_home) == ["2026-11-02"]
+
+
+def test_run_since_until_ingests_the_landing_dates_of_the_range_in_calendar_order(
+        learnloop_home, monkeypatch):
+    """Issue 9 item 4: a range means the dates in it (daily partitions), whatever order the day
+    folders appeared in; a range with no landing day is a clear message, not a crash."""
+    from ml.landing import write_landing_file
+
+    dagster_home = _ingest_only(monkeypatch, learnloop_home)
+    landing = learnloop_home / "landing"
+    for day in ("2026-11-05", "2026-11-01", "2026-11-03", "2026-11-02"):  # arrival order
+        write_landing_file(landing, day, "t", [{**REC, "interaction_id": f"id-{day}"}])
+    res = CliRunner().invoke(main, ["run", "--since", "2026-11-02", "--until", "2026-11-04"])
+    assert res.exit_code == 0, res.output
+    assert _ingested_days(dagster_home) == ["2026-11-02", "2026-11-03"]
+    empty = CliRunner().invoke(main, ["run", "--since", "2026-10-01", "--until", "2026-10-31"])
+    assert empty.exit_code == 1
+    assert "no landing day from 2026-10-01 to 2026-10-31" in empty.output
+    assert "max()" not in empty.output
+
+
+def test_run_rejects_dates_that_are_not_landing_days(learnloop_home):
+    for args, said in ((["--date", "2026-02-30"], "'2026-02-30' is not a calendar date"),
+                       (["--since", "1999-12-31"], "before the first landing day 2000-01-01"),
+                       (["--until", "2031-01-01"], "2031-01-01 is in the future"),
+                       (["--date", "yesterday"], "'yesterday' is not a day: expected YYYY-MM-DD"),
+                       (["--since", "2026-11-03", "--until", "2026-11-01"], "is after --until")):
+        res = CliRunner().invoke(main, ["run", *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert said in res.output, (args, res.output)
+
+
+def test_a_first_sensor_tick_after_learnloop_run_requests_nothing(learnloop_home, monkeypatch):
+    """Issue 9 item 3: runs started by the CLI count for the sensor: a daemon started after
+    `learnloop run` (no cursor) requests no day the CLI ingested, and only a changed day after."""
+    import dagster as dg
+
+    from ml.landing import write_landing_file
+    from orchestration.sensors import landing_file_sensor
+    from tests.stores import resources_for
+
+    dagster_home = _ingest_only(monkeypatch, learnloop_home)
+    landing = learnloop_home / "landing"
+    write_landing_file(landing, "2026-11-01", "t", [REC])
+    write_landing_file(landing, "2026-11-02", "t", [{**REC, "interaction_id": "r2"}])
+    res = CliRunner().invoke(main, ["run"])
+    assert res.exit_code == 0, res.output
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources=resources_for(learnloop_home))
+        first = landing_file_sensor(ctx)
+        assert not first.run_requests
+        assert "already ingested" in first.skip_reason.skip_message
+        write_landing_file(landing, "2026-11-02", "t2", [{**REC, "interaction_id": "r3"}])
+        ctx = dg.build_sensor_context(instance=instance, cursor=first.cursor,
+                                      resources=resources_for(learnloop_home))
+        assert [r.partition_key for r in landing_file_sensor(ctx).run_requests] == ["2026-11-02"]

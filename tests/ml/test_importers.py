@@ -506,3 +506,47 @@ def test_import_outlook_counts_copies_conflicts_and_ingested_ids(tmp_path):
     again = import_to_landing("native", src, land, warehouse=wh)["ingest_outlook"]
     assert again["in_other_landing_files"] == {"exact": 3 + 1, "conflicting": 1}
     assert again["new"] == 0
+
+
+def test_import_to_landing_creates_no_future_day_and_quarantines_those_records(tmp_path):
+    """Issue 9 item 4: a record timestamped in the future (beyond the clock-skew tolerance after
+    now) or before the first landing day creates no day folder: it is rejected with
+    its reason, kept in the import day's rejected file, and ingest quarantines it with that
+    reason (nothing dropped silently)."""
+    from ml.ingest import ingest_files
+
+    src = _write_jsonl(tmp_path / "clock.jsonl", [
+        _rec("ok"),
+        _rec("ahead", timestamp="2031-01-01T00:00:00Z"),
+        _rec("old", timestamp="1999-12-31T23:00:00Z"),
+    ])
+    landing = tmp_path / "landing"
+    summary = import_to_landing("native", src, landing, "t1", import_time=T0)
+    assert (summary["accepted"], summary["quarantined"]) == (1, 2)
+    assert summary["timestamp_rejected"] == 2
+    assert summary["days"] == {"2026-11-02": 1}
+    assert sorted(p.name for p in landing.iterdir() if p.name.startswith("date=")) == [
+        "date=2026-11-02", "date=2026-11-03"]
+    rejected = Path(next(f for f in summary["files"] if "-rejected-" in f))
+    envs = [json.loads(ln)["import_rejected"] for ln in rejected.read_text().splitlines()]
+    assert [json.loads(e["raw"])["interaction_id"] for e in envs] == ["ahead", "old"]
+    assert "timestamp 2031-01-01T00:00:00+00:00 is in the future" in envs[0]["reason"]
+    assert "before the first landing day 2000-01-01" in envs[1]["reason"]
+    res = ingest_files([rejected], "2026-11-03", b"k", workers=0,
+                       now=datetime(2026, 11, 3, 12, tzinfo=UTC))
+    assert res.interactions.height == 0 and res.quarantined.height == 2
+    assert all("is in the future" in r or "before the first landing day" in r
+               for r in res.quarantined["reason"].to_list())
+
+
+def test_timestamp_problem_allows_clock_skew_only():
+    from datetime import timedelta
+
+    from ml.landing import FUTURE_TOLERANCE, timestamp_problem
+
+    assert timestamp_problem(T0 + FUTURE_TOLERANCE, now=T0) is None  # clock skew: accepted
+    assert "is in the future" in timestamp_problem(T0 + FUTURE_TOLERANCE + timedelta(seconds=1),
+                                                   now=T0)
+    assert timestamp_problem(datetime(2000, 1, 1, tzinfo=UTC), now=T0) is None
+    assert "before the first landing day" in timestamp_problem(
+        datetime(1999, 12, 31, 23, 59, tzinfo=UTC), now=T0)

@@ -607,3 +607,49 @@ def test_cross_partition_dedup_is_per_tenant(tmp_path):
     res = drop_cross_partition_duplicates(later, first.interactions, [p])
     assert res.interactions.height == 1 and res.quarantined.height == 0
     assert res.interactions["tenant_id"].to_list() == ["globex"]
+
+
+# ---- issue 9 item 4: timestamps against the ingest time and the landing day --------------------
+
+def test_future_timestamps_are_quarantined_and_far_days_noted_by_both_paths(tmp_path):
+    """A record timestamped beyond the clock-skew tolerance after the ingest time is quarantined
+    with a clear reason (it used to be accepted without a word, creating days in 2031); one whose
+    timestamp's day is far from its landing day is kept with a note. Both paths agree, and the
+    quarantine stays in file/line order."""
+    from datetime import UTC
+
+    from ml.ingest.common import FUTURE_REASON  # noqa: F401 - the reason's template exists
+    from ml.landing import FAR_FROM_LANDING_DAYS, FUTURE_TOLERANCE
+
+    now = datetime(2024, 3, 2, 22, 0, tzinfo=UTC)
+    within = (now + FUTURE_TOLERANCE).replace(tzinfo=None).isoformat() + "Z"
+    lines = [
+        json.dumps(good(1)),  # on its landing day
+        json.dumps(good(2, timestamp="2031-01-01T00:00:00Z")),  # years ahead
+        "{broken",  # a bad line after it: order kept
+        json.dumps(good(3, timestamp=within)),  # at the tolerance: still accepted
+        json.dumps(good(4, timestamp="2024-02-20T08:00:00Z")),  # 10 days before
+        json.dumps(good(5, timestamp="2024-03-02T20:00:00Z")),  # 1 day after: no note
+    ]
+    p1 = write(tmp_path, "a.jsonl", lines)
+    p2 = write(tmp_path, "b.jsonl", [json.dumps(good(6, timestamp="2024-03-03T00:30:00Z"))])
+    v = ingest_files([p1, p2], DAY, KEY, workers=0, now=now)
+    n = naive_ingest([p1, p2], DAY, KEY, now=now)
+    assert_frame_equal(v.interactions, n.interactions)
+    assert_frame_equal(v.quarantined, n.quarantined)
+    assert v.interactions["interaction_id"].to_list() == ["id-1", "id-3", "id-4", "id-5"]
+    q = v.quarantined.select("source_file", "line_no", "interaction_id", "reason").rows()
+    assert [(Path(f).name, ln, i) for f, ln, i, _ in q] == [
+        ("a.jsonl", 2, "id-2"), ("a.jsonl", 3, None), ("b.jsonl", 1, "id-6")]
+    assert q[0][3].startswith("timestamp 2031-01-01T00:00:00 (UTC) is in the future: more than "
+                              "1 h after the ingest time")
+    assert json.loads(v.quarantined["raw"][0])["interaction_id"] == "id-2"  # the raw line kept
+    notes = dict(zip(v.interactions["interaction_id"].to_list(),
+                     v.interactions["ingest_notes"].to_list(), strict=True))
+    assert FAR_FROM_LANDING_DAYS == 1
+    assert notes["id-4"] == ["timestamp day 2024-02-20 is 10 day(s) before the landing day "
+                             "2024-03-01"]
+    assert notes["id-1"] == [] and notes["id-3"] == [] and notes["id-5"] == []
+    assert (v.stats["future_timestamps"], v.stats["far_from_landing_day"]) == (2, 1)
+    assert v.stats["accepted"] == 4 and v.stats["quarantined"] == 3
+    assert n.stats["future_timestamps"] == 2 and n.stats["quarantined"] == 3

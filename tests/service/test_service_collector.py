@@ -338,3 +338,15 @@ def test_a_dead_worker_process_is_a_503_then_the_pool_restarts(sqlite_world, app
         assert again.status_code == 200 and again.json()["accepted"] == 1
         assert pool.pids() and pool.pids() != [pid]
     pool.shutdown()
+
+
+def test_check_records_rejects_future_and_too_old_timestamps():
+    """Issue 9 item 4: the collector creates no day folder in the future (beyond the clock-skew
+    tolerance) or before the first landing day: those records are answered as rejected, with
+    the reason."""
+    results, by_day = check_records(
+        [record(1), record(2, day="2031-01-01"), record(3, day="1999-12-31")], "acme")
+    assert [r["accepted"] for r in results] == [True, False, False]
+    assert "is in the future" in results[1]["reason"]
+    assert "before the first landing day 2000-01-01" in results[2]["reason"]
+    assert sorted(by_day) == ["2026-11-20"]
