@@ -36,9 +36,14 @@ def _sha256(path: Path) -> str:
 
 
 def residual_pii(con, table: str, day: str) -> list[dict]:
-    """PII left in one partition of a warehouse table, over all its VARCHAR and VARCHAR[]
-    columns: [{column, pii_type, values}] (``ml.pii.residual_pii_in_table``)."""
-    return residual_pii_in_table(con, table, "partition_date = ?::DATE", [day])
+    """PII left in one partition of a warehouse table, over its free-text columns (the
+    registry's ``free_text``: ids, hashes, enums and paths are not text, and a UUID is no phone
+    number): [{column, pii_type, values}] (``ml.pii.residual_pii_in_table``)."""
+    free_text = TABLES[table].free_text
+    if not free_text:
+        raise ValueError(f"table {table!r} declares no free-text columns to check for PII")
+    return residual_pii_in_table(con, table, "partition_date = ?::DATE", [day],
+                                 columns=free_text)
 
 
 def _earlier_copies(con, good: pl.DataFrame, day: str) -> pl.DataFrame:

@@ -273,3 +273,38 @@ def test_residue_the_scrubber_misses_fails_the_blocking_check(learnloop_home):
         assert _check_metadata(result, "check_no_residual_pii")["by_column"] == [
             {"column": "response", "pii_type": "IP_ADDRESS", "values": 1}]
         assert "interaction_quality" not in _mats(result)  # blocked downstream
+
+
+def test_residual_pii_checks_pass_on_demo_data_with_pii_looking_ids_and_still_block_leaks(
+        learnloop_home):
+    """The demo generator's UUIDs are ids, not text: seed 8 makes one whose digits Presidio reads
+    as a card number. The checks read the registry's free-text columns only, so routine data
+    passes, and PII planted in a text column of either table still fails them."""
+    from ml.demo.generate import generate
+    from ml.pii import residual_pii_in_table
+
+    summary = generate(learnloop_home / "landing", 1500, seed=8, days=1)
+    (day,) = summary["days"]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", [day])
+        result = dg.materialize([raw_interactions, ingest_interactions], partition_key=day,
+                                instance=instance, resources=resources_for(learnloop_home))
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["check_no_residual_pii"] and checks["check_no_residual_pii_in_quarantine"]
+    con = duckdb.connect(str(learnloop_home / "warehouse.duckdb"))
+    try:
+        # the data does reproduce the old failure: a scan of every VARCHAR column flags an id
+        every_column = residual_pii_in_table(con, "interactions", "partition_date = ?::DATE",
+                                             [day])
+        assert {r["column"] for r in every_column} == {"interaction_id"}
+        # PII planted in text columns is still found: the checks stay able to fail
+        con.execute("UPDATE interactions SET response = 'call me: jo@example.com' WHERE rowid = "
+                    "(SELECT min(rowid) FROM interactions)")
+        con.execute("UPDATE quarantined_interactions SET raw = 'card 4111 1111 1111 1111' "
+                    "WHERE rowid = (SELECT min(rowid) FROM quarantined_interactions)")
+        assert residual_pii(con, "interactions", day) == [
+            {"column": "response", "pii_type": "EMAIL", "values": 1}]
+        assert residual_pii(con, "quarantined_interactions", day) == [
+            {"column": "raw", "pii_type": "CREDIT_CARD", "values": 1}]
+    finally:
+        con.close()
