@@ -18,7 +18,12 @@ from assets.resources import (
 )
 from ml import landing
 from ml import warehouse as wh
-from ml.ingest import drop_cross_partition_duplicates, ingest_files
+from ml.ingest import (
+    QUARANTINE_KEY,
+    drop_cross_partition_duplicates,
+    drop_quarantine_copies,
+    ingest_files,
+)
 from ml.pii import residual_pii_in_table
 from ml.tables import TABLES
 
@@ -57,6 +62,22 @@ def _earlier_copies(con, good: pl.DataFrame, day: str) -> pl.DataFrame:
                  "WHERE i.partition_date <> ?::DATE", [day])
     finally:
         con.unregister("_ids")
+
+
+def _quarantined_elsewhere(con, bad: pl.DataFrame, day: str) -> pl.Series:
+    """The ``quarantine_key`` values of ``bad`` that other partitions of
+    ``quarantined_interactions`` already hold."""
+    wh.ensure_table(con, "quarantined_interactions")
+    if bad.height == 0:
+        return pl.Series(QUARANTINE_KEY, [], dtype=pl.String)
+    con.register("_qkeys", bad.select(QUARANTINE_KEY).to_arrow())
+    try:
+        return wh.query(
+            con, "SELECT DISTINCT q.quarantine_key FROM quarantined_interactions q "
+                 "SEMI JOIN _qkeys USING (quarantine_key) WHERE q.partition_date <> ?::DATE",
+            [day]).get_column(QUARANTINE_KEY)
+    finally:
+        con.unregister("_qkeys")
 
 
 @dg.asset(
@@ -140,7 +161,11 @@ def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseR
         # ids another partition already holds: exact copies dropped, others quarantined
         result = drop_cross_partition_duplicates(result, _earlier_copies(con, result.interactions,
                                                                          day), paths)
-        good, bad = result.interactions, result.quarantined
+        good = result.interactions
+        # a rejected record already quarantined (this day or another) is not quarantined again
+        bad, copies = drop_quarantine_copies(
+            result.quarantined, _quarantined_elsewhere(con, result.quarantined, day))
+        result.stats.update(copies, quarantined=bad.height)
         wh.replace_partition(con, "interactions", day, good)
         wh.replace_partition(con, "quarantined_interactions", day, bad)
         # the checks read what was written

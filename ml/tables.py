@@ -141,7 +141,11 @@ TABLE_LIST: list[Table] = [
                ("interaction_id", "VARCHAR", "The record's id when it had a readable one."),
                ("reason", "VARCHAR", "What is wrong, naming the field(s)."),
                ("raw", "VARCHAR", "The raw text of the record, PII-scrubbed."),
-           ], partitioned=True, dbt_source=True,
+               ("quarantine_key", "VARCHAR", "Identity of the rejected record: digest of its "
+                                             "reason and unscrubbed raw text (of the file name "
+                                             "for an unreadable file); unique across partitions, "
+                                             "so a re-imported line is quarantined once."),
+           ], key=("quarantine_key",), partitioned=True, dbt_source=True,
            free_text=("reason", "raw")),
     _table("interaction_quality",
            "The multi-dimensional quality score of each interaction (seed 003); NULL = the "

@@ -308,3 +308,35 @@ def test_residual_pii_checks_pass_on_demo_data_with_pii_looking_ids_and_still_bl
             {"column": "raw", "pii_type": "CREDIT_CARD", "values": 1}]
     finally:
         con.close()
+
+
+def test_reimported_malformed_lines_are_quarantined_once(learnloop_home, tmp_path):
+    """`learnloop import` of the same file lands a new file each time (the rejected lines in the
+    import day's folder): the quarantine keeps one row per rejected record, across days and
+    re-ingests, as the interactions table keeps one row per id."""
+    from datetime import UTC
+
+    from ml.importers import import_to_landing
+
+    src = tmp_path / "logs.jsonl"
+    src.write_text("\n".join([json.dumps(_record(1)), "{not json",
+                              json.dumps(_record(2, feedback={"rating": 9})),
+                              json.dumps(_record(3))]) + "\n")
+    landing = learnloop_home / "landing"
+    for when in ("2026-11-10T08:00:00", "2026-11-10T09:00:00", "2026-11-11T08:00:00"):
+        import_to_landing("native", src, landing,
+                          import_time=datetime.fromisoformat(when).replace(tzinfo=UTC))
+    days = [DAY, "2026-11-10", "2026-11-11"]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("landing_date", days)
+        for _ in range(2):  # and every day ingested again
+            for day in days:
+                assert dg.materialize([raw_interactions, ingest_interactions], partition_key=day,
+                                      instance=instance,
+                                      resources=resources_for(learnloop_home)).success
+    rows = warehouse_rows(learnloop_home, "SELECT partition_date::VARCHAR, reason, "
+                                          "quarantine_key FROM quarantined_interactions")
+    assert len(rows) == 2, rows
+    assert {r[0] for r in rows} == {"2026-11-10"}  # the day ingested first keeps them
+    assert len({r[2] for r in rows}) == 2
+    assert warehouse_rows(learnloop_home, "SELECT count(*) FROM interactions") == [(2,)]
