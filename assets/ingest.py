@@ -16,10 +16,11 @@ from assets.resources import (
     WarehouseResource,
     session_hash_key,
 )
-from ml import landing
+from ml import landing, retention
 from ml import warehouse as wh
 from ml.ingest import (
     QUARANTINE_KEY,
+    IngestResult,
     drop_cross_partition_duplicates,
     drop_quarantine_copies,
     ingest_files,
@@ -80,6 +81,24 @@ def _quarantined_elsewhere(con, bad: pl.DataFrame, day: str) -> pl.Series:
         con.unregister("_qkeys")
 
 
+def _with_logical_source_files(result: IngestResult, paths: list[Path],
+                               landing_zone: LandingZoneResource) -> IngestResult:
+    """Rows of archived files named by their landing path (``ml.retention.logical_path``), so
+    re-ingesting an archived day writes the same rows."""
+    root, archive = landing_zone.root(), landing_zone.archive()
+    names = {str(p): retention.logical_path(p, root, archive) for p in paths}
+    names = {k: v for k, v in names.items() if k != v}
+    if not names:
+        return result
+
+    def rename(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(pl.col("source_file").replace(names)) if frame.height \
+            else frame
+
+    return IngestResult(rename(result.interactions), rename(result.quarantined), result.stats,
+                        result.positions)
+
+
 @dg.asset(
     partitions_def=landing_date_partitions,
     **catalog("raw_interactions", "ingest"),
@@ -90,8 +109,17 @@ def _quarantined_elsewhere(con, bad: pl.DataFrame, day: str) -> pl.Series:
 def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZoneResource,
                      warehouse: WarehouseResource) -> dg.MaterializeResult:
     day = context.partition_key
-    root = landing_zone.root()
-    files = landing.list_files(root, day)
+    root, archive = landing_zone.root(), landing_zone.archive()
+    # the day's files: landing and archive (archiving is not deleting, ml.retention)
+    files = retention.day_files(root, archive, day)
+    with warehouse.get_connection() as con:
+        wh.ensure_table(con, "raw_files")
+        registered = [r[0] for r in con.execute(
+            "SELECT path FROM raw_files WHERE partition_date = ?::DATE", [day]).fetchall()]
+    gone = retention.missing_files(registered, files)
+    if gone:
+        raise dg.Failure(description=retention.gone_files_message(day, gone, archive),
+                         metadata={"gone_files": dg.MetadataValue.json(gone)})
     now = datetime.now(UTC).replace(tzinfo=None)
     frame = pl.DataFrame(
         {
@@ -110,6 +138,7 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
         "files": len(files),
         "bytes": int(frame["size_bytes"].sum() or 0),
         "landing_dir": str(landing.partition_dir(root, day)),
+        "archived_files": sum(1 for p in files if p.is_relative_to(archive)),
     })
 
 
@@ -142,13 +171,15 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
     partitions_def=landing_date_partitions,
     pool=WAREHOUSE_POOL,
 )
-def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                        landing_zone: LandingZoneResource):
     day = context.partition_key
     with warehouse.get_connection() as con:
         wh.ensure_table(con, "raw_files")
-        paths = [Path(r[0]) for r in con.execute(
-            "SELECT path FROM raw_files WHERE partition_date = ?::DATE ORDER BY path", [day]
-        ).fetchall()]
+        # by file name: the same order whether a file is in the landing folder or archived
+        paths = sorted((Path(r[0]) for r in con.execute(
+            "SELECT path FROM raw_files WHERE partition_date = ?::DATE", [day]).fetchall()),
+            key=lambda p: (p.name, str(p)))
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"landing files registered for {day} are gone: {missing[:5]}")
@@ -157,6 +188,7 @@ def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseR
     if result.stats.get("worker_failures"):
         context.log.warning(f"ingest worker processes failed, ran in-process: "
                             f"{result.stats.get('worker_failure')}")
+    result = _with_logical_source_files(result, paths, landing_zone)
     with warehouse.get_connection() as con:
         # ids another partition already holds: exact copies dropped, others quarantined
         result = drop_cross_partition_duplicates(result, _earlier_copies(con, result.interactions,
