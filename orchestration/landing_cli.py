@@ -135,20 +135,24 @@ def delete(day: str, reason: str, actor: str | None, yes: bool) -> None:
         if not yes:
             click.confirm(f"delete {day}: {len(files)} file(s) and {len(keys)} interaction(s) "
                           f"with their scores, quarantine, audits and embeddings?", abort=True)
-        with session_scope(s.store) as session:  # committed only when the rest succeeded
-            counts: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        # the store first, in its own transaction: a failure later leaves the day's rows in the
+        # warehouse, so running the command again finds the same interactions (and the items
+        # already closed are counted as decided)
+        with session_scope(s.store) as session:
             counts.update(close_items_of_deleted_interactions(
                 session, keys, actor=f"retention:{actor}", reason=reason))
             counts["audit_attempts"] = delete_audit_attempts(session, keys)
-            counts.update({f"warehouse.{t}": n for t, n in
-                           retention.delete_day_rows(con, day, keys).items()})
-            if Path(s.lancedb).exists():
-                from ml import embeddings
+        counts.update({f"warehouse.{t}": n for t, n in
+                       retention.delete_day_rows(con, day, keys).items()})
+        if Path(s.lancedb).exists():
+            from ml import embeddings
 
-                counts["embeddings"] = retention.delete_day_embeddings(
-                    embeddings.connect(s.lancedb), day)
-            removed = retention.delete_day_files(s.landing, s.archive, day)
-            counts["files"] = len(removed)
+            counts["embeddings"] = retention.delete_day_embeddings(
+                embeddings.connect(s.lancedb), day)
+        removed = retention.delete_day_files(s.landing, s.archive, day)
+        counts["files"] = len(removed)
+        with session_scope(s.store) as session:
             record_retention_event(session, action="delete", day=day, actor=actor,
                                    reason=reason, files=[str(p) for p in removed], counts=counts)
     finally:
