@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -95,6 +96,11 @@ def test_killed_ingest_leaves_no_worker_processes(tmp_path):
     finally:
         for p in left:
             os.kill(p, signal.SIGKILL)
+    # its exchange directory is left behind, named after it; the next pool's sweep removes it
+    base = Path(workers._exchange_base() or tempfile.gettempdir())
+    mine = list(base.glob(f"learnloop-ingest-{proc.pid}-*"))
+    assert len(mine) == 1
+    assert sweep_exchange_dirs() and not mine[0].exists()
 
 
 @linux_only
