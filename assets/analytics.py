@@ -22,6 +22,14 @@ warehouse path does not matter to ``dbt parse`` (it opens no connection). This r
 ``DbtProject.prepare_if_dev()``, which parses only under ``dagster dev`` (DAGSTER_IS_DEV_CLI) and
 runs ``dbt`` from PATH (a venv used without activation has none there).
 
+Where dbt writes. Nothing goes into the source tree: dbt's ``target/`` (the manifest, the
+partial-parse cache, each invocation's artifacts) and its logs live under ``$LEARNLOOP_HOME/dbt/
+target`` (``LEARNLOOP_DBT_DIR``/target when set; ``ml.config.Settings.dbt_target``). The manifest's
+place is read once, when this module is imported (``@dbt_assets`` needs the manifest then: the one
+setting read at import, by necessity); each ``dbt build`` writes its artifacts and ``dbt.log`` to a
+folder of its own, ``<target>/<asset>-<run id>-<random>`` (dagster-dbt's default layout, there
+rather than in ``dbt_project/target``), under the target of the LEARNLOOP_HOME of the run.
+
 The warehouse path. It is decided at run time, not at import: the asset asks the ``warehouse``
 resource (``WarehouseResource.path()``: its ``database`` field, else ``LEARNLOOP_WAREHOUSE_PATH``
 or ``$LEARNLOOP_HOME/warehouse.duckdb``)
@@ -34,6 +42,7 @@ import json
 import os
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +54,7 @@ import duckdb
 from assets.catalog import STAGE_OWNERS
 from assets.resources import WAREHOUSE_POOL, WarehouseResource
 from ml import warehouse as wh
+from ml.config import Settings
 from ml.tables import TABLE_LIST
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
@@ -59,7 +69,14 @@ def dbt_executable() -> str:
     return str(sibling) if sibling.exists() else "dbt"
 
 
-dbt_project = dg_dbt.DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+def dbt_target_dir() -> Path:
+    """Where dbt writes (``$LEARNLOOP_HOME/dbt/target``), read from the environment now."""
+    return Settings().dbt_target
+
+
+# an absolute target_path: DbtProject joins it to project_dir, which keeps it as it is
+dbt_project = dg_dbt.DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR,
+                                target_path=dbt_target_dir())
 
 
 def _newest_project_file(project: dg_dbt.DbtProject) -> float:
@@ -153,9 +170,10 @@ def dbt_analytics_assets(context: dg.AssetExecutionContext, dbt: dg_dbt.DbtCliRe
         created = ensure_source_tables(con)
     if created:
         context.log.info(f"created empty source tables not written yet: {created}")
-    context.log.info(f"dbt build on warehouse {path}")
+    target = invocation_target(dbt_target_dir(), context.run.run_id)
+    context.log.info(f"dbt build on warehouse {path}; dbt's artifacts and log in {target}")
     invocation = dbt.cli(["build", "--vars", dbt_vars(path)], context=context,
-                         raise_on_error=False)
+                         raise_on_error=False, target_path=target)
     events = list(invocation.stream())
     with warehouse.get_connection() as con:
         counts = table_row_counts(con, invocation.manifest, events)
@@ -168,6 +186,11 @@ def dbt_analytics_assets(context: dg.AssetExecutionContext, dbt: dg_dbt.DbtCliRe
     error = invocation.get_error()
     if error is not None:
         raise error
+
+
+def invocation_target(target: Path, run_id: str) -> Path:
+    """A fresh folder under ``target`` for one dbt invocation's artifacts and log."""
+    return target / f"dbt_analytics-{run_id[:7]}-{uuid.uuid4().hex[:7]}"
 
 
 def ensure_source_tables(con: duckdb.DuckDBPyConnection) -> list[str]:

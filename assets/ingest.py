@@ -16,9 +16,15 @@ from assets.resources import (
     WarehouseResource,
     session_hash_key,
 )
-from ml import landing
+from ml import landing, retention
 from ml import warehouse as wh
-from ml.ingest import drop_cross_partition_duplicates, ingest_files
+from ml.ingest import (
+    QUARANTINE_KEY,
+    IngestResult,
+    drop_cross_partition_duplicates,
+    drop_quarantine_copies,
+    ingest_files,
+)
 from ml.pii import residual_pii_in_table
 from ml.tables import TABLES
 
@@ -36,9 +42,14 @@ def _sha256(path: Path) -> str:
 
 
 def residual_pii(con, table: str, day: str) -> list[dict]:
-    """PII left in one partition of a warehouse table, over all its VARCHAR and VARCHAR[]
-    columns: [{column, pii_type, values}] (``ml.pii.residual_pii_in_table``)."""
-    return residual_pii_in_table(con, table, "partition_date = ?::DATE", [day])
+    """PII left in one partition of a warehouse table, over its free-text columns (the
+    registry's ``free_text``: ids, hashes, enums and paths are not text, and a UUID is no phone
+    number): [{column, pii_type, values}] (``ml.pii.residual_pii_in_table``)."""
+    free_text = TABLES[table].free_text
+    if not free_text:
+        raise ValueError(f"table {table!r} declares no free-text columns to check for PII")
+    return residual_pii_in_table(con, table, "partition_date = ?::DATE", [day],
+                                 columns=free_text)
 
 
 def _earlier_copies(con, good: pl.DataFrame, day: str) -> pl.DataFrame:
@@ -54,6 +65,40 @@ def _earlier_copies(con, good: pl.DataFrame, day: str) -> pl.DataFrame:
         con.unregister("_ids")
 
 
+def _quarantined_elsewhere(con, bad: pl.DataFrame, day: str) -> pl.Series:
+    """The ``quarantine_key`` values of ``bad`` that other partitions of
+    ``quarantined_interactions`` already hold."""
+    wh.ensure_table(con, "quarantined_interactions")
+    if bad.height == 0:
+        return pl.Series(QUARANTINE_KEY, [], dtype=pl.String)
+    con.register("_qkeys", bad.select(QUARANTINE_KEY).to_arrow())
+    try:
+        return wh.query(
+            con, "SELECT DISTINCT q.quarantine_key FROM quarantined_interactions q "
+                 "SEMI JOIN _qkeys USING (quarantine_key) WHERE q.partition_date <> ?::DATE",
+            [day]).get_column(QUARANTINE_KEY)
+    finally:
+        con.unregister("_qkeys")
+
+
+def _with_logical_source_files(result: IngestResult, paths: list[Path],
+                               landing_zone: LandingZoneResource) -> IngestResult:
+    """Rows of archived files named by their landing path (``ml.retention.logical_path``), so
+    re-ingesting an archived day writes the same rows."""
+    root, archive = landing_zone.root(), landing_zone.archive()
+    names = {str(p): retention.logical_path(p, root, archive) for p in paths}
+    names = {k: v for k, v in names.items() if k != v}
+    if not names:
+        return result
+
+    def rename(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(pl.col("source_file").replace(names)) if frame.height \
+            else frame
+
+    return IngestResult(rename(result.interactions), rename(result.quarantined), result.stats,
+                        result.positions)
+
+
 @dg.asset(
     partitions_def=landing_date_partitions,
     **catalog("raw_interactions", "ingest"),
@@ -64,8 +109,17 @@ def _earlier_copies(con, good: pl.DataFrame, day: str) -> pl.DataFrame:
 def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZoneResource,
                      warehouse: WarehouseResource) -> dg.MaterializeResult:
     day = context.partition_key
-    root = landing_zone.root()
-    files = landing.list_files(root, day)
+    root, archive = landing_zone.root(), landing_zone.archive()
+    # the day's files: landing and archive (archiving is not deleting, ml.retention)
+    files = retention.day_files(root, archive, day)
+    with warehouse.get_connection() as con:
+        wh.ensure_table(con, "raw_files")
+        registered = [r[0] for r in con.execute(
+            "SELECT path FROM raw_files WHERE partition_date = ?::DATE", [day]).fetchall()]
+    gone = retention.missing_files(registered, files)
+    if gone:
+        raise dg.Failure(description=retention.gone_files_message(day, gone, archive),
+                         metadata={"gone_files": dg.MetadataValue.json(gone)})
     now = datetime.now(UTC).replace(tzinfo=None)
     frame = pl.DataFrame(
         {
@@ -84,6 +138,7 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
         "files": len(files),
         "bytes": int(frame["size_bytes"].sum() or 0),
         "landing_dir": str(landing.partition_dir(root, day)),
+        "archived_files": sum(1 for p in files if p.is_relative_to(archive)),
     })
 
 
@@ -116,13 +171,15 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
     partitions_def=landing_date_partitions,
     pool=WAREHOUSE_POOL,
 )
-def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                        landing_zone: LandingZoneResource):
     day = context.partition_key
     with warehouse.get_connection() as con:
         wh.ensure_table(con, "raw_files")
-        paths = [Path(r[0]) for r in con.execute(
-            "SELECT path FROM raw_files WHERE partition_date = ?::DATE ORDER BY path", [day]
-        ).fetchall()]
+        # by file name: the same order whether a file is in the landing folder or archived
+        paths = sorted((Path(r[0]) for r in con.execute(
+            "SELECT path FROM raw_files WHERE partition_date = ?::DATE", [day]).fetchall()),
+            key=lambda p: (p.name, str(p)))
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"landing files registered for {day} are gone: {missing[:5]}")
@@ -131,11 +188,16 @@ def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseR
     if result.stats.get("worker_failures"):
         context.log.warning(f"ingest worker processes failed, ran in-process: "
                             f"{result.stats.get('worker_failure')}")
+    result = _with_logical_source_files(result, paths, landing_zone)
     with warehouse.get_connection() as con:
         # ids another partition already holds: exact copies dropped, others quarantined
         result = drop_cross_partition_duplicates(result, _earlier_copies(con, result.interactions,
                                                                          day), paths)
-        good, bad = result.interactions, result.quarantined
+        good = result.interactions
+        # a rejected record already quarantined (this day or another) is not quarantined again
+        bad, copies = drop_quarantine_copies(
+            result.quarantined, _quarantined_elsewhere(con, result.quarantined, day))
+        result.stats.update(copies, quarantined=bad.height)
         wh.replace_partition(con, "interactions", day, good)
         wh.replace_partition(con, "quarantined_interactions", day, bad)
         # the checks read what was written

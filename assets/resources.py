@@ -138,10 +138,20 @@ class LandingZoneResource(dg.ConfigurableResource):
     path: str = Field(default="", description="Folder of the landing zone; empty: "
                                               "LEARNLOOP_LANDING_DIR, else $LEARNLOOP_HOME/landing.")
 
+    archive_path: str = Field(default="", description="Folder of archived landing files "
+                                                      "(`learnloop landing archive`); empty: "
+                                                      "LEARNLOOP_ARCHIVE_DIR, else "
+                                                      "$LEARNLOOP_HOME/archive.")
+
     def root(self) -> Path:
         root = Path(self.path).expanduser().resolve() if self.path else Settings().landing
         root.mkdir(parents=True, exist_ok=True)
         return root
+
+    def archive(self) -> Path:
+        """The archive (not created: a landing zone that never archived has none)."""
+        return Path(self.archive_path).expanduser().resolve() if self.archive_path \
+            else Settings().archive
 
 
 def store_resources(home: Path | str | None = None) -> dict[str, dg.ConfigurableResource]:
@@ -152,8 +162,9 @@ def store_resources(home: Path | str | None = None) -> dict[str, dg.Configurable
         return {"warehouse": WarehouseResource(), "store": OperationalStoreResource(),
                 "vectors": VectorStoreResource(), "landing_zone": LandingZoneResource()}
     s = Settings(home=Path(home), store_url=None, warehouse_path=None, landing_dir=None,
-                 lancedb_uri=None)  # explicit: the environment does not move them elsewhere
+                 lancedb_uri=None, archive_dir=None)  # the environment does not move them
     return {"warehouse": WarehouseResource(database=str(s.warehouse)),
             "store": OperationalStoreResource(url=s.store),
             "vectors": VectorStoreResource(uri=s.lancedb),
-            "landing_zone": LandingZoneResource(path=str(s.landing))}
+            "landing_zone": LandingZoneResource(path=str(s.landing),
+                                                archive_path=str(s.archive))}

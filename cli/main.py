@@ -7,6 +7,7 @@ import os
 import click
 
 from orchestration.cli import COMMANDS as PIPELINE_COMMANDS
+from orchestration.landing_cli import COMMANDS as LANDING_COMMANDS
 from service.cli import COMMANDS as SERVICE_COMMANDS
 
 
@@ -17,5 +18,5 @@ def main() -> None:
     os.environ.setdefault("LANCEDB_LOG", "error")
 
 
-for _command in (*PIPELINE_COMMANDS, *SERVICE_COMMANDS):
+for _command in (*PIPELINE_COMMANDS, *LANDING_COMMANDS, *SERVICE_COMMANDS):
     main.add_command(_command)

@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     lancedb_uri: str | None = Field(default=None, description="LanceDB directory or URI.")
     mlflow_tracking_uri: str | None = Field(default=None, description="MLflow tracking URI.")
     dagster_home: Path | None = Field(default=None, description="Dagster instance directory.")
+    archive_dir: Path | None = Field(
+        default=None, description="Archived landing files (`learnloop landing archive`); default "
+                                  "$HOME/archive.")
+    dbt_dir: Path | None = Field(
+        default=None, description="dbt's generated files (target/: manifest, run artifacts and "
+                                  "logs); default $HOME/dbt.")
     hash_key: SecretStr = Field(
         default=SecretStr(DEV_HASH_KEY),
         description="Key of the keyed hash (HMAC-SHA256) applied to session ids.",
@@ -89,6 +95,14 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifacts(self) -> Path:
         return self.home / "mlartifacts"
+
+    @property
+    def archive(self) -> Path:
+        return (self.archive_dir or self.home / "archive").expanduser().resolve()
+
+    @property
+    def dbt_target(self) -> Path:
+        return ((self.dbt_dir or self.home / "dbt") / "target").expanduser().resolve()
 
     @property
     def dagster_home_dir(self) -> Path:

@@ -842,10 +842,12 @@ RESIDUAL_MAX_VALUES = 20_000  # distinct candidate values per column handed to P
 
 
 def residual_pii_in_table(con, table: str, where: str = "true", params: list | None = None,
-                          skip: tuple[str, ...] = (),
+                          skip: tuple[str, ...] = (), columns: tuple[str, ...] | None = None,
                           max_values: int = RESIDUAL_MAX_VALUES) -> list[dict]:
-    """PII left in the rows of DuckDB ``table`` matching ``where``: every VARCHAR and VARCHAR[]
-    column except ``skip``, judged by a detector independent of the scrubber.
+    """PII left in the rows of DuckDB ``table`` matching ``where``: the VARCHAR and VARCHAR[]
+    ``columns`` (default: every one) except ``skip``, judged by a detector independent of the
+    scrubber. A named column the table lacks, or one that is not text, is an error (a check
+    that silently reads nothing cannot fail).
 
     DuckDB (RE2) picks the distinct values matching ``RESIDUAL_PREFILTER``; Presidio's pattern
     recognizers (``ml.pii_presidio``: ``phonenumbers``, its own checksums and regexes, plus an
@@ -860,9 +862,16 @@ def residual_pii_in_table(con, table: str, where: str = "true", params: list | N
         "ORDER BY ordinal_position", [table]).fetchall()
     if not cols:
         raise ValueError(f"residual_pii_in_table: no table {table!r} in the warehouse")
+    if columns is not None:
+        text = {n for n, t in cols if t in ("VARCHAR", "VARCHAR[]")}
+        wrong = [c for c in columns if c not in text]
+        if wrong:
+            raise ValueError(f"residual_pii_in_table: {table!r} has no text columns {wrong}")
     out: list[dict] = []
     for name, typ in cols:
         if name in skip or typ not in ("VARCHAR", "VARCHAR[]"):
+            continue
+        if columns is not None and name not in columns:
             continue
         value = f'"{name}"' if typ == "VARCHAR" else f'unnest("{name}")'
         rows = con.execute(

@@ -40,6 +40,10 @@ class Table:
     partitioned: bool = False  # by partition_date (one landing day)
     dbt_source: bool = False  # read by the dbt project as a source
     primary: bool = True  # the asset's own table (False: a side table, e.g. attempts)
+    # the columns holding free text (user, agent or upstream prose, raw records): what the PII
+    # scrubber must have cleaned and the blocking residual-PII checks read; ids, hashes, enums,
+    # paths and placeholders are not free text
+    free_text: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
@@ -51,6 +55,9 @@ class Table:
         missing = [k for k in self.key if k not in names]
         if missing:
             raise ValueError(f"table {self.name}: key columns {missing} are not columns")
+        missing = [c for c in self.free_text if c not in names]
+        if missing:
+            raise ValueError(f"table {self.name}: free-text columns {missing} are not columns")
 
     @property
     def types(self) -> dict[str, str]:
@@ -121,7 +128,10 @@ TABLE_LIST: list[Table] = [
                                     "scrubbed), and a dropped empty correction; NULL when none."),
                ("ingest_notes", "VARCHAR[]", "What ingest changed in the record and why (e.g. "
                                              "an empty human_correction dropped)."),
-           ], key=("tenant_id", "interaction_id"), partitioned=True, dbt_source=True),
+           ], key=("tenant_id", "interaction_id"), partitioned=True, dbt_source=True,
+           free_text=("messages", "user_message", "response", "retrieval", "feedback_comment",
+                      "correction_agent_id", "corrected_response", "correction_reason",
+                      "correction_category", "intent", "tags", "extra")),
     _table("quarantined_interactions",
            "Records that failed validation, with the reason and the PII-scrubbed raw text; an "
            "unreadable file is one row.", "quarantined_interactions", [
@@ -131,7 +141,12 @@ TABLE_LIST: list[Table] = [
                ("interaction_id", "VARCHAR", "The record's id when it had a readable one."),
                ("reason", "VARCHAR", "What is wrong, naming the field(s)."),
                ("raw", "VARCHAR", "The raw text of the record, PII-scrubbed."),
-           ], partitioned=True, dbt_source=True),
+               ("quarantine_key", "VARCHAR", "Identity of the rejected record: digest of its "
+                                             "reason and unscrubbed raw text (of the file name "
+                                             "for an unreadable file); unique across partitions, "
+                                             "so a re-imported line is quarantined once."),
+           ], key=("quarantine_key",), partitioned=True, dbt_source=True,
+           free_text=("reason", "raw")),
     _table("interaction_quality",
            "The multi-dimensional quality score of each interaction (seed 003); NULL = the "
            "dimension is not measurable.", "interaction_quality", [

@@ -229,3 +229,23 @@ class ConfigHistory(Base):
     new_value: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     changed_by: Mapped[str] = mapped_column(String(128))
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+RETENTION_ACTIONS = ("archive", "delete")
+
+
+class RetentionEvent(Base):
+    """Append-only record of each archive and deletion of landing data: who, when, why, which
+    day and files, and what it removed (rows per warehouse table, review items closed, ...)."""
+
+    __tablename__ = "retention_events"
+    __table_args__ = (Index("ix_retention_events_day", "day"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(16))  # archive | delete
+    day: Mapped[str] = mapped_column(String(10))  # the landing day, YYYY-MM-DD
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    files: Mapped[list] = mapped_column(JSON, default=list)
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

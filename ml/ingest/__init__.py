@@ -7,6 +7,8 @@ plus ``quarantined`` rows (reason + raw text).
 * ``reference``: ``naive_ingest``, the same result computed record by record in plain Python
   (``json.loads``, ``validate_record``, ``scrub_text``): the benchmark's baseline and the tests'
   oracle; its per-record validation also decides every line the fast path cannot.
+* ``quarantine``: the identity of a quarantine row (``quarantine_key``) and
+  ``drop_quarantine_copies`` (rejected records already quarantined, this day or another).
 * ``workers``: the worker processes the fast path runs the chunks of a large JSONL input in.
 * ``common``: what both paths share: schemas, ``IngestResult``, reading the lines of plain,
   gzip-compressed and Parquet files, quarantine rows, stats.
@@ -31,6 +33,7 @@ from ml.ingest.common import (
     hash_session,
     scrub_quarantine,
 )
+from ml.ingest.quarantine import QUARANTINE_KEY, drop_quarantine_copies, quarantine_key
 from ml.ingest.reference import naive_ingest
 from ml.ingest.vectorized import (
     CONTENT_COLUMNS,
@@ -47,6 +50,7 @@ __all__ = [
     "INT32_MAX",
     "INT64_MAX",
     "INTERACTION_SCHEMA",
+    "QUARANTINE_KEY",
     "QUARANTINE_SCHEMA",
     "QUARANTINE_SCRUBBED",
     "SCRUBBED_COLUMNS",
@@ -54,8 +58,10 @@ __all__ = [
     "IngestResult",
     "UnreadableFile",
     "drop_cross_partition_duplicates",
+    "drop_quarantine_copies",
     "hash_session",
     "ingest_files",
     "naive_ingest",
+    "quarantine_key",
     "scrub_quarantine",
 ]

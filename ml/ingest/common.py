@@ -23,6 +23,7 @@ from typing import Any
 
 import polars as pl
 
+from ml.ingest.quarantine import with_quarantine_keys
 from ml.landing import FAR_FROM_LANDING_DAYS, FUTURE_TOLERANCE
 from ml.pii import scrub_frame
 from ml.schema import unknown_fields
@@ -215,11 +216,12 @@ def _empty_quarantine() -> pl.DataFrame:
 
 
 def scrub_quarantine(quarantined: pl.DataFrame) -> pl.DataFrame:
-    """Quarantine rows with their ``raw`` text and ``reason`` PII-scrubbed (a reason may quote a
-    value); the rest as it is."""
+    """Quarantine rows with their identity ``quarantine_key`` (``ml.ingest.quarantine``: a digest
+    of the unscrubbed reason and raw text) and their ``raw`` text and ``reason`` PII-scrubbed (a
+    reason may quote a value); the rest as it is."""
     if quarantined.height == 0:
         return quarantined
-    return scrub_frame(quarantined, QUARANTINE_SCRUBBED)[0]
+    return scrub_frame(with_quarantine_keys(quarantined), QUARANTINE_SCRUBBED)[0]
 
 
 def _stats(files: int, lines: int, blank: int, good: pl.DataFrame, bad: pl.DataFrame,

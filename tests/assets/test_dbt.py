@@ -332,3 +332,25 @@ def test_ensure_manifest_parses_a_clean_checkout(tmp_path: Path):
     stat = path.stat()
     os.utime(model, (stat.st_atime, stat.st_mtime + 10))
     assert not manifest_is_current(project)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
+
+
+def test_dbt_writes_nothing_into_the_source_tree(learnloop_home: Path):
+    """dbt's target/ (manifest, partial parse, run artifacts) and its log live under
+    $LEARNLOOP_HOME/dbt/target: a build leaves dbt_project/ as it was."""
+    from assets.analytics import dbt_project
+
+    _build_warehouse(learnloop_home / "warehouse.duckdb", INTERACTIONS)
+    before = _tree(DBT_PROJECT_DIR)
+
+    _materialize(learnloop_home)
+
+    assert _tree(DBT_PROJECT_DIR) == before
+    assert not dbt_project.manifest_path.is_relative_to(DBT_PROJECT_DIR)
+    runs = list((learnloop_home / "dbt" / "target").glob("dbt_analytics-*"))
+    assert len(runs) == 1
+    assert (runs[0] / "run_results.json").exists() and (runs[0] / "dbt.log").exists()

@@ -286,3 +286,68 @@ def test_a_record_from_the_future_is_quarantined_and_a_late_one_noted(learnloop_
     assert notes["it-3"] == ["timestamp day 2026-10-01 is 33 day(s) before the landing day "
                              f"{DAY}"]
     assert notes["it-1"] == []
+
+
+def test_residual_pii_checks_pass_on_demo_data_with_pii_looking_ids_and_still_block_leaks(
+        learnloop_home):
+    """The demo generator's UUIDs are ids, not text: seed 8 makes one whose digits Presidio reads
+    as a card number. The checks read the registry's free-text columns only, so routine data
+    passes, and PII planted in a text column of either table still fails them."""
+    from ml.demo.generate import generate
+    from ml.pii import residual_pii_in_table
+
+    summary = generate(learnloop_home / "landing", 1500, seed=8, days=1)
+    (day,) = summary["days"]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([raw_interactions, ingest_interactions], partition_key=day,
+                                instance=instance, resources=resources_for(learnloop_home))
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["check_no_residual_pii"] and checks["check_no_residual_pii_in_quarantine"]
+    con = duckdb.connect(str(learnloop_home / "warehouse.duckdb"))
+    try:
+        # the data does reproduce the old failure: a scan of every VARCHAR column flags an id
+        every_column = residual_pii_in_table(con, "interactions", "partition_date = ?::DATE",
+                                             [day])
+        assert {r["column"] for r in every_column} == {"interaction_id"}
+        # PII planted in text columns is still found: the checks stay able to fail
+        con.execute("UPDATE interactions SET response = 'call me: jo@example.com' WHERE rowid = "
+                    "(SELECT min(rowid) FROM interactions)")
+        con.execute("UPDATE quarantined_interactions SET raw = 'card 4111 1111 1111 1111' "
+                    "WHERE rowid = (SELECT min(rowid) FROM quarantined_interactions)")
+        assert residual_pii(con, "interactions", day) == [
+            {"column": "response", "pii_type": "EMAIL", "values": 1}]
+        assert residual_pii(con, "quarantined_interactions", day) == [
+            {"column": "raw", "pii_type": "CREDIT_CARD", "values": 1}]
+    finally:
+        con.close()
+
+
+def test_reimported_malformed_lines_are_quarantined_once(learnloop_home, tmp_path):
+    """`learnloop import` of the same file lands a new file each time (the rejected lines in the
+    import day's folder): the quarantine keeps one row per rejected record, across days and
+    re-ingests, as the interactions table keeps one row per id."""
+    from datetime import UTC
+
+    from ml.importers import import_to_landing
+
+    src = tmp_path / "logs.jsonl"
+    src.write_text("\n".join([json.dumps(_record(1)), "{not json",
+                              json.dumps(_record(2, feedback={"rating": 9})),
+                              json.dumps(_record(3))]) + "\n")
+    landing = learnloop_home / "landing"
+    for when in ("2026-11-10T08:00:00", "2026-11-10T09:00:00", "2026-11-11T08:00:00"):
+        import_to_landing("native", src, landing,
+                          import_time=datetime.fromisoformat(when).replace(tzinfo=UTC))
+    days = [DAY, "2026-11-10", "2026-11-11"]
+    with dg.instance_for_test() as instance:
+        for _ in range(2):  # and every day ingested again
+            for day in days:
+                assert dg.materialize([raw_interactions, ingest_interactions], partition_key=day,
+                                      instance=instance,
+                                      resources=resources_for(learnloop_home)).success
+    rows = warehouse_rows(learnloop_home, "SELECT partition_date::VARCHAR, reason, "
+                                          "quarantine_key FROM quarantined_interactions")
+    assert len(rows) == 2, rows
+    assert {r[0] for r in rows} == {"2026-11-10"}  # the day ingested first keeps them
+    assert len({r[2] for r in rows}) == 2
+    assert warehouse_rows(learnloop_home, "SELECT count(*) FROM interactions") == [(2,)]

@@ -653,3 +653,21 @@ def test_future_timestamps_are_quarantined_and_far_days_noted_by_both_paths(tmp_
     assert (v.stats["future_timestamps"], v.stats["far_from_landing_day"]) == (2, 1)
     assert v.stats["accepted"] == 4 and v.stats["quarantined"] == 3
     assert n.stats["future_timestamps"] == 2 and n.stats["quarantined"] == 3
+
+
+def test_quarantine_rows_have_an_identity_from_the_unscrubbed_line(tmp_path):
+    from ml.ingest import drop_quarantine_copies
+
+    a = json.dumps(good(1, feedback={"rating": 9, "comment": "ann@example.com"}))
+    b = json.dumps(good(1, feedback={"rating": 9, "comment": "bob@example.com"}))
+    p1 = write(tmp_path, "one.jsonl", [a, b, a, "{not json"])
+    p2 = write(tmp_path, "two.jsonl", [a, "{not json"])
+    for res in (ingest_files([p1, p2], DAY, KEY, workers=0), naive_ingest([p1, p2], DAY, KEY)):
+        q = res.quarantined
+        # a and b scrub to the same text but are two records; copies of a share its key
+        assert q["raw"][0] == q["raw"][1] and q["quarantine_key"][0] != q["quarantine_key"][1]
+        assert q["quarantine_key"][0] == q["quarantine_key"][2] == q["quarantine_key"][4]
+        kept, stats = drop_quarantine_copies(q, [])
+        assert kept.height == 3 and stats["quarantine_copies_in_day"] == 3
+        kept, stats = drop_quarantine_copies(q, [q["quarantine_key"][1]])
+        assert kept.height == 2 and stats["quarantine_copies_elsewhere"] == 1

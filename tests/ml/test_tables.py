@@ -72,3 +72,27 @@ def test_every_column_is_described_and_every_asset_has_one_primary_table():
     assert primary_table("raw_interactions").name == "raw_files"
     assert primary_table("audited_errors").key == ("tenant_id", "interaction_id", "auditor",
                                                    "prompt_version")
+
+
+def test_free_text_columns_are_text_and_leave_ids_out():
+    for name in ("interactions", "quarantined_interactions"):
+        t = TABLES[name]
+        assert t.free_text, name
+        assert all(t.types[c] in ("VARCHAR", "VARCHAR[]") for c in t.free_text), name
+        assert not {"interaction_id", "tenant_id", "session_id", "source_file"} & \
+            set(t.free_text), name
+    assert {"messages", "response", "corrected_response", "feedback_comment", "retrieval",
+            "extra", "tags"} <= set(TABLES["interactions"].free_text)
+    assert set(TABLES["quarantined_interactions"].free_text) == {"reason", "raw"}
+
+
+def test_residual_pii_refuses_columns_that_are_not_text():
+    from ml.pii import residual_pii_in_table
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (id VARCHAR, body VARCHAR, n BIGINT)")
+    con.execute("INSERT INTO t VALUES ('4111-1111-1111-1111', 'fine', 1)")
+    assert residual_pii_in_table(con, "t", columns=("body",)) == []
+    assert [r["column"] for r in residual_pii_in_table(con, "t")] == ["id"]
+    with pytest.raises(ValueError, match="no text columns"):
+        residual_pii_in_table(con, "t", columns=("body", "n"))

@@ -1,6 +1,7 @@
 -- One row per rejected record. The tenant is read from the raw text when it is a JSON object
 -- (records without a tenant_id belong to 'default', as in ml.schema.InteractionRecord);
 -- unparseable raw text, or a tenant_id that is not a non-empty string, gets tenant 'unknown'.
+-- quarantine_key identifies the rejected record (ml/ingest/quarantine.py): unique across days.
 select
     source_file,
     line_no,
@@ -15,5 +16,6 @@ select
         when json_type(raw, '$.tenant_id') = 'VARCHAR'
             then coalesce(nullif(json_extract_string(raw, '$.tenant_id'), ''), 'unknown')
         else 'unknown'
-    end as tenant_id
+    end as tenant_id,
+    quarantine_key
 from {{ source('warehouse', 'quarantined_interactions') }}
