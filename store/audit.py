@@ -109,12 +109,12 @@ def attempt_counts(session: Session, max_attempts: int) -> dict[str, Any]:
     """Audit attempts of every auditor and prompt version, for ``learnloop status``: ``ok``,
     ``pending`` (failed, retried by the next run), ``given_up`` (failed ``max_attempts`` times
     request-specifically: no longer retried) and the reason of the latest failure."""
-    rows = session.execute(select(AuditAttempt.status, AuditAttempt.attempts >= max_attempts,
-                                  func.count()).group_by(
-        AuditAttempt.status, AuditAttempt.attempts >= max_attempts)).all()
+    rows = session.execute(select(AuditAttempt.status, AuditAttempt.attempts, func.count())
+                           .group_by(AuditAttempt.status, AuditAttempt.attempts)).all()
     out: dict[str, Any] = {"ok": 0, "pending": 0, "given_up": 0}
-    for status, exhausted, n in rows:
-        key = "ok" if status == "ok" else "given_up" if exhausted else "pending"
+    for status, attempts, n in rows:
+        key = ("ok" if status == "ok" else "given_up" if (attempts or 0) >= max_attempts
+               else "pending")
         out[key] += int(n)
     latest = session.scalar(select(AuditAttempt.reason).where(AuditAttempt.status == "failed")
                             .order_by(AuditAttempt.updated_at.desc(), AuditAttempt.id.desc())
