@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -451,6 +452,25 @@ def _first_line(text: str | None) -> str:
     return lines[0][:300] if lines else "(no message)"
 
 
+def _error_line(error) -> str:
+    """The first line of the first error in a chain that is not Dagster's own wrapper (the
+    user's or the library's error, e.g. the database driver's), else of the outermost one."""
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.cause
+    mine = [e for e in chain if not (e.cls_name or "").startswith("Dagster")] or chain
+    return _first_line(mine[0].message if mine else "")
+
+
+def _chain_text(error) -> str:
+    out = []
+    while error is not None:
+        out.append(error.message or "")
+        error = error.cause
+    return "\n".join(out)
+
+
 def job_report(result: dg.ExecuteInProcessResult) -> JobReport:
     """:class:`JobReport` of an in-process run, from its events and its materializations'
     metadata (``failures``, ``audited``, ``retries`` of the audit and teaching assets)."""
@@ -459,12 +479,8 @@ def job_report(result: dg.ExecuteInProcessResult) -> JobReport:
     for event in result.all_events:
         kind = event.event_type_value
         if kind == "STEP_FAILURE":
-            error = event.step_failure_data.error
-            cause = error
-            while cause is not None and cause.cause is not None and \
-                    "error occurred while executing" in cause.message.lower():
-                cause = cause.cause  # Dagster's wrapper: the user's error is its cause
-            problems.append(f"step {event.step_key} failed: {_first_line(cause.message if cause else '')}")
+            problems.append(f"step {event.step_key} failed: "
+                            f"{_error_line(event.step_failure_data.error)}")
         elif kind == "STEP_UP_FOR_RETRY":
             step_retries += 1
         elif kind == "ASSET_CHECK_EVALUATION":
@@ -473,8 +489,16 @@ def job_report(result: dg.ExecuteInProcessResult) -> JobReport:
                 warnings.append(f"check {ev.check_name} on {ev.asset_key.to_user_string()} "
                                 f"failed ({ev.severity.value})")
     if not result.success and not problems:
-        run_failure = [e for e in result.all_events if e.event_type_value == "RUN_FAILURE"]
-        problems.append(f"run failed: {_first_line(run_failure[-1].message if run_failure else '')}")
+        run_failure = [e for e in result.all_events
+                       if e.event_type == dg.DagsterEventType.RUN_FAILURE]
+        error = _event_error(run_failure[-1]) if run_failure else None
+        resource = re.search(r"on ResourceDefinition (\w+)", _chain_text(error))
+        where = f"resource {resource.group(1)} did not start: " if resource else ""
+        if error is not None:
+            reason = _error_line(error)
+        else:
+            reason = _first_line(run_failure[-1].message if run_failure else "")
+        problems.append(f"run failed: {where}{reason}")
     llm_retries = provider_failures = 0
     for event in result.get_asset_materialization_events():
         mat = event.materialization

@@ -212,9 +212,10 @@ def test_store_unreachable_mid_run_fails_clearly_and_the_rerun_is_consistent(tmp
         connections(True)
     assert proc.returncode == 1, out + err[-3000:]
     assert "running audit_job ... FAILED" in out
-    failed = [line for line in out.splitlines() if line.strip().startswith("step ")]
-    assert failed and all("failed:" in line for line in failed), out
-    assert any("connection" in line.lower() or "database" in line.lower() for line in failed), out
+    # before the fix: "run failed: (no message)"; now the store, the driver's reason, one line
+    assert ("  run failed: resource store did not start: sqlalchemy.exc.OperationalError: "
+            "(psycopg.OperationalError) connection failed: ") in out, out
+    assert f'database "{name}" is not currently accepting connections' in out, out
 
     again = subprocess.run(_cmd("run"), env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=240)

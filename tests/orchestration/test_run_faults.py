@@ -260,6 +260,26 @@ def test_job_report_names_the_failed_step_and_its_error_first_line():
                                "is missing"]
 
 
+class UnreachableStore(dg.ConfigurableResource):
+    def setup_for_execution(self, context) -> None:
+        raise RuntimeError("connection refused\nat 127.0.0.1")
+
+
+@dg.asset
+def needs_store(store: UnreachableStore) -> None:
+    pass
+
+
+def test_job_report_names_the_resource_that_did_not_start_and_the_reason():
+
+    defs = dg.Definitions(assets=[needs_store], resources={"store": UnreachableStore()},
+                          jobs=[dg.define_asset_job("j", selection=[needs_store])])
+    with dg.instance_for_test() as instance:
+        report = runner.job_report(runner.run_job(defs, instance, "j"))
+    assert report.problems == ["run failed: resource store did not start: RuntimeError: "
+                               "connection refused"]
+
+
 def _audit_result(meta: dict) -> dg.ExecuteInProcessResult:
     @dg.asset(name="audited_errors")
     def audited_errors() -> dg.MaterializeResult:
