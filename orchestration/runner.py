@@ -187,7 +187,9 @@ def release_dead_runs(instance: dg.DagsterInstance, pool: str) -> list[str]:
     for h in pool_holders(instance, pool):
         run = instance.get_run_by_id(h.run_id)
         if run is not None and run.status not in FINISHED_STATUSES:
-            if h.alive is not False:
+            # this process runs one run at a time: an unfinished run of its own is a leftover
+            mine = h.pid == str(os.getpid()) and run.tags.get(OWNER_HOST_TAG) == socket.gethostname()
+            if h.alive is not False and not mine:
                 continue
             instance.report_run_failed(
                 run, f"the learnloop process that ran it (pid {h.pid} on "

@@ -327,6 +327,24 @@ def test_status_counts_failed_and_given_up_audit_attempts(store_url):
                       "last_failure": "[request] 400 bad request"}
 
 
+def test_status_counts_failed_and_given_up_teacher_attempts(tmp_path):
+    import duckdb
+
+    from orchestration.status import teacher_attempt_counts
+
+    path = tmp_path / "warehouse.duckdb"
+    assert teacher_attempt_counts(path, 5)["pending"] == 0  # no warehouse yet
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE teacher_attempts (interaction_id VARCHAR, status VARCHAR, "
+                "reason VARCHAR, counted_attempts BIGINT, updated_at TIMESTAMP)")
+    con.execute("INSERT INTO teacher_attempts VALUES ('a', 'ok', NULL, 0, '2026-01-01'), "
+                "('b', 'failed', '[outage] 503', 0, '2026-01-02'), "
+                "('c', 'failed', '[request] 400\nbody', 5, '2026-01-03')")
+    con.close()
+    assert teacher_attempt_counts(path, 5) == {"ok": 1, "pending": 1, "given_up": 1,
+                                               "last_failure": "[request] 400"}
+
+
 def test_status_is_one_line_when_the_store_is_unreachable(learnloop_home, monkeypatch):
     from cli.main import main
 
