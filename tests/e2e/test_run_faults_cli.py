@@ -61,19 +61,32 @@ def _instance(home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home / "dagster_home"))
 
 
+def _poll(home: Path, probe) -> object:
+    """``probe(instance)`` on the instance the CLI is using; None until the CLI's first run has
+    its event log (opening the instance while the CLI creates its SQLite storage would race the
+    CLI's own schema stamping; a storage error is taken as: not ready, poll again)."""
+    import sqlalchemy.exc
+
+    if not any((home / "dagster_home" / "history" / "runs").glob("*.db")):
+        return None
+    try:
+        with _instance(home) as instance:
+            return probe(instance)
+    except sqlalchemy.exc.SQLAlchemyError:
+        return None
+
+
 def _kill_when_slot_held_by(home: Path, proc: subprocess.Popen, steps: set[str],
                             timeout: float = 180) -> str:
     """SIGKILL ``proc`` once one of ``steps`` holds the warehouse slot; the step killed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if (home / "dagster_home" / "dagster.yaml").exists():
-            with _instance(home) as instance:
-                held = {c.step_key for c in instance.event_log_storage.get_concurrency_info(
-                    "warehouse").claimed_slots}
-            if held & steps:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
-                return (held & steps).pop()
+        held = _poll(home, lambda i: {c.step_key for c in i.event_log_storage
+                                      .get_concurrency_info("warehouse").claimed_slots}) or set()
+        if held & steps:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            return (held & steps).pop()
         time.sleep(0.2)
     proc.kill()
     raise AssertionError(f"none of {steps} took the warehouse slot within {timeout} s "
@@ -200,9 +213,9 @@ def test_store_unreachable_mid_run_fails_clearly_and_the_rerun_is_consistent(tmp
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
-            with _instance(home) as instance:
-                if any(r.job_name == "ingest_job" and r.is_finished for r in instance.get_runs()):
-                    break
+            if _poll(home, lambda i: any(r.job_name == "ingest_job" and r.is_finished
+                                         for r in i.get_runs())):
+                break
             time.sleep(0.2)
         connections(False)
         out, err = proc.communicate(timeout=240)
@@ -240,3 +253,24 @@ def test_store_unreachable_mid_run_fails_clearly_and_the_rerun_is_consistent(tmp
         engine.dispose()
     assert audited == keys == ok_attempts > 0
     assert flagged_items == flagged
+
+
+@pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_learnloop_run_promptly_and_leave_nothing_held(tmp_path, signo):
+    home = tmp_path / "home"
+    _generate(home, n=40)
+    proc = subprocess.Popen(_cmd("run"), env=_env(home), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _poll(home, lambda i: i.event_log_storage.get_concurrency_info(
+                "warehouse").claimed_slots):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signo)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err[-3000:]
+    assert time.monotonic() - sent < 15
+    assert "interrupted" in err
+    _no_stuck_runs(home)
