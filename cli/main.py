@@ -7,11 +7,27 @@ import os
 import click
 
 from orchestration.cli import COMMANDS as PIPELINE_COMMANDS
+from orchestration.cli import STORE_UNREACHABLE_EXIT, unreachable_store_line
 from orchestration.landing_cli import COMMANDS as LANDING_COMMANDS
 from service.cli import COMMANDS as SERVICE_COMMANDS
 
 
-@click.group(help="learnloop: continuous learning from a chatbot's own logs.")
+class _Group(click.Group):
+    """A store that cannot be reached ends any command with one line naming the store and the
+    reason (exit status 3), not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            line = unreachable_store_line(exc)
+            if line is None:
+                raise
+            click.echo(f"learnloop: {line}", err=True)
+            ctx.exit(STORE_UNREACHABLE_EXIT)
+
+
+@click.group(cls=_Group, help="learnloop: continuous learning from a chatbot's own logs.")
 def main() -> None:
     # LanceDB's Rust core logs warnings (e.g. "No existing dataset ..., it will be created") straight
     # to the terminal; keep those to errors unless the user asked for more.

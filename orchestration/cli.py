@@ -172,7 +172,9 @@ def _landing_day(ctx, param, value):
 
 @click.command(help="Ingest the landing days that are new or changed since their last ingest "
                    "(or --date, or a --since/--until range of dates, or --force for all) and "
-                   "run the jobs after ingest.")
+                   "run the jobs after ingest. Exit status: 0 every job succeeded, 1 a job "
+                   "failed (or every provider call of a job failed), 3 a store is unreachable, "
+                   "130 interrupted.")
 @click.option("--date", "dates", multiple=True, callback=_landing_day,
               help="YYYY-MM-DD (repeatable): ingest these days, changed or not")
 @click.option("--since", default=None, callback=_landing_day,
@@ -195,7 +197,8 @@ def run(dates: tuple[str, ...], since: str | None, until: str | None, force: boo
             raise click.ClickException(
                 f"no landing day from {since or 'the first day'} to {until or 'the last day'} "
                 f"in {settings.landing}: nothing to ingest")
-    _run_chain(settings, days, force=force)
+    if not _run_guarded(settings, days, force=force):
+        sys.exit(1)
 
 
 def landing_days_between(landing_dir: Path, since: str | None, until: str | None) -> list[str]:
@@ -217,7 +220,34 @@ def report_bad_folders(landing_dir: Path) -> int:
     return len(bad)
 
 
-def _run_chain(settings: Settings, days: list[str] | None, force: bool = False) -> bool:
+def _say(line: str) -> None:
+    """A line on stderr that does not break a progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def _run_guarded(settings: Settings, days: list[str] | None, force: bool = False) -> bool:
+    """:func:`_run_chain` with each run tagged with this process as its owner, waiting for the
+    warehouse slot (releasing those of dead runs), and stopping on Ctrl-C or SIGTERM with exit
+    status 130 (the run in progress ends FAILURE or CANCELED and frees its warehouse slot)."""
+    from orchestration import runner
+
+    guard = runner.RunGuard(runner.instance_for(settings), "learnloop run", say=_say)
+    try:
+        with guard.interrupts():
+            return _run_chain(settings, days, force=force, guard=guard)
+    except KeyboardInterrupt:
+        pass
+    click.echo(f"interrupted: stopped before the remaining jobs (last run "
+               f"{guard.current_run_id or '-'}); `learnloop run` again picks up where it "
+               f"stopped", err=True)
+    sys.exit(130)
+
+
+def _run_chain(settings: Settings, days: list[str] | None, force: bool = False,
+               guard=None) -> bool:
+    """Ingest, then the post-ingest jobs; True when every job succeeded."""
     from tqdm import tqdm
 
     from ml import landing
@@ -226,10 +256,15 @@ def _run_chain(settings: Settings, days: list[str] | None, force: bool = False) 
     from orchestration.sensors import days_to_ingest
 
     instance = runner.instance_for(settings)
-    report_bad_folders(settings.landing)
+    n_bad = report_bad_folders(settings.landing)
     if not landing.list_partitions(settings.landing) and not days:
+        if n_bad:  # only folders that are not days: something to fix, not success
+            click.echo(f"no valid landing day in {settings.landing} ({n_bad} invalid folder(s) "
+                       f"skipped): nothing to ingest", err=True)
+            return False
+        # nothing has failed: an empty landing zone is a quiet day, exit status 0
         click.echo(f"the landing zone {settings.landing} is empty: nothing to ingest", err=True)
-        return False
+        return True
     if days is None:
         changed, every = days_to_ingest(instance, settings.landing)
         days = sorted(every) if force else changed
@@ -244,33 +279,51 @@ def _run_chain(settings: Settings, days: list[str] | None, force: bool = False) 
         "note: LEARNLOOP_HASH_KEY is not set: session ids are hashed with the shipped development "
         "key (fine for the demo; set your own stable key before ingesting production logs).",
         err=True))
-    ok = True
+    problems: dict[str, list[str]] = {}
     with tqdm(total=len(days), desc="ingest + quality", unit="day") as bar:
         def on_day(day, result):
-            nonlocal ok
-            ok = ok and result.success
-            bar.set_postfix_str(f"{day} {'ok' if result.success else 'FAILED'}")
+            if guard is not None and guard.interrupted:
+                raise KeyboardInterrupt
+            report = runner.job_report(result)
+            if not report.ok:
+                problems[day] = report.problems
+            bar.set_postfix_str(f"{day} {'ok' if report.ok else 'FAILED'}")
             bar.update(1)
 
-        failed = runner.run_ingest(defs, instance, days, on_day)
+        failed = runner.run_ingest(defs, instance, days, on_day, guard=guard)
+    for day, lines in problems.items():
+        click.echo(f"ingest of {day} FAILED:", err=True)
+        for line in lines:
+            click.echo(f"  {line}", err=True)
     if failed:
         click.echo(f"ingest failed for {failed}: see the runs in the Dagster UI", err=True)
+    ok = not failed and not problems
     log_dir = settings.home / "logs"
     for job in post_ingest_jobs(defs):
         output = log_dir / f"{job}.log"
         click.echo(f"running {job} ... ", nl=False)
         started = time.monotonic()
-        res = runner.run_job(defs, instance, job, output=output)
+        res = runner.run_job(defs, instance, job, output=output, guard=guard)
         took = time.monotonic() - started
-        if res.success:
+        if guard is not None and guard.interrupted:
+            click.echo("interrupted")
+            raise KeyboardInterrupt
+        report = runner.job_report(res)
+        tail = f"; {report.retries}" if report.retries else ""
+        if report.ok:
             done = len(res.get_asset_materialization_events())
-            click.echo(f"ok: {done} materializations in {took:.1f} s (output: {output})")
-        else:
-            ok = False
-            click.echo("FAILED")
-            click.echo(f"{job} failed after {took:.1f} s; the end of its output ({output}):\n"
+            click.echo(f"ok: {done} materializations in {took:.1f} s{tail} (output: {output})")
+            for line in report.warnings:
+                click.echo(f"  {line}")
+            continue
+        ok = False
+        click.echo(f"FAILED after {took:.1f} s{tail}")
+        for line in report.problems + report.warnings:
+            click.echo(f"  {line}")
+        if not res.success:
+            click.echo(f"{job} (run {res.run_id}): the end of its output ({output}):\n"
                        f"{runner.tail(output)}\nThe whole run is in the Dagster UI.", err=True)
-    return ok and not failed
+    return ok
 
 
 def post_ingest_jobs(defs) -> list[str]:
@@ -300,13 +353,28 @@ def audit(interaction_ids, session_ids, since: str, until: str, auditor: str) ->
     config = manual_audit_run_config(interaction_ids=list(interaction_ids),
                                      session_ids=list(session_ids), since=since, until=until,
                                      auditor=auditor)
-    result = runner.run_job(defs, instance, "manual_audit_job", run_config=config)
+    guard = runner.RunGuard(instance, "learnloop audit", say=_say)
+    try:
+        with guard.interrupts():
+            result = runner.run_job(defs, instance, "manual_audit_job", run_config=config,
+                                    guard=guard)
+    except KeyboardInterrupt:
+        result = None
+    if result is None or guard.interrupted:
+        click.echo(f"interrupted: manual audit run {guard.current_run_id or '-'} stopped", err=True)
+        sys.exit(130)
     for event in result.get_asset_materialization_events():
         mat = event.materialization
         click.echo(describe_audit_materialization(mat.asset_key.to_user_string(),
                                                   {k: v.value for k, v in mat.metadata.items()}))
-    if not result.success:
-        raise click.ClickException(f"manual audit failed: see run {result.run_id} in the Dagster UI")
+    report = runner.job_report(result)
+    for line in report.warnings:
+        click.echo(f"  {line}")
+    if not report.ok:
+        for line in report.problems:
+            click.echo(f"  {line}", err=True)
+        raise click.ClickException(f"manual audit failed: see run {result.run_id} in the Dagster "
+                                   f"UI; `learnloop status` shows the failed attempts")
 
 
 def describe_audit_materialization(asset: str, meta: dict) -> str:
@@ -338,7 +406,7 @@ def demo(n: int, seed: int) -> None:
     click.echo(f"learnloop demo in {settings.home}")
     summary = gen(settings.landing, n, seed)
     click.echo(f"generated {summary.get('records', n):,} demo interactions into {settings.landing}")
-    ok = _run_chain(settings, None)
+    ok = _run_guarded(settings, None)
     st = collect_status(settings)
     click.echo("")
     click.echo(format_status(st))
@@ -421,3 +489,42 @@ def dev(port: int | None, host: str) -> None:
 
 
 COMMANDS = [import_cmd, generate, run, audit, demo, status, migrate, tables, dev]
+
+
+STORE_UNREACHABLE_EXIT = 3
+
+
+def unreachable_store_line(exc: BaseException) -> str | None:
+    """One line for an error that means a store cannot be reached or opened: which store (the
+    operational store with its password redacted, the warehouse file, the Dagster instance) and
+    the database's own reason; None for any other error (it is not ours to shorten)."""
+    import traceback
+
+    import duckdb
+    import sqlalchemy.exc
+
+    settings = Settings()
+    if isinstance(exc, duckdb.IOException | duckdb.ConnectionException):
+        return (f"the warehouse {settings.warehouse} cannot be opened: "
+                f"{_reason(str(exc))} (another process writing it? `learnloop run` and the "
+                f"Dagster runs take turns through the warehouse pool)")
+    frames = traceback.extract_tb(exc.__traceback__)
+    in_store_db = any(Path(f.filename).parts[-2:] == ("store", "db.py") for f in frames)
+    if not (isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+            or (isinstance(exc, OSError) and in_store_db)):  # e.g. a SQLite folder not creatable
+        return None
+    reason = _reason(str(getattr(exc, "orig", None) or exc))
+    if any("dagster" in Path(f.filename).parts or "dagster_postgres" in f.filename
+           for f in frames):
+        home = os.environ.get("DAGSTER_HOME") or settings.dagster_home_dir
+        return f"the Dagster instance ({home}/dagster.yaml) is unreachable: {reason}"
+    from store.db import redacted
+
+    return f"the operational store {redacted(settings.store)} is unreachable: {reason}"
+
+
+def _reason(text: str) -> str:
+    """The first meaningful line of a database error (no SQL, no background link)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[0] if lines else "unknown error"
+    return line.removeprefix("(sqlite3.OperationalError) ")[:300]

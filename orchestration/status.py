@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ml import warehouse
@@ -11,11 +12,14 @@ from ml.config import Settings
 def collect_status(settings: Settings) -> dict[str, Any]:
     """Counts per stage. Stages not built yet report zeros or null. The store must be migrated
     (the CLI migrates it at start-up)."""
+    from ml.audit.candidates import DEFAULT_MAX_ATTEMPTS
+    from store.audit import attempt_counts
     from store.db import session_scope
     from store.repo import status_counts
 
     with session_scope(settings.store) as session:
         counts = status_counts(session)
+        audit_attempts = attempt_counts(session, DEFAULT_MAX_ATTEMPTS)
         from sqlalchemy import func, select
 
         from store.models import TrainingRun
@@ -29,6 +33,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "quarantined": warehouse.table_count(settings.warehouse, "quarantined_interactions"),
         "scored": warehouse.table_count(settings.warehouse, "interaction_quality"),
         "errors": counts["errors"],
+        "audit_attempts": audit_attempts,
+        "teacher_attempts": teacher_attempt_counts(settings.warehouse, DEFAULT_MAX_ATTEMPTS),
         "calibration": counts["calibration"],
         "samples": counts["samples"],
         "datasets": counts["datasets"],
@@ -36,6 +42,35 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                    "challenger": counts["challenger"]},
         "home": str(settings.home),
     }
+
+
+def teacher_attempt_counts(path, max_attempts: int) -> dict[str, Any]:
+    """LLM teacher attempts (warehouse table ``teacher_attempts``): ``ok``, ``pending`` (failed,
+    retried by the next run), ``given_up`` (failed ``max_attempts`` times request-specifically)
+    and the latest failure's reason; zeros before any LLM teacher ran."""
+    from ml.teacher import TEACHER_ATTEMPTS_TABLE
+
+    out: dict[str, Any] = {"ok": 0, "pending": 0, "given_up": 0, "last_failure": None}
+    if not Path(path).exists():
+        return out
+    con = warehouse.connect(path, read_only=True)
+    try:
+        if not warehouse.table_exists(con, TEACHER_ATTEMPTS_TABLE):
+            return out
+        cols = {r[0] for r in con.execute(f"DESCRIBE {TEACHER_ATTEMPTS_TABLE}").fetchall()}
+        counted = "coalesce(counted_attempts, 0)" if "counted_attempts" in cols else "0"
+        for status, exhausted, n in con.execute(
+                f"SELECT status, {counted} >= ?, count(*) FROM {TEACHER_ATTEMPTS_TABLE} "
+                f"GROUP BY ALL", [max_attempts]).fetchall():
+            key = "ok" if status == "ok" else "given_up" if exhausted else "pending"
+            out[key] += int(n)
+        latest = con.execute(f"SELECT reason FROM {TEACHER_ATTEMPTS_TABLE} WHERE status = "
+                             f"'failed' ORDER BY updated_at DESC LIMIT 1").fetchone()
+    finally:
+        con.close()
+    if latest and latest[0]:
+        out["last_failure"] = latest[0].strip().splitlines()[0][:300]
+    return out
 
 
 def format_status(st: dict[str, Any]) -> str:
@@ -49,10 +84,22 @@ def format_status(st: dict[str, Any]) -> str:
         # "no error found" verdicts put to reviewers: confirmed = a reply the auditor missed
         f"             calibration  pending {c['pending']:,} · auditor missed {c['confirmed']:,} · "
         f"reply fine {c['dismissed']:,}",
+        _attempts_line("audit", st["audit_attempts"]),
         f"  teaching   samples      pending {s['pending']:,} · approved {s['approved']:,} · "
         f"rejected {s['rejected']:,}",
+        _attempts_line("teacher", st["teacher_attempts"]),
         f"  datasets   {st['datasets']:,}",
         f"  models     versions {m['versions']:,} · champion {m['champion'] or '-'} · "
         f"challenger {m['challenger'] or '-'}",
     ]
     return "\n".join(lines)
+
+
+def _attempts_line(what: str, a: dict[str, Any]) -> str:
+    """Attempts of the auditor or the LLM teacher: done, failed and retried next run, given up;
+    the latest failure's reason when some are failed."""
+    line = (f"             {what + ' attempts':<12} ok {a['ok']:,} · failed, retried next run "
+            f"{a['pending']:,} · given up {a['given_up']:,}")
+    if (a["pending"] or a["given_up"]) and a.get("last_failure"):
+        line += f"\n               last failure: {a['last_failure']}"
+    return line

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from store.models import AuditAttempt, utcnow
@@ -103,3 +103,21 @@ def save_audit_batch(session: Session, *, auditor: str, prompt_version: str,
         if f["counted"] and row.attempts >= max_attempts:
             saved.given_up.append(f["interaction_id"])
     return saved
+
+
+def attempt_counts(session: Session, max_attempts: int) -> dict[str, Any]:
+    """Audit attempts of every auditor and prompt version, for ``learnloop status``: ``ok``,
+    ``pending`` (failed, retried by the next run), ``given_up`` (failed ``max_attempts`` times
+    request-specifically: no longer retried) and the reason of the latest failure."""
+    rows = session.execute(select(AuditAttempt.status, AuditAttempt.attempts, func.count())
+                           .group_by(AuditAttempt.status, AuditAttempt.attempts)).all()
+    out: dict[str, Any] = {"ok": 0, "pending": 0, "given_up": 0}
+    for status, attempts, n in rows:
+        key = ("ok" if status == "ok" else "given_up" if (attempts or 0) >= max_attempts
+               else "pending")
+        out[key] += int(n)
+    latest = session.scalar(select(AuditAttempt.reason).where(AuditAttempt.status == "failed")
+                            .order_by(AuditAttempt.updated_at.desc(), AuditAttempt.id.desc())
+                            .limit(1))
+    out["last_failure"] = (latest or "").strip().splitlines()[0][:300] if latest else None
+    return out
