@@ -38,7 +38,7 @@ run_monitoring:
   # the monitoring daemon (`dagster dev`, `dagster-daemon run`): a run that never starts, or
   # hangs while being canceled, is marked failed; a finished run that still holds pool slots (its
   # process was killed mid-step) has them freed after free_slots_after_run_end_seconds.
-  # `learnloop run` does the same for the runs of dead learnloop processes (docs/operations-runs.md)
+  # `learnloop run` does the same for the runs of dead learnloop processes (docs/operations.md)
   enabled: true
   start_timeout_seconds: 180
   cancel_timeout_seconds: 180
