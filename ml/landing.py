@@ -126,7 +126,8 @@ def partition_dir(landing: Path, day: date | str) -> Path:
     return Path(landing) / f"date={day_s}"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -177,7 +178,7 @@ def write_landing_files(landing: Path, source: str, parts: Mapping[date | str, b
             final.unlink(missing_ok=True)
         raise
     for folder in dict.fromkeys(folders):
-        _fsync_dir(folder)
+        fsync_dir(folder)
     return [final for _, final, _ in plan]
 
 
@@ -193,8 +194,8 @@ def _make_dirs_durably(folder: Path) -> None:
         p = p.parent
     folder.mkdir(parents=True, exist_ok=True)
     for new in reversed(missing):  # outermost first
-        _fsync_dir(new)
-        _fsync_dir(new.parent)
+        fsync_dir(new)
+        fsync_dir(new.parent)
 
 
 def write_landing_file(landing: Path, day: date | str, source: str,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import duckdb
 
-from ml.landing import LANDING_SUFFIXES, list_files, partition_dir
+from ml.landing import LANDING_SUFFIXES, fsync_dir, list_files, partition_dir
 
 # tables whose rows belong to a landing day (partition_date)
 DAY_TABLES = ("interactions", "interaction_quality", "quarantined_interactions", "raw_files")
@@ -75,14 +75,6 @@ def gone_files_message(day: str, gone: list[str], archive: Path) -> str:
         f"rows from the warehouse, so it stops. Either restore the file(s) (into the landing "
         f"folder or {archive}/date={day}/), or delete the day explicitly: `learnloop landing "
         f"delete --day {day} --reason \"...\"` (removes its files and rows, recorded).")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
@@ -141,10 +133,10 @@ def archive_day(landing: Path, archive: Path, day: date | str) -> list[tuple[Pat
         else:
             _move(f, target)
         moved.append((f, target))
-    _fsync_dir(dest)
+    fsync_dir(dest)
     folder = partition_dir(landing, day)
     if folder.is_dir():
-        _fsync_dir(folder)
+        fsync_dir(folder)
         if not any(p for p in folder.iterdir() if not p.name.startswith(".")):
             shutil.rmtree(folder)  # only temporary files of crashed writes were left
     return moved
@@ -169,7 +161,7 @@ def delete_day_files(landing: Path, archive: Path, day: date | str) -> list[Path
         removed += [p for p in sorted(folder.iterdir())
                     if p.is_file() and p.suffix in LANDING_SUFFIXES and not p.name.startswith(".")]
         shutil.rmtree(folder)
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
     return removed
 
 

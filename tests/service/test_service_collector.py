@@ -172,8 +172,8 @@ def test_landing_write_fsyncs_new_folders_and_cleans_up_a_failed_write(tmp_path,
     from ml import landing
 
     synced: list = []
-    real_fsync_dir = landing._fsync_dir
-    monkeypatch.setattr(landing, "_fsync_dir", lambda p: (synced.append(p), real_fsync_dir(p)))
+    real_fsync_dir = landing.fsync_dir
+    monkeypatch.setattr(landing, "fsync_dir", lambda p: (synced.append(p), real_fsync_dir(p)))
     root = tmp_path / "landing"
     path = landing.write_landing_bytes(root, "2026-11-20", "collector-acme", b"{}\n")
     folder = root / "date=2026-11-20"
