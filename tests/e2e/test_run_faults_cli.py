@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -61,19 +62,34 @@ def _instance(home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home / "dagster_home"))
 
 
-def _poll(home: Path, probe) -> object:
-    """``probe(instance)`` on the instance the CLI is using; None until the CLI's first run has
-    its event log (opening the instance while the CLI creates its SQLite storage would race the
-    CLI's own schema stamping; a storage error is taken as: not ready, poll again)."""
-    import sqlalchemy.exc
-
-    if not any((home / "dagster_home" / "history" / "runs").glob("*.db")):
-        return None
+def _read(db: Path, sql: str) -> list[tuple]:
+    """Rows of ``sql`` on one of the CLI's Dagster SQLite files, through a read-only connection.
+    Opening the instance itself while the CLI creates its storage would race the CLI's schema
+    stamping (two alembic heads); a read-only query never writes. No rows until the CLI has
+    created the file and table."""
+    if not db.exists():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        with _instance(home) as instance:
-            return probe(instance)
-    except sqlalchemy.exc.SQLAlchemyError:
-        return None
+        return con.execute(sql).fetchall()
+    except sqlite3.OperationalError:  # no table yet, or the CLI holds a write lock: poll again
+        return []
+    finally:
+        con.close()
+
+
+def _held_steps(home: Path) -> set[str]:
+    """The steps holding the warehouse slot in the CLI's Dagster instance."""
+    return {row[0] for row in _read(
+        home / "dagster_home" / "history" / "runs" / "index.db",
+        "SELECT step_key FROM concurrency_slots WHERE concurrency_key = 'warehouse' "
+        "AND run_id IS NOT NULL AND NOT deleted")}
+
+
+def _ingest_finished(home: Path) -> bool:
+    return bool(_read(home / "dagster_home" / "history" / "runs.db",
+                      "SELECT 1 FROM runs WHERE pipeline_name = 'ingest_job' "
+                      "AND status IN ('SUCCESS', 'FAILURE', 'CANCELED')"))
 
 
 def _kill_when_slot_held_by(home: Path, proc: subprocess.Popen, steps: set[str],
@@ -81,8 +97,7 @@ def _kill_when_slot_held_by(home: Path, proc: subprocess.Popen, steps: set[str],
     """SIGKILL ``proc`` once one of ``steps`` holds the warehouse slot; the step killed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        held = _poll(home, lambda i: {c.step_key for c in i.event_log_storage
-                                      .get_concurrency_info("warehouse").claimed_slots}) or set()
+        held = _held_steps(home)
         if held & steps:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
@@ -213,8 +228,7 @@ def test_store_unreachable_mid_run_fails_clearly_and_the_rerun_is_consistent(tmp
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
-            if _poll(home, lambda i: any(r.job_name == "ingest_job" and r.is_finished
-                                         for r in i.get_runs())):
+            if _ingest_finished(home):
                 break
             time.sleep(0.2)
         connections(False)
@@ -263,8 +277,7 @@ def test_ctrl_c_and_sigterm_stop_learnloop_run_promptly_and_leave_nothing_held(t
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if _poll(home, lambda i: i.event_log_storage.get_concurrency_info(
-                "warehouse").claimed_slots):
+        if _held_steps(home):
             break
         time.sleep(0.2)
     proc.send_signal(signo)
