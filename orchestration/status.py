@@ -38,6 +38,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "calibration": counts["calibration"],
         "samples": counts["samples"],
         "datasets": counts["datasets"],
+        "eval_suite": counts["eval_suite"],
         "models": {"versions": versions, "champion": counts["champion"],
                    "challenger": counts["challenger"]},
         "home": str(settings.home),
@@ -88,7 +89,9 @@ def format_status(st: dict[str, Any]) -> str:
         f"  teaching   samples      pending {s['pending']:,} · approved {s['approved']:,} · "
         f"rejected {s['rejected']:,}",
         _attempts_line("teacher", st["teacher_attempts"]),
-        f"  datasets   {st['datasets']:,}",
+        f"  datasets   versions {st['datasets']:,} · eval suite "
+        + (f"{ev['version'][:12]} ({ev['size']:,} items, retention {ev['retention']:,})"
+           if (ev := st.get("eval_suite")) else "-"),
         f"  models     versions {m['versions']:,} · champion {m['champion'] or '-'} · "
         f"challenger {m['challenger'] or '-'}",
     ]

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -71,6 +72,11 @@ class ReviewItem(Base):
     final_response: Mapped[str | None] = mapped_column(Text, nullable=True)
     source: Mapped[str | None] = mapped_column(String(64), nullable=True)
     tags: Mapped[list] = mapped_column(JSON, default=list)
+    # facts of the interaction copied from the warehouse when the item is created (filters and
+    # statistics of samples: quality range, intent, date range); NULL when unknown
+    quality: Mapped[float | None] = mapped_column(Float, nullable=True)
+    intent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    interaction_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     extra: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -145,21 +151,69 @@ class AuditAttempt(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+DATASET_KINDS = ("training", "eval_suite")
+DATASET_SPLITS = ("train", "validation", "eval", "retention")
+
+
 class Dataset(Base):
+    """One immutable, versioned dataset: a training dataset (train + validation splits) or an
+    evaluation suite (eval + retention sets). ``version_hash`` is the content hash (same spec over
+    the same data, same hash); ``version`` is its ordinal within (kind, name)."""
+
     __tablename__ = "datasets"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_dataset_version"),)
+    __table_args__ = (
+        UniqueConstraint("kind", "name", "version", name="uq_dataset_version"),
+        UniqueConstraint("kind", "name", "version_hash", name="uq_dataset_hash"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), default="training",
+                                      server_default="training")  # training | eval_suite
     name: Mapped[str] = mapped_column(String(128))
     version: Mapped[int] = mapped_column(Integer)
+    version_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    parent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="ready")
     n_train: Mapped[int] = mapped_column(Integer, default=0)
-    n_eval: Mapped[int] = mapped_column(Integer, default=0)
+    n_validation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    n_eval: Mapped[int] = mapped_column(Integer, default=0)  # eval suites: evaluation items
+    n_retention: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    spec: Mapped[dict] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     filters: Mapped[dict] = mapped_column(JSON, default=dict)
+    counts: Mapped[dict] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     stats: Mapped[dict] = mapped_column(JSON, default=dict)
+    # format -> the export's file or folder, relative to ``path``
+    exports: Mapped[dict] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
     checksum: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetItem(Base):
+    """One example of a dataset version and its split. ``item_key`` names where it came from
+    (``sample:<review item id>`` or ``interaction:<tenant>/<interaction id>``); ``prompt_hash`` is
+    the SHA-256 of the normalised prompt, so an evaluation item is recognised in a training set
+    even when it arrives under another key."""
+
+    __tablename__ = "dataset_items"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "item_key", name="uq_dataset_item"),
+        Index("ix_dataset_items_key", "item_key"),
+        Index("ix_dataset_items_prompt", "prompt_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    item_key: Mapped[str] = mapped_column(String(300))
+    review_item_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    split: Mapped[str] = mapped_column(String(16))  # train | validation | eval | retention
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    category: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    session_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    example_hash: Mapped[str] = mapped_column(String(64))
 
 
 class TrainingRun(Base):

@@ -343,7 +343,12 @@ def status_counts(session: Session) -> dict[str, Any]:
             # an edited sample is an approved one with the reviewer's text
             key = "approved" if status == "edited" else status
             samples[key] = samples.get(key, 0) + n
-    n_datasets = session.scalar(select(func.count()).select_from(Dataset)) or 0
+    n_datasets = session.scalar(select(func.count()).select_from(Dataset)
+                                .where(Dataset.kind == "training")) or 0
+    suite = session.scalars(select(Dataset).where(Dataset.kind == "eval_suite")
+                            .order_by(Dataset.id.desc()).limit(1)).first()
+    eval_suite = None if suite is None else {
+        "version": suite.version_hash, "size": suite.n_eval, "retention": suite.n_retention}
     champion = session.scalar(
         select(ModelDeployment.model_version).where(ModelDeployment.alias == "champion",
                                                     ModelDeployment.status == "active")
@@ -355,7 +360,7 @@ def status_counts(session: Session) -> dict[str, Any]:
         .order_by(ModelDeployment.id.desc()).limit(1)
     )
     return {"errors": errors, "calibration": calibration, "samples": samples,
-            "datasets": n_datasets, "champion": champion, "challenger": challenger}
+            "datasets": n_datasets, "eval_suite": eval_suite, "champion": champion, "challenger": challenger}
 
 
 def approved_samples(session: Session, *, since: datetime | None = None) -> list[ReviewItem]:
