@@ -154,17 +154,41 @@ class LandingZoneResource(dg.ConfigurableResource):
             else Settings().archive
 
 
+class DatasetStoreResource(dg.ConfigurableResource):
+    """Where dataset versions and their exports are written, and the base model whose tokenizer
+    bounds their examples."""
+
+    path: str = Field(default="", description="Folder of dataset versions; empty: "
+                                              "LEARNLOOP_DATASETS_DIR, else $LEARNLOOP_HOME/datasets.")
+    base_model: str = Field(default="", description="Base model (local path or cached hub id); "
+                                                    "empty: LEARNLOOP_BASE_MODEL, else the "
+                                                    "offline base model.")
+
+    def root(self) -> Path:
+        root = Path(self.path).expanduser().resolve() if self.path else Settings().datasets
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def home(self) -> Path:
+        return Settings().home
+
+    def get_base_model(self) -> str | None:
+        return self.base_model or Settings().base_model or None
+
+
 def store_resources(home: Path | str | None = None) -> dict[str, dg.ConfigurableResource]:
     """The four store resources under their keys. With ``home``, every store is embedded under
     that folder (as ``LEARNLOOP_HOME=home`` would place it); without, each reads the environment
     when used (the shipped definitions)."""
     if home is None:
         return {"warehouse": WarehouseResource(), "store": OperationalStoreResource(),
-                "vectors": VectorStoreResource(), "landing_zone": LandingZoneResource()}
+                "vectors": VectorStoreResource(), "landing_zone": LandingZoneResource(),
+                "datasets": DatasetStoreResource()}
     s = Settings(home=Path(home), store_url=None, warehouse_path=None, landing_dir=None,
-                 lancedb_uri=None, archive_dir=None)  # the environment does not move them
+                 lancedb_uri=None, archive_dir=None, datasets_dir=None)  # the environment does not move them
     return {"warehouse": WarehouseResource(database=str(s.warehouse)),
             "store": OperationalStoreResource(url=s.store),
             "vectors": VectorStoreResource(uri=s.lancedb),
             "landing_zone": LandingZoneResource(path=str(s.landing),
-                                                archive_path=str(s.archive))}
+                                                archive_path=str(s.archive)),
+            "datasets": DatasetStoreResource(path=str(s.datasets))}

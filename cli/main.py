@@ -8,6 +8,7 @@ import click
 
 from orchestration.cli import COMMANDS as PIPELINE_COMMANDS
 from orchestration.cli import STORE_UNREACHABLE_EXIT, unreachable_store_line
+from orchestration.datasets_cli import COMMANDS as DATASET_COMMANDS
 from orchestration.landing_cli import COMMANDS as LANDING_COMMANDS
 from service.cli import COMMANDS as SERVICE_COMMANDS
 
@@ -34,5 +35,5 @@ def main() -> None:
     os.environ.setdefault("LANCEDB_LOG", "error")
 
 
-for _command in (*PIPELINE_COMMANDS, *LANDING_COMMANDS, *SERVICE_COMMANDS):
+for _command in (*PIPELINE_COMMANDS, *DATASET_COMMANDS, *LANDING_COMMANDS, *SERVICE_COMMANDS):
     main.add_command(_command)

@@ -33,6 +33,17 @@ class Settings(BaseSettings):
     dbt_dir: Path | None = Field(
         default=None, description="dbt's generated files (target/: manifest, run artifacts and "
                                   "logs); default $HOME/dbt.")
+    datasets_dir: Path | None = Field(
+        default=None, description="Dataset versions and their exports (one folder per version); "
+                                  "default $HOME/datasets.")
+    base_model: str | None = Field(
+        default=None, description="The base model to fine-tune: a local path or a hub id already "
+                                  "in the local cache (never downloaded unless named here); its "
+                                  "tokenizer bounds the dataset's examples. Default: the offline "
+                                  "base model under $HOME/models/base.")
+    dataset_min_new_approved: int = Field(
+        default=200, ge=1, description="The dataset sensor builds a new dataset version when at "
+                                       "least this many samples were approved since the last one.")
     hash_key: SecretStr = Field(
         default=SecretStr(DEV_HASH_KEY),
         description="Key of the keyed hash (HMAC-SHA256) applied to session ids.",
@@ -103,6 +114,10 @@ class Settings(BaseSettings):
     @property
     def dbt_target(self) -> Path:
         return ((self.dbt_dir or self.home / "dbt") / "target").expanduser().resolve()
+
+    @property
+    def datasets(self) -> Path:
+        return (self.datasets_dir or self.home / "datasets").expanduser().resolve()
 
     @property
     def dagster_home_dir(self) -> Path:

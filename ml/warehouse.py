@@ -182,3 +182,34 @@ def read_human_corrections(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     ensure_table(con, "interactions")
     return query(con, "SELECT * FROM interactions WHERE corrected_response IS NOT NULL "
                       "ORDER BY ts, interaction_id")
+
+
+GOOD_INTERACTION_COLUMNS = ("tenant_id", "interaction_id", "session_id", "ts", "messages",
+                            "user_message", "response", "intent", "feedback_thumbs",
+                            "feedback_rating", "quality_score")
+
+
+def read_good_interactions(con: duckdb.DuckDBPyConnection, *, min_quality: float,
+                           exclude: list[tuple[str, str]] | None = None) -> pl.DataFrame:
+    """Historical interactions whose reply was good (replay against forgetting, retention sets):
+    a thumbs-up or a rating of 4-5 with no thumbs-down, or a quality score of at least
+    ``min_quality``; never a reply a human agent corrected, an empty reply, or one of ``exclude``
+    ((tenant_id, interaction_id): e.g. interactions flagged as errors). Ordered by tenant and id,
+    so the same warehouse gives the same rows."""
+    ensure_table(con, "interactions")
+    ensure_table(con, "interaction_quality")
+    cols = ", ".join(f"i.{c}" for c in GOOD_INTERACTION_COLUMNS if c != "quality_score")
+    sql = (f"SELECT {cols}, q.quality_score FROM interactions i "
+           "LEFT JOIN interaction_quality q USING (tenant_id, interaction_id) "
+           "WHERE i.corrected_response IS NULL AND length(trim(coalesce(i.response, ''))) > 0 "
+           "AND coalesce(i.feedback_thumbs, '') <> 'down' "
+           "AND (i.feedback_thumbs = 'up' OR i.feedback_rating >= 4 OR q.quality_score >= ?)")
+    if exclude:
+        con.register("_excluded", key_table(exclude))
+        sql += " AND NOT EXISTS (SELECT 1 FROM _excluded x WHERE x.tenant_id = i.tenant_id " \
+               "AND x.interaction_id = i.interaction_id)"
+    try:
+        return query(con, sql + " ORDER BY i.tenant_id, i.interaction_id", [min_quality])
+    finally:
+        if exclude:
+            con.unregister("_excluded")

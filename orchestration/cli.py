@@ -298,12 +298,24 @@ def _run_chain(settings: Settings, days: list[str] | None, force: bool = False,
     if failed:
         click.echo(f"ingest failed for {failed}: see the runs in the Dagster UI", err=True)
     ok = not failed and not problems
+    return run_jobs(settings, defs, instance, post_ingest_jobs(defs), guard=guard) and ok
+
+
+def run_jobs(settings: Settings, defs, instance, jobs: list[str], guard=None,
+             run_config: dict[str, dict] | None = None) -> bool:
+    """Run ``jobs`` one after the other (each one's output in ``$LEARNLOOP_HOME/logs/<job>.log``),
+    printing a line per job; True when every one succeeded. ``run_config``: job -> its run
+    config."""
+    from orchestration import runner
+
+    ok = True
     log_dir = settings.home / "logs"
-    for job in post_ingest_jobs(defs):
+    for job in jobs:
         output = log_dir / f"{job}.log"
         click.echo(f"running {job} ... ", nl=False)
         started = time.monotonic()
-        res = runner.run_job(defs, instance, job, output=output, guard=guard)
+        res = runner.run_job(defs, instance, job, output=output, guard=guard,
+                             run_config=(run_config or {}).get(job))
         took = time.monotonic() - started
         if guard is not None and guard.interrupted:
             click.echo("interrupted")
@@ -407,6 +419,7 @@ def demo(n: int, seed: int) -> None:
     summary = gen(settings.landing, n, seed)
     click.echo(f"generated {summary.get('records', n):,} demo interactions into {settings.landing}")
     ok = _run_guarded(settings, None)
+    ok = _demo_review_and_datasets(settings, seed) and ok
     st = collect_status(settings)
     click.echo("")
     click.echo(format_status(st))
@@ -420,6 +433,36 @@ def demo(n: int, seed: int) -> None:
     click.echo("  make serve   # review web app at http://127.0.0.1:8000: sign in as admin")
     if not ok:
         sys.exit(1)
+
+
+def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
+    """The demo's back half: a simulated careful reviewer (``demo-reviewer``, deciding from the
+    generator's ground truth; never on real data) decides the flagged errors, the teacher proposes
+    corrections for the confirmed ones, the reviewer decides those samples, then preference
+    pairs, the evaluation suite and a training dataset version with its exports are built and the
+    marts refreshed."""
+    from orchestration import runner
+    from orchestration.definitions import defs
+    from orchestration.demo_review import review_demo_items
+
+    def review(stage: str) -> None:
+        counts = review_demo_items(settings.store, settings.landing, seed=seed)
+        shown = ", ".join(f"{k} {v:,}" for k, v in counts.items() if isinstance(v, int) and v)
+        click.echo(f"demo-reviewer ({stage}, simulated from the demo's ground truth): "
+                   f"{shown or 'nothing pending'}")
+
+    guard = runner.RunGuard(runner.instance_for(settings), "learnloop demo", say=_say)
+    instance = runner.instance_for(settings)
+    try:
+        with guard.interrupts():
+            review("flagged errors")
+            ok = run_jobs(settings, defs, instance, ["teaching_job"], guard=guard)
+            review("proposed corrections")
+            return run_jobs(settings, defs, instance,
+                            ["teaching_job", "datasets_job", "analytics_job"], guard=guard) and ok
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
 
 
 DEV_PORT = 3000

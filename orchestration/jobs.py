@@ -73,3 +73,11 @@ def manual_audit_run_config(*, interaction_ids: list[str] | None = None,
     if auditor:
         ops["audited_errors"] = {"config": {"auditor": auditor}}
     return {"ops": ops}
+
+datasets_job = dg.define_asset_job(
+    "datasets_job",
+    selection=dg.AssetSelection.assets("eval_suite", "training_dataset"),
+    description="Hold out the evaluation suite, then build a training dataset version with its "
+                "exports and blocking checks (run config: ops.training_dataset.config is the "
+                "dataset spec).",
+)

@@ -7,9 +7,9 @@ import time
 import dagster as dg
 
 from assets.ingest import LANDING_FINGERPRINT
-from assets.resources import LandingZoneResource
+from assets.resources import LandingZoneResource, OperationalStoreResource
 from ml import landing
-from orchestration.jobs import INGEST_RUN_RETRIES, ingest_job
+from orchestration.jobs import INGEST_RUN_RETRIES, datasets_job, ingest_job
 
 INTERACTIONS = dg.AssetKey("interactions")
 RUN_KEY_TAG = "dagster/run_key"
@@ -171,3 +171,46 @@ def landing_file_sensor(context: dg.SensorEvaluationContext, landing_zone: Landi
         said.append("every day already ingested with its current files (by this sensor or "
                     "the CLI)")
     return dg.SensorResult(skip_reason=dg.SkipReason("; ".join(said + notes)), cursor=new_cursor)
+
+
+def approved_since_last_dataset(session) -> tuple[int, str | None, str | None]:
+    """(samples approved or edited after the newest training dataset version, the newest
+    decision's time as ISO text, the newest version's creation time as ISO text)."""
+    from store.datasets import approved_after, latest_dataset, latest_decision_at
+
+    latest = latest_dataset(session, "training")
+    since = latest.created_at if latest is not None else None
+    newest = latest_decision_at(session)
+    return (approved_after(session, since), newest.isoformat() if newest else None,
+            since.isoformat() if since else None)
+
+
+@dg.sensor(job=datasets_job, minimum_interval_seconds=300,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Builds a new dataset version (eval suite + training dataset) when at least "
+                       "LEARNLOOP_DATASET_MIN_NEW_APPROVED samples (default 200) were approved "
+                       "since the newest version. The cursor is the newest decision counted: the "
+                       "same approvals never trigger twice.")
+def approved_samples_sensor(context: dg.SensorEvaluationContext, store: OperationalStoreResource):
+    from datetime import datetime
+
+    from ml.config import Settings
+    from store.datasets import approved_after, latest_decision_at
+
+    threshold = Settings().dataset_min_new_approved
+    with store.session() as s:
+        n_since_version, newest, since_version = approved_since_last_dataset(s)
+        if context.cursor:  # approvals already counted by a request of this sensor
+            n = min(n_since_version, approved_after(s, datetime.fromisoformat(context.cursor)))
+        else:
+            n = n_since_version
+        newest_dt = latest_decision_at(s)
+    if n < threshold:
+        return dg.SkipReason(f"{n} sample(s) approved since the last dataset version"
+                             f"{' (' + since_version + ')' if since_version else ''}; a new "
+                             f"version is built at {threshold}")
+    newest = newest_dt.isoformat() if newest_dt else newest
+    context.update_cursor(newest)
+    return dg.RunRequest(run_key=f"datasets-{newest}",
+                         tags={"learnloop/trigger": "approved_samples_sensor",
+                               "learnloop/new_approved": str(n)})

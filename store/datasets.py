@@ -191,3 +191,29 @@ def dataset_summary(ds: Dataset) -> dict[str, Any]:
         "path": ds.path, "checksum": ds.checksum, "created_by": ds.created_by,
         "created_at": ds.created_at.isoformat() if ds.created_at else None,
     }
+
+
+def approved_sample_records(session: Session, *, ids: Sequence[int] | None = None,
+                            conditions: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Approved and edited sample items (the reviewer's final text in ``final_response``) with
+    everything a dataset build reads: conversation, session, category, intent, quality, time,
+    tags. ``ids`` limits them to those items; ``conditions`` are extra SQL conditions on
+    ``ReviewItem`` (e.g. a sample filter's). Oldest first."""
+    q = select(ReviewItem).where(ReviewItem.kind == "sample",
+                                 ReviewItem.status.in_(("approved", "edited")), *conditions)
+    if ids is not None:
+        q = q.where(ReviewItem.id.in_(list(ids)))
+
+    def naive(t: datetime | None) -> datetime | None:
+        return t.replace(tzinfo=None) if t is not None and t.tzinfo else t
+
+    return [{
+        "id": it.id, "parent_id": it.parent_id, "tenant_id": it.tenant_id,
+        "interaction_id": it.interaction_id, "session_id": it.session_id,
+        "messages": it.messages or [], "original_response": it.original_response,
+        "final_response": it.final_response, "proposed_response": it.proposed_response,
+        "source": it.source, "status": it.status, "category": it.category,
+        "intent": it.intent, "quality": it.quality, "tags": list(it.tags or []),
+        "interaction_at": naive(it.interaction_at), "created_at": naive(it.created_at),
+        "decided_by": it.decided_by, "decided_at": naive(it.decided_at),
+    } for it in session.scalars(q.order_by(ReviewItem.id))]

@@ -20,10 +20,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('review_items', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('quality', sa.Float(), nullable=True))
-        batch_op.add_column(sa.Column('intent', sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column('interaction_at', sa.DateTime(timezone=True), nullable=True))
+    # plain ADD COLUMN (no batch copy on SQLite: review_items keeps its triggers and the
+    # append-only review_events keep their foreign key)
+    op.add_column('review_items', sa.Column('quality', sa.Float(), nullable=True))
+    op.add_column('review_items', sa.Column('intent', sa.String(length=64), nullable=True))
+    op.add_column('review_items', sa.Column('interaction_at', sa.DateTime(timezone=True),
+                                            nullable=True))
     with op.batch_alter_table('datasets', schema=None) as batch_op:
         batch_op.drop_constraint('uq_dataset_version', type_='unique')
         batch_op.add_column(sa.Column('kind', sa.String(length=16), nullable=False,
@@ -75,7 +77,5 @@ def downgrade() -> None:
                     'parent_version', 'version_hash', 'kind'):
             batch_op.drop_column(col)
         batch_op.create_unique_constraint('uq_dataset_version', ['name', 'version'])
-    with op.batch_alter_table('review_items', schema=None) as batch_op:
-        batch_op.drop_column('interaction_at')
-        batch_op.drop_column('intent')
-        batch_op.drop_column('quality')
+    for col in ('interaction_at', 'intent', 'quality'):
+        op.drop_column('review_items', col)
