@@ -23,6 +23,7 @@ STAGE_OWNERS: dict[str, list[str]] = {
     "audit": ["team:ml-engineering"],
     "teaching": ["team:ml-engineering"],
     "review": ["team:review-operations"],
+    "datasets": ["team:ml-engineering"],
 }
 
 # where the asset's data lives (a tag, so the catalog can be filtered by store)
@@ -31,11 +32,13 @@ ASSET_STORES: dict[str, str] = {
     "interaction_quality": "duckdb", "interaction_embeddings": "lancedb",
     "audit_candidates": "duckdb", "audited_errors": "duckdb", "teacher_samples": "operational",
     "preference_pairs": "duckdb", "review_decisions": "duckdb",
+    # dataset versions: files under $LEARNLOOP_HOME/datasets, recorded in the operational store
+    "eval_suite": "files", "training_dataset": "files",
 }
 
 # assets whose rows hold conversation text (scrubbed of PII at ingest)
 CONVERSATION_TEXT = {"interactions", "quarantined_interactions", "interaction_embeddings",
-                     "teacher_samples", "preference_pairs"}
+                     "teacher_samples", "preference_pairs", "eval_suite", "training_dataset"}
 
 
 def column_schema(table: Table) -> dg.TableSchema:

@@ -161,38 +161,52 @@ def diff(v1: str, v2: str, as_json: bool) -> None:
         click.echo(f"  spec {key}: {json.dumps(change['from'])} -> {json.dumps(change['to'])}")
 
 
-@datasets.command(help="Copy one export of a version to a folder (or print where it is). "
-                       "The files are verified against the version's manifest first.")
+def export_entries(exports: dict[str, str], fmt: str) -> dict[str, str]:
+    """The exports of a version that make up format ``fmt``: the entry itself (e.g.
+    ``openai_train``) or every entry of the family (``openai`` -> ``openai_train`` and
+    ``openai_validation``; ``hf`` -> ``hf_datasets``)."""
+    if fmt in exports:
+        return {fmt: exports[fmt]}
+    return {k: v for k, v in exports.items() if k.split("_", 1)[0] == fmt}
+
+
+@datasets.command(help="Copy one export of a version into a folder (or print where its files "
+                       "are). The version's files are checked against its manifest first.")
 @click.argument("version")
-@click.option("--format", "fmt", required=True, help="openai, gemini, hf or dpo (see "
-                                                     "`learnloop datasets show V`)")
+@click.option("--format", "fmt", required=True,
+              help="openai, gemini, hf, dpo (both splits), or one file such as openai_train "
+                   "(`learnloop datasets show V` lists them)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="folder to copy the export into (default: print its path)")
+              help="folder to copy the export into (default: print the paths)")
 def export(version: str, fmt: str, out: Path | None) -> None:
-    from ml.datasets.exports import verify_manifest
+    from ml.datasets.exports import verify_exports
     from store.db import session_scope
 
     with session_scope(_settings().store) as s:
         ds = _get(s, version)
-        exports, root = dict(ds.exports or {}), Path(ds.path or "")
-    if fmt not in exports:
-        _fail(f"version {ds.version_hash} has no {fmt!r} export (it has: "
-              f"{', '.join(sorted(exports)) or 'none'})")
-    problems = verify_manifest(root)
+        exports, root, vh = dict(ds.exports or {}), Path(ds.path or ""), ds.version_hash
+    chosen = export_entries(exports, fmt)
+    if not chosen:
+        families = sorted({k.split("_", 1)[0] for k in exports} | set(exports))
+        _fail(f"version {_short(vh)} has no {fmt!r} export (formats: {', '.join(families)})")
+    if not root.is_dir():
+        _fail(f"the files of version {_short(vh)} are gone ({root} does not exist)", code=1)
+    problems = verify_exports(root)
     if problems:
-        _fail(f"version {_short(ds.version_hash)} in {root} does not match its manifest: "
+        _fail(f"version {_short(vh)} in {root} does not match its manifest: "
               + "; ".join(problems[:5]), code=1)
-    src = root / exports[fmt]
-    if out is None:
-        click.echo(str(src))
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    dest = out / src.name
-    if src.is_dir():
-        shutil.copytree(src, dest, dirs_exist_ok=True)
-    else:
-        shutil.copy2(src, dest)
-    click.echo(f"copied {fmt} export of {_short(ds.version_hash)} to {dest}")
+    for rel in chosen.values():
+        src = root / rel
+        if out is None:
+            click.echo(str(src))
+            continue
+        dest = out / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dest)
+        click.echo(f"copied {rel} of {_short(vh)} to {dest}")
 
 
 @datasets.command(help="Build the evaluation suite and a training dataset version now "

@@ -11,6 +11,7 @@ from assets.audit import (
     check_candidates_have_known_reasons,
     check_verdicts_are_consistent,
 )
+from assets.datasets import eval_suite, training_dataset
 from assets.embeddings import interaction_embeddings
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
@@ -27,12 +28,13 @@ from orchestration.jobs import (
     analytics_schedule,
     audit_job,
     daily_teacher_schedule,
+    datasets_job,
     hourly_audit_schedule,
     ingest_job,
     manual_audit_job,
     teaching_job,
 )
-from orchestration.sensors import landing_file_sensor
+from orchestration.sensors import approved_samples_sensor, landing_file_sensor
 
 with warnings.catch_warnings():
     # code references are a beta API of Dagster, chosen on purpose: no warning per process load
@@ -43,6 +45,7 @@ with warnings.catch_warnings():
         audit_candidates, audited_errors,  # audit
         teacher_samples, preference_pairs,  # teaching
         review_decisions,  # review
+        eval_suite, training_dataset,  # datasets
         dbt_analytics_assets,  # analytics
     ])
 
@@ -51,9 +54,9 @@ defs = dg.Definitions(
     assets=assets,
     asset_checks=[check_candidates_have_known_reasons, check_verdicts_are_consistent,
                   check_samples_are_reviewable, check_pairs_differ],
-    jobs=[ingest_job, audit_job, manual_audit_job, teaching_job, analytics_job],
+    jobs=[ingest_job, audit_job, manual_audit_job, teaching_job, datasets_job, analytics_job],
     schedules=[hourly_audit_schedule, daily_teacher_schedule, analytics_schedule],
-    sensors=[landing_file_sensor],
+    sensors=[landing_file_sensor, approved_samples_sensor],
     # one resource per store (assets/resources.py), each read from LEARNLOOP_* when used
     resources={**store_resources(), "dbt": dbt_resource},
 )

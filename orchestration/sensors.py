@@ -173,18 +173,6 @@ def landing_file_sensor(context: dg.SensorEvaluationContext, landing_zone: Landi
     return dg.SensorResult(skip_reason=dg.SkipReason("; ".join(said + notes)), cursor=new_cursor)
 
 
-def approved_since_last_dataset(session) -> tuple[int, str | None, str | None]:
-    """(samples approved or edited after the newest training dataset version, the newest
-    decision's time as ISO text, the newest version's creation time as ISO text)."""
-    from store.datasets import approved_after, latest_dataset, latest_decision_at
-
-    latest = latest_dataset(session, "training")
-    since = latest.created_at if latest is not None else None
-    newest = latest_decision_at(session)
-    return (approved_after(session, since), newest.isoformat() if newest else None,
-            since.isoformat() if since else None)
-
-
 @dg.sensor(job=datasets_job, minimum_interval_seconds=300,
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Builds a new dataset version (eval suite + training dataset) when at least "
@@ -195,22 +183,25 @@ def approved_samples_sensor(context: dg.SensorEvaluationContext, store: Operatio
     from datetime import datetime
 
     from ml.config import Settings
-    from store.datasets import approved_after, latest_decision_at
+    from store.datasets import approved_after, latest_dataset, latest_decision_at
 
     threshold = Settings().dataset_min_new_approved
     with store.session() as s:
-        n_since_version, newest, since_version = approved_since_last_dataset(s)
-        if context.cursor:  # approvals already counted by a request of this sensor
-            n = min(n_since_version, approved_after(s, datetime.fromisoformat(context.cursor)))
-        else:
-            n = n_since_version
-        newest_dt = latest_decision_at(s)
+        latest = latest_dataset(s, "training")
+        # approvals already in a version (built here, by the CLI or the demo) and approvals this
+        # sensor already requested a run for (its cursor) are not new
+        marks = [t for t in (latest.created_at if latest else None,
+                             datetime.fromisoformat(context.cursor) if context.cursor else None)
+                 if t is not None]
+        since = max(marks, key=lambda t: t.replace(tzinfo=None)) if marks else None
+        n = approved_after(s, since)
+        newest = latest_decision_at(s)
     if n < threshold:
-        return dg.SkipReason(f"{n} sample(s) approved since the last dataset version"
-                             f"{' (' + since_version + ')' if since_version else ''}; a new "
-                             f"version is built at {threshold}")
-    newest = newest_dt.isoformat() if newest_dt else newest
-    context.update_cursor(newest)
-    return dg.RunRequest(run_key=f"datasets-{newest}",
+        when = f" ({since.isoformat()})" if since else ""
+        return dg.SkipReason(f"{n} sample(s) approved since the last dataset version or request"
+                             f"{when}; a new version is built at {threshold}")
+    cursor = newest.isoformat()
+    context.update_cursor(cursor)
+    return dg.RunRequest(run_key=f"datasets-{cursor}",
                          tags={"learnloop/trigger": "approved_samples_sensor",
                                "learnloop/new_approved": str(n)})

@@ -151,10 +151,10 @@ def _items_of_kind(session: Session, kind: str, splits: Sequence[str] | None = N
 
 
 def held_out(session: Session) -> HeldOut:
-    """The evaluation items (split ``eval``) of every evaluation suite, by key and prompt hash.
-    Retention items are historical interactions used to measure forgetting: they are not
-    corrections and may be replayed."""
-    rows = _items_of_kind(session, "eval_suite", ["eval"])
+    """Every item of every evaluation suite (evaluation items and retention items), by key and
+    prompt hash: training never sees them, so the evaluation measures generalisation and the
+    retention set measures forgetting on data the model was not trained on."""
+    rows = _items_of_kind(session, "eval_suite")
     return HeldOut(keys=frozenset(r[0] for r in rows), prompt_hashes=frozenset(r[1] for r in rows))
 
 
@@ -194,13 +194,17 @@ def dataset_summary(ds: Dataset) -> dict[str, Any]:
 
 
 def approved_sample_records(session: Session, *, ids: Sequence[int] | None = None,
-                            conditions: Sequence[Any] = ()) -> list[dict[str, Any]]:
+                            conditions: Sequence[Any] = (),
+                            _statuses: Sequence[str] = ("approved", "edited"),
+                            _source: str | None = None) -> list[dict[str, Any]]:
     """Approved and edited sample items (the reviewer's final text in ``final_response``) with
     everything a dataset build reads: conversation, session, category, intent, quality, time,
     tags. ``ids`` limits them to those items; ``conditions`` are extra SQL conditions on
     ``ReviewItem`` (e.g. a sample filter's). Oldest first."""
     q = select(ReviewItem).where(ReviewItem.kind == "sample",
-                                 ReviewItem.status.in_(("approved", "edited")), *conditions)
+                                 ReviewItem.status.in_(list(_statuses)), *conditions)
+    if _source is not None:
+        q = q.where(ReviewItem.source == _source)
     if ids is not None:
         q = q.where(ReviewItem.id.in_(list(ids)))
 
@@ -217,3 +221,11 @@ def approved_sample_records(session: Session, *, ids: Sequence[int] | None = Non
         "interaction_at": naive(it.interaction_at), "created_at": naive(it.created_at),
         "decided_by": it.decided_by, "decided_at": naive(it.decided_at),
     } for it in session.scalars(q.order_by(ReviewItem.id))]
+
+
+def pending_human_corrections(session: Session, human_source: str) -> list[dict[str, Any]]:
+    """Sample items proposed by a human agent (``source == human_source``) that no reviewer has
+    decided yet, in the shape of :func:`approved_sample_records` (the agent's reply in
+    ``proposed_response``). Rejected ones are never returned."""
+    return approved_sample_records(session, conditions=(), ids=None,
+                                   _statuses=("pending",), _source=human_source)
