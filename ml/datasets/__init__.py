@@ -20,8 +20,13 @@ process, machine and time do not change a result, a hash or a written byte.
 """
 
 from ml.datasets.build import DatasetBuild, Dropped, build_dataset, stored_vectors
+from ml.datasets.checks import CheckResult, resolve_tokenizer, run_checks
+from ml.datasets.eval_suite import EvalSuite, select_eval_suite, write_eval_suite
 from ml.datasets.examples import Example, HeldOut, example_hash, prompt_hash
+from ml.datasets.exports import dataset_checksum, verify_exports, write_exports
 from ml.datasets.spec import DatasetSpec, Filters
 
-__all__ = ["DatasetBuild", "DatasetSpec", "Dropped", "Example", "Filters", "HeldOut",
-           "build_dataset", "example_hash", "prompt_hash", "stored_vectors"]
+__all__ = ["CheckResult", "DatasetBuild", "DatasetSpec", "Dropped", "EvalSuite", "Example",
+           "Filters", "HeldOut", "build_dataset", "dataset_checksum", "example_hash",
+           "prompt_hash", "resolve_tokenizer", "run_checks", "select_eval_suite",
+           "stored_vectors", "verify_exports", "write_eval_suite", "write_exports"]

@@ -30,6 +30,7 @@ def test_specs_that_mean_the_same_give_the_same_json():
                                     date_from=date(2026, 1, 1)),
                     exclude_tags=("exclude", "spam", "spam"))
     assert a == b and a.to_json() == b.to_json()
+    assert DatasetSpec.from_dict(json.loads(a.to_json())) == a
     assert a.cap_for("billing") == 3 and a.cap_for("other") is None
     assert DatasetSpec(seed=1).to_json() != DatasetSpec().to_json()
 
