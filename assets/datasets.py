@@ -9,9 +9,7 @@ vectors), and record each version in the store's ``datasets`` / ``dataset_items`
 docs/datasets.md.
 """
 
-from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -214,11 +212,8 @@ CHECK_DOCS = {
     "check_min_size": "At least min_size training examples.",
     "check_category_balance": "Category mix within the spec's caps and max_category_share.",
 }
-# the check names of ml.datasets.checks.run_checks -> the asset's check names
-_RUN_CHECK_NAMES = {"no_pii": "check_no_pii", "roles": "check_roles",
-                    "no_empty_turns": "check_no_empty_turns", "token_limit": "check_token_limit",
-                    "no_leakage": "check_no_leakage", "no_held_out": "check_no_eval_items",
-                    "min_size": "check_min_size", "category_balance": "check_category_balance"}
+# ml.datasets.checks.run_checks names the held-out check after what it compares
+_RUN_CHECK_NAMES = {"check_no_held_out": "check_no_eval_items"}
 
 
 class TrainingDatasetConfig(dg.Config):
@@ -327,6 +322,8 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
                           previous_keys=previous_keys, count_tokens=token_counter(tok.tokenizer))
     results = {_RUN_CHECK_NAMES.get(k, k): r
                for k, r in run_checks(build, held, tok.tokenizer).items()}
+    if set(results) != set(CHECK_NAMES):  # every declared check gets its result
+        raise RuntimeError(f"dataset checks ran {sorted(results)}, expected {list(CHECK_NAMES)}")
     failed = sorted(name for name, r in results.items() if not r.passed)
 
     folder = _folder(datasets.root(), "training", spec.name, build.version_hash)
