@@ -182,7 +182,7 @@ def eval_suite(context: dg.AssetExecutionContext, config: EvalSuiteConfig,
                                                        for e in suite.retention))},
             exports=_relative_exports(exports), path=str(folder),
             checksum=dataset_checksum(folder), n_eval=len(suite.eval),
-            n_retention=len(suite.retention), created_by=f"dagster:{context.run_id}")
+            n_retention=len(suite.retention), created_by=f"dagster:{context.run.run_id}")
         ordinal = ds.version
     context.log.info(f"eval suite {config.name}@{ordinal} {suite.version_hash[:12]}: "
                      f"{len(suite.eval)} evaluation items, {len(suite.retention)} retention "
@@ -348,7 +348,7 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
             checksum=dataset_checksum(folder), n_train=len(build.train),
             n_validation=len(build.validation),
             status="failed_checks" if failed else "ready",
-            created_by=f"dagster:{context.run_id}")
+            created_by=f"dagster:{context.run.run_id}")
         ordinal, status = ds.version, ds.status
     summary = (f"dataset {spec.name}@{ordinal} {build.version_hash[:12]}: train "
                f"{len(build.train)}, validation {len(build.validation)}, dropped "
