@@ -31,6 +31,7 @@ from store.models import SAMPLE_STATUSES, ReviewEvent, ReviewItem, utcnow
 from store.repo import Conflict
 
 MAX_TAG = 64
+MAX_VALUE = 128  # a filter value (the longest column filtered on, tenant_id, is 128)
 UNKNOWN = "unknown"  # how statistics name a missing category, intent or source
 QUALITY_BINS = tuple((round(k / 10, 1), round((k + 1) / 10, 1)) for k in range(10))
 SAMPLE_SORTS = ("age", "-age", "quality", "-quality", "time", "-time")
@@ -114,6 +115,8 @@ class SampleFilter:
         for name in _LIST_FIELDS:
             values = _strings(data.get(name))
             if values:
+                if any(len(v) > MAX_VALUE for v in values):
+                    raise FilterError(name, f"a value is longer than {MAX_VALUE} characters")
                 kw[name] = tuple(values)
         ids = _strings(data.get("ids"))
         if ids:
@@ -124,11 +127,11 @@ class SampleFilter:
             if not all(1 <= i <= 2**31 - 1 for i in kw["ids"]):
                 raise FilterError("ids", "item ids are 1 to 2147483647")
         for name in ("since", "until"):
-            value = data.get(name)
+            value = _scalar(name, data.get(name))
             if value not in (None, ""):
                 kw[name] = _parse_when(name, value)
         for name in ("quality_min", "quality_max"):
-            value = data.get(name)
+            value = _scalar(name, data.get(name))
             if value not in (None, ""):
                 try:
                     kw[name] = float(value)
@@ -191,6 +194,16 @@ def _strings(value: Any) -> list[str]:
             continue
         out += [p.strip() for p in str(v).split(",") if p.strip()]
     return out
+
+
+def _scalar(name: str, value: Any) -> Any:
+    """One value of a single-valued field; a list of one (a parsed query string) is that value."""
+    if isinstance(value, list | tuple):
+        values = [v for v in value if v not in (None, "")]
+        if len(values) > 1:
+            raise FilterError(name, f"takes one value, got {len(values)}")
+        return values[0] if values else None
+    return value
 
 
 def _parse_when(name: str, value: Any) -> date | datetime:
@@ -290,6 +303,21 @@ def list_samples(session: Session, flt: SampleFilter, *, tenants: Sequence[str] 
     q = (select(ReviewItem).where(*conds).order_by(*order).offset(offset).limit(limit)
          .options(defer(ReviewItem.messages)))
     return list(session.scalars(q)), int(total)
+
+
+def sample_facets(session: Session, *,
+                  tenants: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """The values the filter menus offer: distinct category, intent, source and tenant of the
+    sample items in ``tenants``, their tags, and the sample statuses."""
+    scope = sample_conditions(session, SampleFilter(), tenants)
+
+    def distinct(col) -> list[str]:
+        return sorted(str(v) for v in session.scalars(
+            select(col).distinct().where(*scope, col.is_not(None))))
+
+    return {"category": distinct(ReviewItem.category), "intent": distinct(ReviewItem.intent),
+            "source": distinct(ReviewItem.source), "tenant": distinct(ReviewItem.tenant_id),
+            "tag": sorted(_tag_counts(session, scope)), "status": list(SAMPLE_STATUSES)}
 
 
 # ---- bulk tags ---------------------------------------------------------------------------------------
@@ -481,7 +509,7 @@ def sample_stats(session: Session, flt: SampleFilter | None = None,
                           .where(*conds)).one()
     known = int(agg[0] or 0)
     quality = {
-        "histogram": [{"bin": f"{lo:.1f}-{hi:.1f}", "from": lo, "to": hi,
+        "histogram": [{"bin": f"{lo:.1f}-{hi:.1f}", "low": lo, "high": hi,
                        "count": int(hist_rows.get(k, 0))}
                       for k, (lo, hi) in enumerate(QUALITY_BINS)],
         "unknown": int(hist_rows.get(-1, 0)), "known": known,
@@ -565,5 +593,5 @@ def fill_sample_facts(session: Session,
 
 __all__ = ["FACT_FIELDS", "QUALITY_BINS", "SAMPLE_SORTS", "UNKNOWN", "FilterError",
            "SampleFilter", "TagError", "TagResult", "check_tag", "count_samples",
-           "fill_sample_facts", "has_any_tag", "list_samples", "sample_conditions",
+           "fill_sample_facts", "has_any_tag", "list_samples", "sample_conditions", "sample_facets",
            "sample_stats", "samples_missing_facts", "tag_samples", "with_facts"]

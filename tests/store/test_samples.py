@@ -18,6 +18,7 @@ from store.samples import (
     TagError,
     fill_sample_facts,
     list_samples,
+    sample_facets,
     sample_stats,
     samples_missing_facts,
     tag_samples,
@@ -121,6 +122,8 @@ def test_the_date_falls_back_to_when_the_item_was_created(store_url):
     ({"status": "confirmed"}, "status", "not a sample status"),
     ({"ids": ["1", "x"]}, "ids", "whole numbers"),
     ({"colour": "red"}, "colour", "unknown filter field"),
+    ({"quality_min": ["0.1", "0.2"]}, "quality_min", "takes one value, got 2"),
+    ({"tenant": "t" * 129}, "tenant", "longer than 128 characters"),
 ])
 def test_bad_filter_values_name_the_field(data, field, words):
     with pytest.raises(FilterError, match=words) as err:
@@ -138,6 +141,22 @@ def test_filter_round_trips_and_describes_itself():
     assert SampleFilter().is_empty() and SampleFilter.from_dict({"tag": [], "intent": None}) \
         .is_empty()
     assert SampleFilter(category="refusal").category == ("refusal",)
+    # a parsed query string: every value a list
+    assert SampleFilter.from_dict({"quality_min": ["0.5"], "since": ["2025-03-01"],
+                                   "intent": ["a", "b"], "until": []}) == \
+        SampleFilter(quality_min=0.5, since=date(2025, 3, 1), intent=("a", "b"))
+
+
+def test_facets_list_the_values_of_the_callers_samples(store_url):
+    _seed(store_url)
+    with session_scope(store_url) as s:
+        acme = sample_facets(s, tenants=["acme"])
+        every = sample_facets(s)
+    assert acme["intent"] == ["billing", "login"] and acme["tenant"] == ["acme"]
+    assert acme["category"] == ["refusal", "wrong_answer"] and acme["tag"] == ["faq", "hard"]
+    assert acme["source"] == ["human_agent", "llm:openai", "retrieval"]
+    assert every["tenant"] == ["acme", "globex"]
+    assert every["status"] == ["pending", "approved", "rejected", "edited"]
 
 
 def _items(url) -> dict[int, ReviewItem]:
