@@ -382,3 +382,79 @@ def test_dataset_downloads_files_and_zipped_folders_and_refuses_escapes(web, sql
     r = web.get(f"/datasets/{HASH[:8]}/files/parquet")
     assert r.status_code == 404 and "has no export &#39;parquet&#39;" in r.text
     assert web.get(f"/datasets/{HASH[:8]}/files/..%2F..%2Fsecret.txt").status_code == 404
+
+
+# ---- the real browser (Debian's chromium, headless, through Playwright) --------------------------
+@pytest.mark.browser
+def test_reviewer_filters_reads_stats_and_tags_in_the_browser(sqlite_world, app_factory,
+                                                              tmp_path, dataset_dir):
+    """ann filters the samples page by quality, reads the statistics, tags every matching sample
+    and then one selected sample; root opens the datasets page from the nav and downloads an
+    export. Saves the screenshot docs/samples.md shows (LEARNLOOP_SCREENSHOTS=1)."""
+    from playwright.sync_api import expect, sync_playwright
+    from servicekit import PASSWORD, LiveServer
+    from test_service_browser import ARGS, CHROMIUM, DOCS_IMG
+
+    ids = add_samples(sqlite_world.url)
+    record(sqlite_world.url, dataset_dir)
+    shots = DOCS_IMG if os.environ.get("LEARNLOOP_SCREENSHOTS") == "1" else tmp_path
+    with LiveServer(app_factory(sqlite_world)) as live, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.set_default_timeout(15_000)
+
+            def sign_in_as(name: str) -> None:
+                page.goto(f"{live.url}/login")
+                page.fill("input[name=username]", name)
+                page.fill("input[name=password]", PASSWORD)
+                page.click("button[type=submit]")
+
+            sign_in_as("ann")
+            page.click("nav >> text=Samples")
+            expect(page.get_by_test_id("samples-total")).to_have_text("5")
+            expect(page.locator("nav >> text=Datasets")).to_have_count(0)
+            page.fill("input[name=quality_min]", "0.5")
+            page.click("form.filters button[type=submit]")
+            expect(page.get_by_test_id("samples-total")).to_have_text("2")
+            expect(page.get_by_test_id("approval-rate")).to_have_text("50%")
+            expect(page.get_by_test_id("hist-0.9-1.0")).to_have_text("1")
+            expect(page.get_by_test_id("hist-0.1-0.2")).to_have_text("0")
+            page.screenshot(path=str(shots / "samples.png"), full_page=True)
+
+            page.get_by_test_id("bulk-tag").fill("second-look")
+            page.get_by_test_id("tag-matching").click()
+            expect(page.locator(".flash.ok")).to_contain_text(
+                "Tag 'second-look' added to 2 of 2 sample(s)")
+            expect(page.get_by_test_id(f"tags-{ids['high']}")).to_contain_text("second-look")
+
+            page.click("text=clear")
+            expect(page.get_by_test_id("samples-total")).to_have_text("5")
+            expect(page.get_by_test_id("tag-matching")).to_be_disabled()  # no filter
+            page.check(f'tr[data-item-id="{ids["low"]}"] input[name="selected"]')
+            expect(page.locator("[data-selected-count]")).to_have_text("1 selected")
+            page.get_by_test_id("bulk-tag").fill("urgent")
+            page.get_by_test_id("tag-selected").click()
+            expect(page.locator(".flash.ok")).to_contain_text("Tag 'urgent' added to 1 of 1")
+            expect(page.get_by_test_id(f"tags-{ids['low']}")).to_contain_text("urgent")
+
+            page.click("text=Sign out")
+            sign_in_as("root")
+            page.click("nav >> text=Datasets")
+            expect(page.get_by_test_id("datasets-total")).to_have_text("1")
+            page.get_by_test_id("dataset-link").click()
+            expect(page.get_by_test_id("dataset-hash")).to_have_text(HASH)
+            with page.expect_download() as dl:
+                page.get_by_test_id("download-jsonl").click()
+            got = dl.value.path().read_bytes()
+        finally:
+            browser.close()
+    assert got == (dataset_dir / "train.jsonl").read_bytes()
+    with session_scope(sqlite_world.url) as s:
+        tags = {i.id: i.tags for i in s.scalars(select(ReviewItem))}
+        events = [(e.item_id, e.action, e.actor) for e in s.scalars(
+            select(ReviewEvent).where(ReviewEvent.action == "tag").order_by(ReviewEvent.id))]
+    assert tags[ids["mid"]] == ["second-look"] and tags[ids["high"]] == ["second-look"]
+    assert tags[ids["low"]] == ["faq", "urgent"]
+    assert events == [(ids["mid"], "tag", "ann"), (ids["high"], "tag", "ann"),
+                      (ids["low"], "tag", "ann")]
