@@ -378,16 +378,16 @@ def tag_samples(session: Session, tag: str, *, add: bool, actor: str,
     conds = sample_conditions(session, flt, tenants)
     matched = int(session.scalar(select(func.count(ReviewItem.id)).where(*conds)) or 0)
     present = has_any_tag(session, [tag])
-    todo = list(session.scalars(select(ReviewItem.id).where(
-        *conds, ~present if add else present).order_by(ReviewItem.id)))
+    todo = session.execute(select(*_TAG_COLS).where(
+        *conds, ~present if add else present).order_by(ReviewItem.id)).all()
     action = "tag" if add else "untag"
     changed_ids: list[int] = []
     skipped = 0
-    for item_id in todo:
-        outcome = _tag_one(session, item_id, tag, add=add, conds=conds, actor=actor,
+    for row in todo:
+        outcome = _tag_one(session, row, tag, add=add, conds=conds, actor=actor,
                            action=action, note=note)
         if outcome == "changed":
-            changed_ids.append(item_id)
+            changed_ids.append(row.id)
         elif outcome == "skipped":
             skipped += 1
     session.flush()
@@ -396,17 +396,22 @@ def tag_samples(session: Session, tag: str, *, add: bool, actor: str,
                      changed_ids)
 
 
-def _tag_one(session: Session, item_id: int, tag: str, *, add: bool, conds: list, actor: str,
+_TAG_COLS = (ReviewItem.id, ReviewItem.tenant_id, ReviewItem.version, ReviewItem.status,
+             ReviewItem.final_response, ReviewItem.tags, ReviewItem.decided_by)
+
+
+def _tag_one(session: Session, row: Any, tag: str, *, add: bool, conds: list, actor: str,
              action: str, note: str | None) -> str:
-    """Compare-and-set one item's tags: ``changed``, ``unchanged`` (already as wanted, perhaps by
-    someone else meanwhile) or ``skipped`` (no longer matches the filter)."""
-    cols = [ReviewItem.id, ReviewItem.tenant_id, ReviewItem.version, ReviewItem.status,
-            ReviewItem.final_response, ReviewItem.tags, ReviewItem.decided_by]
-    for _ in range(CAS_ATTEMPTS):
-        row = session.execute(select(*cols).where(ReviewItem.id == item_id, *conds)
-                              .execution_options(populate_existing=True)).first()
-        if row is None:
-            return "skipped"
+    """Compare-and-set one item's tags, starting from ``row`` as read: ``changed``, ``unchanged``
+    (already as wanted, perhaps by someone else meanwhile) or ``skipped`` (no longer matches the
+    filter). A missed compare-and-set reads the item again (with the filter) and retries."""
+    item_id = row.id
+    for attempt in range(CAS_ATTEMPTS):
+        if attempt:
+            row = session.execute(select(*_TAG_COLS).where(ReviewItem.id == item_id, *conds)
+                                  ).first()
+            if row is None:
+                return "skipped"
         tags = list(row.tags or [])
         if (tag in tags) == add:
             return "unchanged"
