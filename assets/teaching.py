@@ -3,7 +3,12 @@
 
 Every LLM teacher attempt is recorded in the warehouse table ``teacher_attempts`` (failed with the
 provider's reason, or ok), before the review items are written. A failed interaction gets no sample
-item, so the next run proposes for it again (``retried`` in the metadata)."""
+item, so the next run proposes for it again (``retried`` in the metadata).
+
+Each sample item gets its interaction's facts from the warehouse (``quality`` from
+``interaction_quality.quality_score``, ``intent`` and ``interaction_at`` from ``interactions``) when
+it is created; sample items whose three facts are all unknown (made before they were kept) are
+backfilled in the same run (``store.samples.fill_sample_facts``: no version, no review event)."""
 
 from collections import Counter
 from datetime import UTC, datetime
@@ -37,6 +42,7 @@ from ml.teacher import (
 )
 from ml.teacher import items as teach
 from ml.teacher.retrieval import DEFAULT_THRESHOLD, build_answer_index
+from store import samples as store_samples
 from store import teaching as store_teaching
 
 
@@ -61,7 +67,9 @@ class TeacherSamplesConfig(dg.Config):
     description="A proposed corrected reply (`sample` review item, parent = the error item) for "
                 "each confirmed error and each pending error of at least the configured "
                 "severity, plus every human agent correction. Sources: human_agent, retrieval "
-                "(most similar approved answer, LanceDB), llm:<provider>.",
+                "(most similar approved answer, LanceDB), llm:<provider>. Each sample item "
+                "keeps its interaction's quality score, intent and time (filters and statistics "
+                "of samples); items that lack all three are backfilled from the warehouse.",
 )
 def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesConfig,
                     warehouse: WarehouseResource, store: OperationalStoreResource,
@@ -142,15 +150,24 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
             f"request-specifically (outages do not count) and are "
             f"given up (see {TEACHER_ATTEMPTS_TABLE}): {given_up[:5]}")
 
-    created: Counter[str] = Counter()
     with store.session() as s:
-        for source, new in store_teaching.create_samples(s, specs):
-            created[source] += int(new)
         # every human agent correction is a sample too (parent: an error item when there is one)
         human = teach.human_correction_specs(corrections, store_teaching.error_parents(s),
                                              skip=with_sample)
-        for source, new in store_teaching.create_samples(s, human):
-            created[source] += int(new)
+        # sample items from before their interaction's facts were kept (or made while the
+        # warehouse lacked them): backfilled below
+        missing = store_samples.samples_missing_facts(s)
+    # the interaction's quality, intent and time go on each sample item (filters, statistics)
+    fact_keys = {(sp["tenant_id"], sp["interaction_id"]) for sp in specs + human} | set(missing)
+    with warehouse.get_connection() as con:
+        facts = wh.read_sample_facts(con, sorted(fact_keys))
+    created: Counter[str] = Counter()
+    with store.session() as s:
+        for batch in (specs, human):
+            for source, new in store_teaching.create_samples(
+                    s, [store_samples.with_facts(sp, facts) for sp in batch]):
+                created[source] += int(new)
+        filled = store_samples.fill_sample_facts(s, {k: facts[k] for k in missing if k in facts})
     for iid, reason in list(result.failures.items())[:20]:
         context.log.warning(f"teacher failed for {iid} (recorded in {TEACHER_ATTEMPTS_TABLE}, "
                             f"retried next run): {reason}")
@@ -172,6 +189,8 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
         "failed_attempts_open": open_failures,
         "samples_created": sum(created.values()),
         "samples_by_source": dg.MetadataValue.json(dict(created)),
+        "sample_facts_backfilled": filled,
+        "sample_facts_not_in_warehouse": sum(1 for k in missing if k not in facts),
         "human_corrections_seen": corrections.height,
         "answer_index_size": index_size,
         "similarity_threshold": config.similarity_threshold,

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from cli.samples import COMMANDS as SAMPLE_COMMANDS
 from orchestration.cli import COMMANDS as PIPELINE_COMMANDS
 from orchestration.cli import STORE_UNREACHABLE_EXIT, unreachable_store_line
 from orchestration.datasets_cli import COMMANDS as DATASET_COMMANDS
@@ -35,5 +36,6 @@ def main() -> None:
     os.environ.setdefault("LANCEDB_LOG", "error")
 
 
-for _command in (*PIPELINE_COMMANDS, *DATASET_COMMANDS, *LANDING_COMMANDS, *SERVICE_COMMANDS):
+for _command in (*PIPELINE_COMMANDS, *DATASET_COMMANDS, *LANDING_COMMANDS, *SERVICE_COMMANDS,
+                 *SAMPLE_COMMANDS):
     main.add_command(_command)

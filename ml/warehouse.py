@@ -177,6 +177,27 @@ def read_intents(con: duckdb.DuckDBPyConnection,
     return {(t, i): intent for t, i, intent in rows}
 
 
+def read_sample_facts(con: duckdb.DuckDBPyConnection,
+                      keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+    """(tenant_id, interaction_id) -> the facts a sample item keeps of its interaction, for the
+    interactions ``keys`` in the warehouse: ``quality`` (``interaction_quality.quality_score``,
+    None when unscored), ``intent`` and ``interaction_at`` (``ts``, naive UTC)."""
+    if not keys:
+        return {}
+    ensure_table(con, "interactions")
+    ensure_table(con, "interaction_quality")
+    con.register("_ids", key_table(keys))
+    try:
+        rows = con.execute("SELECT i.tenant_id, i.interaction_id, q.quality_score, i.intent, i.ts "
+                           "FROM interactions i SEMI JOIN _ids USING (tenant_id, interaction_id) "
+                           "LEFT JOIN interaction_quality q USING (tenant_id, interaction_id)"
+                           ).fetchall()
+    finally:
+        con.unregister("_ids")
+    return {(t, i): {"quality": q, "intent": intent, "interaction_at": ts}
+            for t, i, q, intent, ts in rows}
+
+
 def read_human_corrections(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Every interaction a human agent corrected (``corrected_response`` set), in time order."""
     ensure_table(con, "interactions")

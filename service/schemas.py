@@ -265,3 +265,126 @@ class CollectorOut(BaseModel):
     rejected: int
     results: list[RecordResult]
     files: list[str] = Field(description="landing files written (relative to the landing zone)")
+
+
+# ---- samples: filters, tags, statistics (store.samples) -----------------------------------------
+SampleStatus = Literal["pending", "approved", "rejected", "edited"]
+FilterValue = Annotated[Text, Field(min_length=1, max_length=128)]
+MAX_FILTER_VALUES = 100
+MAX_TAG_IDS = 10_000
+
+
+class SampleSummary(ItemSummary):
+    quality: float | None = Field(description="the interaction's quality score (0-1)")
+    intent: str | None = Field(description="the interaction's intent")
+    interaction_at: UtcDatetime | None = Field(description="when the interaction happened")
+
+
+class SamplePage(BaseModel):
+    items: list[SampleSummary]
+    total: int
+    offset: int
+    limit: int
+    filter: dict[str, Any] = Field(description="the filter applied, as plain values")
+
+
+class SampleFilterIn(BaseModel):
+    """Which samples: every field optional; several values of one field match any of them, the
+    fields combine with AND."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] | None = Field(
+        default=None, max_length=MAX_TAG_IDS)
+    since: Text | None = Field(default=None, max_length=40,
+                               description="YYYY-MM-DD (whole day, UTC) or an ISO 8601 datetime; "
+                                           "on the interaction's time, else the item's creation")
+    until: Text | None = Field(default=None, max_length=40, description="inclusive, like since")
+    quality_min: float | None = Field(default=None, ge=0, le=1)
+    quality_max: float | None = Field(default=None, ge=0, le=1)
+    category: list[FilterValue] | None = Field(default=None, max_length=MAX_FILTER_VALUES)
+    intent: list[FilterValue] | None = Field(default=None, max_length=MAX_FILTER_VALUES)
+    source: list[FilterValue] | None = Field(default=None, max_length=MAX_FILTER_VALUES)
+    tenant: list[FilterValue] | None = Field(default=None, max_length=MAX_FILTER_VALUES)
+    tag: list[FilterValue] | None = Field(default=None, max_length=MAX_FILTER_VALUES)
+    status: list[SampleStatus] | None = Field(default=None, max_length=4)
+
+
+class SampleTagsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tag: Text = Field(min_length=1, max_length=MAX_TAG)
+    action: Literal["add", "remove"]
+    ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] | None = Field(
+        default=None, max_length=MAX_TAG_IDS, description="these samples (with filter: those "
+                                                          "of them that match it)")
+    filter: SampleFilterIn | None = Field(default=None, description="the samples matching it")
+    all: bool = Field(default=False, description="required to tag with an empty filter and no "
+                                                 "ids (every sample in your tenants)")
+
+
+class SampleTagsOut(BaseModel):
+    tag: str
+    action: Literal["tag", "untag"]
+    matched: int = Field(description="samples the ids/filter selected in your tenants")
+    changed: int = Field(description="samples changed (a new version and a review event each)")
+    unchanged: int = Field(description="already in the wanted state: not touched")
+    skipped: int = Field(description="changed by someone else meanwhile so that they no longer "
+                                     "match: left as they are")
+
+
+class QualityBin(BaseModel):
+    bin: str
+    low: float
+    high: float
+    count: int
+
+
+class QualityStats(BaseModel):
+    histogram: list[QualityBin] = Field(description="ten fixed bins 0.0-0.1 ... 0.9-1.0 (the "
+                                                    "upper bound belongs to the next bin)")
+    unknown: int = Field(description="samples without a quality score")
+    known: int
+    mean: float | None
+    min: float | None
+    max: float | None
+    q1: float | None
+    median: float | None
+    q3: float | None
+
+
+class SampleStatsOut(BaseModel):
+    filter: dict[str, Any]
+    total: int
+    by_status: dict[str, int]
+    decided: int = Field(description="approved + edited + rejected")
+    approval_rate: float | None = Field(description="(approved + edited) / decided; null before "
+                                                    "any decision")
+    by_source: dict[str, int]
+    by_category: dict[str, int] = Field(description='a missing value counts as "unknown"')
+    by_intent: dict[str, int]
+    by_tenant: dict[str, int]
+    by_tag: dict[str, int] = Field(description="samples per tag")
+    quality: QualityStats
+
+
+# ---- datasets (read-only; store.datasets) -----------------------------------------------------
+class DatasetOut(BaseModel):
+    id: int
+    kind: str = Field(description="training | eval_suite")
+    name: str
+    version: int = Field(description="ordinal within (kind, name)")
+    version_hash: str | None = Field(description="content hash; any unique prefix of 4+ "
+                                                 "characters names the version")
+    parent_version: str | None
+    status: str
+    n_train: int
+    n_validation: int
+    n_eval: int
+    n_retention: int
+    spec: dict[str, Any]
+    counts: dict[str, Any]
+    stats: dict[str, Any]
+    exports: dict[str, Any] = Field(description="format -> file or folder, relative to path")
+    path: str | None
+    checksum: str | None
+    created_by: str | None
+    created_at: UtcDatetime | None

@@ -65,8 +65,10 @@ def test_openapi_document_lists_the_api(api_env):
     assert {"/api/v1/items", "/api/v1/items/{item_id}", "/api/v1/items/{item_id}/decision",
             "/api/v1/decisions", "/api/v1/items/{item_id}/tags", "/api/v1/events",
             "/api/v1/admin/reviewers", "/api/v1/admin/collector-keys",
-            "/v1/interactions"} <= paths
-    assert not any(p.startswith(("/login", "/items", "/batch")) for p in paths)
+            "/api/v1/samples", "/api/v1/samples/stats", "/api/v1/samples/tags",
+            "/api/v1/datasets", "/api/v1/datasets/{ref}", "/v1/interactions"} <= paths
+    assert not any(p.startswith(("/login", "/items", "/batch", "/samples", "/datasets"))
+                   for p in paths)
     assert {"ReviewerToken", "CollectorKey"} <= set(doc["components"]["securitySchemes"])
 
 
