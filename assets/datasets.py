@@ -177,7 +177,7 @@ def eval_suite(context: dg.AssetExecutionContext, config: EvalSuiteConfig,
             s, kind="eval_suite", name=config.name, version_hash=suite.version_hash,
             items=suite.items(), parent_version=previous.version_hash if previous else None,
             spec=config.model_dump(), counts=suite.counts,
-            stats={"eval_by_category": categories,
+            stats={"category_counts": categories,
                    "retention_by_intent": dict(Counter(e.intent or "unknown"
                                                        for e in suite.retention))},
             exports=_relative_exports(exports), path=str(folder),
@@ -335,7 +335,9 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
 
     spec_record = {**spec.to_dict(),
                    "human_corrections_unreviewed": config.human_corrections_unreviewed}
-    stats = {**build.stats, "tokenizer": {"source": tok.source, "name": tok.name},
+    category_counts = dict(sorted(Counter(e.category for _, e in build.split_items()).items()))
+    stats = {**build.stats, "category_counts": category_counts,
+             "tokenizer": {"source": tok.source, "name": tok.name},
              "failed_checks": failed,
              "checks": {n: {"passed": r.passed, "description": r.description}
                         for n, r in sorted(results.items())}}
@@ -369,6 +371,7 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
             "train": len(build.train), "validation": len(build.validation),
             "replay": build.counts.get("splits", {}).get("replay", 0),
             "dropped_by_stage": dropped_by_stage,
+            "category_counts": category_counts,
             "category_mix": build.stats.get("category_mix", {}),
             "by_source": build.counts.get("by_source", {}),
             "counts": build.counts, "spec": spec_record,

@@ -181,28 +181,11 @@ def _dataset_user(request: Request) -> ReviewerInfo | RedirectResponse:
 
 
 def category_mix(summary: dict[str, Any]) -> dict[str, int]:
-    """Examples per category from a version's ``counts`` (else ``stats``): the first mapping of
-    numbers under a key that names categories, at the top or one level down (summed over the
-    level, e.g. per split)."""
-    for source in (summary.get("counts") or {}, summary.get("stats") or {}):
-        found = _numbers_under(source, depth=0)
-        if found:
-            return dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
-    return {}
-
-
-def _numbers_under(d: Any, depth: int) -> dict[str, int]:
-    if not isinstance(d, dict) or depth > 1:
-        return {}
-    for key, value in d.items():
-        if "categor" in str(key).lower() and isinstance(value, dict) and value and all(
-                isinstance(v, int | float) for v in value.values()):
-            return {str(k): int(v) for k, v in value.items()}
-    total: dict[str, int] = {}
-    for value in d.values():
-        for k, v in _numbers_under(value, depth + 1).items():
-            total[k] = total.get(k, 0) + v
-    return total
+    """Examples per category of a version: ``stats.category_counts`` (training datasets: train
+    and validation; evaluation suites: the evaluation items), largest first."""
+    counts = (summary.get("stats") or {}).get("category_counts") or {}
+    return dict(sorted(((str(k), int(v)) for k, v in counts.items()),
+                       key=lambda kv: (-kv[1], kv[0])))
 
 
 @router.get("/datasets", response_class=HTMLResponse)

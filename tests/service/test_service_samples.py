@@ -219,7 +219,9 @@ def record(url: str, base, **kw) -> None:
                            "abs": "/etc/hostname", "gone": "missing.jsonl"},
                   counts={"train": {"by_category": {"refusal": 2, "wrong_answer": 1}},
                           "validation": {"by_category": {"refusal": 1}}},
-                  stats={"mean_prompt_tokens": 12.5}, spec={"min_quality": 0.2})
+                  stats={"mean_prompt_tokens": 12.5,
+                         "category_counts": {"refusal": 3, "wrong_answer": 1}},
+                  spec={"min_quality": 0.2})
     fields.update(kw)
     with session_scope(url) as s:
         datasets.record_dataset(s, kind="training", name="default", version_hash=HASH,
