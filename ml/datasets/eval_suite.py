@@ -20,8 +20,9 @@ completion):
 Retention set, from ``history`` (good historical interactions): thumbs-up or quality >=
 ``retention_min_quality``, valid, not an evaluation item (key or prompt); previous retention
 items still eligible are kept, the rest is stratified by intent (``unknown`` when none) in
-seeded-hash order, up to ``retention_size``. Retention measures forgetting; it may overlap what
-training replays.
+seeded-hash order, up to ``retention_size``; an interaction a training set already replayed is
+not picked (retention measures forgetting on data the model was not trained on). The store holds
+retention items out of every later training set (``store.datasets.held_out``).
 
 ``version_hash``: SHA-256 of the parameters (size, max_share, retention_size,
 retention_min_quality, seed) and the sorted (key, split, example_hash) of every item; input
@@ -161,6 +162,7 @@ def select_eval_suite(corrections: Iterable[Example | Mapping[str, Any]],
     eval_keys = {e.key for e in eval_items}
     eval_prompts = {e.prompt_hash for e in eval_items}
     good: list[Example] = []
+    prev_ret = frozenset(previous_retention_keys)
     for ex in hist:
         if not (ex.thumbs_up is True
                 or (ex.quality is not None and ex.quality >= retention_min_quality)):
@@ -169,6 +171,9 @@ def select_eval_suite(corrections: Iterable[Example | Mapping[str, Any]],
             counts["history_invalid"] += 1
         elif ex.key in eval_keys or ex.prompt_hash in eval_prompts:
             counts["history_in_eval"] += 1
+        elif ex.key not in prev_ret and (ex.key in trained_keys
+                                         or ex.prompt_hash in trained_prompts):
+            counts["history_trained"] += 1  # replayed into a training set: not a fair probe
         else:
             good.append(ex)
     prev_ret = frozenset(previous_retention_keys)
@@ -196,7 +201,8 @@ def select_eval_suite(corrections: Iterable[Example | Mapping[str, Any]],
         "eval_by_category": dict(sorted(Counter(e.category for e in eval_items).items())),
         "history": counts["history"], "history_not_good": counts["history_not_good"],
         "history_invalid": counts["history_invalid"],
-        "history_in_eval": counts["history_in_eval"], "retention_eligible": len(good),
+        "history_in_eval": counts["history_in_eval"],
+        "history_trained": counts["history_trained"], "retention_eligible": len(good),
         "retention_kept_from_previous": len(kept_ret), "retention": len(retention),
         "retention_by_intent": dict(sorted(Counter(e.intent or UNKNOWN_INTENT
                                                    for e in retention).items())),
