@@ -3,7 +3,7 @@
 ``generate(out_dir, n_interactions, seed, ...)`` writes a landing-zone layout::
 
     out_dir/date=YYYY-MM-DD/generated-<tenant>-<YYYY-MM-DD>.jsonl   one file per tenant and day
-    out_dir/truth.jsonl                                             {interaction_id, mistake}
+    out_dir/truth.jsonl                          {interaction_id, mistake, intent, answer}
 
 ``generate_records(n, seed, ...)`` yields the same JSONL lines in memory (``iter_generated`` also
 says which day/tenant/mistake/kind each line is).
@@ -35,7 +35,11 @@ What is in the logs:
   duplicate lines (at-least-once delivery: ingest drops them, it does not quarantine them).
 
 The ground truth (``truth.jsonl``) lists every well-formed record once with its mistake (null when
-the reply is right); it is never inside the records, so an auditor cannot see it.
+the reply is right), its intent and ``answer``, the right reply to its question from the tenant's
+knowledge base (the reply itself when there is no mistake; what a human agent would write); it is
+never inside the records, so an auditor cannot see it. The demo reviewer (``ml.demo.reviewer``)
+decides review items from it. Adding ``intent`` and ``answer`` changed no landing file: they come
+from values the simulation had already drawn.
 
 Everything comes from one ``random.Random(seed)`` and plain ``json.dumps`` on dicts: no clock, no
 uuid, no pydantic, so the same arguments give byte-identical files, fast (see ``generate``'s
@@ -427,6 +431,7 @@ def _customers(rng: random.Random, spec: TenantSpec, n: int) -> list[Customer]:
 # ---- the simulation ----------------------------------------------------------------------------
 
 _MISTAKE_JSON = {m: json.dumps(m) for m in (None, *MISTAKES)}
+_dumps = json.dumps
 _encode = json.JSONEncoder(check_circular=False).encode  # == json.dumps(obj), a bit faster
 
 
@@ -437,6 +442,8 @@ class GeneratedLine(NamedTuple):
     interaction_id: str | None  # None for a line without one (malformed)
     mistake: str | None
     kind: str  # "ok", "duplicate" or one of MALFORMED_KINDS
+    intent: str | None = None  # the record's metadata.intent
+    answer: str | None = None  # the right reply to the question (the reply itself when no mistake)
 
 
 @dataclass
@@ -639,14 +646,16 @@ def iter_generated(n: int, seed: int, tenants: int = 3, days: int = 7,
                 kind = choice(MALFORMED_KINDS)
                 line = _malformed(rec, kind)
                 yield GeneratedLine(day, tenant_id, line,
-                                    None if kind == "missing_interaction_id" else iid, None, kind)
+                                    None if kind == "missing_interaction_id" else iid, None, kind,
+                                    intent, answer)
                 emitted += 1
             else:
                 line = _encode(rec)
-                yield GeneratedLine(day, tenant_id, line, iid, mistake, "ok")
+                yield GeneratedLine(day, tenant_id, line, iid, mistake, "ok", intent, answer)
                 emitted += 1
                 if emitted < n and rnd() < DUPLICATE_RATE:
-                    yield GeneratedLine(day, tenant_id, line, iid, mistake, "duplicate")
+                    yield GeneratedLine(day, tenant_id, line, iid, mistake, "duplicate", intent,
+                                        answer)
                     emitted += 1
             # -- the session goes on, or ends
             if not continued:
@@ -841,7 +850,7 @@ def generate(out_dir: Path | str, n_interactions: int, seed: int, tenants: int =
     try:
         with open(truth_tmp, "w", encoding="utf-8", newline="\n", buffering=1 << 20) as truth:
             write_truth = truth.write
-            for day, tenant_id, line, iid, mistake, kind in iter_generated(
+            for day, tenant_id, line, iid, mistake, kind, intent, answer in iter_generated(
                     n_interactions, seed, tenants, days, start):
                 if day != current_day:
                     if current is not None:
@@ -851,9 +860,11 @@ def generate(out_dir: Path | str, n_interactions: int, seed: int, tenants: int =
                 key = (day, tenant_id, kind, mistake)
                 counts[key] = counts.get(key, 0) + 1
                 if kind == "ok":
-                    # == json.dumps({"interaction_id": ..., "mistake": ...}) (ids are hex/dashes)
+                    # == json.dumps({"interaction_id", "mistake", "intent", "answer"}) (ids are
+                    # hex/dashes, intents plain words)
                     write_truth(f'{{"interaction_id": "{iid}", '
-                                f'"mistake": {_MISTAKE_JSON[mistake]}}}\n')
+                                f'"mistake": {_MISTAKE_JSON[mistake]}, "intent": "{intent}", '
+                                f'"answer": {_dumps(answer)}}}\n')
             if current is not None:
                 files.extend(current.finish())
             truth.flush()

@@ -1,6 +1,7 @@
 """How good an auditor is on demo data: its verdicts against the generator's ``truth.jsonl``
-({interaction_id, mistake}, ``ml.demo.generate``): precision, recall, F1, category accuracy and
-recall per planted mistake.
+({interaction_id, mistake, intent, answer}, ``ml.demo.generate``): precision, recall, F1,
+category accuracy and recall per planted mistake. (``ml.demo.reviewer`` decides review items from
+the same files.)
 
 Used by the tests, the benchmarks and the demo-only precision/recall metadata of
 ``audited_errors`` (only when a ``truth.jsonl`` lies in the landing root). In production the labels
@@ -28,8 +29,13 @@ MISTAKE_CATEGORY: dict[str, str] = {
 }
 
 
+TRUTH_SCHEMA = {"interaction_id": pl.String, "mistake": pl.String, "intent": pl.String,
+                "answer": pl.String}
+
+
 def read_truth(path: Path | str) -> pl.DataFrame:
-    """``truth.jsonl`` as (interaction_id, mistake); a bad line raises naming its number."""
+    """``truth.jsonl`` as (interaction_id, mistake, intent, answer); a bad line raises naming its
+    number. Files written before ``intent`` and ``answer`` were recorded read with those null."""
     rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
@@ -41,11 +47,23 @@ def read_truth(path: Path | str) -> pl.DataFrame:
                 raise ValueError(f"{path}:{n}: not JSON: {exc}") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("interaction_id"), str):
                 raise ValueError(f"{path}:{n}: needs a string interaction_id")
-            mistake = obj.get("mistake")
-            if mistake is not None and not isinstance(mistake, str):
-                raise ValueError(f"{path}:{n}: mistake must be a string or null, got {mistake!r}")
-            rows.append({"interaction_id": obj["interaction_id"], "mistake": mistake})
-    return pl.DataFrame(rows, schema={"interaction_id": pl.String, "mistake": pl.String})
+            for key in ("mistake", "intent", "answer"):
+                value = obj.get(key)
+                if value is not None and not isinstance(value, str):
+                    raise ValueError(f"{path}:{n}: {key} must be a string or null, got {value!r}")
+            rows.append({"interaction_id": obj["interaction_id"], "mistake": obj.get("mistake"),
+                         "intent": obj.get("intent"), "answer": obj.get("answer")})
+    return pl.DataFrame(rows, schema=TRUTH_SCHEMA)
+
+
+def read_truth_files(landing_root: Path | str) -> pl.DataFrame:
+    """Every ``truth.jsonl`` under ``landing_root`` in one frame, one row per interaction (a later
+    file wins); empty when there are none (real data)."""
+    files = find_truth_files(landing_root)
+    if not files:
+        return pl.DataFrame(schema=TRUTH_SCHEMA)
+    return pl.concat([read_truth(f) for f in files]).unique("interaction_id", keep="last",
+                                                             maintain_order=True)
 
 
 def find_truth_files(landing_root: Path | str) -> list[Path]:
@@ -110,10 +128,9 @@ def demo_precision_recall(landing_root: Path | str, con: Any, auditor: str,
     warehouse connection (``audited_errors`` and ``interactions`` are read)."""
     from ml.warehouse import query
 
-    files = find_truth_files(landing_root)
-    if not files:
+    if not find_truth_files(landing_root):
         return {}
-    truth = pl.concat([read_truth(f) for f in files]).unique("interaction_id", keep="last")
+    truth = read_truth_files(landing_root)
     verdicts = query(
         con,
         "SELECT interaction_id, is_error, category FROM audited_errors "

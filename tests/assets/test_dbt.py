@@ -32,7 +32,7 @@ from tests.stores import resources_for
 
 D1, D2 = date(2025, 1, 1), date(2025, 1, 2)
 MARTS = {"fct_interactions", "daily_quality", "feedback_loop_metrics", "error_trends",
-         "auditor_agreement"}
+         "auditor_agreement", "training_data_growth"}
 MODELS = MARTS | {"stg_interactions", "stg_quarantined_interactions", "stg_interaction_quality",
                   "int_interactions_enriched", "stg_audited_errors", "stg_review_decisions"}
 
@@ -306,10 +306,11 @@ def test_duplicated_interaction_id_fails_the_uniqueness_check(learnloop_home: Pa
     assert unique.metadata["dagster_dbt/failed_row_count"].value == 1
     assert by_name["not_null_stg_interactions_interaction_id"].passed
     # dbt skips everything downstream of the failed test: no mart is built on bad data
-    # (error_trends reads only the auditor's verdicts, not stg_interactions, so it still builds)
+    # (error_trends reads only the auditor's verdicts and training_data_growth only the review
+    # decisions, not stg_interactions, so they still build)
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert "stg_interactions" in materialized
-    assert materialized & MARTS == {"error_trends"}
+    assert materialized & MARTS == {"error_trends", "training_data_growth"}
 
 
 def test_ensure_manifest_parses_a_clean_checkout(tmp_path: Path):

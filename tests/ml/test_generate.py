@@ -132,7 +132,7 @@ def test_well_formed_malformed_and_duplicates(lines):
 def test_truth_file_matches_the_records_and_is_not_inside_them(tmp_path):
     summary = generate(tmp_path, 5000, seed=SEED, days=2)
     truth = [json.loads(ln) for ln in (tmp_path / "truth.jsonl").read_text().splitlines()]
-    assert all(set(t) == {"interaction_id", "mistake"} for t in truth)
+    assert all(set(t) == {"interaction_id", "mistake", "intent", "answer"} for t in truth)
     assert all(t["mistake"] is None or t["mistake"] in MISTAKES for t in truth)
     records = {}
     for f in summary["files"]:
@@ -150,10 +150,15 @@ def test_truth_file_matches_the_records_and_is_not_inside_them(tmp_path):
     assert counts == Counter({k: v for k, v in summary["mistakes"].items() if v})
     # human corrections carry the true mistake as their category and the right answer
     for t in truth:
-        hc = records[t["interaction_id"]].get("human_correction")
+        rec = records[t["interaction_id"]]
+        hc = rec.get("human_correction")
         if hc is not None:
             assert hc["category"] == t["mistake"]
-            assert hc["corrected_response"] != records[t["interaction_id"]]["response"]
+            assert hc["corrected_response"] != rec["response"]
+            assert hc["corrected_response"] == t["answer"]
+        # the truth's answer is the right reply: the reply itself when there is no mistake
+        assert t["intent"] == rec["metadata"]["intent"]
+        assert t["answer"] and (t["answer"] == rec["response"]) == (t["mistake"] is None)
 
 
 def test_mistakes_at_realistic_rates_and_shapes(lines):
