@@ -435,6 +435,9 @@ def demo(n: int, seed: int) -> None:
         sys.exit(1)
 
 
+DEMO_LEFT_FOR_HUMANS = 0.1  # share of the demo's review items the simulated reviewer leaves
+
+
 def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
     """The demo's back half: a simulated careful reviewer (``demo-reviewer``, deciding from the
     generator's ground truth; never on real data) decides the flagged errors, the teacher proposes
@@ -445,19 +448,23 @@ def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
     from orchestration.definitions import defs
     from orchestration.demo_review import review_demo_items
 
-    def review(stage: str) -> None:
-        counts = review_demo_items(settings.store, settings.landing, seed=seed)
-        shown = ", ".join(f"{k} {v:,}" for k, v in counts.items() if isinstance(v, int) and v)
-        click.echo(f"demo-reviewer ({stage}, simulated from the demo's ground truth): "
-                   f"{shown or 'nothing pending'}")
+    def review(stage: str, kind: str) -> None:
+        # a tenth of the items stays pending, for a person to try the review web app on
+        counts = review_demo_items(settings.store, settings.landing, seed=seed, kinds=(kind,),
+                                   leave_for_humans=DEMO_LEFT_FOR_HUMANS)
+        decided = counts["decided"].get(kind, {})
+        shown = ", ".join(f"{status} {n:,}" for status, n in sorted(decided.items()) if n)
+        click.echo(f"demo-reviewer on {stage} (simulated from the demo's ground truth, "
+                   f"{counts['simulated_mistakes']} planted slips): {shown or 'nothing to decide'}"
+                   f"; {counts['skipped'].get('left_for_humans', 0):,} left for you")
 
     guard = runner.RunGuard(runner.instance_for(settings), "learnloop demo", say=_say)
     instance = runner.instance_for(settings)
     try:
         with guard.interrupts():
-            review("flagged errors")
+            review("flagged errors", "error")
             ok = run_jobs(settings, defs, instance, ["teaching_job"], guard=guard)
-            review("proposed corrections")
+            review("proposed corrections", "sample")
             return run_jobs(settings, defs, instance,
                             ["teaching_job", "datasets_job", "analytics_job"], guard=guard) and ok
     except KeyboardInterrupt:
