@@ -27,6 +27,7 @@ from orchestration.jobs import (
     analytics_job,
     analytics_schedule,
     audit_job,
+    daily_dataset_schedule,
     daily_teacher_schedule,
     datasets_job,
     hourly_audit_schedule,
@@ -55,7 +56,8 @@ defs = dg.Definitions(
     asset_checks=[check_candidates_have_known_reasons, check_verdicts_are_consistent,
                   check_samples_are_reviewable, check_pairs_differ],
     jobs=[ingest_job, audit_job, manual_audit_job, teaching_job, datasets_job, analytics_job],
-    schedules=[hourly_audit_schedule, daily_teacher_schedule, analytics_schedule],
+    schedules=[hourly_audit_schedule, daily_teacher_schedule, daily_dataset_schedule,
+               analytics_schedule],
     sensors=[landing_file_sensor, approved_samples_sensor],
     # one resource per store (assets/resources.py), each read from LEARNLOOP_* when used
     resources={**store_resources(), "dbt": dbt_resource},

@@ -81,3 +81,11 @@ datasets_job = dg.define_asset_job(
                 "exports and blocking checks (run config: ops.training_dataset.config is the "
                 "dataset spec).",
 )
+
+daily_dataset_schedule = dg.ScheduleDefinition(
+    name="daily_dataset_schedule", job=datasets_job, cron_schedule="0 4 * * *",
+    execution_timezone="UTC",
+    description="Prepare the evaluation suite and a training dataset version daily with the "
+                "default spec (unchanged data gives the same version: nothing new is recorded).",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
