@@ -438,6 +438,22 @@ def demo(n: int, seed: int) -> None:
 DEMO_LEFT_FOR_HUMANS = 0.1  # share of the demo's review items the simulated reviewer leaves
 
 
+def _enough_for_a_dataset(settings: Settings) -> bool:
+    """Whether the demo has the approved samples a dataset needs (the default spec's
+    ``min_size``); says why not when it has too few (a small ``--interactions``)."""
+    from assets.datasets import TrainingDatasetConfig
+    from store.datasets import approved_after
+    from store.db import session_scope
+
+    need = TrainingDatasetConfig().min_size
+    with session_scope(settings.store) as s:
+        have = approved_after(s, None)
+    if have < need:
+        click.echo(f"datasets_job skipped: {have} approved sample(s), a training dataset needs at "
+                   f"least {need} (min_size); run the demo with more --interactions")
+    return have >= need
+
+
 def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
     """The demo's back half: a simulated careful reviewer (``demo-reviewer``, deciding from the
     generator's ground truth; never on real data) decides the flagged errors, the teacher proposes
@@ -465,8 +481,10 @@ def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
             review("flagged errors", "error")
             ok = run_jobs(settings, defs, instance, ["teaching_job"], guard=guard)
             review("proposed corrections", "sample")
-            return run_jobs(settings, defs, instance,
-                            ["teaching_job", "datasets_job", "analytics_job"], guard=guard) and ok
+            ok = run_jobs(settings, defs, instance, ["teaching_job"], guard=guard) and ok
+            if _enough_for_a_dataset(settings):
+                ok = run_jobs(settings, defs, instance, ["datasets_job"], guard=guard) and ok
+            return run_jobs(settings, defs, instance, ["analytics_job"], guard=guard) and ok
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

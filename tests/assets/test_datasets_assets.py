@@ -167,3 +167,41 @@ def test_a_failing_check_blocks_everything_downstream(chain):
     assert not res.asset_materializations_for_node("downstream_of_dataset")
     ds, _ = _latest(chain["url"], "training")
     assert ds.status == "failed_checks" and "check_min_size" in ds.stats["failed_checks"]
+
+
+def test_an_eval_item_never_enters_a_later_version_even_asked_again(chain):
+    """A new approved correction whose prompt is an evaluation item's prompt (asked again in
+    another conversation, other case and spacing) stays out of every later training version, and
+    the evaluation suite keeps its items."""
+    from store.repo import create_item
+
+    url = chain["url"]
+    suite, suite_items = _latest(url, "eval_suite")
+    eval_item = next(i for i in suite_items if i.split == "eval")
+    with session_scope(url) as s:
+        from store.models import ReviewItem
+
+        original = s.get(ReviewItem, eval_item.review_item_id)
+        messages = [{**m, "content": "  " + m["content"].upper() + " "}
+                    for m in original.messages]
+        item, _ = create_item(s, kind="sample", dedup_key="asked-again", tenant_id="other",
+                              interaction_id="asked-again", session_id="another-session",
+                              messages=messages, proposed_response="A brand new answer.",
+                              source="human_agent", category=original.category)
+        decide(s, item.id, decision="approve", expected_version=1, actor="rev")
+        new_key = f"sample:{item.id}"
+    res = _materialize(chain["home"], [eval_suite, training_dataset], {**SPEC, "seed": 9})
+    assert res.success
+    suite2, suite2_items = _latest(url, "eval_suite")
+    assert {i.item_key for i in suite_items if i.split == "eval"} <= \
+        {i.item_key for i in suite2_items if i.split == "eval"}
+    with session_scope(url) as s:
+        every_eval = {(i.item_key, i.prompt_hash) for d in list_datasets(s, kind="eval_suite")
+                      for i in dataset_items(s, d.id) if i.split == "eval"}
+        for d in list_datasets(s, kind="training"):
+            items = dataset_items(s, d.id)
+            assert new_key not in {i.item_key for i in items}
+            assert not {i.item_key for i in items} & {k for k, _ in every_eval}
+            assert not {i.prompt_hash for i in items} & {p for _, p in every_eval}
+    meta = res.asset_materializations_for_node("training_dataset")[-1].metadata
+    assert meta["dropped_by_stage"].value.get("held_out", 0) >= 1

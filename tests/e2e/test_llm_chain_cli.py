@@ -65,7 +65,7 @@ def test_demo_chain_runs_through_the_openai_client(tmp_path):
     finally:
         con.close()
     assert auditors and all(a.startswith("llm:") and b == "openai" for a, b in auditors)
-    assert flagged == st["errors"]["pending"]
+    assert flagged == sum(st["errors"].values())  # the demo-reviewer decided most of them
 
     engine = create_engine(f"sqlite:///{home / 'store.db'}")
     try:
