@@ -140,13 +140,14 @@ def test_service_url_without_scheme_is_refused_by_name(monkeypatch):
 
 
 def test_every_schedule_and_sensor_of_the_code_location_starts_running():
-    """README: the landing sensor and the audit, teacher and analytics schedules run without a
-    click in the UI."""
+    """README: the landing and approved-samples sensors and the audit, teacher, dataset and
+    analytics schedules run without a click in the UI."""
     from orchestration.definitions import defs
 
     schedules = {s.name: s.default_status for s in defs.schedules}
     sensors = {s.name: s.default_status for s in defs.sensors}
     assert set(schedules) == {"hourly_audit_schedule", "daily_teacher_schedule",
-                              "analytics_schedule"}
+                              "daily_dataset_schedule", "analytics_schedule"}
     assert set(schedules.values()) == {dg.DefaultScheduleStatus.RUNNING}
-    assert sensors == {"landing_file_sensor": dg.DefaultSensorStatus.RUNNING}
+    assert sensors == {"landing_file_sensor": dg.DefaultSensorStatus.RUNNING,
+                       "approved_samples_sensor": dg.DefaultSensorStatus.RUNNING}
