@@ -96,6 +96,17 @@ def _folder(root: Path, kind: str, name: str, version_hash: str) -> Path:
     return root / kind / name / version_hash
 
 
+def _write_once(context: dg.AssetExecutionContext, folder: Path, write) -> None:
+    """Versions are immutable: ``write()`` the version's folder unless it exists and matches its
+    manifest (a rebuild of the same version writes nothing)."""
+    from ml.datasets.exports import verify_exports
+
+    if folder.is_dir() and not verify_exports(folder):
+        context.log.info(f"{folder.name[:12]} already written at {folder}")
+    else:
+        write()
+
+
 def _pair_rows(con) -> list[dict[str, Any]]:
     """The warehouse's preference pairs as ``ml.datasets.exports.dpo_lines`` reads them (keyed by
     their sample item, the prompt from the dataset's example)."""
@@ -106,15 +117,6 @@ def _pair_rows(con) -> list[dict[str, Any]]:
     return [{"key": f"sample:{r['sample_item_id']}", "chosen": r["chosen"],
              "rejected": r["rejected"], "category": r["category"]}
             for r in frame.iter_rows(named=True)]
-
-
-def _check_metadata(results: dict[str, Any]) -> dict[str, Any]:
-    return {name: {"passed": r.passed, "description": r.description, **r.metadata,
-                   "examples": list(r.failures)[:5]} for name, r in results.items()}
-
-
-def _category_mix(counts: dict[str, Any]) -> dict[str, Any]:
-    return counts.get("by_category", {})
 
 
 # ---- eval_suite --------------------------------------------------------------------------------
@@ -142,8 +144,8 @@ class EvalSuiteConfig(dg.Config):
 def eval_suite(context: dg.AssetExecutionContext, config: EvalSuiteConfig,
                store: OperationalStoreResource, warehouse: WarehouseResource,
                datasets: DatasetStoreResource) -> dg.MaterializeResult:
-    from ml.datasets.eval_suite import select_eval_suite, write_eval_suite
-    from ml.datasets.exports import verify_exports
+    from ml.datasets.eval_suite import EVAL_PATHS, select_eval_suite, write_eval_suite
+    from ml.datasets.exports import dataset_checksum
 
     with store.session() as s:
         corrections = [sample_example(r) for r in store_ds.approved_sample_records(s)]
@@ -163,14 +165,7 @@ def eval_suite(context: dg.AssetExecutionContext, config: EvalSuiteConfig,
         retention_size=config.retention_size,
         retention_min_quality=config.retention_min_quality, seed=config.seed)
     folder = _folder(datasets.root(), "eval_suite", config.name, suite.version_hash)
-    if not (folder.is_dir() and not verify_exports(folder)):
-        exports = write_eval_suite(suite, folder)
-    else:
-        exports = {}
-        context.log.info(f"eval suite {suite.version_hash[:12]} already written at {folder}")
-    from ml.datasets.exports import dataset_checksum, read_manifest
-
-    exports = exports or dict(read_manifest(folder).get("exports", {}))
+    _write_once(context, folder, lambda: write_eval_suite(suite, folder))
     categories = dict(Counter(e.category for e in suite.eval))
     with store.session() as s:
         ds, created = store_ds.record_dataset(
@@ -180,7 +175,7 @@ def eval_suite(context: dg.AssetExecutionContext, config: EvalSuiteConfig,
             stats={"category_counts": categories,
                    "retention_by_intent": dict(Counter(e.intent or "unknown"
                                                        for e in suite.retention))},
-            exports=_relative_exports(exports), path=str(folder),
+            exports=_relative_exports(EVAL_PATHS), path=str(folder),
             checksum=dataset_checksum(folder), n_eval=len(suite.eval),
             n_retention=len(suite.retention), created_by=f"dagster:{context.run.run_id}")
         ordinal = ds.version
@@ -281,7 +276,7 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
                      datasets: DatasetStoreResource) -> dg.MaterializeResult:
     from ml.datasets.build import build_dataset, stored_vectors
     from ml.datasets.checks import run_checks
-    from ml.datasets.exports import dataset_checksum, verify_exports, write_exports
+    from ml.datasets.exports import EXPORT_PATHS, dataset_checksum, write_exports
     from ml.datasets.tokens import resolve_tokenizer, token_counter
     from ml.llm.errors import ConfigError
 
@@ -305,8 +300,8 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
         pairs = _pair_rows(con)
     pool = [interaction_example(r) for r in good.iter_rows(named=True)]
     if spec.incremental:  # earlier approved data comes back as replay only
-        pool += [{**c, "source": "replay:approved"} for c in candidates
-                 if c["key"] in set(previous_keys)]
+        earlier = set(previous_keys)
+        pool += [{**c, "source": "replay:approved"} for c in candidates if c["key"] in earlier]
     context.log.info(f"dataset {spec.name}: {len(candidates)} candidate samples "
                      f"({len(human)} unreviewed human corrections), {len(pool)} in the replay "
                      f"pool, {len(held.keys)} held-out evaluation items")
@@ -327,12 +322,7 @@ def training_dataset(context: dg.AssetExecutionContext, config: TrainingDatasetC
     failed = sorted(name for name, r in results.items() if not r.passed)
 
     folder = _folder(datasets.root(), "training", spec.name, build.version_hash)
-    if folder.is_dir() and not verify_exports(folder):
-        context.log.info(f"version {build.version_hash[:12]} already written at {folder}")
-    else:
-        write_exports(build, folder, pairs)
-    from ml.datasets.exports import EXPORT_PATHS
-
+    _write_once(context, folder, lambda: write_exports(build, folder, pairs))
     spec_record = {**spec.to_dict(),
                    "human_corrections_unreviewed": config.human_corrections_unreviewed}
     category_counts = dict(sorted(Counter(e.category for _, e in build.split_items()).items()))

@@ -13,16 +13,7 @@ from typing import Any
 
 import click
 
-from ml.config import get_settings
-
-
-def _settings():
-    from store.db import upgrade
-
-    s = get_settings()
-    s.ensure_dirs()
-    upgrade(s.store)
-    return s
+from orchestration.cli import _migrated_settings as _settings
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -194,19 +194,27 @@ def dataset_summary(ds: Dataset) -> dict[str, Any]:
 
 
 def approved_sample_records(session: Session, *, ids: Sequence[int] | None = None,
-                            conditions: Sequence[Any] = (),
-                            _statuses: Sequence[str] = ("approved", "edited"),
-                            _source: str | None = None) -> list[dict[str, Any]]:
+                            conditions: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Approved and edited sample items (the reviewer's final text in ``final_response``) with
     everything a dataset build reads: conversation, session, category, intent, quality, time,
     tags. ``ids`` limits them to those items; ``conditions`` are extra SQL conditions on
     ``ReviewItem`` (e.g. a sample filter's). Oldest first."""
-    q = select(ReviewItem).where(ReviewItem.kind == "sample",
-                                 ReviewItem.status.in_(list(_statuses)), *conditions)
-    if _source is not None:
-        q = q.where(ReviewItem.source == _source)
     if ids is not None:
-        q = q.where(ReviewItem.id.in_(list(ids)))
+        conditions = (*conditions, ReviewItem.id.in_(list(ids)))
+    return _sample_records(session, ("approved", "edited"), conditions)
+
+
+def pending_human_corrections(session: Session, human_source: str) -> list[dict[str, Any]]:
+    """Sample items proposed by a human agent (``source == human_source``) that no reviewer has
+    decided yet, in the shape of :func:`approved_sample_records` (the agent's reply in
+    ``proposed_response``). Rejected ones are never returned."""
+    return _sample_records(session, ("pending",), (ReviewItem.source == human_source,))
+
+
+def _sample_records(session: Session, statuses: Sequence[str],
+                    conditions: Sequence[Any]) -> list[dict[str, Any]]:
+    q = select(ReviewItem).where(ReviewItem.kind == "sample",
+                                 ReviewItem.status.in_(list(statuses)), *conditions)
 
     def naive(t: datetime | None) -> datetime | None:
         return t.replace(tzinfo=None) if t is not None and t.tzinfo else t
@@ -222,10 +230,3 @@ def approved_sample_records(session: Session, *, ids: Sequence[int] | None = Non
         "decided_by": it.decided_by, "decided_at": naive(it.decided_at),
     } for it in session.scalars(q.order_by(ReviewItem.id))]
 
-
-def pending_human_corrections(session: Session, human_source: str) -> list[dict[str, Any]]:
-    """Sample items proposed by a human agent (``source == human_source``) that no reviewer has
-    decided yet, in the shape of :func:`approved_sample_records` (the agent's reply in
-    ``proposed_response``). Rejected ones are never returned."""
-    return approved_sample_records(session, conditions=(), ids=None,
-                                   _statuses=("pending",), _source=human_source)
