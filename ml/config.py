@@ -41,6 +41,25 @@ class Settings(BaseSettings):
                                   "in the local cache (never downloaded unless named here); its "
                                   "tokenizer bounds the dataset's examples. Default: the offline "
                                   "base model under $HOME/models/base.")
+    model_name: str = Field(
+        default="learnloop-assistant", min_length=1, max_length=200,
+        description="The registered model (MLflow registry) of this assistant: every candidate "
+                    "is a new version of it; the aliases champion/challenger point into it.")
+    models_dir: Path | None = Field(
+        default=None, description="Model checkpoints: the offline base model (base/) and each "
+                                  "candidate's adapter and merged model; default $HOME/models.")
+    gate_min_margin: float = Field(
+        default=0.01, ge=0.0, le=1.0,
+        description="Quality gate: the candidate's ROUGE-L on the evaluation suite must beat the "
+                    "champion's by at least this much (absolute).")
+    gate_max_retention_drop: float = Field(
+        default=0.02, ge=0.0, le=1.0,
+        description="Quality gate: the candidate's retention-set ROUGE-L may be at most this "
+                    "fraction below the champion's (relative drop; 0.02 = 2%).")
+    gate_max_refusal_regression: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Quality gate: how much lower than the champion's the candidate's refusal "
+                    "rate on the must-refuse prompts may be (0 = no regression allowed).")
     dataset_min_new_approved: int = Field(
         default=200, ge=1, description="The dataset sensor builds a new dataset version when at "
                                        "least this many samples were approved since the last one.")
@@ -118,6 +137,10 @@ class Settings(BaseSettings):
     @property
     def datasets(self) -> Path:
         return (self.datasets_dir or self.home / "datasets").expanduser().resolve()
+
+    @property
+    def models(self) -> Path:
+        return (self.models_dir or self.home / "models").expanduser().resolve()
 
     @property
     def dagster_home_dir(self) -> Path:

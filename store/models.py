@@ -217,11 +217,21 @@ class DatasetItem(Base):
 
 
 class TrainingRun(Base):
+    """One training of a candidate model: local LoRA (+ optional DPO) or a provider fine-tune.
+
+    ``status``: queued | running | succeeded | failed | cancelled. A provider run stays
+    ``running`` until ``provider_job_sensor`` sees its job end. ``model_version`` is the MLflow
+    registry version the run produced."""
+
     __tablename__ = "training_runs"
+    __table_args__ = (
+        UniqueConstraint("provider", "provider_job_id", name="uq_training_provider_job"),
+        Index("ix_training_runs_status", "status"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), nullable=True)
-    method: Mapped[str] = mapped_column(String(32))  # lora | dpo | provider
+    method: Mapped[str] = mapped_column(String(32))  # lora | lora+dpo | openai | gemini
     base_model: Mapped[str] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -231,6 +241,40 @@ class TrainingRun(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    model_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    dataset_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    provider_job_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    provider_model_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    progress: Mapped[dict] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ModelEvaluation(Base):
+    """A candidate evaluated against the champion on the evaluation suite and the retention set,
+    with the quality gate's verdict (``gate``: thresholds, failures)."""
+
+    __tablename__ = "model_evaluations"
+    __table_args__ = (Index("ix_model_evaluations_candidate", "model_name", "candidate_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(256))
+    candidate_version: Mapped[str] = mapped_column(String(64))
+    champion_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    eval_suite_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dataset_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"),
+                                                        nullable=True)
+    candidate: Mapped[dict] = mapped_column(JSON, default=dict)
+    champion: Mapped[dict] = mapped_column(JSON, default=dict)
+    comparison: Mapped[dict] = mapped_column(JSON, default=dict)
+    gate: Mapped[dict] = mapped_column(JSON, default=dict)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ModelDeployment(Base):
