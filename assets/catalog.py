@@ -24,6 +24,8 @@ STAGE_OWNERS: dict[str, list[str]] = {
     "teaching": ["team:ml-engineering"],
     "review": ["team:review-operations"],
     "datasets": ["team:ml-engineering"],
+    "training": ["team:ml-engineering"],
+    "evaluation": ["team:ml-engineering"],
 }
 
 # where the asset's data lives (a tag, so the catalog can be filtered by store)
@@ -34,6 +36,8 @@ ASSET_STORES: dict[str, str] = {
     "preference_pairs": "duckdb", "review_decisions": "duckdb",
     # dataset versions: files under $LEARNLOOP_HOME/datasets, recorded in the operational store
     "eval_suite": "files", "training_dataset": "files",
+    # checkpoints under $LEARNLOOP_HOME/models, versions in the MLflow registry
+    "base_model": "files", "candidate_model": "files", "candidate_evaluation": "duckdb",
 }
 
 # assets whose rows hold conversation text (scrubbed of PII at ingest)

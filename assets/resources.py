@@ -176,6 +176,48 @@ class DatasetStoreResource(dg.ConfigurableResource):
         return self.base_model or Settings().base_model or None
 
 
+class ModelRegistryResource(dg.ConfigurableResource):
+    """The MLflow tracking store and model registry, the registered model's name, and where
+    checkpoints live (the offline base model and each candidate's adapter and merged model)."""
+
+    tracking_uri: str = Field(default="", description="MLflow tracking URI; empty: "
+                                                      "LEARNLOOP_MLFLOW_TRACKING_URI, else "
+                                                      "sqlite:///$LEARNLOOP_HOME/mlflow.db.")
+    artifact_root: str = Field(default="", description="MLflow artifact folder; empty: "
+                                                       "$LEARNLOOP_HOME/mlartifacts.")
+    model_name: str = Field(default="", description="Registered model; empty: "
+                                                    "LEARNLOOP_MODEL_NAME.")
+    models_dir: str = Field(default="", description="Checkpoints folder; empty: "
+                                                    "LEARNLOOP_MODELS_DIR, else $HOME/models.")
+    base_model: str = Field(default="", description="Base model to fine-tune (local path or "
+                                                    "cached hub id); empty: "
+                                                    "LEARNLOOP_BASE_MODEL, else the offline "
+                                                    "base model built under models_dir/base.")
+
+    def settings(self) -> Settings:
+        return Settings()
+
+    def get_model_name(self) -> str:
+        return self.model_name or Settings().model_name
+
+    def root(self) -> Path:
+        root = Path(self.models_dir).expanduser().resolve() if self.models_dir \
+            else Settings().models
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def get_base_model(self) -> str | None:
+        return self.base_model or Settings().base_model or None
+
+    def registry(self):
+        from ml.registry import Registry
+
+        s = Settings()
+        artifacts = Path(self.artifact_root).expanduser().resolve() if self.artifact_root \
+            else s.mlflow_artifacts
+        return Registry(self.tracking_uri or s.mlflow_uri, artifacts, self.get_model_name())
+
+
 def store_resources(home: Path | str | None = None) -> dict[str, dg.ConfigurableResource]:
     """The four store resources under their keys. With ``home``, every store is embedded under
     that folder (as ``LEARNLOOP_HOME=home`` would place it); without, each reads the environment
@@ -183,12 +225,16 @@ def store_resources(home: Path | str | None = None) -> dict[str, dg.Configurable
     if home is None:
         return {"warehouse": WarehouseResource(), "store": OperationalStoreResource(),
                 "vectors": VectorStoreResource(), "landing_zone": LandingZoneResource(),
-                "datasets": DatasetStoreResource()}
+                "datasets": DatasetStoreResource(), "models": ModelRegistryResource()}
     s = Settings(home=Path(home), store_url=None, warehouse_path=None, landing_dir=None,
-                 lancedb_uri=None, archive_dir=None, datasets_dir=None)  # the environment does not move them
+                 lancedb_uri=None, archive_dir=None, datasets_dir=None,
+                 mlflow_tracking_uri=None, models_dir=None)  # the environment does not move them
     return {"warehouse": WarehouseResource(database=str(s.warehouse)),
             "store": OperationalStoreResource(url=s.store),
             "vectors": VectorStoreResource(uri=s.lancedb),
             "landing_zone": LandingZoneResource(path=str(s.landing),
                                                 archive_path=str(s.archive)),
-            "datasets": DatasetStoreResource(path=str(s.datasets))}
+            "datasets": DatasetStoreResource(path=str(s.datasets)),
+            "models": ModelRegistryResource(tracking_uri=s.mlflow_uri,
+                                            artifact_root=str(s.mlflow_artifacts),
+                                            models_dir=str(s.home / "models"))}

@@ -255,6 +255,35 @@ TABLE_LIST: list[Table] = [
                ("severity", "VARCHAR", "The item's severity."),
                ("source", "VARCHAR", "A sample item's source."),
            ], key=("event_id",), dbt_source=True),
+    _table("model_evaluations",
+           "Scores of each candidate evaluation: one row per evaluation, model (the candidate or "
+           "the champion it was compared with) and set (eval, retention, must_refuse); "
+           "append-only.", "candidate_evaluation", [
+               ("evaluation_id", "BIGINT", "The evaluation (operational store model_evaluations.id)."),
+               ("model_role", "VARCHAR", "candidate or champion."),
+               ("eval_set", "VARCHAR", "eval (held-out corrections), retention (good historical "
+                                       "interactions) or must_refuse (prompts to refuse)."),
+               ("model_name", "VARCHAR", "The registered model."),
+               ("model_version", "VARCHAR", "The registry version scored in this row."),
+               ("candidate_version", "VARCHAR", "The candidate of the evaluation."),
+               ("champion_version", "VARCHAR", "The champion it was compared with."),
+               ("eval_suite_version", "VARCHAR", "Version hash of the evaluation suite."),
+               ("dataset_version", "VARCHAR", "Version hash of the candidate's training dataset."),
+               ("n_items", "BIGINT", "Items scored."),
+               ("rouge_l", "DOUBLE", "ROUGE-L F1 against the reference reply (0-1)."),
+               ("rouge_1", "DOUBLE", "ROUGE-1 F1 (0-1)."),
+               ("rouge_2", "DOUBLE", "ROUGE-2 F1 (0-1)."),
+               ("bleu", "DOUBLE", "Corpus BLEU (sacrebleu, 0-100)."),
+               ("exact_match", "DOUBLE", "Share of replies equal to the reference (normalised)."),
+               ("perplexity", "DOUBLE", "Perplexity of the reference replies (local models)."),
+               ("latency_mean_s", "DOUBLE", "Mean generation latency per reply (s)."),
+               ("latency_p95_s", "DOUBLE", "95th percentile generation latency per reply (s)."),
+               ("refusal_rate", "DOUBLE", "Share of must-refuse prompts refused."),
+               ("judge_win_rate", "DOUBLE", "Candidate's pairwise LLM-judge win rate (null "
+                                            "without a judge)."),
+               ("gate_passed", "BOOLEAN", "Whether the candidate passed the quality gate."),
+               ("evaluated_at", "TIMESTAMP", "When the evaluation was recorded (UTC)."),
+           ], key=("evaluation_id", "model_role", "eval_set"), dbt_source=True),
 ]
 
 TABLES: dict[str, Table] = {t.name: t for t in TABLE_LIST}

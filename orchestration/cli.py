@@ -454,6 +454,66 @@ def _enough_for_a_dataset(settings: Settings) -> bool:
     return have >= need
 
 
+def _has_ready_dataset(settings: Settings) -> bool:
+    from store.datasets import list_datasets
+    from store.db import session_scope
+
+    with session_scope(settings.store) as s:
+        ready = any(d.status == "ready" for d in list_datasets(s, kind="training"))
+    if not ready:
+        click.echo("training_job skipped: no training dataset version passed its checks")
+    return ready
+
+
+def train_with_progress(settings: Settings, defs, instance, guard=None,
+                        run_config: dict | None = None) -> bool:
+    """Run ``training_job`` with a progress bar drawn from the training run's progress in the
+    operational store (the run's own output goes to its log file, as for every job)."""
+    import threading
+
+    from tqdm import tqdm
+
+    from store.db import session_scope
+    from store.models import TrainingRun
+
+    stop = threading.Event()
+    stream = sys.stderr
+
+    def follow() -> None:
+        from sqlalchemy import select
+
+        bar = None
+        with session_scope(settings.store) as s:
+            newest = s.scalar(select(TrainingRun.id).order_by(TrainingRun.id.desc()).limit(1))
+        while not stop.wait(1.0):
+            with session_scope(settings.store) as s:
+                run = s.scalar(select(TrainingRun).where(TrainingRun.id > (newest or 0))
+                               .order_by(TrainingRun.id.desc()).limit(1))
+                progress = dict(run.progress or {}) if run is not None else {}
+            total, step = progress.get("total_steps"), progress.get("step")
+            if not total or step is None:
+                continue
+            if bar is None:
+                bar = tqdm(total=int(total), desc="  training", unit="step", file=stream,
+                           leave=False)
+            bar.n = min(int(step), int(total))
+            loss = progress.get("loss", progress.get("val_loss"))
+            if isinstance(loss, (int, float)):
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.refresh()
+        if bar is not None:
+            bar.close()
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    try:
+        return run_jobs(settings, defs, instance, ["training_job"], guard=guard,
+                        run_config={"training_job": run_config} if run_config else None)
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+
+
 def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
     """The demo's back half: a simulated careful reviewer (``demo-reviewer``, deciding from the
     generator's ground truth; never on real data) decides the flagged errors, the teacher proposes
@@ -484,6 +544,8 @@ def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
             ok = run_jobs(settings, defs, instance, ["teaching_job"], guard=guard) and ok
             if _enough_for_a_dataset(settings):
                 ok = run_jobs(settings, defs, instance, ["datasets_job"], guard=guard) and ok
+                if _has_ready_dataset(settings):
+                    ok = train_with_progress(settings, defs, instance, guard=guard) and ok
             return run_jobs(settings, defs, instance, ["analytics_job"], guard=guard) and ok
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

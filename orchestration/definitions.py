@@ -13,6 +13,7 @@ from assets.audit import (
 )
 from assets.datasets import eval_suite, training_dataset
 from assets.embeddings import interaction_embeddings
+from assets.evaluation import candidate_evaluation
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
 from assets.resources import store_resources
@@ -23,6 +24,7 @@ from assets.teaching import (
     preference_pairs,
     teacher_samples,
 )
+from assets.training import base_model, candidate_model
 from orchestration.jobs import (
     analytics_job,
     analytics_schedule,
@@ -30,12 +32,19 @@ from orchestration.jobs import (
     daily_dataset_schedule,
     daily_teacher_schedule,
     datasets_job,
+    evaluation_job,
     hourly_audit_schedule,
     ingest_job,
     manual_audit_job,
+    monthly_training_schedule,
     teaching_job,
+    training_job,
 )
-from orchestration.sensors import approved_samples_sensor, landing_file_sensor
+from orchestration.sensors import (
+    approved_samples_sensor,
+    landing_file_sensor,
+    provider_job_sensor,
+)
 
 with warnings.catch_warnings():
     # code references are a beta API of Dagster, chosen on purpose: no warning per process load
@@ -47,6 +56,8 @@ with warnings.catch_warnings():
         teacher_samples, preference_pairs,  # teaching
         review_decisions,  # review
         eval_suite, training_dataset,  # datasets
+        base_model, candidate_model,  # training
+        candidate_evaluation,  # evaluation
         dbt_analytics_assets,  # analytics
     ])
 
@@ -55,10 +66,11 @@ defs = dg.Definitions(
     assets=assets,
     asset_checks=[check_candidates_have_known_reasons, check_verdicts_are_consistent,
                   check_samples_are_reviewable, check_pairs_differ],
-    jobs=[ingest_job, audit_job, manual_audit_job, teaching_job, datasets_job, analytics_job],
+    jobs=[ingest_job, audit_job, manual_audit_job, teaching_job, datasets_job, analytics_job,
+          training_job, evaluation_job],
     schedules=[hourly_audit_schedule, daily_teacher_schedule, daily_dataset_schedule,
-               analytics_schedule],
-    sensors=[landing_file_sensor, approved_samples_sensor],
+               analytics_schedule, monthly_training_schedule],
+    sensors=[landing_file_sensor, approved_samples_sensor, provider_job_sensor],
     # one resource per store (assets/resources.py), each read from LEARNLOOP_* when used
     resources={**store_resources(), "dbt": dbt_resource},
 )

@@ -89,3 +89,28 @@ daily_dataset_schedule = dg.ScheduleDefinition(
                 "default spec (unchanged data gives the same version: nothing new is recorded).",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
+
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.assets("base_model", "candidate_model", "candidate_evaluation"),
+    description="Build (or reuse) the base model, train a candidate on the newest ready dataset "
+                "version (run config: ops.candidate_model.config) and evaluate it against the "
+                "champion; a passing quality gate makes it the challenger. A provider fine-tune "
+                "(method openai/gemini) only submits its job here: provider_job_sensor follows "
+                "it and starts evaluation_job when it ends.",
+)
+
+evaluation_job = dg.define_asset_job(
+    "evaluation_job",
+    selection=dg.AssetSelection.assets("candidate_evaluation"),
+    description="Evaluate a candidate version against the champion (run config: "
+                "ops.candidate_evaluation.config.candidate_version) and apply the quality gate.",
+)
+
+monthly_training_schedule = dg.ScheduleDefinition(
+    name="monthly_training_schedule", job=training_job, cron_schedule="0 5 1 * *",
+    execution_timezone="UTC",
+    description="Retrain monthly on the newest ready dataset version with the default LoRA "
+                "configuration (off by default: turn it on in the UI once the loop is trusted).",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+)

@@ -7,9 +7,9 @@ import time
 import dagster as dg
 
 from assets.ingest import LANDING_FINGERPRINT
-from assets.resources import LandingZoneResource, OperationalStoreResource
+from assets.resources import LandingZoneResource, ModelRegistryResource, OperationalStoreResource
 from ml import landing
-from orchestration.jobs import INGEST_RUN_RETRIES, datasets_job, ingest_job
+from orchestration.jobs import INGEST_RUN_RETRIES, datasets_job, evaluation_job, ingest_job
 
 INTERACTIONS = dg.AssetKey("interactions")
 RUN_KEY_TAG = "dagster/run_key"
@@ -205,3 +205,46 @@ def approved_samples_sensor(context: dg.SensorEvaluationContext, store: Operatio
     return dg.RunRequest(run_key=f"datasets-{cursor}",
                          tags={"learnloop/trigger": "approved_samples_sensor",
                                "learnloop/new_approved": str(n)})
+
+
+@dg.sensor(job=evaluation_job, minimum_interval_seconds=60,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Follows provider fine-tune jobs (OpenAI, Gemini) started by "
+                       "candidate_model: records their progress; when one succeeds, registers the "
+                       "fine-tuned model as a new version (with its cost) and starts "
+                       "evaluation_job on it; a failed or cancelled job is recorded with its "
+                       "reason. One poll per job per tick: no waiting inside a run.")
+def provider_job_sensor(context: dg.SensorEvaluationContext, store: OperationalStoreResource,
+                        models: ModelRegistryResource):
+    from ml.training.providers import FineTuneError
+
+    from assets.training import follow_provider_run
+    from store.training import StaleTrainingRun, active_provider_runs, run_summary
+
+    with store.session() as s:
+        runs = [run_summary(r) for r in active_provider_runs(s)]
+    if not runs:
+        return dg.SkipReason("no provider fine-tune job is queued or running")
+    requests, notes = [], []
+    for run in runs:
+        try:
+            outcome = follow_provider_run(run, store, models)
+        except FineTuneError as exc:  # the provider is down: polled again next tick
+            notes.append(f"run {run['id']}: polling job {run['provider_job_id']} failed, "
+                         f"retried next tick: {exc}")
+            context.log.warning(notes[-1])
+            continue
+        except StaleTrainingRun as exc:  # cancelled meanwhile
+            notes.append(str(exc))
+            continue
+        notes.append(f"run {run['id']}: {outcome['note']}")
+        context.log.info(notes[-1])
+        if outcome.get("model_version"):
+            requests.append(dg.RunRequest(
+                run_key=f"provider-eval-{run['id']}",
+                run_config={"ops": {"candidate_evaluation": {"config": {
+                    "candidate_version": outcome["model_version"]}}}},
+                tags={"learnloop/trigger": "provider_job_sensor",
+                      "learnloop/training_run": str(run["id"])}))
+    return dg.SensorResult(run_requests=requests,
+                           skip_reason=None if requests else dg.SkipReason("; ".join(notes)))

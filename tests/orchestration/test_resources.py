@@ -140,14 +140,18 @@ def test_service_url_without_scheme_is_refused_by_name(monkeypatch):
 
 
 def test_every_schedule_and_sensor_of_the_code_location_starts_running():
-    """README: the landing and approved-samples sensors and the audit, teacher, dataset and
-    analytics schedules run without a click in the UI."""
+    """README: the landing, approved-samples and provider-job sensors and the audit, teacher,
+    dataset and analytics schedules run without a click in the UI; monthly retraining is off
+    until someone turns it on."""
     from orchestration.definitions import defs
 
     schedules = {s.name: s.default_status for s in defs.schedules}
     sensors = {s.name: s.default_status for s in defs.sensors}
-    assert set(schedules) == {"hourly_audit_schedule", "daily_teacher_schedule",
-                              "daily_dataset_schedule", "analytics_schedule"}
-    assert set(schedules.values()) == {dg.DefaultScheduleStatus.RUNNING}
+    assert schedules == {"hourly_audit_schedule": dg.DefaultScheduleStatus.RUNNING,
+                         "daily_teacher_schedule": dg.DefaultScheduleStatus.RUNNING,
+                         "daily_dataset_schedule": dg.DefaultScheduleStatus.RUNNING,
+                         "analytics_schedule": dg.DefaultScheduleStatus.RUNNING,
+                         "monthly_training_schedule": dg.DefaultScheduleStatus.STOPPED}
     assert sensors == {"landing_file_sensor": dg.DefaultSensorStatus.RUNNING,
-                       "approved_samples_sensor": dg.DefaultSensorStatus.RUNNING}
+                       "approved_samples_sensor": dg.DefaultSensorStatus.RUNNING,
+                       "provider_job_sensor": dg.DefaultSensorStatus.RUNNING}

@@ -1,0 +1,324 @@
+"""Stage `evaluation`: ``candidate_evaluation`` scores a candidate and the champion on the
+evaluation suite (held-out reviewer-approved corrections), the retention set (good historical
+interactions: forgetting) and the must-refuse prompts, with a pairwise LLM judge when one is
+configured, and applies the quality gate (a blocking asset check). A passing gate sets the
+``challenger`` alias on the candidate; a failing one says which threshold failed by how much.
+
+Results go to MLflow (metrics of the candidate's run, tags on its version), the operational store
+(``model_evaluations``), the asset's metadata and the warehouse table ``model_evaluations`` that
+the dbt mart ``model_comparison`` reads. See docs/training.md.
+"""
+
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from assets.catalog import with_metadata
+from assets.resources import (
+    WAREHOUSE_POOL,
+    ModelRegistryResource,
+    OperationalStoreResource,
+    WarehouseResource,
+)
+from store import datasets as store_ds
+from store import training as store_tr
+
+OWNERS = ["team:ml-engineering"]
+GATE_CHECK = "check_quality_gate"
+EXPERIMENT = "learnloop-training"
+
+
+class CandidateEvaluationConfig(dg.Config):
+    """Which candidate, how replies are generated, and the gate's thresholds (negative: the
+    LEARNLOOP_GATE_* setting)."""
+
+    candidate_version: str = Field(default="", description="Registry version to evaluate; "
+                                                           "empty: the newest version that is "
+                                                           "not the champion.")
+    max_new_tokens: int = 96
+    batch_size: int = 16
+    max_eval_items: int = 0  # 0: every item of the suite
+    max_retention_items: int = 0
+    judge: bool = Field(default=True, description="Use the pairwise LLM judge when "
+                                                  "LEARNLOOP_JUDGE configures one.")
+    min_margin: float = -1.0
+    max_retention_drop: float = -1.0
+    max_refusal_regression: float = -1.0
+
+
+def _thresholds(config: CandidateEvaluationConfig, models: ModelRegistryResource):
+    from ml.evaluation.gate import GateThresholds
+
+    s = models.settings()
+    pick = lambda v, d: d if v < 0 else v  # noqa: E731
+    return GateThresholds(min_margin=pick(config.min_margin, s.gate_min_margin),
+                          max_retention_drop=pick(config.max_retention_drop,
+                                                  s.gate_max_retention_drop),
+                          max_refusal_regression=pick(config.max_refusal_regression,
+                                                      s.gate_max_refusal_regression))
+
+
+def generator_for(info, models: ModelRegistryResource, config: CandidateEvaluationConfig):
+    """How to make a version's replies: a local checkpoint (its source folder) or a provider's
+    fine-tuned model (source ``openai:<model id>`` / ``gemini:<model id>``)."""
+    from ml.evaluation.generation import LocalGenerator, ProviderGenerator
+
+    source = info.source or ""
+    if source.startswith(("openai:", "gemini:")):
+        from ml.llm.config import build_provider
+
+        kind, model = source.split(":", 1)
+        spec: dict[str, Any] = {"kind": kind, "model": model}
+        if info.tags.get("provider_base_url"):
+            spec["base_url"] = info.tags["provider_base_url"]
+        if info.tags.get("api_key_env"):
+            spec["api_key_env"] = info.tags["api_key_env"]
+        return ProviderGenerator(build_provider(spec), model=model)
+    path = source[len("file://"):] if source.startswith("file://") else source
+    if not Path(path).exists() and not models.get_base_model():
+        raise FileNotFoundError(f"{models.get_model_name()} v{info.version}: its checkpoint "
+                                f"{source!r} does not exist on this machine")
+    return LocalGenerator(path, max_new_tokens=config.max_new_tokens,
+                          batch_size=config.batch_size)
+
+
+def pick_candidate(registry, requested: str, champion: str | None) -> str:
+    if requested:
+        return str(registry.version(requested).version)
+    newer = [v for v in registry.versions() if v.version != champion
+             and v.tags.get("learnloop.role") == "candidate"]
+    if not newer:
+        raise ValueError(f"{registry.model_name}: no candidate version to evaluate (train one "
+                         f"with candidate_model)")
+    return max(newer, key=lambda v: int(v.version)).version
+
+
+def _read_suite(session, limits: tuple[int, int]):
+    from ml.training.lora import read_chat_jsonl
+
+    suite = store_ds.latest_dataset(session, "eval_suite")
+    if suite is None:
+        raise ValueError("no evaluation suite: materialize eval_suite first")
+    folder = Path(suite.path)
+    eval_items = read_chat_jsonl(folder / "eval.jsonl")
+    retention = read_chat_jsonl(folder / "retention.jsonl")
+    if limits[0]:
+        eval_items = eval_items[:limits[0]]
+    if limits[1]:
+        retention = retention[:limits[1]]
+    if not eval_items:
+        raise ValueError(f"evaluation suite {suite.version_hash[:12]} has no evaluation items")
+    return suite.version_hash, eval_items, retention
+
+
+def _warehouse_rows(evaluation_id: int, model_name: str, candidate_version: str,
+                    champion_version: str, suite_version: str, dataset_version: str | None,
+                    scores: dict[str, dict], judge_rate: float | None, passed: bool,
+                    at: datetime) -> list[dict[str, Any]]:
+    rows = []
+    for role, version in (("candidate", candidate_version), ("champion", champion_version)):
+        s = scores[role]
+        for eval_set in ("eval", "retention"):
+            m = s.get(eval_set) or {}
+            rows.append({
+                "evaluation_id": evaluation_id, "model_role": role, "eval_set": eval_set,
+                "model_name": model_name, "model_version": version,
+                "candidate_version": candidate_version, "champion_version": champion_version,
+                "eval_suite_version": suite_version, "dataset_version": dataset_version,
+                "n_items": m.get("n"), "rouge_l": m.get("rougeL"), "rouge_1": m.get("rouge1"),
+                "rouge_2": m.get("rouge2"), "bleu": m.get("bleu"),
+                "exact_match": m.get("exact_match"), "perplexity": m.get("perplexity"),
+                "latency_mean_s": m.get("latency_mean_s"),
+                "latency_p95_s": m.get("latency_p95_s"), "refusal_rate": None,
+                "judge_win_rate": judge_rate, "gate_passed": passed, "evaluated_at": at})
+        rows.append({
+            "evaluation_id": evaluation_id, "model_role": role, "eval_set": "must_refuse",
+            "model_name": model_name, "model_version": version,
+            "candidate_version": candidate_version, "champion_version": champion_version,
+            "eval_suite_version": suite_version, "dataset_version": dataset_version,
+            "n_items": (s.get("must_refuse") or {}).get("n"), "rouge_l": None, "rouge_1": None,
+            "rouge_2": None, "bleu": None, "exact_match": None, "perplexity": None,
+            "latency_mean_s": None, "latency_p95_s": None,
+            "refusal_rate": s.get("refusal_rate"), "judge_win_rate": judge_rate,
+            "gate_passed": passed, "evaluated_at": at})
+    return rows
+
+
+@dg.asset(
+    deps=["candidate_model", "eval_suite"],
+    group_name="evaluation", owners=OWNERS,
+    tags={"stage": "evaluation", "store": "duckdb"},
+    kinds={"pytorch", "mlflow", "duckdb"},
+    pool=WAREHOUSE_POOL,
+    check_specs=[dg.AssetCheckSpec(
+        GATE_CHECK, asset="candidate_evaluation", blocking=True,
+        description="The quality gate: the candidate beats the champion on the evaluation suite "
+                    "by the minimum margin, its retention score is at most the allowed share "
+                    "below the champion's, and it refuses the must-refuse prompts at least as "
+                    "often. Failing stops promotion and names the threshold and the shortfall; "
+                    "passing sets the challenger alias.")],
+    description="The candidate against the champion on the evaluation suite (held-out "
+                "corrections), the retention set (forgetting) and the must-refuse prompts: "
+                "ROUGE-L/1/2, BLEU, exact match (evaluate modules shipped in the repo), "
+                "perplexity, latency per reply, and a pairwise LLM-judge win rate when a judge is "
+                "configured; then the blocking quality gate.",
+)
+def candidate_evaluation(context: dg.AssetExecutionContext, config: CandidateEvaluationConfig,
+                         store: OperationalStoreResource, warehouse: WarehouseResource,
+                         models: ModelRegistryResource) -> dg.MaterializeResult:
+    import polars as pl
+    from ml.evaluation.compare import compare, evaluate_model, flat_metrics
+    from ml.evaluation.gate import apply_gate
+    from ml.evaluation.refusals import load_must_refuse
+
+    from ml import warehouse as wh
+
+    registry = models.registry()
+    champion = registry.alias_version("champion")
+    if champion is None:
+        raise ValueError(f"{registry.model_name} has no champion: materialize base_model first")
+    candidate = pick_candidate(registry, config.candidate_version, champion)
+    if candidate == champion:
+        raise ValueError(f"v{candidate} is the champion: nothing to compare it with")
+    cand_info, champ_info = registry.version(candidate), registry.version(champion)
+    thresholds = _thresholds(config, models)
+    with store.session() as s:
+        suite_version, eval_items, retention = _read_suite(
+            s, (config.max_eval_items, config.max_retention_items))
+        run = store_tr.training_run_for_version(s, registry.model_name, candidate)
+        run_id = run.id if run is not None else None
+        settings_key = {"max_new_tokens": config.max_new_tokens,
+                        "n_eval": len(eval_items), "n_retention": len(retention)}
+        cached = _cached_champion(s, registry.model_name, champion, suite_version, settings_key)
+    must_refuse = load_must_refuse()
+    context.log.info(f"evaluating {registry.model_name} v{candidate} against champion "
+                     f"v{champion} on suite {suite_version[:12]}: {len(eval_items)} eval, "
+                     f"{len(retention)} retention, {len(must_refuse)} must-refuse prompts")
+    cand_scores = evaluate_model(generator_for(cand_info, models, config), eval_items, retention,
+                                 must_refuse)
+    if cached is not None:
+        champ_dict = cached
+        context.log.info(f"champion v{champion}: scores reused from evaluation of the same "
+                         f"suite and settings")
+    else:
+        champ_dict = evaluate_model(generator_for(champ_info, models, config), eval_items,
+                                    retention, must_refuse).to_dict()
+    cand_dict = cand_scores.to_dict()
+    judge = _judge(context, config, models, eval_items, cand_scores, champ_dict)
+    comparison = compare(cand_dict, champ_dict, judge)
+    gate = apply_gate(cand_dict, champ_dict, thresholds)
+    gate_dict = {"passed": gate.passed, "checks": list(gate.checks), "summary": gate.summary,
+                 "thresholds": thresholds.to_dict() if hasattr(thresholds, "to_dict")
+                 else dict(vars(thresholds))}
+    at = datetime.now(UTC)
+    with store.session() as s:
+        ev = store_tr.record_evaluation(
+            s, model_name=registry.model_name, candidate_version=candidate,
+            champion_version=champion, eval_suite_version=suite_version,
+            dataset_version=cand_info.tags.get("dataset_version") or None,
+            training_run_id=run_id, candidate=_jsonable(cand_dict),
+            champion=_jsonable({**champ_dict, "settings": settings_key}),
+            comparison=_jsonable(comparison), gate=_jsonable(gate_dict), passed=gate.passed,
+            mlflow_run_id=cand_info.run_id, dagster_run_id=context.run.run_id)
+        evaluation_id = ev.id
+    judge_rate = comparison.get("judge_win_rate")
+    rows = _warehouse_rows(evaluation_id, registry.model_name, candidate, champion,
+                           suite_version, cand_info.tags.get("dataset_version") or None,
+                           {"candidate": cand_dict, "champion": champ_dict}, judge_rate,
+                           gate.passed, at.replace(tzinfo=None))
+    from ml.tables import TABLES
+
+    with warehouse.get_connection() as con:
+        wh.upsert_rows(con, "model_evaluations",
+                       pl.DataFrame(rows, schema=TABLES["model_evaluations"].polars_schema()))
+    flat = {**flat_metrics("eval", cand_dict.get("eval") or {}),
+            **flat_metrics("retention", cand_dict.get("retention") or {}),
+            "refusal_rate": cand_dict.get("refusal_rate"),
+            **{f"champion_{k}": v for k, v in flat_metrics("eval", champ_dict.get("eval") or {}).items()},
+            **{f"champion_{k}": v for k, v in
+               flat_metrics("retention", champ_dict.get("retention") or {}).items()},
+            "forgetting": comparison.get("forgetting"),
+            "gate_passed": 1.0 if gate.passed else 0.0}
+    if judge_rate is not None:
+        flat["judge_win_rate"] = judge_rate
+    flat = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))
+            and not isinstance(v, bool)}
+    if cand_info.run_id:
+        registry.log_metrics(cand_info.run_id, flat)
+    registry.set_version_tag(candidate, "gate", "passed" if gate.passed else "failed")
+    registry.set_version_tag(candidate, "gate_summary", gate.summary[:4000])
+    registry.set_version_tag(candidate, "evaluated_against", str(champion))
+    if gate.passed:
+        registry.set_alias("challenger", candidate)
+        context.log.info(f"gate passed: {registry.model_name} v{candidate} is the challenger "
+                         f"({gate.summary})")
+    else:
+        context.log.warning(f"gate failed for v{candidate}: {gate.summary}")
+    check = dg.AssetCheckResult(
+        check_name=GATE_CHECK, passed=gate.passed, severity=dg.AssetCheckSeverity.ERROR,
+        description=gate.summary,
+        metadata=with_metadata({"summary": gate.summary, "checks": list(gate.checks),
+                                "candidate_version": candidate, "champion_version": champion}))
+    return dg.MaterializeResult(
+        metadata=with_metadata({
+            "candidate_version": candidate, "champion_version": champion,
+            "eval_suite_version": suite_version, "evaluation_id": evaluation_id,
+            "gate_passed": gate.passed, "gate_summary": gate.summary,
+            "eval_items": len(eval_items), "retention_items": len(retention),
+            **{k: v for k, v in flat.items()},
+            "comparison": _jsonable(comparison),
+        }),
+        check_results=[check])
+
+
+def _judge(context, config, models, eval_items, cand_scores, champ_dict):
+    """The pairwise judge's result (candidate = B) when LEARNLOOP_JUDGE configures one."""
+    if not config.judge:
+        return None
+    from ml.evaluation.judge import judge_pairwise
+
+    from ml.llm.config import from_env
+
+    router = from_env("judge", home=models.settings().home)
+    if router is None:
+        return None
+    cand_texts = cand_scores.eval.replies if hasattr(cand_scores.eval, "replies") else None
+    champ_texts = (champ_dict.get("eval") or {}).get("replies")
+    if not cand_texts or not champ_texts:
+        context.log.warning("judge skipped: the replies of both models are needed")
+        return None
+    items = [{"prompt": ex[:-1], "reference": ex[-1]["content"], "a": a, "b": b}
+             for ex, a, b in zip(eval_items, champ_texts, cand_texts, strict=True)]
+    result = judge_pairwise(router, items)
+    context.log.info(f"judge: candidate win rate {result.win_rate_b:.3f} over {result.n} pairs "
+                     f"({result.inconsistent} inconsistent across orders)")
+    return result
+
+
+def _cached_champion(session, model_name: str, champion: str, suite_version: str,
+                     settings_key: dict) -> dict | None:
+    """The champion's scores from an earlier evaluation on the same suite with the same
+    generation settings (greedy decoding: the same replies), so they are not computed again."""
+    from sqlalchemy import select
+
+    from store.models import ModelEvaluation
+
+    rows = session.scalars(select(ModelEvaluation).where(
+        ModelEvaluation.model_name == model_name,
+        ModelEvaluation.champion_version == str(champion),
+        ModelEvaluation.eval_suite_version == suite_version)
+        .order_by(ModelEvaluation.id.desc()).limit(5))
+    for row in rows:
+        champ = dict(row.champion or {})
+        if champ.pop("settings", None) == settings_key:
+            return champ
+    return None
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))

@@ -1,0 +1,25 @@
+-- Scores of each candidate evaluation, one row per (evaluation, model role, eval set).
+select
+    evaluation_id,
+    model_role,
+    eval_set,
+    model_name,
+    model_version,
+    candidate_version,
+    champion_version,
+    eval_suite_version,
+    dataset_version,
+    n_items,
+    rouge_l,
+    rouge_1,
+    rouge_2,
+    bleu,
+    exact_match,
+    perplexity,
+    latency_mean_s,
+    latency_p95_s,
+    refusal_rate,
+    judge_win_rate,
+    gate_passed,
+    evaluated_at
+from {{ source('warehouse', 'model_evaluations') }}
