@@ -367,6 +367,13 @@ def _staging(out_dir: str | Path, overwrite: bool) -> Iterator[Path]:
         tmp.rename(out_dir)
 
 
+def _remove_checkpoints(work_dir: Path) -> None:
+    """The Trainer's checkpoints (written only for early stopping) are not part of the output."""
+    ckpt = work_dir / "checkpoints"
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n",
                     encoding="utf-8")
@@ -551,6 +558,8 @@ def train_lora(base_model_dir: str | Path, train: Sequence[Sequence[Mapping[str,
     skip_reason = None
     if want_dpo and not dpo_train:
         skip_reason = "spec.dpo is set but no DPO training pairs were given"
+    elif not want_dpo and dpo_train:
+        skip_reason = f"spec.dpo is off: the {len(dpo_train)} DPO pairs given were not used"
     pairs_train = [_check_pair(p, f"dpo_train pair {i}") for i, p in enumerate(dpo_train or [])] \
         if want_dpo else []
     pairs_val = [_check_pair(p, f"dpo_validation pair {i}")
@@ -567,15 +576,14 @@ def train_lora(base_model_dir: str | Path, train: Sequence[Sequence[Mapping[str,
         out = trainer.train()
         setup.recorder.active = False
         val_after = float(trainer.evaluate()["eval_loss"]) if has_val else None
-        wall = time.perf_counter() - t0
         state = trainer.state
-        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
+        _remove_checkpoints(tmp)
 
         vals = [h["val_loss"] for h in setup.history if "val_loss" in h and h["step"] > 0]
         trains = [h["train_loss"] for h in setup.history if "train_loss" in h]
         trainable, total_params = setup.model.get_nb_trainable_parameters()
         tokens = int(state.num_input_tokens_seen or 0)
-        train_s = float(out.metrics.get("train_runtime", wall))
+        train_s = float(out.metrics["train_runtime"])
         metrics: dict[str, Any] = {
             "train_loss": float(out.training_loss),
             "final_train_loss": trains[-1] if trains else None,
@@ -590,7 +598,7 @@ def train_lora(base_model_dir: str | Path, train: Sequence[Sequence[Mapping[str,
             "train_label_tokens": label_token_count(setup.train_examples),
             "tokens_trained": tokens,
             "tokens_per_s": tokens / train_s if train_s > 0 else None,
-            "wall_s": round(wall, 3),
+            "wall_s": None,  # set once the folders are written
             "trainable_params": int(trainable),
             "total_params": int(total_params),
             "device": setup.device.name,
@@ -602,6 +610,7 @@ def train_lora(base_model_dir: str | Path, train: Sequence[Sequence[Mapping[str,
         history = setup.history
         _save_adapter_and_merged(trainer.model, setup.tokenizer, tmp / "adapter", tmp / "merged")
         del trainer, setup
+        metrics["wall_s"] = round(time.perf_counter() - t0, 3)
 
         dpo_result = None
         if want_dpo and pairs_train:
@@ -610,7 +619,8 @@ def train_lora(base_model_dir: str | Path, train: Sequence[Sequence[Mapping[str,
             dpo_metrics, dpo_history = _run_dpo(tmp / "merged", pairs_train, pairs_val, dpo_dir,
                                                 spec, progress=progress, device=device)
             _write_json(dpo_dir / TRAINING_JSON,
-                        {"spec": spec.to_dict(), "model_dir": "base_model_dir + ../adapter, merged",
+                        {"spec": spec.to_dict(),
+                         "model_dir": "the SFT-merged model: base_model_dir with ../adapter merged",
                          "metrics": dpo_metrics, "history": dpo_history})
             shutil.rmtree(tmp / "merged")
             (dpo_dir / "merged").rename(tmp / "merged")
@@ -694,7 +704,7 @@ def _run_dpo(model_dir: Path, pairs_train: list[dict[str, Conversation]],
     out = trainer.train()
     recorder.active = False
     after = trainer.evaluate()
-    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+    _remove_checkpoints(stage_dir)
     trains = [h for h in history if "train_loss" in h]
     trainable, total_params = trainer.model.get_nb_trainable_parameters()
     metrics: dict[str, Any] = {

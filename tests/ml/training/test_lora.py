@@ -129,7 +129,8 @@ def test_labels_are_the_reply_only_whatever_the_prompt(base):
 
 def test_the_trainers_batches_mask_every_non_reply_position(base, tmp_path):
     setup = prepare_sft(base, TINY_CONVERSATIONS, [], tmp_path,
-                        LoraSpec(batch_size=3, epochs=1, early_stopping_patience=0), device="cpu")
+                        LoraSpec(batch_size=3, epochs=1, early_stopping_patience=0,
+                                 gradient_checkpointing=True), device="cpu")
     tok, batches = setup.tokenizer, []
     collator = setup.trainer.data_collator
 
@@ -156,6 +157,9 @@ def test_the_trainers_batches_mask_every_non_reply_position(base, tmp_path):
             prompt = tok.decode(ids[:first])
             assert prompt.endswith("<|im_start|>assistant\n") and SYSTEM in prompt
     assert rows == 8
+    # trained through activation checkpointing (inputs made to require grads for peft)
+    assert setup.trainer.args.activation_checkpointing
+    assert any(p.abs().sum() > 0 for n, p in setup.model.named_parameters() if "lora_B" in n)
 
 
 def test_early_stopping_stops_and_keeps_the_best(base, tmp_path):
