@@ -1,5 +1,6 @@
-"""`learnloop models list|show` through click's CliRunner, on versions registered with ml.registry
-in a real SQLite MLflow store under a fresh LEARNLOOP_HOME."""
+"""`learnloop models list|show` (and the models block of `learnloop status`) through click's
+CliRunner, on versions registered with ml.registry in a real SQLite MLflow store under a fresh
+LEARNLOOP_HOME."""
 
 from __future__ import annotations
 
@@ -65,6 +66,10 @@ def test_list_and_show_by_number_and_alias(learnloop_home):
     assert by_number["params"]["prompt"].endswith("...[truncated, 7000 chars]")
     assert json.loads(_run("models", "show", "challenger", "--json").output) == by_number
 
+    status = json.loads(_run("status", "--json").output)["models"]
+    assert status == {"name": "learnloop-assistant", "versions": 2, "champion": "1",
+                      "challenger": "2", "latest": "2"}
+
     for ref, words in (("9", "has no version 9 (versions: 1, 2)"),
                        ("staging", "has no alias 'staging'"),
                        ("0", "expected a positive integer")):
@@ -79,4 +84,11 @@ def test_an_empty_home_says_so_and_creates_no_store(learnloop_home):
     assert json.loads(_run("models", "list", "--json").output) == []
     res = _run("models", "show", "champion")
     assert res.exit_code == 2 and "has no alias 'champion'" in res.output
+    status = _run("status", "--json")
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)["models"] == {"name": "learnloop-assistant", "versions": 0,
+                                                   "champion": None, "challenger": None,
+                                                   "latest": None}
+    assert "models     learnloop-assistant: versions 0 · latest - · champion - · challenger -" \
+        in _run("status").output
     assert not (learnloop_home / "mlflow.db").exists()
