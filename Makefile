@@ -12,7 +12,7 @@ WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: help install lock lint demo test dev serve bench bench-pii bench-collector bench-auditor clean browser
+.PHONY: help install lock lint demo test dev serve mlflow bench bench-pii bench-collector bench-auditor clean browser
 
 help:
 	@echo "make demo   - install, then run the whole chain on the embedded default (no server, no key)"
@@ -20,6 +20,8 @@ help:
 	@echo "make lint   - ruff check . (rules in pyproject.toml [tool.ruff])"
 	@echo "make dev    - open the Dagster UI on this project (http://127.0.0.1:3000)"
 	@echo "make serve  - start the review web app and log collector (http://127.0.0.1:8000)"
+	@echo "make mlflow - open the MLflow UI on this project's tracking store and model registry"
+	@echo "              (http://127.0.0.1:$(MLFLOW_PORT); MLFLOW_PORT=5001 make mlflow for another port)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make bench-pii - PII recall/precision of ml.pii vs Presidio on labelled texts (bench/pii.py)"
 	@echo "make bench-collector - the log collector under load, from a separate process (bench/collector.py)"
@@ -71,6 +73,19 @@ dev: install
 
 serve: install
 	$(BIN)/learnloop serve
+
+# the MLflow UI (a tracking server) on $(LEARNLOOP_HOME)/mlflow.db: runs, the registered model's
+# versions and aliases; run artifacts are read from $(LEARNLOOP_HOME)/mlartifacts (the artifact
+# root of learnloop's experiments, ml/registry.py)
+# one worker and no job runner (its 7 huey consumers serve GenAI scorers and trace rollups, not
+# runs, the registry or artifacts): a local UI for one engineer, light on a small machine
+MLFLOW_PORT ?= 5000
+mlflow: install
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+	  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(LEARNLOOP_HOME)/mlflow.db \
+	  --default-artifact-root $(LEARNLOOP_HOME)/mlartifacts \
+	  --artifacts-destination $(LEARNLOOP_HOME)/mlartifacts \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 bench: install
 	$(BIN)/python bench/ingest.py

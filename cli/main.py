@@ -11,6 +11,7 @@ from orchestration.cli import COMMANDS as PIPELINE_COMMANDS
 from orchestration.cli import STORE_UNREACHABLE_EXIT, unreachable_store_line
 from orchestration.datasets_cli import COMMANDS as DATASET_COMMANDS
 from orchestration.landing_cli import COMMANDS as LANDING_COMMANDS
+from orchestration.models_cli import COMMANDS as MODEL_COMMANDS
 from orchestration.training_cli import COMMANDS as TRAINING_COMMANDS
 from service.cli import COMMANDS as SERVICE_COMMANDS
 
@@ -38,5 +39,5 @@ def main() -> None:
 
 
 for _command in (*PIPELINE_COMMANDS, *DATASET_COMMANDS, *LANDING_COMMANDS, *SERVICE_COMMANDS,
-                 *SAMPLE_COMMANDS, *TRAINING_COMMANDS):
+                 *SAMPLE_COMMANDS, *MODEL_COMMANDS, *TRAINING_COMMANDS):
     main.add_command(_command)

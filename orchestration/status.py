@@ -7,6 +7,7 @@ from typing import Any
 
 from ml import warehouse
 from ml.config import Settings
+from ml.registry import Registry
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
@@ -20,14 +21,6 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     with session_scope(settings.store) as session:
         counts = status_counts(session)
         audit_attempts = attempt_counts(session, DEFAULT_MAX_ATTEMPTS)
-        from sqlalchemy import func, select
-
-        from store.models import TrainingRun
-
-        versions = session.scalar(
-            select(func.count(func.distinct(TrainingRun.model_version)))
-            .where(TrainingRun.model_version.is_not(None))
-        ) or 0
     return {
         "interactions": warehouse.table_count(settings.warehouse, "interactions"),
         "quarantined": warehouse.table_count(settings.warehouse, "quarantined_interactions"),
@@ -39,8 +32,9 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "samples": counts["samples"],
         "datasets": counts["datasets"],
         "eval_suite": counts["eval_suite"],
-        "models": {"versions": versions, "champion": counts["champion"],
-                   "challenger": counts["challenger"]},
+        # the MLflow model registry: name, versions, champion, challenger, latest (a SQLite
+        # tracking store that does not exist yet is not created: zeros and None)
+        "models": Registry.from_settings(settings).summary(),
         "home": str(settings.home),
     }
 
@@ -92,8 +86,8 @@ def format_status(st: dict[str, Any]) -> str:
         f"  datasets   versions {st['datasets']:,} · eval suite "
         + (f"{ev['version'][:12]} ({ev['size']:,} items, retention {ev['retention']:,})"
            if (ev := st.get("eval_suite")) else "-"),
-        f"  models     versions {m['versions']:,} · champion {m['champion'] or '-'} · "
-        f"challenger {m['challenger'] or '-'}",
+        f"  models     {m['name']}: versions {m['versions']:,} · latest {m['latest'] or '-'} · "
+        f"champion {m['champion'] or '-'} · challenger {m['challenger'] or '-'}",
     ]
     return "\n".join(lines)
 

@@ -61,7 +61,8 @@ def test_status_json_on_an_empty_home_reports_zeros(learnloop_home):
     assert st["calibration"] == {"pending": 0, "confirmed": 0, "dismissed": 0}
     assert st["samples"] == {"pending": 0, "approved": 0, "rejected": 0}
     assert st["datasets"] == 0
-    assert st["models"] == {"versions": 0, "champion": None, "challenger": None}
+    assert st["models"] == {"name": "learnloop-assistant", "versions": 0, "champion": None,
+                            "challenger": None, "latest": None}
 
 
 
