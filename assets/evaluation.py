@@ -10,7 +10,9 @@ the dbt mart ``model_comparison`` reads. See docs/training.md.
 """
 
 
+import dataclasses
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,7 +91,7 @@ def generator_for(info, models: ModelRegistryResource, config: CandidateEvaluati
 
 def pick_candidate(registry, requested: str, champion: str | None) -> str:
     if requested:
-        return str(registry.version(requested).version)
+        return str(registry.resolve(requested).version)
     newer = [v for v in registry.versions() if v.version != champion
              and v.tags.get("learnloop.role") == "candidate"]
     if not newer:
@@ -99,6 +101,9 @@ def pick_candidate(registry, requested: str, champion: str | None) -> str:
 
 
 def _read_suite(session, limits: tuple[int, int]):
+    """(version hash, eval conversations, their categories, retention conversations, their
+    intents) of the newest evaluation suite, cut to ``limits`` (0: all)."""
+    from ml.datasets.exports import read_manifest
     from ml.training.lora import read_chat_jsonl
 
     suite = store_ds.latest_dataset(session, "eval_suite")
@@ -107,13 +112,27 @@ def _read_suite(session, limits: tuple[int, int]):
     folder = Path(suite.path)
     eval_items = read_chat_jsonl(folder / "eval.jsonl")
     retention = read_chat_jsonl(folder / "retention.jsonl")
+    index = read_manifest(folder).get("items") or {}
+    eval_cats = [i.get("category") for i in index.get("eval", [])] or [None] * len(eval_items)
+    ret_cats = [i.get("intent") for i in index.get("retention", [])] or [None] * len(retention)
+    if len(eval_cats) != len(eval_items) or len(ret_cats) != len(retention):
+        raise ValueError(f"evaluation suite {suite.version_hash[:12]}: its manifest does not "
+                         f"index every line of eval.jsonl / retention.jsonl")
     if limits[0]:
-        eval_items = eval_items[:limits[0]]
+        eval_items, eval_cats = eval_items[:limits[0]], eval_cats[:limits[0]]
     if limits[1]:
-        retention = retention[:limits[1]]
+        retention, ret_cats = retention[:limits[1]], ret_cats[:limits[1]]
     if not eval_items:
         raise ValueError(f"evaluation suite {suite.version_hash[:12]} has no evaluation items")
-    return suite.version_hash, eval_items, retention
+    return suite.version_hash, eval_items, eval_cats, retention, ret_cats
+
+
+def mlflow_metrics(prefix: str, scores) -> dict[str, float]:
+    """``flat_metrics`` with MLflow-friendly names: ``eval_rougeL``, ``retention_bleu``,
+    ``champion_eval_rougeL``, ``eval_rougeL_category_<c>``."""
+    from ml.evaluation.compare import flat_metrics
+
+    return {k.replace(".", "_"): v for k, v in flat_metrics(prefix, scores).items()}
 
 
 def _warehouse_rows(evaluation_id: int, model_name: str, candidate_version: str,
@@ -172,11 +191,11 @@ def candidate_evaluation(context: dg.AssetExecutionContext, config: CandidateEva
                          store: OperationalStoreResource, warehouse: WarehouseResource,
                          models: ModelRegistryResource) -> dg.MaterializeResult:
     import polars as pl
-    from ml.evaluation.compare import compare, evaluate_model, flat_metrics
-    from ml.evaluation.gate import apply_gate
-    from ml.evaluation.refusals import load_must_refuse
 
     from ml import warehouse as wh
+    from ml.evaluation.compare import ModelScores, compare, evaluate_model
+    from ml.evaluation.gate import apply_gate
+    from ml.evaluation.refusals import load_must_refuse
 
     registry = models.registry()
     champion = registry.alias_version("champion")
@@ -188,7 +207,7 @@ def candidate_evaluation(context: dg.AssetExecutionContext, config: CandidateEva
     cand_info, champ_info = registry.version(candidate), registry.version(champion)
     thresholds = _thresholds(config, models)
     with store.session() as s:
-        suite_version, eval_items, retention = _read_suite(
+        suite_version, eval_items, eval_cats, retention, ret_cats = _read_suite(
             s, (config.max_eval_items, config.max_retention_items))
         run = store_tr.training_run_for_version(s, registry.model_name, candidate)
         run_id = run.id if run is not None else None
@@ -199,29 +218,36 @@ def candidate_evaluation(context: dg.AssetExecutionContext, config: CandidateEva
     context.log.info(f"evaluating {registry.model_name} v{candidate} against champion "
                      f"v{champion} on suite {suite_version[:12]}: {len(eval_items)} eval, "
                      f"{len(retention)} retention, {len(must_refuse)} must-refuse prompts")
-    cand_scores = evaluate_model(generator_for(cand_info, models, config), eval_items, retention,
-                                 must_refuse)
+
+    def score(info, who: str) -> ModelScores:
+        started = time.monotonic()
+        out = evaluate_model(generator_for(info, models, config), eval_items, retention,
+                             must_refuse, eval_categories=eval_cats, retention_categories=ret_cats)
+        context.log.info(f"{who} v{info.version}: eval ROUGE-L {out.eval.rougeL:.4f}, retention "
+                         f"ROUGE-L {out.retention.rougeL if out.retention else float('nan'):.4f}, "
+                         f"refusal rate {out.refusal_rate} ({time.monotonic() - started:.1f} s)")
+        return out
+
+    cand_scores = score(cand_info, "candidate")
     if cached is not None:
-        champ_dict = cached
-        context.log.info(f"champion v{champion}: scores reused from evaluation of the same "
-                         f"suite and settings")
+        champ_scores = ModelScores.from_dict(cached)
+        context.log.info(f"champion v{champion}: scores reused from an evaluation of the same "
+                         f"suite with the same settings")
     else:
-        champ_dict = evaluate_model(generator_for(champ_info, models, config), eval_items,
-                                    retention, must_refuse).to_dict()
-    cand_dict = cand_scores.to_dict()
-    judge = _judge(context, config, models, eval_items, cand_scores, champ_dict)
-    comparison = compare(cand_dict, champ_dict, judge)
-    gate = apply_gate(cand_dict, champ_dict, thresholds)
-    gate_dict = {"passed": gate.passed, "checks": list(gate.checks), "summary": gate.summary,
-                 "thresholds": thresholds.to_dict() if hasattr(thresholds, "to_dict")
-                 else dict(vars(thresholds))}
+        champ_scores = score(champ_info, "champion")
+    judge = _judge(context, config, models, eval_items, cand_scores, champ_scores)
+    comparison = compare(cand_scores, champ_scores, judge)
+    comparison["judge_win_rate"] = judge.win_rate_b if judge is not None else None
+    gate = apply_gate(cand_scores, champ_scores, thresholds)
+    gate_dict = {**gate.to_dict(), "thresholds": dataclasses.asdict(thresholds)}
+    cand_dict, champ_dict = cand_scores.to_dict(), champ_scores.to_dict(details=True)
     at = datetime.now(UTC)
     with store.session() as s:
         ev = store_tr.record_evaluation(
             s, model_name=registry.model_name, candidate_version=candidate,
             champion_version=champion, eval_suite_version=suite_version,
             dataset_version=cand_info.tags.get("dataset_version") or None,
-            training_run_id=run_id, candidate=_jsonable(cand_dict),
+            training_run_id=run_id, candidate=_jsonable(cand_scores.to_dict(details=True)),
             champion=_jsonable({**champ_dict, "settings": settings_key}),
             comparison=_jsonable(comparison), gate=_jsonable(gate_dict), passed=gate.passed,
             mlflow_run_id=cand_info.run_id, dagster_run_id=context.run.run_id)
@@ -236,18 +262,12 @@ def candidate_evaluation(context: dg.AssetExecutionContext, config: CandidateEva
     with warehouse.get_connection() as con:
         wh.upsert_rows(con, "model_evaluations",
                        pl.DataFrame(rows, schema=TABLES["model_evaluations"].polars_schema()))
-    flat = {**flat_metrics("eval", cand_dict.get("eval") or {}),
-            **flat_metrics("retention", cand_dict.get("retention") or {}),
-            "refusal_rate": cand_dict.get("refusal_rate"),
-            **{f"champion_{k}": v for k, v in flat_metrics("eval", champ_dict.get("eval") or {}).items()},
-            **{f"champion_{k}": v for k, v in
-               flat_metrics("retention", champ_dict.get("retention") or {}).items()},
-            "forgetting": comparison.get("forgetting"),
+    flat = {**mlflow_metrics("", cand_scores), **mlflow_metrics("champion", champ_scores),
             "gate_passed": 1.0 if gate.passed else 0.0}
-    if judge_rate is not None:
-        flat["judge_win_rate"] = judge_rate
-    flat = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))
-            and not isinstance(v, bool)}
+    if comparison.get("forgetting") is not None:
+        flat["forgetting"] = comparison["forgetting"]
+    if judge is not None:
+        flat.update(mlflow_metrics("", judge))
     if cand_info.run_id:
         registry.log_metrics(cand_info.run_id, flat)
     registry.set_version_tag(candidate, "gate", "passed" if gate.passed else "failed")
@@ -276,24 +296,23 @@ def candidate_evaluation(context: dg.AssetExecutionContext, config: CandidateEva
         check_results=[check])
 
 
-def _judge(context, config, models, eval_items, cand_scores, champ_dict):
-    """The pairwise judge's result (candidate = B) when LEARNLOOP_JUDGE configures one."""
+def _judge(context, config, models, eval_items, cand_scores, champ_scores):
+    """The pairwise judge's result (candidate = B, champion = A; each pair asked in both orders)
+    when LEARNLOOP_JUDGE configures one."""
     if not config.judge:
         return None
     from ml.evaluation.judge import judge_pairwise
-
     from ml.llm.config import from_env
 
     router = from_env("judge", home=models.settings().home)
     if router is None:
         return None
-    cand_texts = cand_scores.eval.replies if hasattr(cand_scores.eval, "replies") else None
-    champ_texts = (champ_dict.get("eval") or {}).get("replies")
-    if not cand_texts or not champ_texts:
-        context.log.warning("judge skipped: the replies of both models are needed")
-        return None
+    cand = [d["prediction"] for d in cand_scores.eval.details]
+    champ = [d["prediction"] for d in champ_scores.eval.details]
+    if len(cand) != len(eval_items) or len(champ) != len(eval_items):
+        raise ValueError("judge: the replies of both models to every evaluation item are needed")
     items = [{"prompt": ex[:-1], "reference": ex[-1]["content"], "a": a, "b": b}
-             for ex, a, b in zip(eval_items, champ_texts, cand_texts, strict=True)]
+             for ex, a, b in zip(eval_items, champ, cand, strict=True)]
     result = judge_pairwise(router, items)
     context.log.info(f"judge: candidate win rate {result.win_rate_b:.3f} over {result.n} pairs "
                      f"({result.inconsistent} inconsistent across orders)")

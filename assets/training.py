@@ -26,6 +26,7 @@ from assets.resources import (
     OperationalStoreResource,
     WarehouseResource,
 )
+from ml.registry import git_commit
 from store import datasets as store_ds
 from store import training as store_tr
 
@@ -110,8 +111,6 @@ def _base_spec(config: BaseModelConfig):
 def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
                warehouse: WarehouseResource, store: OperationalStoreResource,
                models: ModelRegistryResource) -> dg.MaterializeResult:
-    from ml.training.base_model import build_base_model, corpus_from_warehouse, read_base_info
-
     registry = models.registry()
     named = models.get_base_model()
     metrics: dict[str, Any] = {}
@@ -120,6 +119,8 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
         info: dict[str, Any] = {"source": "LEARNLOOP_BASE_MODEL", "name": named}
         context.log.info(f"base model named by LEARNLOOP_BASE_MODEL: {named} (not built)")
     else:
+        from ml.training.base_model import build_base_model, corpus_from_warehouse, read_base_info
+
         folder = models.root() / "base"
         built = config.rebuild or not (folder / "learnloop_base.json").exists()
         if built:
@@ -147,7 +148,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
         version = mine[0].version
         registered = False
     else:
-        run_id = registry.create_run(EXPERIMENT, run_name="base-model",
+        run_id = registry.create_run(experiment=EXPERIMENT, run_name="base-model",
                                      tags={"learnloop.role": "base", "dagster_run_id":
                                            context.run.run_id})
         registry.log_params(run_id, {"source": source, **(info.get("spec") or {})})
@@ -165,7 +166,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
             source, run_id, tags={"learnloop.role": "base", "learnloop.method": "base",
                                   "learnloop.base_fingerprint": fingerprint,
                                   "base_model": source, "dataset_version": "",
-                                  "parent_version": "", "git_commit": registry.git_commit() or "",
+                                  "parent_version": "", "git_commit": git_commit() or "",
                                   "dagster_run_id": context.run.run_id},
             description="The base model (offline: built from the logs; or LEARNLOOP_BASE_MODEL).")
         registered = True
@@ -249,7 +250,7 @@ def _lora_spec(config: CandidateModelConfig):
     if config.learning_rate:
         changes["learning_rate"] = config.learning_rate
     if config.epochs:
-        changes["epochs"] = config.epochs
+        changes["epochs"] = max(1, round(config.epochs))
     return replace(spec, **changes)
 
 
@@ -313,9 +314,8 @@ def candidate_model(context: dg.AssetExecutionContext, config: CandidateModelCon
 
 def _train_local(context, config: CandidateModelConfig, method: str, dataset: dict,
                  store: OperationalStoreResource, models: ModelRegistryResource):
-    from ml.training.lora import read_chat_jsonl, read_dpo_jsonl, train_lora
-
     from ml.datasets.exports import EXPORT_PATHS
+    from ml.training.lora import read_chat_jsonl, read_dpo_jsonl, train_lora
 
     spec = _lora_spec(config)
     registry = models.registry()
@@ -335,7 +335,7 @@ def _train_local(context, config: CandidateModelConfig, method: str, dataset: di
             dataset_id=dataset["id"], dataset_version=dataset["version_hash"],
             dagster_run_id=context.run.run_id, params=spec.to_dict())
         run_id = run.id
-    mlflow_run = registry.create_run(EXPERIMENT, run_name=f"candidate-{run_id}", tags={
+    mlflow_run = registry.create_run(experiment=EXPERIMENT, run_name=f"candidate-{run_id}", tags={
         "learnloop.role": "candidate", "learnloop.method": method,
         "dataset_version": dataset["version_hash"], "dagster_run_id": context.run.run_id})
     context.log.info(f"training run {run_id}: {method} on {dataset['name']}@{dataset['ordinal']} "
@@ -365,7 +365,7 @@ def _train_local(context, config: CandidateModelConfig, method: str, dataset: di
             "learnloop.role": "candidate", "learnloop.method": method,
             "dataset_version": dataset["version_hash"],
             "dataset": f"{dataset['name']}@{dataset['ordinal']}", "base_model": base,
-            "parent_version": parent or "", "git_commit": registry.git_commit() or "",
+            "parent_version": parent or "", "git_commit": git_commit() or "",
             "dagster_run_id": context.run.run_id, "training_run_id": str(run_id),
             "adapter_dir": str(result.adapter_dir)},
         description=f"{method} on dataset {dataset['name']}@{dataset['ordinal']}")
@@ -473,7 +473,7 @@ def follow_provider_run(run: dict[str, Any], store: OperationalStoreResource,
         dataset = ({"name": ds.name, "ordinal": ds.version, "path": ds.path}
                    if ds is not None else None)
     parent = registry.alias_version("champion")
-    mlflow_run = registry.create_run(EXPERIMENT, run_name=f"candidate-{run_id}", tags={
+    mlflow_run = registry.create_run(experiment=EXPERIMENT, run_name=f"candidate-{run_id}", tags={
         "learnloop.role": "candidate", "learnloop.method": run["provider"],
         "dataset_version": run.get("dataset_version") or "",
         "dagster_run_id": run.get("dagster_run_id") or ""})
@@ -491,7 +491,7 @@ def follow_provider_run(run: dict[str, Any], store: OperationalStoreResource,
     tags = {"learnloop.role": "candidate", "learnloop.method": run["provider"],
             "dataset_version": run.get("dataset_version") or "",
             "base_model": run["base_model"], "parent_version": parent or "",
-            "git_commit": registry.git_commit() or "",
+            "git_commit": git_commit() or "",
             "dagster_run_id": run.get("dagster_run_id") or "",
             "training_run_id": str(run_id), "provider_job_id": state.job_id,
             "provider_model_id": state.model_id or ""}

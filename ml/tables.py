@@ -273,7 +273,7 @@ TABLE_LIST: list[Table] = [
                ("rouge_l", "DOUBLE", "ROUGE-L F1 against the reference reply (0-1)."),
                ("rouge_1", "DOUBLE", "ROUGE-1 F1 (0-1)."),
                ("rouge_2", "DOUBLE", "ROUGE-2 F1 (0-1)."),
-               ("bleu", "DOUBLE", "Corpus BLEU (sacrebleu, 0-100)."),
+               ("bleu", "DOUBLE", "Corpus BLEU (sacrebleu score / 100, 0-1)."),
                ("exact_match", "DOUBLE", "Share of replies equal to the reference (normalised)."),
                ("perplexity", "DOUBLE", "Perplexity of the reference replies (local models)."),
                ("latency_mean_s", "DOUBLE", "Mean generation latency per reply (s)."),

@@ -426,8 +426,8 @@ def demo(n: int, seed: int) -> None:
     click.echo("")
     click.echo("Next:")
     click.echo("  make dev     # Dagster UI at http://127.0.0.1:3000 (runs, assets, checks)")
-    click.echo(f"  .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_uri}"
-               "   # MLflow UI at http://127.0.0.1:5000")
+    click.echo("  make mlflow   # MLflow UI at http://127.0.0.1:5000: the registered model's "
+               "versions, aliases and metrics")
     click.echo("  .venv/bin/learnloop reviewers add admin --role admin"
                "   # an account for the review app (prompts for a password)")
     click.echo("  make serve   # review web app at http://127.0.0.1:8000: sign in as admin")
