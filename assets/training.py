@@ -114,6 +114,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
     registry = models.registry()
     named = models.get_base_model()
     metrics: dict[str, Any] = {}
+    history_pairs: list = []
     if named:
         path, source, built = named, named, False
         info: dict[str, Any] = {"source": "LEARNLOOP_BASE_MODEL", "name": named}
@@ -132,13 +133,15 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
             result = build_base_model(conversations, folder, spec,
                                       progress=ProgressReporter(context, store, None,
                                                                 "base model"),
-                                      overwrite=config.rebuild)
+                                      overwrite=config.rebuild, corpus_stats=corpus)
             metrics = dict(result.metrics)
+            history_pairs = [list(p) for p in result.loss_history]
         else:
             context.log.info(f"offline base model already at {folder} (rebuild=true builds it "
                              f"again)")
         info = read_base_info(folder)
         metrics = metrics or dict(info.get("metrics", {}))
+        history_pairs = history_pairs or list(info.get("loss_history") or [])
         path, source = str(folder), str(folder)
     fingerprint = _fingerprint(path) if not named else named
     versions = registry.versions()
@@ -155,8 +158,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
         scalar = {k: v for k, v in metrics.items() if isinstance(v, (int, float))
                   and not isinstance(v, bool)}
         registry.log_metrics(run_id, scalar)
-        history = [{"step": s, "train_loss": loss}
-                   for s, loss in (metrics.get("loss_history") or info.get("loss_history") or [])]
+        history = [{"step": int(p[0]), "train_loss": float(p[1])} for p in history_pairs]
         if history:
             registry.log_history(run_id, history)
         if not named:
@@ -180,10 +182,10 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
         "built": built, "registered_version": version, "new_version": registered,
         "champion": champion or "", "model_name": registry.model_name,
         "n_params": int(metrics.get("n_params") or 0),
-        "final_loss": float(metrics.get("final_train_loss") or metrics.get("train_loss") or 0.0),
+        "final_loss": float(metrics.get("final_loss") or 0.0),
         "val_loss": float(metrics.get("val_loss") or 0.0),
         "tokens_per_s": float(metrics.get("tokens_per_s") or 0.0),
-        "wall_s": float(metrics.get("wall_s") or 0.0),
+        "wall_seconds": float(metrics.get("wall_seconds") or 0.0),
     }))
 
 

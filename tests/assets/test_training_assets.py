@@ -19,12 +19,15 @@ from assets.training import base_model, candidate_model
 from ml import warehouse as wh
 from store.datasets import record_dataset
 from store.db import session_scope
-from store.training import latest_evaluation, list_training_runs
-from tests.ml.training.tiny import TINY_CONVERSATIONS, make_tiny_model
+from store.training import latest_evaluation, list_evaluations, list_training_runs
+from tests.ml.training.tiny import FACTS, TINY_CONVERSATIONS, conversation, make_tiny_model
 from tests.stores import resources_for
 
-LORA = {"method": "lora", "epochs": 12, "learning_rate": 0.03, "batch_size": 4,
+LORA = {"method": "lora", "epochs": 40, "learning_rate": 0.03, "batch_size": 4,
         "early_stopping_patience": 0, "rank": 8, "alpha": 16}
+# what the production bot said before its replies were corrected: wrong prices and a wrong policy
+WRONG = [conversation(q, a.replace("129", "99").replace("39.99", "59")
+                      .replace("30 days", "two years")) for q, a in FACTS]
 
 
 def _jsonl(path: Path, rows) -> None:
@@ -34,7 +37,29 @@ def _jsonl(path: Path, rows) -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "base")
+    """A tiny chat model pretrained (full fine-tune) on the bot's wrong replies: the champion
+    the corrected candidate must beat."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ml.training.chat import collate, encode_chat
+
+    rand = make_tiny_model(tmp_path_factory.mktemp("tiny") / "random")
+    tokenizer = AutoTokenizer.from_pretrained(rand, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(rand, local_files_only=True)
+    torch.manual_seed(0)
+    batch = collate([encode_chat(tokenizer, c, 256) for c in WRONG], tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < 0.5
+    out = rand.parent / "base"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
 
 
 @pytest.fixture()
@@ -82,7 +107,7 @@ def test_base_candidate_evaluation_and_gate(home):
     assert cand["model_version"] == "2" and cand["val_loss_after"] < cand["val_loss_before"]
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == GATE_CHECK and check.passed, check.metadata
-    assert ev["gate_passed"] is True and ev["eval_rougeL"] > ev["champion_eval_rougeL"] + 0.01
+    assert ev["gate_passed"] == 1.0 and ev["eval_rougeL"] > ev["champion_eval_rougeL"] + 0.01
 
     registry = res["models"].registry()
     assert registry.alias_version("champion") == "1"
@@ -128,7 +153,9 @@ def test_a_failing_gate_names_the_threshold_and_keeps_the_challenger_unset(home)
     assert registry.version("2").tags["gate"] == "failed"
     # the champion's scores are reused by the next evaluation of the same suite and settings
     again = dg.materialize([candidate_evaluation], resources=res, raise_on_error=False)
-    logs = [e.message for e in again.all_events if e.message]
-    assert any("scores reused" in m for m in logs)
     (passed,) = again.get_asset_check_evaluations()
     assert passed.passed and registry.alias_version("challenger") == "2"
+    with session_scope(res["store"].get_url()) as s:
+        evs = list_evaluations(s, "tiny-assistant")
+        assert [e.passed for e in evs] == [True, False]
+        assert evs[0].champion["eval"]["rougeL"] == evs[1].champion["eval"]["rougeL"]
