@@ -20,7 +20,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from assets.catalog import with_metadata
+from assets.catalog import table_metadata, with_metadata
 from assets.resources import (
     WAREHOUSE_POOL,
     ModelRegistryResource,
@@ -172,6 +172,7 @@ def _warehouse_rows(evaluation_id: int, model_name: str, candidate_version: str,
     deps=["candidate_model", "eval_suite"],
     group_name="evaluation", owners=OWNERS,
     tags={"stage": "evaluation", "store": "duckdb"},
+    metadata=table_metadata("candidate_evaluation"),
     kinds={"pytorch", "mlflow", "duckdb"},
     pool=WAREHOUSE_POOL,
     check_specs=[dg.AssetCheckSpec(

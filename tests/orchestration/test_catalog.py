@@ -50,7 +50,7 @@ def test_python_assets_show_the_columns_of_the_table_they_write(graph):
         assert [(c.name, c.type, c.description) for c in schema.columns] == \
             [(c.name, c.type, c.description) for c in table.columns]
         shown += 1
-    assert shown == 8
+    assert shown == 9
     embeddings = graph.get(dg.AssetKey("interaction_embeddings")).metadata
     assert "vector" in [c.name for c in embeddings["dagster/column_schema"].columns]
 
