@@ -36,6 +36,16 @@ PROVIDER_METHODS = ("openai", "gemini")
 EXPERIMENT = "learnloop-training"
 
 
+def lineage_tags(*, role: str, method: str, base_model: str, dataset_version: str | None,
+                 parent_version: str | None, dagster_run_id: str | None,
+                 **extra: str) -> dict[str, str]:
+    """The tags every registered version carries: where it came from (dataset version, base
+    model, the champion it was trained against, the code and the Dagster run), plus ``extra``."""
+    return {"learnloop.role": role, "learnloop.method": method, "base_model": base_model,
+            "dataset_version": dataset_version or "", "parent_version": parent_version or "",
+            "git_commit": git_commit() or "", "dagster_run_id": dagster_run_id or "", **extra}
+
+
 class ProgressReporter:
     """Turns the trainers' progress callbacks into run-log lines (about every 10% and at the
     end) and into the training run's ``progress`` in the operational store (at most every 2 s),
@@ -165,11 +175,10 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
             registry.log_artifacts(run_id, path, "model")
         registry.set_terminated(run_id, "FINISHED")
         version = registry.register_version(
-            source, run_id, tags={"learnloop.role": "base", "learnloop.method": "base",
-                                  "learnloop.base_fingerprint": fingerprint,
-                                  "base_model": source, "dataset_version": "",
-                                  "parent_version": "", "git_commit": git_commit() or "",
-                                  "dagster_run_id": context.run.run_id},
+            source, run_id, tags=lineage_tags(
+                role="base", method="base", base_model=source, dataset_version=None,
+                parent_version=None, dagster_run_id=context.run.run_id,
+                **{"learnloop.base_fingerprint": fingerprint}),
             description="The base model (offline: built from the logs; or LEARNLOOP_BASE_MODEL).")
         registered = True
     if champion is None:
@@ -363,13 +372,12 @@ def _train_local(context, config: CandidateModelConfig, method: str, dataset: di
     registry.log_artifacts(mlflow_run, str(result.adapter_dir), "adapter")
     registry.set_terminated(mlflow_run, "FINISHED")
     version = registry.register_version(
-        str(result.merged_dir), mlflow_run, tags={
-            "learnloop.role": "candidate", "learnloop.method": method,
-            "dataset_version": dataset["version_hash"],
-            "dataset": f"{dataset['name']}@{dataset['ordinal']}", "base_model": base,
-            "parent_version": parent or "", "git_commit": git_commit() or "",
-            "dagster_run_id": context.run.run_id, "training_run_id": str(run_id),
-            "adapter_dir": str(result.adapter_dir)},
+        str(result.merged_dir), mlflow_run, tags=lineage_tags(
+            role="candidate", method=method, base_model=base,
+            dataset_version=dataset["version_hash"], parent_version=parent,
+            dagster_run_id=context.run.run_id, training_run_id=str(run_id),
+            dataset=f"{dataset['name']}@{dataset['ordinal']}",
+            adapter_dir=str(result.adapter_dir)),
         description=f"{method} on dataset {dataset['name']}@{dataset['ordinal']}")
     with store.session() as s:
         store_tr.move_training_run(s, run_id, expect="running", status="succeeded",
@@ -490,13 +498,10 @@ def follow_provider_run(run: dict[str, Any], store: OperationalStoreResource,
         registry.log_dataset_input(mlflow_run, dataset["path"], dataset["name"],
                                    run["dataset_version"])
     registry.set_terminated(mlflow_run, "FINISHED")
-    tags = {"learnloop.role": "candidate", "learnloop.method": run["provider"],
-            "dataset_version": run.get("dataset_version") or "",
-            "base_model": run["base_model"], "parent_version": parent or "",
-            "git_commit": git_commit() or "",
-            "dagster_run_id": run.get("dagster_run_id") or "",
-            "training_run_id": str(run_id), "provider_job_id": state.job_id,
-            "provider_model_id": state.model_id or ""}
+    tags = lineage_tags(role="candidate", method=run["provider"], base_model=run["base_model"],
+                        dataset_version=run.get("dataset_version"), parent_version=parent,
+                        dagster_run_id=run.get("dagster_run_id"), training_run_id=str(run_id),
+                        provider_job_id=state.job_id, provider_model_id=state.model_id or "")
     if run["params"].get("provider_base_url"):
         tags["provider_base_url"] = run["params"]["provider_base_url"]
     if run["params"].get("api_key_env"):
