@@ -216,9 +216,8 @@ def approved_samples_sensor(context: dg.SensorEvaluationContext, store: Operatio
                        "reason. One poll per job per tick: no waiting inside a run.")
 def provider_job_sensor(context: dg.SensorEvaluationContext, store: OperationalStoreResource,
                         models: ModelRegistryResource):
-    from ml.training.providers import FineTuneError
-
     from assets.training import follow_provider_run
+    from ml.training.providers import FineTuneError
     from store.training import StaleTrainingRun, active_provider_runs, run_summary
 
     with store.session() as s:
