@@ -24,6 +24,7 @@ from ml.tables import (
     QUALITY_COLUMNS,
     QUARANTINE_COLUMNS,
     REVIEW_DECISION_COLUMNS,
+    TABLES,
 )
 from tests.stores import resources_for
 
@@ -105,6 +106,7 @@ def _warehouse(path: Path) -> None:
         _create(con, "interaction_quality", QUALITY_COLUMNS, [])
         _create(con, "audited_errors", AUDITED_COLUMNS, verdicts)
         _create(con, "review_decisions", REVIEW_DECISION_COLUMNS, events)
+        _create(con, "model_evaluations", TABLES["model_evaluations"].types, [])
     finally:
         con.close()
 

@@ -32,9 +32,10 @@ from tests.stores import resources_for
 
 D1, D2 = date(2025, 1, 1), date(2025, 1, 2)
 MARTS = {"fct_interactions", "daily_quality", "feedback_loop_metrics", "error_trends",
-         "auditor_agreement", "training_data_growth"}
+         "auditor_agreement", "training_data_growth", "model_comparison"}
 MODELS = MARTS | {"stg_interactions", "stg_quarantined_interactions", "stg_interaction_quality",
-                  "int_interactions_enriched", "stg_audited_errors", "stg_review_decisions"}
+                  "int_interactions_enriched", "stg_audited_errors", "stg_review_decisions",
+                  "stg_model_evaluations"}
 
 
 def _interaction(iid: str, tenant: str, day: date, version: str | None, **fields) -> dict:
@@ -172,7 +173,7 @@ def test_asset_graph_wiring():
     sources = {d.asset_key for s in specs.values() for d in s.deps} - set(specs)
     assert sources == {dg.AssetKey("interactions"), dg.AssetKey("quarantined_interactions"),
                        dg.AssetKey("interaction_quality"), dg.AssetKey("audited_errors"),
-                       dg.AssetKey("review_decisions")}
+                       dg.AssetKey("review_decisions"), dg.AssetKey("candidate_evaluation")}
     assert dbt_analytics_assets.op.pool == WAREHOUSE_POOL
     checked = {c.asset_key.to_user_string() for c in dbt_analytics_assets.check_specs}
     assert MARTS <= checked
@@ -306,11 +307,12 @@ def test_duplicated_interaction_id_fails_the_uniqueness_check(learnloop_home: Pa
     assert unique.metadata["dagster_dbt/failed_row_count"].value == 1
     assert by_name["not_null_stg_interactions_interaction_id"].passed
     # dbt skips everything downstream of the failed test: no mart is built on bad data
-    # (error_trends reads only the auditor's verdicts and training_data_growth only the review
-    # decisions, not stg_interactions, so they still build)
+    # (error_trends reads only the auditor's verdicts, training_data_growth only the review
+    # decisions and model_comparison only the model evaluations, not stg_interactions, so they
+    # still build)
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert "stg_interactions" in materialized
-    assert materialized & MARTS == {"error_trends", "training_data_growth"}
+    assert materialized & MARTS == {"error_trends", "training_data_growth", "model_comparison"}
 
 
 def test_ensure_manifest_parses_a_clean_checkout(tmp_path: Path):
