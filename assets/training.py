@@ -11,6 +11,7 @@ new version of the registered model with its lineage as tags. See docs/training.
 
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,20 @@ def lineage_tags(*, role: str, method: str, base_model: str, dataset_version: st
             "git_commit": git_commit() or "", "dagster_run_id": dagster_run_id or "", **extra}
 
 
+# the offline base model's pretraining progress, next to the model folder while it is built
+# (it has no training run in the store): what `learnloop train` and `make demo` draw as a bar
+BASE_PROGRESS_FILE = ".base_progress.json"
+
+
 class ProgressReporter:
     """Turns the trainers' progress callbacks into run-log lines (about every 10% and at the
-    end) and into the training run's ``progress`` in the operational store (at most every 2 s),
-    which ``learnloop train`` draws as a progress bar."""
+    end) and into the training run's ``progress`` in the operational store, or into
+    ``progress_file`` (at most every 2 s), which ``learnloop train`` draws as a progress bar."""
 
     def __init__(self, context: dg.AssetExecutionContext, store: OperationalStoreResource,
-                 run_id: int | None, what: str) -> None:
+                 run_id: int | None, what: str, progress_file: Path | None = None) -> None:
         self.context, self.store, self.run_id, self.what = context, store, run_id, what
+        self.progress_file = progress_file
         self._last_store = 0.0
         self._last_decile = -1
 
@@ -61,12 +68,18 @@ class ProgressReporter:
         step, total = event.get("step"), event.get("total_steps")
         now = time.monotonic()
         final = bool(step and total and step >= total)
-        if self.run_id is not None and (final or now - self._last_store >= 2.0):
+        if (self.run_id is not None or self.progress_file is not None) \
+                and (final or now - self._last_store >= 2.0):
             self._last_store = now
-            with self.store.session() as s:
-                s.get(store_tr.TrainingRun, self.run_id).progress = {
-                    "stage": self.what, **{k: v for k, v in event.items()
-                                           if isinstance(v, (int, float, str)) or v is None}}
+            progress = {"stage": self.what, **{k: v for k, v in event.items()
+                                               if isinstance(v, (int, float, str)) or v is None}}
+            if self.run_id is not None:
+                with self.store.session() as s:
+                    s.get(store_tr.TrainingRun, self.run_id).progress = progress
+            if self.progress_file is not None:
+                tmp = self.progress_file.with_name(self.progress_file.name + ".tmp")
+                tmp.write_text(json.dumps(progress))
+                os.replace(tmp, self.progress_file)
         if step and total:
             decile = int(10 * step / total)
             if decile > self._last_decile:
@@ -140,10 +153,14 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
                                                           spec.max_conversations, spec.seed)
             context.log.info(f"pretraining the offline base model on {len(conversations):,} "
                              f"conversations ({corpus})")
-            result = build_base_model(conversations, folder, spec,
-                                      progress=ProgressReporter(context, store, None,
-                                                                "base model"),
-                                      overwrite=config.rebuild, corpus_stats=corpus)
+            progress_file = models.root() / BASE_PROGRESS_FILE
+            try:
+                result = build_base_model(
+                    conversations, folder, spec, overwrite=config.rebuild, corpus_stats=corpus,
+                    progress=ProgressReporter(context, store, None, "base model",
+                                              progress_file=progress_file))
+            finally:
+                progress_file.unlink(missing_ok=True)
             metrics = dict(result.metrics)
             history_pairs = [list(p) for p in result.loss_history]
         else:
@@ -219,10 +236,12 @@ class CandidateModelConfig(dg.Config):
     method: str = "lora"
     dataset: str = Field(default="", description="Dataset version (hash prefix or name@N); "
                                                  "empty: the newest ready training version.")
-    rank: int = 8
-    alpha: int = 16
+    rank: int = 16
+    alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    target_modules: list[str] = Field(default=["all-linear"], description="Module names, or "
+                                      "[\"all-linear\"] (every linear layer but the output "
+                                      "head: attention and MLP).")
     learning_rate: float = 0.0  # 0: the ml default for the method
     epochs: float = 0.0  # 0: the ml default
     batch_size: int = 8
@@ -232,6 +251,10 @@ class CandidateModelConfig(dg.Config):
     gradient_checkpointing: bool = False
     seed: int = 0
     dpo_beta: float = 0.1
+    safety_mix: bool = Field(default=True, description="Mix the shipped refusals of requests for "
+                                                       "other people's data into the train split "
+                                                       "(ml/training/safety.py), so the "
+                                                       "fine-tune keeps refusing them.")
     # provider fine-tunes
     provider_model: str = Field(default="", description="The provider's base model, e.g. "
                                                         "gpt-4.1-mini-2025-04-14 or "
@@ -252,7 +275,9 @@ def _lora_spec(config: CandidateModelConfig):
     spec = LoraSpec()
     changes: dict[str, Any] = {
         "rank": config.rank, "alpha": config.alpha, "dropout": config.dropout,
-        "target_modules": tuple(config.target_modules), "batch_size": config.batch_size,
+        "target_modules": ("all-linear" if list(config.target_modules) == ["all-linear"]
+                           else tuple(config.target_modules)),
+        "batch_size": config.batch_size,
         "gradient_accumulation": config.gradient_accumulation,
         "max_seq_len": config.max_seq_len,
         "early_stopping_patience": config.early_stopping_patience,
@@ -327,6 +352,7 @@ def _train_local(context, config: CandidateModelConfig, method: str, dataset: di
                  store: OperationalStoreResource, models: ModelRegistryResource):
     from ml.datasets.exports import EXPORT_PATHS
     from ml.training.lora import read_chat_jsonl, read_dpo_jsonl, train_lora
+    from ml.training.safety import load_safety_mix
 
     spec = _lora_spec(config)
     registry = models.registry()
@@ -334,6 +360,8 @@ def _train_local(context, config: CandidateModelConfig, method: str, dataset: di
     folder = Path(dataset["path"])
     train = read_chat_jsonl(folder / EXPORT_PATHS["openai_train"])
     validation = read_chat_jsonl(folder / EXPORT_PATHS["openai_validation"])
+    safety = load_safety_mix() if config.safety_mix else []
+    train = train + safety
     pairs: dict[str, Any] = {}
     if spec.dpo:
         pairs = {"dpo_train": read_dpo_jsonl(folder / EXPORT_PATHS["dpo_train"]),
@@ -344,13 +372,15 @@ def _train_local(context, config: CandidateModelConfig, method: str, dataset: di
         run = store_tr.create_training_run(
             s, method=method, base_model=base, model_name=registry.model_name,
             dataset_id=dataset["id"], dataset_version=dataset["version_hash"],
-            dagster_run_id=context.run.run_id, params=spec.to_dict())
+            dagster_run_id=context.run.run_id,
+            params={**spec.to_dict(), "safety_mix_examples": len(safety)})
         run_id = run.id
     mlflow_run = registry.create_run(experiment=EXPERIMENT, run_name=f"candidate-{run_id}", tags={
         "learnloop.role": "candidate", "learnloop.method": method,
         "dataset_version": dataset["version_hash"], "dagster_run_id": context.run.run_id})
     context.log.info(f"training run {run_id}: {method} on {dataset['name']}@{dataset['ordinal']} "
-                     f"({len(train)} train, {len(validation)} validation) from {base}; "
+                     f"({len(train) - len(safety)} train + {len(safety)} safety-mix "
+                     f"refusals, {len(validation)} validation) from {base}; "
                      f"MLflow run {mlflow_run}")
     try:
         result = train_lora(base, train, validation, out_dir, spec,
@@ -365,6 +395,7 @@ def _train_local(context, config: CandidateModelConfig, method: str, dataset: di
     metrics = {k: v for k, v in result.metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     registry.log_params(mlflow_run, {**spec.to_dict(), "base_model": base, "method": method,
+                                     "safety_mix_examples": len(safety),
                                      "dataset": f"{dataset['name']}@{dataset['ordinal']}"})
     registry.log_metrics(mlflow_run, metrics)
     registry.log_history(mlflow_run, list(result.history))

@@ -465,10 +465,10 @@ def _has_ready_dataset(settings: Settings) -> bool:
     return ready
 
 
-def _only_the_gate_failed(settings: Settings) -> bool:
-    """True when training_job failed only because the newest candidate did not pass the quality
-    gate (a verdict the demo reports, not an error): its training run succeeded and its recorded
-    evaluation failed the gate."""
+def report_gate(settings: Settings) -> bool | None:
+    """Say what the quality gate decided on the newest trained candidate (one line, with every
+    threshold's figures) and return whether it passed; None when the newest training run made no
+    evaluated version (it failed, or a provider job is still running)."""
     from sqlalchemy import select
 
     from store.db import session_scope
@@ -477,15 +477,18 @@ def _only_the_gate_failed(settings: Settings) -> bool:
     with session_scope(settings.store) as s:
         run = s.scalar(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(1))
         if run is None or run.status != "succeeded" or not run.model_version:
-            return False
+            return None
         ev = s.scalar(select(ModelEvaluation).where(
             ModelEvaluation.candidate_version == run.model_version)
             .order_by(ModelEvaluation.id.desc()).limit(1))
-        if ev is None or ev.passed:
-            return False
-        summary = (ev.gate or {}).get("summary", "")
-    click.echo(f"candidate v{run.model_version} stays a candidate: {summary}")
-    return True
+        if ev is None:
+            return None
+        passed, summary = bool(ev.passed), (ev.gate or {}).get("summary", "")
+    if passed:
+        click.echo(f"candidate v{run.model_version} is the challenger: {summary}")
+    else:
+        click.echo(f"candidate v{run.model_version} stays a candidate: {summary}")
+    return passed
 
 
 def train_with_progress(settings: Settings, defs, instance, guard=None,
@@ -496,16 +499,19 @@ def train_with_progress(settings: Settings, defs, instance, guard=None,
 
     from tqdm import tqdm
 
+    from assets.training import BASE_PROGRESS_FILE
     from store.db import session_scope
     from store.models import TrainingRun
 
     stop = threading.Event()
     stream = sys.stderr
 
+    base_progress = settings.models / BASE_PROGRESS_FILE
+
     def follow() -> None:
         from sqlalchemy import select
 
-        bar = None
+        bar, shown = None, None
         with session_scope(settings.store) as s:
             newest = s.scalar(select(TrainingRun.id).order_by(TrainingRun.id.desc()).limit(1))
         while not stop.wait(1.0):
@@ -513,11 +519,22 @@ def train_with_progress(settings: Settings, defs, instance, guard=None,
                 run = s.scalar(select(TrainingRun).where(TrainingRun.id > (newest or 0))
                                .order_by(TrainingRun.id.desc()).limit(1))
                 progress = dict(run.progress or {}) if run is not None else {}
+            stage = "training"
+            if not progress:  # before the candidate: the offline base model's pretraining
+                try:
+                    progress = json.loads(base_progress.read_text())
+                    stage = "base model"
+                except FileNotFoundError:  # not building it (written by os.replace: never partial)
+                    continue
             total, step = progress.get("total_steps"), progress.get("step")
             if not total or step is None:
                 continue
+            if bar is not None and shown != stage:
+                bar.close()
+                bar = None
             if bar is None:
-                bar = tqdm(total=int(total), desc="  training", unit="step", file=stream,
+                shown = stage
+                bar = tqdm(total=int(total), desc=f"  {stage}", unit="step", file=stream,
                            leave=False)
             bar.n = min(int(step), int(total))
             loss = progress.get("loss", progress.get("val_loss"))
@@ -569,7 +586,8 @@ def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
                 ok = run_jobs(settings, defs, instance, ["datasets_job"], guard=guard) and ok
                 if _has_ready_dataset(settings):
                     trained = train_with_progress(settings, defs, instance, guard=guard)
-                    ok = (trained or _only_the_gate_failed(settings)) and ok
+                    verdict = report_gate(settings)
+                    ok = (trained or verdict is False) and ok
             return run_jobs(settings, defs, instance, ["analytics_job"], guard=guard) and ok
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

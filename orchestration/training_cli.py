@@ -25,14 +25,14 @@ def _fail(message: str, code: int = 2) -> None:
               default="lora", show_default=True)
 @click.option("--epochs", type=float, default=0.0, help="0: the default")
 @click.option("--learning-rate", type=float, default=0.0, help="0: the default")
-@click.option("--rank", type=int, default=8, show_default=True)
+@click.option("--rank", type=int, default=16, show_default=True, help="LoRA rank (alpha: twice it)")
 @click.option("--provider-model", default="", help="the provider's base model (openai/gemini)")
 @click.option("--provider-base-url", default="", help="the provider's API base URL")
 @click.option("--api-key-env", default="", help="NAME of the env variable holding the key")
 def train(dataset: str, method: str, epochs: float, learning_rate: float, rank: int,
           provider_model: str, provider_base_url: str, api_key_env: str) -> None:
     from orchestration import runner
-    from orchestration.cli import _say, train_with_progress
+    from orchestration.cli import _say, report_gate, train_with_progress
     from orchestration.definitions import defs
 
     settings = _settings()
@@ -46,6 +46,7 @@ def train(dataset: str, method: str, epochs: float, learning_rate: float, rank: 
         with guard.interrupts():
             ok = train_with_progress(settings, defs, instance, guard=guard,
                                      run_config={"ops": {"candidate_model": {"config": cfg}}})
+            report_gate(settings)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -21,8 +21,11 @@ Retention set, from ``history`` (good historical interactions): thumbs-up or qua
 ``retention_min_quality``, valid, not an evaluation item (key or prompt); previous retention
 items still eligible are kept, the rest is stratified by intent (``unknown`` when none) in
 seeded-hash order, up to ``retention_size``; an interaction a training set already replayed is
-not picked (retention measures forgetting on data the model was not trained on). The store holds
-retention items out of every later training set (``store.datasets.held_out``).
+not picked (retention measures forgetting on data the model was not trained on), and neither is
+one *superseded* by a correction: its last user message (case-folded, whitespace collapsed, end
+punctuation stripped) is the question of a correction whose approved reply differs from it (a
+stale price that users liked is not behaviour to retain; counted as ``history_superseded``).
+The store holds retention items out of every later training set (``store.datasets.held_out``).
 
 ``version_hash``: SHA-256 of the parameters (size, max_share, retention_size,
 retention_min_quality, seed) and the sorted (key, split, example_hash) of every item; input
@@ -43,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.datasets.build import largest_remainder, version_hash
-from ml.datasets.examples import Example, HeldOut, as_examples, seeded_rank
+from ml.datasets.examples import Example, HeldOut, as_examples, normalise_text, seeded_rank
 from ml.datasets.exports import (
     MANIFEST,
     dataset_checksum,
@@ -104,6 +107,12 @@ def _stratified(pool: Mapping[str, list[Example]], quotas: Mapping[str, int], to
     return picked[:total]
 
 
+def _question_key(ex: Example) -> str | None:
+    """The last user message, case-folded, whitespace collapsed, end punctuation stripped."""
+    q = ex.question
+    return normalise_text(q).casefold().rstrip(" .?!") or None if q is not None else None
+
+
 def select_eval_suite(corrections: Iterable[Example | Mapping[str, Any]],
                       history: Iterable[Example | Mapping[str, Any]], *,
                       previous_eval_keys: Collection[str] = (),
@@ -161,9 +170,14 @@ def select_eval_suite(corrections: Iterable[Example | Mapping[str, Any]],
     # retention
     eval_keys = {e.key for e in eval_items}
     eval_prompts = {e.prompt_hash for e in eval_items}
+    corrected: dict[str, set[str]] = defaultdict(set)  # question -> the approved replies
+    for ex in corr:
+        if (q := _question_key(ex)) is not None:
+            corrected[q].add(normalise_text(ex.completion))
     good: list[Example] = []
     prev_ret = frozenset(previous_retention_keys)
     for ex in hist:
+        q = _question_key(ex)
         if not (ex.thumbs_up is True
                 or (ex.quality is not None and ex.quality >= retention_min_quality)):
             counts["history_not_good"] += 1
@@ -171,6 +185,10 @@ def select_eval_suite(corrections: Iterable[Example | Mapping[str, Any]],
             counts["history_invalid"] += 1
         elif ex.key in eval_keys or ex.prompt_hash in eval_prompts:
             counts["history_in_eval"] += 1
+        elif q in corrected and normalise_text(ex.completion) not in corrected[q]:
+            # reviewers approved another answer to this very question: this reply may be the
+            # mistake they corrected (a stale price users liked), not behaviour to retain
+            counts["history_superseded"] += 1
         elif ex.key not in prev_ret and (ex.key in trained_keys
                                          or ex.prompt_hash in trained_prompts):
             counts["history_trained"] += 1  # replayed into a training set: not a fair probe
@@ -202,6 +220,7 @@ def select_eval_suite(corrections: Iterable[Example | Mapping[str, Any]],
         "history": counts["history"], "history_not_good": counts["history_not_good"],
         "history_invalid": counts["history_invalid"],
         "history_in_eval": counts["history_in_eval"],
+        "history_superseded": counts["history_superseded"],
         "history_trained": counts["history_trained"], "retention_eligible": len(good),
         "retention_kept_from_previous": len(kept_ret), "retention": len(retention),
         "retention_by_intent": dict(sorted(Counter(e.intent or UNKNOWN_INTENT

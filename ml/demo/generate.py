@@ -23,6 +23,13 @@ What is in the logs:
   (the price/fee of the knowledge base, changed), ``hallucinated_policy`` (an invented policy),
   ``refusal`` (a valid request refused), ``pii_leak`` (another customer's e-mail or phone in the
   reply), ``truncated`` (the reply cut mid-sentence), ``off_topic`` (an unrelated reply).
+* And one systematic mistake per tenant, as a real bot's stale knowledge base makes them: the
+  price of the tenant's first item changed and the bot still quotes the old one
+  (:func:`stale_price`), and its first policy changed and the bot still states the old text
+  (``invented[0]`` of that policy), each in ``STALE_RATE`` of its otherwise right answers about
+  that fact, by v1 and v2 alike (labelled ``wrong_price`` / ``hallucinated_policy``). A model
+  trained on these logs learns the stale fact as the most likely answer; only the corrections
+  teach the current one (what ``learnloop demo``'s candidate model has to learn).
 * Users: explicit feedback is sparse (about 10% of good replies, 35% of bad ones; thumbs or a
   1-5 rating, sometimes a comment), and more negative after mistakes; signals
   (``user_continued``, ``abandoned``, ``requested_human``, ``completed_action``) on most records.
@@ -49,6 +56,7 @@ summary ``records_per_s``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -68,6 +76,9 @@ MISTAKE_RATES: dict[str, float] = {
     "truncated": 0.025, "off_topic": 0.02,
 }
 V2_FACTOR = 0.6
+# share of the bot's otherwise right answers about a tenant's stale fact (its first item's price,
+# its first policy) that quote the stale version instead
+STALE_RATE = 0.6
 MALFORMED_RATE = 0.01
 DUPLICATE_RATE = 0.004
 MALFORMED_KINDS: tuple[str, ...] = (
@@ -469,6 +480,12 @@ def _wrong_price(rng: random.Random, true: float) -> float:
     return round(true + 1.0, 2)
 
 
+def stale_price(true: float) -> float:
+    """The outdated price the bot's knowledge base still holds for a stale item: 20% above the
+    current one, ending in .99."""
+    return math.floor(true * 1.2) + 0.99
+
+
 def _truncate(rng: random.Random, text: str) -> str:
     """Cut at a word boundary 40-75% in, leaving no terminal punctuation (mid-sentence)."""
     cut = int(len(text) * rng.uniform(0.4, 0.75))
@@ -567,9 +584,20 @@ def iter_generated(n: int, seed: int, tenants: int = 3, days: int = 7,
                 q = choice(_GREETINGS) + base_q if turn == 0 else base_q
             prev_qa = (base_q, answer, intent, topic, price_info)
             user_msg = {"role": "user", "content": q}
-            # -- the reply
+            # -- the reply (a right answer about a stale fact quotes the stale version often)
+            if mistake is None and (
+                    (price_info is not None and price_info[0] == spec.items[0][0])
+                    or (topic is not None and topic is spec.policies[0])) \
+                    and rnd() < STALE_RATE:
+                mistake = "wrong_price" if price_info is not None else "hallucinated_policy"
             if mistake is None:
                 response = answer
+            elif mistake == "wrong_price" and price_info[0] == spec.items[0][0]:
+                item, true_price, tmpl = price_info
+                response = tmpl.format(item=item, price=_money(spec.currency,
+                                                              stale_price(true_price)))
+            elif mistake == "hallucinated_policy" and topic is spec.policies[0]:
+                response = topic.invented[0]
             elif mistake == "wrong_price":
                 item, true_price, tmpl = price_info
                 response = tmpl.format(item=item, price=_money(spec.currency,

@@ -77,7 +77,7 @@ class BaseModelSpec:
     num_kv_heads: int = 2
     intermediate_size: int = 688
     max_seq_len: int = 384
-    epochs: float = 1.5
+    epochs: float = 8.0
     batch_size: int = 4
     learning_rate: float = 3e-3
     warmup_ratio: float = 0.05

@@ -1,9 +1,9 @@
 """A byte-level BPE tokenizer trained on the logs, with a ChatML chat template.
 
 :func:`train_chat_tokenizer` trains a ``tokenizers`` BPE model (byte-level, so any text encodes,
-no unknown token) on the given texts and wraps it as a ``transformers.PreTrainedTokenizerFast``
-whose special tokens are ``<|endoftext|>`` (padding), ``<|im_start|>`` and ``<|im_end|>`` (end of
-a turn; the end-of-sequence token). :data:`CHATML_TEMPLATE` renders::
+no unknown token) on the given texts, numbers split into single digits, and wraps it as a
+``transformers.PreTrainedTokenizerFast`` whose special tokens are ``<|endoftext|>`` (padding),
+``<|im_start|>`` and ``<|im_end|>`` (end of a turn; the end-of-sequence token). :data:`CHATML_TEMPLATE` renders::
 
     <|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n
 
@@ -36,7 +36,12 @@ def train_chat_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
     if vocab_size < 300:
         raise ValueError(f"vocab_size must be at least 300 (256 bytes + specials), got {vocab_size}")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # digits one by one (as Qwen2 and Llama tokenize them): a price or an order number has one
+    # spelling in tokens, so a fine-tune that changes a price changes digits, and greedy
+    # decoding cannot drift into a spelling the model never saw ("$109.000")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                   special_tokens=list(SPECIAL_TOKENS),

@@ -23,8 +23,9 @@ from store.training import latest_evaluation, list_evaluations, list_training_ru
 from tests.ml.training.tiny import FACTS, TINY_CONVERSATIONS, conversation, make_tiny_model
 from tests.stores import resources_for
 
+# the tiny facts alone (the safety mix is tested on its own below)
 LORA = {"method": "lora", "epochs": 40, "learning_rate": 0.03, "batch_size": 4,
-        "early_stopping_patience": 0, "rank": 8, "alpha": 16}
+        "early_stopping_patience": 0, "rank": 8, "alpha": 16, "safety_mix": False}
 # what the production bot said before its replies were corrected: wrong prices and a wrong policy
 WRONG = [conversation(q, a.replace("129", "99").replace("39.99", "59")
                       .replace("30 days", "two years")) for q, a in FACTS]
@@ -159,3 +160,21 @@ def test_a_failing_gate_names_the_threshold_and_keeps_the_challenger_unset(home)
         evs = list_evaluations(s, "tiny-assistant")
         assert [e.passed for e in evs] == [True, False]
         assert evs[0].champion["eval"]["rougeL"] == evs[1].champion["eval"]["rougeL"]
+
+
+def test_the_safety_mix_joins_the_train_split_by_default(home):
+    from ml.training.safety import load_safety_mix
+
+    res = home
+    result = dg.materialize([base_model, candidate_model], resources=res, run_config={
+        "ops": {"candidate_model": {"config": {"epochs": 1, "batch_size": 8}}}})
+    assert result.success
+    cand = _meta(result, "candidate_model")
+    n_mix = len(load_safety_mix())
+    assert cand["train_examples"] == len(TINY_CONVERSATIONS) + n_mix
+    with session_scope(res["store"].get_url()) as s:
+        (run_row,) = list_training_runs(s)
+        assert run_row.params["safety_mix_examples"] == n_mix
+        assert run_row.params["target_modules"] == "all-linear"
+    params = res["models"].registry().client.get_run(cand["mlflow_run_id"]).data.params
+    assert params["safety_mix_examples"] == str(n_mix)

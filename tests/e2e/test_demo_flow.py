@@ -55,9 +55,13 @@ def test_demo_materializes_ingest_quality_audit_teaching_and_dbt(demo_home):
     assert "Dagster UI" in stdout and "MLflow UI" in stdout
     st = _status(env)
     # the base model is version 1 and the champion; a LoRA candidate was trained and evaluated:
-    # it is the challenger or the demo says which gate threshold it missed
+    # the demo prints the gate's verdict with its figures either way (on its full 3,000
+    # interactions the candidate passes: docs/training.md; 800 leave few corrections)
     assert st["models"]["versions"] == 2 and st["models"]["champion"] == "1"
-    assert st["models"]["challenger"] == "2" or "stays a candidate: gate failed" in stdout
+    if st["models"]["challenger"] == "2":
+        assert "candidate v2 is the challenger: gate passed" in stdout
+    else:
+        assert "candidate v2 stays a candidate: gate failed" in stdout
     assert st["interactions"] > 700 and st["quarantined"] > 0
     assert st["scored"] == st["interactions"]
     # the simulated reviewer decided most items and left some for a person

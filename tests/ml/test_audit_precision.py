@@ -11,6 +11,12 @@ category accuracy 0.85-0.90. The floors below are the worst seed minus a margin 
 0.03 = 0.78, recall 0.82 - 0.02 = 0.80, category 0.85 - 0.03 = 0.82), so a generator tweak does not
 break the test while a broken rule does.
 
+Since the generator's stale facts (one systematic mistake per tenant, ``ml.demo.generate``) the
+replies about them are measured apart: seed 23 -> recall 0.46 at precision 1.0 on the stale
+replies (only feedback shows them: the bot repeats them, so the consensus takes them for the
+norm and flags right replies on the same topic instead; floor 0.40); the floors above hold for
+the rest.
+
 The figures fell with issue 8 (recall was 0.90-0.93, category accuracy 0.96-0.98) and that is
 deliberate, not tuned back: a reply that merely lacks a final full stop is no longer "truncated"
 (the generator cuts at any word), a scrubber placeholder is no longer a PII leak (the generator's
@@ -25,7 +31,7 @@ import pytest
 
 from ml import embeddings
 from ml.audit.rules import audit_rules
-from ml.demo.generate import generate
+from ml.demo.generate import TENANTS, generate
 from ml.demo.truth import precision_recall, read_truth
 from ml.ingest import ingest_files
 from ml.quality import score_interactions
@@ -33,6 +39,7 @@ from ml.quality import score_interactions
 PRECISION_FLOOR = 0.78
 RECALL_FLOOR = 0.80
 CATEGORY_FLOOR = 0.82
+STALE_RECALL_FLOOR = 0.40
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +56,32 @@ def labelled(tmp_path_factory):
     return df, read_truth(out / "truth.jsonl")
 
 
+def _stale_ids(df: pl.DataFrame) -> set[str]:
+    """Interactions whose reply is about a tenant's stale fact (its first item's price, its
+    first policy), stale or right: the bot's one systematic mistake per tenant. There the stale
+    version is the majority, so the consensus rules take it for the norm and the right reply
+    for the odd one out."""
+    texts = [t.items[0][0] for t in TENANTS] + [t.policies[0].invented[0] for t in TENANTS] \
+        + [t.policies[0].answer for t in TENANTS]
+    hit = pl.any_horizontal([pl.col("response").str.contains(x, literal=True) for x in texts])
+    return set(df.filter(hit)["interaction_id"].to_list())
+
+
 def test_rules_auditor_precision_and_recall_above_floors(labelled):
+    """The floors hold for the random mistakes; the stale facts, which the bot repeats so that
+    the consensus takes them for the norm, are measured apart (only feedback shows them)."""
     df, truth = labelled
-    pr = precision_recall(audit_rules(df), truth)
-    print(f"rules auditor on 2000 generated records: {pr}")
-    assert pr["n"] > 1900
+    verdicts = audit_rules(df)
+    stale = _stale_ids(df)
+    pr_stale = precision_recall(verdicts.filter(pl.col("interaction_id").is_in(stale)),
+                                truth.filter(pl.col("interaction_id").is_in(stale)))
+    print(f"rules auditor on the stale-fact replies: {pr_stale}")
+    assert pr_stale["tp"] + pr_stale["fn"] > 100  # stale replies (the wrong ones)
+    assert pr_stale["recall"] >= STALE_RECALL_FLOOR, pr_stale
+    pr = precision_recall(verdicts.filter(~pl.col("interaction_id").is_in(stale)),
+                          truth.filter(~pl.col("interaction_id").is_in(stale)))
+    print(f"rules auditor on 2000 generated records, stale-fact replies aside: {pr}")
+    assert pr["n"] > 1700
     assert pr["precision"] >= PRECISION_FLOOR, pr
     assert pr["recall"] >= RECALL_FLOOR, pr
     assert pr["category_accuracy"] >= CATEGORY_FLOOR, pr

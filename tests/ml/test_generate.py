@@ -14,12 +14,14 @@ from ml.demo.generate import (
     MALFORMED_KINDS,
     MISTAKE_RATES,
     MISTAKES,
+    STALE_RATE,
     TENANTS,
     generate,
     generate_records,
     iter_generated,
     make_card,
     make_iban,
+    stale_price,
 )
 from ml.schema import RecordError, validate_record
 
@@ -165,7 +167,32 @@ def test_mistakes_at_realistic_rates_and_shapes(lines):
     ok = [(json.loads(g.line), g.mistake) for g in lines if g.kind == "ok"]
     n = len(ok)
     counts = Counter(m for _, m in ok)
-    for m in MISTAKES:  # between the v2 rate and the v1 rate, with slack
+    # the stale facts (each tenant's first item's price and first policy): the bot quotes the
+    # stale version in about STALE_RATE of its answers about them, always the same stale text
+    stale = {spec.tenant_id: spec for spec in TENANTS}
+    about_stale = Counter()
+    for g in lines:
+        if g.kind != "ok":
+            continue
+        spec = stale[g.tenant_id]
+        item, price = spec.items[0]
+        if g.answer == spec.policies[0].answer:
+            fact, stale_text = "policy", spec.policies[0].invented[0]
+        elif g.intent == "price" and item in g.answer:
+            fact, stale_text = "price", f"{spec.currency}{stale_price(price):,.2f}"
+        else:
+            continue
+        rec = json.loads(g.line)
+        about_stale[fact, "all"] += 1
+        if g.mistake in ("wrong_price", "hallucinated_policy"):
+            about_stale[fact, "stale"] += 1
+            assert stale_text in rec["response"]
+            counts[g.mistake] -= 1  # not one of the random mistakes below
+    for fact in ("price", "policy"):
+        assert about_stale[fact, "all"] > 300
+        assert STALE_RATE - 0.1 <= about_stale[fact, "stale"] / about_stale[fact, "all"] \
+            <= STALE_RATE + 0.2, fact
+    for m in MISTAKES:  # random mistakes: between the v2 rate and the v1 rate, with slack
         assert 0.5 * MISTAKE_RATES[m] * 0.6 * n <= counts[m] <= 1.3 * MISTAKE_RATES[m] * n, m
     assert 0.09 <= sum(counts[m] for m in MISTAKES) / n <= 0.19
     v1 = [m for r, m in ok if r["model"]["version"] == "v1"]

@@ -167,3 +167,28 @@ def test_the_writer_writes_schema_valid_lines_and_identical_bytes(tmp_path):
 def test_bad_parameters_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         select_eval_suite([], [], **kwargs)
+
+
+def test_retention_leaves_out_answers_a_correction_superseded():
+    """A liked historical reply to a question reviewers answered differently (a stale price
+    users did not notice) is not retention material; the same question answered as the
+    correction does, and other questions, still are."""
+    corr = [make_example(n, f"How much is item {n}?", f"Item {n} costs $10.00.",
+                         category="factual_error") for n in range(10)]
+    stale = make_example(900, "  how much is ITEM 3 ", "Item 3 costs $12.99.",
+                         key="interaction:acme/stale", source="replay:interaction",
+                         thumbs_up=True, session="s-900")
+    agrees = make_example(901, "How much is item 4?", "Item 4 costs $10.00.",
+                          key="interaction:acme/agrees", source="replay:interaction",
+                          quality=0.95, session="s-901")
+    other = make_example(902, "Where is my order?", "It ships tomorrow.",
+                         key="interaction:acme/other", source="replay:interaction",
+                         quality=0.95, session="s-902")
+    # a previous suite's retention item is dropped too once a correction supersedes it
+    suite = select_eval_suite(corr, [stale, agrees, other], seed=0, max_share=0.1,
+                              previous_retention_keys=[stale.get("key")])
+    picked = {e.key for e in suite.retention}
+    assert "interaction:acme/stale" not in picked
+    assert suite.counts["history_superseded"] == 1
+    assert picked == {"interaction:acme/agrees", "interaction:acme/other"} - {
+        e.key for e in suite.eval}
