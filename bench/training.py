@@ -64,31 +64,35 @@ def measured(out: dict[str, Any]):
 def generated_profile(n: int, seed: int) -> tuple[list, list, list]:
     """(pretraining conversations, LoRA train, LoRA validation) from demo logs."""
     from ml.demo.generate import generate_records
+
+    records = []
+    for line in generate_records(n, seed):  # JSONL lines; the planted malformed ones are left out
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("messages"), list):
+            records.append(rec)
+    return _split(records)
+
+
+def _split(records: list[dict]) -> tuple[list, list, list]:
+    """Conversations with the logged reply, and with the corrected reply (a fifth of those for
+    validation), both through ``conversations_from_rows`` (bad roles and rows left out)."""
     from ml.training.base_model import conversations_from_rows
 
-    records = [r for r in generate_records(n, seed) if isinstance(r, dict)]
     convs, _ = conversations_from_rows(records)
-    fixes = [[*r["messages"], {"role": "assistant",
-                               "content": r["human_correction"]["corrected_response"]}]
-             for r in records if (r.get("human_correction") or {}).get("corrected_response")]
+    fixes, _ = conversations_from_rows(
+        {"messages": r["messages"], "response": r["human_correction"]["corrected_response"]}
+        for r in records if (r.get("human_correction") or {}).get("corrected_response"))
     cut = max(1, len(fixes) // 5)
     return convs, fixes[cut:], fixes[:cut]
 
 
 def oasst_profile(data: Path) -> tuple[list, list, list]:
     from ml.importers import Accepted, read_oasst
-    from ml.training.base_model import conversations_from_rows
 
-    records = [a.record for a in read_oasst(data / OASST) if isinstance(a, Accepted)]
-    convs, _ = conversations_from_rows(records)
-    fixes = []
-    for r in records:
-        fix = (r.get("human_correction") or {}).get("corrected_response")
-        if fix:
-            msgs = [{"role": m["role"], "content": m["content"]} for m in r["messages"]]
-            fixes.append([*msgs, {"role": "assistant", "content": fix}])
-    cut = max(1, len(fixes) // 5)
-    return convs, fixes[cut:], fixes[:cut]
+    return _split([a.record for a in read_oasst(data / OASST) if isinstance(a, Accepted)])
 
 
 def run_profile(name: str, convs: list, train: list, validation: list, work: Path,
