@@ -12,7 +12,7 @@ WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: help install lock lint demo test dev serve mlflow bench bench-pii bench-collector bench-auditor clean browser
+.PHONY: help install lock lint demo test dev serve mlflow bench bench-pii bench-collector bench-auditor bench-training clean browser
 
 help:
 	@echo "make demo   - install, then run the whole chain on the embedded default (no server, no key)"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-pii - PII recall/precision of ml.pii vs Presidio on labelled texts (bench/pii.py)"
 	@echo "make bench-collector - the log collector under load, from a separate process (bench/collector.py)"
 	@echo "make bench-auditor - the offline rules auditor on public labelled sets (bench/auditor_eval.py)"
+	@echo "make bench-training - pretraining and LoRA throughput, the demo's training and evaluation time (bench/training.py)"
 	@echo "make lock   - recompile requirements.lock from pyproject.toml (+ test extra), keeping its pins;"
 	@echo "              LOCK_ARGS=--upgrade-package NAME (or --upgrade) moves pins, then run make test"
 
@@ -100,6 +101,11 @@ bench-collector: install
 # the offline rules auditor on public labelled sets (oasst1, hh-rlhf): docs/auditing.md
 bench-auditor: install
 	$(BIN)/python bench/auditor_eval.py
+
+# pretraining and LoRA throughput (generated and oasst1 data) and the demo's training_job
+# step times (about 20 minutes): docs/benchmarks.md
+bench-training: install
+	$(BIN)/python bench/training.py $(if $(wildcard ../shared/data),--real ../shared/data,) --demo
 
 clean:
 	rm -rf $(VENV) .learnloop
