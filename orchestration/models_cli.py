@@ -56,6 +56,16 @@ def models() -> None:
     pass
 
 
+def _method(v) -> str:
+    """How a version was made: its ``learnloop.method`` tag (lora, lora+dpo, openai, gemini),
+    ``base`` for a base model, else a plain ``method`` tag, else ``-``."""
+    if v.tags.get("learnloop.method"):
+        return v.tags["learnloop.method"]
+    if v.tags.get("learnloop.role") == "base":
+        return "base"
+    return v.tags.get("method", "-")
+
+
 @models.command("list", help="Every version, newest first: aliases, method, dataset version "
                              "and evaluation metrics.")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON")
@@ -74,7 +84,7 @@ def list_cmd(as_json: bool) -> None:
     for v in rows:
         cols = [_eval_value(v, k) for k in EVAL_COLUMNS]
         click.echo(f"{v.version:>7}  {','.join(v.aliases) or '-':<20} "
-                   f"{v.created[:19].replace('T', ' '):<19}  {v.tags.get('method', '-'):<8} "
+                   f"{v.created[:19].replace('T', ' '):<19}  {_method(v):<8} "
                    f"{v.tags.get('dataset_version', '-')[:12]:<12}  {cols[0]:>11} {cols[1]:>16} "
                    f"{cols[2]:>4}")
 

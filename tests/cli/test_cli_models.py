@@ -92,3 +92,20 @@ def test_an_empty_home_says_so_and_creates_no_store(learnloop_home):
     assert "models     learnloop-assistant: versions 0 · latest - · champion - · challenger -" \
         in _run("status").output
     assert not (learnloop_home / "mlflow.db").exists()
+
+
+def test_list_shows_the_method_the_training_assets_tag(learnloop_home):
+    """The assets tag ``learnloop.method`` / ``learnloop.role`` (assets.training.lineage_tags)."""
+    from assets.training import lineage_tags
+
+    reg = Registry.from_settings(Settings())
+    with reg.start_run("base") as run_id:
+        base = reg.register_version("/models/base", run_id, {"learnloop.role": "base"})
+    with reg.start_run("candidate") as run_id:
+        cand = reg.register_version("/models/cand", run_id, lineage_tags(
+            role="candidate", method="lora+dpo", base_model="/models/base",
+            dataset_version=VERSION_HASH, parent_version=base, dagster_run_id="r"))
+    lines = _run("models", "list").output.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert "lora+dpo" in rows[cand]
+    assert "base" in rows[base]
