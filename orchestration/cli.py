@@ -454,6 +454,25 @@ def _enough_for_a_dataset(settings: Settings) -> bool:
     return have >= need
 
 
+def _only_too_small(settings: Settings) -> bool:
+    """True when the newest training dataset version failed only ``check_min_size`` (the
+    approved samples were enough, but de-duplication left too few): a demo outcome to report
+    (run it with more --interactions), not an error. Says so."""
+    from store.datasets import list_datasets
+    from store.db import session_scope
+
+    with session_scope(settings.store) as s:
+        versions = list_datasets(s, kind="training")
+        newest = max(versions, key=lambda d: d.created_at) if versions else None
+        failed = list((newest.stats or {}).get("failed_checks") or []) if newest else []
+        n_train = newest.n_train if newest else 0
+    if newest is None or failed != ["check_min_size"]:
+        return False
+    click.echo(f"training dataset too small after de-duplication ({n_train} train examples; "
+               f"check_min_size failed): run the demo with more --interactions")
+    return True
+
+
 def _has_ready_dataset(settings: Settings) -> bool:
     from store.datasets import list_datasets
     from store.db import session_scope
@@ -583,7 +602,8 @@ def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
             review("proposed corrections", "sample")
             ok = run_jobs(settings, defs, instance, ["teaching_job"], guard=guard) and ok
             if _enough_for_a_dataset(settings):
-                ok = run_jobs(settings, defs, instance, ["datasets_job"], guard=guard) and ok
+                built = run_jobs(settings, defs, instance, ["datasets_job"], guard=guard)
+                ok = (built or _only_too_small(settings)) and ok
                 if _has_ready_dataset(settings):
                     trained = train_with_progress(settings, defs, instance, guard=guard)
                     verdict = report_gate(settings)

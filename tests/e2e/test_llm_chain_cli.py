@@ -49,6 +49,10 @@ def test_demo_chain_runs_through_the_openai_client(tmp_path):
         run = subprocess.run([str(LEARNLOOP), "demo", "--interactions", "150"], env=env,
                              cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        # the stand-in teacher writes one correction for everything: after de-duplication 150
+        # interactions leave too few examples, which the demo reports instead of failing
+        if "training_job skipped" in run.stdout:
+            assert "training dataset too small after de-duplication" in run.stdout
         calls = server.calls
         auth = {r.headers.get("authorization") for r in server.requests}
         status = subprocess.run([str(LEARNLOOP), "status", "--json"], env=env, cwd=ROOT,
