@@ -154,8 +154,8 @@ def run_demo(work: Path) -> dict[str, Any]:
         if not runs:
             raise RuntimeError("the demo ran no training_job")
         run = runs[0]
-        out["training_job_s"] = round(instance.get_run_stats(run.run_id).end_time
-                                      - instance.get_run_stats(run.run_id).start_time, 1)
+        stats = instance.get_run_stats(run.run_id)
+        out["training_job_s"] = round(stats.end_time - stats.start_time, 1)
         out["steps_s"] = {s.step_key: round(s.end_time - s.start_time, 1)
                           for s in instance.get_run_step_stats(run.run_id)
                           if s.end_time and s.start_time}

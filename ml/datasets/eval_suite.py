@@ -109,8 +109,9 @@ def _stratified(pool: Mapping[str, list[Example]], quotas: Mapping[str, int], to
 
 def _question_key(ex: Example) -> str | None:
     """The last user message, case-folded, whitespace collapsed, end punctuation stripped."""
-    q = ex.question
-    return normalise_text(q).casefold().rstrip(" .?!") or None if q is not None else None
+    if ex.question is None:
+        return None
+    return normalise_text(ex.question).casefold().rstrip(" .?!") or None
 
 
 def select_eval_suite(corrections: Iterable[Example | Mapping[str, Any]],
@@ -177,7 +178,6 @@ def select_eval_suite(corrections: Iterable[Example | Mapping[str, Any]],
     good: list[Example] = []
     prev_ret = frozenset(previous_retention_keys)
     for ex in hist:
-        q = _question_key(ex)
         if not (ex.thumbs_up is True
                 or (ex.quality is not None and ex.quality >= retention_min_quality)):
             counts["history_not_good"] += 1
@@ -185,7 +185,8 @@ def select_eval_suite(corrections: Iterable[Example | Mapping[str, Any]],
             counts["history_invalid"] += 1
         elif ex.key in eval_keys or ex.prompt_hash in eval_prompts:
             counts["history_in_eval"] += 1
-        elif q in corrected and normalise_text(ex.completion) not in corrected[q]:
+        elif (q := _question_key(ex)) in corrected \
+                and normalise_text(ex.completion) not in corrected[q]:
             # reviewers approved another answer to this very question: this reply may be the
             # mistake they corrected (a stale price users liked), not behaviour to retain
             counts["history_superseded"] += 1
