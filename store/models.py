@@ -277,35 +277,101 @@ class ModelEvaluation(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+DEPLOYMENT_ACTIONS = ("set_challenger", "clear_challenger", "start_experiment", "advance",
+                      "promote", "rollback", "archive")
+
+
 class ModelDeployment(Base):
+    """Every change of who serves: an alias set, moved or cleared, an experiment started or
+    advanced, a version archived; with who or which trigger did it (``actor``), why, and the
+    figures it rested on. Append-only but for ``status``/``ended_at``: the row of the alias's
+    current holder is ``active`` until another version takes the alias (``retired``) or a
+    rollback removes it (``rolled_back``)."""
+
     __tablename__ = "model_deployments"
+    __table_args__ = (Index("ix_model_deployments_alias", "model_name", "alias", "status"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_name: Mapped[str] = mapped_column(String(256))
     model_version: Mapped[str] = mapped_column(String(64))
-    alias: Mapped[str] = mapped_column(String(32))  # champion | challenger
+    alias: Mapped[str] = mapped_column(String(32))  # champion | challenger | archived
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | retired | rolled_back
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    action: Mapped[str] = mapped_column(String(32), server_default="promote")
+    actor: Mapped[str] = mapped_column(String(128), server_default="unknown")
+    previous_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    figures: Mapped[dict] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
+    experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), nullable=True)
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+EXPERIMENT_STATUSES = ("running", "promoted", "rolled_back", "stopped")
 
 
 class Experiment(Base):
+    """An A/B test of the challenger (treatment) against the champion (control): staged traffic
+    (``stages``, the treatment's share at each; ``stage`` the index now), the policy it is
+    decided by, and its outcome. ``version`` makes every move a compare-and-set: two deciders
+    never overwrite each other silently."""
+
     __tablename__ = "experiments"
+    __table_args__ = (Index("ix_experiments_model_status", "model_name", "status"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     champion_version: Mapped[str] = mapped_column(String(64))
     challenger_version: Mapped[str] = mapped_column(String(64))
-    traffic_split: Mapped[float] = mapped_column(Float, default=0.1)
+    traffic_split: Mapped[float] = mapped_column(Float, default=0.1)  # the treatment's share now
     status: Mapped[str] = mapped_column(String(16), default="running")
-    result: Mapped[dict] = mapped_column(JSON, default=dict)
+    result: Mapped[dict] = mapped_column(JSON, default=dict)  # the latest decision's figures
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    model_name: Mapped[str] = mapped_column(String(256), server_default="")
+    stages: Mapped[list] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    stage: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    stage_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)
+    subject_key: Mapped[str] = mapped_column(String(16), server_default="user")  # user | session
+    policy: Mapped[dict] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
+    decision: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_by: Mapped[str] = mapped_column(String(128), server_default="unknown")
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ExperimentDecision(Base):
+    """Append-only: every look at an experiment (continue, advance, promote, rollback, stop) with
+    every figure it rested on (per-arm metrics, tests, thresholds)."""
+
+    __tablename__ = "experiment_decisions"
+    __table_args__ = (Index("ix_experiment_decisions_experiment", "experiment_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"))
+    action: Mapped[str] = mapped_column(String(32))  # continue | advance | promote | rollback | stop
+    stage: Mapped[int] = mapped_column(Integer)
+    traffic_split: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    figures: Mapped[dict] = mapped_column(JSON, default=dict)
+    actor: Mapped[str] = mapped_column(String(128))
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+ALERT_KINDS = ("quality_degradation", "provider_error_rate", "cost_over_budget", "rollback",
+               "gate_failed", "review_queue_stalled", "experiment_decided")
 
 
 class Alert(Base):
+    """An alert: raised once per ``dedupe_key`` while it is open (a repeat counts in
+    ``occurrences`` and ``last_seen_at``); ``notified`` lists the channels that delivered it."""
+
     __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_dedupe_key", "dedupe_key"),
+                      Index("ix_alerts_status", "status"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(64))
@@ -314,6 +380,39 @@ class Alert(Base):
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    dedupe_key: Mapped[str] = mapped_column(String(300), server_default="")
+    source: Mapped[str] = mapped_column(String(128), server_default="")
+    status: Mapped[str] = mapped_column(String(16), server_default="open")  # open | acknowledged | resolved
+    occurrences: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    notified: Mapped[list] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                             nullable=True)
+
+
+class ServedTurn(Base):
+    """A reply the serving API gave, waiting for its feedback before it goes to the landing zone
+    as a whole interaction record (``record``, the interaction record contract). It is written
+    (``flushed_at`` set) when feedback arrives, the session's next turn comes, the session ends,
+    or the feedback window passes; nothing is lost if the service restarts in between."""
+
+    __tablename__ = "served_turns"
+    __table_args__ = (Index("ix_served_turns_session", "session_id"),
+                      Index("ix_served_turns_pending", "flushed_at", "created_at"))
+
+    interaction_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(128))
+    session_id: Mapped[str] = mapped_column(String(256))
+    subject: Mapped[str] = mapped_column(String(256))
+    model_version: Mapped[str] = mapped_column(String(64))
+    experiment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    arm: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    record: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    flushed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    landing_file: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ConfigHistory(Base):
