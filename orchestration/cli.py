@@ -608,10 +608,28 @@ def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
                     trained = train_with_progress(settings, defs, instance, guard=guard)
                     verdict = report_gate(settings)
                     ok = (trained or verdict is False) and ok
+                    if verdict:
+                        ok = _demo_second_wave(settings, defs, instance, guard, seed) and ok
             return run_jobs(settings, defs, instance, ["analytics_job"], guard=guard) and ok
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+
+
+def _demo_second_wave(settings: Settings, defs, instance, guard, seed: int) -> bool:
+    """The loop closed: an A/B test of the challenger on simulated users served by the serving
+    API (orchestration/demo_loop.py)."""
+    from orchestration import runner
+    from orchestration.demo_loop import close_the_loop
+
+    def ingest_day(day: str) -> bool:
+        failed = runner.run_ingest(defs, instance, [day], guard=guard)
+        if failed:
+            click.echo(f"ingest of {day} FAILED: see the run in the Dagster UI", err=True)
+        return not failed
+
+    return close_the_loop(settings, defs, instance, guard, seed, run_jobs=run_jobs,
+                          ingest_day=ingest_day)
 
 
 DEV_PORT = 3000

@@ -182,7 +182,7 @@ class ArmTally:
 
 
 def run_wave(client: WaveClient, sessions: Iterable[WaveSession], seed: int,
-             on_turn: Callable[[], None] | None = None) -> dict[str, ArmTally]:
+             on_session: Callable[[], None] | None = None) -> dict[str, ArmTally]:
     """Serve every session through ``client`` and report each reaction back; returns the tally
     per arm (``control`` / ``treatment``; ``champion`` when no experiment routed the user)."""
     rng = random.Random(seed + 2 * WAVE_SEED_OFFSET)
@@ -218,10 +218,10 @@ def run_wave(client: WaveClient, sessions: Iterable[WaveSession], seed: int,
             if fb is not None or signals["requested_human"] or signals["abandoned"] \
                     or signals["completed_action"]:
                 client.feedback(iid, fb, signals)
-            if on_turn is not None:
-                on_turn()
             if not signals["user_continued"]:
                 break
             messages.append({"role": "assistant", "content": reply})
         client.end_session(s.session_id, signals)
+        if on_session is not None:
+            on_session()
     return tallies
