@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from store.models import (
@@ -159,8 +160,13 @@ def start_experiment(session: Session, *, model_name: str, champion_version: str
                      traffic_split=shares[0], status="running", result={}, policy=dict(policy),
                      subject_key=subject_key, started_by=started_by, started_at=now,
                      stage_started_at=now, version=1, updated_at=now)
-    session.add(exp)
-    session.flush()
+    try:
+        with session.begin_nested():  # a savepoint: the caller's transaction survives a conflict
+            session.add(exp)
+            session.flush()
+    except IntegrityError as exc:  # another process started one between the check and the insert
+        raise ExperimentConflict(f"{model_name} already has a running experiment (started "
+                                 f"concurrently); stop it first") from exc
     return exp
 
 

@@ -317,7 +317,13 @@ class Experiment(Base):
     never overwrite each other silently."""
 
     __tablename__ = "experiments"
-    __table_args__ = (Index("ix_experiments_model_status", "model_name", "status"),)
+    __table_args__ = (
+        Index("ix_experiments_model_status", "model_name", "status"),
+        # at most one running experiment per registered model, even for two starts at once
+        Index("uq_experiments_one_running", "model_name", unique=True,
+              sqlite_where=text("status = 'running'"),
+              postgresql_where=text("status = 'running'")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)

@@ -343,3 +343,28 @@ def test_list_and_last_decided(store_url):
         assert list_experiments(s, "other") == []
         assert last_decided_experiment(s, M).id == second
         assert last_decided_experiment(s, "other") is None
+
+
+def test_the_database_refuses_a_second_running_experiment_even_past_the_check(store_url):
+    """Two starts at once both pass start_experiment's check; the partial unique index
+    (uq_experiments_one_running) lets only one running row in: the other gets an
+    ExperimentConflict, and the caller's transaction goes on."""
+    from sqlalchemy.exc import IntegrityError
+
+    from store.models import Experiment
+
+    with session_scope(store_url) as s:
+        start_experiment(s, model_name=M, champion_version="1", challenger_version="2",
+                         stages=[0.1, 1.0], policy={}, subject_key="user", started_by="t")
+    with pytest.raises(IntegrityError), session_scope(store_url) as s:
+        s.add(Experiment(name="bypass", model_name=M, champion_version="1",
+                         challenger_version="3", stages=[1.0], status="running"))
+        s.flush()
+    with session_scope(store_url) as s:  # a finished experiment does not count
+        exp = running_experiment(s, M)
+        finish_experiment(s, exp.id, exp.version, "stop", "done", {})
+        s.add(Experiment(name="other-model", model_name="other", champion_version="1",
+                         challenger_version="2", stages=[1.0], status="running"))
+        start_experiment(s, model_name=M, champion_version="1", challenger_version="3",
+                         stages=[0.5, 1.0], policy={}, subject_key="user", started_by="t")
+        assert len(list_experiments(s, M)) == 2

@@ -39,6 +39,9 @@ def upgrade() -> None:
                                       server_default='1'))
         batch_op.add_column(sa.Column('updated_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index('ix_experiments_model_status', ['model_name', 'status'])
+        batch_op.create_index('uq_experiments_one_running', ['model_name'], unique=True,
+                              sqlite_where=sa.text("status = 'running'"),
+                              postgresql_where=sa.text("status = 'running'"))
     with op.batch_alter_table('model_deployments', schema=None) as batch_op:
         batch_op.add_column(sa.Column('action', sa.String(length=32), nullable=False,
                                       server_default='promote'))
@@ -125,6 +128,7 @@ def downgrade() -> None:
                     'action'):
             batch_op.drop_column(col)
     with op.batch_alter_table('experiments', schema=None) as batch_op:
+        batch_op.drop_index('uq_experiments_one_running')
         batch_op.drop_index('ix_experiments_model_status')
         for col in ('updated_at', 'version', 'started_by', 'reason', 'decision', 'policy',
                     'subject_key', 'stage_started_at', 'stage', 'stages', 'model_name'):
