@@ -18,6 +18,7 @@ first-party: the store records and de-duplicates alerts (``store.alerts``), and
 
 from __future__ import annotations
 
+import email.policy
 import json
 import logging
 import smtplib
@@ -196,14 +197,17 @@ class WebhookChannel:
 
 
 class SmtpChannel:
-    """An e-mail per alert through ``host:port`` (STARTTLS when ``starttls``, then a login when
-    ``username`` is set). Subject: ``[learnloop] <severity> <kind>: <message first line>``."""
+    """An e-mail per alert through ``host:port`` (STARTTLS when ``starttls``, verifying the
+    server's certificate, then a login when ``username`` is set). Subject:
+    ``[learnloop] <severity> <kind>: <message first line>``. A server that does not offer
+    STARTTLS while ``starttls`` is on is an error, never a silent plain-text login."""
 
     name = "smtp"
 
     def __init__(self, host: str, port: int, sender: str, recipients: Sequence[str],
                  username: str | None = None, password: str | SecretStr | None = None,
-                 starttls: bool = True, timeout_s: float = 10.0):
+                 starttls: bool = True, timeout_s: float = 10.0,
+                 tls_context: ssl.SSLContext | None = None):
         if not host:
             raise ValueError("SMTP host is empty")
         if not sender or "@" not in sender:
@@ -219,6 +223,7 @@ class SmtpChannel:
         self.host, self.port, self.sender = host, int(port), sender
         self.recipients = recipients
         self.username, self.starttls, self.timeout_s = username, starttls, float(timeout_s)
+        self.tls_context = tls_context  # None: the system's trusted CAs, host name checked
         self._password = (password if isinstance(password, SecretStr) or password is None
                           else SecretStr(password))
 
@@ -227,7 +232,9 @@ class SmtpChannel:
                 f"username={self.username!r}, starttls={self.starttls})")
 
     def message(self, alert: Mapping[str, Any]) -> EmailMessage:
-        msg = EmailMessage()
+        # lines up to RFC 5322's 998 characters: no folding of the subject (whose first line is
+        # at most 160 characters), which some readers would show with a leading space
+        msg = EmailMessage(policy=email.policy.SMTP.clone(max_line_length=998))
         msg["Subject"] = subject(alert)
         msg["From"] = self.sender
         msg["To"] = ", ".join(self.recipients)
@@ -240,7 +247,7 @@ class SmtpChannel:
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
                 if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=self.tls_context or ssl.create_default_context())
                 if self.username:
                     smtp.login(self.username, self._password.get_secret_value())
                 refused = smtp.send_message(self.message(alert))
@@ -268,8 +275,9 @@ class AlertSettings(BaseSettings):
     """Alerting: channels, throttling and the thresholds of the health checks
     (``LEARNLOOP_ALERT_*``; the monthly budget is ``LEARNLOOP_MONTHLY_BUDGET_USD``)."""
 
+    # a bad value is named in the error, never echoed (it may be the webhook URL or a header)
     model_config = SettingsConfigDict(env_prefix="LEARNLOOP_ALERT_", extra="ignore",
-                                      populate_by_name=True)
+                                      populate_by_name=True, hide_input_in_errors=True)
 
     webhook_url: SecretStr | None = Field(
         default=None, description="POST every alert as JSON here (a chat tool's incoming "
