@@ -33,8 +33,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
-# the same values as store.models.ALERT_KINDS (tests/ml/test_alerts.py asserts it); who raises
-# each one is in docs/alerts.md
+# the same values as store.models.ALERT_KINDS (tests/store/test_alerts_store.py asserts it); who
+# raises each one is in the alerting section of docs/operations.md
 ALERT_KINDS: tuple[str, ...] = ("quality_degradation", "provider_error_rate", "cost_over_budget",
                                 "rollback", "gate_failed", "review_queue_stalled",
                                 "experiment_decided")
@@ -386,4 +386,5 @@ def deliver(alert: Mapping[str, Any], targets: Sequence[Channel], min_severity: 
 
 __all__ = ["ALERT_KINDS", "SEVERITIES", "SEVERITY_RANK", "AlertDeliveryError", "AlertSettings",
            "Channel", "LogChannel", "SmtpChannel", "WebhookChannel", "at_least", "body_text",
-           "channels", "check_alert", "check_severity", "deliver", "redact_details", "safe_url", "subject"]
+           "channels", "check_alert", "check_severity", "deliver", "redact_details", "safe_url",
+           "subject"]

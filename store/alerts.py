@@ -280,7 +280,10 @@ def review_queue_age(session: Session, now: datetime) -> dict[str, Any]:
         .where(ReviewItem.status == "pending")).one()
     last = session.scalar(select(func.max(ReviewEvent.at)).where(ReviewEvent.action == "decide"))
     oldest, last = as_utc(oldest), as_utc(last)
-    hours = lambda t: None if t is None else max(0.0, (now - t).total_seconds() / 3600)  # noqa: E731
+
+    def hours(t: datetime | None) -> float | None:
+        return None if t is None else max(0.0, (now - t).total_seconds() / 3600)
+
     return {"pending": int(pending), "oldest_created_at": _iso(oldest),
             "oldest_age_h": hours(oldest) if pending else None,
             "last_decision_at": _iso(last), "decision_age_h": hours(last)}
