@@ -1,0 +1,96 @@
+"""Declarative automation of the dbt models: the condition on every model, the sensor that
+evaluates it, and what an evaluation requests after new upstream data (Dagster's own evaluator
+on an ephemeral instance; no run is launched)."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from assets.analytics import ANALYTICS_GROUP, AUTOMATION_CONDITION, dbt_analytics_assets
+from orchestration.automation import analytics_automation_sensor
+from orchestration.definitions import defs
+
+ANALYTICS = dg.AssetSelection.groups(ANALYTICS_GROUP)
+READ_INTERACTIONS = {"stg_interactions", "int_interactions_enriched", "int_interaction_outcomes",
+                     "fct_interactions", "daily_quality", "feedback_loop_metrics",
+                     "auditor_agreement", "model_performance", "experiment_arms"}
+
+
+def _requested(result) -> set[str]:
+    return {r.key.to_user_string() for r in result.results
+            if isinstance(r.key, dg.AssetKey) and result.get_num_requested(r.key)}
+
+
+@pytest.fixture()
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def test_every_dbt_model_and_only_they_carry_the_automation_condition():
+    graph = defs.resolve_asset_graph()
+    automated = {k.to_user_string() for k in graph.get_all_asset_keys()
+                 if graph.get(k).automation_condition is not None}
+    assert automated == {k.to_user_string() for k in dbt_analytics_assets.keys}
+    assert {"model_performance", "experiment_arms"} <= automated
+    for key in dbt_analytics_assets.keys:
+        assert graph.get(key).automation_condition == AUTOMATION_CONDITION
+
+
+def test_the_analytics_automation_sensor_runs_by_default_and_replaces_the_default_sensor():
+    sensors = {s.name: s for s in defs.get_repository_def().sensor_defs}
+    assert "default_automation_condition_sensor" not in sensors  # every condition is targeted
+    sensor = sensors["analytics_automation_sensor"]
+    assert sensor is analytics_automation_sensor
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    assert sensor.asset_selection.resolve(graph) == set(dbt_analytics_assets.keys)
+
+
+def test_new_interactions_request_the_models_downstream_of_them_once(instance):
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                              asset_selection=ANALYTICS)
+    assert first.total_requested == 0  # nothing new upstream
+
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("interactions", partition="2025-01-01"))
+    second = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                               asset_selection=ANALYTICS, cursor=first.cursor)
+    # all of them in one tick (one run): the views too, though most landing days are missing
+    assert _requested(second) == READ_INTERACTIONS
+
+    third = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                              asset_selection=ANALYTICS, cursor=second.cursor)
+    assert third.total_requested == 0  # requested once, not on every tick
+
+
+def test_a_new_evaluation_requests_only_model_comparison(instance):
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                              asset_selection=ANALYTICS)
+    instance.report_runless_asset_event(dg.AssetMaterialization("candidate_evaluation"))
+    second = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                               asset_selection=ANALYTICS, cursor=first.cursor)
+    assert _requested(second) == {"stg_model_evaluations", "model_comparison"}
+
+
+def test_plain_eager_would_never_fire_below_daily_partitions(instance):
+    """Why AUTOMATION_CONDITION drops eager's ~any_deps_missing(): with one landing day ingested
+    and the others missing, plain eager() waits for ever."""
+    days = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_offset=1)
+
+    @dg.asset(partitions_def=days)
+    def interactions() -> None: ...
+
+    @dg.asset(deps=[interactions], automation_condition=dg.AutomationCondition.eager())
+    def plain() -> None: ...
+
+    @dg.asset(deps=[interactions], automation_condition=AUTOMATION_CONDITION)
+    def ours() -> None: ...
+
+    first = dg.evaluate_automation_conditions(defs=[interactions, plain, ours], instance=instance)
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("interactions", partition="2025-01-02"))
+    second = dg.evaluate_automation_conditions(defs=[interactions, plain, ours],
+                                               instance=instance, cursor=first.cursor)
+    assert _requested(second) == {"ours"}
