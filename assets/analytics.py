@@ -43,21 +43,25 @@ last 5 experiments) and numeric figures the UI plots across materializations (``
 names them: ``<metric>_7d__<model>_v<version>`` and ``<metric>__<arm>``). They are read, bounded
 by LIMIT, over one read-only connection once dbt has exited (``MART_SUMMARIES``).
 
-Declarative automation. Every dbt model carries ``AUTOMATION_CONDITION``: ``eager()`` without its
-``~any_deps_missing()`` clause. When a source asset (interactions, interaction_quality,
-audited_errors, review_decisions, candidate_evaluation) gets a new materialization, the next
+Declarative automation. Every dbt model carries ``AUTOMATION_CONDITION``: ``eager()`` whose "no
+dependency missing" clause looks at the dbt models only. When a source asset (interactions,
+interaction_quality, audited_errors, review_decisions, candidate_evaluation) gets a new
+materialization, the next
 evaluation requests the models that read it and, in the same tick, everything downstream of them
 (``any_deps_updated`` counts a dependency that will be requested): one run, one ``dbt build
 --select`` of that part of the project with its tests. Why not eager on the marts alone: a mart's
 dependencies are the staging and intermediate views, which nothing else would materialize between
 two analytics_job runs, so a mart-only condition never sees an update (the views cost a
-``create view`` each). Why without ``~any_deps_missing()``: the sources are daily-partitioned and
-most landing days have no data, so "some partition of a dependency is missing" is always true and
-plain eager never fires; the models build on whatever partitions exist (``ensure_source_tables``
-covers a source never written). A run never starts while a dependency or the model itself is in
+``create view`` each). Why the missing-dependency clause ignores the sources: they are
+daily-partitioned and most landing days have no data, so "some partition of a dependency is
+missing" is always true and plain eager never fires; the models build on whatever partitions
+exist (``ensure_source_tables`` covers a source never written). Why it keeps the dbt models: a
+model must not be built before the views it reads exist, so on a fresh instance the automation
+waits for the first full build (analytics_job: its schedule, ``learnloop run``/``demo``, the UI)
+instead of failing a run. A run never starts while a dependency or the model itself is in
 a run (``~any_deps_in_progress``, ``~in_progress``), and a run that materializes a source together
 with the models (analytics_job) does not trigger another. The conditions are evaluated by
-``analytics_automation_sensor`` (orchestration/sensors.py) under the Dagster daemon; the hourly
+``analytics_automation_sensor`` (orchestration/automation.py) under the Dagster daemon; the hourly
 analytics_schedule stays as the floor. ``learnloop run``/``demo`` run jobs explicitly and evaluate
 no condition. To turn automation off, stop that sensor in the UI (Automation tab).
 """
@@ -87,9 +91,16 @@ from ml.tables import TABLE_LIST
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
 ANALYTICS_GROUP = "analytics"
-# every dbt model: eager() without ~any_deps_missing() (module docstring: "Declarative automation")
-AUTOMATION_CONDITION = dg.AutomationCondition.eager().without(
-    ~dg.AutomationCondition.any_deps_missing()).with_label("eager_on_existing_partitions")
+# every dbt model (module docstring: "Declarative automation"): eager(), but a missing dependency
+# holds a model back only when it is another dbt model, not a landing-day partition of a source
+AUTOMATION_CONDITION = (
+    (dg.AutomationCondition.newly_missing()
+     | dg.AutomationCondition.any_deps_updated()).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing().allow(
+        dg.AssetSelection.groups(ANALYTICS_GROUP)).with_label("any_dbt_deps_missing")
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("eager_after_upstream_data")
 # directories of the dbt project that are outputs, not inputs, of a parse
 _GENERATED_DIRS = {"target", "logs", "dbt_packages"}
 

@@ -191,7 +191,8 @@ def experiment_arms_summary(con: duckdb.DuckDBPyConnection, relation: str, *,
                                 ORDER BY experiment_id DESC LIMIT {experiments})
         ORDER BY experiment_id DESC, arm, model_version LIMIT {max_rows + 1}""")
     shown = len({r["experiment_id"] for r in rows[:max_rows]})
-    title = f"Arms of the last {shown} experiment{'s' if shown != 1 else ''} of {count}, newest first"
+    plural = "s" if shown != 1 else ""
+    title = f"Arms of the last {shown} experiment{plural} of {count}, newest first"
     if len(rows) > max_rows:
         title += f"; the first {max_rows} rows"
     figures: dict[str, int | float] = {"experiments": int(count), "experiment_id": int(latest)}

@@ -102,9 +102,11 @@ def _build_warehouse(path: Path, interactions: list[dict], audited: list[dict]) 
         con.close()  # the other source tables are created empty by the asset
 
 
-def _materialize(raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+def _materialize(raise_on_error: bool = True, instance: dg.DagsterInstance | None = None,
+                 selection: list[dg.AssetKey] | None = None) -> dg.ExecuteInProcessResult:
     return dg.materialize([dbt_analytics_assets], resources=resources_for(dbt=dbt_resource),
-                          instance=dg.DagsterInstance.ephemeral(), raise_on_error=raise_on_error)
+                          instance=instance or dg.DagsterInstance.ephemeral(),
+                          selection=selection, raise_on_error=raise_on_error)
 
 
 def _rows(path: Path, table: str) -> list[dict]:
@@ -228,6 +230,48 @@ def test_model_performance_and_experiment_arms_from_served_replies(learnloop_hom
     assert meta["mean_quality_score__treatment"] == pytest.approx(0.7)
     assert meta["handoff_rate__treatment"] == pytest.approx(0.25)
     assert meta["auditor_error_rate__control"] == pytest.approx(0.5)
+
+
+def test_the_run_the_automation_requests_after_new_replies_rebuilds_the_marts(
+        learnloop_home: Path):
+    """A first full build, then a served reply lands: the automation sensor's evaluation
+    requests the models downstream of interactions, and that subset build (its dbt tests riding
+    along) brings the new reply into both marts."""
+    from orchestration.definitions import defs
+
+    warehouse = learnloop_home / "warehouse.duckdb"
+    _build_warehouse(warehouse, INTERACTIONS, AUDITED)
+    instance = dg.DagsterInstance.ephemeral()
+    assert _materialize(instance=instance).success
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert first.total_requested == 0
+
+    con = duckdb.connect(str(warehouse))
+    try:
+        row = _reply("t5", D2, 15, "2", E7T, thumbs="down")
+        con.execute(f"INSERT INTO main.interactions ({', '.join(row)}) "
+                    f"VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+    finally:
+        con.close()
+    instance.report_runless_asset_event(dg.AssetMaterialization("interactions",
+                                                                partition=str(D2)))
+    second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    requested = {r.key for r in second.results
+                 if isinstance(r.key, dg.AssetKey) and second.get_num_requested(r.key)}
+    assert {dg.AssetKey(m) for m in MARTS} <= requested
+    assert dg.AssetKey("training_data_growth") not in requested
+
+    result = _materialize(instance=instance, selection=sorted(requested))
+
+    assert result.success
+    assert {e.asset_key for e in result.get_asset_materialization_events()} == requested
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    treatment = [r for r in _rows(warehouse, "experiment_arms")
+                 if (r["experiment_id"], r["arm"]) == (7, "treatment")]
+    assert [(r["interactions"], r["thumbs_up_rate"]) for r in treatment] == [(5, 3 / 5)]
+    assert _metadata(result, "experiment_arms")["thumbs_up_rate__treatment"] == \
+        pytest.approx(3 / 5)
+    assert _metadata(result, "model_performance")["interactions_7d__bot_v2"] == 7
 
 
 def test_the_marts_build_without_served_traffic_or_verdicts(learnloop_home: Path):

@@ -22,10 +22,23 @@ def _requested(result) -> set[str]:
             if isinstance(r.key, dg.AssetKey) and result.get_num_requested(r.key)}
 
 
+def _evaluate(instance, cursor=None):
+    return dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                             asset_selection=ANALYTICS, cursor=cursor)
+
+
 @pytest.fixture()
 def instance():
     with dg.instance_for_test() as inst:
         yield inst
+
+
+@pytest.fixture()
+def built(instance):
+    """An instance on which every dbt model was built once (a first analytics_job run)."""
+    for key in dbt_analytics_assets.keys:
+        instance.report_runless_asset_event(dg.AssetMaterialization(key))
+    return instance
 
 
 def test_every_dbt_model_and_only_they_carry_the_automation_condition():
@@ -48,49 +61,62 @@ def test_the_analytics_automation_sensor_runs_by_default_and_replaces_the_defaul
     assert sensor.asset_selection.resolve(graph) == set(dbt_analytics_assets.keys)
 
 
-def test_new_interactions_request_the_models_downstream_of_them_once(instance):
-    first = dg.evaluate_automation_conditions(defs=defs, instance=instance,
-                                              asset_selection=ANALYTICS)
+def test_new_interactions_request_the_models_downstream_of_them_once(built):
+    first = _evaluate(built)
     assert first.total_requested == 0  # nothing new upstream
 
-    instance.report_runless_asset_event(
+    built.report_runless_asset_event(
         dg.AssetMaterialization("interactions", partition="2025-01-01"))
-    second = dg.evaluate_automation_conditions(defs=defs, instance=instance,
-                                               asset_selection=ANALYTICS, cursor=first.cursor)
+    second = _evaluate(built, first.cursor)
     # all of them in one tick (one run): the views too, though most landing days are missing
     assert _requested(second) == READ_INTERACTIONS
 
-    third = dg.evaluate_automation_conditions(defs=defs, instance=instance,
-                                              asset_selection=ANALYTICS, cursor=second.cursor)
+    third = _evaluate(built, second.cursor)
     assert third.total_requested == 0  # requested once, not on every tick
 
 
-def test_a_new_evaluation_requests_only_model_comparison(instance):
-    first = dg.evaluate_automation_conditions(defs=defs, instance=instance,
-                                              asset_selection=ANALYTICS)
-    instance.report_runless_asset_event(dg.AssetMaterialization("candidate_evaluation"))
-    second = dg.evaluate_automation_conditions(defs=defs, instance=instance,
-                                               asset_selection=ANALYTICS, cursor=first.cursor)
-    assert _requested(second) == {"stg_model_evaluations", "model_comparison"}
+def test_new_verdicts_or_a_new_evaluation_request_only_what_reads_them(built):
+    first = _evaluate(built)
+    built.report_runless_asset_event(dg.AssetMaterialization("audited_errors"))
+    second = _evaluate(built, first.cursor)
+    assert _requested(second) == {"stg_audited_errors", "error_trends", "auditor_agreement",
+                                  "int_interaction_outcomes", "model_performance",
+                                  "experiment_arms"}
+    built.report_runless_asset_event(dg.AssetMaterialization("candidate_evaluation"))
+    third = _evaluate(built, second.cursor)
+    assert _requested(third) == {"stg_model_evaluations", "model_comparison"}
+
+
+def test_before_the_first_full_build_a_model_waits_for_the_views_it_reads(instance):
+    """On a fresh instance new interactions rebuild stg_interactions only: the models that also
+    read views never built (stg_interaction_quality, ...) wait, instead of a failing dbt run."""
+    first = _evaluate(instance)
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("interactions", partition="2025-01-01"))
+    second = _evaluate(instance, first.cursor)
+    assert _requested(second) == {"stg_interactions"}
 
 
 def test_plain_eager_would_never_fire_below_daily_partitions(instance):
-    """Why AUTOMATION_CONDITION drops eager's ~any_deps_missing(): with one landing day ingested
-    and the others missing, plain eager() waits for ever."""
+    """Why AUTOMATION_CONDITION's missing-dependency clause ignores the sources: with one landing
+    day ingested and the others missing, plain eager() waits for ever."""
     days = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_offset=1)
 
     @dg.asset(partitions_def=days)
     def interactions() -> None: ...
 
-    @dg.asset(deps=[interactions], automation_condition=dg.AutomationCondition.eager())
+    @dg.asset(deps=[interactions], automation_condition=dg.AutomationCondition.eager(),
+              group_name=ANALYTICS_GROUP)
     def plain() -> None: ...
 
-    @dg.asset(deps=[interactions], automation_condition=AUTOMATION_CONDITION)
+    @dg.asset(deps=[interactions], automation_condition=AUTOMATION_CONDITION,
+              group_name=ANALYTICS_GROUP)
     def ours() -> None: ...
 
-    first = dg.evaluate_automation_conditions(defs=[interactions, plain, ours], instance=instance)
+    assets = [interactions, plain, ours]
+    first = dg.evaluate_automation_conditions(defs=assets, instance=instance)
     instance.report_runless_asset_event(
         dg.AssetMaterialization("interactions", partition="2025-01-02"))
-    second = dg.evaluate_automation_conditions(defs=[interactions, plain, ours],
-                                               instance=instance, cursor=first.cursor)
+    second = dg.evaluate_automation_conditions(defs=assets, instance=instance,
+                                               cursor=first.cursor)
     assert _requested(second) == {"ours"}
