@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
+from dagster_shared.serdes import deserialize_value, serialize_value
 
 from assets.analytics import ANALYTICS_GROUP, AUTOMATION_CONDITION, dbt_analytics_assets
 from orchestration.automation import analytics_automation_sensor
@@ -49,6 +50,8 @@ def test_every_dbt_model_and_only_they_carry_the_automation_condition():
     assert {"model_performance", "experiment_arms"} <= automated
     for key in dbt_analytics_assets.keys:
         assert graph.get(key).automation_condition == AUTOMATION_CONDITION
+    # the daemon evaluates a serialized copy (no user code): the condition must survive the trip
+    assert deserialize_value(serialize_value(AUTOMATION_CONDITION)) == AUTOMATION_CONDITION
 
 
 def test_the_analytics_automation_sensor_runs_by_default_and_replaces_the_default_sensor():
