@@ -35,6 +35,35 @@ resource (``WarehouseResource.path()``: its ``database`` field, else ``LEARNLOOP
 or ``$LEARNLOOP_HOME/warehouse.duckdb``)
 and passes it to dbt as ``--vars '{"warehouse_path": ...}'``, which profiles.yml reads before its
 own env-var fallbacks. A test with a temporary LEARNLOOP_HOME therefore builds into its own file.
+
+What the marts show in the Dagster UI. After ``dbt build`` the materializations of
+``model_performance`` and ``experiment_arms`` carry, besides ``dagster/row_count``, a markdown
+table of their latest rows (``latest_rows``: the last 14 days per model version; every arm of the
+last 5 experiments) and numeric figures the UI plots across materializations (``ml.mart_summaries``
+names them: ``<metric>_7d__<model>_v<version>`` and ``<metric>__<arm>``). They are read, bounded
+by LIMIT, over one read-only connection once dbt has exited (``MART_SUMMARIES``).
+
+Declarative automation. Every dbt model carries ``AUTOMATION_CONDITION``: ``eager()`` whose "no
+dependency missing" clause looks at the dbt models only. When a source asset (interactions,
+interaction_quality, audited_errors, review_decisions, candidate_evaluation) gets a new
+materialization, the next
+evaluation requests the models that read it and, in the same tick, everything downstream of them
+(``any_deps_updated`` counts a dependency that will be requested): one run, one ``dbt build
+--select`` of that part of the project with its tests. Why not eager on the marts alone: a mart's
+dependencies are the staging and intermediate views, which nothing else would materialize between
+two analytics_job runs, so a mart-only condition never sees an update (the views cost a
+``create view`` each). Why the missing-dependency clause ignores the sources: they are
+daily-partitioned and most landing days have no data, so "some partition of a dependency is
+missing" is always true and plain eager never fires; the models build on whatever partitions
+exist (``ensure_source_tables`` covers a source never written). Why it keeps the dbt models: a
+model must not be built before the views it reads exist, so on a fresh instance the automation
+waits for the first full build (analytics_job: its schedule, ``learnloop run``/``demo``, the UI)
+instead of failing a run. A run never starts while a dependency or the model itself is in
+a run (``~any_deps_in_progress``, ``~in_progress``), and a run that materializes a source together
+with the models (analytics_job) does not trigger another. The conditions are evaluated by
+``analytics_automation_sensor`` (orchestration/automation.py) under the Dagster daemon; the hourly
+analytics_schedule stays as the floor. ``learnloop run``/``demo`` run jobs explicitly and evaluate
+no condition. To turn automation off, stop that sensor in the UI (Automation tab).
 """
 
 # no `from __future__ import annotations`: dagster inspects the `context` annotation at definition time
@@ -43,22 +72,35 @@ import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import dagster_dbt as dg_dbt
 import duckdb
+from dagster_duckdb import DuckDBResource
 
 from assets.catalog import STAGE_OWNERS
 from assets.resources import WAREHOUSE_POOL, WarehouseResource
+from ml import mart_summaries
 from ml import warehouse as wh
 from ml.config import Settings
 from ml.tables import TABLE_LIST
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
 ANALYTICS_GROUP = "analytics"
+# every dbt model (module docstring: "Declarative automation"): eager(), but a missing dependency
+# holds a model back only when it is another dbt model, not a landing-day partition of a source
+AUTOMATION_CONDITION = (
+    (dg.AutomationCondition.newly_missing()
+     | dg.AutomationCondition.any_deps_updated()).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing().allow(
+        dg.AssetSelection.groups(ANALYTICS_GROUP)).with_label("any_dbt_deps_missing")
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("eager_after_upstream_data")
 # directories of the dbt project that are outputs, not inputs, of a parse
 _GENERATED_DIRS = {"target", "logs", "dbt_packages"}
 
@@ -115,7 +157,9 @@ def ensure_manifest(project: dg_dbt.DbtProject = dbt_project) -> Path:
 
 class LearnloopDbtTranslator(dg_dbt.DagsterDbtTranslator):
     """Sources -> the asset that writes them (``meta.dagster.asset_key`` in ``_sources.yml``,
-    generated from ``ml.tables``); models -> group `analytics`, kinds dbt+duckdb."""
+    generated from ``ml.tables``); models -> group `analytics`, kinds dbt+duckdb, automation
+    condition ``AUTOMATION_CONDITION`` (materialize after new upstream data; the module
+    docstring says why every model, views included, carries it)."""
 
     def __init__(self) -> None:
         super().__init__(settings=dg_dbt.DagsterDbtTranslatorSettings(
@@ -135,7 +179,7 @@ class LearnloopDbtTranslator(dg_dbt.DagsterDbtTranslator):
             return spec
         return spec.replace_attributes(
             group_name=ANALYTICS_GROUP, kinds={"dbt", "duckdb"},
-            owners=STAGE_OWNERS[ANALYTICS_GROUP],
+            owners=STAGE_OWNERS[ANALYTICS_GROUP], automation_condition=AUTOMATION_CONDITION,
             tags={**spec.tags, "stage": ANALYTICS_GROUP, "store": "duckdb"})
 
 
@@ -160,7 +204,8 @@ def dbt_analytics_assets(context: dg.AssetExecutionContext, dbt: dg_dbt.DbtCliRe
 
     dbt's log lines reach the Dagster log as dbt runs; its events (materializations, check
     evaluations) are yielded once dbt has exited, because the row counts attached to the table
-    models need the DuckDB file, which the dbt process holds locked while it runs. (dagster-dbt's
+    models (and the latest rows and figures of model_performance and experiment_arms) need the
+    DuckDB file, which the dbt process holds locked while it runs. (dagster-dbt's
     own ``fetch_row_counts()`` does the same wait for DuckDB, but leaves an in-process DuckDB
     handle open afterwards, which locks the warehouse against every other process.) A failed
     model or dbt test fails the step after all events, including the failed checks, are reported.
@@ -175,13 +220,17 @@ def dbt_analytics_assets(context: dg.AssetExecutionContext, dbt: dg_dbt.DbtCliRe
     invocation = dbt.cli(["build", "--vars", dbt_vars(path)], context=context,
                          raise_on_error=False, target_path=target)
     events = list(invocation.stream())
-    with warehouse.get_connection() as con:
+    with read_only_connection(path) as con:
         counts = table_row_counts(con, invocation.manifest, events)
+        summaries = mart_metadata(con, invocation.manifest, events)
     for event in events:
         unique_id = _unique_id(event)
+        extra: dict[str, Any] = {}
         if unique_id in counts:
-            event = event.with_metadata(
-                {**event.metadata, "dagster/row_count": counts[unique_id]})
+            extra["dagster/row_count"] = counts[unique_id]
+        extra.update(summaries.get(unique_id, {}))
+        if extra:
+            event = event.with_metadata({**event.metadata, **extra})
         yield event
     error = invocation.get_error()
     if error is not None:
@@ -231,3 +280,44 @@ def table_row_counts(con: duckdb.DuckDBPyConnection, manifest: Mapping[str, Any]
 
 
 dbt_resource = dg_dbt.DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable())
+
+
+@contextmanager
+def read_only_connection(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only DuckDB connection to the warehouse at ``path`` (retried with backoff while
+    another process holds the file's lock, like ``WarehouseResource.get_connection``)."""
+    reader = DuckDBResource(database=str(path), connection_config={"access_mode": "READ_ONLY"})
+    with reader.get_connection() as con:
+        yield con
+
+
+# the marts whose materializations carry their latest rows and figures: model name -> summary
+MART_SUMMARIES: dict[str, Callable[[duckdb.DuckDBPyConnection, str],
+                                   mart_summaries.MartSummary]] = {
+    "model_performance": mart_summaries.model_performance_summary,
+    "experiment_arms": mart_summaries.experiment_arms_summary,
+}
+
+
+def summary_metadata(summary: mart_summaries.MartSummary) -> dict[str, Any]:
+    """Dagster metadata of a mart summary: ``latest_rows`` (markdown), the figures (numbers the
+    UI plots) and the notes (text)."""
+    return {"latest_rows": dg.MetadataValue.md(summary.markdown), **summary.figures,
+            **{key: dg.MetadataValue.text(value) for key, value in summary.notes.items()}}
+
+
+def mart_metadata(con: duckdb.DuckDBPyConnection, manifest: Mapping[str, Any],
+                  events: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """Metadata for the materialization events of the marts in ``MART_SUMMARIES``, by unique id."""
+    out: dict[str, dict[str, Any]] = {}
+    for event in events:
+        unique_id = _unique_id(event)
+        if unique_id is None:
+            continue
+        node = manifest["nodes"][unique_id]
+        summarize = MART_SUMMARIES.get(node["name"])
+        if summarize is None:
+            continue
+        relation = f'"{node["schema"]}"."{node["alias"]}"'
+        out[unique_id] = summary_metadata(summarize(con, relation))
+    return out

@@ -25,6 +25,7 @@ from assets.teaching import (
     teacher_samples,
 )
 from assets.training import base_model, candidate_model
+from orchestration.automation import analytics_automation_sensor
 from orchestration.jobs import (
     analytics_job,
     analytics_schedule,
@@ -70,7 +71,8 @@ defs = dg.Definitions(
           training_job, evaluation_job],
     schedules=[hourly_audit_schedule, daily_teacher_schedule, daily_dataset_schedule,
                analytics_schedule, monthly_training_schedule],
-    sensors=[landing_file_sensor, approved_samples_sensor, provider_job_sensor],
+    sensors=[landing_file_sensor, approved_samples_sensor, provider_job_sensor,
+             analytics_automation_sensor],
     # one resource per store (assets/resources.py), each read from LEARNLOOP_* when used
     resources={**store_resources(), "dbt": dbt_resource},
 )

@@ -32,10 +32,11 @@ from tests.stores import resources_for
 
 D1, D2 = date(2025, 1, 1), date(2025, 1, 2)
 MARTS = {"fct_interactions", "daily_quality", "feedback_loop_metrics", "error_trends",
-         "auditor_agreement", "training_data_growth", "model_comparison"}
+         "auditor_agreement", "training_data_growth", "model_comparison", "model_performance",
+         "experiment_arms"}
 MODELS = MARTS | {"stg_interactions", "stg_quarantined_interactions", "stg_interaction_quality",
-                  "int_interactions_enriched", "stg_audited_errors", "stg_review_decisions",
-                  "stg_model_evaluations"}
+                  "int_interactions_enriched", "int_interaction_outcomes", "stg_audited_errors",
+                  "stg_review_decisions", "stg_model_evaluations"}
 
 
 def _interaction(iid: str, tenant: str, day: date, version: str | None, **fields) -> dict:

@@ -154,4 +154,5 @@ def test_every_schedule_and_sensor_of_the_code_location_starts_running():
                          "monthly_training_schedule": dg.DefaultScheduleStatus.STOPPED}
     assert sensors == {"landing_file_sensor": dg.DefaultSensorStatus.RUNNING,
                        "approved_samples_sensor": dg.DefaultSensorStatus.RUNNING,
-                       "provider_job_sensor": dg.DefaultSensorStatus.RUNNING}
+                       "provider_job_sensor": dg.DefaultSensorStatus.RUNNING,
+                       "analytics_automation_sensor": dg.DefaultSensorStatus.RUNNING}

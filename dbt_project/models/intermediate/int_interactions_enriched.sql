@@ -22,6 +22,7 @@ select
     coalesce(i.model_version, 'unknown') as model_version,
     i.intent,
     i.language,
+    i.tags,
     i.latency_ms,
     i.latency_ms / 1000.0 as latency_s,
     i.tokens_prompt,
