@@ -1,4 +1,5 @@
-"""The HTTP service: review web app, JSON API (/api/v1) and log collector (/v1/interactions).
+"""The HTTP service: review web app, JSON API (/api/v1), log collector (/v1/interactions) and
+the serving API (/v1/chat/completions, /v1/route, /v1/feedback, /v1/sessions/{id}/end).
 
 ``create_app()`` builds the FastAPI application; ``uvicorn --factory service.app:create_app`` or
 ``learnloop serve`` runs it. Settings are read when the app is created, never at import.
@@ -25,7 +26,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from ml.config import Settings
 from ml.landing import STALE_TEMP_AGE_S, remove_stale_temp_files
-from service import api, api_samples, collector, web, web_samples
+from service import api, api_samples, collector, serving, web, web_samples
 from service.config import ServiceSettings
 from service.deps import ServiceContext
 from service.jsonbody import encodable
@@ -188,6 +189,7 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
         templates=templates,
         collector_pool=ProcessPool(service.collector_workers) if service.collector_workers else None,
     )
+    app.state.serving = serving.ServingState()  # the model cache: models load on first use
     secure_cookie = service.secure_cookie(host)
     if secure_cookie and service.cookie_secure is None:
         log.warning("serving on %s (not loopback): the session cookie is Secure (HTTPS only); set "
@@ -226,6 +228,7 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     app.include_router(api.router)
     app.include_router(api_samples.router)
     app.include_router(collector.router)
+    app.include_router(serving.router)
     app.include_router(web.router)
     app.include_router(web_samples.router)
 

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml.evaluation.generation import Generation, LocalGenerator, Prompt, check_prompt
+from ml.evaluation.generation import (
+    Generation,
+    LocalGenerator,
+    Prompt,
+    ProviderGenerator,
+    check_prompt,
+)
 
 PROVIDER_PREFIXES = ("openai:", "gemini:")
 
@@ -57,8 +63,6 @@ def generator_for_version(info: Any, *, max_new_tokens: int = 96, batch_size: in
     with ``version``, ``source`` and ``tags``): a :class:`LocalGenerator` on its checkpoint or a
     :class:`ProviderGenerator` on its provider model. Raises :class:`ModelLoadError` naming the
     version and the source when it cannot be made."""
-    from ml.evaluation.generation import ProviderGenerator
-
     source = info.source or ""
     label = f"{model_name or getattr(info, 'name', None) or 'model'} v{info.version}"
     tags = dict(getattr(info, "tags", None) or {})
@@ -98,7 +102,7 @@ class _Request:
 class _Entry:
     version: str
     generator: Any
-    serialise: bool  # local models: one generate at a time, micro-batched
+    serialise: bool  # all but provider models: one generate at a time, micro-batched
     lock: threading.Lock = field(default_factory=threading.Lock)  # the model's turn
     queue_lock: threading.Lock = field(default_factory=threading.Lock)
     queue: list[_Request] = field(default_factory=list)
@@ -160,7 +164,8 @@ class ModelCache:
             generator = self.loader(info, max_new_tokens=self.max_new_tokens,
                                     batch_size=self.batch_size,
                                     model_name=getattr(self.registry, "model_name", None))
-            entry = _Entry(version, generator, serialise=isinstance(generator, LocalGenerator))
+            entry = _Entry(version, generator,
+                           serialise=not isinstance(generator, ProviderGenerator))
             with self._lock:
                 self.loads[version] = self.loads.get(version, 0) + 1
                 self._entries[version] = entry
