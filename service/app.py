@@ -205,6 +205,9 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
 
     @app.exception_handler(StarletteHTTPException)
     async def html_or_json_errors(request: Request, exc: StarletteHTTPException):
+        if request.url.path.startswith(serving.OPENAI_PATHS):  # OpenAI clients read `error`
+            return JSONResponse(serving.openai_error(exc.status_code, exc.detail),
+                                status_code=exc.status_code, headers=getattr(exc, "headers", None))
         if request.url.path.startswith(API_PREFIXES) or request.url.path.startswith("/openapi"):
             return await http_exception_handler(request, exc)
         return HTMLResponse(
@@ -215,6 +218,9 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     @app.exception_handler(RequestValidationError)
     async def validation_errors(request: Request, exc: RequestValidationError):
         errors = safe_validation_errors(exc.errors())
+        if request.url.path.startswith(serving.OPENAI_PATHS):
+            return JSONResponse(serving.openai_error(422, jsonable_encoder(errors)),
+                                status_code=422)
         if request.url.path.startswith(API_PREFIXES) or request.url.path.startswith("/openapi"):
             return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
         message = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}"

@@ -71,6 +71,28 @@ LINEAGE_ALLOWED = 3  # the last champions a client may still ask for by version
 SERVED_TAG = "served"
 DEFAULT_CHANNEL = "api"
 
+# answers of these paths carry OpenAI's error object too: {"detail": ..., "error": {"message", ...}}
+OPENAI_PATHS = ("/v1/chat/",)
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                403: "permission_error", 404: "not_found_error", 409: "conflict_error",
+                413: "invalid_request_error", 422: "invalid_request_error",
+                503: "service_unavailable"}
+
+
+def openai_error(status: int, detail: Any) -> dict[str, Any]:
+    """An error answer that the rest of the service's clients (``detail``) and OpenAI clients
+    (``error.message``) both read; a list of field errors becomes one message naming each
+    field."""
+    if isinstance(detail, list):
+        message = "; ".join(f"{'.'.join(map(str, e.get('loc', [])[1:])) or 'request'}: "
+                            f"{e.get('msg')}" for e in detail if isinstance(e, dict))
+    else:
+        message = str(detail)
+    return {"detail": detail, "error": {"message": message,
+                                        "type": _ERROR_TYPES.get(status, "api_error"),
+                                        "param": None, "code": status}}
+
+
 serving_bearer = HTTPBearer(auto_error=False, scheme_name="CollectorBearer",
                             description="A per-tenant collector key as a Bearer token (what "
                                         "OpenAI clients send as their api_key).")
