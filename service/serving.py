@@ -97,8 +97,9 @@ serving_bearer = HTTPBearer(auto_error=False, scheme_name="CollectorBearer",
                             description="A per-tenant collector key as a Bearer token (what "
                                         "OpenAI clients send as their api_key).")
 
-ERRORS = {400: {"model": S.ErrorOut, "description": "a request the service cannot serve "
-                                                    "(a model that is not allowed, streaming)"},
+ERRORS = {400: {"model": S.ErrorOut, "description": "a request the service cannot serve (a "
+                                                    "body that is not JSON, a model that is "
+                                                    "not allowed, streaming)"},
           401: {"model": S.ErrorOut, "description": "missing, unknown or revoked collector key"},
           403: {"model": S.ErrorOut, "description": "tenant_id is not the key's tenant"},
           503: {"model": S.ErrorOut, "description": "no champion to serve, or its model cannot "
@@ -587,7 +588,7 @@ def _parts(model: BaseModel | None) -> dict | None:
 
 
 @router.post("/v1/feedback", response_model=TurnOut,
-             responses={**{k: ERRORS[k] for k in (401,)},
+             responses={**{k: ERRORS[k] for k in (400, 401)},
                         404: {"model": S.ErrorOut, "description": "no such served turn for "
                                                                   "this key's tenant"},
                         409: {"model": S.ErrorOut, "description": "the turn was already "
@@ -631,7 +632,7 @@ class SessionEndOut(BaseModel):
 
 
 @router.post("/v1/sessions/{session_id}/end", response_model=SessionEndOut,
-             responses={**{k: ERRORS[k] for k in (401,)},
+             responses={**{k: ERRORS[k] for k in (400, 401)},
                         404: {"model": S.ErrorOut, "description": "no served turns in this "
                                                                   "session for this key's "
                                                                   "tenant"},
