@@ -35,9 +35,11 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -102,6 +104,8 @@ ERRORS = {400: {"model": S.ErrorOut, "description": "a request the service canno
                                                     "not allowed, streaming)"},
           401: {"model": S.ErrorOut, "description": "missing, unknown or revoked collector key"},
           403: {"model": S.ErrorOut, "description": "tenant_id is not the key's tenant"},
+          502: {"model": S.ErrorOut, "description": "a provider-served version's provider "
+                                                    "failed"},
           503: {"model": S.ErrorOut, "description": "no champion to serve, or its model cannot "
                                                     "be loaded"}}
 
@@ -116,6 +120,7 @@ class ServingState:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._last_flush = float("-inf")
+        self._limiter: anyio.CapacityLimiter | None = None
 
     def cache(self, ctx: ServiceContext):
         if self._cache is None:
@@ -129,6 +134,14 @@ class ServingState:
                                              max_new_tokens=ctx.service.serve_max_new_tokens,
                                              batch_size=ctx.service.serve_batch_size)
         return self._cache
+
+    def generation_limiter(self, ctx: ServiceContext) -> anyio.CapacityLimiter:
+        """Worker threads generation may take at once (made on the event loop, on first use):
+        requests waiting for a busy model do not take every thread of the service's pool."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(
+                max(4, 2 * ctx.service.serve_batch_size * ctx.service.serve_max_models))
+        return self._limiter
 
     def registry(self, ctx: ServiceContext):
         return self.cache(ctx).registry
@@ -471,7 +484,7 @@ def _record(*, iid: str, tenant: str, session_id: str, channel: str | None, rout
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionOut,
-             responses={k: ERRORS[k] for k in (400, 401, 403, 503)},
+             responses={k: ERRORS[k] for k in (400, 401, 403, 502, 503)},
              summary="OpenAI-compatible chat completion (non-streaming, greedy)")
 async def chat_completions(
         body: ChatRequest, request: Request, background: BackgroundTasks,
@@ -513,8 +526,9 @@ async def chat_completions(
                      route=route, messages=messages, metadata=ll.metadata, now=now)
     _validate(record)  # before generating: a bad record costs no generation
     wanted = body.max_completion_tokens or body.max_tokens
-    generation, wall_s = await run_in_threadpool(_generate, state, ctx, route.version, messages,
-                                                 wanted)
+    generation, wall_s = await anyio.to_thread.run_sync(
+        partial(_generate, state, ctx, route.version, messages, wanted),
+        limiter=state.generation_limiter(ctx))
     record.update(response=generation.text, latency_ms=round(wall_s * 1000, 3),
                   tokens={"prompt": generation.prompt_tokens,
                           "completion": generation.new_tokens})
@@ -548,6 +562,7 @@ def _generate(state: ServingState, ctx: ServiceContext, version: str, messages: 
     """(reply, wall seconds) of ``version``; 503 naming the version and source when its model
     cannot be loaded, or when the reply fails."""
     from ml.deploy.serving import ModelLoadError, timed_reply
+    from ml.llm.errors import LLMError
     from ml.registry import VersionNotFound
 
     try:
@@ -557,6 +572,9 @@ def _generate(state: ServingState, ctx: ServiceContext, version: str, messages: 
     except ModelLoadError as exc:
         log.error("serving %s: %s", version, exc)
         raise HTTPException(503, str(exc)) from None
+    except LLMError as exc:  # a provider-served version whose provider failed
+        log.error("serving v%s through its provider failed: %s", version, exc)
+        raise HTTPException(502, f"v{version}: the provider call failed: {exc}") from None
 
 
 # ---- feedback and the end of a session ---------------------------------------------------------
