@@ -175,8 +175,10 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
         lifespan=lifespan,
         title="learnloop review service",
         version="1.0.0",
-        description="Human review of flagged errors and proposed training samples, and the log "
-                    "collector. See docs/api.md.",
+        description="Human review of flagged errors and proposed training samples, the log "
+                    "collector, and the serving API (OpenAI-compatible chat completions routed "
+                    "to the champion or an A/B experiment's arm, with feedback). See "
+                    "docs/api.md and docs/serving.md.",
         redoc_url=None,
         docs_url=None,  # Swagger UI needs a CDN: /docs is an offline page (service/web.py)
     )

@@ -655,7 +655,10 @@ class SessionEndOut(BaseModel):
                                                                   "session for this key's "
                                                                   "tenant"},
                         409: {"model": S.ErrorOut, "description": "signals/feedback for a "
-                                                                  "turn already written"}},
+                                                                  "turn already written"},
+                        503: {"model": S.ErrorOut, "description": "the landing zone could not "
+                                                                  "be written (the turns stay "
+                                                                  "pending)"}},
              summary="End a session: its pending turns are written to the landing zone")
 async def end_session(session_id: str, request: Request, background: BackgroundTasks,
                       body: SessionEndIn | None = None,
@@ -681,6 +684,11 @@ async def end_session(session_id: str, request: Request, background: BackgroundT
         raise HTTPException(404, str(exc)) from None
     except store_sv.AlreadyWritten as exc:
         raise HTTPException(409, str(exc)) from None
+    except OSError as exc:
+        log.error("session %r of tenant %r: the landing zone could not be written: %s",
+                  session_id, tenant, exc)
+        raise HTTPException(503, "the landing zone could not be written; the session's turns "
+                                 "stay pending and are written later") from None
     _schedule_flush(request, background)
     return {"session_id": session_id, "written": out["written"],
             "interaction_ids": out["interaction_ids"], "files": out["files"]}
