@@ -89,7 +89,7 @@ def generator_for_version(info: Any, *, max_new_tokens: int = 96, batch_size: in
                              version=str(info.version), source=source) from exc
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two requests with the same prompt are still two requests
 class _Request:
     messages: list[dict[str, str]]
     max_new_tokens: int

@@ -181,7 +181,7 @@ def test_waiting_requests_are_generated_as_one_batch(registry):
     for t in threads:
         t.join(timeout=60)
     # the first to get the model took itself and two more (batch_size 3); the last went alone
-    assert sorted(entry.generator.batches) == [1, 3]
+    assert sorted(entry.generator.batches) == [1, 3], entry.generator.batches
     assert all(g.text == alone.text for g in out.values()) and len(out) == 4
     assert entry.queue == []
 
