@@ -67,26 +67,14 @@ def _thresholds(config: CandidateEvaluationConfig, models: ModelRegistryResource
 
 def generator_for(info, models: ModelRegistryResource, config: CandidateEvaluationConfig):
     """How to make a version's replies: a local checkpoint (its source folder) or a provider's
-    fine-tuned model (source ``openai:<model id>`` / ``gemini:<model id>``)."""
-    from ml.evaluation.generation import LocalGenerator, ProviderGenerator
+    fine-tuned model (source ``openai:<model id>`` / ``gemini:<model id>``); the mapping is
+    ``ml.deploy.serving.generator_for_version``, which the serving API uses too. Raises
+    ``ModelLoadError`` naming the version and its source."""
+    from ml.deploy.serving import generator_for_version
 
-    source = info.source or ""
-    if source.startswith(("openai:", "gemini:")):
-        from ml.llm.config import build_provider
-
-        kind, model = source.split(":", 1)
-        spec: dict[str, Any] = {"kind": kind, "model": model}
-        if info.tags.get("provider_base_url"):
-            spec["base_url"] = info.tags["provider_base_url"]
-        if info.tags.get("api_key_env"):
-            spec["api_key_env"] = info.tags["api_key_env"]
-        return ProviderGenerator(build_provider(spec), model=model)
-    path = source[len("file://"):] if source.startswith("file://") else source
-    if not Path(path).exists() and not models.get_base_model():
-        raise FileNotFoundError(f"{models.get_model_name()} v{info.version}: its checkpoint "
-                                f"{source!r} does not exist on this machine")
-    return LocalGenerator(path, max_new_tokens=config.max_new_tokens,
-                          batch_size=config.batch_size)
+    return generator_for_version(info, max_new_tokens=config.max_new_tokens,
+                                 batch_size=config.batch_size,
+                                 model_name=models.get_model_name())
 
 
 def pick_candidate(registry, requested: str, champion: str | None) -> str:

@@ -1,4 +1,5 @@
-"""The HTTP service: review web app, JSON API (/api/v1) and log collector (/v1/interactions).
+"""The HTTP service: review web app, JSON API (/api/v1), log collector (/v1/interactions) and
+the serving API (/v1/chat/completions, /v1/route, /v1/feedback, /v1/sessions/{id}/end).
 
 ``create_app()`` builds the FastAPI application; ``uvicorn --factory service.app:create_app`` or
 ``learnloop serve`` runs it. Settings are read when the app is created, never at import.
@@ -25,7 +26,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from ml.config import Settings
 from ml.landing import STALE_TEMP_AGE_S, remove_stale_temp_files
-from service import api, api_samples, collector, overview, web, web_samples
+from service import api, api_samples, collector, overview, serving, web, web_samples
 from service.config import ServiceSettings
 from service.deps import ServiceContext
 from service.jsonbody import encodable
@@ -174,8 +175,10 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
         lifespan=lifespan,
         title="learnloop review service",
         version="1.0.0",
-        description="Human review of flagged errors and proposed training samples, and the log "
-                    "collector. See docs/api.md.",
+        description="Human review of flagged errors and proposed training samples, the log "
+                    "collector, and the serving API (OpenAI-compatible chat completions routed "
+                    "to the champion or an A/B experiment's arm, with feedback). See "
+                    "docs/api.md and docs/serving.md.",
         redoc_url=None,
         docs_url=None,  # Swagger UI needs a CDN: /docs is an offline page (service/web.py)
     )
@@ -188,6 +191,7 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
         templates=templates,
         collector_pool=ProcessPool(service.collector_workers) if service.collector_workers else None,
     )
+    app.state.serving = serving.ServingState()  # the model cache: models load on first use
     secure_cookie = service.secure_cookie(host)
     if secure_cookie and service.cookie_secure is None:
         log.warning("serving on %s (not loopback): the session cookie is Secure (HTTPS only); set "
@@ -203,6 +207,9 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
 
     @app.exception_handler(StarletteHTTPException)
     async def html_or_json_errors(request: Request, exc: StarletteHTTPException):
+        if request.url.path.startswith(serving.OPENAI_PATHS):  # OpenAI clients read `error`
+            return JSONResponse(serving.openai_error(exc.status_code, exc.detail),
+                                status_code=exc.status_code, headers=getattr(exc, "headers", None))
         if request.url.path.startswith(API_PREFIXES) or request.url.path.startswith("/openapi"):
             return await http_exception_handler(request, exc)
         return HTMLResponse(
@@ -213,6 +220,9 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     @app.exception_handler(RequestValidationError)
     async def validation_errors(request: Request, exc: RequestValidationError):
         errors = safe_validation_errors(exc.errors())
+        if request.url.path.startswith(serving.OPENAI_PATHS):
+            return JSONResponse(serving.openai_error(422, jsonable_encoder(errors)),
+                                status_code=422)
         if request.url.path.startswith(API_PREFIXES) or request.url.path.startswith("/openapi"):
             return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
         message = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}"
@@ -227,6 +237,7 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     app.include_router(api_samples.router)
     app.include_router(overview.api_router)
     app.include_router(collector.router)
+    app.include_router(serving.router)
     app.include_router(web.router)
     app.include_router(web_samples.router)
     app.include_router(overview.web_router)

@@ -1,5 +1,5 @@
 """The service commands of the ``learnloop`` command line: ``serve``, ``reviewers ...``,
-``collector-keys ...`` (the functions they call are in ``service/cli_support.py``). The
+``collector-keys ...``, ``serving flush`` (the functions they call are in ``service/cli_support.py``). The
 ``learnloop`` group that gathers these and the pipeline commands is ``cli/main.py``."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def _settings() -> Settings:
     return s
 
 
-@click.command(help="Start the review web app, JSON API and log collector.")
+@click.command(help="Start the review web app, JSON API, log collector and serving API.")
 @click.option("--host", default=None, help="default: the host of LEARNLOOP_SERVICE_URL "
                                             "(127.0.0.1)")
 @click.option("--port", type=int, default=None, help="default: the port of LEARNLOOP_SERVICE_URL "
@@ -182,4 +182,28 @@ def collector_keys_revoke(key_id: int) -> None:
     click.echo(f"revoked collector key {info.id} of tenant {info.tenant_id!r}")
 
 
-COMMANDS = [serve, reviewers, collector_keys]
+@click.group(help="The serving API's replies waiting for feedback (served turns).")
+def serving() -> None:
+    pass
+
+
+@serving.command("flush", help="Write the served turns whose feedback window "
+                               "(LEARNLOOP_SERVE_FEEDBACK_WINDOW_S) has passed to the landing "
+                               "zone; with --all, every pending turn.")
+@click.option("--all", "all_pending", is_flag=True,
+              help="write every pending turn, also those still in their feedback window")
+def serving_flush(all_pending: bool) -> None:
+    from service.serving import flush_pending
+    from store.db import upgrade
+
+    settings = _settings()
+    upgrade(settings.store)
+    out = flush_pending(settings, all_pending=all_pending)
+    scope = "every pending turn" if all_pending else f"turns created before {out['older_than']}"
+    click.echo(f"wrote {out['written']} served turn(s) ({scope}) to "
+               f"{len(out['files'])} landing file(s)")
+    for f in out["files"]:
+        click.echo(f"  {settings.landing / f}")
+
+
+COMMANDS = [serve, reviewers, collector_keys, serving]

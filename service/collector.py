@@ -105,8 +105,10 @@ def encode_days(by_day: dict[str, list[dict]]) -> dict[str, bytes]:
             for day, recs in sorted(by_day.items())}
 
 
-def _source_name(tenant_id: str) -> str:
-    return ("collector-" + re.sub(r"[^A-Za-z0-9_.-]", "_", tenant_id))[:40]
+def _source_name(tenant_id: str, prefix: str = "collector") -> str:
+    """The landing file name's source part for a tenant's records (``collector-<tenant>``; the
+    serving API's are ``served-<tenant>``)."""
+    return (f"{prefix}-" + re.sub(r"[^A-Za-z0-9_.-]", "_", tenant_id))[:40]
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -47,6 +47,23 @@ class ServiceSettings(BaseSettings):
                                              description="Collector bodies of at least this size "
                                                          "go to a worker process; smaller ones "
                                                          "to a worker thread.")
+    serve_feedback_window_s: int = Field(
+        default=1800, ge=0, description="Seconds a served turn waits for its feedback before it "
+                                        "is written to the landing zone (its session's end "
+                                        "writes it sooner).")
+    serve_max_models: int = Field(default=3, ge=1, le=64,
+                                  description="Model versions the serving API keeps loaded "
+                                              "(least recently used out).")
+    serve_max_new_tokens: int = Field(default=128, ge=1, le=8192,
+                                      description="Most tokens of one served reply (a request's "
+                                                  "max_tokens above it is capped).")
+    serve_batch_size: int = Field(default=8, ge=1, le=256,
+                                  description="Most concurrent requests to one model version "
+                                              "generated as one batch.")
+    serve_flush_interval_s: float = Field(default=5.0, ge=0,
+                                          description="Serving requests look for turns whose "
+                                                      "feedback window passed at most this "
+                                                      "often.")
     page_size: int = Field(default=25, ge=1, le=500)
     proxy_headers: bool = Field(default=False, description="Trust X-Forwarded-For/-Proto from "
                                                            "forwarded_allow_ips (behind a proxy).")

@@ -83,7 +83,8 @@ SURROGATE = "contains a lone surrogate (U+D800-U+DFFF), which is not valid Unico
 def first_problem(value: Any, max_depth: int = MAX_DEPTH) -> tuple[str, str] | None:
     """The first thing in a decoded value that cannot be stored: ``(field path, message)``, the
     path written like pydantic's (``messages.0.content``; ``record`` for the value itself), the
-    message never quoting the offending text. ``None`` when everything can be stored."""
+    message never quoting the offending text (a non-finite float, which ``decode`` never
+    produces but another parser may, is reported too). ``None`` when everything can be stored."""
     stack: list[tuple[Any, tuple, int]] = [(value, (), 0)]
     while stack:
         v, path, depth = stack.pop()
@@ -92,6 +93,8 @@ def first_problem(value: Any, max_depth: int = MAX_DEPTH) -> tuple[str, str] | N
                 return _path(path), SURROGATE
         elif isinstance(v, Unstorable):
             return _path(path), v.why
+        elif isinstance(v, float) and not math.isfinite(v):
+            return _path(path), "is not a finite number"
         elif isinstance(v, dict | list):
             if depth >= max_depth:
                 return _path(path), f"nested deeper than {max_depth} levels"

@@ -142,10 +142,13 @@ class LocalGenerator:
                              f"eos token: generation could not stop")
         return ids
 
-    def generate(self, prompts: Sequence[Prompt]) -> list[Generation]:
-        """One greedy reply per prompt, in order."""
+    def generate(self, prompts: Sequence[Prompt], *,
+                 max_new_tokens: int | None = None) -> list[Generation]:
+        """One greedy reply per prompt, in order. ``max_new_tokens`` (default: the generator's)
+        may only lower the limit: the prompt room was set aside for the generator's own."""
         import torch
 
+        limit = self._new_tokens(max_new_tokens)
         encoded = []
         for i, prompt in enumerate(prompts):
             ids = prompt_ids(self.tokenizer, check_prompt(prompt, f"prompt {i}"))
@@ -164,7 +167,7 @@ class LocalGenerator:
             with torch.no_grad():
                 generated = self.model.generate(
                     input_ids=input_ids, attention_mask=mask, do_sample=False,
-                    max_new_tokens=self.max_new_tokens, eos_token_id=self.stop_ids,
+                    max_new_tokens=limit, eos_token_id=self.stop_ids,
                     pad_token_id=self.pad_id, temperature=None, top_p=None, top_k=None)
             latency = (time.perf_counter() - started) / len(batch)
             for ids, row in zip(batch, generated[:, width:].tolist(), strict=True):
@@ -175,6 +178,14 @@ class LocalGenerator:
                                       new_tokens=len(row) if stop is None else stop + 1,
                                       stopped=stop is not None, prompt_tokens=len(ids)))
         return out
+
+    def _new_tokens(self, max_new_tokens: int | None) -> int:
+        if max_new_tokens is None:
+            return self.max_new_tokens
+        if not 0 < max_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"{self.name}: max_new_tokens must be in 1..{self.max_new_tokens}, "
+                             f"got {max_new_tokens}")
+        return max_new_tokens
 
     def perplexity(self, conversations: Sequence[Prompt], max_length: int | None = None) -> float:
         """``exp(total NLL / total tokens)`` over the reference reply tokens of every
@@ -224,14 +235,19 @@ class ProviderGenerator:
         self.name = (model or getattr(provider_or_router, "model", None)
                      or f"router:{getattr(provider_or_router, 'role', '?')}")
 
-    def generate(self, prompts: Sequence[Prompt]) -> list[Generation]:
-        """One reply per prompt, one call each, in order; a failed call raises."""
+    def generate(self, prompts: Sequence[Prompt], *,
+                 max_new_tokens: int | None = None) -> list[Generation]:
+        """One reply per prompt, one call each, in order; a failed call raises.
+        ``max_new_tokens``: this call's limit (default: the generator's)."""
         from ml.llm.types import LLMRequest
 
+        if max_new_tokens is not None and max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        limit = max_new_tokens or self.max_new_tokens
         out = []
         for i, prompt in enumerate(prompts):
             request = LLMRequest(messages=check_prompt(prompt, f"prompt {i}"), temperature=0.0,
-                                 max_tokens=self.max_new_tokens,
+                                 max_tokens=limit,
                                  metadata={"purpose": "evaluation", "index": i})
             started = time.perf_counter()
             response = self.client.complete(request)
