@@ -400,9 +400,11 @@ class Alert(Base):
 
 class ServedTurn(Base):
     """A reply the serving API gave, waiting for its feedback before it goes to the landing zone
-    as a whole interaction record (``record``, the interaction record contract). It is written
-    (``flushed_at`` set) when feedback arrives, the session's next turn comes, the session ends,
-    or the feedback window passes; nothing is lost if the service restarts in between."""
+    as a whole interaction record (``record``, the interaction record contract). Feedback and
+    signals merge into it while it waits (the session's next turn marks it ``user_continued``);
+    it is written (``flushed_at`` set) when the session ends, the feedback window passes
+    (LEARNLOOP_SERVE_FEEDBACK_WINDOW_S) or ``learnloop serving flush`` runs; nothing is lost if the
+    service restarts in between (store/serving.py)."""
 
     __tablename__ = "served_turns"
     __table_args__ = (Index("ix_served_turns_session", "session_id"),
