@@ -498,7 +498,8 @@ def _start(registry, session, *, champion: str, challenger: str, policy, actor: 
             "policy": exp.policy}
 
 
-def _finished_for_pair(session, model: str, champion: str, challenger: str):
+def finished_for_pair(session, model: str, champion: str, challenger: str):
+    """The latest decided experiment of this challenger against this champion, or None."""
     for exp in dep.list_experiments(session, model, limit=200):
         if (exp.status != "running" and exp.champion_version == champion
                 and exp.challenger_version == challenger):
@@ -604,7 +605,7 @@ def decide_experiment(registry, store: OperationalStoreResource, warehouse: Ware
             if champion is None:
                 raise ValueError(f"{model} has a challenger (v{challenger}) but no champion to "
                                  f"test it against")
-            done = _finished_for_pair(s, model, champion, challenger)
+            done = finished_for_pair(s, model, champion, challenger)
             if done is not None:
                 return {"decision": "idle", "champion": champion, "challenger": challenger,
                         "experiment_id": done.id, "status": done.status,

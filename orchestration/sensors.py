@@ -324,7 +324,7 @@ def ab_decision_sensor(context: dg.SensorEvaluationContext, store: OperationalSt
                        warehouse: WarehouseResource, models: ModelRegistryResource):
     import duckdb
 
-    from assets.deployment import _finished_for_pair
+    from assets.deployment import finished_for_pair
     from ml.deploy.arm_metrics import experiment_interaction_count
     from store import deployments as dep
 
@@ -338,7 +338,7 @@ def ab_decision_sensor(context: dg.SensorEvaluationContext, store: OperationalSt
         if exp is None:
             if challenger is None or champion is None:
                 return dg.SkipReason(f"{model}: no challenger and no running experiment")
-            done = _finished_for_pair(s, model, champion, challenger)
+            done = finished_for_pair(s, model, champion, challenger)
             if done is not None:
                 return dg.SkipReason(f"v{challenger} against v{champion} was decided by "
                                      f"experiment #{done.id} ({done.decision})")
