@@ -88,11 +88,24 @@ def _versions(versions) -> str:
 
 
 # ---- the lineage of champions -----------------------------------------------------------------
+def archived_versions(session, model_name: str) -> list[str]:
+    """Versions archived (an ``archive`` row) and not made champion again since, oldest
+    first."""
+    archived: dict[str, None] = {}
+    for row in reversed(dep.deployment_history(session, model_name, limit=1_000_000)):
+        if row.alias == "champion":
+            archived.pop(row.model_version, None)
+        elif row.alias == "archived":
+            archived[row.model_version] = None
+    return list(archived)
+
+
 def lineage(registry, session) -> list[str]:
-    """Every version that held ``champion`` and was not rolled back, newest first, the current
-    champion (the alias) first even when no row recorded it."""
+    """Every version that held ``champion``, was not rolled back and is not archived, newest
+    first; the current champion (the alias) first even when no row recorded it."""
     champion = registry.alias_version("champion")
-    rows = dep.champion_lineage(session, registry.model_name)
+    archived = set(archived_versions(session, registry.model_name))
+    rows = [v for v in dep.champion_lineage(session, registry.model_name) if v not in archived]
     if champion is None:
         return rows
     return [champion] + [v for v in rows if v != champion]
@@ -126,15 +139,14 @@ def enforce_keep(registry, session, keep: int = KEEP_DEPLOYABLE, *, actor: str,
     for v in keep_these:
         _tag(registry, v, "champion" if v == champion else "deployable")
     archived = []
-    for v in older:
-        if _tag(registry, v, "archived"):
-            dep.record_deployment(
-                session, model_name=registry.model_name, model_version=v, alias="archived",
-                action="archive", actor=actor,
-                reason=f"older than the last {keep} champions ({_versions(keep_these)})",
-                figures={"keep": keep, "deployable": keep_these},
-                dagster_run_id=dagster_run_id)
-            archived.append(v)
+    for v in older:  # not archived yet (lineage leaves archived versions out)
+        _tag(registry, v, "archived")
+        dep.record_deployment(
+            session, model_name=registry.model_name, model_version=v, alias="archived",
+            action="archive", actor=actor,
+            reason=f"older than the last {keep} champions ({_versions(keep_these)})",
+            figures={"keep": keep, "deployable": keep_these}, dagster_run_id=dagster_run_id)
+        archived.append(v)
     return {"deployable": keep_these, "archived_now": archived}
 
 
@@ -371,11 +383,7 @@ def deployment_state(registry, session, keep: int = KEEP_DEPLOYABLE,
     model = registry.model_name
     aliases = registry.aliases()
     deployable = deployable_versions(registry, session, keep)
-    archived = []
-    for row in reversed(dep.deployment_history(session, model, limit=10_000)):
-        if row.alias == "archived" and row.model_version not in archived:
-            archived.append(row.model_version)
-    archived = [v for v in archived if v not in deployable]
+    archived = archived_versions(session, model)
     running = dep.running_experiment(session, model)
     experiment = None
     if running is not None:
