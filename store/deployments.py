@@ -105,15 +105,20 @@ def deployment_history(session: Session, model_name: str | None = None,
 
 def champion_lineage(session: Session, model_name: str) -> list[str]:
     """Every version that held ``champion``, newest first, each once (the current one first when
-    it is recorded); a rolled-back champion is left out."""
+    it is recorded); a rolled-back champion is left out: a version whose latest time as champion
+    ended in a rollback, even when it had held the alias before (a version re-promoted after a
+    rollback is back in)."""
     rows = session.scalars(select(ModelDeployment).where(
         ModelDeployment.model_name == model_name, ModelDeployment.alias == "champion")
         .order_by(ModelDeployment.id.desc()))
     out: list[str] = []
+    seen: set[str] = set()
     for r in rows:
-        if r.status == "rolled_back" or r.model_version in out:
+        if r.model_version in seen:
             continue
-        out.append(r.model_version)
+        seen.add(r.model_version)  # the version's newest champion row decides
+        if r.status != "rolled_back":
+            out.append(r.model_version)
     return out
 
 
@@ -205,6 +210,9 @@ def advance_experiment(session: Session, experiment_id: int, expected_version: i
                        result: dict[str, Any]) -> Experiment:
     """Move a running experiment to its next stage (the treatment's next share)."""
     exp = get_experiment(session, experiment_id)
+    # the next stage is computed from the row as stored now, not from a copy this session read
+    # earlier: with a fresh ``expected_version`` and a stale copy the move would repeat a stage
+    session.refresh(exp)
     if exp.stage + 1 >= len(exp.stages):
         raise ValueError(f"experiment #{exp.id} is at its last stage ({exp.stages[exp.stage]:.0%})")
     nxt = exp.stage + 1
