@@ -473,7 +473,15 @@ def _naive_utc(t: datetime | None) -> datetime | None:
 
 
 def _arm_figures(stats, primary: str) -> dict[str, Any]:
-    return {**clean(stats.to_dict()), "primary": clean(stats.metric(primary))}
+    """One arm in short: its version and size, the primary metric's value and sample size, the
+    value of every metric, the audited count and errors."""
+    from ml.deploy.experiment import METRICS
+
+    m = stats.metric(primary)
+    return clean({"version": stats.version, "n": stats.n, "primary": m["value"],
+                  "primary_n": m["n"],
+                  **{name: stats.metric(name)["value"] for name in METRICS},
+                  "audited": stats.audited, "errors": stats.errors})
 
 
 def arms_markdown(arms: dict[str, dict[str, Any]]) -> str:
@@ -696,11 +704,17 @@ def _metadata(outcome: dict[str, Any]) -> dict[str, Any]:
             if isinstance(a.get("primary"), (int, float)):
                 meta[f"{arm}_{outcome['primary_metric']}"] = float(a["primary"])
         meta["stage_treatment_n"] = int(outcome.get("stage_treatment_n") or 0)
-        # every number of the decision (p-values, differences, error rates): plotted by the UI
-        for key, value in (outcome.get("figures") or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and key not in meta:
-                meta[key] = float(value)
+        # the primary test and every metric's p-value: numbers the UI plots run after run
+        figures = outcome.get("figures") or {}
+        primary_test = figures.get("primary_test") or {}
+        for key in ("p_value", "diff", "rel_diff", "ci_low", "ci_high"):
+            if isinstance(primary_test.get(key), (int, float)):
+                meta[key] = float(primary_test[key])
+        for name, test in (figures.get("tests") or {}).items():
+            if isinstance(test.get("p_value"), (int, float)):
+                meta[f"p_{name}"] = float(test["p_value"])
+        if figures.get("rule"):
+            meta["rule"] = figures["rule"]
         meta["arms"] = dg.MetadataValue.md(arms_markdown(arms))
         meta["figures"] = outcome.get("figures") or {}
     return with_metadata(meta)

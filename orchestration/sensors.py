@@ -6,7 +6,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -422,16 +422,17 @@ def quality_drop_sensor(context: dg.SensorEvaluationContext, store: OperationalS
     threshold, window = quality_watch_settings()
     if not warehouse.exists():
         return dg.SkipReason("no warehouse yet: no quality scores")
-    today = datetime.now(UTC).date()  # today is not over: only complete days are judged
+    # today is not over: only complete (landing) days are judged, up to yesterday
+    until = datetime.now(UTC).date() - timedelta(days=1)
     try:
         with read_only_warehouse(warehouse) as con:
-            series = daily_quality(con, days=QUALITY_HISTORY_DAYS, until=today)
+            series = daily_quality(con, days=QUALITY_HISTORY_DAYS, until=until)
     except duckdb.IOException as exc:
         context.log.info(f"quality_drop_sensor: {exc}")
         return _busy(exc)
     if not series:
-        return dg.SkipReason(f"no scored interactions in the {QUALITY_HISTORY_DAYS} days before "
-                             f"{today}")
+        return dg.SkipReason(f"no scored interactions in the {QUALITY_HISTORY_DAYS} days up to "
+                             f"{until}")
     last = str(series[-1].day)
     if context.cursor and last <= context.cursor:
         return dg.SkipReason(f"{last} was evaluated already (next: the next complete day)")

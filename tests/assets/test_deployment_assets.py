@@ -19,6 +19,7 @@ from assets.resources import ModelRegistryResource, OperationalStoreResource
 from ml.registry import Registry, VersionNotFound
 from store import deployments as dep
 from store.db import session_scope
+from tests.deploykit import copy_mlflow, mlflow_template
 from tests.ml.training.tiny import make_tiny_model
 from tests.stores import resources_for
 
@@ -30,8 +31,15 @@ def tiny(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def _registry(root: Path) -> Registry:
-    return Registry(f"sqlite:///{root / 'mlflow.db'}", root / "mlartifacts", MODEL)
+@pytest.fixture(scope="module")
+def mlflow_db(tmp_path_factory) -> Path:
+    return mlflow_template(tmp_path_factory.mktemp("mlflow"))
+
+
+@pytest.fixture()
+def reg(tmp_path, mlflow_db) -> Registry:
+    return Registry(copy_mlflow(mlflow_db, tmp_path / "mlflow.db"), tmp_path / "mlartifacts",
+                    MODEL)
 
 
 def register(reg: Registry, tiny: Path, n: int) -> list[str]:
@@ -49,9 +57,8 @@ def _rows(s) -> list[tuple]:
 
 
 # ---- lifecycle ---------------------------------------------------------------------------------
-def test_promote_keeps_the_last_three_champions_and_rollback_returns_to_one(tmp_path, tiny,
+def test_promote_keeps_the_last_three_champions_and_rollback_returns_to_one(reg, tiny,
                                                                             store_url):
-    reg = _registry(tmp_path)
     register(reg, tiny, 5)
     with session_scope(store_url) as s:
         first = d.promote(reg, s, "1", actor="asset:base_model", reason="base model")
@@ -106,8 +113,7 @@ def test_promote_keeps_the_last_three_champions_and_rollback_returns_to_one(tmp_
     assert reg.aliases() == {"champion": "3"}  # refused moves moved nothing
 
 
-def test_lifecycle_changes_end_the_experiment_they_make_meaningless(tmp_path, tiny, store_url):
-    reg = _registry(tmp_path)
+def test_lifecycle_changes_end_the_experiment_they_make_meaningless(reg, tiny, store_url):
     register(reg, tiny, 3)
     with session_scope(store_url) as s:
         d.promote(reg, s, "1", actor="asset:base_model", reason="base")
@@ -149,3 +155,184 @@ def test_lifecycle_changes_end_the_experiment_they_make_meaningless(tmp_path, ti
         with pytest.raises(ValueError, match="no running experiment"):
             d.stop_experiment(reg, s, actor="cli:ann", reason="r")
         assert d.clear_challenger(reg, s, actor="cli:ann", reason="r") is None
+
+
+# ---- the assets --------------------------------------------------------------------------------
+# a small experiment: decisions after 60 scored interactions per arm, 20 per stage
+POLICY = {"min_samples_per_arm": 60, "min_stage_samples": 20, "early_stop_min_samples": 30,
+          "min_audited": 20}
+
+
+@pytest.fixture()
+def home(tmp_path, tiny, mlflow_db, store_url, monkeypatch):
+    """Resources on a fresh home (the operational store: SQLite or PostgreSQL), v1 the champion
+    and v2 the challenger, as base_model and a passing candidate_evaluation leave them."""
+    root = tmp_path / "home"
+    monkeypatch.setenv("LEARNLOOP_HOME", str(root))
+    for var in ("LEARNLOOP_STORE_URL", "LEARNLOOP_WAREHOUSE_PATH",
+                "LEARNLOOP_MLFLOW_TRACKING_URI", *[v for v in __import__("os").environ
+                                                    if v.startswith("LEARNLOOP_AB_")]):
+        monkeypatch.delenv(var, raising=False)
+    res = resources_for(root)
+    models = res["models"]
+    res["store"] = OperationalStoreResource(url=store_url)
+    res["models"] = ModelRegistryResource(
+        tracking_uri=copy_mlflow(mlflow_db, root / "mlflow.db"),
+        artifact_root=models.artifact_root, models_dir=models.models_dir, model_name=MODEL)
+    reg = res["models"].registry()
+    register(reg, tiny, 2)
+    with session_scope(store_url) as s:
+        d.promote(reg, s, "1", actor="asset:base_model", reason="base model")
+        d.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate passed")
+    return res
+
+
+def _meta(result, node: str) -> dict:
+    return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
+
+
+def _look(res, **config):
+    result = dg.materialize([d.ab_experiment, d.model_deployment], resources=res,
+                            run_config={"ops": {"ab_experiment": {"config": config}}})
+    assert result.success
+    return _meta(result, "ab_experiment"), _meta(result, "model_deployment"), result
+
+
+def _alerts(url: str) -> list[tuple]:
+    from sqlalchemy import select
+
+    from store.models import Alert
+
+    with session_scope(url) as s:
+        return [(a.kind, a.severity, a.dedupe_key, a.occurrences)
+                for a in s.scalars(select(Alert).order_by(Alert.id))]
+
+
+def test_a_planted_regression_is_rolled_back_automatically(home, store_url):
+    from tests.deploykit import served, write
+
+    res = home
+    reg = res["models"].registry()
+    started, state, _ = _look(res, **POLICY)
+    assert started["decision"] == "start" and started["traffic_split"] == pytest.approx(0.1)
+    exp_id = started["experiment_id"]
+    with session_scope(store_url) as s:
+        exp = dep.get_experiment(s, exp_id)
+        assert (exp.champion_version, exp.challenger_version, exp.status) == ("1", "2", "running")
+        assert exp.policy["min_samples_per_arm"] == 60 and exp.stages == [0.1, 0.5, 1.0]
+    assert state["champion"] == "1" and state["challenger"] == "2"
+
+    # the challenger is clearly worse: lower quality scores, more thumbs down
+    write(res["warehouse"].path(),
+          served(exp_id, "control", "1", 90, quality=0.78, thumbs_up=0.8, seed=1),
+          served(exp_id, "treatment", "2", 80, quality=0.52, thumbs_up=0.35, seed=2,
+                 audited=25, errors=3))
+    meta, state, result = _look(res)
+    assert meta["decision"] == "rollback" and meta["rule"] == "primary_regression"
+    assert (meta["control_n"], meta["treatment_n"]) == (90, 80)
+    assert meta["control_quality_score"] > meta["treatment_quality_score"] + 0.2
+    assert meta["p_value"] < 0.001 and meta["p_thumbs_up_rate"] < 0.05
+    assert "| quality_score |" in meta["arms"] and "treatment" in meta["arms"]
+    assert reg.aliases() == {"champion": "1"}  # the challenger is gone, v1 serves everyone
+    assert reg.version("2").tags[d.DEPLOYMENT_TAG] == "rolled_back"
+    assert state["champion"] == "1" and state["challenger"] == ""
+    assert state["last_decision"] == "rollback"
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == d.DEPLOYABLE_CHECK and check.passed, check.description
+    with session_scope(store_url) as s:
+        exp = dep.get_experiment(s, exp_id)
+        assert (exp.status, exp.decision) == ("rolled_back", "rollback")
+        assert "worse by more than 5%" in exp.reason
+        (decision,) = dep.experiment_decisions(s, exp_id)
+        assert (decision.action, decision.actor) == ("rollback", "asset:ab_experiment")
+        assert decision.figures["primary_test"]["p_value"] < 0.001
+        assert decision.figures["arms"]["treatment"]["n"] == 80
+        assert decision.figures["treatment"]["errors"] == 3
+        actions = [(r.alias, r.model_version, r.action) for r in
+                   reversed(dep.deployment_history(s, MODEL))]
+        assert actions[-2:] == [("challenger", "2", "rollback"),
+                                ("challenger", "2", "clear_challenger")]
+    assert _alerts(store_url) == [("rollback", "critical", f"experiment-{exp_id}-rollback", 1)]
+
+    # nothing left to test: no new experiment for the rolled-back pair
+    idle, _, _ = _look(res)
+    assert idle["decision"] == "idle" and "no challenger" in idle["reason"]
+
+
+def test_a_planted_improvement_goes_10_then_50_percent_then_is_promoted(home, store_url, tiny):
+    from tests.deploykit import served, write
+
+    res = home
+    reg = res["models"].registry()
+    exp_id = _look(res, **POLICY)[0]["experiment_id"]
+    write(res["warehouse"].path(),
+          served(exp_id, "control", "1", 90, quality=0.62, thumbs_up=0.6, seed=3),
+          served(exp_id, "treatment", "2", 70, quality=0.72, thumbs_up=0.75, seed=4))
+    meta, _, _ = _look(res)
+    assert meta["decision"] == "advance" and meta["traffic_split"] == pytest.approx(0.1)
+    with session_scope(store_url) as s:
+        exp = dep.get_experiment(s, exp_id)
+        assert (exp.stage, exp.traffic_split, exp.status) == (1, 0.5, "running")
+    write(res["warehouse"].path(),
+          served(exp_id, "control", "1", 40, quality=0.62, thumbs_up=0.6, seed=5),
+          served(exp_id, "treatment", "2", 40, quality=0.72, thumbs_up=0.75, seed=6))
+    meta, state, _ = _look(res)
+    assert meta["decision"] == "promote" and meta["stage"] == 1
+    assert meta["stage_treatment_n"] == 40 and meta["treatment_n"] == 110
+    assert reg.aliases() == {"champion": "2"}
+    assert (state["champion"], state["deployable"]) == ("2", ["2", "1"])
+    assert reg.version("1").tags[d.DEPLOYMENT_TAG] == "deployable"
+    with session_scope(store_url) as s:
+        exp = dep.get_experiment(s, exp_id)
+        assert (exp.status, exp.decision) == ("promoted", "promote")
+        assert [x.action for x in dep.experiment_decisions(s, exp_id)] == ["advance", "promote"]
+        promoted = dep.deployment_history(s, MODEL, limit=3)
+        champion_row = next(r for r in promoted if r.alias == "champion")
+        assert (champion_row.action, champion_row.previous_version,
+                champion_row.experiment_id) == ("promote", "1", exp_id)
+    assert _alerts(store_url) == [("experiment_decided", "info",
+                                   f"experiment-{exp_id}-promote", 1)]
+
+    # more champions than `keep`: model_deployment archives the oldest
+    register(reg, tiny, 2)
+    with session_scope(store_url) as s:
+        d.promote(reg, s, "3", actor="cli:ann", reason="r3")
+        d.promote(reg, s, "4", actor="cli:ann", reason="r4")
+    result = dg.materialize([d.model_deployment], resources=res)
+    state = _meta(result, "model_deployment")
+    assert state["deployable"] == ["4", "3", "2"] and state["archived"] == ["1"]
+    assert reg.version("1").tags[d.DEPLOYMENT_TAG] == "archived"
+
+
+def test_a_decision_that_lost_the_race_is_reported_not_applied(home, store_url):
+    """Compare-and-set: a person stops the experiment while the run reads the warehouse; the
+    run's decision is reported as stale and the person's stands."""
+    from assets.resources import WarehouseResource
+    from tests.deploykit import served, write
+
+    res = home
+    exp_id = _look(res, **POLICY)[0]["experiment_id"]
+    write(res["warehouse"].path(),
+          served(exp_id, "control", "1", 70, quality=0.7, thumbs_up=0.7, seed=7),
+          served(exp_id, "treatment", "2", 70, quality=0.4, thumbs_up=0.3, seed=8))
+    reg = res["models"].registry()
+
+    class PersonStopsMeanwhile(WarehouseResource):
+        store_url: str
+
+        def get_read_connection(self):
+            with session_scope(self.store_url) as s:
+                d.stop_experiment(reg, s, actor="cli:ann", reason="stopping by hand")
+            return super().get_read_connection()
+
+    raced = {**res, "warehouse": PersonStopsMeanwhile(database=res["warehouse"].database,
+                                                      store_url=store_url)}
+    result = dg.materialize([d.ab_experiment], resources=raced)
+    meta = _meta(result, "ab_experiment")
+    assert meta["decision"] == "rollback" and "changed meanwhile" in meta["stale"]
+    with session_scope(store_url) as s:
+        exp = dep.get_experiment(s, exp_id)
+        assert (exp.status, exp.decision, exp.reason) == ("stopped", "stop", "stopping by hand")
+        assert [x.action for x in dep.experiment_decisions(s, exp_id)] == ["stop"]
+    assert reg.aliases() == {"champion": "1"}
+    assert _alerts(store_url) == []

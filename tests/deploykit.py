@@ -1,11 +1,17 @@
-"""Served interactions of an A/B experiment in a real DuckDB warehouse, for the deployment tests:
-rows of ``interactions`` (the record the serving API writes: model version, tags
-``experiment:<id>`` / ``arm:<arm>``, feedback), ``interaction_quality`` and ``audited_errors``
-with the registered table layouts (``ml.tables``), written with ``ml.warehouse``."""
+"""Parts of the deployment tests.
+
+* Served interactions of an A/B experiment in a real DuckDB warehouse: rows of ``interactions``
+  (the record the serving API writes: model version, tags ``experiment:<id>`` /
+  ``arm:<arm>``, feedback), ``interaction_quality`` and ``audited_errors`` with the registered
+  table layouts (``ml.tables``), written with ``ml.warehouse``.
+* A real MLflow tracking store (SQLite) for each test, copied from one migrated once per module:
+  creating and migrating a fresh one takes seconds, a copy a fraction of one.
+"""
 
 from __future__ import annotations
 
 import random
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +30,7 @@ def served(experiment_id: int | None, arm: str | None, version: str, n: int, *, 
            audited: int = 0, errors: int = 0, seed: int = 0, prefix: str = "",
            spread: float = 0.08) -> dict[str, list[dict]]:
     """``n`` served turns of ``version`` (in ``arm`` of experiment ``experiment_id`` when given)
-    one second apart from ``start`` (default: now, UTC): quality scores around ``quality``,
+    one millisecond apart from ``start`` (default: now, UTC): quality scores around ``quality``,
     a share ``thumbs_up`` of thumbs up (the rest down), the first ``audited`` audited of which
     the first ``errors`` are errors. Returns rows per table."""
     rnd = random.Random(seed)
@@ -33,7 +39,7 @@ def served(experiment_id: int | None, arm: str | None, version: str, n: int, *, 
     out: dict[str, list[dict]] = {"interactions": [], "interaction_quality": [],
                                   "audited_errors": []}
     for i in range(n):
-        ts = start + timedelta(seconds=i)
+        ts = start + timedelta(milliseconds=i)
         iid = f"{prefix or arm or 'live'}-{experiment_id}-{version}-{seed}-{i}"
         up = rnd.random() < thumbs_up
         score = min(1.0, max(0.0, rnd.gauss(quality, spread)))
@@ -70,3 +76,20 @@ def write(path: Path | str, *batches: dict[str, list[dict]]) -> None:
             wh.upsert_rows(con, table, frame)
     finally:
         con.close()
+
+
+def mlflow_template(folder: Path) -> Path:
+    """A migrated, empty MLflow SQLite store in ``folder`` (once per test module)."""
+    from ml.registry import Registry
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Registry(f"sqlite:///{folder / 'mlflow.db'}", folder / "mlartifacts", "template").client \
+        .search_registered_models()
+    return folder / "mlflow.db"
+
+
+def copy_mlflow(template: Path, dest: Path) -> str:
+    """A copy of the template store at ``dest`` (its parent created); returns its URI."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, dest)
+    return f"sqlite:///{dest}"
