@@ -274,7 +274,7 @@ QUALITY_WINDOW_ENV = "LEARNLOOP_QUALITY_WINDOW_DAYS"
 QUALITY_HISTORY_DAYS = 30
 
 
-def _env_number(name: str, default, kind, low, high):
+def _env_number(name: str, default, kind, ok, what: str):
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -283,16 +283,19 @@ def _env_number(name: str, default, kind, low, high):
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a{'n integer' if kind is int else ' number'}"
                          ) from None
-    if not low <= value <= high:
-        raise ValueError(f"{name}={raw!r} must be between {low} and {high}")
+    if not ok(value):
+        raise ValueError(f"{name}={raw!r} must be {what}")
     return value
 
 
 def quality_watch_settings() -> tuple[float, int]:
     """(relative drop that counts, trailing window in days): LEARNLOOP_QUALITY_DROP_THRESHOLD
     (default 0.10) and LEARNLOOP_QUALITY_WINDOW_DAYS (default 7), read when the sensor runs."""
-    return (_env_number(QUALITY_THRESHOLD_ENV, 0.10, float, 0.0, 1.0),
-            _env_number(QUALITY_WINDOW_ENV, 7, int, 1, QUALITY_HISTORY_DAYS - 1))
+    days = QUALITY_HISTORY_DAYS - 1
+    return (_env_number(QUALITY_THRESHOLD_ENV, 0.10, float, lambda v: 0.0 < v < 1.0,
+                        "a share in (0, 1), e.g. 0.10 for a 10% drop"),
+            _env_number(QUALITY_WINDOW_ENV, 7, int, lambda v: 3 <= v <= days,
+                        f"a number of days from 3 to {days}"))
 
 
 @contextlib.contextmanager
