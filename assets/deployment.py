@@ -694,6 +694,9 @@ def _metadata(outcome: dict[str, Any]) -> dict[str, Any]:
         "challenger": outcome.get("challenger") or "",
         "stage": int(outcome.get("stage") or 0),
         "traffic_split": float(outcome.get("traffic_split") or 0.0)}
+    if "stage_after" in outcome:  # where the decision left it (advance: the next stage)
+        meta["stage_after"] = int(outcome["stage_after"])
+        meta["traffic_split_after"] = float(outcome["traffic_split_after"] or 0.0)
     if "stale" in outcome:
         meta["stale"] = outcome["stale"]
     arms = outcome.get("arms") or {}
