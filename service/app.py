@@ -25,7 +25,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from ml.config import Settings
 from ml.landing import STALE_TEMP_AGE_S, remove_stale_temp_files
-from service import api, api_samples, collector, web, web_samples
+from service import api, api_samples, collector, overview, web, web_samples
 from service.config import ServiceSettings
 from service.deps import ServiceContext
 from service.jsonbody import encodable
@@ -225,9 +225,11 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api.router)
     app.include_router(api_samples.router)
+    app.include_router(overview.api_router)
     app.include_router(collector.router)
     app.include_router(web.router)
     app.include_router(web_samples.router)
+    app.include_router(overview.web_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
