@@ -26,6 +26,7 @@ from assets.teaching import (
     teacher_samples,
 )
 from assets.training import base_model, candidate_model
+from orchestration.health import health_sensor
 from orchestration.jobs import (
     analytics_job,
     analytics_schedule,
@@ -78,7 +79,7 @@ defs = dg.Definitions(
     schedules=[hourly_audit_schedule, daily_teacher_schedule, daily_dataset_schedule,
                analytics_schedule, monthly_training_schedule],
     sensors=[landing_file_sensor, approved_samples_sensor, provider_job_sensor,
-             dataset_ready_sensor, ab_decision_sensor, quality_drop_sensor],
+             dataset_ready_sensor, ab_decision_sensor, quality_drop_sensor, health_sensor],
     # one resource per store (assets/resources.py), each read from LEARNLOOP_* when used
     resources={**store_resources(), "dbt": dbt_resource},
 )
