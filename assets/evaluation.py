@@ -21,7 +21,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.catalog import table_metadata, with_metadata
-from assets.deployment import clean, send_alerts, set_challenger
+from assets.lifecycle import clean, send_alerts, set_challenger
 from assets.resources import (
     WAREHOUSE_POOL,
     ModelRegistryResource,

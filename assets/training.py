@@ -20,7 +20,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.catalog import with_metadata
-from assets.deployment import promote
+from assets.lifecycle import promote
 from assets.resources import (
     WAREHOUSE_POOL,
     DatasetStoreResource,

@@ -3,7 +3,7 @@ registry at ``Settings.mlflow_uri``; ``make mlflow`` opens the same store in the
 deploy them: ``promote``, ``rollback``, ``history``, ``experiment [show | stop]``.
 
 ``list`` and ``show`` never create a tracking store that does not exist yet. The deployment
-commands go through ``assets.deployment`` (the same functions the Dagster assets use): the MLflow
+commands go through ``assets.lifecycle`` (the same functions the Dagster assets use): the MLflow
 aliases move and every change is recorded in the operational store with the OS user as actor."""
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def show(version: str, as_json: bool) -> None:
 @click.option("--reason", required=True, help="why (recorded with the change)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON")
 def promote(version: str, reason: str, as_json: bool) -> None:
-    from assets import deployment as d
+    from assets import lifecycle as d
 
     why = _reason(reason)
     out = _change(lambda reg, s: d.promote(reg, s, version, actor=d.cli_actor(), reason=why))
@@ -181,7 +181,7 @@ def promote(version: str, reason: str, as_json: bool) -> None:
 @click.option("--reason", required=True, help="why (recorded with the change)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON")
 def rollback(version: str | None, reason: str, as_json: bool) -> None:
-    from assets import deployment as d
+    from assets import lifecycle as d
 
     why = _reason(reason)
     out = _change(lambda reg, s: d.rollback(reg, s, version, actor=d.cli_actor(), reason=why))
@@ -226,7 +226,7 @@ def history(limit: int, as_json: bool) -> None:
 
 
 def _experiment_json(s, exp) -> dict:
-    from assets.deployment import result_summary
+    from assets.lifecycle import result_summary
     from store.deployments import experiment_decisions, experiment_dict
 
     return {**experiment_dict(exp, experiment_decisions(s, exp.id)),
@@ -312,7 +312,7 @@ def experiment_show(experiment_id: int | None, as_json: bool) -> None:
 @click.option("--reason", required=True, help="why (recorded with the decision)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON")
 def experiment_stop(reason: str, as_json: bool) -> None:
-    from assets import deployment as d
+    from assets import lifecycle as d
 
     why = _reason(reason)
     out = _change(lambda reg, s: d.stop_experiment(reg, s, actor=d.cli_actor(), reason=why))

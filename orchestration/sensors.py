@@ -327,7 +327,7 @@ def ab_decision_sensor(context: dg.SensorEvaluationContext, store: OperationalSt
                        warehouse: WarehouseResource, models: ModelRegistryResource):
     import duckdb
 
-    from assets.deployment import finished_for_pair
+    from assets.lifecycle import finished_for_pair
     from ml.deploy.arm_metrics import experiment_interaction_count
     from store import deployments as dep
 
@@ -419,7 +419,7 @@ def quality_drop_sensor(context: dg.SensorEvaluationContext, store: OperationalS
                         warehouse: WarehouseResource):
     import duckdb
 
-    from assets.deployment import send_alerts
+    from assets.lifecycle import send_alerts
     from ml.deploy.quality_watch import daily_quality, quality_drop
 
     threshold, window = quality_watch_settings()

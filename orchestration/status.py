@@ -48,7 +48,7 @@ def deployment_status(registry: Registry, session) -> dict[str, Any]:
     ``experiment`` (the running one with its latest result summary, or None) and
     ``last_experiment`` (the last decided one: decision, reason, versions, the primary metric
     of each arm; or None). Creates no tracking store."""
-    from assets.deployment import deployment_state
+    from assets.lifecycle import deployment_state
 
     state = deployment_state(registry, session, history=0)
     return {k: state[k] for k in ("champion", "challenger", "deployable", "experiment",

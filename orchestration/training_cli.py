@@ -62,7 +62,7 @@ def train(dataset: str, method: str, epochs: float, learning_rate: float, rank: 
                     "(learnloop/reason). The Dagster UI's trigger is retraining_job.")
 @click.option("--reason", required=True, help="why (a tag of the runs)")
 def retrain(reason: str) -> None:
-    from assets.deployment import cli_actor
+    from assets.lifecycle import cli_actor
     from orchestration import runner
     from orchestration.cli import (
         _has_ready_dataset,

@@ -15,6 +15,7 @@ import dagster as dg
 import pytest
 
 from assets import deployment as d
+from assets import lifecycle as lc
 from assets.resources import ModelRegistryResource, OperationalStoreResource
 from ml.registry import Registry, VersionNotFound
 from store import deployments as dep
@@ -48,7 +49,7 @@ def register(reg: Registry, tiny: Path, n: int) -> list[str]:
 
 
 def _tags(reg: Registry) -> dict[str, str | None]:
-    return {v.version: v.tags.get(d.DEPLOYMENT_TAG) for v in reg.versions()}
+    return {v.version: v.tags.get(lc.DEPLOYMENT_TAG) for v in reg.versions()}
 
 
 def _rows(s) -> list[tuple]:
@@ -61,12 +62,12 @@ def test_promote_keeps_the_last_three_champions_and_rollback_returns_to_one(reg,
                                                                             store_url):
     register(reg, tiny, 5)
     with session_scope(store_url) as s:
-        first = d.promote(reg, s, "1", actor="asset:base_model", reason="base model")
+        first = lc.promote(reg, s, "1", actor="asset:base_model", reason="base model")
         assert (first["champion"], first["previous_champion"]) == ("1", None)
-        d.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate passed")
+        lc.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate passed")
     assert reg.aliases() == {"champion": "1", "challenger": "2"}
     with session_scope(store_url) as s:
-        out = d.promote(reg, s, "2", actor="cli:ann", reason="looks good")
+        out = lc.promote(reg, s, "2", actor="cli:ann", reason="looks good")
         assert out["challenger"] is None and out["deployable"] == ["2", "1"]
         assert _rows(s) == [("champion", "1", "promote", "retired"),
                             ("challenger", "2", "set_challenger", "retired"),
@@ -76,19 +77,19 @@ def test_promote_keeps_the_last_three_champions_and_rollback_returns_to_one(reg,
     assert _tags(reg) == {"5": None, "4": None, "3": None, "2": "champion", "1": "deployable"}
 
     with session_scope(store_url) as s:
-        d.promote(reg, s, "3", actor="cli:ann", reason="r3")
-        fourth = d.promote(reg, s, "4", actor="cli:ann", reason="r4")
+        lc.promote(reg, s, "3", actor="cli:ann", reason="r3")
+        fourth = lc.promote(reg, s, "4", actor="cli:ann", reason="r4")
     # a fourth champion: the oldest is archived (tag and an archive row), once
     assert fourth["deployable"] == ["4", "3", "2"] and fourth["archived_now"] == ["1"]
     assert _tags(reg)["1"] == "archived"
     with session_scope(store_url) as s:
-        assert d.enforce_keep(reg, s, actor="asset:model_deployment")["archived_now"] == []
+        assert lc.enforce_keep(reg, s, actor="asset:model_deployment")["archived_now"] == []
         archive = [r for r in dep.deployment_history(s, MODEL) if r.action == "archive"]
         assert [(r.model_version, r.actor) for r in archive] == [("1", "cli:ann")]
         assert "older than the last 3 champions (v4, v3, v2)" in archive[0].reason
 
     with session_scope(store_url) as s:
-        back = d.rollback(reg, s, actor="cli:bob", reason="complaints")
+        back = lc.rollback(reg, s, actor="cli:bob", reason="complaints")
     assert (back["champion"], back["rolled_back_version"]) == ("3", "4")
     assert reg.aliases() == {"champion": "3"}
     tags = _tags(reg)
@@ -99,32 +100,32 @@ def test_promote_keeps_the_last_three_champions_and_rollback_returns_to_one(reg,
         assert (row.action, row.model_version, row.previous_version, row.actor, row.reason) == \
             ("rollback", "3", "4", "cli:bob", "complaints")
         assert dep.champion_lineage(s, MODEL)[:2] == ["3", "2"]  # v4 rolled back: left out
-        assert d.deployable_versions(reg, s) == ["3", "2"]  # v1 stays archived
+        assert lc.deployable_versions(reg, s) == ["3", "2"]  # v1 stays archived
         for target, words in (("1", "v1 is not deployable: a rollback goes to one of the last "
                                     "3 champions (v3, v2)"),
                               ("4", "v4 is not deployable"),
                               ("x", "expected a positive integer")):
             with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
-                d.rollback(reg, s, target, actor="cli:bob", reason="r")
+                lc.rollback(reg, s, target, actor="cli:bob", reason="r")
         with pytest.raises(ValueError, match="already the champion"):
-            d.promote(reg, s, "3", actor="cli:bob", reason="r")
+            lc.promote(reg, s, "3", actor="cli:bob", reason="r")
         with pytest.raises(VersionNotFound, match="has no version 9"):
-            d.promote(reg, s, "9", actor="cli:bob", reason="r")
+            lc.promote(reg, s, "9", actor="cli:bob", reason="r")
     assert reg.aliases() == {"champion": "3"}  # refused moves moved nothing
 
 
 def test_lifecycle_changes_end_the_experiment_they_make_meaningless(reg, tiny, store_url):
     register(reg, tiny, 3)
     with session_scope(store_url) as s:
-        d.promote(reg, s, "1", actor="asset:base_model", reason="base")
-        d.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate")
+        lc.promote(reg, s, "1", actor="asset:base_model", reason="base")
+        lc.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate")
         exp = dep.start_experiment(s, model_name=MODEL, champion_version="1",
                                    challenger_version="2", stages=[0.1, 0.5, 1.0], policy={},
                                    subject_key="user", started_by="test")
         first = exp.id
     # a new challenger: the running experiment of the old one stops
     with session_scope(store_url) as s:
-        out = d.set_challenger(reg, s, "3", actor="asset:candidate_evaluation", reason="gate v3")
+        out = lc.set_challenger(reg, s, "3", actor="asset:candidate_evaluation", reason="gate v3")
         assert out["stopped_experiment"] == first
         ended = dep.get_experiment(s, first)
         assert (ended.status, ended.decision) == ("stopped", "stop")
@@ -135,7 +136,7 @@ def test_lifecycle_changes_end_the_experiment_they_make_meaningless(reg, tiny, s
                                       subject_key="user", started_by="test").id
     # a person rolls the challenger back: experiment rolled back, challenger cleared
     with session_scope(store_url) as s:
-        out = d.rollback(reg, s, "1", actor="cli:ann", reason="users complain")
+        out = lc.rollback(reg, s, "1", actor="cli:ann", reason="users complain")
         assert (out["champion"], out["rolled_back_version"], out["stopped_experiment"]) == \
             ("1", "3", second)
         exp = dep.get_experiment(s, second)
@@ -151,10 +152,10 @@ def test_lifecycle_changes_end_the_experiment_they_make_meaningless(reg, tiny, s
     assert _tags(reg)["3"] == "rolled_back"
     with session_scope(store_url) as s:
         with pytest.raises(ValueError, match="no challenger is set"):
-            d.rollback(reg, s, "1", actor="cli:ann", reason="again")
+            lc.rollback(reg, s, "1", actor="cli:ann", reason="again")
         with pytest.raises(ValueError, match="no running experiment"):
-            d.stop_experiment(reg, s, actor="cli:ann", reason="r")
-        assert d.clear_challenger(reg, s, actor="cli:ann", reason="r") is None
+            lc.stop_experiment(reg, s, actor="cli:ann", reason="r")
+        assert lc.clear_challenger(reg, s, actor="cli:ann", reason="r") is None
 
 
 # ---- the assets --------------------------------------------------------------------------------
@@ -182,8 +183,8 @@ def home(tmp_path, tiny, mlflow_db, store_url, monkeypatch):
     reg = res["models"].registry()
     register(reg, tiny, 2)
     with session_scope(store_url) as s:
-        d.promote(reg, s, "1", actor="asset:base_model", reason="base model")
-        d.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate passed")
+        lc.promote(reg, s, "1", actor="asset:base_model", reason="base model")
+        lc.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate passed")
     return res
 
 
@@ -234,7 +235,7 @@ def test_a_planted_regression_is_rolled_back_automatically(home, store_url):
     assert meta["p_value"] < 0.001 and meta["p_thumbs_up_rate"] < 0.05
     assert "| quality_score |" in meta["arms"] and "treatment" in meta["arms"]
     assert reg.aliases() == {"champion": "1"}  # the challenger is gone, v1 serves everyone
-    assert reg.version("2").tags[d.DEPLOYMENT_TAG] == "rolled_back"
+    assert reg.version("2").tags[lc.DEPLOYMENT_TAG] == "rolled_back"
     assert state["champion"] == "1" and state["challenger"] == ""
     assert state["last_decision"] == "rollback"
     (check,) = result.get_asset_check_evaluations()
@@ -281,7 +282,7 @@ def test_a_planted_improvement_goes_10_then_50_percent_then_is_promoted(home, st
     assert meta["stage_treatment_n"] == 40 and meta["treatment_n"] == 110
     assert reg.aliases() == {"champion": "2"}
     assert (state["champion"], state["deployable"]) == ("2", ["2", "1"])
-    assert reg.version("1").tags[d.DEPLOYMENT_TAG] == "deployable"
+    assert reg.version("1").tags[lc.DEPLOYMENT_TAG] == "deployable"
     with session_scope(store_url) as s:
         exp = dep.get_experiment(s, exp_id)
         assert (exp.status, exp.decision) == ("promoted", "promote")
@@ -296,12 +297,12 @@ def test_a_planted_improvement_goes_10_then_50_percent_then_is_promoted(home, st
     # more champions than `keep`: model_deployment archives the oldest
     register(reg, tiny, 2)
     with session_scope(store_url) as s:
-        d.promote(reg, s, "3", actor="cli:ann", reason="r3")
-        d.promote(reg, s, "4", actor="cli:ann", reason="r4")
+        lc.promote(reg, s, "3", actor="cli:ann", reason="r3")
+        lc.promote(reg, s, "4", actor="cli:ann", reason="r4")
     result = dg.materialize([d.model_deployment], resources=res)
     state = _meta(result, "model_deployment")
     assert state["deployable"] == ["4", "3", "2"] and state["archived"] == ["1"]
-    assert reg.version("1").tags[d.DEPLOYMENT_TAG] == "archived"
+    assert reg.version("1").tags[lc.DEPLOYMENT_TAG] == "archived"
 
 
 def test_a_decision_that_lost_the_race_is_reported_not_applied(home, store_url):
@@ -322,7 +323,7 @@ def test_a_decision_that_lost_the_race_is_reported_not_applied(home, store_url):
 
         def get_read_connection(self):
             with session_scope(self.store_url) as s:
-                d.stop_experiment(reg, s, actor="cli:ann", reason="stopping by hand")
+                lc.stop_experiment(reg, s, actor="cli:ann", reason="stopping by hand")
             return super().get_read_connection()
 
     raced = {**res, "warehouse": PersonStopsMeanwhile(database=res["warehouse"].database,

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from assets import deployment as d
+from assets import lifecycle as lc
 from cli.main import main
 from ml.config import Settings
 from ml.registry import Registry
@@ -55,7 +56,7 @@ def test_promote_rollback_and_history_move_the_aliases_and_record_each_change(re
     assert res.exit_code == 0, res.output
     assert "v1 serves everyone again; v2 rolled back" in res.output
     assert reg.aliases() == {"champion": "1"}
-    assert reg.version("2").tags[d.DEPLOYMENT_TAG] == "rolled_back"
+    assert reg.version("2").tags[lc.DEPLOYMENT_TAG] == "rolled_back"
 
     rows = json.loads(_run("models", "history", "--json").output)
     assert [(r["alias"], r["model_version"], r["action"], r["status"], r["actor"], r["reason"])
@@ -100,7 +101,7 @@ def test_experiments_in_status_and_the_experiment_commands(reg, learnloop_home):
 
     # a challenger, its experiment, a planted regression: rolled back by ab_experiment
     with session_scope(Settings().store) as s:
-        d.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate passed")
+        lc.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate passed")
     exp_id = _look(res)["experiment_id"]
     running = json.loads(_run("status", "--json").output)["deployment"]
     assert running["challenger"] == "2" and running["experiment"]["id"] == exp_id
@@ -138,7 +139,7 @@ def test_experiments_in_status_and_the_experiment_commands(reg, learnloop_home):
 
     # a second challenger, stopped by a person
     with session_scope(Settings().store) as s:
-        d.set_challenger(reg, s, "3", actor="asset:candidate_evaluation", reason="gate passed")
+        lc.set_challenger(reg, s, "3", actor="asset:candidate_evaluation", reason="gate passed")
     second = _look(res)["experiment_id"]
     shown = json.loads(_run("models", "experiment", "--json").output)
     assert (shown["id"], shown["status"], shown["stage"]) == (second, "running", 0)

@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 from assets import deployment as d
+from assets import lifecycle as lc
 from assets.resources import ModelRegistryResource, OperationalStoreResource
 from orchestration.definitions import defs
 from orchestration.sensors import ab_decision_sensor, dataset_ready_sensor, quality_drop_sensor
@@ -77,8 +78,8 @@ def test_ab_decision_sensor_starts_an_experiment_then_decides_on_new_data_only(r
         requests, _, skip = _tick(ab_decision_sensor, instance, res)
         assert not requests and "no challenger" in skip.skip_message
         with session_scope(store_url) as s:
-            d.promote(reg, s, "1", actor="asset:base_model", reason="base")
-            d.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate")
+            lc.promote(reg, s, "1", actor="asset:base_model", reason="base")
+            lc.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate")
         # a challenger without an experiment: one start request, the same key on every tick
         (start,), _, _ = _tick(ab_decision_sensor, instance, res)
         assert start.run_key.startswith(f"ab-start-{MODEL}-v2-v1-")
@@ -108,7 +109,7 @@ def test_ab_decision_sensor_starts_an_experiment_then_decides_on_new_data_only(r
 
         # decided: a rolled-back pair is not tested again
         with session_scope(store_url) as s:
-            d.rollback(reg, s, "1", actor="cli:ann", reason="enough")
+            lc.rollback(reg, s, "1", actor="cli:ann", reason="enough")
             assert dep.get_experiment(s, exp_id).status == "rolled_back"
         requests, _, skip = _tick(ab_decision_sensor, instance, res, cursor)
         assert not requests and "no challenger" in skip.skip_message
