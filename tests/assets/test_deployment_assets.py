@@ -337,3 +337,26 @@ def test_a_decision_that_lost_the_race_is_reported_not_applied(home, store_url):
         assert [x.action for x in dep.experiment_decisions(s, exp_id)] == ["stop"]
     assert reg.aliases() == {"champion": "1"}
     assert _alerts(store_url) == []
+
+    # the challenger comes back: the pair was decided, so only the action "start" tests it again
+    with session_scope(store_url) as s:
+        lc.set_challenger(reg, s, "2", actor="asset:candidate_evaluation", reason="gate again")
+    idle, _, _ = _look(res)
+    assert idle["decision"] == "idle" and f"decided by experiment #{exp_id}" in idle["reason"]
+    again, _, _ = _look(res, action="start", reason="a second look", stages=[0.2, 1.0])
+    assert again["experiment_id"] != exp_id and again["traffic_split"] == pytest.approx(0.2)
+    stopped, state, _ = _look(res, action="stop", reason="no traffic this week")
+    assert (stopped["decision"], stopped["experiment_id"]) == ("stop", again["experiment_id"])
+    assert reg.aliases() == {"champion": "1"} and state["challenger"] == ""
+    with session_scope(store_url) as s:
+        exp = dep.get_experiment(s, again["experiment_id"])
+        assert (exp.status, exp.reason, exp.started_by) == ("stopped", "no traffic this week",
+                                                            "asset:ab_experiment")
+    assert _alerts(store_url) == [("experiment_decided", "info",
+                                   f"experiment-{again['experiment_id']}-stop", 1)]
+    bad = dg.materialize([d.ab_experiment], resources=res, raise_on_error=False, run_config={
+        "ops": {"ab_experiment": {"config": {"action": "promote"}}}})
+    assert not bad.success
+    (failure,) = [e for e in bad.all_events if e.is_step_failure]
+    assert "action must be one of ['decide', 'start', 'stop'], got 'promote'" in \
+        failure.step_failure_data.error.to_string()

@@ -153,3 +153,22 @@ def test_experiments_in_status_and_the_experiment_commands(reg, learnloop_home):
                         (("experiment", "show", "99"), "experiment #99 does not exist")):
         out = _run("models", *args)
         assert out.exit_code == 2 and words in out.output, (args, out.output)
+
+
+def test_retrain_runs_datasets_then_training_with_the_reason_as_a_tag(learnloop_home,
+                                                                      monkeypatch):
+    """On an empty home the dataset is too small: datasets_job fails and training does not
+    start (exit status 1); the run carries the reason and who asked."""
+    monkeypatch.setenv("DAGSTER_HOME", str(learnloop_home / "dagster_home"))  # undone after
+    res = _run("retrain")
+    assert res.exit_code == 2 and "Missing option '--reason'" in res.output
+    res = _run("retrain", "--reason", "quality dropped after the pricing change")
+    assert res.exit_code == 1, res.output
+    assert "running datasets_job ... FAILED" in res.output
+    assert "datasets_job failed: not training" in res.output
+    assert "training_job" not in res.output
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs()
+    assert run.job_name == "datasets_job"
+    assert run.tags["learnloop/reason"] == "quality dropped after the pricing change"
+    assert run.tags["learnloop/trigger"] == ACTOR
