@@ -274,8 +274,10 @@ def rollback(registry, session, to_version: str | int | None = None, *, actor: s
     if to_version is None:
         earlier = [v for v in deployable if v != champion]
         if not earlier:
+            hint = (f" (to drop the challenger v{challenger}, roll back to v{champion} itself)"
+                    if challenger else "")
             raise ValueError(f"{model} v{champion} is the only deployable champion: there is "
-                             f"no earlier one to roll back to")
+                             f"no earlier one to roll back to{hint}")
         target = earlier[0]
     else:
         target = str(to_version).strip().removeprefix("v")
