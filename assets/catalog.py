@@ -26,6 +26,7 @@ STAGE_OWNERS: dict[str, list[str]] = {
     "datasets": ["team:ml-engineering"],
     "training": ["team:ml-engineering"],
     "evaluation": ["team:ml-engineering"],
+    "deployment": ["team:ml-engineering"],
 }
 
 # where the asset's data lives (a tag, so the catalog can be filtered by store)
@@ -38,6 +39,8 @@ ASSET_STORES: dict[str, str] = {
     "eval_suite": "files", "training_dataset": "files",
     # checkpoints under $LEARNLOOP_HOME/models, versions in the MLflow registry
     "base_model": "files", "candidate_model": "files", "candidate_evaluation": "duckdb",
+    # experiments and deployments in the operational store, aliases in the MLflow registry
+    "ab_experiment": "operational", "model_deployment": "mlflow",
 }
 
 # assets whose rows hold conversation text (scrubbed of PII at ingest)

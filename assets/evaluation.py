@@ -21,6 +21,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.catalog import table_metadata, with_metadata
+from assets.lifecycle import clean, send_alerts, set_challenger
 from assets.resources import (
     WAREHOUSE_POOL,
     ModelRegistryResource,
@@ -263,11 +264,23 @@ def candidate_evaluation(context: dg.AssetExecutionContext, config: CandidateEva
     registry.set_version_tag(candidate, "gate_summary", gate.summary[:4000])
     registry.set_version_tag(candidate, "evaluated_against", str(champion))
     if gate.passed:
-        registry.set_alias("challenger", candidate)
+        with store.session() as s:
+            set_challenger(registry, s, candidate, actor="asset:candidate_evaluation",
+                           reason=f"quality gate passed against v{champion}: {gate.summary}",
+                           figures={"evaluation_id": evaluation_id, "gate": gate_dict,
+                                    "champion_version": champion},
+                           dagster_run_id=context.run.run_id)
         context.log.info(f"gate passed: {registry.model_name} v{candidate} is the challenger "
                          f"({gate.summary})")
     else:
         context.log.warning(f"gate failed for v{candidate}: {gate.summary}")
+        send_alerts(store, [{
+            "kind": "gate_failed", "severity": "warning", "source": "asset:candidate_evaluation",
+            "message": f"{registry.model_name} v{candidate} failed the quality gate against "
+                       f"champion v{champion}: {gate.summary}",
+            "details": clean({"candidate_version": candidate, "champion_version": champion,
+                              "evaluation_id": evaluation_id, "gate": gate_dict}),
+            "dedupe_key": f"gate_failed:{registry.model_name}:v{candidate}"}])
     check = dg.AssetCheckResult(
         check_name=GATE_CHECK, passed=gate.passed, severity=dg.AssetCheckSeverity.ERROR,
         description=gate.summary,

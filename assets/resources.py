@@ -84,6 +84,25 @@ class WarehouseResource(DuckDBResource):
         with bound.get_connection() as con:
             yield con
 
+    def exists(self) -> bool:
+        """Whether the DuckDB file exists (a reader has nothing to read before the first write)."""
+        path = Path(self.database).expanduser().resolve() if self.database else Settings().warehouse
+        return path.exists()
+
+    @contextmanager
+    def get_read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection (DuckDB ``access_mode`` READ_ONLY), retried like
+        :meth:`get_connection` while a writer holds the file: for readers such as the A/B
+        decision and the sensors. The file must exist (:meth:`exists`)."""
+        if not self.exists():
+            raise FileNotFoundError(f"the warehouse {self.path()} does not exist yet: nothing "
+                                    f"has been ingested")
+        bound = DuckDBResource(database=str(self.path()),
+                               connection_config={**self.connection_config,
+                                                  "access_mode": "READ_ONLY"})
+        with bound.get_connection() as con:
+            yield con
+
 
 class OperationalStoreResource(dg.ConfigurableResource):
     """The operational store (review items, reviews, attempts, datasets, runs, deployments):

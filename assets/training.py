@@ -20,6 +20,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.catalog import with_metadata
+from assets.lifecycle import promote
 from assets.resources import (
     WAREHOUSE_POOL,
     DatasetStoreResource,
@@ -198,8 +199,11 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
                 **{"learnloop.base_fingerprint": fingerprint}),
             description="The base model (offline: built from the logs; or LEARNLOOP_BASE_MODEL).")
         registered = True
-    if champion is None:
-        registry.set_alias("champion", version)
+    if champion is None:  # the first champion, recorded like every later promotion
+        with store.session() as s:
+            promote(registry, s, version, actor="asset:base_model",
+                    reason="the base model: the registered model had no champion",
+                    dagster_run_id=context.run.run_id)
         context.log.info(f"{registry.model_name} v{version} (the base model) is the champion: "
                          f"the registered model had none")
         champion = version

@@ -12,6 +12,7 @@ from assets.audit import (
     check_verdicts_are_consistent,
 )
 from assets.datasets import eval_suite, training_dataset
+from assets.deployment import ab_experiment, model_deployment
 from assets.embeddings import interaction_embeddings
 from assets.evaluation import candidate_evaluation
 from assets.ingest import ingest_interactions, raw_interactions
@@ -26,6 +27,7 @@ from assets.teaching import (
 )
 from assets.training import base_model, candidate_model
 from orchestration.automation import analytics_automation_sensor
+from orchestration.health import health_sensor
 from orchestration.jobs import (
     analytics_job,
     analytics_schedule,
@@ -33,18 +35,23 @@ from orchestration.jobs import (
     daily_dataset_schedule,
     daily_teacher_schedule,
     datasets_job,
+    deployment_job,
     evaluation_job,
     hourly_audit_schedule,
     ingest_job,
     manual_audit_job,
     monthly_training_schedule,
+    retraining_job,
     teaching_job,
     training_job,
 )
 from orchestration.sensors import (
+    ab_decision_sensor,
     approved_samples_sensor,
+    dataset_ready_sensor,
     landing_file_sensor,
     provider_job_sensor,
+    quality_drop_sensor,
 )
 
 with warnings.catch_warnings():
@@ -59,6 +66,7 @@ with warnings.catch_warnings():
         eval_suite, training_dataset,  # datasets
         base_model, candidate_model,  # training
         candidate_evaluation,  # evaluation
+        ab_experiment, model_deployment,  # deployment
         dbt_analytics_assets,  # analytics
     ])
 
@@ -68,10 +76,11 @@ defs = dg.Definitions(
     asset_checks=[check_candidates_have_known_reasons, check_verdicts_are_consistent,
                   check_samples_are_reviewable, check_pairs_differ],
     jobs=[ingest_job, audit_job, manual_audit_job, teaching_job, datasets_job, analytics_job,
-          training_job, evaluation_job],
+          training_job, evaluation_job, retraining_job, deployment_job],
     schedules=[hourly_audit_schedule, daily_teacher_schedule, daily_dataset_schedule,
                analytics_schedule, monthly_training_schedule],
     sensors=[landing_file_sensor, approved_samples_sensor, provider_job_sensor,
+             dataset_ready_sensor, ab_decision_sensor, quality_drop_sensor, health_sensor,
              analytics_automation_sensor],
     # one resource per store (assets/resources.py), each read from LEARNLOOP_* when used
     resources={**store_resources(), "dbt": dbt_resource},

@@ -114,3 +114,22 @@ monthly_training_schedule = dg.ScheduleDefinition(
                 "configuration (off by default: turn it on in the UI once the loop is trusted).",
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
+
+deployment_job = dg.define_asset_job(
+    "deployment_job",
+    selection=dg.AssetSelection.assets("ab_experiment", "model_deployment"),
+    description="Look at the A/B test: start an experiment for a new challenger, or decide the "
+                "running one from the served interactions (continue, advance, promote, roll "
+                "back, stop), then report who serves (run config: ops.ab_experiment.config; "
+                "action start/stop by hand). ab_decision_sensor starts it.",
+)
+
+retraining_job = dg.define_asset_job(
+    "retraining_job",
+    selection=dg.AssetSelection.assets("eval_suite", "training_dataset", "base_model",
+                                       "candidate_model", "candidate_evaluation"),
+    description="Retrain from scratch: hold out the evaluation suite, build a training dataset "
+                "version, train a candidate on it and evaluate it against the champion (a "
+                "passing gate makes it the challenger). The manual trigger in the UI, and what "
+                "quality_drop_sensor starts when live quality drops.",
+)

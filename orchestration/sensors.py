@@ -1,15 +1,32 @@
 """Sensors: `<event>_sensor`."""
 
 
+import contextlib
 import json
+import os
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from assets.ingest import LANDING_FINGERPRINT
-from assets.resources import LandingZoneResource, ModelRegistryResource, OperationalStoreResource
+from assets.resources import (
+    LandingZoneResource,
+    ModelRegistryResource,
+    OperationalStoreResource,
+    WarehouseResource,
+)
 from ml import landing
-from orchestration.jobs import INGEST_RUN_RETRIES, datasets_job, evaluation_job, ingest_job
+from orchestration.jobs import (
+    INGEST_RUN_RETRIES,
+    datasets_job,
+    deployment_job,
+    evaluation_job,
+    ingest_job,
+    retraining_job,
+    training_job,
+)
 
 INTERACTIONS = dg.AssetKey("interactions")
 RUN_KEY_TAG = "dagster/run_key"
@@ -247,3 +264,195 @@ def provider_job_sensor(context: dg.SensorEvaluationContext, store: OperationalS
                       "learnloop/training_run": str(run["id"])}))
     return dg.SensorResult(run_requests=requests,
                            skip_reason=None if requests else dg.SkipReason("; ".join(notes)))
+
+
+# ---- deployment and retraining triggers -------------------------------------------------------
+TRIGGER_TAG = "learnloop/trigger"
+REASON_TAG = "learnloop/reason"
+QUALITY_THRESHOLD_ENV = "LEARNLOOP_QUALITY_DROP_THRESHOLD"
+QUALITY_WINDOW_ENV = "LEARNLOOP_QUALITY_WINDOW_DAYS"
+QUALITY_HISTORY_DAYS = 30
+
+
+def _env_number(name: str, default, kind, ok, what: str):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a{'n integer' if kind is int else ' number'}"
+                         ) from None
+    if not ok(value):
+        raise ValueError(f"{name}={raw!r} must be {what}")
+    return value
+
+
+def quality_watch_settings() -> tuple[float, int]:
+    """(relative drop that counts, trailing window in days): LEARNLOOP_QUALITY_DROP_THRESHOLD
+    (default 0.10) and LEARNLOOP_QUALITY_WINDOW_DAYS (default 7), read when the sensor runs."""
+    days = QUALITY_HISTORY_DAYS - 1
+    return (_env_number(QUALITY_THRESHOLD_ENV, 0.10, float, lambda v: 0.0 < v < 1.0,
+                        "a share in (0, 1), e.g. 0.10 for a 10% drop"),
+            _env_number(QUALITY_WINDOW_ENV, 7, int, lambda v: 3 <= v <= days,
+                        f"a number of days from 3 to {days}"))
+
+
+@contextlib.contextmanager
+def read_only_warehouse(warehouse: WarehouseResource) -> Iterator:
+    """One attempt at a read-only connection (a sensor tick must stay short: when a run is
+    writing the warehouse, the tick says so and the next one reads)."""
+    from ml import warehouse as wh
+
+    con = wh.connect(warehouse.path(), read_only=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _busy(exc: Exception) -> dg.SkipReason:
+    return dg.SkipReason(f"the warehouse is being written (read next tick): {exc}")
+
+
+@dg.sensor(job=deployment_job, minimum_interval_seconds=300,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Starts deployment_job when a challenger has no experiment yet (and was "
+                       "not tested against this champion before), and whenever the running "
+                       "experiment has new served interactions in the warehouse since the last "
+                       "request. Cursor: {experiment id: interactions counted}; run key "
+                       "ab-<id>-<count> (ab-start-... for a new challenger): the same data "
+                       "never triggers twice.")
+def ab_decision_sensor(context: dg.SensorEvaluationContext, store: OperationalStoreResource,
+                       warehouse: WarehouseResource, models: ModelRegistryResource):
+    import duckdb
+
+    from assets.lifecycle import finished_for_pair
+    from ml.deploy.arm_metrics import experiment_interaction_count
+    from store import deployments as dep
+
+    registry = models.registry()
+    model = registry.model_name
+    aliases = registry.aliases()
+    champion, challenger = aliases.get("champion"), aliases.get("challenger")
+    seen = {str(k): int(v) for k, v in json.loads(context.cursor or "{}").items()}
+    with store.session() as s:
+        exp = dep.running_experiment(s, model)
+        if exp is None:
+            if challenger is None or champion is None:
+                return dg.SkipReason(f"{model}: no challenger and no running experiment")
+            done = finished_for_pair(s, model, champion, challenger)
+            if done is not None:
+                return dg.SkipReason(f"v{challenger} against v{champion} was decided by "
+                                     f"experiment #{done.id} ({done.decision})")
+            rows = [r for r in dep.deployment_history(s, model, limit=50)
+                    if r.alias == "challenger" and r.status == "active"]
+            since = rows[0].id if rows else 0
+            return dg.RunRequest(
+                run_key=f"ab-start-{model}-v{challenger}-v{champion}-{since}",
+                tags={TRIGGER_TAG: "ab_decision_sensor", "learnloop/challenger": challenger})
+        exp_id = exp.id
+    if not warehouse.exists():
+        return dg.SkipReason(f"experiment #{exp_id}: no warehouse yet, nothing served")
+    try:
+        with read_only_warehouse(warehouse) as con:
+            count = int(experiment_interaction_count(con, exp_id))
+    except duckdb.IOException as exc:
+        context.log.info(f"ab_decision_sensor: {exc}")
+        return _busy(exc)
+    before = seen.get(str(exp_id), 0)
+    cursor = json.dumps({str(exp_id): max(count, before)})
+    if count <= before:
+        return dg.SensorResult(skip_reason=dg.SkipReason(
+            f"experiment #{exp_id}: {count} served interaction(s), none new since the last "
+            f"request"), cursor=cursor)
+    return dg.SensorResult(run_requests=[dg.RunRequest(
+        run_key=f"ab-{exp_id}-{count}",
+        tags={TRIGGER_TAG: "ab_decision_sensor", "learnloop/experiment": str(exp_id),
+              "learnloop/served": str(count)})], cursor=cursor)
+
+
+@dg.sensor(job=training_job, minimum_interval_seconds=300,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Starts training_job on the newest ready training dataset version when "
+                       "no training run used it yet (with approved_samples_sensor: N approved "
+                       "samples -> a dataset version -> training -> evaluation -> challenger). "
+                       "Cursor: the newest dataset id handled; run key train-<version hash>.")
+def dataset_ready_sensor(context: dg.SensorEvaluationContext, store: OperationalStoreResource):
+    from sqlalchemy import func, select
+
+    from store.datasets import list_datasets
+    from store.models import TrainingRun
+
+    handled = int(context.cursor) if context.cursor else 0
+    with store.session() as s:
+        ready = [d for d in list_datasets(s, kind="training") if d.status == "ready"]
+        if not ready:
+            return dg.SkipReason("no ready training dataset version")
+        newest = ready[0]  # newest first
+        ds = {"id": newest.id, "hash": newest.version_hash,
+              "label": f"{newest.name}@{newest.version}"}
+        used = s.scalar(select(func.count()).select_from(TrainingRun)
+                        .where(TrainingRun.dataset_id == newest.id)) if newest.id > handled else 0
+    if ds["id"] <= handled:
+        return dg.SkipReason(f"the newest ready dataset version {ds['label']} was handled "
+                             f"already")
+    cursor = str(ds["id"])
+    if used:
+        return dg.SensorResult(skip_reason=dg.SkipReason(
+            f"{ds['label']} was already used by {used} training run(s)"), cursor=cursor)
+    return dg.SensorResult(run_requests=[dg.RunRequest(
+        run_key=f"train-{ds['hash']}",
+        run_config={"ops": {"candidate_model": {"config": {"dataset": ds["hash"]}}}},
+        tags={TRIGGER_TAG: "dataset_ready_sensor", "learnloop/dataset": ds["label"]})],
+        cursor=cursor)
+
+
+@dg.sensor(job=retraining_job, minimum_interval_seconds=3600,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Watches the daily mean quality score of the complete days: when the "
+                       "newest one is LEARNLOOP_QUALITY_DROP_THRESHOLD (default 10%) below the "
+                       "trailing LEARNLOOP_QUALITY_WINDOW_DAYS-day mean (default 7), raises a "
+                       "quality_degradation alert and starts retraining_job. Cursor: the last "
+                       "day evaluated (each day once); run key quality-drop-<day>.")
+def quality_drop_sensor(context: dg.SensorEvaluationContext, store: OperationalStoreResource,
+                        warehouse: WarehouseResource):
+    import duckdb
+
+    from assets.lifecycle import send_alerts
+    from ml.deploy.quality_watch import daily_quality, quality_drop
+
+    threshold, window = quality_watch_settings()
+    if not warehouse.exists():
+        return dg.SkipReason("no warehouse yet: no quality scores")
+    # today is not over: only complete (landing) days are judged, up to yesterday
+    until = datetime.now(UTC).date() - timedelta(days=1)
+    try:
+        with read_only_warehouse(warehouse) as con:
+            series = daily_quality(con, days=QUALITY_HISTORY_DAYS, until=until)
+    except duckdb.IOException as exc:
+        context.log.info(f"quality_drop_sensor: {exc}")
+        return _busy(exc)
+    if not series:
+        return dg.SkipReason(f"no scored interactions in the {QUALITY_HISTORY_DAYS} days up to "
+                             f"{until}")
+    last = str(series[-1].day)
+    if context.cursor and last <= context.cursor:
+        return dg.SkipReason(f"{last} was evaluated already (next: the next complete day)")
+    drop = quality_drop(series, window=window, threshold=threshold)
+    if drop is None:
+        return dg.SensorResult(skip_reason=dg.SkipReason(
+            f"{last}: no drop of {threshold:.0%} below the trailing {window}-day mean"),
+            cursor=last)
+    day = str(drop.day)
+    message = (f"live quality dropped on {day}: mean quality score {drop.value:.3f}, "
+               f"{drop.rel_drop:.1%} below the trailing {drop.window_days}-day mean "
+               f"{drop.trailing_mean:.3f} (threshold {threshold:.0%}); retraining started")
+    context.log.warning(message)
+    send_alerts(store, [{"kind": "quality_degradation", "severity": "warning",
+                         "message": message, "source": "sensor:quality_drop_sensor",
+                         "details": {**drop.to_dict(), "threshold": threshold},
+                         "dedupe_key": f"quality_degradation:{day}"}])
+    return dg.SensorResult(run_requests=[dg.RunRequest(
+        run_key=f"quality-drop-{day}",
+        tags={TRIGGER_TAG: "quality_drop_sensor", REASON_TAG: message[:200]})], cursor=last)

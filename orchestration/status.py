@@ -18,9 +18,11 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     from store.db import session_scope
     from store.repo import status_counts
 
+    registry = Registry.from_settings(settings)
     with session_scope(settings.store) as session:
         counts = status_counts(session)
         audit_attempts = attempt_counts(session, DEFAULT_MAX_ATTEMPTS)
+        deployment = deployment_status(registry, session)
     return {
         "interactions": warehouse.table_count(settings.warehouse, "interactions"),
         "quarantined": warehouse.table_count(settings.warehouse, "quarantined_interactions"),
@@ -34,9 +36,42 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "eval_suite": counts["eval_suite"],
         # the MLflow model registry: name, versions, champion, challenger, latest (a SQLite
         # tracking store that does not exist yet is not created: zeros and None)
-        "models": Registry.from_settings(settings).summary(),
+        "models": registry.summary(),
+        # who serves: the aliases, the deployable versions, the running and the last experiment
+        "deployment": deployment,
         "home": str(settings.home),
     }
+
+
+def deployment_status(registry: Registry, session) -> dict[str, Any]:
+    """``champion``, ``challenger``, ``deployable`` (the versions a rollback may return to),
+    ``experiment`` (the running one with its latest result summary, or None) and
+    ``last_experiment`` (the last decided one: decision, reason, versions, the primary metric
+    of each arm; or None). Creates no tracking store."""
+    from assets.lifecycle import deployment_state
+
+    state = deployment_state(registry, session, history=0)
+    return {k: state[k] for k in ("champion", "challenger", "deployable", "experiment",
+                                  "last_experiment")}
+
+
+def _deploy_line(d: dict[str, Any]) -> str:
+    v = lambda x: f"v{x}" if x else "-"  # noqa: E731
+    parts = [f"champion {v(d['champion'])}", f"challenger {v(d['challenger'])}",
+             f"deployable {', '.join(v(x) for x in d['deployable']) or '-'}"]
+    exp = d.get("experiment")
+    if exp:
+        summary = exp.get("summary") or {}
+        arms = summary.get("arms") or {}
+        sizes = "/".join(str((arms.get(a) or {}).get("n", 0)) for a in ("control", "treatment"))
+        parts.append(f"experiment #{exp['id']} v{exp['challenger_version']} vs "
+                     f"v{exp['champion_version']} at {exp['traffic_split']:.0%} (stage "
+                     f"{exp['stage'] + 1}/{len(exp['stages'])}"
+                     + (f", n {sizes}, last {summary.get('decision')}" if summary else "") + ")")
+    last = d.get("last_experiment")
+    if last:
+        parts.append(f"last #{last['id']} {last['decision']}")
+    return "  deploy     " + " · ".join(parts)
 
 
 def teacher_attempt_counts(path, max_attempts: int) -> dict[str, Any]:
@@ -88,6 +123,7 @@ def format_status(st: dict[str, Any]) -> str:
            if (ev := st.get("eval_suite")) else "-"),
         f"  models     {m['name']}: versions {m['versions']:,} · latest {m['latest'] or '-'} · "
         f"champion {m['champion'] or '-'} · challenger {m['challenger'] or '-'}",
+        _deploy_line(st["deployment"]),
     ]
     return "\n".join(lines)
 

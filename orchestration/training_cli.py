@@ -1,4 +1,5 @@
-"""``learnloop train`` (train and evaluate a candidate now, with a progress bar) and
+"""``learnloop train`` (train and evaluate a candidate now, with a progress bar), ``learnloop
+retrain`` (a new dataset version, then train and evaluate, with the reason as a run tag) and
 ``learnloop training list | show | cancel`` (training runs, provider fine-tune jobs)."""
 
 from __future__ import annotations
@@ -46,6 +47,47 @@ def train(dataset: str, method: str, epochs: float, learning_rate: float, rank: 
         with guard.interrupts():
             ok = train_with_progress(settings, defs, instance, guard=guard,
                                      run_config={"ops": {"candidate_model": {"config": cfg}}})
+            report_gate(settings)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    if not ok:
+        sys.exit(1)
+
+
+@click.command(help="Retrain now: datasets_job (the evaluation suite and a training dataset "
+                    "version from the approved samples), then training_job (base model, "
+                    "candidate, evaluation against the champion; a passing gate makes it the "
+                    "challenger), with progress bars. The reason is a tag of both runs "
+                    "(learnloop/reason). The Dagster UI's trigger is retraining_job.")
+@click.option("--reason", required=True, help="why (a tag of the runs)")
+def retrain(reason: str) -> None:
+    from assets.lifecycle import cli_actor
+    from orchestration import runner
+    from orchestration.cli import (
+        _has_ready_dataset,
+        _say,
+        report_gate,
+        run_jobs,
+        train_with_progress,
+    )
+    from orchestration.definitions import defs
+    from orchestration.sensors import REASON_TAG, TRIGGER_TAG
+
+    if not reason.strip():
+        _fail("--reason must say why (it is recorded as a tag of the runs)")
+    settings = _settings()
+    instance = runner.instance_for(settings)
+    guard = runner.RunGuard(instance, "learnloop retrain", say=_say)
+    guard.tags = {**guard.tags, TRIGGER_TAG: cli_actor(), REASON_TAG: reason.strip()}
+    try:
+        with guard.interrupts():
+            if not run_jobs(settings, defs, instance, ["datasets_job"], guard=guard):
+                click.echo("datasets_job failed: not training (see its output above)", err=True)
+                sys.exit(1)
+            if not _has_ready_dataset(settings):
+                sys.exit(1)
+            ok = train_with_progress(settings, defs, instance, guard=guard)
             report_gate(settings)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -121,4 +163,4 @@ def cancel_cmd(run_id: int) -> None:
     click.echo(f"training run {run_id} cancelled (provider status {out['raw_status']})")
 
 
-COMMANDS = [train, training]
+COMMANDS = [train, retrain, training]

@@ -33,7 +33,8 @@ FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
 
 # inside assets/: the shared modules below the stage modules; a stage module imports none of the
 # other stage modules
-ASSETS_SHARED = {"assets.resources", "assets.partitions", "assets.catalog", "assets.alerting"}
+ASSETS_SHARED = {"assets.resources", "assets.partitions", "assets.catalog", "assets.alerting",
+                 "assets.lifecycle"}
 
 
 def imports_of(path: Path, package: str) -> list[tuple[int, str]]:

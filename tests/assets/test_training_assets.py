@@ -17,8 +17,10 @@ from assets.evaluation import GATE_CHECK, candidate_evaluation
 from assets.resources import ModelRegistryResource
 from assets.training import base_model, candidate_model
 from ml import warehouse as wh
+from store.alerts import list_alerts
 from store.datasets import record_dataset
 from store.db import session_scope
+from store.deployments import deployment_history
 from store.training import latest_evaluation, list_evaluations, list_training_runs
 from tests.ml.training.tiny import FACTS, TINY_CONVERSATIONS, conversation, make_tiny_model
 from tests.stores import resources_for
@@ -131,6 +133,13 @@ def test_base_candidate_evaluation_and_gate(home):
         assert (run_row.status, run_row.model_version) == ("succeeded", "2")
         row = latest_evaluation(s, "tiny-assistant", "2")
         assert row.passed and row.champion_version == "1"
+        # both alias moves are recorded: the first champion and the challenger
+        moves = [(r.alias, r.model_version, r.action, r.status, r.actor) for r in
+                 reversed(deployment_history(s, "tiny-assistant"))]
+        assert moves == [("champion", "1", "promote", "active", "asset:base_model"),
+                         ("challenger", "2", "set_challenger", "active",
+                          "asset:candidate_evaluation")]
+    assert registry.version("1").tags["learnloop.deployment"] == "champion"
     with res["warehouse"].get_connection() as con:
         rows = wh.query(con, "SELECT model_role, eval_set, rouge_l, refusal_rate FROM "
                              "model_evaluations ORDER BY ALL")
@@ -152,6 +161,10 @@ def test_a_failing_gate_names_the_threshold_and_keeps_the_challenger_unset(home)
     registry = res["models"].registry()
     assert registry.alias_version("challenger") is None
     assert registry.version("2").tags["gate"] == "failed"
+    with session_scope(res["store"].get_url()) as s:
+        (alert,) = list_alerts(s)
+        assert (alert.kind, alert.dedupe_key) == ("gate_failed", "gate_failed:tiny-assistant:v2")
+        assert "margin" in alert.message and alert.details["candidate_version"] == "2"
     # the champion's scores are reused by the next evaluation of the same suite and settings
     again = dg.materialize([candidate_evaluation], resources=res, raise_on_error=False)
     (passed,) = again.get_asset_check_evaluations()

@@ -140,9 +140,9 @@ def test_service_url_without_scheme_is_refused_by_name(monkeypatch):
 
 
 def test_every_schedule_and_sensor_of_the_code_location_starts_running():
-    """README: the landing, approved-samples and provider-job sensors and the audit, teacher,
-    dataset and analytics schedules run without a click in the UI; monthly retraining is off
-    until someone turns it on."""
+    """README: the landing, approved-samples, provider-job, dataset-ready, A/B-decision and
+    quality-drop and health sensors and the audit, teacher, dataset and analytics schedules run without a
+    click in the UI; monthly retraining is off until someone turns it on."""
     from orchestration.definitions import defs
 
     schedules = {s.name: s.default_status for s in defs.schedules}
@@ -155,4 +155,8 @@ def test_every_schedule_and_sensor_of_the_code_location_starts_running():
     assert sensors == {"landing_file_sensor": dg.DefaultSensorStatus.RUNNING,
                        "approved_samples_sensor": dg.DefaultSensorStatus.RUNNING,
                        "provider_job_sensor": dg.DefaultSensorStatus.RUNNING,
+                       "dataset_ready_sensor": dg.DefaultSensorStatus.RUNNING,
+                       "ab_decision_sensor": dg.DefaultSensorStatus.RUNNING,
+                       "quality_drop_sensor": dg.DefaultSensorStatus.RUNNING,
+                       "health_sensor": dg.DefaultSensorStatus.RUNNING,
                        "analytics_automation_sensor": dg.DefaultSensorStatus.RUNNING}
