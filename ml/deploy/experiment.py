@@ -22,7 +22,8 @@ promotion).
   c. either arm below ``min_samples_per_arm`` on the primary metric -> continue;
   d. a stage whose next share is below 100%: ``min_stage_samples`` treatment interactions in
      this stage and the treatment not significantly worse -> advance, else continue;
-  e. the last stage below 100% (or the last stage): the treatment significantly better ->
+  e. the last stage below 100% (or the last stage): fewer than ``min_stage_samples``
+     treatment interactions in this stage -> continue; the treatment significantly better ->
      promote; else both arms at ``max_samples_per_arm`` -> stop (inconclusive, the champion
      stays); else continue.
 
@@ -471,7 +472,12 @@ def decide(control: ArmStats, treatment: ArmStats, policy: ExperimentPolicy, *, 
                    f"{_versus(r)}): not significantly worse after {stage_treatment_n} treatment "
                    f"interactions at {_pct(share)}: advance to {_pct(next_share)}")
 
-    # e. the deciding stage
+    # e. the deciding stage: its own traffic first (what the earlier stages saw is not enough
+    # to promote on: the deciding stage is where the treatment serves its largest share yet)
+    if stage_treatment_n < policy.min_stage_samples:
+        return out("continue", "stage_samples",
+                   f"{stage_treatment_n} treatment interactions at the {_pct(share)} stage, "
+                   f"{policy.min_stage_samples} needed before deciding: continue")
     if sig_better:
         return out("promote", "primary_improvement",
                    f"{_versus(r)} < {alpha:g}): significantly better: promote")

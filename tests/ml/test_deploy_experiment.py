@@ -198,6 +198,17 @@ def test_planted_improvement_at_the_50_percent_stage_promotes():
     assert d.figures["final_stage"] is True
 
 
+def test_the_deciding_stage_needs_traffic_of_its_own_before_it_promotes():
+    """Right after advancing to 50%, the improvement measured at 10% is not enough: the stage's
+    own minimum comes first."""
+    c, t = arm("control", quality=0.60, n=600), arm("treatment", quality=0.66, n=500)
+    d = decide(c, t, POLICY, stage=1, stage_treatment_n=POLICY.min_stage_samples - 1)
+    assert (d.action, d.figures["rule"]) == ("continue", "stage_samples")
+    assert "needed before deciding" in d.reason
+    assert decide(c, t, POLICY, stage=1,
+                  stage_treatment_n=POLICY.min_stage_samples).action == "promote"
+
+
 def test_improvement_at_the_first_stage_advances_rather_than_promotes():
     c, t = arm("control", quality=0.60, n=600), arm("treatment", quality=0.66, n=500)
     d = decide(c, t, POLICY, stage=0, stage_treatment_n=400)
