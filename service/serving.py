@@ -295,9 +295,23 @@ def allowed_versions(session, registry) -> dict[str, str | None]:
 
 def resolve_model(session, registry, model: str, *, user: str | None,
                   session_id: str | None) -> Route:
-    """The version a chat request's ``model`` names (see the module docstring)."""
+    """The version a chat request's ``model`` names (see the module docstring). A named version
+    or alias that is what the running experiment assigns this subject (a chatbot that asked
+    ``GET /v1/route`` first and calls the version it got) counts for the experiment's arm, as a
+    routed request does; one that is not is served without experiment tags, so it cannot bias the
+    arms."""
     if model in ROUTED:
         return route_for(session, registry, user=user, session_id=session_id)
+    chosen = _named_route(session, registry, model, user=user, session_id=session_id)
+    if (user or session_id) and store_dep.running_experiment(session, registry.model_name):
+        routed = route_for(session, registry, user=user, session_id=session_id)
+        if routed.version == chosen.version:
+            return routed
+    return chosen
+
+
+def _named_route(session, registry, model: str, *, user: str | None,
+                 session_id: str | None) -> Route:
     subject = user or session_id
     if model in ALIAS_MODELS:
         alias = ALIAS_MODELS[model]

@@ -175,8 +175,19 @@ def test_model_names_aliases_and_versions(world):
     assert chat(world, model="champion", session_id="m1").model == "learnloop:2"
     assert chat(world, model="challenger", session_id="m2").model == "learnloop:3"
     assert chat(world, model="2", session_id="m3").model == "learnloop:2"
-    by_alias = chat(world, model="challenger", session_id="m4").to_dict()["learnloop"]
-    assert by_alias["arm"] is None and by_alias["experiment_id"] is None  # not routed
+    # the challenger asked for by a subject the experiment assigns to control: not counted
+    by_alias = chat(world, model="challenger", user=subject_in(world, "control"),
+                    session_id="m4").to_dict()["learnloop"]
+    assert by_alias["arm"] is None and by_alias["experiment_id"] is None
+    # a chatbot that asked /v1/route and calls the version it got counts for the arm
+    treated = subject_in(world, "treatment")
+    with httpx.Client(base_url=world["url"],
+                      headers={"X-API-Key": world["keys"]["acme"]}) as http:
+        routed = http.get("/v1/route", params={"subject": treated}).json()
+    named = chat(world, model=routed["model"], user=treated, session_id="m4-t")
+    ll = named.to_dict()["learnloop"]
+    assert (named.model, ll["arm"], ll["experiment_id"]) == (
+        "learnloop:3", "treatment", world["experiment_id"])
     with pytest.raises(openai.BadRequestError) as err:
         chat(world, model="learnloop:4", session_id="m5")
     msg = str(err.value)
