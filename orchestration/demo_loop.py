@@ -31,11 +31,11 @@ import click
 from ml.config import Settings
 
 # users per round: enough for the demo policy's minimum sample at the 10% stage after a few rounds
-WAVE_SESSIONS = 300
+WAVE_SESSIONS = 200
 MAX_ROUNDS = 6
 # the demo's experiment policy: the defaults (LEARNLOOP_AB_*) are for real traffic; the demo's
 # wave is small, so its minimum samples are too
-DEMO_POLICY = {"stages": [0.1, 0.5, 1.0], "min_samples_per_arm": 120, "min_stage_samples": 30}
+DEMO_POLICY = {"stages": [0.1, 0.5, 1.0], "min_samples_per_arm": 120, "min_stage_samples": 25}
 
 
 def _free_port() -> int:
@@ -48,13 +48,20 @@ class ServingThread:
     """The service (review app + serving API) under uvicorn in a thread of this process."""
 
     def __init__(self, settings: Settings):
+        import secrets
+
         import uvicorn
+        from transformers.utils import logging as hf_logging
 
         from service.app import create_app
+        from service.config import ServiceSettings
 
+        hf_logging.disable_progress_bar()  # a model's load bar would break the wave's bar
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(settings, host="127.0.0.1")
+        # sign-in sessions of this process only: nobody signs in to the demo's own server
+        service = ServiceSettings(secret_key=secrets.token_urlsafe(32))
+        app = create_app(settings, service, host="127.0.0.1")
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True,
@@ -219,8 +226,12 @@ def close_the_loop(settings: Settings, defs, instance, guard, seed: int,
                 say(f"wave {rnd + 1}: {shown}")
                 from service.serving import flush_pending
 
+                # every session ended, so its turns are in the landing zone already; turns of a
+                # session a client never ended would wait for their feedback window
                 flushed = flush_pending(settings, all_pending=True)
-                say(f"  served turns written to the landing zone: {flushed}")
+                if flushed["written"]:
+                    say(f"  {flushed['written']} served turn(s) still pending written to the "
+                        f"landing zone")
                 ok = ingest_day(today) and ok
                 ok = run_jobs(settings, defs, instance, ["audit_job", "deployment_job"],
                               guard=guard, run_config={"deployment_job": cfg}) and ok

@@ -2,8 +2,9 @@
 
 After the quality gate makes a challenger, ``learnloop demo`` starts an A/B experiment and sends
 a second wave of users through ``GET /v1/route`` and ``POST /v1/chat/completions``. Each user asks
-the questions of the demo generator (same tenants, knowledge bases and question mix as the logs,
-:func:`plan_sessions`), the served model answers, and the user reacts the way the generator's
+the questions of the demo generator (same tenants and knowledge bases as the logs; half of the
+questions about the facts that changed, see :data:`FOCUS`; :func:`plan_sessions`), the served
+model answers, and the user reacts the way the generator's
 users react (:func:`reaction`): after a right reply they mostly go on, rarely give feedback and
 when they do it is mostly positive; after a wrong one they often abandon or ask for a human and
 their feedback is mostly negative. Whether a reply is right is judged from the knowledge base's
@@ -31,6 +32,12 @@ _WORD = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
 _MONEY = re.compile(r"[$€£]\s?\d[\d,]*(?:\.\d+)?|\d[\d,]*(?:\.\d+)?\s?(?:EUR|USD|GBP)\b")
 # a reply this close to the knowledge base's answer (token F1) with the same amounts is right
 RIGHT_F1 = 0.6
+# Share of the wave's questions about the facts that changed in each tenant's knowledge base
+# (its first item's price and its first policy, which the old bot kept stating wrong). A change
+# customers notice draws questions: after a price change, many ask about the new price. The logs'
+# own mix asks about them in about 10% of turns; a model that learned the corrections differs
+# from one that did not mostly there, so a demo-sized A/B test needs the wave to ask about them.
+FOCUS = 0.5
 
 
 @dataclass(frozen=True)
@@ -50,11 +57,30 @@ class WaveSession:
     turns: tuple[WaveTurn, ...]
 
 
-def plan_sessions(n_sessions: int, seed: int, tenants: int = 3) -> list[WaveSession]:
+def _changed_fact_question(rng: random.Random, tenant) -> tuple[str, str, str]:
+    """A question about one of the tenant's changed facts (its first item's price, its first
+    policy) with the knowledge base's current answer."""
+    spec = tenant.spec
+    if rng.random() < 0.5:
+        item, price = spec.items[0]
+        tmpl = rng.choice(spec.price_a)
+        return (rng.choice(spec.price_q).format(item=item),
+                tmpl.format(item=item, price=g._money(spec.currency, price)), "price")
+    pol = spec.policies[0]
+    item = rng.choice(spec.items)[0]
+    return rng.choice(pol.questions).format(item=item), pol.answer, "policy"
+
+
+def plan_sessions(n_sessions: int, seed: int, tenants: int = 3,
+                  focus: float = FOCUS) -> list[WaveSession]:
     """``n_sessions`` conversations (1-4 planned turns each; a user may leave earlier) with the
-    generator's question mix, from a seeded stream of their own (same arguments, same plan)."""
+    generator's question mix, from a seeded stream of their own (same arguments, same plan).
+    ``focus``: the share of questions about the facts that changed in each tenant's knowledge
+    base (see :data:`FOCUS`)."""
     if n_sessions < 1:
         raise ValueError(f"n_sessions must be at least 1, got {n_sessions}")
+    if not 0.0 <= focus <= 1.0:
+        raise ValueError(f"focus must be in [0, 1], got {focus}")
     if tenants < 1:
         raise ValueError(f"tenants must be at least 1, got {tenants}")
     rng = random.Random(seed + WAVE_SEED_OFFSET)
@@ -73,7 +99,10 @@ def plan_sessions(n_sessions: int, seed: int, tenants: int = 3) -> list[WaveSess
         planned = rng.choice((1, 1, 1, 2, 2, 2, 3, 3, 4))
         turns = []
         for turn in range(planned):
-            q, answer, intent, _topic, _price = g._question(rng, tenant, me, None)
+            if rng.random() < focus:
+                q, answer, intent = _changed_fact_question(rng, tenant)
+            else:
+                q, answer, intent, _topic, _price = g._question(rng, tenant, me, None)
             if turn == 0:
                 q = rng.choice(g._GREETINGS) + q
             turns.append(WaveTurn(q, answer, intent))

@@ -11,8 +11,8 @@ promotion).
   ``promote``, ``rollback`` or ``stop``) with a one-sentence reason carrying the numbers and
   every figure it rested on. The rules, in order:
 
-  a. guardrail: the treatment's auditor error rate (once ``min_audited`` of its interactions are
-     audited) above ``max_error_rate``, or significantly higher than the control's (z-test,
+  a. guardrail: the treatment's auditor error rate (errors per interaction, once ``min_audited``
+     of its interactions are audited) above ``max_error_rate``, or significantly higher than the control's (z-test,
      p < alpha; the control audited at least ``min_audited`` too) by more than
      ``max_error_rate_increase`` (absolute) -> rollback;
   b. primary metric regression: with ``min_samples_per_arm`` in both arms, the treatment worse
@@ -53,8 +53,11 @@ METRICS: dict[str, MetricSpec] = {
     "mean_rating": MetricSpec("mean", True, "mean user rating, 1-5, over the rated interactions"),
     "handoff_rate": MetricSpec("rate", False, "requested a human / interactions with the "
                                               "requested_human signal"),
-    "error_rate": MetricSpec("rate", False, "auditor errors / audited interactions (the latest "
-                                            "verdict per interaction)"),
+    # per interaction served, not per audited one: the audit selects interactions with bad
+    # signals (errors / audited is high for every model); the selection is the same for both
+    # arms, so errors per interaction compare them without that bias
+    "error_rate": MetricSpec("rate", False, "auditor errors (the latest verdict per "
+                                            "interaction) / interactions of the arm"),
     "quality_score": MetricSpec("mean", True, "mean interaction_quality.quality_score over the "
                                               "scored interactions"),
 }
@@ -65,7 +68,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "thumbs_up_rate": ("thumbs_up", "thumbs_n"),
     "mean_rating": ("rating_sum", "rating_sumsq", "rating_n"),
     "handoff_rate": ("handoffs", "handoff_n"),
-    "error_rate": ("errors", "audited"),
+    "error_rate": ("errors", "n"),
     "quality_score": ("quality_sum", "quality_sumsq", "quality_n"),
 }
 
@@ -113,7 +116,7 @@ class ArmStats:
                 raise ValueError(f"ArmStats({self.arm}).{name} must be a whole number >= 0, "
                                  f"got {value!r}")
         for part, whole in (("thumbs_up", "thumbs_n"), ("handoffs", "handoff_n"),
-                            ("errors", "audited")):
+                            ("errors", "audited"), ("audited", "n")):
             if getattr(self, part) > getattr(self, whole):
                 raise ValueError(f"ArmStats({self.arm}).{part} ({getattr(self, part)}) exceeds "
                                  f"{whole} ({getattr(self, whole)})")
@@ -123,7 +126,7 @@ class ArmStats:
         spec = _metric_spec(name)
         src = _SOURCES[name]
         n = int(getattr(self, src[-1]))
-        if n == 0:
+        if n == 0 or (name == "error_rate" and self.audited == 0):  # no audit ran: no data
             return {"value": None, "n": 0}
         num = getattr(self, src[0])
         return {"value": (num / n) if spec.kind == "rate" else float(num) / n, "n": n}
@@ -416,12 +419,12 @@ def decide(control: ArmStats, treatment: ArmStats, policy: ExperimentPolicy, *, 
 
     # a. guardrail on the auditor's error rate
     if treatment.audited >= policy.min_audited:
-        rate = treatment.errors / treatment.audited
+        rate = treatment.errors / treatment.n
         if rate > policy.max_error_rate:
             return out("rollback", "guardrail_error_rate",
-                       f"treatment error rate {rate:.1%} ({treatment.errors} of "
-                       f"{treatment.audited} audited) is above the ceiling "
-                       f"{_pct(policy.max_error_rate)}: guardrail: rollback")
+                       f"treatment error rate {rate:.1%} ({treatment.errors} auditor errors in "
+                       f"{treatment.n} interactions, {treatment.audited} audited) is above the "
+                       f"ceiling {_pct(policy.max_error_rate)}: guardrail: rollback")
         if control.audited >= policy.min_audited:
             r = compare("error_rate", control, treatment, alpha=alpha)
             figures["guardrail_test"] = r.to_dict()

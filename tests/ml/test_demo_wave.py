@@ -99,3 +99,20 @@ def test_run_wave_tallies_each_arm_and_reports_every_session_end():
     # users go on after right replies: more turns per session in treatment
     assert t.turns / t.sessions > c.turns / c.sessions
     assert server.feedbacks and all(f[0].startswith("i") for f in server.feedbacks)
+
+
+def test_focus_sets_the_share_of_questions_about_the_changed_facts():
+    from ml.demo import generate as g
+
+    changed = {t.tenant_id: (t.items[0][0], t.policies[0].answer) for t in g.TENANTS}
+
+    def share(plan):
+        turns = [(s.tenant_id, t) for s in plan for t in s.turns]
+        hits = sum(1 for tid, t in turns
+                   if (t.intent == "price" and changed[tid][0] in t.question)
+                   or (t.intent == "policy" and t.answer == changed[tid][1]))
+        return hits / len(turns)
+
+    assert 0.5 <= share(plan_sessions(400, seed=1)) <= 0.65  # FOCUS 0.5 + the mix's own
+    assert share(plan_sessions(400, seed=1, focus=0.0)) < 0.2
+    assert share(plan_sessions(400, seed=1, focus=1.0)) == 1.0

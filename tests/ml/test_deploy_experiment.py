@@ -43,7 +43,8 @@ def test_arm_metrics_and_to_dict():
     assert a.metric("thumbs_up_rate") == {"value": 0.75, "n": 4}
     assert a.metric("mean_rating") == {"value": 3.4, "n": 5}
     assert a.metric("handoff_rate") == {"value": 0.125, "n": 8}
-    assert a.metric("error_rate") == {"value": 0.4, "n": 5}
+    assert a.metric("error_rate") == {"value": 0.2, "n": 10}  # errors per interaction
+    assert ArmStats("control", "1", n=10).metric("error_rate") == {"value": None, "n": 0}
     assert a.metric("quality_score") == {"value": 0.6, "n": 10}
     assert ArmStats("control", "1").metric("quality_score") == {"value": None, "n": 0}
     d = a.to_dict()
@@ -238,12 +239,13 @@ def test_stage_zero_not_worse_advances_and_needs_stage_samples():
 
 def test_guardrail_error_rate_ceiling_rolls_back_even_with_a_better_primary():
     c = arm("control", quality=0.60, n=600, errors=5, audited=50)
-    t = arm("treatment", quality=0.70, n=600, errors=16, audited=40)  # 40% > 30%
+    t = arm("treatment", quality=0.70, n=300, errors=100, audited=120)  # 33.3% > 30%
     d = decide(c, t, POLICY, stage=1, stage_treatment_n=300)
     assert (d.action, d.figures["rule"]) == ("rollback", "guardrail_error_rate")
-    assert "40.0% (16 of 40 audited) is above the ceiling 30%" in d.reason
+    assert ("33.3% (100 auditor errors in 300 interactions, 120 audited) is above the ceiling "
+            "30%") in d.reason
     # below min_audited the ceiling does not apply yet
-    t = arm("treatment", quality=0.70, n=600, errors=16, audited=29)
+    t = arm("treatment", quality=0.70, n=300, errors=29, audited=29)
     assert decide(c, t, POLICY, stage=1, stage_treatment_n=300).action == "promote"
 
 
