@@ -19,9 +19,12 @@ promotion).
      by more than ``max_relative_drop`` (relative) and significantly (p < alpha) -> rollback;
      before that, an early stop for a clear loser: ``early_stop_min_samples`` in both arms,
      p < ``early_stop_alpha`` and worse by more than ``max_relative_drop`` -> rollback;
-  c. either arm below ``min_samples_per_arm`` on the primary metric -> continue;
-  d. a stage whose next share is below 100%: ``min_stage_samples`` treatment interactions in
-     this stage and the treatment not significantly worse -> advance, else continue;
+  c. at the deciding stage (below), either arm below ``min_samples_per_arm`` on the primary
+     metric -> continue;
+  d. a stage whose next share is below 100% (a canary stage): ``min_stage_samples`` treatment
+     interactions in this stage and the treatment not significantly worse -> advance, else
+     continue (the guardrails and the early stop above still roll back a clear loser; the full
+     minimum sample is for the deciding stage, where the treatment has the traffic to reach it);
   e. the last stage below 100% (or the last stage): fewer than ``min_stage_samples``
      treatment interactions in this stage -> continue; the treatment significantly better ->
      promote; else both arms at ``max_samples_per_arm`` -> stop (inconclusive, the champion
@@ -455,8 +458,8 @@ def decide(control: ArmStats, treatment: ArmStats, policy: ExperimentPolicy, *, 
                    f"{_versus(r)} < {policy.early_stop_alpha:g}): worse by more than {drop} "
                    f"before {policy.min_samples_per_arm} per arm: early stop: rollback")
 
-    # c. too few
-    if not enough:
+    # c. too few to decide (the deciding stage; an earlier stage advances on its own minimum)
+    if not enough and final:
         return out("continue", "min_samples",
                    f"{pm} has {n_t} treatment and {n_c} control samples; "
                    f"{policy.min_samples_per_arm} per arm are needed before deciding: continue")
@@ -465,8 +468,8 @@ def decide(control: ArmStats, treatment: ArmStats, policy: ExperimentPolicy, *, 
     if not final:
         if sig_worse:
             return out("continue", "stage_worse",
-                       f"{_versus(r)} < {alpha:g}): significantly worse (within the "
-                       f"{drop} tolerance): stay at {_pct(share)}: continue")
+                       f"{_versus(r)} < {alpha:g}): significantly worse, not yet a rollback: "
+                       f"stay at {_pct(share)}: continue")
         if stage_treatment_n < policy.min_stage_samples:
             return out("continue", "stage_samples",
                        f"{stage_treatment_n} treatment interactions at the {_pct(share)} stage, "

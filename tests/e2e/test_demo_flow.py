@@ -57,11 +57,36 @@ def test_demo_materializes_ingest_quality_audit_teaching_and_dbt(demo_home):
     # the base model is version 1 and the champion; a LoRA candidate was trained and evaluated:
     # the demo prints the gate's verdict with its figures either way (on its full 3,000
     # interactions the candidate passes: docs/training.md; 800 leave few corrections)
-    assert st["models"]["versions"] == 2 and st["models"]["champion"] == "1"
-    if st["models"]["challenger"] == "2":
-        assert "candidate v2 is the challenger: gate passed" in stdout
+    assert st["models"]["versions"] == 2
+    dep = st["deployment"]
+    if "candidate v2 is the challenger: gate passed" in stdout:
+        # the loop closed: v2 was A/B tested against v1 on a second wave of users served over
+        # HTTP; the experiment is decided (promote: v2 is the champion; rollback / stop: v1
+        # stays) or, after the demo's last wave, still running
+        assert "A/B experiment #1: challenger v2 (treatment) against champion v1" in stdout
+        assert "wave 1:" in stdout and "decision:" in stdout
+        if dep["experiment"] is None:
+            last = dep["last_experiment"]
+            assert last["id"] == 1 and last["decision"] in ("promote", "rollback", "stop")
+            assert f"experiment #1 decided: {last['decision']}" in stdout
+            assert dep["champion"] == ("2" if last["decision"] == "promote" else "1")
+            assert dep["challenger"] is None
+        else:
+            assert dep["experiment"]["id"] == 1 and dep["challenger"] == "2"
+            assert "is still running after" in stdout
+        # the served turns came back as interactions, with their model version and arm
+        con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+        try:
+            served = con.execute(
+                "SELECT model_version, count(*) FROM interactions WHERE model_provider = "
+                "'learnloop' AND list_contains(tags, 'experiment:1') GROUP BY ALL").fetchall()
+        finally:
+            con.close()
+        assert {v for v, _ in served} == {"1", "2"}
     else:
         assert "candidate v2 stays a candidate: gate failed" in stdout
+        assert dep["champion"] == "1" and dep["experiment"] is None
+    assert st["models"]["champion"] == dep["champion"]
     assert st["interactions"] > 700 and st["quarantined"] > 0
     assert st["scored"] == st["interactions"]
     # the simulated reviewer decided most items and left some for a person

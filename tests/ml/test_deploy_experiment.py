@@ -217,11 +217,14 @@ def test_improvement_at_the_first_stage_advances_rather_than_promotes():
     assert d.reason.endswith("advance to 50%")
 
 
-def test_too_few_samples_continue():
-    d = decide(arm("control", quality=0.6, n=900), arm("treatment", quality=0.58, n=120),
-               POLICY, stage=0, stage_treatment_n=120)
+def test_too_few_samples_continue_at_the_deciding_stage_but_a_canary_stage_advances():
+    c, t = arm("control", quality=0.6, n=900), arm("treatment", quality=0.58, n=120)
+    d = decide(c, t, POLICY, stage=1, stage_treatment_n=120)
     assert (d.action, d.figures["rule"]) == ("continue", "min_samples")
     assert "120 treatment and 900 control" in d.reason and "200 per arm" in d.reason
+    # at 10% the stage's own minimum is enough to go on to 50% (not significantly worse)
+    d = decide(c, t, POLICY, stage=0, stage_treatment_n=120)
+    assert (d.action, d.figures["rule"]) == ("advance", "advance_stage")
     empty = decide(ArmStats("control", "1"), ArmStats("treatment", "2"), POLICY, stage=0,
                    stage_treatment_n=0)
     assert empty.action == "continue" and empty.figures["tests"] == {}
@@ -271,14 +274,17 @@ def test_early_stop_for_a_clear_loser():
     assert "early stop" in d.reason and "before 200 per arm" in d.reason
     # not yet early_stop_min_samples in the treatment: continue
     t = arm("treatment", quality=0.55, n=29, sd=0.1)
-    assert decide(c, t, POLICY, stage=0, stage_treatment_n=29).figures["rule"] == "min_samples"
+    d = decide(c, t, POLICY, stage=0, stage_treatment_n=29)
+    assert (d.action, d.figures["rule"]) == ("continue", "stage_worse")
 
 
 def test_early_stop_needs_the_strict_alpha():
     c, t = arm("control", quality=0.70, n=60), arm("treatment", quality=0.60, n=40)
     r = compare("quality_score", c, t)
     assert 0.001 < r.p_value < 0.05  # significant, but not clear enough to stop early
-    assert decide(c, t, POLICY, stage=0, stage_treatment_n=40).figures["rule"] == "min_samples"
+    # significantly worse at the canary stage: it stays there (no advance), no rollback yet
+    assert decide(c, t, POLICY, stage=0, stage_treatment_n=40).figures["rule"] == "stage_worse"
+    assert decide(c, t, POLICY, stage=1, stage_treatment_n=40).figures["rule"] == "min_samples"
 
 
 def test_inconclusive_at_max_samples_stops():
