@@ -34,7 +34,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 # the same values as store.models.ALERT_KINDS (tests/store/test_alerts_store.py asserts it); who
-# raises each one is in the alerting section of docs/operations.md
+# raises each one: docs/deployment.md, "Alerts"; what to do about each: docs/operations.md,
+# "Alerts"
 ALERT_KINDS: tuple[str, ...] = ("quality_degradation", "provider_error_rate", "cost_over_budget",
                                 "rollback", "gate_failed", "review_queue_stalled",
                                 "experiment_decided")
