@@ -5,7 +5,7 @@ data; that module's docstring explains the condition). A condition does nothing 
 evaluates it. Dagster would create ``default_automation_condition_sensor`` for them implicitly,
 but STOPPED (someone must switch it on in the UI); this explicit sensor targets the analytics group
 and starts RUNNING like the other sensors of the code location, under the Dagster daemon (``dg
-dev``/``learnloop ui``, ``dagster-daemon run``). Stop it in the UI (Automation tab) to turn the
+dev``/``make dev``, ``dagster-daemon run``). Stop it in the UI (Automation tab) to turn the
 automation off: the hourly analytics_schedule still refreshes the marts. ``learnloop run`` and
 ``learnloop demo`` run their jobs explicitly and are not affected by it.
 """
