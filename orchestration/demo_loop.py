@@ -174,7 +174,7 @@ def _arm_line(exp: dict[str, Any]) -> str:
         parts.append(f"{arm} v{a.get('version', '?')} n={a.get('n', 0)} {metric}={shown}")
     test = (figures.get("tests") or {}).get(metric) or {}
     if test.get("p_value") is not None:
-        parts.append(f"p={test['p_value']:.4f}")
+        parts.append(f"p={test['p_value']:.2g}")
     return "; ".join(parts)
 
 
