@@ -6,6 +6,7 @@ import os
 
 import click
 
+from cli.demo_loop import COMMANDS as DEMO_COMMANDS
 from cli.samples import COMMANDS as SAMPLE_COMMANDS
 from orchestration.cli import COMMANDS as PIPELINE_COMMANDS
 from orchestration.cli import STORE_UNREACHABLE_EXIT, unreachable_store_line
@@ -39,5 +40,5 @@ def main() -> None:
 
 
 for _command in (*PIPELINE_COMMANDS, *DATASET_COMMANDS, *LANDING_COMMANDS, *SERVICE_COMMANDS,
-                 *SAMPLE_COMMANDS, *MODEL_COMMANDS, *TRAINING_COMMANDS):
+                 *SAMPLE_COMMANDS, *MODEL_COMMANDS, *TRAINING_COMMANDS, *DEMO_COMMANDS):
     main.add_command(_command)

@@ -407,10 +407,11 @@ def describe_audit_materialization(asset: str, meta: dict) -> str:
     return f"{asset}: {rows:,} rows" if isinstance(rows, int) else f"{asset}: materialized"
 
 
-@click.command(help="Run the whole chain on the embedded default: no server, no API key.")
-@click.option("--interactions", "n", type=click.IntRange(min=1), default=3000, show_default=True)
-@click.option("--seed", type=int, default=7, show_default=True)
-def demo(n: int, seed: int) -> None:
+def run_demo(n: int, seed: int, second_wave=None) -> None:
+    """``learnloop demo`` (the command is ``cli/demo_loop.py``'s: the loop's second wave runs the
+    serving API of ``service/``, above this layer, and comes in as ``second_wave``: called with
+    ``(settings, defs, instance, guard, seed, run_jobs=..., ingest_day=...)`` after the quality
+    gate set a challenger; it returns whether its jobs succeeded)."""
     from ml.demo.generate import generate as gen
     from orchestration.status import collect_status, format_status
 
@@ -419,7 +420,7 @@ def demo(n: int, seed: int) -> None:
     summary = gen(settings.landing, n, seed)
     click.echo(f"generated {summary.get('records', n):,} demo interactions into {settings.landing}")
     ok = _run_guarded(settings, None)
-    ok = _demo_review_and_datasets(settings, seed) and ok
+    ok = _demo_review_and_datasets(settings, seed, second_wave) and ok
     st = collect_status(settings)
     click.echo("")
     click.echo(format_status(st))
@@ -573,7 +574,7 @@ def train_with_progress(settings: Settings, defs, instance, guard=None,
         watcher.join(timeout=5)
 
 
-def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
+def _demo_review_and_datasets(settings: Settings, seed: int, second_wave=None) -> bool:
     """The demo's back half: a simulated careful reviewer (``demo-reviewer``, deciding from the
     generator's ground truth; never on real data) decides the flagged errors, the teacher proposes
     corrections for the confirmed ones, the reviewer decides those samples, then preference
@@ -608,19 +609,19 @@ def _demo_review_and_datasets(settings: Settings, seed: int) -> bool:
                     trained = train_with_progress(settings, defs, instance, guard=guard)
                     verdict = report_gate(settings)
                     ok = (trained or verdict is False) and ok
-                    if verdict:
-                        ok = _demo_second_wave(settings, defs, instance, guard, seed) and ok
+                    if verdict and second_wave is not None:
+                        ok = _demo_second_wave(settings, defs, instance, guard, seed,
+                                               second_wave) and ok
             return run_jobs(settings, defs, instance, ["analytics_job"], guard=guard) and ok
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
 
 
-def _demo_second_wave(settings: Settings, defs, instance, guard, seed: int) -> bool:
+def _demo_second_wave(settings: Settings, defs, instance, guard, seed: int, second_wave) -> bool:
     """The loop closed: an A/B test of the challenger on simulated users served by the serving
-    API (orchestration/demo_loop.py)."""
+    API (``second_wave``: cli/demo_loop.py's ``close_the_loop``)."""
     from orchestration import runner
-    from orchestration.demo_loop import close_the_loop
 
     def ingest_day(day: str) -> bool:
         failed = runner.run_ingest(defs, instance, [day], guard=guard)
@@ -628,8 +629,8 @@ def _demo_second_wave(settings: Settings, defs, instance, guard, seed: int) -> b
             click.echo(f"ingest of {day} FAILED: see the run in the Dagster UI", err=True)
         return not failed
 
-    return close_the_loop(settings, defs, instance, guard, seed, run_jobs=run_jobs,
-                          ingest_day=ingest_day)
+    return second_wave(settings, defs, instance, guard, seed, run_jobs=run_jobs,
+                       ingest_day=ingest_day)
 
 
 DEV_PORT = 3000
@@ -698,7 +699,7 @@ def dev(port: int | None, host: str) -> None:
                         "-p", str(chosen)])
 
 
-COMMANDS = [import_cmd, generate, run, audit, demo, status, migrate, tables, dev]
+COMMANDS = [import_cmd, generate, run, audit, status, migrate, tables, dev]  # demo: cli/
 
 
 STORE_UNREACHABLE_EXIT = 3

@@ -12,7 +12,7 @@ answer (:func:`judge_reply`), so a model that answers better earns better feedba
 measures a real difference, not a planted one.
 
 Nothing here does I/O: :func:`run_wave` drives a :class:`WaveClient` (the demo's HTTP client in
-``orchestration.demo_loop``; a test can pass its own) and returns what happened per arm.
+``cli.demo_loop``; a test can pass its own) and returns what happened per arm.
 """
 
 from __future__ import annotations

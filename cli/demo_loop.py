@@ -1,4 +1,5 @@
-"""``learnloop demo`` closes the loop: the challenger the gate made is A/B tested on a second wave
+"""``learnloop demo`` (the command; the chain before the loop is ``orchestration.cli.run_demo``)
+closes the loop: the challenger the gate made is A/B tested on a second wave
 of simulated users served by learnloop's own serving API, and the experiment is decided.
 
 After the quality gate sets the challenger:
@@ -252,3 +253,17 @@ def close_the_loop(settings: Settings, defs, instance, guard, seed: int,
         say(f"experiment #{exp['id']} decided: {exp['decision']} ({exp['reason']}); champion "
             f"now v{champion}")
     return ok
+
+
+@click.command(help="Run the whole chain on the embedded default: no server, no API key. After "
+                    "the quality gate sets a challenger, an A/B test on a second wave of users "
+                    "served by the serving API closes the loop.")
+@click.option("--interactions", "n", type=click.IntRange(min=1), default=3000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+def demo(n: int, seed: int) -> None:
+    from orchestration.cli import run_demo
+
+    run_demo(n, seed, second_wave=close_the_loop)
+
+
+COMMANDS = [demo]
