@@ -618,15 +618,7 @@ def iter_generated(n: int, seed: int, tenants: int = 3, days: int = 7,
                 response = choice(_OFF_TOPIC)
             # -- what the user does next
             last = turn == planned - 1
-            r = rnd()
-            if mistake is not None:
-                requested_human = r < (0.3 if last else 0.25)
-                abandoned = not requested_human and r < (0.75 if last else 0.5)
-            else:
-                requested_human = r < 0.02
-                abandoned = not requested_human and r < (0.15 if last else 0.05)
-            continued = not last and not requested_human and not abandoned
-            completed = mistake is None and last and not requested_human and rnd() < 0.7
+            requested_human, abandoned, continued, completed = user_signals(rnd, mistake, last)
             # -- the record
             completion = len(response) // 4 + 1 + randrange(4)
             prompt_chars = len(q) + ctx_chars
@@ -755,6 +747,22 @@ def _question(rng: random.Random, tenant: _Tenant, me: Customer, mistake: str | 
     other = choice(tenant.customers)
     return (choice(_DISALLOWED_Q).format(name=other.name, email=other.email),
             _DISALLOWED_A[0], "other_customer_data", None, None)
+
+
+def user_signals(rnd, mistake: str | None, last: bool) -> tuple[bool, bool, bool, bool]:
+    """What a user does after a reply (``rnd``: the stream's ``random``): (requested_human,
+    abandoned, continued, completed_action). After a mistake users ask for a human or leave far
+    more often; only the last planned turn can complete the action."""
+    r = rnd()
+    if mistake is not None:
+        requested_human = r < (0.3 if last else 0.25)
+        abandoned = not requested_human and r < (0.75 if last else 0.5)
+    else:
+        requested_human = r < 0.02
+        abandoned = not requested_human and r < (0.15 if last else 0.05)
+    continued = not last and not requested_human and not abandoned
+    completed = mistake is None and last and not requested_human and rnd() < 0.7
+    return requested_human, abandoned, continued, completed
 
 
 def _feedback(rng: random.Random, mistake: str | None, requested_human: bool

@@ -159,15 +159,7 @@ def reaction(rng: random.Random, right: bool, last: bool, intent: str
     """The user's feedback (or None) and signals after a reply, drawn as the generator's users
     draw them (``ml.demo.generate``: the same probabilities after a right or a wrong reply)."""
     mistake = None if right else ("wrong_price" if intent == "price" else "off_topic")
-    r = rng.random()
-    if mistake is not None:
-        requested_human = r < (0.3 if last else 0.25)
-        abandoned = not requested_human and r < (0.75 if last else 0.5)
-    else:
-        requested_human = r < 0.02
-        abandoned = not requested_human and r < (0.15 if last else 0.05)
-    continued = not last and not requested_human and not abandoned
-    completed = mistake is None and last and not requested_human and rng.random() < 0.7
+    requested_human, abandoned, continued, completed = g.user_signals(rng.random, mistake, last)
     fb = g._feedback(rng, mistake, requested_human)
     return fb, {"user_continued": continued, "abandoned": abandoned,
                 "requested_human": requested_human, "completed_action": completed}
