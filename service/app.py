@@ -145,6 +145,27 @@ def safe_validation_errors(errors) -> list[dict]:
     return out
 
 
+def _document_body_limit(app: FastAPI) -> None:
+    """Every operation that takes a body documents the body limit's 413 (the middleware answers it
+    before any route runs, so no route declares it itself)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = build()
+            for ops in doc.get("paths", {}).values():
+                for op in ops.values():
+                    if "requestBody" in op and "413" not in op.get("responses", {}):
+                        op.setdefault("responses", {})["413"] = {
+                            "description": f"the request body is over {MAX_BODY:,} bytes",
+                            "content": {"application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, service: ServiceSettings | None = None,
                *, migrate: bool = True, host: str | None = None) -> FastAPI:
     """Build the service. ``host``: the address it will listen on (``learnloop serve`` passes it);
@@ -241,6 +262,8 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     app.include_router(web.router)
     app.include_router(web_samples.router)
     app.include_router(overview.web_router)
+
+    _document_body_limit(app)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -91,3 +91,24 @@ def test_api_conforms_to_its_openapi_document(case, api_env):
 def test_serving_api_conforms_to_its_openapi_document(case, api_env):
     _, headers = api_env
     case.call_and_validate(headers=headers, checks=SERVING_CHECKS)
+
+
+def test_every_operation_with_a_body_documents_the_body_limit(api_env):
+    """The body limit's 413 comes from the middleware before any route runs: the document says so
+    for every operation that takes a body, and a body over the limit gets exactly that answer."""
+    from fastapi.testclient import TestClient
+
+    from service.app import MAX_BODY
+
+    app, headers = api_env
+    client = TestClient(app)
+    doc = client.get("/openapi.json").json()
+    with_body = [(m, p) for p, ops in doc["paths"].items() for m, op in ops.items()
+                 if "requestBody" in op]
+    assert ("post", "/v1/chat/completions") in with_body and len(with_body) > 5
+    missing = [(m, p) for m, p in with_body if "413" not in doc["paths"][p][m]["responses"]]
+    assert missing == []
+    r = client.post("/v1/chat/completions", headers=headers,
+                    content=b'{"messages": "' + b"x" * (MAX_BODY + 10) + b'"}')
+    assert r.status_code == 413
+    assert "exceeds the limit" in r.json()["detail"]
