@@ -22,7 +22,13 @@ from store.datasets import record_dataset
 from store.db import session_scope
 from store.deployments import deployment_history
 from store.training import latest_evaluation, list_evaluations, list_training_runs
-from tests.ml.training.tiny import FACTS, TINY_CONVERSATIONS, conversation, make_tiny_model
+from tests.ml.training.tiny import (
+    FACTS,
+    TINY_CONVERSATIONS,
+    conversation,
+    fit_until,
+    make_tiny_model,
+)
 from tests.stores import resources_for
 
 # the tiny facts alone (the safety mix is tested on its own below)
@@ -42,23 +48,14 @@ def _jsonl(path: Path, rows) -> None:
 def tiny(tmp_path_factory) -> Path:
     """A tiny chat model pretrained (full fine-tune) on the bot's wrong replies: the champion
     the corrected candidate must beat."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ml.training.chat import collate, encode_chat
 
     rand = make_tiny_model(tmp_path_factory.mktemp("tiny") / "random")
     tokenizer = AutoTokenizer.from_pretrained(rand, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(rand, local_files_only=True)
-    torch.manual_seed(0)
-    batch = collate([encode_chat(tokenizer, c, 256) for c in WRONG], tokenizer.pad_token_id)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    assert loss.item() < 0.5
+    # stopped by its loss, not a step count: the candidate's margin over this champion was
+    # +0.39 to +0.53 rougeL for champions stopped at 0.5 to 0.3, and the gate failed at 0.2
+    fit_until(model, tokenizer, WRONG, target_loss=0.45)
     out = rand.parent / "base"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -15,7 +15,11 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.llm.fake_servers import FakeOpenAIServer  # noqa: E402
-from tests.ml.training.tiny import TINY_CONVERSATIONS, make_tiny_model  # noqa: E402
+from tests.ml.training.tiny import (  # noqa: E402
+    TINY_CONVERSATIONS,
+    fit_until,
+    make_tiny_model,
+)
 
 KEY_ENV = "LEARNLOOP_TEST_EVAL_KEY"
 # the conversations the "trained" model learns by heart: two facts and a refusal
@@ -40,24 +44,13 @@ def base_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model(base_model, tmp_path_factory) -> Path:
-    """The base model after 60 full fine-tuning steps on :data:`TRAINED` (about a second)."""
-    import torch
+    """The base model fully fine-tuned on :data:`TRAINED` until its loss is below 0.3 (about a
+    second)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ml.training.chat import collate, encode_chat
 
     tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(base_model, local_files_only=True)
-    torch.manual_seed(0)
-    batch = collate([encode_chat(tokenizer, c, 256) for c in TRAINED], tokenizer.pad_token_id)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(60):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    assert loss.item() < 0.3, f"the tiny model did not learn its conversations (loss {loss.item()})"
+    fit_until(model, tokenizer, TRAINED, target_loss=0.3)
     out = tmp_path_factory.mktemp("models") / "trained"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
