@@ -56,7 +56,6 @@ def make_tiny_model(path: str | Path, *, hidden_size: int = 64, layers: int = 2,
     return path
 
 
-
 def fit_until(model, tokenizer, conversations, *, target_loss: float, lr: float = 1e-2,
               max_steps: int = 400, seed: int = 0) -> tuple[float, int]:
     """Full fine-tune ``model`` on ``conversations`` (one batch) until its loss is below
