@@ -13,6 +13,7 @@ digits and a high character entropy, and PEM private-key headers.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from functools import lru_cache
 
@@ -85,15 +86,39 @@ def _inside_identifier(text: str, s: int, e: int) -> bool:
                                                  and after[1].isalnum())))
 
 
+# a range of years, "(1995-2019)": phonenumbers reads it as a phone number
+_YEAR_RANGE = re.compile(r"\(?(?:1[5-9]|20)\d\d\)?\s*[-\u2013]\s*\(?(?:1[5-9]|20)\d\d(?!\d)")
+# below this score a Presidio pattern is a bare shape with no evidence (a 9-digit number as an
+# SSN, a bank account or a passport: 0.05): real text is full of such numbers
+MIN_SCORE = 0.1
+
+
 def presidio_findings(text: str) -> list[tuple[str, str]]:
     """(PII type, matched text) per Presidio finding in ``text`` (placeholders such as
-    ``[EMAIL]`` hold nothing it matches). ``phonenumbers`` is lenient: phone hits with fewer than
-    8 digits or inside a longer identifier (order ``ES-1689455``, a UUID's first group) are
-    dropped, so the blocking check does not stop on order numbers."""
+    ``[EMAIL]`` hold nothing it matches). Left out, so the blocking check does not stop on what
+    real chat is full of: ``phonenumbers`` is lenient, so phone hits with fewer than 8 digits,
+    inside a longer identifier (order ``ES-1689455``, a UUID's first group) or that are a range of
+    years ("(1995-2019) 11") or inside a URL (``qid=1420904010``) are dropped; findings scored
+    below ``MIN_SCORE`` (a bare 9-digit number as an SSN); credential-looking tokens that are
+    part of a URL (a path such as
+    ``/dp/B46B58OYIWE/ref=sr_55_19``: a path is not a credential; a token in a query string,
+    ``?key=...``, still counts)."""
+    if not text:
+        return []
+    results = analyzer().analyze(text, language="en", entities=[*ENTITIES, "URL"],
+                                 score_threshold=0.0)
+    urls = [(r.start, r.end) for r in results if r.entity_type == "URL"]
     out = []
-    for s, e, t in presidio_spans(text):
+    for r in sorted(results, key=lambda r: (r.start, r.end, r.entity_type)):
+        if r.entity_type == "URL" or r.score < MIN_SCORE:
+            continue
+        s, e, t = r.start, r.end, ENTITIES[r.entity_type]
         if t == "PHONE" and (sum(c.isdigit() for c in text[s:e]) < 8
-                             or _inside_identifier(text, s, e)):
+                             or _inside_identifier(text, s, e)
+                             or _YEAR_RANGE.match(text, s)
+                             or any(us <= s and e <= ue for us, ue in urls)):
+            continue
+        if t == "SECRET" and "/" in text[s:e] and any(us <= s and e <= ue + 1 for us, ue in urls):
             continue
         out.append((t, text[s:e]))
     return out

@@ -1,0 +1,66 @@
+"""The realistic benchmark profile (ml.demo.realistic) and the residual-PII judge on real text."""
+
+from pathlib import Path
+
+import pytest
+
+from ml.demo.realistic import builtin_corpus, iter_realistic, load_corpus, write_realistic
+from ml.pii import scrub_text
+from ml.pii_presidio import presidio_findings
+from ml.schema import InteractionRecord
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(SHARED)
+
+
+def test_replies_are_unique_long_and_multi_turn(corpus):
+    recs = [r for _, r in iter_realistic(2000, 3, corpus=corpus)]
+    assert len(recs) == 2000
+    replies = [r["response"] for r in recs]
+    assert len(set(replies)) == len(replies)  # unique, unlike the demo's templates
+    lengths = sorted(len(x) for x in replies)
+    assert lengths[len(lengths) // 2] >= 300  # LLM length: several hundred characters
+    assert max(r["turn_index"] for r in recs) >= 3
+    later = [r for r in recs if r["turn_index"] > 0]
+    assert later and all(len(r["messages"]) == 2 + 2 * r["turn_index"] for r in later)
+    assert len({r["tenant_id"] for r in recs}) == 5
+    for r in recs[:300]:
+        InteractionRecord.model_validate(r)
+    down = sum(1 for r in recs if r.get("feedback", {}).get("thumbs") == "down")
+    assert 0.02 < down / len(recs) < 0.12
+
+
+def test_same_seed_same_records_and_builtin_corpus_needs_no_files(tmp_path):
+    a = [r for _, r in iter_realistic(200, 5)]
+    b = [r for _, r in iter_realistic(200, 5)]
+    assert a == b and builtin_corpus().source == "builtin"
+    paths = write_realistic(tmp_path, 200, 5, days=2)
+    assert {p.parent.name for p in paths} == {"date=2026-11-01", "date=2026-11-02"}
+    assert sum(len(p.read_text().splitlines()) for p in paths) == 200
+
+
+def test_bad_arguments_and_missing_corpus_are_named(tmp_path):
+    with pytest.raises(ValueError, match="tenants"):
+        next(iter_realistic(10, 1, tenants=9))
+    with pytest.raises(FileNotFoundError, match="no public sample"):
+        load_corpus(tmp_path)
+
+
+def test_residual_judge_passes_scrubbed_real_text_and_still_finds_leaks(corpus):
+    """Real replies quote URLs with long paths and timestamps, years ranges and 9-digit numbers
+    (the speed of light): none of it is PII, and the blocking ingest check must not stop on it."""
+    texts = [r["response"] for _, r in iter_realistic(1200, 11, corpus=corpus)]
+    flagged = [t for t in texts if presidio_findings(scrub_text(t)[0])]
+    assert flagged == []
+    for benign in ("The speed of light is 299792458 m/s.", "It ran (1995-2019) 11 times.",
+                   "https://www.amazon.com/x/dp/B01B7OYIWE/ref=sr_1_1?qid=1420904010&sr=8-1"):
+        assert presidio_findings(benign) == [], benign
+    for leak, kind in (("call me on 415-555-0134", "PHONE"),
+                       ("key sk_live_4eC39HqLyjWDarjtT1zdp7dc", "SECRET"),
+                       ("https://api.example.com/v1?key=sk_live_4eC39HqLyjWDarjtT1zdp7dc", "SECRET"),
+                       ("mail ana.silva@example.org", "EMAIL")):
+        assert kind in {t for t, _ in presidio_findings(leak)}, leak
