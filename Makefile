@@ -12,7 +12,7 @@ WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: help install lock lint demo test dev serve mlflow bench bench-pii bench-collector bench-auditor bench-training clean browser
+.PHONY: help install lock lint demo test dev serve mlflow bench bench-ingest bench-pii bench-collector bench-auditor bench-training clean browser
 
 help:
 	@echo "make demo   - install, then run the whole chain on the embedded default (no server, no key)"
@@ -22,7 +22,9 @@ help:
 	@echo "make serve  - start the review web app and log collector (http://127.0.0.1:8000)"
 	@echo "make mlflow - open the MLflow UI on this project's tracking store and model registry"
 	@echo "              (http://127.0.0.1:$(MLFLOW_PORT); MLFLOW_PORT=5001 make mlflow for another port)"
-	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make bench  - the whole chain stage by stage at 10k/100k/1M interactions, generated and"
+	@echo "              realistic data: wall, CPU-seconds, peak RSS (bench/chain.py; hours at 1M)"
+	@echo "make bench-ingest - ingest alone at 1M interactions vs the naive path (bench/ingest.py)"
 	@echo "make bench-pii - PII recall/precision of ml.pii vs Presidio on labelled texts (bench/pii.py)"
 	@echo "make bench-collector - the log collector under load, from a separate process (bench/collector.py)"
 	@echo "make bench-auditor - the offline rules auditor on public labelled sets (bench/auditor_eval.py)"
@@ -88,7 +90,17 @@ mlflow: install
 	  --artifacts-destination $(LEARNLOOP_HOME)/mlartifacts \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
+# the whole chain stage by stage (ingest, embeddings, audit, teach, analytics) at 10k/100k/1M
+# interactions on the generated and the realistic profile: wall, CPU-seconds, peak RSS
+# (docs/benchmarks.md). Hours at 1M: BENCH_SIZES=10000,100000 make bench for a shorter run.
+BENCH_SIZES ?= 10000,100000,1000000
+BENCH_ARGS ?=
 bench: install
+	$(BIN)/python bench/chain.py --sizes $(BENCH_SIZES) --profiles generated,realistic \
+	  $(if $(wildcard ../shared/data),--corpus ../shared/data,) $(BENCH_ARGS)
+
+# ingest alone at 1M generated interactions, against the naive per-record path
+bench-ingest: install
 	$(BIN)/python bench/ingest.py
 
 bench-pii: install
