@@ -11,8 +11,12 @@ What it does, in order (each step only when needed, so calling it after every wr
 2. **ANN index** on the vector column (:attr:`IndexPolicy.index_type`, cosine) once the table
    has :attr:`IndexPolicy.ann_min_rows` rows. Below that an exact (flat) search is as fast and
    exact, so no index is built (``ann_min_rows=None``: never). An existing index is *rebuilt*
-   (its partitions retrained on all rows) when more than :attr:`IndexPolicy.rebuild_share` of
-   the rows are not covered by it; smaller additions are folded in by step 3.
+   (its partitions retrained on all rows, their number sized to the table) when more than
+   :attr:`IndexPolicy.rebuild_share` of the rows are not covered by it, or when the table has
+   grown :attr:`IndexPolicy.rebuild_growth` times since the index was trained (its name records
+   the rows it was trained on: ``vector_ann_<rows>``), so partitions do not grow without bound;
+   smaller additions are folded in by step 3. Rebuilding at each doubling keeps the total
+   training work proportional to the final size.
 3. **Optimize** (``Table.optimize``): compacts small fragments into large ones, adds the rows
    appended since the indexes were built to them (the vector index gets a delta over its
    existing partitions; searches cover unindexed rows with a flat scan until then), and removes
@@ -48,6 +52,7 @@ class IndexPolicy:
     hnsw_m: int = 20  # IVF_HNSW_SQ
     hnsw_ef_construction: int = 150
     rebuild_share: float = 0.5  # retrain the ANN index when this share of rows is unindexed
+    rebuild_growth: float = 2.0  # ... or when the table has grown this much since training
     bitmap_columns: tuple[str, ...] = ()
     btree_columns: tuple[str, ...] = ()
     compact_min_fragments: int = 8
@@ -64,6 +69,9 @@ class IndexPolicy:
         if self.ann_min_rows is not None and self.ann_min_rows < 256:
             raise ValueError(f"IndexPolicy.ann_min_rows must be at least 256 (IVF training "
                              f"needs rows) or None, got {self.ann_min_rows}")
+        if self.rebuild_growth <= 1.0:
+            raise ValueError(f"IndexPolicy.rebuild_growth must be above 1, "
+                             f"got {self.rebuild_growth}")
         if not 0.0 < self.rebuild_share <= 1.0:
             raise ValueError(f"IndexPolicy.rebuild_share must be in (0, 1], "
                              f"got {self.rebuild_share}")
@@ -108,6 +116,16 @@ def _fragments(table: Any) -> int:
     return int(table.stats()["fragment_stats"]["num_fragments"])
 
 
+def _ann_name(column: str, rows: int) -> str:
+    return f"{column}_ann_{rows}"
+
+
+def trained_rows(name: str) -> int | None:
+    """The rows an ANN index named by :func:`maintain` was trained on (None for another name)."""
+    head, _, tail = name.rpartition("_ann_")
+    return int(tail) if head and tail.isdigit() else None
+
+
 def vector_index_name(table: Any, column: str = "vector") -> str | None:
     """The name of the index on ``column`` (None without one)."""
     ix = _indices(table).get(column)
@@ -145,17 +163,20 @@ def maintain(table: Any, policy: IndexPolicy | None = None) -> dict[str, Any]:
                                    else BTree())
                 out["scalar_indexes_created"].append(col)
     ann = have.get(policy.vector_column)
+    col = policy.vector_column
     if ann is not None:
         unindexed = _unindexed(table, ann.name)
         out["ann_unindexed_rows"] = unindexed
-        if rows and unindexed / rows > policy.rebuild_share:
-            table.create_index(policy.vector_column, config=policy.vector_config(rows),
-                               replace=True)
+        trained = trained_rows(ann.name) or (rows - unindexed)
+        if rows and (unindexed / rows > policy.rebuild_share
+                     or rows >= policy.rebuild_growth * max(trained, 1)):
+            table.drop_index(ann.name)  # the name carries the trained size: drop, then build
+            table.create_index(col, config=policy.vector_config(rows), name=_ann_name(col, rows))
             out["ann_index"] = "rebuilt"
         else:
             out["ann_index"] = "kept"
     elif policy.ann_min_rows is not None and rows >= policy.ann_min_rows:
-        table.create_index(policy.vector_column, config=policy.vector_config(rows))
+        table.create_index(col, config=policy.vector_config(rows), name=_ann_name(col, rows))
         out["ann_index"] = "built"
         out["ann_unindexed_rows"] = rows
     stale = any(_unindexed(table, ix.name) for ix in table.list_indices())

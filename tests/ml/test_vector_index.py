@@ -4,6 +4,7 @@ old-version cleanup, and loud errors for a bad policy."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
@@ -17,6 +18,7 @@ from ml.vector_index import (
     IndexPolicy,
     maintain,
     maintain_embeddings,
+    trained_rows,
     vector_index_name,
 )
 
@@ -74,10 +76,16 @@ def test_ann_index_is_built_past_the_size_kept_for_small_additions_rebuilt_for_l
     stats = table.index_stats(vector_index_name(table))
     assert stats.num_unindexed_rows == 0 and stats.num_indexed_rows == 700
 
-    table.add(_rows(1_000, 700, rng))  # more than half the table new: retrained
+    table.add(_rows(500, 700, rng))  # twice the rows it was trained on: retrained, resized
     done = maintain(table, policy)
-    assert done["ann_index"] == "rebuilt" and done["ann_unindexed_rows"] == 1_000
-    assert table.index_stats(vector_index_name(table)).num_indexed_rows == 1_700
+    assert done["ann_index"] == "rebuilt" and done["ann_unindexed_rows"] == 500
+    assert vector_index_name(table) == "vector_ann_1200"
+    assert trained_rows(vector_index_name(table)) == 1_200
+    assert table.index_stats("vector_ann_1200").num_indexed_rows == 1_200
+
+    table.add(_rows(1_000, 1_200, rng))  # grown less than twice, but most rows unindexed
+    done = maintain(table, replace(policy, rebuild_share=0.4))
+    assert done["ann_index"] == "rebuilt" and vector_index_name(table) == "vector_ann_2200"
 
     # the index answers: a row's near copy finds the row (its exact nearest neighbour)
     rows = table.search().select(["interaction_id", "vector"]).limit(None).to_arrow()
@@ -129,6 +137,8 @@ def test_bad_policy_and_unknown_column_are_named(tmp_path):
         IndexPolicy(distance="manhattan")
     with pytest.raises(ValueError, match="ann_min_rows"):
         IndexPolicy(ann_min_rows=10)
+    with pytest.raises(ValueError, match="rebuild_growth"):
+        IndexPolicy(rebuild_growth=1.0)
     with pytest.raises(ValueError, match="rebuild_share"):
         IndexPolicy(rebuild_share=0.0)
     with pytest.raises(ValueError, match="kind"):
