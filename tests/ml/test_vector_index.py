@@ -47,13 +47,28 @@ def _index_types(table) -> dict[str, str]:
     return {ix.columns[0]: ix.index_type for ix in table.list_indices()}
 
 
-@pytest.mark.parametrize("index_type", INDEX_TYPES)
+def _finds_near_copies(table) -> None:
+    """The index answers: a row's near copy finds the row (its exact nearest neighbour)."""
+    rng = np.random.default_rng(4)
+    rows = table.search().select(["interaction_id", "vector"]).limit(None).to_arrow()
+    ids = rows.column("interaction_id").to_pylist()
+    mat = rows.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, DIM)
+    queries = mat[:20] + 0.002 * rng.normal(size=(20, DIM)).astype(np.float32)
+    res = (table.search(list(queries), vector_column_name="vector").distance_type("cosine")
+           .limit(10).select(["interaction_id", "_distance"]).to_arrow())
+    found: list[set[str]] = [set() for _ in queries]
+    for q, iid in zip(res.column("query_index").to_pylist(),
+                      res.column("interaction_id").to_pylist(), strict=True):
+        found[q].add(iid)
+    assert sum(ids[q] in found[q] for q in range(20)) >= 18
+
+
 def test_ann_index_is_built_past_the_size_kept_for_small_additions_rebuilt_for_large(
-        tmp_path, index_type):
+        tmp_path):
     rng = np.random.default_rng(1)
     db = embeddings.connect(str(tmp_path / "db"))
     table = db.create_table("t", _rows(300, 0, rng))
-    policy = _policy(index_type=index_type)
+    policy = _policy()
 
     done = maintain(table, policy)  # below the size: scalar indexes only, exact search
     assert done["ann_index"] == "none" and vector_index_name(table) is None
@@ -87,18 +102,17 @@ def test_ann_index_is_built_past_the_size_kept_for_small_additions_rebuilt_for_l
     done = maintain(table, replace(policy, rebuild_share=0.4))
     assert done["ann_index"] == "rebuilt" and vector_index_name(table) == "vector_ann_2200"
 
-    # the index answers: a row's near copy finds the row (its exact nearest neighbour)
-    rows = table.search().select(["interaction_id", "vector"]).limit(None).to_arrow()
-    ids = rows.column("interaction_id").to_pylist()
-    mat = rows.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, DIM)
-    queries = mat[:20] + 0.002 * rng.normal(size=(20, DIM)).astype(np.float32)
-    res = (table.search(list(queries), vector_column_name="vector").distance_type("cosine")
-           .limit(10).select(["interaction_id", "_distance"]).to_arrow())
-    found: list[set[str]] = [set() for _ in queries]
-    for q, iid in zip(res.column("query_index").to_pylist(),
-                      res.column("interaction_id").to_pylist(), strict=True):
-        found[q].add(iid)
-    assert sum(ids[q] in found[q] for q in range(20)) >= 18
+    _finds_near_copies(table)
+
+
+@pytest.mark.parametrize("index_type", [t for t in INDEX_TYPES if t != "IVF_FLAT"])
+def test_the_other_index_types_build_and_answer(tmp_path, index_type):
+    db = embeddings.connect(str(tmp_path / "db"))
+    table = db.create_table("t", _rows(600, 0, np.random.default_rng(6)))
+    done = maintain(table, _policy(index_type=index_type))
+    assert done["ann_index"] == "built"
+    assert table.index_stats(vector_index_name(table)).index_type == index_type
+    _finds_near_copies(table)
 
 
 def test_nothing_to_do_when_up_to_date_and_old_versions_are_cleaned(tmp_path):
