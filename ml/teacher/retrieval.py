@@ -24,6 +24,7 @@ and "cat"/"dog" do not). The best hit that matches is proposed, with ``extra.con
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from ml import embeddings
+from ml import embeddings, vector_index
 
 APPROVED_TABLE = embeddings.EMBEDDINGS_TABLE  # approved replies: kind = 'approved_reply'
 LEGACY_APPROVED_TABLE = "approved_answers"  # the earlier separate table, dropped on rebuild
@@ -41,6 +42,8 @@ APPROVED_FILTER = f"kind = '{embeddings.KIND_APPROVED_REPLY}'"
 REFERENCE = re.compile(r"\b[A-Z]{1,4}-?[0-9]{5,}\b|\b(?:ending in|last four|last 4)\s+[0-9]{4}\b")
 DEFAULT_THRESHOLD = 0.80
 SEARCH_K = 5
+QUERY_BATCH = 256  # query vectors per LanceDB search
+HIT_COLUMNS = ("interaction_id", "question", "answer", "origin", "item_id", "_distance")
 SYNONYM_COSINE = 0.7  # two words are interchangeable at this MiniLM cosine or above
 TEMPLATE_JACCARD = 0.3  # questions sharing this share of their content words are one template
 _WORD = re.compile(r"[^\W_]{3,}")
@@ -135,11 +138,14 @@ class Proposal:
 
 
 def build_answer_index(db: Any, entries: pl.DataFrame,
-                       known_vectors: dict[str, np.ndarray] | None = None) -> int:
+                       known_vectors: dict[str, np.ndarray] | None = None,
+                       maintenance: dict[str, Any] | None = None) -> int:
     """(Re)write the ``approved_reply`` rows of ``interaction_embeddings`` from ``entries``
     (interaction_id, tenant_id, question, answer, origin, item_id). Question vectors come from
     ``known_vectors`` (the interactions' ``question`` rows) where present, else are embedded now;
-    the approved replies are embedded now. Returns the row count.
+    the approved replies are embedded now. Returns the row count. The table's indexes are then
+    brought up to date (:func:`ml.vector_index.maintain_embeddings`); what that did goes into
+    ``maintenance`` when given (Dagster metadata).
 
     An entry without question or answer text is an error naming the interaction: the producer
     should have filtered it."""
@@ -184,13 +190,23 @@ def build_answer_index(db: Any, entries: pl.DataFrame,
     table.delete(APPROVED_FILTER)  # derived from the store: rebuilt whole every run
     if n:
         table.add(rows)
+    done = vector_index.maintain_embeddings(table)
+    if maintenance is not None:
+        maintenance.update(done)
     if LEGACY_APPROVED_TABLE in embeddings.table_names(db):
         db.drop_table(LEGACY_APPROVED_TABLE)
     return n
 
 
 class RetrievalTeacher:
-    """Nearest approved answer by question similarity (cosine on MiniLM vectors)."""
+    """Nearest approved answer by question similarity (cosine on MiniLM vectors).
+
+    The rows are searched in batches (:data:`QUERY_BATCH` query vectors per LanceDB search, one
+    search per tenant and batch) by an exact search of the tenant's ``approved_reply`` rows
+    (``bypass_vector_index``: the filter leaves a few thousand rows, where an ANN index over the
+    whole table loses recall and gains nothing, docs/vector-search.md). The bitmap/btree indexes
+    that :func:`ml.vector_index.maintain` keeps on ``kind`` and ``tenant_id`` let the filter skip
+    the question rows. The results equal one search per row (:meth:`propose_one_by_one`)."""
 
     source = "retrieval"
 
@@ -206,44 +222,106 @@ class RetrievalTeacher:
         self.intents = dict(intents or {})
         self._table = (embeddings.open_embeddings(db)
                        if APPROVED_TABLE in embeddings.table_names(db) else None)
+        self._per_id: int | None = None
 
     @property
     def size(self) -> int:
         """Approved replies indexed."""
         return 0 if self._table is None else self._table.count_rows(APPROVED_FILTER)
 
-    def propose_many(self, rows: Sequence[dict[str, Any]],
-                     vectors: dict[str, np.ndarray] | None = None) -> list[Proposal | None]:
-        """One proposal (or None) per row (``interaction_id``, ``user_message``, ``tenant_id``,
-        optionally ``intent``)."""
-        if self._table is None or self.size == 0 or not rows:
-            return [None] * len(rows)
+    def _vectors(self, rows: Sequence[dict[str, Any]],
+                 vectors: dict[str, np.ndarray] | None) -> list[np.ndarray]:
         vectors = vectors or {}
         missing = [i for i, r in enumerate(rows) if r["interaction_id"] not in vectors]
         fresh = embeddings.encode([rows[i].get("user_message") for i in missing]) if missing else None
-        out: list[Proposal | None] = []
+        out: list[np.ndarray] = []
         k = 0
         for row in rows:
             if row["interaction_id"] in vectors:
-                vec = vectors[row["interaction_id"]]
+                out.append(vectors[row["interaction_id"]])
             else:
-                vec = fresh[k]  # type: ignore[index]
+                out.append(fresh[k])  # type: ignore[index]
                 k += 1
-            out.append(self._best(row, vec))
         return out
 
-    def _best(self, row: dict[str, Any], vec: np.ndarray) -> Proposal | None:
+    def propose_many(self, rows: Sequence[dict[str, Any]],
+                     vectors: dict[str, np.ndarray] | None = None) -> list[Proposal | None]:
+        """One proposal (or None) per row (``interaction_id``, ``user_message``, ``tenant_id``,
+        optionally ``intent``), searched in batches."""
+        if self._table is None or self.size == 0 or not rows:
+            return [None] * len(rows)
+        vecs = self._vectors(rows, vectors)
+        hits = self._search_batched(rows, vecs)
+        return [None if h is None else self._choose(row, h)
+                for row, h in zip(rows, hits, strict=True)]
+
+    def propose_one_by_one(self, rows: Sequence[dict[str, Any]],
+                           vectors: dict[str, np.ndarray] | None = None
+                           ) -> list[Proposal | None]:
+        """:meth:`propose_many` with one LanceDB search per row (the reference path: tests and
+        bench/vector_search.py compare the two)."""
+        if self._table is None or self.size == 0 or not rows:
+            return [None] * len(rows)
+        out: list[Proposal | None] = []
+        for row, vec in zip(rows, self._vectors(rows, vectors), strict=True):
+            hits = self._search_one(row, vec)
+            out.append(None if hits is None else self._choose(row, hits))
+        return out
+
+    def _where(self, row: dict[str, Any]) -> str:
+        if not self.same_tenant:
+            return APPROVED_FILTER
+        return f"{APPROVED_FILTER} AND tenant_id = '{_sql_str(row.get('tenant_id') or 'default')}'"
+
+    def _query(self, vecs: Any, where: str, limit: int) -> Any:
+        return (self._table.search(vecs, vector_column_name="vector").distance_type("cosine")
+                .bypass_vector_index().where(where, prefilter=True).limit(limit)
+                .select(list(HIT_COLUMNS)))
+
+    def _search_one(self, row: dict[str, Any], vec: np.ndarray) -> list[dict[str, Any]] | None:
         if not np.any(vec):
             return None  # no question text to compare
+        where = f"{self._where(row)} AND interaction_id != '{_sql_str(row['interaction_id'])}'"
+        hits = self._query(vec.astype(np.float32), where, SEARCH_K + 1).to_list()
+        return sorted(hits, key=lambda h: float(h["_distance"]))
+
+    def _rows_per_id(self) -> int:
+        """The most approved rows one interaction id has (each row's own are dropped after a
+        batched search, so a batch asks for that many more)."""
+        if self._per_id is None:
+            ids = (self._table.search().where(APPROVED_FILTER).select(["interaction_id"])
+                   .limit(None).to_arrow().column("interaction_id").to_pylist())
+            self._per_id = max(Counter(ids).values(), default=0)
+        return self._per_id
+
+    def _search_batched(self, rows: Sequence[dict[str, Any]], vecs: Sequence[np.ndarray]
+                        ) -> list[list[dict[str, Any]] | None]:
+        """Per row: the ``SEARCH_K + 1`` nearest approved replies of its tenant other than its own
+        interaction's, nearest first (None for a row without question text): the hits
+        :meth:`_search_one` finds, from one search per tenant and :data:`QUERY_BATCH` rows."""
+        out: list[list[dict[str, Any]] | None] = [None] * len(rows)
+        groups: dict[str, list[int]] = {}
+        for i, (row, vec) in enumerate(zip(rows, vecs, strict=True)):
+            if np.any(vec):
+                groups.setdefault(self._where(row), []).append(i)
+        limit = SEARCH_K + 1 + self._rows_per_id()
+        for where, members in groups.items():
+            for start in range(0, len(members), QUERY_BATCH):
+                part = members[start:start + QUERY_BATCH]
+                batch = [np.asarray(vecs[i], dtype=np.float32) for i in part]
+                result = self._query(batch if len(batch) > 1 else batch[0], where, limit)
+                found: list[list[dict[str, Any]]] = [[] for _ in part]
+                for hit in result.to_list():
+                    found[int(hit.pop("query_index", 0))].append(hit)
+                for i, hits in zip(part, found, strict=True):
+                    own = str(rows[i]["interaction_id"])
+                    hits = sorted((h for h in hits if h["interaction_id"] != own),
+                                  key=lambda h: float(h["_distance"]))
+                    out[i] = hits[:SEARCH_K + 1]
+        return out
+
+    def _choose(self, row: dict[str, Any], hits: list[dict[str, Any]]) -> Proposal | None:
         iid = row["interaction_id"]
-        where = f"{APPROVED_FILTER} AND interaction_id != '{_sql_str(iid)}'"
-        if self.same_tenant:
-            tenant = row.get("tenant_id") or "default"
-            where += f" AND tenant_id = '{_sql_str(tenant)}'"
-        query = self._table.search(vec.astype(np.float32), vector_column_name="vector") \
-            .distance_type("cosine") \
-            .limit(SEARCH_K + 1).where(where, prefilter=True)
-        hits = sorted(query.to_list(), key=lambda h: float(h["_distance"]))
         question = row.get("user_message") or ""
         best = None
         rejected: list[dict[str, Any]] = []
