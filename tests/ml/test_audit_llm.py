@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 
 import polars as pl
@@ -55,6 +56,17 @@ def frame(n: int = 2) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def by_row(behaviours: dict[int, object]):
+    """A server default answering each request by the row it is about (``address <i>`` in the
+    conversation), whatever order concurrent requests arrive in; an unlisted row gets a 400."""
+    def answer(recorded):
+        text = " ".join(m["content"] for m in recorded.body["messages"])
+        row = int(re.search(r"change my address (\d+)", text).group(1))
+        behaviour = behaviours.get(row, error(400, f"no behaviour for row {row}"))
+        return behaviour(recorded) if callable(behaviour) else behaviour
+    return answer
+
+
 def test_prompt_is_versioned_and_rendered_into_the_request(server):
     server.push(ok(ERROR_VERDICT))
     auditor = LLMAuditor(router(server))
@@ -82,7 +94,7 @@ def test_clean_verdict_and_repair_of_malformed_json(server):
 
 
 def test_provider_failure_is_returned_with_the_reason_not_lost(server):
-    server.push(ok(ERROR_VERDICT), error(500, "boom"))
+    server.default = by_row({0: ok(ERROR_VERDICT), 1: error(500, "boom")})
     seen = []
     out = LLMAuditor(router(server)).audit_frame(frame(2), on_item=lambda i, ok_: seen.append((i, ok_)))
     assert out.verdicts["interaction_id"].to_list() == ["it-0"]
@@ -114,7 +126,8 @@ def test_one_bad_row_or_garbage_reply_fails_that_row_only(server):
     rows = frame(4).with_columns(
         pl.when(pl.col("interaction_id") == "it-1").then(pl.lit("{not json"))
         .otherwise(pl.col("messages")).alias("messages"))
-    server.push(ok(ERROR_VERDICT), raw('{"choices": [{"message": null}]}'), ok(CLEAN_VERDICT))
+    server.default = by_row({0: ok(ERROR_VERDICT), 2: raw('{"choices": [{"message": null}]}'),
+                             3: ok(CLEAN_VERDICT)})
     seen = []
     out = LLMAuditor(router(server)).audit_frame(rows, on_item=lambda i, ok_: seen.append((i, ok_)))
     assert out.verdicts["interaction_id"].to_list() == ["it-0", "it-3"]
@@ -135,7 +148,8 @@ def test_garbage_reply_fails_over_to_the_gemini_backup(server):
         backup.default = ok(ERROR_VERDICT)
         auditor = LLMAuditor(build_router("auditor", {"providers": [
             {"kind": "openai", "model": "gpt-test", "base_url": server.base_url, "api_key_env": KEY_ENV,
-             "max_retries": 0, "breaker": {"failure_threshold": 1, "reset_timeout_s": 60}},
+             "max_retries": 0, "breaker": {"failure_threshold": 1, "reset_timeout_s": 60},
+             "concurrency": 1},  # one at a time: the breaker opens before the second request
             {"kind": "gemini", "model": "gemini-test", "base_url": backup.base_url, "api_key_env": KEY_ENV},
         ], "cache_backend": "none"}))
         out = auditor.audit_frame(frame(3))
