@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date
+from datetime import date, datetime
 
 import polars as pl
 import pytest
@@ -229,3 +229,62 @@ def test_propose_corrections_records_a_bad_row_and_goes_on(server):
     assert list(result.proposals) == ["it-1"] and result.proposals["it-1"].response == "Updated."
     assert "it-0: messages is not valid JSON" in result.failures["it-0"]
     assert server.calls == 1
+
+
+def test_audit_frame_concurrent_output_is_the_sequential_output(server):
+    """Rows audited side by side give the verdicts, failures and on_item calls of a one-at-a-time
+    run, in row order; the server never sees more requests at once than the limit."""
+    behaviours = {i: ok(ERROR_VERDICT if i % 3 else CLEAN_VERDICT, delay_s=0.05) for i in range(12)}
+    behaviours[4] = error(400, "too long")  # a request-specific failure
+    behaviours[7] = error(503, "overloaded")  # an outage
+    behaviours[9] = raw('{"choices": [{"message": null}]}')
+    server.default = by_row(behaviours)
+    rows = frame(12).with_columns(
+        pl.when(pl.col("interaction_id") == "it-10").then(pl.lit("{not json"))
+        .otherwise(pl.col("messages")).alias("messages"))
+    now = datetime(2026, 1, 3, 12, 0)
+    outcomes = {}
+    for limit in (1, 4):
+        seen = []
+        auditor = LLMAuditor(router(server, concurrency=limit))
+        out = auditor.audit_frame(rows, now=now, on_item=lambda i, ok_, seen=seen: seen.append((i, ok_)))
+        outcomes[limit] = (out, seen, server.max_in_flight, auditor.router.stats)
+        server.reset()
+    (seq, seq_seen, seq_flight, _), (par, par_seen, par_flight, stats) = outcomes[1], outcomes[4]
+    assert seq_flight == 1 and par_flight == 4
+    assert par.verdicts.equals(seq.verdicts)
+    assert par.failures == seq.failures
+    assert par_seen == seq_seen == [(f"it-{i}", i not in (4, 7, 9, 10)) for i in range(12)]
+    assert [f.interaction_id for f in par.failures] == ["it-4", "it-7", "it-9", "it-10"]
+    assert [f.counted for f in par.failures] == [True, False, True, True]
+    assert par.verdicts["interaction_id"].to_list() == [f"it-{i}" for i in (0, 1, 2, 3, 5, 6, 8, 11)]
+    assert (stats.requests, stats.successes, stats.failures) == (11, 8, 3)  # it-10 never sent
+
+
+def test_llm_teacher_propose_many_keeps_row_order_and_row_failures(server):
+    def answer(i):
+        return ok(json.dumps({"corrected_response": f"Fixed {i}.", "rationale": "Do it."}),
+                  delay_s=0.05 * (6 - i))  # the first rows answer last
+
+    behaviours = {i: answer(i) for i in range(6)}
+    behaviours[3] = error(503, "overloaded")
+    server.default = by_row(behaviours)
+    teacher = LLMTeacher(build_router("teacher", {
+        "kind": "openai", "model": "gpt-test", "base_url": server.base_url,
+        "api_key_env": KEY_ENV, "max_retries": 0, "cache_backend": "none", "concurrency": 3}))
+    rows = list(frame(6).iter_rows(named=True))
+    rows[1]["messages"] = "{not json"
+    out = teacher.propose_many(rows, ["refused"] * 6)
+    assert [type(p).__name__ for p in out] == ["Proposal", "RowInputError", "Proposal",
+                                               "ProviderError", "Proposal", "Proposal"]
+    assert [p.response for p in out if type(p).__name__ == "Proposal"] == [
+        "Fixed 0.", "Fixed 2.", "Fixed 4.", "Fixed 5."]
+    assert server.max_in_flight == 3
+    with pytest.raises(ValueError, match="6 rows but 1 findings"):
+        teacher.propose_many(rows, ["refused"])
+    server.reset()
+    result = propose_corrections([{**r, "finding": "refused"} for r in rows], retrieval=None,
+                                 llm=teacher)
+    assert list(result.proposals) == ["it-0", "it-2", "it-4", "it-5"]
+    assert list(result.failures) == ["it-1", "it-3"] and result.counted == {"it-1"}
+    assert result.failures["it-3"].startswith("[outage] ") and "503" in result.failures["it-3"]
