@@ -228,3 +228,45 @@ def test_from_env_builds_the_configured_limit(openai_server, api_key, monkeypatc
     monkeypatch.setenv("LEARNLOOP_LLM_CONCURRENCY", "5")
     router = from_env("teacher", home=tmp_path)
     assert router.providers[0].concurrency == 5
+
+
+def test_a_retrying_call_keeps_its_slot_through_the_backoff(openai_server, api_key):
+    """Limit 1: request 0 fails once and waits 0.2 s before its retry; request 1 does not get
+    in between (the slot is held through the wait), so request 0's attempts are adjacent."""
+    seen: dict[int, int] = {}
+
+    def answer(r):
+        n = number(r)
+        seen[n] = seen.get(n, 0) + 1
+        return error(503, "busy") if n == 0 and seen[n] == 1 else ok(f"answer {n}")
+
+    openai_server.default = answer
+    retry = FAST_RETRY.__class__(max_retries=1, initial_backoff_s=0.2, max_backoff_s=0.2, jitter_s=0)
+    router = Router("auditor", [ResilientProvider(make_provider(openai_server), retry=retry,
+                                                  concurrency=1)])
+    results = router.complete_many([req(0), req(1)], max_workers=2)
+    assert [r.text for r in results] == ["answer 0", "answer 1"]
+    order = [number(r) for r in openai_server.requests]
+    assert order in ([0, 0, 1], [1, 0, 0]) and router.stats.retries == 1
+
+
+def test_half_open_breaker_lets_one_trial_out_and_the_rest_fail_over(api_key):
+    from ml.llm import CircuitBreaker
+    from tests.llm.helpers import FakeClock
+
+    clock = FakeClock()
+    with FakeOpenAIServer() as primary, FakeGeminiServer() as backup:
+        primary.default = lambda r: ok(f"primary {number(r)}", delay_s=0.6)  # the trial is slow
+        backup.default = lambda r: ok(f"backup {number(r)}")
+        breaker = CircuitBreaker("primary", 1, 10.0, clock=clock)
+        breaker.record_failure()  # open
+        p = ResilientProvider(make_provider(primary, name="primary"), retry=FAST_RETRY,
+                              breaker=breaker, concurrency=4)
+        router = Router("judge", [p, slot(backup, 4, name="backup")])
+        assert [r.provider for r in router.complete_many([req(i) for i in range(4)])] == ["backup"] * 4
+        assert primary.calls == 0 and router.stats.breaker_skips == 4
+        clock.advance(10.0)  # half-open: one trial call
+        results = router.complete_many([req(i) for i in range(4)])
+    assert sorted(r.provider for r in results) == ["backup", "backup", "backup", "primary"]
+    assert primary.calls == 1 and breaker.state == "closed"
+    assert router.stats.breaker_skips == 4 + 3 and router.stats.successes == 8
