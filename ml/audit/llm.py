@@ -21,7 +21,7 @@ import polars as pl
 
 from ml.audit.failures import ROW_FAILURES, classify_failure
 from ml.audit.taxonomy import Verdict
-from ml.conversation import clip, render_conversation
+from ml.conversation import RowInputError, clip, render_conversation
 from ml.llm import LLMRequest, ProviderError, Router, redact
 from ml.prompts import Prompt, load_prompt
 from ml.tables import TABLES
@@ -99,35 +99,52 @@ class LLMAuditor:
     def audit_frame(self, frame: pl.DataFrame, *, now: datetime | None = None,
                     on_item: Callable[[str, bool], None] | None = None) -> AuditOutcome:
         """Audit every row of ``frame``; per-row failures (:data:`ROW_FAILURES`) are collected as
-        :class:`AuditFailure` with the reason, not raised, and the other rows proceed."""
+        :class:`AuditFailure` with the reason, not raised, and the other rows proceed.
+
+        The rows' requests go out side by side (``Router.complete_many``: at most each
+        provider's ``concurrency`` at once); verdicts, failures and ``on_item`` calls come in the
+        frame's row order, as they would one row at a time."""
         stamp = (now or datetime.now(UTC)).replace(tzinfo=None)
-        rows: list[dict[str, Any]] = []
-        failures: list[AuditFailure] = []
-        for row in frame.iter_rows(named=True):
-            iid, tenant = row["interaction_id"], row.get("tenant_id") or "default"
+        rows = list(frame.iter_rows(named=True))
+        answers: list[Any] = [None] * len(rows)
+        to_send: list[int] = []
+        requests: list[LLMRequest] = []
+        for i, row in enumerate(rows):
             try:
-                verdict, answered_by = self.audit_one(row)
-            except ROW_FAILURES as exc:
-                kind = classify_failure(exc)
-                reason = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {redact(exc)}"
-                if not isinstance(exc, ProviderError):  # the router logged the provider failures
+                requests.append(self.build_request(row))
+            except RowInputError as exc:
+                answers[i] = exc
+                continue
+            to_send.append(i)
+        for i, answer in zip(to_send, self.router.complete_many(requests), strict=True):
+            answers[i] = answer
+        verdicts: list[dict[str, Any]] = []
+        failures: list[AuditFailure] = []
+        for row, answer in zip(rows, answers, strict=True):
+            iid, tenant = row["interaction_id"], row.get("tenant_id") or "default"
+            if isinstance(answer, ROW_FAILURES):
+                kind = classify_failure(answer)
+                reason = (str(answer) if isinstance(answer, ProviderError)
+                          else f"{type(answer).__name__}: {redact(answer)}")
+                if not isinstance(answer, ProviderError):  # the router logged the provider failures
                     log.warning("audit of %s failed (%s): %s", iid, kind.why, reason)
                 failures.append(AuditFailure(iid, tenant, reason, kind.counted))
                 if on_item:
                     on_item(iid, False)
                 continue
-            rows.append({
+            verdict = Verdict.model_validate(answer.parsed)
+            verdicts.append({
                 "interaction_id": iid, "tenant_id": tenant,
                 "partition_date": row.get("partition_date"),
                 "auditor": self.name, "prompt_version": self.prompt_version,
                 "is_error": verdict.is_error, "category": verdict.category,
                 "severity": verdict.severity, "confidence": verdict.confidence,
                 "explanation": verdict.explanation, "signals": [],
-                "answered_by": answered_by, "audited_at": stamp,
+                "answered_by": answer.provider, "audited_at": stamp,
             })
             if on_item:
                 on_item(iid, True)
-        return AuditOutcome(pl.DataFrame(rows, schema=verdict_schema()), failures)
+        return AuditOutcome(pl.DataFrame(verdicts, schema=verdict_schema()), failures)
 
 
 def verdict_schema() -> dict[str, pl.DataType]:

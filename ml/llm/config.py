@@ -15,7 +15,7 @@ from ml.llm.cache import ResponseCache, open_cache
 from ml.llm.errors import ConfigError
 from ml.llm.pricing import PriceTable
 from ml.llm.redaction import install_redaction
-from ml.llm.reliability import ResilientProvider, RetryPolicy
+from ml.llm.reliability import ResilientProvider, RetryPolicy, provider_concurrency
 from ml.llm.router import Router
 from ml.llm.types import Provider
 
@@ -30,7 +30,8 @@ _PROVIDER_KEYS = {
 }
 _RETRY_KEYS = {"max_retries", "initial_backoff_s", "max_backoff_s", "jitter_s", "max_retry_after_s"}
 _BREAKER_KEYS = {"failure_threshold", "reset_timeout_s", "half_open_max_calls"}
-_ROUTER_KEYS = {"providers", "prices", "retry", "breaker", "cache_backend", "cache_dir"}
+_ROUTER_KEYS = {"providers", "prices", "retry", "breaker", "cache_backend", "cache_dir", "concurrency"}
+_SLOT_KEYS = _RETRY_KEYS | {"breaker", "concurrency"}  # taken by ResilientProvider, not the provider
 
 
 def build_provider(spec: Mapping[str, Any]) -> Provider:
@@ -39,10 +40,10 @@ def build_provider(spec: Mapping[str, Any]) -> Provider:
     if kind not in LLM_KINDS:
         raise ConfigError(f"provider kind must be one of {LLM_KINDS}, got {kind!r}")
     allowed = _PROVIDER_KEYS[kind]
-    params = {k: v for k, v in spec.items() if k not in _RETRY_KEYS and k != "breaker"}
+    params = {k: v for k, v in spec.items() if k not in _SLOT_KEYS}
     unknown = set(params) - allowed
     if unknown:
-        known = sorted(allowed | _RETRY_KEYS | {"breaker"})
+        known = sorted(allowed | _SLOT_KEYS)
         raise ConfigError(f"{kind} provider: unknown field(s) {sorted(unknown)}; allowed {known}")
     params.pop("kind")
     name = params.pop("name", None) or kind
@@ -94,6 +95,23 @@ def _breaker(defaults: Mapping[str, Any], spec: Mapping[str, Any], name: str) ->
         raise ConfigError(f"{name}: bad breaker setting: {exc}") from exc
 
 
+def _concurrency(default: Any, spec: Mapping[str, Any], provider: Provider) -> int:
+    """The provider's limit: its spec's ``concurrency``, else the section's (which a provider
+    that runs one call at a time, a transformers model, ignores), else the provider's default."""
+    value = spec.get("concurrency")
+    if value is None and default is not None and getattr(provider, "max_concurrency", None) is None:
+        value = default
+    if value is None:
+        return provider_concurrency(provider)
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{provider.name}.concurrency must be an integer, got {value!r}") from exc
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{provider.name}.concurrency must be an integer, got {value!r}")
+    return provider_concurrency(provider, number)
+
+
 def build_router(role: str, config: Mapping[str, Any], *, cache: ResponseCache | None = None) -> Router | None:
     """A role's :class:`Router` from a plain dict; None when the role is set to an offline kind.
 
@@ -103,7 +121,8 @@ def build_router(role: str, config: Mapping[str, Any], *, cache: ResponseCache |
     "cache_backend": "sqlite"|"jsonl"|"memory"|"none", "cache_dir": path}`` or a single provider
     spec (``{"kind": "openai", "model": ..., ...}``). A provider spec takes ``kind``, ``name``,
     ``model``, ``base_url``, ``api_key_env`` (the env var's *name*), ``timeout_s``,
-    ``max_retries`` (and the other retry fields), ``breaker`` and kind-specific options.
+    ``max_retries`` (and the other retry fields), ``breaker``, ``concurrency`` (calls at once;
+    the section's ``concurrency`` is the default of its HTTP providers) and kind-specific options.
 
     Building a router installs log redaction (:func:`ml.llm.redaction.install_redaction`), so the
     API keys its providers read never reach a log line, the SDKs' included.
@@ -141,6 +160,7 @@ def build_router(role: str, config: Mapping[str, Any], *, cache: ResponseCache |
             provider,
             retry=_retry_policy(retry_defaults, spec, provider.name),
             breaker=_breaker(breaker_defaults, spec, provider.name),
+            concurrency=_concurrency(section.get("concurrency"), spec, provider),
         ))
     names = [s.name for s in slots]
     if len(set(names)) != len(names):
@@ -175,6 +195,30 @@ def _home(environ: Mapping[str, str] | None, home: str | Path | None) -> Path:
     if environ is None:
         return get_settings().home
     return get_settings(home=environ.get("LEARNLOOP_HOME") or Settings.model_fields["home"].default).home
+
+
+def _env_concurrency(env: Mapping[str, str], prefix: str, kind: str) -> int | None:
+    """A provider's concurrency limit from the first variable set of
+    ``<prefix>_<KIND>_CONCURRENCY``, ``<prefix>_CONCURRENCY``, ``LEARNLOOP_<KIND>_CONCURRENCY``,
+    ``LEARNLOOP_LLM_CONCURRENCY``; None when none is (the provider's default). A transformers
+    provider reads only the variables naming its kind: the others are defaults for HTTP
+    providers, and a local model runs one call at a time."""
+    names = [f"{prefix}_{kind.upper()}_CONCURRENCY", f"{prefix}_CONCURRENCY",
+             f"LEARNLOOP_{kind.upper()}_CONCURRENCY", "LEARNLOOP_LLM_CONCURRENCY"]
+    if kind == "transformers":
+        names = [names[0], names[2]]
+    for name in names:
+        raw = (env.get(name) or "").strip()
+        if not raw:
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        if value < 1:
+            raise ConfigError(f"{name}={raw!r}: the concurrency limit must be at least 1")
+        return value
+    return None
 
 
 def env_config(role: str, environ: Mapping[str, str] | None = None, *,
@@ -219,6 +263,9 @@ def env_config(role: str, environ: Mapping[str, str] | None = None, *,
                 if key == "api_key_env" and value.lower() == "none":
                     value = ""
                 spec[key] = value
+        limit = _env_concurrency(env, prefix, kind)
+        if limit is not None:
+            spec["concurrency"] = limit
         providers.append(spec)
     config: dict[str, Any] = {"providers": providers}
     prices = env.get("LEARNLOOP_LLM_PRICES")

@@ -43,7 +43,11 @@ class GeminiProvider:
     are off (``HttpRetryOptions(attempts=1)``).
     System messages become ``system_instruction``; ``assistant`` turns become ``model`` turns.
     With a schema: ``response_mime_type='application/json'`` and ``response_json_schema``.
+    The client is thread-safe: up to ``default_concurrency`` calls run at once unless configured
+    otherwise (:class:`ml.llm.reliability.ResilientProvider`).
     """
+
+    default_concurrency = 8
 
     def __init__(
         self,

@@ -34,7 +34,12 @@ class OpenAIProvider:
     ``json_mode`` for requests with a schema: ``json_schema`` (``response_format`` with the
     schema; OpenAI, vLLM, recent Ollama), ``json_object`` (JSON mode plus the schema in a system
     message) or ``none`` (schema in a system message only).
+
+    The client is thread-safe: :class:`ml.llm.reliability.ResilientProvider` runs up to
+    ``default_concurrency`` calls at once unless configured otherwise.
     """
+
+    default_concurrency = 8
 
     def __init__(
         self,

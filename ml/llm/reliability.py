@@ -1,19 +1,21 @@
-"""Retries (tenacity, exponential backoff, Retry-After honoured and capped) and a circuit breaker
-around one provider."""
+"""Retries (tenacity, exponential backoff, Retry-After honoured and capped), a circuit breaker and
+a concurrency limit around one provider."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import tenacity
 from tenacity.wait import wait_base
 
-from ml.llm.breaker import CircuitBreaker
-from ml.llm.errors import CircuitOpenError, PermanentProviderError, ProviderCallError
+from ml.llm.breaker import OPEN, CircuitBreaker
+from ml.llm.errors import CircuitOpenError, ConfigError, PermanentProviderError, ProviderCallError
 from ml.llm.redaction import redact
 from ml.llm.types import LLMRequest, LLMResponse, Provider
 
@@ -73,12 +75,42 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, ProviderCallError) and exc.retryable
 
 
+UNDECLARED_CONCURRENCY = 1
+"""The limit of a provider that declares neither ``default_concurrency`` nor ``max_concurrency``:
+its thread safety is unknown, so its calls run one at a time unless ``concurrency=`` says more."""
+
+
+def provider_concurrency(provider: Provider, concurrency: int | None = None) -> int:
+    """The concurrency limit of ``provider``: ``concurrency`` when given, else the provider's
+    ``default_concurrency`` (8 for the HTTP providers), else :data:`UNDECLARED_CONCURRENCY`; never
+    above the provider's ``max_concurrency`` (1 for a local transformers model). A limit below 1,
+    or an explicit one above ``max_concurrency``, is a :class:`ConfigError`."""
+    name = getattr(provider, "name", type(provider).__name__)
+    cap = getattr(provider, "max_concurrency", None)
+    if concurrency is None:
+        limit = int(getattr(provider, "default_concurrency", UNDECLARED_CONCURRENCY))
+        return limit if cap is None else min(limit, int(cap))
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+        raise ConfigError(f"{name}: concurrency must be an integer, got {concurrency!r}")
+    if concurrency < 1:
+        raise ConfigError(f"{name}: concurrency must be at least 1, got {concurrency}")
+    if cap is not None and concurrency > int(cap):
+        raise ConfigError(f"{name}: concurrency {concurrency} is above this provider's maximum "
+                          f"of {cap} ({type(provider).__name__} runs one call at a time)")
+    return concurrency
+
+
 class ResilientProvider:
-    """A provider with its own retry policy and circuit breaker.
+    """A provider with its own retry policy, circuit breaker and concurrency limit.
 
     :meth:`call` raises :class:`CircuitOpenError` without calling when the breaker is open, else
     calls the provider under the retry policy; the breaker sees one success or failure per call.
     ``on_retry(provider_name, error, wait_s)`` is invoked before each retry sleep.
+
+    At most ``concurrency`` calls (:func:`provider_concurrency`) run at once, from any number of
+    threads: a call holds its slot from its first attempt to its last, retry waits included, so
+    requests backing off from a 429 do not make room for more requests to the throttled server.
+    The breaker is checked once a slot is free (an open breaker is also seen before waiting).
 
     A provider should raise only :class:`ProviderCallError`. Any other exception from
     ``complete`` (a bug, or an SDK tripping over a reply it did not expect) is logged at ERROR
@@ -93,11 +125,30 @@ class ResilientProvider:
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        concurrency: int | None = None,
     ) -> None:
         self.provider = provider
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker(provider.name)
         self._sleep = sleep
+        self.concurrency = provider_concurrency(provider, concurrency)
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+        self._count_lock = threading.Lock()
+        self.in_flight = 0  # calls holding a slot now
+        self.peak_in_flight = 0  # the most that ever did at once
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        self._slots.acquire()
+        with self._count_lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
+            self._slots.release()
 
     @property
     def name(self) -> str:
@@ -108,7 +159,8 @@ class ResilientProvider:
         return self.provider.model
 
     def __repr__(self) -> str:
-        return f"ResilientProvider({self.provider!r}, {self.retry!r}, {self.breaker!r})"
+        return (f"ResilientProvider({self.provider!r}, {self.retry!r}, {self.breaker!r}, "
+                f"concurrency={self.concurrency})")
 
     def _unexpected(self, exc: Exception) -> PermanentProviderError:
         kind = type(exc).__name__
@@ -120,6 +172,16 @@ class ResilientProvider:
         self,
         request: LLMRequest,
         on_retry: Callable[[str, ProviderCallError, float], None] | None = None,
+    ) -> LLMResponse:
+        if self.breaker.state == OPEN:  # fail over at once rather than wait for a slot
+            raise CircuitOpenError(self.name, self.breaker.retry_in_s())
+        with self._slot():
+            return self._call(request, on_retry)
+
+    def _call(
+        self,
+        request: LLMRequest,
+        on_retry: Callable[[str, ProviderCallError, float], None] | None,
     ) -> LLMResponse:
         if not self.breaker.allow_request():
             raise CircuitOpenError(self.name, self.breaker.retry_in_s())

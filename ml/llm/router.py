@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -73,6 +74,9 @@ class Router:
     and validated; a malformed or truncated reply gets exactly one repair call to the same
     provider, and a second failure counts as that provider's failure. When every provider fails,
     :class:`ProviderError` names each one's failure.
+
+    :meth:`complete_many` runs a batch of requests side by side, each exactly as :meth:`complete`
+    would, at most each provider's ``concurrency`` calls at once.
     """
 
     def __init__(
@@ -151,6 +155,59 @@ class Router:
             return response
         self._bump(failures=1)
         raise ProviderError(self.role, failures)
+
+    def complete_many(self, requests: Sequence[LLMRequest], *,
+                      max_workers: int | None = None) -> list[LLMResponse | ProviderError]:
+        """Complete every request, side by side; the results come back in input order.
+
+        Each request goes through :meth:`complete` (cache, failover, retries, breakers, repair,
+        cost and counters as for a single call) on a thread pool of ``max_workers`` threads
+        (default: the largest provider ``concurrency``); each provider's own limit caps how many
+        of its calls run at once (:class:`~ml.llm.reliability.ResilientProvider`). A request whose
+        every provider failed gets its :class:`ProviderError` in its place in the list, so one
+        failure never hides the other answers. Anything else (a bug, a broken cache, Ctrl-C)
+        cancels the requests not yet started and is raised.
+
+        With a cache, identical requests in one batch are sent once: the duplicates run after the
+        first, in input order, and are answered from the cache as they would be one by one.
+        """
+        batch = list(requests)
+        for i, request in enumerate(batch):
+            if not isinstance(request, LLMRequest):
+                raise TypeError(f"complete_many: requests[{i}] is a {type(request).__name__}, "
+                                "not an LLMRequest")
+        if max_workers is not None and (isinstance(max_workers, bool) or max_workers < 1):
+            raise ValueError(f"complete_many: max_workers must be at least 1, got {max_workers!r}")
+        groups: dict[str, list[int]] = {}
+        for i, request in enumerate(batch):
+            # same key as the cache's, provider-independent; without a cache every request is sent
+            key = request_key("", "", request) if self.cache is not None else str(i)
+            groups.setdefault(key, []).append(i)
+        results: list[LLMResponse | ProviderError | None] = [None] * len(batch)
+
+        def run(indexes: list[int]) -> None:
+            for i in indexes:
+                try:
+                    results[i] = self.complete(batch[i])
+                except ProviderError as exc:
+                    results[i] = exc
+
+        workers = min(len(groups), max_workers or max(p.concurrency for p in self.providers))
+        if workers <= 1:
+            for indexes in groups.values():
+                run(indexes)
+        else:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix=f"llm-{self.role}")
+            try:
+                futures = [pool.submit(run, indexes) for indexes in groups.values()]
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # raises what is not a ProviderError
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
+        return results  # type: ignore[return-value]  # every slot is filled
 
     def _charge(self, slot: ResilientProvider, response: LLMResponse) -> None:
         """Price one completed provider call and add its tokens and cost to the counters (a reply

@@ -25,9 +25,12 @@ class TransformersProvider:
     ``generate(max_time=...)``. Local inference costs nothing unless the price table says so.
     A failure while tokenizing, generating or decoding (a tokenizer that does not match the model,
     out of memory, ...) is a :class:`PermanentProviderError` of kind ``"generation failed"``.
+    One ``generate`` at a time (``max_concurrency = 1``): a local model on CPU gains nothing from
+    overlapping calls, and its ``generate`` is not re-entrant.
     """
 
     default_price = Price(0.0, 0.0)
+    max_concurrency = 1
 
     def __init__(
         self,

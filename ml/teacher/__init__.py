@@ -85,12 +85,12 @@ def propose_corrections(rows: Sequence[dict[str, Any]], *, retrieval: RetrievalT
         else:
             rest.append(row)
     if llm is not None:
-        for row in rest:
-            try:
-                p = llm.propose(row, row.get("finding") or "")
-            except LLMTeacher.ROW_FAILURES as exc:
-                iid, kind = str(row["interaction_id"]), classify_failure(exc)
-                result.failures[iid] = tag_reason(str(exc), kind.counted)
+        # the LLM requests go out side by side (LLMTeacher.propose_many); results in row order
+        answers = llm.propose_many(rest, [row.get("finding") or "" for row in rest])
+        for row, p in zip(rest, answers, strict=True):
+            if isinstance(p, LLMTeacher.ROW_FAILURES):
+                iid, kind = str(row["interaction_id"]), classify_failure(p)
+                result.failures[iid] = tag_reason(str(p), kind.counted)
                 if kind.counted:
                     result.counted.add(iid)
                 continue

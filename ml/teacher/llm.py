@@ -12,13 +12,14 @@ catches exactly those, records the reason and goes on; configuration errors stil
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ml.audit.failures import ROW_FAILURES as _ROW_FAILURES
 from ml.conversation import RowInputError, clip, render_conversation
-from ml.llm import LLMRequest, Router
+from ml.llm import LLMRequest, LLMResponse, Router
 from ml.prompts import Prompt, load_prompt
 from ml.teacher.retrieval import Proposal
 
@@ -62,7 +63,30 @@ class LLMTeacher:
         """One corrected reply; raises ``ml.llm.ProviderError`` when every provider fails and
         :class:`~ml.conversation.RowInputError` when the row cannot be rendered (both are in
         :attr:`ROW_FAILURES`)."""
-        response = self.router.complete(self.build_request(row, finding))
+        return self._proposal(row, self.router.complete(self.build_request(row, finding)))
+
+    def propose_many(self, rows: Sequence[dict[str, Any]],
+                     findings: Sequence[str]) -> list[Proposal | Exception]:
+        """:meth:`propose` for each row and its finding, the requests sent side by side
+        (``Router.complete_many``); in row order, a :class:`Proposal` or the row's failure (one
+        of :attr:`ROW_FAILURES`, returned, not raised) in each place."""
+        if len(rows) != len(findings):
+            raise ValueError(f"propose_many: {len(rows)} rows but {len(findings)} findings")
+        out: list[Proposal | Exception | None] = [None] * len(rows)
+        to_send: list[int] = []
+        requests: list[LLMRequest] = []
+        for i, (row, finding) in enumerate(zip(rows, findings, strict=True)):
+            try:
+                requests.append(self.build_request(row, finding))
+            except RowInputError as exc:
+                out[i] = exc
+                continue
+            to_send.append(i)
+        for i, answer in zip(to_send, self.router.complete_many(requests), strict=True):
+            out[i] = answer if isinstance(answer, Exception) else self._proposal(rows[i], answer)
+        return out  # type: ignore[return-value]  # every place is filled
+
+    def _proposal(self, row: dict[str, Any], response: LLMResponse) -> Proposal:
         out = TeacherOutput.model_validate(response.parsed)
         return Proposal(str(row["interaction_id"]), out.corrected_response,
                         f"llm:{response.provider}", {

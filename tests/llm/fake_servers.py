@@ -15,6 +15,10 @@ Usage from any test::
         provider = OpenAIProvider("gpt-test", base_url=server.base_url, api_key_env="MY_KEY")
         ...
         assert server.calls == 2
+
+The servers answer requests side by side (a thread each) and count them: ``in_flight`` is how many
+are being answered now, ``max_in_flight`` the most at once, so a test of a concurrency limit
+asserts on what the server saw.
 """
 
 from __future__ import annotations
@@ -113,6 +117,9 @@ class RecordedRequest:
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: without TCP_NODELAY the body waits for the client's
+    # delayed ACK (about 40 ms on loopback), which would add to every request's latency
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
@@ -131,6 +138,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         recorded = RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body, model,
                                    time.monotonic())
+        fake.enter()
+        try:
+            self._answer(fake, recorded)
+        finally:
+            fake.leave()
+
+    def _answer(self, fake: _FakeServer, recorded: RecordedRequest) -> None:
         behaviour = fake.next_behaviour(recorded)
         if behaviour.delay_s:
             if fake.stopping.wait(behaviour.delay_s):
@@ -169,6 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # listen backlog: a burst of concurrent clients connects at once
     fake: _FakeServer
 
 
@@ -182,6 +197,8 @@ class _FakeServer:
         self.stopping = threading.Event()
         self._queue: deque[Behaviour] = deque()
         self._lock = threading.Lock()
+        self.in_flight = 0  # requests being answered now (read, not yet fully answered)
+        self.max_in_flight = 0  # the most at once since start (or reset)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -195,6 +212,16 @@ class _FakeServer:
         with self._lock:
             self._queue.clear()
             self.requests.clear()
+            self.max_in_flight = self.in_flight
+
+    def enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     @property
     def calls(self) -> int:

@@ -131,3 +131,19 @@ def test_generation_failure_is_a_provider_failure_and_fails_over(tiny):
     response = router.complete(LLMRequest(MSGS, max_tokens=3))
     assert response.provider == "good"
     assert router.providers[0].breaker.failures == 1 and router.stats.provider_failures == 1
+
+
+def test_a_local_model_runs_one_call_at_a_time(tiny):
+    from ml.llm import ResilientProvider
+
+    model, tokenizer = tiny
+    provider = TransformersProvider(model=model, tokenizer=tokenizer, model_name="tiny-qwen")
+    slot = ResilientProvider(provider)
+    assert slot.concurrency == 1
+    with pytest.raises(ConfigError, match="concurrency 2 is above this provider's maximum of 1"):
+        ResilientProvider(provider, concurrency=2)
+    router = Router("judge", [slot])
+    requests = [LLMRequest([{"role": "user", "content": f"hello {i}"}], max_tokens=3) for i in range(4)]
+    results = router.complete_many(requests)
+    assert [r.text for r in results] == [router.complete(r).text for r in requests]
+    assert slot.peak_in_flight == 1 and router.stats.successes == 8

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+import re
+from datetime import date, datetime
 
 import polars as pl
 import pytest
@@ -55,6 +56,17 @@ def frame(n: int = 2) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def by_row(behaviours: dict[int, object]):
+    """A server default answering each request by the row it is about (``address <i>`` in the
+    conversation), whatever order concurrent requests arrive in; an unlisted row gets a 400."""
+    def answer(recorded):
+        text = " ".join(m["content"] for m in recorded.body["messages"])
+        row = int(re.search(r"change my address (\d+)", text).group(1))
+        behaviour = behaviours.get(row, error(400, f"no behaviour for row {row}"))
+        return behaviour(recorded) if callable(behaviour) else behaviour
+    return answer
+
+
 def test_prompt_is_versioned_and_rendered_into_the_request(server):
     server.push(ok(ERROR_VERDICT))
     auditor = LLMAuditor(router(server))
@@ -82,7 +94,7 @@ def test_clean_verdict_and_repair_of_malformed_json(server):
 
 
 def test_provider_failure_is_returned_with_the_reason_not_lost(server):
-    server.push(ok(ERROR_VERDICT), error(500, "boom"))
+    server.default = by_row({0: ok(ERROR_VERDICT), 1: error(500, "boom")})
     seen = []
     out = LLMAuditor(router(server)).audit_frame(frame(2), on_item=lambda i, ok_: seen.append((i, ok_)))
     assert out.verdicts["interaction_id"].to_list() == ["it-0"]
@@ -114,7 +126,8 @@ def test_one_bad_row_or_garbage_reply_fails_that_row_only(server):
     rows = frame(4).with_columns(
         pl.when(pl.col("interaction_id") == "it-1").then(pl.lit("{not json"))
         .otherwise(pl.col("messages")).alias("messages"))
-    server.push(ok(ERROR_VERDICT), raw('{"choices": [{"message": null}]}'), ok(CLEAN_VERDICT))
+    server.default = by_row({0: ok(ERROR_VERDICT), 2: raw('{"choices": [{"message": null}]}'),
+                             3: ok(CLEAN_VERDICT)})
     seen = []
     out = LLMAuditor(router(server)).audit_frame(rows, on_item=lambda i, ok_: seen.append((i, ok_)))
     assert out.verdicts["interaction_id"].to_list() == ["it-0", "it-3"]
@@ -135,7 +148,8 @@ def test_garbage_reply_fails_over_to_the_gemini_backup(server):
         backup.default = ok(ERROR_VERDICT)
         auditor = LLMAuditor(build_router("auditor", {"providers": [
             {"kind": "openai", "model": "gpt-test", "base_url": server.base_url, "api_key_env": KEY_ENV,
-             "max_retries": 0, "breaker": {"failure_threshold": 1, "reset_timeout_s": 60}},
+             "max_retries": 0, "breaker": {"failure_threshold": 1, "reset_timeout_s": 60},
+             "concurrency": 1},  # one at a time: the breaker opens before the second request
             {"kind": "gemini", "model": "gemini-test", "base_url": backup.base_url, "api_key_env": KEY_ENV},
         ], "cache_backend": "none"}))
         out = auditor.audit_frame(frame(3))
@@ -215,3 +229,62 @@ def test_propose_corrections_records_a_bad_row_and_goes_on(server):
     assert list(result.proposals) == ["it-1"] and result.proposals["it-1"].response == "Updated."
     assert "it-0: messages is not valid JSON" in result.failures["it-0"]
     assert server.calls == 1
+
+
+def test_audit_frame_concurrent_output_is_the_sequential_output(server):
+    """Rows audited side by side give the verdicts, failures and on_item calls of a one-at-a-time
+    run, in row order; the server never sees more requests at once than the limit."""
+    behaviours = {i: ok(ERROR_VERDICT if i % 3 else CLEAN_VERDICT, delay_s=0.05) for i in range(12)}
+    behaviours[4] = error(400, "too long")  # a request-specific failure
+    behaviours[7] = error(503, "overloaded")  # an outage
+    behaviours[9] = raw('{"choices": [{"message": null}]}')
+    server.default = by_row(behaviours)
+    rows = frame(12).with_columns(
+        pl.when(pl.col("interaction_id") == "it-10").then(pl.lit("{not json"))
+        .otherwise(pl.col("messages")).alias("messages"))
+    now = datetime(2026, 1, 3, 12, 0)
+    outcomes = {}
+    for limit in (1, 4):
+        seen = []
+        auditor = LLMAuditor(router(server, concurrency=limit))
+        out = auditor.audit_frame(rows, now=now, on_item=lambda i, ok_, seen=seen: seen.append((i, ok_)))
+        outcomes[limit] = (out, seen, server.max_in_flight, auditor.router.stats)
+        server.reset()
+    (seq, seq_seen, seq_flight, _), (par, par_seen, par_flight, stats) = outcomes[1], outcomes[4]
+    assert seq_flight == 1 and par_flight == 4
+    assert par.verdicts.equals(seq.verdicts)
+    assert par.failures == seq.failures
+    assert par_seen == seq_seen == [(f"it-{i}", i not in (4, 7, 9, 10)) for i in range(12)]
+    assert [f.interaction_id for f in par.failures] == ["it-4", "it-7", "it-9", "it-10"]
+    assert [f.counted for f in par.failures] == [True, False, True, True]
+    assert par.verdicts["interaction_id"].to_list() == [f"it-{i}" for i in (0, 1, 2, 3, 5, 6, 8, 11)]
+    assert (stats.requests, stats.successes, stats.failures) == (11, 8, 3)  # it-10 never sent
+
+
+def test_llm_teacher_propose_many_keeps_row_order_and_row_failures(server):
+    def answer(i):
+        return ok(json.dumps({"corrected_response": f"Fixed {i}.", "rationale": "Do it."}),
+                  delay_s=0.05 * (6 - i))  # the first rows answer last
+
+    behaviours = {i: answer(i) for i in range(6)}
+    behaviours[3] = error(503, "overloaded")
+    server.default = by_row(behaviours)
+    teacher = LLMTeacher(build_router("teacher", {
+        "kind": "openai", "model": "gpt-test", "base_url": server.base_url,
+        "api_key_env": KEY_ENV, "max_retries": 0, "cache_backend": "none", "concurrency": 3}))
+    rows = list(frame(6).iter_rows(named=True))
+    rows[1]["messages"] = "{not json"
+    out = teacher.propose_many(rows, ["refused"] * 6)
+    assert [type(p).__name__ for p in out] == ["Proposal", "RowInputError", "Proposal",
+                                               "ProviderError", "Proposal", "Proposal"]
+    assert [p.response for p in out if type(p).__name__ == "Proposal"] == [
+        "Fixed 0.", "Fixed 2.", "Fixed 4.", "Fixed 5."]
+    assert server.max_in_flight == 3
+    with pytest.raises(ValueError, match="6 rows but 1 findings"):
+        teacher.propose_many(rows, ["refused"])
+    server.reset()
+    result = propose_corrections([{**r, "finding": "refused"} for r in rows], retrieval=None,
+                                 llm=teacher)
+    assert list(result.proposals) == ["it-0", "it-2", "it-4", "it-5"]
+    assert list(result.failures) == ["it-1", "it-3"] and result.counted == {"it-1"}
+    assert result.failures["it-3"].startswith("[outage] ") and "503" in result.failures["it-3"]
