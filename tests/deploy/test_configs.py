@@ -169,6 +169,9 @@ def test_training_runs_get_a_gpu_pod_other_runs_the_default_pod(tmp_path):
                  e.secret_ref.name if e.secret_ref else None)
                 for e in training.containers[0].env_from}
     assert env_from == {("learnloop-env", None), (None, "learnloop-secrets")}
+    assert [(m.name, m.mount_path) for m in training.containers[0].volume_mounts] == [
+        ("learnloop-data", "/mnt/learnloop-data")]
+    assert training.volumes[0].persistent_volume_claim.claim_name == "learnloop-data"
 
     ingest = pod("ingest_job")
     assert "nvidia.com/gpu" not in (ingest.containers[0].resources.requests or {})
@@ -318,7 +321,9 @@ def instance_from_values(values: dict) -> dict:
         "python_logs": _snake_keys(values["pythonLogs"]),
         "run_launcher_env": {"env_config_maps": [m["name"] for m in launcher["envConfigMaps"]],
                              "env_secrets": [s["name"] for s in launcher["envSecrets"]],
-                             "run_k8s_config": _snake_keys(launcher["runK8sConfig"])},
+                             "run_k8s_config": _snake_keys(launcher["runK8sConfig"]),
+                             "volumes": launcher["volumes"],
+                             "volume_mounts": launcher["volumeMounts"]},
         "run_coordinator": _snake_keys(daemon["runCoordinator"]["config"]["queuedRunCoordinator"]),
         "concurrency": {"pools": _snake_keys(values["concurrency"]["pools"]),
                         "runs": _snake_keys(values["concurrency"]["runs"])},
@@ -355,7 +360,8 @@ def test_helm_values_render_the_same_instance_as_dagster_yaml(tmp_path):
     rendered = instance_from_values(values)
     launcher = instance["run_launcher"]["config"]
     assert rendered["run_launcher_env"] == {k: launcher[k] for k in
-                                            ("env_config_maps", "env_secrets", "run_k8s_config")}
+                                            ("env_config_maps", "env_secrets", "run_k8s_config",
+                                             "volumes", "volume_mounts")}
     assert rendered["run_coordinator"] == instance["run_coordinator"]["config"]
     for key in ("telemetry", "python_logs", "concurrency", "run_monitoring", "run_retries",
                 "sensors", "schedules"):
