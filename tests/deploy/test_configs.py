@@ -417,6 +417,7 @@ def test_celery_workers_start_with_the_broker_of_celery_yaml(tmp_path, monkeypat
     assert app.conf.broker_url == ENV["LEARNLOOP_CELERY_BROKER_URL"]
     assert app.conf.result_backend == ENV["LEARNLOOP_CELERY_BACKEND_URL"]
     assert app.conf.worker_prefetch_multiplier == 1 and app.conf.task_acks_late is True
+    assert app.conf.worker_concurrency == 2
 
 
 def test_celery_yaml_with_a_broken_key_fails(tmp_path):
