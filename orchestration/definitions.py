@@ -54,6 +54,28 @@ from orchestration.sensors import (
     quality_drop_sensor,
 )
 
+# Steps of a run the daemon launches (schedules, sensors, the UI) each run in their own process,
+# at most MAX_CONCURRENT_STEPS of them at a time per run (run config
+# `execution: {config: {max_concurrent: N}}` changes it for one run). Two runs at a time
+# (dagster.yaml, concurrency.runs) x 2 steps fill the 2 cores this is sized for; steps that touch
+# the warehouse still take the `warehouse` pool's one slot in turn (concurrency.pools).
+# `learnloop run` and the tests execute in-process: execute_in_process ignores this executor.
+MAX_CONCURRENT_STEPS = 2
+
+
+def _multiprocess_config(config: dict) -> dict:
+    return {"max_concurrent": config["max_concurrent"]}
+
+
+learnloop_executor = dg.multiprocess_executor.configured(
+    _multiprocess_config,
+    name="multiprocess",
+    config_schema={"max_concurrent": dg.Field(
+        int, default_value=MAX_CONCURRENT_STEPS,
+        description="How many steps of this run may run at once, each in its own process.")},
+    description="Each step in its own process, at most max_concurrent at a time.",
+)
+
 with warnings.catch_warnings():
     # code references are a beta API of Dagster, chosen on purpose: no warning per process load
     warnings.simplefilter("ignore", dg.BetaWarning)
@@ -70,18 +92,25 @@ with warnings.catch_warnings():
         dbt_analytics_assets,  # analytics
     ])
 
-defs = dg.Definitions(
-    # with code references: each asset's file and line in the UI (dbt models: their .sql)
-    assets=assets,
-    asset_checks=[check_candidates_have_known_reasons, check_verdicts_are_consistent,
-                  check_samples_are_reviewable, check_pairs_differ],
-    jobs=[ingest_job, audit_job, manual_audit_job, teaching_job, datasets_job, analytics_job,
-          training_job, evaluation_job, retraining_job, deployment_job],
-    schedules=[hourly_audit_schedule, daily_teacher_schedule, daily_dataset_schedule,
-               analytics_schedule, monthly_training_schedule],
-    sensors=[landing_file_sensor, approved_samples_sensor, provider_job_sensor,
-             dataset_ready_sensor, ab_decision_sensor, quality_drop_sensor, health_sensor,
-             analytics_automation_sensor],
-    # one resource per store (assets/resources.py), each read from LEARNLOOP_* when used
-    resources={**store_resources(), "dbt": dbt_resource},
-)
+def build_definitions(executor: dg.ExecutorDefinition = learnloop_executor) -> dg.Definitions:
+    """The code location with ``executor`` as every job's executor (a cluster's code location
+    passes its own, e.g. deploy/celery/definitions.py the Celery executor)."""
+    return dg.Definitions(
+        # with code references: each asset's file and line in the UI (dbt models: their .sql)
+        assets=assets,
+        asset_checks=[check_candidates_have_known_reasons, check_verdicts_are_consistent,
+                      check_samples_are_reviewable, check_pairs_differ],
+        jobs=[ingest_job, audit_job, manual_audit_job, teaching_job, datasets_job, analytics_job,
+              training_job, evaluation_job, retraining_job, deployment_job],
+        schedules=[hourly_audit_schedule, daily_teacher_schedule, daily_dataset_schedule,
+                   analytics_schedule, monthly_training_schedule],
+        sensors=[landing_file_sensor, approved_samples_sensor, provider_job_sensor,
+                 dataset_ready_sensor, ab_decision_sensor, quality_drop_sensor, health_sensor,
+                 analytics_automation_sensor],
+        # one resource per store (assets/resources.py), each read from LEARNLOOP_* when used
+        resources={**store_resources(), "dbt": dbt_resource},
+        executor=executor,
+    )
+
+
+defs = build_definitions()

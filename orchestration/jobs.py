@@ -1,5 +1,6 @@
 """Jobs (`<noun>_job`) and schedules of every stage."""
 
+import json
 from typing import Any
 
 import dagster as dg
@@ -9,8 +10,38 @@ import dagster as dg
 # sensor's own attempts (``orchestration.sensors.MAX_SENSOR_ATTEMPTS``) come on top.
 INGEST_RUN_RETRIES = 2
 
+# What a run of each job mostly spends: the run queue's tag limits (dagster.yaml,
+# concurrency.runs.tag_concurrency_limits) let at most one `training` and one `llm` run go at a time.
+WORKLOAD_TAG = "learnloop/workload"
+
+
+def _workload(kind: str) -> dict[str, str]:
+    return {WORKLOAD_TAG: kind}
+
+
+# On Kubernetes (dagster-k8s K8sRunLauncher, deploy/k8s/) a training run gets its own pod on a GPU
+# node: the launcher reads this tag of the job's runs. Other launchers ignore it. Sizes: one GPU,
+# host memory for the base model, its tokenizer and the dataset (docs/deployment.md, "At scale").
+GPU_TRAINING_K8S_CONFIG: dict[str, Any] = {
+    "container_config": {
+        "resources": {
+            "requests": {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "1"},
+            "limits": {"memory": "48Gi", "nvidia.com/gpu": "1"},
+        },
+    },
+    "pod_spec_config": {
+        "node_selector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+}
+
+
+def _gpu_training() -> dict[str, str]:
+    return {**_workload("training"), "dagster-k8s/config": json.dumps(GPU_TRAINING_K8S_CONFIG)}
+
 ingest_job = dg.define_asset_job(
     "ingest_job",
+    tags=_workload("ingest"),
     selection=dg.AssetSelection.assets("raw_interactions", "interactions",
                                        "quarantined_interactions", "interaction_quality"),
     description="One landing day: register files, validate/scrub/de-duplicate, score quality.",
@@ -18,6 +49,7 @@ ingest_job = dg.define_asset_job(
 
 analytics_job = dg.define_asset_job(
     "analytics_job",
+    tags=_workload("analytics"),
     selection=dg.AssetSelection.assets("review_decisions") | dg.AssetSelection.groups("analytics"),
     description="Copy new review events to the warehouse, then rebuild the dbt models and run "
                 "the dbt tests.",
@@ -31,18 +63,21 @@ analytics_schedule = dg.ScheduleDefinition(
 
 audit_job = dg.define_asset_job(
     "audit_job",
+    tags=_workload("llm"),
     selection=dg.AssetSelection.assets("interaction_embeddings", "audit_candidates",
                                        "audited_errors"),
     description="Embed new interactions, select candidates, audit them with the configured auditor.",
 )
 manual_audit_job = dg.define_asset_job(
     "manual_audit_job",
+    tags=_workload("llm"),
     selection=dg.AssetSelection.assets("audit_candidates", "audited_errors"),
     description="Audit the interactions named in run config (interaction_ids, session_ids, "
                 "since/until on ops.audit_candidates.config); see manual_audit_run_config().",
 )
 teaching_job = dg.define_asset_job(
     "teaching_job",
+    tags=_workload("llm"),
     selection=dg.AssetSelection.assets("teacher_samples", "preference_pairs"),
     description="Propose corrected replies for flagged errors and human corrections; rebuild "
                 "preference pairs from approved samples.",
@@ -76,6 +111,7 @@ def manual_audit_run_config(*, interaction_ids: list[str] | None = None,
 
 datasets_job = dg.define_asset_job(
     "datasets_job",
+    tags=_workload("datasets"),
     selection=dg.AssetSelection.assets("eval_suite", "training_dataset"),
     description="Hold out the evaluation suite, then build a training dataset version with its "
                 "exports and blocking checks (run config: ops.training_dataset.config is the "
@@ -92,6 +128,7 @@ daily_dataset_schedule = dg.ScheduleDefinition(
 
 training_job = dg.define_asset_job(
     "training_job",
+    tags=_gpu_training(),
     selection=dg.AssetSelection.assets("base_model", "candidate_model", "candidate_evaluation"),
     description="Build (or reuse) the base model, train a candidate on the newest ready dataset "
                 "version (run config: ops.candidate_model.config) and evaluate it against the "
@@ -102,6 +139,7 @@ training_job = dg.define_asset_job(
 
 evaluation_job = dg.define_asset_job(
     "evaluation_job",
+    tags=_workload("training"),
     selection=dg.AssetSelection.assets("candidate_evaluation"),
     description="Evaluate a candidate version against the champion (run config: "
                 "ops.candidate_evaluation.config.candidate_version) and apply the quality gate.",
@@ -117,6 +155,7 @@ monthly_training_schedule = dg.ScheduleDefinition(
 
 deployment_job = dg.define_asset_job(
     "deployment_job",
+    tags=_workload("deployment"),
     selection=dg.AssetSelection.assets("ab_experiment", "model_deployment"),
     description="Look at the A/B test: start an experiment for a new challenger, or decide the "
                 "running one from the served interactions (continue, advance, promote, roll "
@@ -126,6 +165,7 @@ deployment_job = dg.define_asset_job(
 
 retraining_job = dg.define_asset_job(
     "retraining_job",
+    tags=_gpu_training(),
     selection=dg.AssetSelection.assets("eval_suite", "training_dataset", "base_model",
                                        "candidate_model", "candidate_evaluation"),
     description="Retrain from scratch: hold out the evaluation suite, build a training dataset "

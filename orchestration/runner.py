@@ -26,14 +26,35 @@ DAGSTER_YAML = """\
 # Dagster instance of learnloop (embedded default: SQLite storage in this folder).
 # For PostgreSQL: `learnloop` writes DAGSTER_YAML_POSTGRES (this file plus a `storage:` block
 # reading LEARNLOOP_DAGSTER_PG_URL) when that variable is set and no dagster.yaml exists yet.
+# A cluster (Kubernetes, Celery): deploy/k8s/dagster.yaml, deploy/celery/dagster.yaml.
 telemetry:
   enabled: false
 python_logs:
   # learnloop's own warnings (e.g. an ingest worker that crashed) reach the run's event log
   managed_python_loggers: [ml]
+# runs launched by the daemon (schedules, sensors, the UI's Materialize) wait in a queue and start
+# when concurrency.runs allows; `learnloop run` executes its runs in its own process (no queue)
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 5
 concurrency:
   pools:
+    # every pool one step at a time: the warehouse pool serializes the DuckDB writers
     default_limit: 1
+  runs:
+    # sized for 2 cores (docs/deployment.md, "At scale"): two runs at a time, of which at most
+    # one trains or evaluates a model and at most one calls LLM providers (audit, teaching);
+    # the learnloop/workload tag of each job (orchestration/jobs.py) says which it is
+    max_concurrent_runs: 2
+    tag_concurrency_limits:
+      - key: learnloop/workload
+        value: training
+        limit: 1
+      - key: learnloop/workload
+        value: llm
+        limit: 1
 run_monitoring:
   # the monitoring daemon (`dagster dev`, `dagster-daemon run`): a run that never starts, or
   # hangs while being canceled, is marked failed; a finished run that still holds pool slots (its
@@ -52,12 +73,13 @@ run_retries:
   max_retries: 0
 """
 
-DAGSTER_YAML_POSTGRES = DAGSTER_YAML + """\
+_POSTGRES_STORAGE = """\
 storage:
   postgres:
     postgres_url:
       env: LEARNLOOP_DAGSTER_PG_URL
 """
+DAGSTER_YAML_POSTGRES = DAGSTER_YAML + _POSTGRES_STORAGE
 
 # dagster.yaml files written by earlier versions: replaced by the current one (a file that differs
 # from every shipped version was edited by someone and is left alone)
@@ -83,13 +105,43 @@ concurrency:
   pools:
     default_limit: 1
 """,
+    """\
+# Dagster instance of learnloop (embedded default: SQLite storage in this folder).
+# For PostgreSQL: `learnloop` writes DAGSTER_YAML_POSTGRES (this file plus a `storage:` block
+# reading LEARNLOOP_DAGSTER_PG_URL) when that variable is set and no dagster.yaml exists yet.
+telemetry:
+  enabled: false
+python_logs:
+  # learnloop's own warnings (e.g. an ingest worker that crashed) reach the run's event log
+  managed_python_loggers: [ml]
+concurrency:
+  pools:
+    default_limit: 1
+run_monitoring:
+  # the monitoring daemon (`dagster dev`, `dagster-daemon run`): a run that never starts, or
+  # hangs while being canceled, is marked failed; a finished run that still holds pool slots (its
+  # process was killed mid-step) has them freed after free_slots_after_run_end_seconds.
+  # `learnloop run` does the same for the runs of dead learnloop processes (docs/operations.md)
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_resume_run_attempts: 0  # the default run launcher cannot resume a run: fail it instead
+  poll_interval_seconds: 30
+  free_slots_after_run_end_seconds: 30
+# a failed run is launched again by the daemon when its job or run asks for it (the landing
+# sensor's ingest runs carry dagster/max_retries); other runs are not retried (default 0)
+run_retries:
+  enabled: true
+  max_retries: 0
+""",
 )
 
 
 def prepare_dagster_home(settings: Settings) -> Path:
     """Create $LEARNLOOP_HOME/dagster_home with a dagster.yaml unless DAGSTER_HOME is set: the
     PostgreSQL variant when LEARNLOOP_DAGSTER_PG_URL is set. A dagster.yaml that an earlier
-    version wrote (unedited) is brought up to date; an edited one is left alone."""
+    version wrote (unedited, either variant) is brought up to date in the same variant; an
+    edited one is left alone."""
     if os.environ.get("DAGSTER_HOME"):
         home = Path(os.environ["DAGSTER_HOME"])
     else:
@@ -100,8 +152,12 @@ def prepare_dagster_home(settings: Settings) -> Path:
     if not cfg.exists():
         pg = bool(os.environ.get("LEARNLOOP_DAGSTER_PG_URL"))
         cfg.write_text(DAGSTER_YAML_POSTGRES if pg else DAGSTER_YAML, encoding="utf-8")
-    elif cfg.read_text(encoding="utf-8") in _EARLIER_DAGSTER_YAMLS:  # SQLite ones: stays SQLite
-        cfg.write_text(DAGSTER_YAML, encoding="utf-8")
+    else:
+        text = cfg.read_text(encoding="utf-8")
+        if text in _EARLIER_DAGSTER_YAMLS:  # a SQLite one stays SQLite
+            cfg.write_text(DAGSTER_YAML, encoding="utf-8")
+        elif text in {earlier + _POSTGRES_STORAGE for earlier in _EARLIER_DAGSTER_YAMLS}:
+            cfg.write_text(DAGSTER_YAML_POSTGRES, encoding="utf-8")
     return home
 
 
