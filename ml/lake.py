@@ -44,8 +44,7 @@ _UNSUPPORTED_CATALOGS = ("sqlite:", "mysql:", "md:", "motherduck:")
 
 # DuckDB must never fetch an extension from the network: every extension a lake needs is
 # LOADed from its pip package's file
-OFFLINE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
-                  "enable_progress_bar": False}
+OFFLINE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 
 class LakeError(RuntimeError):
@@ -223,28 +222,30 @@ def open_lake(lake: Lake, read_only: bool = False,
 
 def _open_lake(lake: Lake, read_only: bool = False,
                config: dict | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection (in-memory database) with ``lake`` attached as ``lake`` and in use:
-    unqualified names are the lake's tables (schema ``main``). A new catalog is initialized by
-    the first read-write connection. Read-only on a catalog never written: :class:`LakeError`
-    (:func:`lake_exists` tells first). Errors name the lake with its password redacted.
-    ``config``: more DuckDB settings of the connection (the offline ones cannot be overridden)."""
     con = duckdb.connect(config={**(config or {}), **OFFLINE_CONFIG})
+    try:
+        con.execute("SET enable_progress_bar = false")  # the catalog's queries are not ours
+        attach(con, lake, read_only)
+        con.execute(f"USE {ALIAS}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool = False) -> None:
+    """Prepare ``con`` for ``lake`` (:func:`prepare`) and ATTACH it as ``lake``; a failure is a
+    :class:`LakeError` whose message names the lake with its password redacted."""
     try:
         prepare(con, lake)
         con.execute(attach_sql(lake, read_only))
-        con.execute(f"USE {ALIAS}")
     except duckdb.Error as exc:
-        con.close()
         message = redact(" ".join(str(exc).split()))
         if NOT_CREATED in message:
             raise LakeError(f"the DuckLake warehouse {lake} has no catalog yet (nothing has "
                             f"been written to it): {message}") from None
         # from None: the original exception's text holds the unredacted connection string
         raise LakeError(f"cannot attach the DuckLake warehouse {lake}: {message}") from None
-    except BaseException:
-        con.close()
-        raise
-    return con
 
 
 def lake_exists(lake: Lake) -> bool:
