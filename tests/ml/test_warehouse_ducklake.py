@@ -18,8 +18,6 @@ from ml.config import Settings
 from ml.lake import Lake, LakeError, redact
 from tests.lakes import lake_for_database
 
-pytestmark = pytest.mark.postgres
-
 COLS = {"partition_date": "DATE", "writer": "INTEGER", "item_id": "VARCHAR"}
 DAY0 = date(2025, 3, 1)
 
@@ -113,6 +111,7 @@ def test_extensions_load_from_their_packages_with_network_loading_off(tmp_path: 
         ml_lake.s3_secret_sql({"AWS_ACCESS_KEY_ID": "x"})
 
 
+@pytest.mark.postgres
 def test_the_helpers_work_unchanged_on_a_lake(lake: Lake):
     assert not wh.exists(lake)  # no catalog before the first read-write connection
     assert wh.table_count(lake, "interactions") == 0
@@ -153,6 +152,7 @@ def test_the_helpers_work_unchanged_on_a_lake(lake: Lake):
         ro.close()
 
 
+@pytest.mark.postgres
 def test_the_table_stamp_makes_concurrent_writers_of_an_empty_partition_conflict(lake: Lake):
     """Why write_frame stamps the table: two writers of a partition that was empty delete
     nothing, so DuckLake sees no conflict and both inserts land (duplicates); with the stamp,
@@ -247,6 +247,7 @@ def _writer(url: str, data_path: str, writer: int, barrier) -> int:
     return lost
 
 
+@pytest.mark.postgres
 def test_concurrent_writer_processes_land_every_row_exactly_once(lake: Lake):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager:
@@ -269,3 +270,29 @@ def test_concurrent_writer_processes_land_every_row_exactly_once(lake: Lake):
     finally:
         con.close()
     print(f"commit races lost (and retried) per writer: {lost}")
+
+
+def test_the_warehouse_resource_resolves_a_lake(monkeypatch, tmp_path: Path):
+    from assets.resources import WarehouseResource, store_resources
+
+    url = "ducklake:postgres:dbname=l host=127.0.0.1 user=u password=s3cret"
+    res = WarehouseResource(url=url, data_path=str(tmp_path / "d"))
+    assert res.target() == Lake(url, str(tmp_path / "d")) and res.is_lake()
+    assert "s3cret" not in res.describe()
+    assert res.dbt_env() == {"LEARNLOOP_WAREHOUSE_URL": url,
+                             "LEARNLOOP_WAREHOUSE_DATA_PATH": str(tmp_path / "d")}
+    with pytest.raises(TypeError, match="not a DuckDB file"):
+        res.path()
+    # the environment: the URL wins over LEARNLOOP_WAREHOUSE_PATH, an explicit file over both
+    monkeypatch.setenv("LEARNLOOP_WAREHOUSE_URL", url)
+    monkeypatch.setenv("LEARNLOOP_WAREHOUSE_DATA_PATH", "/lake/")
+    monkeypatch.setenv("LEARNLOOP_WAREHOUSE_PATH", str(tmp_path / "env.duckdb"))
+    assert WarehouseResource().target() == Lake(url, "/lake/")
+    assert WarehouseResource(database=str(tmp_path / "w.duckdb")).target() == \
+        tmp_path / "w.duckdb"
+    assert store_resources(tmp_path)["warehouse"].target() == Lake(url, "/lake/")
+    monkeypatch.delenv("LEARNLOOP_WAREHOUSE_URL")
+    assert WarehouseResource().target() == tmp_path / "env.duckdb"
+    assert WarehouseResource().dbt_env() == {"LEARNLOOP_WAREHOUSE_URL": "",
+                                             "LEARNLOOP_WAREHOUSE_DATA_PATH": ""}
+    assert store_resources(tmp_path)["warehouse"].target() == tmp_path / "warehouse.duckdb"
