@@ -198,17 +198,20 @@ def prepare(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
 
 
 NOT_CREATED = "creating a new DuckLake is explicitly disabled"
-
-
 _INIT_RACE = "Failed to initialize DuckLake"
 _INIT_ATTEMPTS = 8
 
 
 def open_lake(lake: Lake, read_only: bool = False,
               config: dict | None = None) -> duckdb.DuckDBPyConnection:
-    """:func:`_open_lake`, again (up to 8 times, after a short random wait) when another process
-    created the same new catalog at the same moment (the loser's creation fails on the
-    winner's tables and rolls back; the next attach finds the catalog)."""
+    """A DuckDB connection (in-memory database, automatic extension download off) with ``lake``
+    attached as ``lake`` and in use: unqualified names are the lake's tables (schema ``main``).
+    The first read-write connection creates the catalog; when several processes create the same
+    new catalog at once, the losers' creation fails on the winner's tables and rolls back, and
+    they attach again (up to 8 times, after a short random wait). Read-only on a catalog never
+    written: :class:`LakeError` (:func:`lake_exists` tells first). Errors name the lake with
+    its password redacted. ``config``: more DuckDB settings of the connection (the offline ones
+    cannot be overridden)."""
     for attempt in range(1, _INIT_ATTEMPTS + 1):
         try:
             return _open_lake(lake, read_only, config)

@@ -46,8 +46,8 @@ def test_redact_hides_passwords_in_both_connection_string_forms():
     settings = Settings(warehouse_url="ducklake:postgres:dbname=l password=s3cret",
                         warehouse_data_path="/data/")
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
-    assert settings.warehouse_target == lake.__class__(settings.warehouse_url
-                                                       .get_secret_value(), "/data/")
+    assert settings.warehouse_target == Lake("ducklake:postgres:dbname=l password=s3cret",
+                                             "/data/")
 
 
 def test_a_failed_attach_names_the_lake_without_its_password(tmp_path: Path):
