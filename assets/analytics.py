@@ -35,6 +35,9 @@ resource (``WarehouseResource.path()``: its ``database`` field, else ``LEARNLOOP
 or ``$LEARNLOOP_HOME/warehouse.duckdb``)
 and passes it to dbt as ``--vars '{"warehouse_path": ...}'``, which profiles.yml reads before its
 own env-var fallbacks. A test with a temporary LEARNLOOP_HOME therefore builds into its own file.
+A DuckLake warehouse (``WarehouseResource.target()``) goes to dbt in the environment of the dbt
+process (``LEARNLOOP_WAREHOUSE_URL`` and ``_DATA_PATH``, ``WarehouseResource.dbt_env()``), never on
+its command line, which the Dagster log shows: profiles.yml then picks its ``lake`` output.
 
 What the marts show in the Dagster UI. After ``dbt build`` the materializations of
 ``model_performance`` and ``experiment_arms`` carry, besides ``dagster/row_count``, a markdown
@@ -80,7 +83,6 @@ from typing import Any
 import dagster as dg
 import dagster_dbt as dg_dbt
 import duckdb
-from dagster_duckdb import DuckDBResource
 
 from assets.catalog import STAGE_OWNERS
 from assets.resources import WAREHOUSE_POOL, WarehouseResource
@@ -210,17 +212,18 @@ def dbt_analytics_assets(context: dg.AssetExecutionContext, dbt: dg_dbt.DbtCliRe
     handle open afterwards, which locks the warehouse against every other process.) A failed
     model or dbt test fails the step after all events, including the failed checks, are reported.
     """
-    path = warehouse.path()
     with warehouse.get_connection() as con:
         created = ensure_source_tables(con)
     if created:
         context.log.info(f"created empty source tables not written yet: {created}")
     target = invocation_target(dbt_target_dir(), context.run.run_id)
-    context.log.info(f"dbt build on warehouse {path}; dbt's artifacts and log in {target}")
-    invocation = dbt.cli(["build", "--vars", dbt_vars(path)], context=context,
-                         raise_on_error=False, target_path=target)
+    context.log.info(f"dbt build on warehouse {warehouse.describe()}; dbt's artifacts and log "
+                     f"in {target}")
+    args = ["build"] if warehouse.is_lake() else ["build", "--vars", dbt_vars(warehouse.path())]
+    with environment(warehouse.dbt_env()):  # the dbt process inherits it (a lake's URL)
+        invocation = dbt.cli(args, context=context, raise_on_error=False, target_path=target)
     events = list(invocation.stream())
-    with read_only_connection(path) as con:
+    with warehouse.get_read_connection() as con:
         counts = table_row_counts(con, invocation.manifest, events)
         summaries = mart_metadata(con, invocation.manifest, events)
     for event in events:
@@ -237,6 +240,22 @@ def dbt_analytics_assets(context: dg.AssetExecutionContext, dbt: dg_dbt.DbtCliRe
         raise error
 
 
+@contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set ``values`` in ``os.environ`` for the block (a subprocess started in it inherits them),
+    then restore what was there."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def invocation_target(target: Path, run_id: str) -> Path:
     """A fresh folder under ``target`` for one dbt invocation's artifacts and log."""
     return target / f"dbt_analytics-{run_id[:7]}-{uuid.uuid4().hex[:7]}"
@@ -246,7 +265,8 @@ def ensure_source_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Create (empty) any dbt source table whose stage has not run yet, so the marts build on a
     fresh warehouse instead of failing on a missing relation. Returns the tables created."""
     existing = {r[0] for r in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+        "AND table_catalog = current_database()").fetchall()}
     created = []
     for table in TABLE_LIST:
         if table.dbt_source and table.name not in existing:
@@ -280,15 +300,6 @@ def table_row_counts(con: duckdb.DuckDBPyConnection, manifest: Mapping[str, Any]
 
 
 dbt_resource = dg_dbt.DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable())
-
-
-@contextmanager
-def read_only_connection(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only DuckDB connection to the warehouse at ``path`` (retried with backoff while
-    another process holds the file's lock, like ``WarehouseResource.get_connection``)."""
-    reader = DuckDBResource(database=str(path), connection_config={"access_mode": "READ_ONLY"})
-    with reader.get_connection() as con:
-        yield con
 
 
 # the marts whose materializations carry their latest rows and figures: model name -> summary

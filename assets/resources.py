@@ -1,7 +1,9 @@
 """Dagster resources: one per store, each configurable on its own.
 
 * ``warehouse``: :class:`WarehouseResource` (dagster-duckdb's ``DuckDBResource``), the DuckDB
-  file; empty ``database``: ``LEARNLOOP_WAREHOUSE_PATH``, else ``$LEARNLOOP_HOME/warehouse.duckdb``.
+  file or a DuckLake: its ``url`` field (a DuckLake), else its ``database`` field (a DuckDB
+  file), else ``LEARNLOOP_WAREHOUSE_URL`` (a DuckLake, with ``LEARNLOOP_WAREHOUSE_DATA_PATH``),
+  else ``LEARNLOOP_WAREHOUSE_PATH``, else ``$LEARNLOOP_HOME/warehouse.duckdb``.
 * ``store``: :class:`OperationalStoreResource`, SQLite or PostgreSQL; empty ``url``:
   ``LEARNLOOP_STORE_URL``, else SQLite ``$LEARNLOOP_HOME/store.db``.
 * ``vectors``: :class:`VectorStoreResource`, LanceDB; empty ``uri``: ``LEARNLOOP_LANCEDB_URI``,
@@ -37,10 +39,14 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 from sqlalchemy.orm import Session
 
+from ml import warehouse as wh
 from ml.config import Settings
+from ml.lake import Lake, open_lake
 
 WAREHOUSE_POOL = "warehouse"
-"""The Dagster concurrency pool of every writer of the DuckDB warehouse (one at a time)."""
+"""The Dagster concurrency pool of every writer of the warehouse: a limit of 1 for the DuckDB
+file (one writer at a time); a DuckLake takes concurrent writers, so a deployment on one raises
+the limit (docs/deployment.md, "Warehouse on DuckLake")."""
 
 _warned_dev_key = False
 
@@ -65,43 +71,101 @@ def session_hash_key() -> bytes:
 
 
 class WarehouseResource(DuckDBResource):
-    """The DuckDB warehouse. Connections come from dagster-duckdb's ``get_connection`` (retried
-    with backoff while another process holds the file's lock); writers are serialized by the
-    ``warehouse`` pool."""
+    """The warehouse: a DuckDB file, or a DuckLake (module docstring: which one). File
+    connections come from dagster-duckdb's ``get_connection`` (retried with backoff while another
+    process holds the file's lock) and writers are serialized by the ``warehouse`` pool; lake
+    connections attach the lake (``ml.lake.open_lake``) and take concurrent writers."""
 
     database: str = Field(
-        default="", description="Path of the DuckDB file; empty: LEARNLOOP_WAREHOUSE_PATH, else "
-                                "$LEARNLOOP_HOME/warehouse.duckdb.")
+        default="", description="Path of the DuckDB file; empty: the url field, else "
+                                "LEARNLOOP_WAREHOUSE_URL (a DuckLake), else "
+                                "LEARNLOOP_WAREHOUSE_PATH, else $LEARNLOOP_HOME/warehouse.duckdb.")
+    url: str = Field(
+        default="", description="A DuckLake warehouse, 'ducklake:postgres:<connection string>' "
+                                "(bind it with dg.EnvVar, and keep passwords out of it: "
+                                "PGPASSWORD); empty: the database field or the environment.")
+    data_path: str = Field(
+        default="", description="The DuckLake's data files (folder or s3:// prefix); empty: "
+                                "LEARNLOOP_WAREHOUSE_DATA_PATH.")
+
+    def target(self) -> Path | Lake:
+        """The warehouse to connect to: a :class:`~ml.lake.Lake`, or the DuckDB file's path."""
+        if self.url:
+            return Lake(self.url, self.data_path or Settings().warehouse_data_path or "")
+        if self.database:
+            return Path(self.database).expanduser().resolve()
+        target = Settings().warehouse_target
+        if isinstance(target, Lake) and self.data_path:
+            return Lake(target.url, self.data_path)
+        return target
+
+    def is_lake(self) -> bool:
+        return isinstance(self.target(), Lake)
+
+    def describe(self) -> str:
+        """The warehouse for logs and metadata (a lake's password redacted)."""
+        return wh.describe(self.target())
 
     def path(self) -> Path:
-        path = Path(self.database).expanduser().resolve() if self.database else Settings().warehouse
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        """The DuckDB file (its folder created). A DuckLake has none: :meth:`target`."""
+        target = self.target()
+        if isinstance(target, Lake):
+            raise TypeError(f"the warehouse is the DuckLake {target}, not a DuckDB file: "
+                            f"use WarehouseResource.target() / get_connection()")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        target = self.target()
+        if isinstance(target, Lake):
+            con = open_lake(target, config=self.connection_config)
+            try:
+                yield con
+            finally:
+                con.close()
+            return
         bound = DuckDBResource(database=str(self.path()), connection_config=self.connection_config)
         with bound.get_connection() as con:
             yield con
 
     def exists(self) -> bool:
-        """Whether the DuckDB file exists (a reader has nothing to read before the first write)."""
-        path = Path(self.database).expanduser().resolve() if self.database else Settings().warehouse
-        return path.exists()
+        """Whether the warehouse exists (a reader has nothing to read before the first write):
+        the DuckDB file, or the lake's catalog."""
+        return wh.exists(self.target())
 
     @contextmanager
     def get_read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection (DuckDB ``access_mode`` READ_ONLY), retried like
-        :meth:`get_connection` while a writer holds the file: for readers such as the A/B
-        decision and the sensors. The file must exist (:meth:`exists`)."""
+        """A read-only connection (DuckDB ``access_mode`` READ_ONLY; a lake attached
+        READ_ONLY), retried like :meth:`get_connection` while a writer holds the file: for
+        readers such as the A/B decision and the sensors. The warehouse must exist
+        (:meth:`exists`)."""
         if not self.exists():
-            raise FileNotFoundError(f"the warehouse {self.path()} does not exist yet: nothing "
-                                    f"has been ingested")
-        bound = DuckDBResource(database=str(self.path()),
+            raise FileNotFoundError(f"the warehouse {self.describe()} does not exist yet: "
+                                    f"nothing has been ingested")
+        target = self.target()
+        if isinstance(target, Lake):
+            con = open_lake(target, read_only=True, config=self.connection_config)
+            try:
+                yield con
+            finally:
+                con.close()
+            return
+        bound = DuckDBResource(database=str(target),
                                connection_config={**self.connection_config,
                                                   "access_mode": "READ_ONLY"})
         with bound.get_connection() as con:
             yield con
+
+    def dbt_env(self) -> dict[str, str]:
+        """The environment that points dbt's profile (dbt_project/profiles.yml) at this
+        warehouse: the lake's URL and data path, or empty ones for the DuckDB file (whose path
+        goes in ``--vars``). Given to the dbt process only, never on its command line."""
+        target = self.target()
+        if isinstance(target, Lake):
+            return {"LEARNLOOP_WAREHOUSE_URL": target.url,
+                    "LEARNLOOP_WAREHOUSE_DATA_PATH": target.data_path}
+        return {"LEARNLOOP_WAREHOUSE_URL": "", "LEARNLOOP_WAREHOUSE_DATA_PATH": ""}
 
 
 class OperationalStoreResource(dg.ConfigurableResource):
@@ -239,8 +303,10 @@ class ModelRegistryResource(dg.ConfigurableResource):
 
 def store_resources(home: Path | str | None = None) -> dict[str, dg.ConfigurableResource]:
     """The four store resources under their keys. With ``home``, every store is embedded under
-    that folder (as ``LEARNLOOP_HOME=home`` would place it); without, each reads the environment
-    when used (the shipped definitions)."""
+    that folder (as ``LEARNLOOP_HOME=home`` would place it), except a DuckLake warehouse named by
+    ``LEARNLOOP_WAREHOUSE_URL``, which lives in no folder and is used as it is (how the test
+    suites run on DuckLake); without, each reads the environment when used (the shipped
+    definitions)."""
     if home is None:
         return {"warehouse": WarehouseResource(), "store": OperationalStoreResource(),
                 "vectors": VectorStoreResource(), "landing_zone": LandingZoneResource(),
@@ -248,7 +314,8 @@ def store_resources(home: Path | str | None = None) -> dict[str, dg.Configurable
     s = Settings(home=Path(home), store_url=None, warehouse_path=None, landing_dir=None,
                  lancedb_uri=None, archive_dir=None, datasets_dir=None,
                  mlflow_tracking_uri=None, models_dir=None)  # the environment does not move them
-    return {"warehouse": WarehouseResource(database=str(s.warehouse)),
+    lake = isinstance(Settings().warehouse_target, Lake)
+    return {"warehouse": WarehouseResource(database="" if lake else str(s.warehouse)),
             "store": OperationalStoreResource(url=s.store),
             "vectors": VectorStoreResource(uri=s.lancedb),
             "landing_zone": LandingZoneResource(path=str(s.landing),

@@ -32,9 +32,9 @@ def review_decisions(context: dg.AssetExecutionContext, warehouse: WarehouseReso
             if not rows:
                 break
             frame = pl.DataFrame(rows, schema=TABLES["review_decisions"].polars_schema())
-            con.register("_incoming", frame.to_arrow())
-            con.execute("INSERT INTO review_decisions SELECT * FROM _incoming")
-            con.unregister("_incoming")
+            # an upsert on event_id, not a plain append: two runs copying at once (a DuckLake
+            # warehouse takes concurrent writers) still leave each event once
+            wh.upsert_rows(con, "review_decisions", frame)
             copied += len(rows)
             cursor = rows[-1]["event_id"]
         [(total,)] = con.execute("SELECT count(*) FROM review_decisions").fetchall()

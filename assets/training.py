@@ -150,7 +150,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
         built = config.rebuild or not (folder / "learnloop_base.json").exists()
         if built:
             spec = _base_spec(config)
-            conversations, corpus = corpus_from_warehouse(warehouse.path(),
+            conversations, corpus = corpus_from_warehouse(warehouse.target(),
                                                           spec.max_conversations, spec.seed)
             context.log.info(f"pretraining the offline base model on {len(conversations):,} "
                              f"conversations ({corpus})")

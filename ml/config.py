@@ -21,6 +21,16 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path(".learnloop"), description="Root of every embedded store.")
     landing_dir: Path | None = Field(default=None, description="Landing zone; default $HOME/landing.")
     warehouse_path: Path | None = Field(default=None, description="DuckDB warehouse file.")
+    warehouse_url: SecretStr | None = Field(
+        default=None,
+        description="A DuckLake warehouse instead of the DuckDB file: 'ducklake:postgres:<libpq "
+                    "connection string>' (several writers), e.g. 'ducklake:postgres:dbname=lake "
+                    "host=pg user=learnloop'; with LEARNLOOP_WAREHOUSE_DATA_PATH. Prefer "
+                    "PGPASSWORD or ~/.pgpass to a password in the URL (it is redacted anyway).")
+    warehouse_data_path: str | None = Field(
+        default=None,
+        description="Where a DuckLake warehouse keeps its Parquet files: a folder every writer "
+                    "sees, or an object-storage prefix (s3://bucket/lake/).")
     store_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the operational store; default SQLite in home."
     )
@@ -109,6 +119,16 @@ class Settings(BaseSettings):
     @property
     def warehouse(self) -> Path:
         return (self.warehouse_path or self.home / "warehouse.duckdb").expanduser().resolve()
+
+    @property
+    def warehouse_target(self):
+        """The warehouse to connect to (``ml.warehouse.connect``): the DuckLake of
+        ``warehouse_url`` (an ``ml.lake.Lake``) when set, else the DuckDB file ``warehouse``."""
+        if self.warehouse_url is None or not self.warehouse_url.get_secret_value().strip():
+            return self.warehouse
+        from ml.lake import Lake
+
+        return Lake(self.warehouse_url.get_secret_value(), self.warehouse_data_path or "")
 
     @property
     def store(self) -> str:

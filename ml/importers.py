@@ -813,18 +813,21 @@ def ingest_outlook(landing_dir: Path, by_day: dict[str, list[dict[str, Any]]],
     return out
 
 
-def _already_ingested(keys: set[tuple[str, str]], warehouse: Path | str | None,
-                      out: dict[str, Any]) -> int | None:
-    """How many of ``keys`` the warehouse's ``interactions`` table holds (read-only)."""
-    if not keys or warehouse is None or not Path(warehouse).exists():
-        return 0
+def _already_ingested(keys: set[tuple[str, str]], warehouse, out: dict[str, Any]) -> int | None:
+    """How many of ``keys`` the warehouse's ``interactions`` table holds (read-only);
+    ``warehouse``: the DuckDB file or a DuckLake (``ml.warehouse.Target``), or None."""
     import duckdb  # noqa: PLC0415
 
-    from ml.warehouse import key_table  # noqa: PLC0415
+    from ml.lake import Lake, LakeError  # noqa: PLC0415
+    from ml.warehouse import connect, exists, key_table  # noqa: PLC0415
 
+    if warehouse is not None and not isinstance(warehouse, Lake):
+        warehouse = Path(warehouse)
     try:
-        con = duckdb.connect(str(warehouse), read_only=True)
-    except duckdb.Error as exc:
+        if not keys or warehouse is None or not exists(warehouse):
+            return 0
+        con = connect(warehouse, read_only=True)
+    except (duckdb.Error, LakeError) as exc:
         out["warehouse_note"] = f"warehouse not read ({' '.join(str(exc).split())[:200]})"
         return None
     try:

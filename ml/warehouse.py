@@ -1,25 +1,116 @@
-"""The DuckDB warehouse: append-only analytics tables written by Dagster runs.
+"""The warehouse: append-only analytics tables written by Dagster runs.
 
 Tables are created from the column layouts of the registry ``ml.tables``. Partitioned tables are rewritten one
 partition at a time inside a transaction (delete the partition's rows, insert the new ones), so
 re-materializing a partition gives the same rows, never duplicates.
+
+Two kinds of warehouse, one API: a DuckDB file (the embedded default; one writer at a time, so
+Dagster serializes writers through the ``warehouse`` pool) or a DuckLake (``ml.lake.Lake``: a
+PostgreSQL catalog and Parquet data files, written by several processes and machines at once).
+:func:`connect` takes either and returns a DuckDB connection whose unqualified names are the
+warehouse's tables, so every helper below works on both.
+
+Concurrent writers of a lake. DuckLake commits optimistically and detects conflicts per table: a
+commit fails when another transaction committed a delete from, or a change of, a table this one
+inserted into. A writer that deleted nothing (its partition was still empty) would not conflict
+with another writer of the same partition, and both inserts would land; so :func:`write_frame`
+also stamps the table (``COMMENT ON TABLE``, a change of the table) in its transaction: any two
+concurrent writes of one table conflict, the loser's transaction is rolled back, and it is run
+again on the new snapshot (:data:`CONFLICT_RETRIES` times with backoff), deleting what the winner
+wrote. Different partitions therefore all land, the same partition ends with the rows of the last
+writer, never duplicates, and a writer that keeps losing fails loudly (:class:`WriteConflict`).
 """
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import polars as pl
 import pyarrow as pa
 
+from ml.lake import Lake, lake_exists, open_lake
 from ml.tables import table as registered
 
+Target = Path | str | Lake
+"""A warehouse: the path of a DuckDB file, or a :class:`~ml.lake.Lake`."""
 
-def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+CONFLICT_RETRIES = 12
+"""Attempts of a write that keeps losing commit races before :class:`WriteConflict`."""
+_BACKOFF_S = (0.05, 2.0)  # first wait, longest wait (doubling, with full jitter)
+
+T = TypeVar("T")
+
+
+class WriteConflict(RuntimeError):
+    """A write lost every commit race to concurrent writers of the same table."""
+
+
+def connect(target: Target, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A connection to the warehouse ``target``: a DuckDB file (created, with its folder, on the
+    first read-write connection) or a DuckLake (attached as ``lake`` and in use)."""
+    if isinstance(target, Lake):
+        return open_lake(target, read_only=read_only)
     if not read_only:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return duckdb.connect(str(path), read_only=read_only)
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+    return duckdb.connect(str(target), read_only=read_only)
+
+
+def exists(target: Target) -> bool:
+    """Whether the warehouse exists (a reader has nothing to read before the first write): the
+    DuckDB file, or the lake's catalog."""
+    if isinstance(target, Lake):
+        return lake_exists(target)
+    return Path(target).exists()
+
+
+def describe(target: Target) -> str:
+    """The warehouse for messages and metadata (a lake's password redacted)."""
+    return str(target)
+
+
+def is_lake(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con``'s current database is a DuckLake."""
+    row = con.execute("SELECT type FROM duckdb_databases() WHERE database_name = "
+                      "current_database()").fetchone()
+    return bool(row) and row[0] == "ducklake"
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()
+
+
+def retry_conflicts(action: Callable[[], T], what: str, attempts: int | None = None) -> T:
+    """Run ``action`` (one whole transaction, rolled back when it fails) until it commits;
+    rerun it after a commit conflict, with backoff, up to ``attempts`` times
+    (:data:`CONFLICT_RETRIES`); then raise :class:`WriteConflict` naming ``what``."""
+    attempts = attempts or CONFLICT_RETRIES
+    first, longest = _BACKOFF_S
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except duckdb.TransactionException as exc:
+            if not _is_conflict(exc):
+                raise
+            if attempt == attempts:
+                raise WriteConflict(
+                    f"{what}: lost {attempts} commit races to concurrent writers of the same "
+                    f"table; last conflict: {' '.join(str(exc).split())[:300]}") from exc
+            time.sleep(random.uniform(0, min(longest, first * 2 ** (attempt - 1))))
+    raise AssertionError("unreachable")
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction; a failed COMMIT has already ended it."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.TransactionException as exc:
+        if "no transaction is active" not in str(exc):
+            raise
 
 
 def ensure_table(con: duckdb.DuckDBPyConnection, name: str,
@@ -30,9 +121,14 @@ def ensure_table(con: duckdb.DuckDBPyConnection, name: str,
     keeps working. New columns go last: add them at the end of a layout, since inserts match
     columns by position."""
     columns = columns or registered(name).types
+    retry_conflicts(lambda: _ensure_table(con, name, columns), f"creating table {name!r}")
+
+
+def _ensure_table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, str]) -> None:
     have = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_name = ? AND table_schema = current_schema()", [name]).fetchall()}
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND "
+        "table_schema = current_schema() AND table_catalog = current_database()",
+        [name]).fetchall()}
     if not have:
         cols = ", ".join(f'"{c}" {t}' for c, t in columns.items())
         con.execute(f'CREATE TABLE IF NOT EXISTS "{name}" ({cols})')
@@ -55,20 +151,30 @@ def write_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame,
                 delete_where: str, params: list | None = None,
                 columns: dict[str, str] | None = None) -> int:
     """In one transaction: delete the rows of ``table`` matching ``delete_where`` (which may refer
-    to the incoming rows as ``_incoming``), then insert ``frame``. Returns rows written."""
+    to the incoming rows as ``_incoming``), then insert ``frame``. Returns rows written.
+
+    On a lake the transaction also stamps the table, and is rerun when a concurrent writer of
+    the same table committed first (module docstring: "Concurrent writers of a lake")."""
     columns = columns or registered(table).types
     ensure_table(con, table, columns)
     arrow = _incoming(columns, table, frame)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.register("_incoming", arrow)
-        con.execute(f'DELETE FROM "{table}" WHERE {delete_where}', params or [])
-        con.execute(f'INSERT INTO "{table}" SELECT * FROM _incoming')
-        con.unregister("_incoming")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    stamp = is_lake(con)
+
+    def attempt() -> None:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if stamp:
+                con.execute(f'COMMENT ON TABLE "{table}" IS \'learnloop write\'')
+            con.register("_incoming", arrow)
+            con.execute(f'DELETE FROM "{table}" WHERE {delete_where}', params or [])
+            con.execute(f'INSERT INTO "{table}" SELECT * FROM _incoming')
+            con.unregister("_incoming")
+            con.execute("COMMIT")
+        except BaseException:
+            _rollback(con)
+            raise
+
+    retry_conflicts(attempt, f"writing {frame.height} rows to {table!r}")
     return frame.height
 
 
@@ -116,21 +222,20 @@ def read_partition(con: duckdb.DuckDBPyConnection, table: str, partition_date: s
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the current database (the warehouse) has a table ``name`` (any schema)."""
     rows = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchall()
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
+        "AND table_catalog = current_database()", [name]).fetchall()
     return bool(rows[0][0])
 
 
-def table_count(path: Path | str, table: str) -> int:
+def table_count(target: Target, table: str) -> int:
     """Rows in ``table`` (0 when the warehouse or the table does not exist yet)."""
-    if not Path(path).exists():
+    if not exists(target):
         return 0
-    con = connect(path, read_only=True)
+    con = connect(target, read_only=True)
     try:
-        exists = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-        ).fetchall()[0][0]
-        if not exists:
+        if not table_exists(con, table):
             return 0
         return int(con.execute(f'SELECT count(*) FROM "{table}"').fetchall()[0][0])
     finally:

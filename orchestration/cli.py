@@ -98,7 +98,7 @@ def import_cmd(fmt: str, path: Path, tenant: str, timestamp, as_json: bool) -> N
     if timestamp is not None and timestamp.tzinfo is None:
         timestamp = timestamp.replace(tzinfo=UTC)
     summary = import_to_landing(fmt, path, settings.landing, tenant, timestamp=timestamp,
-                                warehouse=settings.warehouse)
+                                warehouse=settings.warehouse_target)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
@@ -716,7 +716,7 @@ def unreachable_store_line(exc: BaseException) -> str | None:
 
     settings = Settings()
     if isinstance(exc, duckdb.IOException | duckdb.ConnectionException):
-        return (f"the warehouse {settings.warehouse} cannot be opened: "
+        return (f"the warehouse {settings.warehouse_target} cannot be opened: "
                 f"{_reason(str(exc))} (another process writing it? `learnloop run` and the "
                 f"Dagster runs take turns through the warehouse pool)")
     frames = traceback.extract_tb(exc.__traceback__)

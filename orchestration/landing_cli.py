@@ -38,11 +38,11 @@ def _day(value: str) -> str:
         raise click.BadParameter(f"{value!r} is not a day (YYYY-MM-DD)") from None
 
 
-def _registered_names(warehouse: Path, day: str) -> set[str] | None:
+def _registered_names(warehouse, day: str) -> set[str] | None:
     """File names registered in raw_files for ``day`` (None: no warehouse or table yet)."""
     from ml import warehouse as wh
 
-    if not warehouse.exists():
+    if not wh.exists(warehouse):
         return None
     con = wh.connect(warehouse, read_only=True)
     try:
@@ -88,7 +88,7 @@ def archive(days: tuple[str, ...], before: str | None, actor: str | None, force:
         if not files:
             click.echo(f"{day}: no landing files")
             continue
-        registered = _registered_names(s.warehouse, day) or set()
+        registered = _registered_names(s.warehouse_target, day) or set()
         pending = [f.name for f in files if f.name not in registered]
         if pending and not force:
             raise click.ClickException(
@@ -129,7 +129,7 @@ def delete(day: str, reason: str, actor: str | None, yes: bool) -> None:
     s = _settings()
     actor = actor or getpass.getuser()
     files = retention.day_files(s.landing, s.archive, day)
-    con = wh.connect(s.warehouse)
+    con = wh.connect(s.warehouse_target)
     try:
         keys = retention.day_interaction_keys(con, day)
         if not yes:

@@ -304,7 +304,7 @@ def read_only_warehouse(warehouse: WarehouseResource) -> Iterator:
     writing the warehouse, the tick says so and the next one reads)."""
     from ml import warehouse as wh
 
-    con = wh.connect(warehouse.path(), read_only=True)
+    con = wh.connect(warehouse.target(), read_only=True)
     try:
         yield con
     finally:

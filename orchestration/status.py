@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ml import warehouse
@@ -24,12 +23,14 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         audit_attempts = attempt_counts(session, DEFAULT_MAX_ATTEMPTS)
         deployment = deployment_status(registry, session)
     return {
-        "interactions": warehouse.table_count(settings.warehouse, "interactions"),
-        "quarantined": warehouse.table_count(settings.warehouse, "quarantined_interactions"),
-        "scored": warehouse.table_count(settings.warehouse, "interaction_quality"),
+        "interactions": warehouse.table_count(settings.warehouse_target, "interactions"),
+        "quarantined": warehouse.table_count(settings.warehouse_target,
+                                             "quarantined_interactions"),
+        "scored": warehouse.table_count(settings.warehouse_target, "interaction_quality"),
         "errors": counts["errors"],
         "audit_attempts": audit_attempts,
-        "teacher_attempts": teacher_attempt_counts(settings.warehouse, DEFAULT_MAX_ATTEMPTS),
+        "teacher_attempts": teacher_attempt_counts(settings.warehouse_target,
+                                                   DEFAULT_MAX_ATTEMPTS),
         "calibration": counts["calibration"],
         "samples": counts["samples"],
         "datasets": counts["datasets"],
@@ -81,7 +82,7 @@ def teacher_attempt_counts(path, max_attempts: int) -> dict[str, Any]:
     from ml.teacher import TEACHER_ATTEMPTS_TABLE
 
     out: dict[str, Any] = {"ok": 0, "pending": 0, "given_up": 0, "last_failure": None}
-    if not Path(path).exists():
+    if not warehouse.exists(path):
         return out
     con = warehouse.connect(path, read_only=True)
     try:

@@ -44,12 +44,29 @@ def store_url(request, tmp_path):
 
 
 @pytest.fixture()
-def learnloop_home(tmp_path, monkeypatch) -> Path:
-    """A fresh LEARNLOOP_HOME (and DAGSTER_HOME under it) for one test."""
+def learnloop_home(request, tmp_path, monkeypatch):
+    """A fresh LEARNLOOP_HOME (and DAGSTER_HOME under it) for one test. Its warehouse is the
+    DuckDB file under it, or a fresh DuckLake (``tests/lakes.py``) when LEARNLOOP_TEST_WAREHOUSE
+    is ``ducklake`` or the test parametrizes this fixture with ``"ducklake"`` (indirect)."""
+    from tests.lakes import default_kind, lake_for_database
+
+    kind = getattr(request, "param", None) or default_kind()
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("LEARNLOOP_HOME", str(home))
     for var in ("LEARNLOOP_STORE_URL", "LEARNLOOP_WAREHOUSE_PATH", "LEARNLOOP_LANDING_DIR",
-                "LEARNLOOP_LANCEDB_URI", "LEARNLOOP_MLFLOW_TRACKING_URI", "DAGSTER_HOME"):
+                "LEARNLOOP_LANCEDB_URI", "LEARNLOOP_MLFLOW_TRACKING_URI", "DAGSTER_HOME",
+                "LEARNLOOP_WAREHOUSE_URL", "LEARNLOOP_WAREHOUSE_DATA_PATH"):
         monkeypatch.delenv(var, raising=False)
-    return home
+    if kind != "ducklake":
+        yield home
+        return
+    admin = request.getfixturevalue("pg_admin_url")
+    name, url = create_database(admin, "ll_lake")
+    lake = lake_for_database(url, tmp_path / "lake-data")
+    monkeypatch.setenv("LEARNLOOP_WAREHOUSE_URL", lake.url)
+    monkeypatch.setenv("LEARNLOOP_WAREHOUSE_DATA_PATH", lake.data_path)
+    try:
+        yield home
+    finally:
+        drop_database(admin, name, url)

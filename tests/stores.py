@@ -15,3 +15,20 @@ def resources_for(home: Path | str | None = None, **extra) -> dict:
     resources = store_resources(home)
     upgrade(resources["store"].get_url())
     return {**resources, **extra}
+
+
+def warehouse_target(home: Path | str):
+    """The warehouse of a test under ``home``: the DuckLake of LEARNLOOP_WAREHOUSE_URL when the
+    test runs on one (``tests/lakes.py``), else ``home/warehouse.duckdb``."""
+    from ml.config import Settings
+    from ml.lake import Lake
+
+    target = Settings().warehouse_target
+    return target if isinstance(target, Lake) else Path(home) / "warehouse.duckdb"
+
+
+def warehouse_connect(home: Path | str, read_only: bool = False):
+    """A connection to the warehouse of a test under ``home`` (:func:`warehouse_target`)."""
+    from ml.warehouse import connect
+
+    return connect(warehouse_target(home), read_only=read_only)

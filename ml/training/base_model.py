@@ -228,7 +228,7 @@ def conversations_from_rows(rows: Iterable[Mapping[str, Any]]
     return conversations, skipped
 
 
-def corpus_from_warehouse(warehouse_path: str | Path, max_conversations: int = 20000,
+def corpus_from_warehouse(warehouse_path: str | Path | Any, max_conversations: int = 20000,
                           seed: int = 0) -> tuple[list[Conversation], dict[str, Any]]:
     """The conversations of the warehouse's ``interactions`` table and their stats.
 
@@ -238,12 +238,14 @@ def corpus_from_warehouse(warehouse_path: str | Path, max_conversations: int = 2
     exist, has no ``interactions`` table, or the table (or the sample) gives no conversation.
     Stats: ``warehouse``, ``rows_in_table``, ``rows_read``, ``sampled``, ``conversations`` and
     ``skipped`` (see :func:`conversations_from_rows`)."""
-    from ml.warehouse import connect, table_exists
+    from ml.lake import Lake
+    from ml.warehouse import connect, exists, table_exists
 
     if max_conversations < 1:
         raise ValueError(f"max_conversations must be >= 1, got {max_conversations}")
-    path = Path(warehouse_path)
-    if not path.is_file():
+    # the DuckDB file, or a DuckLake (str() of a Lake is redacted)
+    path = warehouse_path if isinstance(warehouse_path, Lake) else Path(warehouse_path)
+    if not (exists(path) if isinstance(path, Lake) else path.is_file()):
         raise CorpusError(f"warehouse {path} does not exist: ingest some logs first (no corpus "
                           f"to build the base model from)")
     con = connect(path, read_only=True)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
 from ml.demo.generate import generate
-from tests.stores import resources_for
+from tests.stores import resources_for, warehouse_connect
 
 
 def land_and_ingest(home: Path, n: int = 60, seed: int = 9) -> str:
@@ -28,7 +27,7 @@ def land_and_ingest(home: Path, n: int = 60, seed: int = 9) -> str:
 
 def warehouse_rows(home: Path, sql: str) -> list[tuple]:
     """The rows of ``sql`` run read-only against ``home``'s warehouse."""
-    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    con = warehouse_connect(home, read_only=True)
     try:
         return con.execute(sql).fetchall()
     finally:

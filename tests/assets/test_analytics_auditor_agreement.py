@@ -12,10 +12,10 @@ from datetime import date, datetime
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
 from assets.analytics import dbt_analytics_assets, dbt_resource
+from ml import warehouse as wh
 from ml.audit.labels import label_weight
 from ml.audit.metrics import cohen_kappa
 from ml.tables import (
@@ -26,7 +26,7 @@ from ml.tables import (
     REVIEW_DECISION_COLUMNS,
     TABLES,
 )
-from tests.stores import resources_for
+from tests.stores import resources_for, warehouse_target
 
 D1 = date(2025, 1, 1)
 RATE = 0.2  # clean_review_rate: a clean calibration verdict put to review weighs 1 / 0.2 = 5
@@ -99,7 +99,7 @@ def _warehouse(path: Path) -> None:
     # a later decision overrides an earlier one (f4 was first confirmed, then dismissed)
     assert events[3]["interaction_id"] == "f4"
     events.insert(0, {**events[3], "event_id": 0, "status_after": "confirmed"})
-    con = duckdb.connect(str(path))
+    con = wh.connect(path)
     try:
         _create(con, "interactions", INTERACTION_COLUMNS, interactions)
         _create(con, "quarantined_interactions", QUARANTINE_COLUMNS, [])
@@ -112,7 +112,7 @@ def _warehouse(path: Path) -> None:
 
 
 def test_agreement_uses_reviewer_labels_and_matches_cohen_kappa(learnloop_home: Path):
-    warehouse = learnloop_home / "warehouse.duckdb"
+    warehouse = warehouse_target(learnloop_home)
     _warehouse(warehouse)
     result = dg.materialize([dbt_analytics_assets],
                             resources=resources_for(dbt=dbt_resource),
@@ -122,7 +122,7 @@ def test_agreement_uses_reviewer_labels_and_matches_cohen_kappa(learnloop_home: 
               if e.asset_key == dg.AssetKey("auditor_agreement")}
     assert checks and all(checks.values()), checks
 
-    con = duckdb.connect(str(warehouse), read_only=True)
+    con = wh.connect(warehouse, read_only=True)
     try:
         cur = con.execute("SELECT * FROM analytics.auditor_agreement")
         names = [d[0] for d in cur.description]
@@ -168,9 +168,9 @@ def test_no_calibration_labels_leave_recall_and_kappa_null(learnloop_home: Path,
     figure. Here: verdicts written before in_calibration / label_weight were recorded (NULL), or
     an older warehouse whose audited_errors table lacks the two columns altogether (the mart
     still builds)."""
-    warehouse = learnloop_home / "warehouse.duckdb"
+    warehouse = warehouse_target(learnloop_home)
     _warehouse(warehouse)
-    con = duckdb.connect(str(warehouse))
+    con = wh.connect(warehouse)
     try:
         if older == "null_values":
             con.execute("UPDATE audited_errors SET in_calibration = NULL, label_weight = NULL")
@@ -183,7 +183,7 @@ def test_no_calibration_labels_leave_recall_and_kappa_null(learnloop_home: Path,
                             resources=resources_for(dbt=dbt_resource),
                             instance=dg.DagsterInstance.ephemeral())
     assert result.success
-    con = duckdb.connect(str(warehouse), read_only=True)
+    con = wh.connect(warehouse, read_only=True)
     try:
         row = con.execute("SELECT labeled, tp, fn, calibration_labeled, precision, recall, "
                           "cohens_kappa FROM analytics.auditor_agreement").fetchone()
@@ -203,7 +203,7 @@ def test_a_correction_blind_auditor_counts_corrections_as_labels(learnloop_home:
 
     from assets.analytics import DBT_PROJECT_DIR, dbt_executable
 
-    warehouse = learnloop_home / "warehouse.duckdb"
+    warehouse = warehouse_target(learnloop_home)
     _warehouse(warehouse)
     run = subprocess.run(
         [dbt_executable(), "build",
@@ -213,7 +213,7 @@ def test_a_correction_blind_auditor_counts_corrections_as_labels(learnloop_home:
                                "correction_blind_auditors": ["rules"]})],
         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
-    con = duckdb.connect(str(warehouse), read_only=True)
+    con = wh.connect(warehouse, read_only=True)
     try:
         row = con.execute("SELECT labeled, tp, fp, fn, tn, calibration_labeled, recall "
                           "FROM analytics.auditor_agreement").fetchone()

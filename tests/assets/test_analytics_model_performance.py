@@ -14,8 +14,9 @@ import duckdb
 import pytest
 
 from assets.analytics import AUTOMATION_CONDITION, dbt_analytics_assets, dbt_resource
+from ml import warehouse as wh
 from ml.tables import AUDITED_COLUMNS, INTERACTION_COLUMNS, QUALITY_COLUMNS
-from tests.stores import resources_for
+from tests.stores import resources_for, warehouse_target
 
 D1, D2 = date(2025, 3, 1), date(2025, 3, 2)
 MARTS = ("model_performance", "experiment_arms")
@@ -92,7 +93,7 @@ def _build_warehouse(path: Path, interactions: list[dict], audited: list[dict]) 
                 "model_version": by_id[iid]["model_version"], "quality_score": score,
                 "confidence": 0.5, "dimensions_present": 1, "scorer_version": "test"}
                for iid, score in QUALITY.items() if iid in by_id]
-    con = duckdb.connect(str(path))
+    con = wh.connect(path)
     try:
         _create(con, "interactions", INTERACTION_COLUMNS, interactions)
         _create(con, "interaction_quality", QUALITY_COLUMNS, quality)
@@ -110,7 +111,7 @@ def _materialize(raise_on_error: bool = True, instance: dg.DagsterInstance | Non
 
 
 def _rows(path: Path, table: str) -> list[dict]:
-    con = duckdb.connect(str(path), read_only=True)
+    con = wh.connect(path, read_only=True)
     try:
         cur = con.execute(f"SELECT * FROM analytics.{table}")
         names = [d[0] for d in cur.description]
@@ -131,7 +132,7 @@ def _checks(result: dg.ExecuteInProcessResult, name: str) -> dict[str, bool]:
 
 
 def test_model_performance_and_experiment_arms_from_served_replies(learnloop_home: Path):
-    warehouse = learnloop_home / "warehouse.duckdb"
+    warehouse = warehouse_target(learnloop_home)
     _build_warehouse(warehouse, INTERACTIONS, AUDITED)
 
     result = _materialize()
@@ -239,14 +240,14 @@ def test_the_run_the_automation_requests_after_new_replies_rebuilds_the_marts(
     along) brings the new reply into both marts."""
     from orchestration.definitions import defs
 
-    warehouse = learnloop_home / "warehouse.duckdb"
+    warehouse = warehouse_target(learnloop_home)
     _build_warehouse(warehouse, INTERACTIONS, AUDITED)
     instance = dg.DagsterInstance.ephemeral()
     assert _materialize(instance=instance).success
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert first.total_requested == 0
 
-    con = duckdb.connect(str(warehouse))
+    con = wh.connect(warehouse)
     try:
         row = _reply("t5", D2, 15, "2", E7T, thumbs="down")
         con.execute(f"INSERT INTO main.interactions ({', '.join(row)}) "
@@ -276,7 +277,7 @@ def test_the_run_the_automation_requests_after_new_replies_rebuilds_the_marts(
 
 def test_the_marts_build_without_served_traffic_or_verdicts(learnloop_home: Path):
     """Imported logs only, no audited_errors table yet: experiment_arms builds empty and says so."""
-    warehouse = learnloop_home / "warehouse.duckdb"
+    warehouse = warehouse_target(learnloop_home)
     imported = [_reply("i1", D1, 9, "1", [], provider="local", thumbs="up"),
                 _reply("i2", D1, 10, "1", ["experiment:7", "arm:control"], provider="local")]
     _build_warehouse(warehouse, imported, audited=[])
@@ -299,7 +300,7 @@ def test_the_marts_build_without_served_traffic_or_verdicts(learnloop_home: Path
 
 
 def test_an_experiment_reply_without_an_arm_fails_the_experiment_arms_test(learnloop_home: Path):
-    warehouse = learnloop_home / "warehouse.duckdb"
+    warehouse = warehouse_target(learnloop_home)
     _build_warehouse(warehouse, INTERACTIONS + [_reply("z1", D2, 14, "2", ["experiment:7"])],
                      AUDITED)
 

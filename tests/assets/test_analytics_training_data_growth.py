@@ -8,12 +8,12 @@ from datetime import date, datetime
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
 from assets.analytics import ANALYTICS_GROUP, dbt_analytics_assets, dbt_resource
+from ml import warehouse as wh
 from ml.tables import REVIEW_DECISION_COLUMNS
-from tests.stores import resources_for
+from tests.stores import resources_for, warehouse_target
 
 D1, D2, D3 = date(2025, 1, 1), date(2025, 1, 2), date(2025, 1, 3)
 
@@ -45,7 +45,7 @@ EVENTS = [
 
 
 def _rows(path: Path) -> dict[tuple, dict]:
-    con = duckdb.connect(str(path), read_only=True)
+    con = wh.connect(path, read_only=True)
     try:
         cur = con.execute("SELECT * FROM analytics.training_data_growth")
         names = [d[0] for d in cur.description]
@@ -56,8 +56,8 @@ def _rows(path: Path) -> dict[tuple, dict]:
 
 
 def test_training_data_growth_counts_sample_decisions_per_day(learnloop_home: Path):
-    warehouse = learnloop_home / "warehouse.duckdb"
-    con = duckdb.connect(str(warehouse))
+    warehouse = warehouse_target(learnloop_home)
+    con = wh.connect(warehouse)
     try:
         cols = ", ".join(f'"{c}" {t}' for c, t in REVIEW_DECISION_COLUMNS.items())
         con.execute(f"CREATE TABLE main.review_decisions ({cols})")

@@ -21,6 +21,7 @@ from assets.analytics import (
     manifest_is_current,
 )
 from assets.resources import WAREHOUSE_POOL
+from ml import warehouse as wh
 from ml.tables import (
     AUDITED_COLUMNS,
     INTERACTION_COLUMNS,
@@ -28,7 +29,7 @@ from ml.tables import (
     QUARANTINE_COLUMNS,
     REVIEW_DECISION_COLUMNS,
 )
-from tests.stores import resources_for
+from tests.stores import resources_for, warehouse_target
 
 D1, D2 = date(2025, 1, 1), date(2025, 1, 2)
 MARTS = {"fct_interactions", "daily_quality", "feedback_loop_metrics", "error_trends",
@@ -136,8 +137,8 @@ def _create(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str],
         con.execute(f'INSERT INTO main."{table}" ({names}) VALUES ({marks})', list(row.values()))
 
 
-def _build_warehouse(path: Path, interactions: list[dict]) -> None:
-    con = duckdb.connect(str(path))
+def _build_warehouse(target, interactions: list[dict]) -> None:
+    con = wh.connect(target)
     try:
         _create(con, "interactions", INTERACTION_COLUMNS, interactions)
         _create(con, "quarantined_interactions", QUARANTINE_COLUMNS, QUARANTINED)
@@ -148,8 +149,8 @@ def _build_warehouse(path: Path, interactions: list[dict]) -> None:
         con.close()
 
 
-def _query(path: Path, sql: str) -> list[dict]:
-    con = duckdb.connect(str(path), read_only=True)
+def _query(target, sql: str) -> list[dict]:
+    con = wh.connect(target, read_only=True)
     try:
         cur = con.execute(sql)
         names = [d[0] for d in cur.description]
@@ -184,8 +185,12 @@ def test_asset_graph_wiring():
     ))
 
 
+# also on a DuckLake warehouse in every test run (the whole file runs on one with
+# LEARNLOOP_TEST_WAREHOUSE=ducklake: tests/lakes.py)
+@pytest.mark.parametrize("learnloop_home", ["duckdb", "ducklake"], indirect=True)
 def test_dbt_build_computes_marts_and_reports_tests_as_checks(learnloop_home: Path):
-    warehouse = learnloop_home / "warehouse.duckdb"  # where Settings() puts it under LEARNLOOP_HOME
+    # where Settings() puts it under LEARNLOOP_HOME (or the test's DuckLake)
+    warehouse = warehouse_target(learnloop_home)
     _build_warehouse(warehouse, INTERACTIONS)
 
     result = _materialize(learnloop_home)
@@ -207,11 +212,12 @@ def test_dbt_build_computes_marts_and_reports_tests_as_checks(learnloop_home: Pa
     assert row_counts["fct_interactions"].value == 6
     assert row_counts["daily_quality"].value == 3
     assert row_counts["feedback_loop_metrics"].value == 4
-    # the run left no DuckDB handle open: another process can take the writer lock
-    probe = subprocess.run(
-        [sys.executable, "-c", "import duckdb, sys; duckdb.connect(sys.argv[1]).close()",
-         str(warehouse)], capture_output=True, text=True, timeout=60)
-    assert probe.returncode == 0, probe.stderr
+    if isinstance(warehouse, Path):
+        # the run left no DuckDB handle open: another process can take the writer lock
+        probe = subprocess.run(
+            [sys.executable, "-c", "import duckdb, sys; duckdb.connect(sys.argv[1]).close()",
+             str(warehouse)], capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 0, probe.stderr
 
     fct = _query(warehouse, "SELECT interaction_id, handoff, has_feedback, latency_s, "
                             "is_low_quality, model_version FROM analytics.fct_interactions "
@@ -286,8 +292,8 @@ def test_dbt_build_computes_marts_and_reports_tests_as_checks(learnloop_home: Pa
 
 def test_same_id_in_two_tenants_passes_the_uniqueness_check(learnloop_home: Path):
     """Ids are per tenant: (tenant_id, interaction_id) is the key (issue 8, item 4)."""
-    warehouse = learnloop_home / "warehouse.duckdb"
-    _build_warehouse(warehouse, INTERACTIONS + [dict(INTERACTIONS[0], tenant_id="other")])
+    _build_warehouse(warehouse_target(learnloop_home),
+                     INTERACTIONS + [dict(INTERACTIONS[0], tenant_id="other")])
     result = _materialize(learnloop_home, raise_on_error=False)
     by_name = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert by_name["unique_combination_stg_interactions_tenant_id__interaction_id"].passed
@@ -295,8 +301,7 @@ def test_same_id_in_two_tenants_passes_the_uniqueness_check(learnloop_home: Path
 
 
 def test_duplicated_interaction_id_fails_the_uniqueness_check(learnloop_home: Path):
-    warehouse = learnloop_home / "warehouse.duckdb"
-    _build_warehouse(warehouse, INTERACTIONS + [dict(INTERACTIONS[0])])
+    _build_warehouse(warehouse_target(learnloop_home), INTERACTIONS + [dict(INTERACTIONS[0])])
 
     result = _materialize(learnloop_home, raise_on_error=False)
 
@@ -348,7 +353,7 @@ def test_dbt_writes_nothing_into_the_source_tree(learnloop_home: Path):
     $LEARNLOOP_HOME/dbt/target: a build leaves dbt_project/ as it was."""
     from assets.analytics import dbt_project
 
-    _build_warehouse(learnloop_home / "warehouse.duckdb", INTERACTIONS)
+    _build_warehouse(warehouse_target(learnloop_home), INTERACTIONS)
     before = _tree(DBT_PROJECT_DIR)
 
     _materialize(learnloop_home)

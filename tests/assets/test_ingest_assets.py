@@ -6,7 +6,6 @@ import json
 from datetime import datetime
 
 import dagster as dg
-import duckdb
 import pytest
 
 from assets.ingest import ingest_interactions, raw_interactions, residual_pii
@@ -14,7 +13,7 @@ from assets.quality import interaction_quality
 from ml.landing import write_landing_file
 from orchestration.definitions import defs
 from tests.assets.conftest import warehouse_rows
-from tests.stores import resources_for
+from tests.stores import resources_for, warehouse_connect
 
 DAY = "2026-11-03"
 
@@ -67,6 +66,9 @@ def test_definitions_load():
             "interaction_quality"} <= keys
 
 
+# these two also run on a DuckLake warehouse in every test run (the whole file does with
+# LEARNLOOP_TEST_WAREHOUSE=ducklake: tests/lakes.py)
+@pytest.mark.parametrize("learnloop_home", ["duckdb", "ducklake"], indirect=True)
 def test_ingest_chain_quarantines_bad_records_and_keeps_good_ones(landing_day):
     with dg.instance_for_test() as instance:
         result = _materialize(landing_day, instance)
@@ -92,6 +94,7 @@ def test_ingest_chain_quarantines_bad_records_and_keeps_good_ones(landing_day):
     assert warehouse_rows(landing_day, "SELECT count(*) FROM interaction_quality")[0][0] == 7
 
 
+@pytest.mark.parametrize("learnloop_home", ["duckdb", "ducklake"], indirect=True)
 def test_rematerializing_a_partition_never_duplicates(landing_day):
     with dg.instance_for_test() as instance:
         assert _materialize(landing_day, instance).success
@@ -131,7 +134,7 @@ def _mats(result) -> dict[str, dict]:
 def test_residual_pii_check_reads_the_warehouse_and_names_the_column(landing_day):
     with dg.instance_for_test() as instance:
         assert _materialize(landing_day, instance).success
-    con = duckdb.connect(str(landing_day / "warehouse.duckdb"))
+    con = warehouse_connect(landing_day)
     try:
         assert residual_pii(con, "interactions", DAY) == []
         # PII written straight into the table, in a JSON column and in a list column
@@ -303,7 +306,7 @@ def test_residual_pii_checks_pass_on_demo_data_with_pii_looking_ids_and_still_bl
                                 instance=instance, resources=resources_for(learnloop_home))
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["check_no_residual_pii"] and checks["check_no_residual_pii_in_quarantine"]
-    con = duckdb.connect(str(learnloop_home / "warehouse.duckdb"))
+    con = warehouse_connect(learnloop_home)
     try:
         # the data does reproduce the old failure: a scan of every VARCHAR column flags an id
         every_column = residual_pii_in_table(con, "interactions", "partition_date = ?::DATE",
