@@ -207,7 +207,9 @@ def delete_day_rows(con: duckdb.DuckDBPyConnection, day: str,
         con.unregister("_deleted_ids")
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        from ml.warehouse import rollback
+
+        rollback(con)  # a failed COMMIT (a DuckLake conflict) has ended the transaction already
         raise
     return counts
 

@@ -104,7 +104,7 @@ def retry_conflicts(action: Callable[[], T], what: str, attempts: int | None = N
     raise AssertionError("unreachable")
 
 
-def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
     """Roll back the open transaction; a failed COMMIT has already ended it."""
     try:
         con.execute("ROLLBACK")
@@ -171,7 +171,7 @@ def write_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame,
             con.unregister("_incoming")
             con.execute("COMMIT")
         except BaseException:
-            _rollback(con)
+            rollback(con)
             raise
 
     retry_conflicts(attempt, f"writing {frame.height} rows to {table!r}")

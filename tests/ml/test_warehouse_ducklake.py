@@ -183,6 +183,7 @@ def test_the_table_stamp_makes_concurrent_writers_of_an_empty_partition_conflict
                        delete_where="partition_date = ?::DATE", params=[day])
         with pytest.raises(duckdb.TransactionException, match="conflict"):
             a.execute("COMMIT")
+        wh.rollback(a)  # the failed COMMIT ended the transaction: nothing to roll back
         wh.write_frame(a, "events", _rows(day, 1, 2), columns=COLS,  # the retry
                        delete_where="partition_date = ?::DATE", params=[day])
         assert a.execute("SELECT writer, count(*) FROM events WHERE partition_date = ? "
