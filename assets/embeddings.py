@@ -99,6 +99,8 @@ def interaction_embeddings(context: dg.AssetExecutionContext, config: Embeddings
                            vectors: VectorStoreResource) -> dg.MaterializeResult:
     db = vectors.connect()
     model = embeddings.model_for(embeddings.QUESTION)
+    # before the days are read: a large table's days are then found through the index
+    indexed = embeddings.ensure_scalar_indexes(embeddings.open_embeddings(db))
     after = _last_cursor(context.instance)
     changed, cursor = reingested_days(context.instance, after)
     with warehouse.get_connection() as con:
@@ -122,7 +124,7 @@ def interaction_embeddings(context: dg.AssetExecutionContext, config: Embeddings
         context.log.info(f"{day}: embedded {result.added}, already {result.kept}, "
                          f"removed {result.removed}")
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    indexed = embeddings.ensure_scalar_indexes(embeddings.open_embeddings(db))
+    indexed += embeddings.ensure_scalar_indexes(embeddings.open_embeddings(db))
     total = sum(embeddings.embedded_days(db, model).values())
     return dg.MaterializeResult(metadata={
         "dagster/row_count": total,

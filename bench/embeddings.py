@@ -174,6 +174,62 @@ def relevance_agreement(ref_q, ref_a, q, a) -> dict:
             "mean": float(s.mean())}
 
 
+# ---- per-item cost against history -----------------------------------------------------------
+def history_cost(sizes: list[int], tmp: Path, new: int = 2000) -> list[dict]:
+    """The bookkeeping cost of embedding one new landing day of ``new`` interactions next to a
+    history of ``size`` question rows (random vectors, 10,000 per day): the old path (read
+    every embedded id, anti-join) against ``embed_day`` (reads only the day's rows). The
+    embedding itself is left out (the static backend, and its time subtracted)."""
+    import polars as pl
+    import pyarrow as pa
+
+    from ml import embeddings
+
+    os.environ["LEARNLOOP_EMBEDDINGS_QUESTION_BACKEND"] = "static"
+    rng = np.random.default_rng(0)
+    rows = []
+    for size in sizes:
+        db = embeddings.connect(str(tmp / f"history-{size}"))
+        table = embeddings.open_embeddings(db)
+        model = embeddings.model_for("question")
+        for start in range(0, size, 50_000):
+            n = min(50_000, size - start)
+            ids = [f"h{i}" for i in range(start, start + n)]
+            vecs = rng.standard_normal((n, embeddings.DIM), dtype=np.float32)
+            table.add(pa.table({
+                "interaction_id": ids, "tenant_id": ["t"] * n,
+                "partition_date": [f"2025-{1 + (i // 10_000) // 28 % 12:02d}-"
+                                   f"{1 + (i // 10_000) % 28:02d}" for i in range(start, start + n)],
+                "question": ["q"] * n,
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)),
+                                                            embeddings.DIM),
+                "response_vector": pa.nulls(n, pa.list_(pa.float32(), embeddings.DIM)),
+                "qa_relevance": pa.nulls(n, pa.float64()), "model": [model] * n,
+                "kind": ["question"] * n, "answer": pa.nulls(n, pa.string()),
+                "origin": pa.nulls(n, pa.string()), "item_id": pa.nulls(n, pa.int64())},
+                schema=embeddings.embeddings_schema()))
+        embeddings.ensure_scalar_indexes(table)
+        frame = pl.DataFrame({"tenant_id": ["t"] * new,
+                              "interaction_id": [f"n{i}" for i in range(new)],
+                              "user_message": [f"Where is my order {i}?" for i in range(new)]})
+        embeddings.encode(frame["user_message"].to_list())  # warm the model and the cache
+        c0 = _usage()[0]
+        have = embeddings.embedded_ids(table)  # the old path's read
+        done = pl.DataFrame(sorted(have), schema={"tenant_id": pl.String,
+                                                  "interaction_id": pl.String}, orient="row")
+        frame.join(done, on=["tenant_id", "interaction_id"], how="anti")
+        old = _usage()[0] - c0
+        c0 = _usage()[0]
+        result = embeddings.embed_day(db, "2026-06-01", frame)
+        day = _usage()[0] - c0
+        assert result.added == new
+        rows.append({"history": size, "old_read_cpu_s": old, "embed_day_cpu_s": day,
+                     "new": new})
+        print(f"  history {size}: old path {old:.2f} CPU-s, embed_day {day:.2f} CPU-s "
+              f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+    return rows
+
+
 # ---- main --------------------------------------------------------------------------------------
 def _fmt(x, nd=2) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
@@ -235,9 +291,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=2000, help="distinct questions per profile")
     ap.add_argument("--backends", default=",".join(BACKENDS))
-    ap.add_argument("--profiles", default="real,generated")
+    ap.add_argument("--profiles", default="real,generated", help="'' for none")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--history", default="", help="history sizes (question rows) for the "
+                                                   "per-item cost check, e.g. 20000,200000")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--texts", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -255,6 +313,7 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f}, batch size {args.batch_size}, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
     rows: list[dict] = []
+    history: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-embeddings-") as tmp:
         for profile in [p.strip() for p in args.profiles.split(",") if p.strip()]:
             if profile == "real":
@@ -264,10 +323,14 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown profile {profile!r}: real or generated")
             rows += bench_profile(profile, pairs, backends, Path(tmp), args.batch_size)
-    print_table(rows)
+        if args.history:
+            print("\n## bookkeeping of one new day (2,000 interactions) against history")
+            history = history_cost([int(x) for x in args.history.split(",")], Path(tmp))
+    if rows:
+        print_table(rows)
     print(f"\nload average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"backends": rows, "history": history}, indent=2))
 
 
 if __name__ == "__main__":

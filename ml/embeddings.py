@@ -218,11 +218,13 @@ def ensure_scalar_indexes(table: Any, *, min_rows: int = SCALAR_INDEX_MIN_ROWS) 
     optimized, which folds them into the indexes.)"""
     if table.count_rows() < min_rows:
         return []
+    from lancedb.index import Bitmap, BTree
+
     have = {c for idx in table.list_indices() for c in idx.columns}
     made = []
-    for column, kind in (("partition_date", "BITMAP"), ("interaction_id", "BTREE")):
+    for column, config in (("partition_date", Bitmap()), ("interaction_id", BTree())):
         if column not in have:
-            table.create_scalar_index(column, index_type=kind)
+            table.create_index(column, config=config, replace=False)
             made.append(column)
     return made
 

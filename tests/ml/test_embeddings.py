@@ -177,3 +177,38 @@ def test_rows_of_another_model_are_never_compared_and_get_replaced(tmp_path, tin
     assert embeddings.add_new_embeddings(db, frame.head(1)) == (1, 0)
     assert embeddings.open_embeddings(db).count_rows() == 2
     assert embeddings.question_count(embeddings.open_embeddings(db), minilm) == 1
+
+
+def test_stored_relevance_is_used_only_for_the_relevance_model(tmp_path, monkeypatch):
+    """Question rows of earlier versions carry qa_relevance; it is read only while the relevance
+    stage uses the model that measured it."""
+    import pyarrow as pa
+
+    db = embeddings.connect(str(tmp_path / "lancedb"))
+    vec = pa.FixedSizeListArray.from_arrays(pa.array([0.1] * 2 * embeddings.DIM, pa.float32()),
+                                            embeddings.DIM)
+    table = embeddings.open_embeddings(db)
+    table.add(pa.table({
+        "interaction_id": ["x", "x"], "tenant_id": ["t", "t"], "partition_date": [None, None],
+        "question": ["q", "q"], "vector": vec, "response_vector": vec,
+        "qa_relevance": [0.42, None], "model": ["all-MiniLM-L6-v2", "other"],
+        "kind": ["question"] * 2, "answer": [None] * 2, "origin": [None] * 2,
+        "item_id": pa.nulls(2, pa.int64())}, schema=embeddings.embeddings_schema()))
+    monkeypatch.delenv("LEARNLOOP_EMBEDDINGS_BACKEND", raising=False)
+    monkeypatch.setenv("LEARNLOOP_EMBEDDINGS_RELEVANCE_BACKEND", "minilm")
+    assert embeddings.read_relevance(db, ["x", "y"]).rows() == [("t", "x", 0.42)]  # one row
+    monkeypatch.setenv("LEARNLOOP_EMBEDDINGS_RELEVANCE_BACKEND", "minilm-int8")
+    assert embeddings.read_relevance(db, ["x"]).rows() == [("t", "x", None)]
+
+
+def test_scalar_indexes_from_a_size_on(tmp_path):
+    db = embeddings.connect(str(tmp_path / "lancedb"))
+    frame, day = _day(["a", "b", "c"])
+    embeddings.embed_day(db, day, frame)
+    table = embeddings.open_embeddings(db)
+    assert embeddings.ensure_scalar_indexes(table) == []  # below SCALAR_INDEX_MIN_ROWS
+    assert embeddings.ensure_scalar_indexes(table, min_rows=3) == ["partition_date",
+                                                                    "interaction_id"]
+    assert embeddings.ensure_scalar_indexes(table, min_rows=3) == []
+    # the day's rows are still found (through the index)
+    assert embeddings.embed_day(db, day, frame).kept == 3
