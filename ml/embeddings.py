@@ -398,7 +398,7 @@ def embed_day(db: Any, day: str, interactions: pl.DataFrame) -> DayResult:
         _delete_keys(table, stale, f"{in_day} AND model = {_sql(model)}")
     new = wanted.join(current, on=key, how="anti", maintain_order="left")
     _append(table, new)
-    record_day(db, day, model, wanted.height)
+    record_day(db, day, model, interactions.height)  # as the warehouse counts the day
     return DayResult(day, wanted.height, new.height, wanted.height - new.height,
                      removed + stale.height)
 
