@@ -420,26 +420,35 @@ def read_relevance(db: Any, interaction_ids: Sequence[str] | None = None) -> pl.
     """(tenant_id, interaction_id, qa_relevance) of the embedded interactions (one row each)
     with an id in ``interaction_ids`` (all when None; only those ids' rows are read).
     ``qa_relevance`` is the stored one where the row's model is the ``relevance`` stage's
-    model, else null (not measured by that model: :func:`with_qa_relevance` computes it)."""
+    model, else null (not measured by that model: :func:`with_qa_relevance` computes it).
+    When both stages use one model, a fourth column ``question_vector`` carries the stored
+    question vector (null where there is none of that model), so that the question need not be
+    embedded again."""
     key = ["tenant_id", "interaction_id"]
     empty = pl.DataFrame(schema={"tenant_id": pl.String, "interaction_id": pl.String,
                                  "qa_relevance": pl.Float64})
     if EMBEDDINGS_TABLE not in table_names(db):
         return empty
     table = open_embeddings(db)
-    cols = ["tenant_id", "interaction_id", "qa_relevance", "model"]
+    model = model_for(RELEVANCE)
+    same = model == model_for(QUESTION)
+    cols = ["tenant_id", "interaction_id", "qa_relevance", "model"] + (["vector"] if same else [])
     if interaction_ids is None:
         arrow = _rows(table, cols, _is(KIND_QUESTION))
     else:
         arrow = _rows_of_ids(table, cols, interaction_ids, _is(KIND_QUESTION))
     if arrow.num_rows == 0:
         return empty
-    model = model_for(RELEVANCE)
+    ours = pl.col("model") == model
     out = _key_frame(arrow).with_columns(
-        pl.when(pl.col("model") == model).then(pl.col("qa_relevance")).otherwise(None)
-        .cast(pl.Float64).alias("qa_relevance"))
-    return (out.group_by(key, maintain_order=True).agg(pl.col("qa_relevance").max())
-            .select(*key, "qa_relevance"))
+        pl.when(ours).then(pl.col("qa_relevance")).otherwise(None).cast(pl.Float64)
+        .alias("qa_relevance"))
+    aggs = [pl.col("qa_relevance").max()]
+    if same:
+        out = out.with_columns(pl.when(ours).then(pl.col("vector")).otherwise(None)
+                               .alias("question_vector"))
+        aggs.append(pl.col("question_vector").sort_by(ours, descending=True).first())
+    return out.group_by(key, maintain_order=True).agg(aggs)
 
 
 def read_question_vectors(db: Any, keys: Sequence[tuple[str, str]]
@@ -469,18 +478,28 @@ def read_question_vectors(db: Any, keys: Sequence[tuple[str, str]]
 def with_qa_relevance(frame: pl.DataFrame, relevance: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """``frame`` with ``qa_relevance`` from the embeddings table (``read_relevance``), computed
     here (``relevance`` backend) for interactions without a stored one: the audit candidates'
-    replies are embedded here, not for every interaction. Returns (frame, how many were
-    computed here)."""
+    replies are embedded here, not for every interaction; their questions too, unless
+    ``relevance`` carries their stored vector (``question_vector``). Returns (frame, how many
+    were computed here)."""
     key = ["tenant_id", "interaction_id"]
-    relevance = relevance.select(*key, "qa_relevance").unique(key, keep="first")
-    frame = frame.join(relevance, on=key, how="left")
+    has_vec = "question_vector" in relevance.columns
+    relevance = relevance.select(*key, "qa_relevance", *(["question_vector"] if has_vec else []))
+    frame = frame.join(relevance.unique(key, keep="first"), on=key, how="left")
     missing = frame.filter(pl.col("qa_relevance").is_null()
                            & pl.col("user_message").is_not_null()
                            & pl.col("response").is_not_null())
     if not missing.height:
-        return frame, 0
-    scores = qa_relevance(missing["user_message"].to_list(), missing["response"].to_list())
+        return frame.drop("question_vector", strict=False), 0
+    qv = np.zeros((missing.height, DIM), dtype=np.float32)
+    stored = (missing["question_vector"].is_not_null().to_numpy() if has_vec
+              else np.zeros(missing.height, dtype=bool))
+    if stored.any():
+        qv[stored] = np.stack(missing["question_vector"].filter(pl.Series(stored)).to_list())
+    if not stored.all():
+        qv[~stored] = encode([q for q, s in zip(missing["user_message"].to_list(), stored,
+                                                strict=True) if not s], stage=RELEVANCE)
+    scores = rowwise_cosine(qv, encode(missing["response"].to_list(), stage=RELEVANCE))
     fill = missing.select(key).with_columns(pl.Series("_rel", scores, dtype=pl.Float64))
     frame = frame.join(fill, on=key, how="left").with_columns(
         pl.coalesce("qa_relevance", "_rel").alias("qa_relevance")).drop("_rel")
-    return frame, missing.height
+    return frame.drop("question_vector", strict=False), missing.height

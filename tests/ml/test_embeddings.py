@@ -196,9 +196,31 @@ def test_stored_relevance_is_used_only_for_the_relevance_model(tmp_path, monkeyp
         "item_id": pa.nulls(2, pa.int64())}, schema=embeddings.embeddings_schema()))
     monkeypatch.delenv("LEARNLOOP_EMBEDDINGS_BACKEND", raising=False)
     monkeypatch.setenv("LEARNLOOP_EMBEDDINGS_RELEVANCE_BACKEND", "minilm")
-    assert embeddings.read_relevance(db, ["x", "y"]).rows() == [("t", "x", 0.42)]  # one row
+    cols = ["tenant_id", "interaction_id", "qa_relevance"]
+    assert embeddings.read_relevance(db, ["x", "y"]).select(cols).rows() == [
+        ("t", "x", 0.42)]  # one row
     monkeypatch.setenv("LEARNLOOP_EMBEDDINGS_RELEVANCE_BACKEND", "minilm-int8")
     assert embeddings.read_relevance(db, ["x"]).rows() == [("t", "x", None)]
+
+
+def test_relevance_reuses_the_stored_question_vector(tmp_path):
+    """Both stages on one model: an audit candidate's question is not embedded again, its
+    stored vector is used (here: the vector of another text, to see which one was used)."""
+    db = embeddings.connect(str(tmp_path / "lancedb"))
+    stored = pl.DataFrame({"tenant_id": ["t"], "interaction_id": ["a"],
+                           "user_message": [QUESTIONS[0]]})
+    embeddings.embed_day(db, "2026-01-01", stored)
+    rel = embeddings.read_relevance(db, ["a", "b"])
+    assert rel.columns == ["tenant_id", "interaction_id", "qa_relevance", "question_vector"]
+    frame = pl.DataFrame({"tenant_id": ["t", "t"], "interaction_id": ["a", "b"],
+                          "user_message": [QUESTIONS[2]] * 2,
+                          "response": ["The laptop costs $1,299."] * 2})
+    scored, computed = embeddings.with_qa_relevance(frame, rel)
+    assert computed == 2 and scored.columns == [*frame.columns, "qa_relevance"]
+    q = embeddings.encode([QUESTIONS[0], QUESTIONS[2]], stage="relevance")
+    [reply] = embeddings.encode(["The laptop costs $1,299."], stage="relevance")
+    assert scored["qa_relevance"].to_list() == pytest.approx(
+        [float(q[0] @ reply), float(q[1] @ reply)], abs=1e-5)
 
 
 def test_scalar_indexes_from_a_size_on(tmp_path):
