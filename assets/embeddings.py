@@ -22,7 +22,7 @@ from pydantic import Field
 
 from assets.catalog import catalog
 from assets.resources import WAREHOUSE_POOL, VectorStoreResource, WarehouseResource
-from ml import embedding_backends, embeddings
+from ml import embedding_backends, embeddings, vector_index
 from ml import warehouse as wh
 
 CURSOR_KEY = "interactions_cursor"  # metadata: the last `interactions` storage id looked at
@@ -124,7 +124,9 @@ def interaction_embeddings(context: dg.AssetExecutionContext, config: Embeddings
         context.log.info(f"{day}: embedded {result.added}, already {result.kept}, "
                          f"removed {result.removed}")
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    indexed += embeddings.ensure_scalar_indexes(embeddings.open_embeddings(db))
+    # compaction, scalar indexes, the ANN index past its size (ml.vector_index)
+    upkeep = vector_index.maintain_embeddings(embeddings.open_embeddings(db))
+    indexed += [c for c in upkeep["scalar_indexes_created"] if c not in indexed]
     total = sum(embeddings.embedded_days(db, model).values())
     return dg.MaterializeResult(metadata={
         "dagster/row_count": total,
@@ -139,6 +141,8 @@ def interaction_embeddings(context: dg.AssetExecutionContext, config: Embeddings
         "model": model,
         "backend": embedding_backends.backend_name(embeddings.QUESTION),
         "scalar_indexes_created": ", ".join(indexed) or "none",
+        **{f"index/{k}": ", ".join(v) if isinstance(v, list) else v
+           for k, v in upkeep.items() if k != "scalar_indexes_created"},
         CURSOR_KEY: cursor,
         "lancedb_uri": vectors.get_uri(),
     })

@@ -196,7 +196,8 @@ def maintain(table: Any, policy: IndexPolicy | None = None) -> dict[str, Any]:
 # (btree: any number of distinct values). ANN index on the question vector from ANN_MIN_ROWS rows
 # (IVF_FLAT: docs/vector-search.md has the figures behind the type and the size).
 ANN_MIN_ROWS = 100_000
-EMBEDDINGS_POLICY = IndexPolicy(ann_min_rows=ANN_MIN_ROWS, bitmap_columns=("kind",),
+EMBEDDINGS_POLICY = IndexPolicy(ann_min_rows=ANN_MIN_ROWS,
+                                bitmap_columns=("kind", "partition_date"),
                                 btree_columns=("tenant_id", "interaction_id"))
 
 

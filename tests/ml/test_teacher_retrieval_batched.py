@@ -126,7 +126,8 @@ def test_build_answer_index_maintains_the_table(tmp_path):
                             "origin": ["sample_item"], "item_id": [1]})
     done: dict = {}
     assert build_answer_index(db, entries, maintenance=done) == 1
-    assert sorted(done["scalar_indexes_created"]) == ["interaction_id", "kind", "tenant_id"]
+    assert sorted(done["scalar_indexes_created"]) == ["interaction_id", "kind", "partition_date",
+                                                      "tenant_id"]
     assert done["ann_index"] == "none" and done["rows"] == 1
     table = embeddings.open_embeddings(db)
     assert {ix.columns[0] for ix in table.list_indices()} == {"kind", "tenant_id",

@@ -140,7 +140,7 @@ def test_empty_table_gets_no_index_and_embeddings_policy_covers_the_filter_colum
     assert done["rows"] == 0 and done["scalar_indexes_created"] == []
     assert done["ann_index"] == "none"
     assert set(EMBEDDINGS_POLICY.bitmap_columns + EMBEDDINGS_POLICY.btree_columns) == {
-        "kind", "tenant_id", "interaction_id"}
+        "kind", "partition_date", "tenant_id", "interaction_id"}
     assert EMBEDDINGS_POLICY.ann_min_rows is not None
 
 
