@@ -131,7 +131,7 @@ def test_build_answer_index_maintains_the_table(tmp_path):
     assert done["ann_index"] == "none" and done["rows"] == 1
     table = embeddings.open_embeddings(db)
     assert {ix.columns[0] for ix in table.list_indices()} == {"kind", "tenant_id",
-                                                              "interaction_id"}
+                                                              "interaction_id", "partition_date"}
     again: dict = {}  # a rebuild: the replaced rows are folded into the indexes
     build_answer_index(db, entries, maintenance=again)
     assert again["scalar_indexes_created"] == [] and again["optimized"]
