@@ -19,8 +19,6 @@ survive a crash of the run.
 The jobs and schedules of this stage are in ``orchestration/jobs.py``.
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -34,6 +32,7 @@ from assets.resources import (
     VectorStoreResource,
     WarehouseResource,
     session_hash_key,
+    warehouse_connections,
 )
 from ml import embeddings
 from ml import warehouse as wh
@@ -105,29 +104,6 @@ def selection_run_id(context: dg.AssetExecutionContext) -> str:
     audits the selection of the run it re-executes), else the run itself."""
     run = context.run
     return run.root_run_id or run.run_id
-
-
-@contextmanager
-def warehouse_connections(warehouse: WarehouseResource, *, hold: bool
-                          ) -> Iterator[Callable[[], AbstractContextManager]]:
-    """A factory of warehouse connections for one run: with ``hold``, every use gets the same
-    connection, opened once (connect and close cost more than a batch of the offline stages'
-    work) and closed at the end, on an exception too; without, each use opens its own (a run
-    bound by LLM calls leaves the file to other readers between batches)."""
-    with ExitStack() as stack:
-        held = stack.enter_context(warehouse.get_connection()) if hold else None
-        if held is not None:  # dagster-duckdb closes it on success only
-            stack.callback(held.close)
-
-        @contextmanager
-        def use() -> Iterator:
-            if held is not None:
-                yield held
-            else:
-                with warehouse.get_connection() as con:
-                    yield con
-
-        yield use
 
 
 def _materialized_in_run(context: dg.AssetExecutionContext, run_id: str) -> bool:

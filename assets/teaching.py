@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from assets.audit import warehouse_connections
 from assets.catalog import catalog, problems_result
 from assets.resources import (
     WAREHOUSE_POOL,
     OperationalStoreResource,
     VectorStoreResource,
     WarehouseResource,
+    warehouse_connections,
 )
 from ml import embeddings
 from ml import warehouse as wh

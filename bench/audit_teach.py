@@ -144,6 +144,7 @@ def run_step(step: str, home: Path, code: Path) -> dict:
 def land(home: Path, n: int, seed: int, days: int, start: str) -> None:
     from ml.demo.generate import generate
 
+    home.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=home))
     generate(tmp, n, seed=seed, days=days, start=start)
     (home / "landing").mkdir(parents=True, exist_ok=True)
