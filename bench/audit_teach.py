@@ -131,6 +131,87 @@ def worker(step: str, home: Path, code: Path) -> dict:
             "peak_rss_mb": round(rss / 2**20), "items": items, **extra}
 
 
+# ---- the operational-store writes alone: the per-item path against the bulk one --------------------
+def store_writes(url: str, n: int, batch: int = 50) -> list[dict]:
+    """``n`` audited interactions (a third flagged) saved in batches of ``batch`` the old way
+    (``record_attempt`` and ``repo.create_item`` per item: a lookup, a savepoint and a flush
+    each) and the bulk way (``save_audit_batch``), then ``n // 3`` sample items one by one
+    (``create_item``) and in one ``create_samples`` call, each on a fresh store at ``url``."""
+    from sqlalchemy import text
+
+    from store import repo
+    from store.audit import error_dedup_key, record_attempt, save_audit_batch
+    from store.db import engine_for, session_scope, upgrade
+    from store.teaching import create_samples, sample_dedup_key
+
+    def item(i: int) -> dict:
+        return dict(actor="auditor:rules", tenant_id="acme", interaction_id=f"i{i}",
+                    session_id="s", messages=[{"role": "user", "content": f"question {i}"}],
+                    original_response=f"reply {i} " * 40, confidence=0.8, auditor="rules",
+                    prompt_version="rules-v1", category="factual_error", severity="high",
+                    explanation="wrong", tags=["auditor:rules"], extra={"signals": ["x"]})
+
+    def reset() -> None:
+        if url.startswith("sqlite"):
+            Path(url.split("///", 1)[1]).unlink(missing_ok=True)
+            engine_for.cache_clear()
+        else:
+            with engine_for(url).begin() as c:
+                c.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        upgrade(url)
+
+    def timed(label: str, fn) -> dict:
+        reset()
+        cpu0, _ = _usage()
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+        cpu1, _ = _usage()
+        return {"what": label, "n": n, "dialect": url.split(":")[0], "wall_s": round(wall, 2),
+                "cpu_s": round(cpu1 - cpu0, 2), "load_1m": round(os.getloadavg()[0], 2)}
+
+    A = {"auditor": "rules", "prompt_version": "rules-v1"}
+
+    def audit_old() -> None:
+        for start in range(0, n, batch):
+            with session_scope(url) as s:
+                for i in range(start, min(n, start + batch)):
+                    record_attempt(s, interaction_id=f"i{i}", tenant_id="acme", status="ok",
+                                   is_error=i % 3 == 0, reason=None, **A)
+                    if i % 3 == 0:
+                        repo.create_item(s, kind="error", dedup_key=error_dedup_key(
+                            "acme", f"i{i}", **A), **item(i))
+
+    def audit_new() -> None:
+        for start in range(0, n, batch):
+            ids = range(start, min(n, start + batch))
+            with session_scope(url) as s:
+                save_audit_batch(s, verdicts=[{"interaction_id": f"i{i}", "tenant_id": "acme",
+                                               "is_error": i % 3 == 0} for i in ids],
+                                 items=[item(i) for i in ids if i % 3 == 0], failures=[],
+                                 max_attempts=5, **A)
+
+    def sample(i: int) -> dict:
+        return dict(actor="teacher:retrieval", tenant_id="acme", interaction_id=f"i{i}",
+                    original_response="bad", proposed_response=f"better reply {i} " * 30,
+                    source="retrieval", messages=[{"role": "user", "content": "q"}])
+
+    def teach_old() -> None:
+        with session_scope(url) as s:
+            for i in range(n // 3):
+                repo.create_item(s, kind="sample", dedup_key=sample_dedup_key("acme", f"i{i}"),
+                                 **sample(i))
+
+    def teach_new() -> None:
+        with session_scope(url) as s:
+            create_samples(s, [sample(i) for i in range(n // 3)])
+
+    return [timed("save_audit_batch per item (old)", audit_old),
+            timed("save_audit_batch bulk (new)", audit_new),
+            timed("create_samples per item (old)", teach_old),
+            timed("create_samples bulk (new)", teach_new)]
+
+
 # ---- the driver -----------------------------------------------------------------------------------
 def run_step(step: str, home: Path, code: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -173,6 +254,10 @@ def main() -> None:
     p.add_argument("--old-ref", default="8f19d9f", help="commit of the old path")
     p.add_argument("--versions", nargs="+", default=["old", "new"])
     p.add_argument("--work", default="", help="folder for the homes (default: a temp dir)")
+    p.add_argument("--store-only", type=int, default=0, metavar="N",
+                   help="only time the store writes of N audited interactions, old and new")
+    p.add_argument("--store-url", default="", help="with --store-only: the store (default: a "
+                   "SQLite file; e.g. postgresql://postgres@127.0.0.1:5432/bench)")
     p.add_argument("--worker", default="")
     p.add_argument("--home", default="")
     p.add_argument("--code", default="")
@@ -182,6 +267,11 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT))
+    if args.store_only:
+        url = args.store_url or f"sqlite:///{tempfile.mkdtemp()}/store.db"
+        for r in store_writes(url, args.store_only):
+            print(json.dumps(r), flush=True)
+        return
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-audit-teach-"))
     work.mkdir(parents=True, exist_ok=True)
     codes = {"new": ROOT}
