@@ -238,6 +238,8 @@ def land(home: Path, n: int, seed: int, days: int, start: str) -> None:
 
 
 def old_checkout(ref: str, where: Path) -> Path:
+    if (where / ".git").exists():  # left by an interrupted run: reused
+        return where
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where), ref],
                    check=True)
     return where
@@ -253,6 +255,7 @@ def main() -> None:
     p.add_argument("--delta", type=int, default=2_000, help="interactions of the new day")
     p.add_argument("--old-ref", default="8f19d9f", help="commit of the old path")
     p.add_argument("--versions", nargs="+", default=["old", "new"])
+    p.add_argument("--steps", nargs="+", default=["audit", "teach"], choices=["audit", "teach"])
     p.add_argument("--work", default="", help="folder for the homes (default: a temp dir)")
     p.add_argument("--store-only", type=int, default=0, metavar="N",
                    help="only time the store writes of N audited interactions, old and new")
@@ -292,7 +295,7 @@ def main() -> None:
                     if run == 2:
                         land(home, args.delta, seed=29, days=1, start=DELTA_DAY)
                         run_step("ingest", home, ROOT)
-                    for step in ("audit", "teach"):
+                    for step in args.steps:
                         load = os.getloadavg()[0]
                         r = run_step(step, home, codes[version])
                         r.update(size=n, version=version, run=run, step=step,
