@@ -178,9 +178,8 @@ def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesC
             passed_over = tables.write_passed_over(
                 con, selection, pool, pl.concat([candidates.select(audit_run.KEY),
                                                  failed.select(audit_run.KEY)]), now=now)
-    attempts = failed
     counts = reason_counts(candidates)
-    abandoned = given_up(attempts, cfg.max_attempts)
+    abandoned = given_up(failed, cfg.max_attempts)  # only failed rows can be given up
     context.log.info(f"{candidates.height} candidates of {pool.height} interactions for "
                      f"{auditor.name} {auditor.prompt_version} (run {run_key})")
     if abandoned:
