@@ -22,6 +22,7 @@ The jobs and schedules of this stage are in ``orchestration/jobs.py``.
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import polars as pl
 
 from assets.catalog import catalog, problems_result, with_metadata
 from assets.resources import (
@@ -31,6 +32,7 @@ from assets.resources import (
     VectorStoreResource,
     WarehouseResource,
     session_hash_key,
+    warehouse_connections,
 )
 from ml import embeddings
 from ml import warehouse as wh
@@ -44,12 +46,15 @@ from ml.audit.candidates import (
     given_up,
     reason_counts,
     select_candidates,
+    selection_fingerprint,
 )
 from ml.audit.taxonomy import CATEGORY_NAMES, SEVERITIES
 from ml.demo.truth import demo_precision_recall
 from ml.ingest import hash_session
 from ml.llm.errors import ConfigError
-from store.audit import attempt_rows, save_audit_batch
+from store.audit import attempt_rows, ok_count, save_audit_batch
+
+READ_CHUNK = 5000  # candidates read from the warehouse per query
 
 
 # ---- configuration --------------------------------------------------------------------------------
@@ -141,19 +146,40 @@ def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesC
     if cfg.session_ids:
         key = session_hash_key()
         aliases = {s: hash_session(key, s) for s in cfg.session_ids}
-    with store.session() as s:
-        attempts = attempts_frame(attempt_rows(s, auditor.name, auditor.prompt_version))
+    with store.session() as s:  # the retries: bounded by the failures, not by the history
+        failed = attempts_frame(attempt_rows(s, auditor.name, auditor.prompt_version,
+                                             statuses=("failed",)))
+        n_ok = ok_count(s, auditor.name, auditor.prompt_version)
     run_key = selection_run_id(context)
     now = datetime.now(UTC).replace(tzinfo=None)
+    selection = selection_fingerprint(auditor.name, auditor.prompt_version, cfg)
     with warehouse.get_connection() as con:
-        pool = tables.read_interactions_for_selection(con)
+        if cfg.manual:  # what the run names, wherever it is in the history
+            pool = tables.read_interactions_for_selection(con)
+            prelim = select_candidates(pool, failed, auditor=auditor.name,
+                                       prompt_version=auditor.prompt_version, config=cfg,
+                                       session_aliases=aliases, now=now, run_id=run_key)
+            with store.session() as s:  # an interaction audited OK is not audited again
+                ok = attempts_frame(attempt_rows(s, auditor.name, auditor.prompt_version,
+                                                 statuses=("ok",), keys=audit_run.keys_of(prelim)))
+            attempts = pl.concat([failed, ok])
+        else:  # only new work: no verdict yet, not passed over with the same inputs
+            pool = tables.read_selection_pool(
+                con, auditor=auditor.name, prompt_version=auditor.prompt_version,
+                selection=selection, retry_keys=audit_run.keys_of(failed))
+            attempts = failed
         candidates = select_candidates(pool, attempts, auditor=auditor.name,
                                        prompt_version=auditor.prompt_version, config=cfg,
                                        session_aliases=aliases, now=now, run_id=run_key)
         tables.write_run_candidates(con, run_key, candidates,
                                     prune_before=now - timedelta(days=config.retention_days))
+        passed_over = 0
+        if not cfg.manual:
+            passed_over = tables.write_passed_over(
+                con, selection, pool, pl.concat([candidates.select(audit_run.KEY),
+                                                 failed.select(audit_run.KEY)]), now=now)
     counts = reason_counts(candidates)
-    abandoned = given_up(attempts, cfg.max_attempts)
+    abandoned = given_up(failed, cfg.max_attempts)  # only failed rows can be given up
     context.log.info(f"{candidates.height} candidates of {pool.height} interactions for "
                      f"{auditor.name} {auditor.prompt_version} (run {run_key})")
     if abandoned:
@@ -162,9 +188,11 @@ def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesC
             f"(no longer retried; a manual audit naming them still audits them): {abandoned[:10]}")
     return dg.MaterializeResult(metadata={
         "dagster/row_count": candidates.height,
+        # the interactions looked at: new ones, changed ones and retries (a manual run: all)
         "interactions": pool.height,
+        "passed_over": passed_over,
         "candidate_rate": round(candidates.height / pool.height, 4) if pool.height else 0.0,
-        "already_audited_ok": int((attempts["status"] == "ok").sum()) if attempts.height else 0,
+        "already_audited_ok": n_ok,
         "manual": cfg.manual,
         "auditor": auditor.name,
         "prompt_version": auditor.prompt_version,
@@ -198,67 +226,87 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
                           f"got {config.clean_review_rate}")
     auditor = auditor_from_env(config.auditor)
     run_key = config.candidates_run_id.strip() or selection_run_id(context)
-    with warehouse.get_connection() as con:
-        wh.ensure_table(con, "audited_errors")  # exists even when every audit fails
-        cands = tables.read_run_candidates(con, run_key)
-    if cands.height == 0 and not _materialized_in_run(context, run_key):
-        raise dg.Failure(
-            f"audit_candidates was not materialized in run {run_key}: audited_errors audits only "
-            "the candidates its own run selected. Materialize audit_candidates and audited_errors "
-            "together (audit_job / manual_audit_job), or set candidates_run_id to the run whose "
-            "selection to audit.")
-    try:
-        audit_run.check_selection(cands, auditor.name, auditor.prompt_version)
-    except audit_run.SelectionMismatch as exc:
-        raise dg.Failure(str(exc)) from None
-    selected = cands.height
-    with store.session() as s:  # a candidate audited OK since the selection is skipped
-        ok = [(r[0], r[1]) for r in attempt_rows(s, auditor.name, auditor.prompt_version)
-              if r[2] == "ok"]
-    cands = audit_run.still_to_audit(cands, ok, config.limit)
-    keys = audit_run.keys_of(cands)
-    ids = [i for _, i in keys]
-    calibration_ids = audit_run.with_reason(cands, "calibration")
-
-    relevance = None
-    relevance_computed = 0
-    if isinstance(auditor, RulesAuditor) and ids:
-        with warehouse.get_connection() as con:
-            auditor.reference = tables.read_reference_population(con)
-        relevance = embeddings.read_relevance(vectors.connect(), ids)
-
-    context.log.info(f"auditing {len(ids)} interactions with {auditor.name} "
-                     f"{auditor.prompt_version}, saving every {config.batch_size}")
-    totals = audit_run.AuditTotals()
-    for start in range(0, len(keys), config.batch_size):
-        chunk = keys[start:start + config.batch_size]
-        with warehouse.get_connection() as con:
-            frame = wh.read_interactions(con, chunk)
-        if relevance is not None and frame.height:
-            frame, n = embeddings.with_qa_relevance(frame, relevance)
-            relevance_computed += n
-        outcome = auditor.audit_frame(frame)
-        # verdicts to the warehouse first, then (one store transaction) attempts and items: a
-        # crash between the two leaves verdicts without an ok attempt, re-audited next run (the
-        # upsert and the items' dedup keys absorb the repeat)
-        verdicts, clean_items = audit_run.labelled_verdicts(
-            outcome.verdicts, calibration_ids, config.clean_review_rate)
-        if verdicts.height:
-            with warehouse.get_connection() as con:
-                wh.upsert_rows(con, "audited_errors", verdicts)
-        items = audit_run.review_item_specs(verdicts, frame, auditor=auditor.name,
-                                            prompt_version=auditor.prompt_version,
-                                            clean_items=clean_items)
+    # one warehouse connection for the run (dagster-duckdb's connect and close cost more than a
+    # batch of the offline auditor); an LLM auditor's run, bound by provider calls, opens one per
+    # batch so readers of the file (sensors, the service) get in between
+    with warehouse_connections(warehouse, hold=isinstance(auditor, RulesAuditor)) as wh_con:
+        with wh_con() as con:
+            wh.ensure_table(con, "audited_errors")  # exists even when every audit fails
+            cands = tables.read_run_candidates(con, run_key)
+        if cands.height == 0 and not _materialized_in_run(context, run_key):
+            raise dg.Failure(
+                f"audit_candidates was not materialized in run {run_key}: audited_errors audits "
+                "only the candidates its own run selected. Materialize audit_candidates and "
+                "audited_errors together (audit_job / manual_audit_job), or set "
+                "candidates_run_id to the run whose selection to audit.")
+        try:
+            audit_run.check_selection(cands, auditor.name, auditor.prompt_version)
+        except audit_run.SelectionMismatch as exc:
+            raise dg.Failure(str(exc)) from None
+        selected = cands.height
+        # a candidate audited OK since the selection (by an overlapping run) is skipped; one
+        # lookup per chunk of the run's candidates, not the auditor's whole history
+        since = cands["selected_at"].min() if cands.height else None
         with store.session() as s:
-            saved = save_audit_batch(
-                s, auditor=auditor.name, prompt_version=auditor.prompt_version,
-                verdicts=verdicts.select("interaction_id", "tenant_id", "is_error").to_dicts(),
-                items=items, failures=audit_run.failure_rows(outcome.failures),
-                max_attempts=config.max_attempts)
-        totals.add(verdicts, outcome.failures, created=saved.created,
-                   clean_created=saved.clean_created, given_up=saved.given_up)
-        context.log.info(f"saved {min(start + len(chunk), len(ids))}/{len(ids)}: "
-                         f"{totals.audited} verdicts, {len(totals.failures)} failures")
+            ok = [(r[0], r[1]) for r in attempt_rows(
+                s, auditor.name, auditor.prompt_version, statuses=("ok",),
+                keys=audit_run.keys_of(cands),
+                updated_since=since.replace(tzinfo=UTC) if since else None)]
+        cands = audit_run.still_to_audit(cands, ok, config.limit)
+        keys = audit_run.keys_of(cands)
+        ids = [i for _, i in keys]
+        calibration_ids = audit_run.with_reason(cands, "calibration")
+
+        relevance = None
+        relevance_computed = 0
+        if isinstance(auditor, RulesAuditor) and ids:
+            with wh_con() as con:
+                auditor.reference = tables.read_reference_population(con)
+            relevance = embeddings.read_relevance(vectors.connect(), ids)
+
+        context.log.info(f"auditing {len(ids)} interactions with {auditor.name} "
+                         f"{auditor.prompt_version}, saving every {config.batch_size}")
+        totals = audit_run.AuditTotals()
+        # one warehouse read per read_chunk candidates (whole batches), not per batch
+        read_chunk = config.batch_size * max(1, READ_CHUNK // config.batch_size)
+        rows, offset = None, 0
+        for start in range(0, len(keys), config.batch_size):
+            chunk = keys[start:start + config.batch_size]
+            if rows is None or start - offset >= read_chunk:
+                with wh_con() as con:
+                    _, rows = next(tables.interaction_chunks(
+                        con, keys[start:start + read_chunk], read_chunk))
+                offset = start
+            frame = tables.rows_of_batch(rows, start - offset, start - offset + len(chunk))
+            if relevance is not None and frame.height:
+                frame, n = embeddings.with_qa_relevance(frame, relevance)
+                relevance_computed += n
+            outcome = auditor.audit_frame(frame)
+            verdicts, clean_items = audit_run.labelled_verdicts(
+                outcome.verdicts, calibration_ids, config.clean_review_rate)
+            items = audit_run.review_item_specs(verdicts, frame, auditor=auditor.name,
+                                                prompt_version=auditor.prompt_version,
+                                                clean_items=clean_items)
+            # the store first (one transaction: attempts and items), then the verdicts: a crash
+            # between the two leaves an ok attempt without a verdict, which the next scheduled
+            # selection (interactions without a verdict) picks again and re-audits (the items'
+            # dedup keys and the verdicts' upsert absorb the repeat)
+            with store.session() as s:
+                saved = save_audit_batch(
+                    s, auditor=auditor.name, prompt_version=auditor.prompt_version,
+                    verdicts=verdicts.select("interaction_id", "tenant_id", "is_error").to_dicts(),
+                    items=items, failures=audit_run.failure_rows(outcome.failures),
+                    max_attempts=config.max_attempts)
+            if verdicts.height:
+                with wh_con() as con:
+                    wh.upsert_rows(con, "audited_errors", verdicts)
+            totals.add(verdicts, outcome.failures, created=saved.created,
+                       clean_created=saved.clean_created, given_up=saved.given_up)
+            context.log.info(f"saved {min(start + len(chunk), len(ids))}/{len(ids)}: "
+                             f"{totals.audited} verdicts, {len(totals.failures)} failures")
+        with wh_con() as con:
+            pr = demo_precision_recall(landing_zone.root(), con, auditor.name,
+                                       auditor.prompt_version)
     for f in totals.failures[:20]:
         context.log.warning(f"audit of {f.interaction_id} failed (retried next run unless given "
                             f"up): {f.reason}")
@@ -267,8 +315,6 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
                             f"failed audits and are given up: {totals.given_up[:10]}")
 
     llm_stats = auditor.router.stats.as_metadata() if hasattr(auditor, "router") else {}
-    with warehouse.get_connection() as con:
-        pr = demo_precision_recall(landing_zone.root(), con, auditor.name, auditor.prompt_version)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": totals.audited,
         "candidates": cands.height,

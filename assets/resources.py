@@ -28,8 +28,8 @@ This module sits below the stage modules (``assets/<stage>.py``) and the sensors
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +324,26 @@ def store_resources(home: Path | str | None = None) -> dict[str, dg.Configurable
             "models": ModelRegistryResource(tracking_uri=s.mlflow_uri,
                                             artifact_root=str(s.mlflow_artifacts),
                                             models_dir=str(s.home / "models"))}
+
+
+@contextmanager
+def warehouse_connections(warehouse: WarehouseResource, *, hold: bool
+                          ) -> Iterator[Callable[[], AbstractContextManager]]:
+    """A factory of warehouse connections for one run: with ``hold``, every use gets the same
+    connection, opened once (connect and close cost more than a batch of the offline stages'
+    work) and closed at the end, on an exception too; without, each use opens its own (a run
+    bound by LLM calls leaves the file to other readers between batches)."""
+    with ExitStack() as stack:
+        held = stack.enter_context(warehouse.get_connection()) if hold else None
+        if held is not None:  # dagster-duckdb closes it on success only
+            stack.callback(held.close)
+
+        @contextmanager
+        def use() -> Iterator:
+            if held is not None:
+                yield held
+            else:
+                with warehouse.get_connection() as con:
+                    yield con
+
+        yield use

@@ -22,6 +22,7 @@ from assets.resources import (
     OperationalStoreResource,
     VectorStoreResource,
     WarehouseResource,
+    warehouse_connections,
 )
 from ml import embeddings
 from ml import warehouse as wh
@@ -86,7 +87,17 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
         approved = store_teaching.approved_sample_rows(s)
 
     name = teacher_name(llm) if llm else None
-    with warehouse.get_connection() as con:
+    # one warehouse connection for the run with the offline teacher (see warehouse_connections)
+    with warehouse_connections(warehouse, hold=llm is None) as wh_con:
+        return _teach(context, config, llm, name, wanted, with_sample, approved, wh_con, store,
+                      vectors)
+
+
+def _teach(context: dg.AssetExecutionContext, config: TeacherSamplesConfig, llm, name,
+           wanted: list[dict], with_sample: set, approved: list[dict], wh_con,
+           store: OperationalStoreResource, vectors: VectorStoreResource
+           ) -> dg.MaterializeResult:
+    with wh_con() as con:
         corrections = wh.read_human_corrections(con)
         frame = wh.read_interactions(con, [(w["tenant_id"], w["interaction_id"]) for w in wanted])
         previous = read_teacher_attempts(con, name)
@@ -106,7 +117,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
     correction_vectors = embeddings.read_question_vectors(db, correction_keys)
     index_size = build_answer_index(db, teach.answer_index_entries(approved, corrections),
                                     _by_unique_id(correction_vectors))
-    with warehouse.get_connection() as con:  # the indexed questions' intents (item 8.13)
+    with wh_con() as con:  # the indexed questions' intents (item 8.13)
         intents = wh.read_intents(con, [(a["tenant_id"], a["interaction_id"]) for a in approved]
                                   + correction_keys)
     retrieval = RetrievalTeacher(db, threshold=config.similarity_threshold,
@@ -139,7 +150,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
                                     prompt_version=llm.prompt_version,
                                     now=datetime.now(UTC).replace(tzinfo=None),
                                     run_id=context.run.run_id)
-            with warehouse.get_connection() as con:
+            with wh_con() as con:
                 recorded += wh.upsert_rows(con, TEACHER_ATTEMPTS_TABLE, attempts)
         specs += teach.sample_item_specs(t_rows, t_result.proposals,
                                          prompt_version=llm.prompt_version if llm else None)
@@ -159,7 +170,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
         missing = store_samples.samples_missing_facts(s)
     # the interaction's quality, intent and time go on each sample item (filters, statistics)
     fact_keys = {(sp["tenant_id"], sp["interaction_id"]) for sp in specs + human} | set(missing)
-    with warehouse.get_connection() as con:
+    with wh_con() as con:
         facts = wh.read_sample_facts(con, sorted(fact_keys))
     created: Counter[str] = Counter()
     with store.session() as s:
@@ -172,7 +183,7 @@ def teacher_samples(context: dg.AssetExecutionContext, config: TeacherSamplesCon
         context.log.warning(f"teacher failed for {iid} (recorded in {TEACHER_ATTEMPTS_TABLE}, "
                             f"retried next run): {reason}")
     llm_stats = llm.router.stats.as_metadata() if llm else {}
-    with warehouse.get_connection() as con:
+    with wh_con() as con:
         open_failures = int(read_teacher_attempts(con).filter(
             pl.col("status") == "failed").height)
     return dg.MaterializeResult(metadata={

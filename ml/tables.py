@@ -198,6 +198,19 @@ TABLE_LIST: list[Table] = [
                                           "item (1 for a flag, 1/clean_review_rate for a clean "
                                           "verdict put to review); NULL outside the sample."),
            ], key=("tenant_id", "interaction_id", "auditor", "prompt_version"), dbt_source=True),
+    _table("audit_passed_over",
+           "The interactions the scheduled audit selection looked at and passed over (no reason "
+           "to audit), per selection (auditor, prompt version and selection settings), with a "
+           "hash of the inputs it decided on: the next run skips them unless those inputs "
+           "changed, so a run reads only new work.", "audit_candidates", [
+               ("selection", "VARCHAR", "Auditor, prompt version and selection settings "
+                                        "(ml.audit.candidates.selection_fingerprint)."),
+               ("tenant_id", "VARCHAR", "The interaction's tenant."),
+               ("interaction_id", "VARCHAR", "The interaction passed over."),
+               ("inputs_hash", "BIGINT", "Hash of the feedback, handoff, correction, conversation "
+                                         "rating and quality score the selection read."),
+               ("seen_at", "TIMESTAMP", "When it was passed over (UTC)."),
+           ], key=("selection", "tenant_id", "interaction_id"), primary=False),
     _table("teacher_attempts",
            "Every LLM teacher attempt per interaction, teacher and prompt version: failed with "
            "the provider's reason, or ok.", "teacher_samples", [

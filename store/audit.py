@@ -14,25 +14,54 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
+from store.bulk import insert_items, upsert_attempts
 from store.models import AuditAttempt, utcnow
-from store.repo import bounded_key, create_item
+from store.repo import bounded_key
+
+KEY_CHUNK = 500  # (tenant_id, interaction_id) pairs per lookup: 1,000 bound parameters
 
 
-def attempt_rows(session: Session, auditor: str,
-                 prompt_version: str) -> list[tuple[str, str, str, int, str | None]]:
+def attempt_rows(session: Session, auditor: str, prompt_version: str, *,
+                 statuses: Sequence[str] | None = None,
+                 keys: Sequence[tuple[str, str]] | None = None,
+                 updated_since: datetime | None = None,
+                 ) -> list[tuple[str, str, str, int, str | None]]:
     """(tenant_id, interaction_id, status, attempts, reason) of this auditor's and prompt
-    version's attempts."""
-    rows = session.execute(select(AuditAttempt.tenant_id, AuditAttempt.interaction_id,
-                                  AuditAttempt.status, AuditAttempt.attempts,
-                                  AuditAttempt.reason).where(
-        AuditAttempt.auditor == auditor, AuditAttempt.prompt_version == prompt_version)
-        .order_by(AuditAttempt.tenant_id, AuditAttempt.interaction_id)).all()
-    return [tuple(r) for r in rows]
+    version's attempts, ordered by tenant and id. ``statuses``: only those (e.g. ``("failed",)``:
+    the retries, bounded by the failures, not by the history); ``keys``: only these
+    (tenant_id, interaction_id), looked up ``KEY_CHUNK`` at a time; ``updated_since``: only rows
+    written at or after it."""
+    conds = [AuditAttempt.auditor == auditor, AuditAttempt.prompt_version == prompt_version]
+    if statuses is not None:
+        conds.append(AuditAttempt.status.in_(list(statuses)))
+    if updated_since is not None:
+        conds.append(AuditAttempt.updated_at >= updated_since)
+    cols = (AuditAttempt.tenant_id, AuditAttempt.interaction_id, AuditAttempt.status,
+            AuditAttempt.attempts, AuditAttempt.reason)
+    if keys is None:
+        rows = session.execute(select(*cols).where(*conds)).all()
+    else:
+        wanted = sorted(set(keys))
+        rows = []
+        for start in range(0, len(wanted), KEY_CHUNK):
+            part = wanted[start:start + KEY_CHUNK]
+            rows += session.execute(select(*cols).where(
+                *conds, tuple_(AuditAttempt.tenant_id, AuditAttempt.interaction_id).in_(part))
+            ).all()
+    return sorted(tuple(r) for r in rows)
+
+
+def ok_count(session: Session, auditor: str, prompt_version: str) -> int:
+    """How many interactions this auditor and prompt version audited successfully."""
+    return int(session.scalar(select(func.count()).select_from(AuditAttempt).where(
+        AuditAttempt.auditor == auditor, AuditAttempt.prompt_version == prompt_version,
+        AuditAttempt.status == "ok")) or 0)
 
 
 def record_attempt(session: Session, *, interaction_id: str, tenant_id: str, auditor: str,
@@ -82,25 +111,38 @@ def save_audit_batch(session: Session, *, auditor: str, prompt_version: str,
     :func:`error_dedup_key`; an item whose ``extra`` says ``is_error: False`` is a "no error
     found" calibration item) and a ``failed`` attempt per
     failure (``interaction_id``, ``tenant_id``, ``reason`` as stored, ``counted``: request-
-    specific). Returns what was created and which interactions reached ``max_attempts``."""
+    specific). Returns what was created and which interactions reached ``max_attempts``.
+
+    Bulk (``store.bulk``): one upsert of the ok attempts, one INSERT of the items (``ON CONFLICT
+    DO NOTHING``: an item that exists, made earlier or by a concurrent run, is kept as it is) and
+    their events, one upsert of the failed attempts; the attempt counters are incremented in SQL.
+    """
     saved = SavedAudit()
-    for v in verdicts:
-        record_attempt(session, interaction_id=v["interaction_id"], tenant_id=v["tenant_id"],
-                       auditor=auditor, prompt_version=prompt_version, status="ok",
-                       is_error=v["is_error"], reason=None)
-    for spec in items:
-        key = error_dedup_key(spec["tenant_id"], spec["interaction_id"], auditor, prompt_version)
-        _, new = create_item(session, kind="error", dedup_key=key, **spec)
+    upsert_attempts(session, auditor=auditor, prompt_version=prompt_version, rows=[
+        {"tenant_id": v["tenant_id"], "interaction_id": v["interaction_id"], "status": "ok",
+         "is_error": v["is_error"], "reason": None, "step": 1} for v in verdicts])
+    specs = [(error_dedup_key(spec["tenant_id"], spec["interaction_id"], auditor,
+                              prompt_version), spec) for spec in items]
+    created = insert_items(session, "error", [
+        (key, spec.get("actor", "system"), {k: v for k, v in spec.items() if k != "actor"})
+        for key, spec in specs])
+    for key, spec in dict(specs).items():
+        if key not in created:
+            continue
         if (spec.get("extra") or {}).get("is_error") is False:
-            saved.clean_created += int(new)
+            saved.clean_created += 1
         else:
-            saved.created += int(new)
+            saved.created += 1
+    failures = list(failures)
+    counts = upsert_attempts(session, auditor=auditor, prompt_version=prompt_version, rows=[
+        {"tenant_id": f["tenant_id"], "interaction_id": f["interaction_id"], "status": "failed",
+         "is_error": None, "reason": f["reason"][:4000], "step": int(bool(f["counted"]))}
+        for f in failures])
+    reported: set[tuple[str, str]] = set()
     for f in failures:
-        row = record_attempt(session, interaction_id=f["interaction_id"],
-                             tenant_id=f["tenant_id"], auditor=auditor,
-                             prompt_version=prompt_version, status="failed", is_error=None,
-                             reason=f["reason"][:4000], counted=f["counted"])
-        if f["counted"] and row.attempts >= max_attempts:
+        key = (f["tenant_id"], f["interaction_id"])
+        if f["counted"] and counts[key] >= max_attempts and key not in reported:
+            reported.add(key)
             saved.given_up.append(f["interaction_id"])
     return saved
 

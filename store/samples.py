@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Text, case, cast, exists, func, or_, select, true, update
+from sqlalchemy import Text, bindparam, case, cast, exists, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, defer
 
@@ -578,21 +578,28 @@ def fill_sample_facts(session: Session,
     This is not a reviewer-visible change: the facts describe the interaction (its warehouse
     record), not the review, so the item's ``version`` is not bumped (a reviewer's open page stays
     valid) and no review event is written. Each UPDATE sets a column only ``WHERE`` it is still
-    NULL, so a concurrent writer is never overwritten."""
-    changed = 0
+    NULL, so a concurrent writer is never overwritten. One UPDATE per set of known facts (at
+    most seven), executed for all its items at once (executemany, 1,000 per call)."""
+    session.flush()  # pending ORM changes first: a statement on the connection does not autoflush
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for (tenant, iid), f in facts.items():
         values = _fact_values(f)
-        if not values:
-            continue
-        cols = {name: getattr(ReviewItem, name) for name in values}
-        res = session.execute(
-            update(ReviewItem)
-            .where(ReviewItem.kind == "sample", ReviewItem.tenant_id == tenant,
-                   ReviewItem.interaction_id == iid, or_(*(c.is_(None) for c in cols.values())))
-            .values({name: func.coalesce(col, values[name]) for name, col in cols.items()})
-            .execution_options(synchronize_session=False))
-        changed += int(res.rowcount or 0)
-    session.flush()
+        if values:  # one statement per set of known facts (at most 7), run for all its rows
+            groups.setdefault(tuple(sorted(values)), []).append(
+                {"_tenant": tenant, "_iid": iid, **{f"_{k}": v for k, v in values.items()}})
+    table = ReviewItem.__table__
+    changed = 0
+    for names, params in groups.items():
+        cols = [table.c[name] for name in names]
+        stmt = (update(table)
+                .where(table.c.kind == "sample", table.c.tenant_id == bindparam("_tenant"),
+                       table.c.interaction_id == bindparam("_iid"),
+                       or_(*(c.is_(None) for c in cols)))
+                .values({c.name: func.coalesce(c, bindparam(f"_{c.name}", type_=c.type))
+                         for c in cols}))
+        for start in range(0, len(params), 1000):
+            res = session.connection().execute(stmt, params[start:start + 1000])
+            changed += int(res.rowcount or 0)
     return changed
 
 

@@ -14,10 +14,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
+from store.bulk import insert_items
 from store.models import ReviewEvent, ReviewItem
-from store.repo import approved_samples, bounded_key, create_item
+from store.repo import approved_samples, bounded_key
 
 
 @dataclass(frozen=True)
@@ -53,25 +54,33 @@ def interactions_with_sample(session: Session) -> set[tuple[str, str]]:
 
 def decision_notes(session: Session, item_ids: Sequence[int]) -> dict[int, str]:
     """The note of the latest ``decide`` event of each item that has one."""
-    if not item_ids:
-        return {}
-    rows = session.execute(select(ReviewEvent.item_id, ReviewEvent.note).where(
-        ReviewEvent.item_id.in_(list(item_ids)), ReviewEvent.action == "decide",
-        ReviewEvent.note.is_not(None)).order_by(ReviewEvent.id)).all()
-    return {item_id: note for item_id, note in rows}  # later events overwrite earlier ones
+    ids = list(item_ids)
+    rows = []
+    for start in range(0, len(ids), 1000):  # bound parameters per query
+        rows += session.execute(select(ReviewEvent.id, ReviewEvent.item_id, ReviewEvent.note)
+                                .where(ReviewEvent.item_id.in_(ids[start:start + 1000]),
+                                       ReviewEvent.action == "decide",
+                                       ReviewEvent.note.is_not(None))).all()
+    # later events overwrite earlier ones
+    return {item_id: note for _, item_id, note in sorted(rows, key=lambda r: r[0])}
 
 
 def open_errors(session: Session) -> list[OpenError]:
     """Pending and confirmed error items whose interaction has no sample item yet, oldest
-    first."""
-    have = sample_keys(session)
-    errors = [e for e in session.scalars(select(ReviewItem).where(
-        ReviewItem.kind == "error", ReviewItem.status.in_(("pending", "confirmed")))
-        .order_by(ReviewItem.id)) if sample_dedup_key(e.tenant_id, e.interaction_id) not in have]
-    notes = decision_notes(session, [e.id for e in errors if e.status == "confirmed"])
-    return [OpenError(id=e.id, interaction_id=e.interaction_id, tenant_id=e.tenant_id,
-                      category=e.category, severity=e.severity, status=e.status,
-                      explanation=e.explanation, note=notes.get(e.id)) for e in errors]
+    first (one query: the items with a sample are left out in SQL, not read)."""
+    sample = aliased(ReviewItem)
+    has_sample = select(sample.id).where(
+        sample.kind == "sample", sample.tenant_id == ReviewItem.tenant_id,
+        sample.interaction_id == ReviewItem.interaction_id).exists()
+    rows = session.execute(select(
+        ReviewItem.id, ReviewItem.interaction_id, ReviewItem.tenant_id, ReviewItem.category,
+        ReviewItem.severity, ReviewItem.status, ReviewItem.explanation).where(
+        ReviewItem.kind == "error", ReviewItem.status.in_(("pending", "confirmed")), ~has_sample)
+        .order_by(ReviewItem.id)).all()
+    notes = decision_notes(session, [r.id for r in rows if r.status == "confirmed"])
+    return [OpenError(id=r.id, interaction_id=r.interaction_id, tenant_id=r.tenant_id,
+                      category=r.category, severity=r.severity, status=r.status,
+                      explanation=r.explanation, note=notes.get(r.id)) for r in rows]
 
 
 def error_parents(session: Session) -> dict[tuple[str, str], int]:
@@ -86,12 +95,19 @@ def error_parents(session: Session) -> dict[tuple[str, str], int]:
 def create_samples(session: Session, specs: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool]]:
     """Create the sample items ``specs`` (keyword arguments of ``create_item`` but ``kind`` and
     ``dedup_key``: one sample per interaction); returns (source, created) per spec (False: the
-    interaction had a sample item already)."""
+    interaction had a sample item already, or an earlier spec of ``specs`` named it).
+
+    Bulk (``store.bulk.insert_items``): one INSERT per chunk, ``ON CONFLICT DO NOTHING`` on the
+    item's dedup key, so a concurrent producer's sample is kept, never overwritten."""
+    keyed = [(sample_dedup_key(spec["tenant_id"], spec["interaction_id"]), spec)
+             for spec in specs]
+    created = insert_items(session, "sample", [
+        (key, spec.get("actor", "system"), {k: v for k, v in spec.items() if k != "actor"})
+        for key, spec in keyed])
     out = []
-    for spec in specs:
-        _, new = create_item(session, kind="sample",
-                             dedup_key=sample_dedup_key(spec["tenant_id"], spec["interaction_id"]),
-                             **spec)
+    for key, spec in keyed:
+        new = key in created
+        created.discard(key)  # a repeat of the key in specs was not created
         out.append((spec.get("source") or "", new))
     return out
 

@@ -73,6 +73,15 @@ class CandidateConfig:
         return bool(self.interaction_ids or self.session_ids or self.since or self.until)
 
 
+def selection_fingerprint(auditor: str, prompt_version: str, config: CandidateConfig) -> str:
+    """What a scheduled selection's decision to pass an interaction over depends on besides the
+    interaction: the auditor, its prompt version and the selection settings. A change of any
+    of them makes every interaction count as unseen again (``audit_passed_over``)."""
+    c = config
+    return (f"{auditor}|{prompt_version}|q<{c.quality_threshold!r}|"
+            f"conv<={c.conversation_rating_threshold}|cal={c.calibration_rate!r}|seed={c.seed}")
+
+
 def calibration_draw(ids: Sequence[str], seed: int | str) -> list[float]:
     """A uniform number in [0, 1) per id, stable across runs, processes and library versions."""
     prefix = f"{seed}:".encode()

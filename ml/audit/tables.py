@@ -5,7 +5,7 @@ reference population of the rules auditor, and the queries of the stages' asset 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 import duckdb
@@ -56,6 +56,94 @@ def read_interactions_for_selection(con: duckdb.DuckDBPyConnection) -> pl.DataFr
         "LEFT JOIN interaction_quality q USING (tenant_id, interaction_id) "
         "ORDER BY i.ts, i.tenant_id, i.interaction_id"
     )
+
+
+# the inputs of the scheduled selection's decision (besides its settings): a change of any
+# (late feedback, a quality score computed or recomputed) makes a passed-over interaction new again
+PASSED_OVER = "audit_passed_over"
+_INPUTS_HASH = ("(hash(i.feedback_thumbs, i.feedback_rating, i.requested_human, "
+                "i.corrected_response IS NULL, i.conversation_rating, q.quality_score) >> 1)"
+                "::BIGINT")
+
+
+def read_selection_pool(con: duckdb.DuckDBPyConnection, *, auditor: str, prompt_version: str,
+                        selection: str, retry_keys: Sequence[tuple[str, str]] = ()
+                        ) -> pl.DataFrame:
+    """The scheduled selection's input (the columns of :func:`read_interactions_for_selection`
+    and ``inputs_hash``): the interactions without a verdict of ``auditor`` and
+    ``prompt_version`` in ``audited_errors`` that the selection ``selection`` has not passed over
+    with the same inputs (:func:`write_passed_over`), plus ``retry_keys`` ((tenant_id,
+    interaction_id) of failed attempts). Anti-joins in DuckDB: what reaches Python is the new
+    work, not the history."""
+    for name in ("interactions", "interaction_quality", "audited_errors", PASSED_OVER):
+        warehouse.ensure_table(con, name)
+    cols = ", ".join(f"i.{c}" for c in _SELECTION_INPUT)
+    con.register("_retry", warehouse.key_table(retry_keys))
+    try:
+        return warehouse.query(
+            con,
+            f"SELECT {cols}, q.quality_score, {_INPUTS_HASH} AS inputs_hash FROM interactions i "
+            "LEFT JOIN interaction_quality q USING (tenant_id, interaction_id) "
+            "WHERE NOT EXISTS (SELECT 1 FROM audited_errors a WHERE a.tenant_id = i.tenant_id "
+            "  AND a.interaction_id = i.interaction_id AND a.auditor = ? "
+            "  AND a.prompt_version = ?) "
+            f"AND (NOT EXISTS (SELECT 1 FROM {PASSED_OVER} p WHERE p.selection = ? "
+            "  AND p.tenant_id = i.tenant_id AND p.interaction_id = i.interaction_id "
+            f"  AND p.inputs_hash = {_INPUTS_HASH}) "
+            "  OR EXISTS (SELECT 1 FROM _retry r WHERE r.tenant_id = i.tenant_id "
+            "  AND r.interaction_id = i.interaction_id)) "
+            "ORDER BY i.ts, i.tenant_id, i.interaction_id",
+            [auditor, prompt_version, selection])
+    finally:
+        con.unregister("_retry")
+
+
+def write_passed_over(con: duckdb.DuckDBPyConnection, selection: str, pool: pl.DataFrame,
+                      keep: pl.DataFrame, *, now: datetime) -> int:
+    """Record the rows of ``pool`` (:func:`read_selection_pool`) not in ``keep`` (the
+    candidates, and the interactions with a failed attempt) as passed over by ``selection``
+    with their ``inputs_hash``; returns how many."""
+    key = ["tenant_id", "interaction_id"]
+    passed = pool.select(*key, "inputs_hash")
+    if keep.height:
+        passed = passed.join(keep.select(key).cast(pl.String), on=key, how="anti")
+    frame = passed.select(pl.lit(selection).alias("selection"), *key, "inputs_hash",
+                          pl.lit(now, dtype=pl.Datetime("us")).alias("seen_at"))
+    return warehouse.upsert_rows(con, PASSED_OVER, frame)
+
+
+def interaction_chunks(con: duckdb.DuckDBPyConnection, keys: Sequence[tuple[str, str]],
+                       chunk: int) -> Iterator[tuple[int, pl.DataFrame]]:
+    """Every column of the interactions ``keys`` with their quality score, ``chunk`` keys per
+    query (one scan of ``interactions`` per chunk, not per audit batch): yields (offset of the
+    chunk's first key, rows) with ``_pos``, the key's position in ``keys`` (a key not in the
+    warehouse has no row)."""
+    if chunk < 1:
+        raise ValueError(f"interaction_chunks: chunk must be at least 1, got {chunk}")
+    warehouse.ensure_table(con, "interactions")
+    warehouse.ensure_table(con, "interaction_quality")
+    for start in range(0, len(keys), chunk):
+        part = keys[start:start + chunk]
+        ids = pl.DataFrame(list(part), schema={"tenant_id": pl.String,
+                                               "interaction_id": pl.String}, orient="row")
+        ids = ids.with_row_index("_pos", offset=start).with_columns(pl.col("_pos").cast(pl.Int64))
+        con.register("_keys", ids.to_arrow())
+        try:
+            yield start, warehouse.query(
+                con,
+                "SELECT i.*, q.quality_score, k._pos FROM interactions i "
+                "JOIN _keys k USING (tenant_id, interaction_id) "
+                "LEFT JOIN interaction_quality q USING (tenant_id, interaction_id) "
+                "ORDER BY k._pos")
+        finally:
+            con.unregister("_keys")
+
+
+def rows_of_batch(rows: pl.DataFrame, start: int, stop: int) -> pl.DataFrame:
+    """The rows of :func:`interaction_chunks` whose key is at positions [start, stop), in time
+    order (as ``ml.warehouse.read_interactions`` returns them), without ``_pos``."""
+    return (rows.filter((pl.col("_pos") >= start) & (pl.col("_pos") < stop)).drop("_pos")
+            .sort("ts", "tenant_id", "interaction_id", nulls_last=True, maintain_order=True))
 
 
 def read_reference_population(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:

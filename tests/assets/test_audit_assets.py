@@ -349,6 +349,56 @@ def test_results_are_saved_per_batch_and_survive_a_crash(small_home, monkeypatch
     assert len(keys) == len(set(keys)) and flag_items == n_flagged
 
 
+def test_a_crash_between_the_store_and_the_verdicts_is_audited_again(small_home, monkeypatch):
+    """The warehouse write of batch 2 dies after the store saved that batch (ok attempts and
+    items, no verdicts): the next scheduled run selects only those interactions again (no
+    verdict), audits them and writes their verdicts, with no duplicate item; a third run, and
+    the interactions the first run passed over, are not read again."""
+    import assets.audit as audit_mod
+
+    real = audit_mod.wh.upsert_rows
+    calls = {"n": 0}
+
+    def dies_on_batch_two(con, table, frame, *a, **kw):
+        if table == "audited_errors":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError("disk full in batch 2")
+        return real(con, table, frame, *a, **kw)
+
+    monkeypatch.setattr(audit_mod.wh, "upsert_rows", dies_on_batch_two)
+    cfg = {"ops": {"audited_errors": {"config": {"batch_size": 5}}}}
+    crashed = _run(small_home, [audit_candidates, audited_errors], cfg, raise_on_error=False)
+    assert not crashed.success
+    first = _meta(crashed, "audit_candidates")
+    n_cands = first["dagster/row_count"]
+    assert n_cands > 10 and first["passed_over"] == first["interactions"] - n_cands
+    url = f"sqlite:///{small_home / 'store.db'}"
+    assert warehouse_rows(small_home, "SELECT count(*) FROM audited_errors")[0][0] == 5
+    with session_scope(url) as s:
+        assert s.scalar(select(func.count()).select_from(AuditAttempt)) == 10
+
+    monkeypatch.setattr(audit_mod.wh, "upsert_rows", real)
+    resumed = _run(small_home, [audit_candidates, audited_errors], cfg)
+    again = _meta(resumed, "audit_candidates")
+    # batch 2 (saved in the store, no verdict) and the batches after it; nothing passed over
+    assert again["interactions"] == again["dagster/row_count"] == n_cands - 5
+    assert _meta(resumed, "audited_errors")["audited"] == n_cands - 5
+    assert warehouse_rows(small_home, "SELECT count(*) FROM audited_errors")[0][0] == n_cands
+    n_flagged = warehouse_rows(small_home,
+                               "SELECT count(*) FROM audited_errors WHERE is_error")[0][0]
+    with session_scope(url) as s:
+        keys = s.scalars(select(ReviewItem.dedup_key).where(ReviewItem.kind == "error")).all()
+        flag_items = s.scalar(select(func.count()).select_from(ReviewItem).where(
+            ReviewItem.kind == "error", ReviewItem.category.is_not(None)))
+        attempts = dict(s.execute(select(AuditAttempt.attempts, func.count())
+                                  .group_by(AuditAttempt.attempts)).all())
+    assert len(keys) == len(set(keys)) and flag_items == n_flagged
+    assert attempts == {1: n_cands - 5, 2: 5}  # batch 2 was audited twice
+    third = _meta(_run(small_home, [audit_candidates, audited_errors], cfg), "audit_candidates")
+    assert third["interactions"] == third["dagster/row_count"] == 0
+
+
 def _use_openai_auditor(monkeypatch, server) -> None:
     """LEARNLOOP_AUDITOR=openai against ``server``: no retries, no response cache."""
     monkeypatch.setenv("LEARNLOOP_TEST_AUDIT_KEY", "sk-test-secret-abcdef0123456789")
