@@ -84,18 +84,27 @@ def test_embeddings_go_to_lancedb_on_object_storage_from_the_env_alone(s3, learn
     assert table.count_rows() > 0
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group this test started, SIGKILL when it lingers."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+def _stop(proc: subprocess.Popen, grace: float = 20) -> None:
+    """Stop the process group this test started (the process and its children): SIGTERM, then
+    SIGKILL to whatever of the group is left after ``grace`` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, 0)  # anyone of the group left?
         except ProcessLookupError:
-            return
+            break
+        time.sleep(0.2)
+    else:
         try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(10)
 
 
 def _free_port() -> int:
