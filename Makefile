@@ -12,7 +12,7 @@ WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: help install lock lint demo test dev serve mlflow bench bench-ingest bench-pii bench-collector bench-auditor bench-training clean browser
+.PHONY: help install lock lint demo test dev serve mlflow bench bench-ingest bench-embeddings bench-vectors bench-audit-teach bench-llm bench-pii bench-collector bench-auditor bench-training clean browser
 
 help:
 	@echo "make demo   - install, then run the whole chain on the embedded default (no server, no key)"
@@ -25,6 +25,8 @@ help:
 	@echo "make bench  - the whole chain stage by stage at 10k/100k/1M interactions, generated and"
 	@echo "              realistic data: wall, CPU-seconds, peak RSS (bench/chain.py; hours at 1M)"
 	@echo "make bench-ingest - ingest alone at 1M interactions vs the naive path (bench/ingest.py)"
+	@echo "make bench-embeddings / bench-vectors / bench-audit-teach / bench-llm - one stage's"
+	@echo "              benchmark (docs/embeddings.md, vector-search.md, scale-audit-teach.md, providers.md)"
 	@echo "make bench-pii - PII recall/precision of ml.pii vs Presidio on labelled texts (bench/pii.py)"
 	@echo "make bench-collector - the log collector under load, from a separate process (bench/collector.py)"
 	@echo "make bench-auditor - the offline rules auditor on public labelled sets (bench/auditor_eval.py)"
@@ -102,6 +104,23 @@ bench: install
 # ingest alone at 1M generated interactions, against the naive per-record path
 bench-ingest: install
 	$(BIN)/python bench/ingest.py
+
+# embedding backends (MiniLM, int8, static model2vec) on the same texts: throughput and agreement
+# with MiniLM per consuming stage (docs/embeddings.md)
+bench-embeddings: install
+	$(BIN)/python bench/embeddings.py --limit 1000
+
+# LanceDB: ANN index types against exact search, batched vs one-by-one queries (docs/vector-search.md)
+bench-vectors: install
+	$(BIN)/python bench/vector_search.py --n 200000
+
+# audited_errors and teacher_samples against the code before issue 13 (docs/scale-audit-teach.md)
+bench-audit-teach: install
+	$(BIN)/python bench/audit_teach.py --sizes 10000 100000 --delta 2000 --old-ref 8f19d9f
+
+# concurrent LLM calls against a stand-in server with a fixed latency (docs/providers.md)
+bench-llm: install
+	$(BIN)/python bench/llm_concurrency.py
 
 bench-pii: install
 	$(BIN)/python bench/pii.py --n 3000 $(if $(wildcard ../shared/data),--real ../shared/data,)
