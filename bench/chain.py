@@ -145,6 +145,13 @@ def measure_stage(code: Path, home: Path, stage: str, day: str, env: dict[str, s
             "peak_rss_mib": round(rss / 2**20)}
 
 
+def _du(path: Path) -> int:
+    """Bytes under ``path`` (a file or a folder; 0 when missing)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
 def write_day(profile: str, landing: Path, n: int, seed: int, day: str,
               corpus_dir: str | None) -> int:
     """Landing files of one day; returns the bytes written."""
@@ -185,6 +192,12 @@ def run_chain(code: Path, profile: str, n: int, args, days: int) -> list[dict]:
                 print(f"    {stage:<10} wall {r['wall_s']:>9.1f} s  cpu {r['cpu_s']:>9.1f} s  "
                       f"{r['cpu_ms_per_item']:>8.3f} cpu-ms/item  rss {r['peak_rss_mib']:>6} MiB"
                       f"  load {r['load']}", flush=True)
+        sizes = {name: _du(home / name) for name in ("landing", "warehouse.duckdb", "lancedb",
+                                                     "store.db")}
+        print("    on disk after the chain (MiB): "
+              + ", ".join(f"{k} {v / 2**20:,.1f}" for k, v in sizes.items()), flush=True)
+        for r in rows:
+            r["disk_bytes"] = sizes
     finally:
         if args.keep:
             print(f"  kept {home}")
