@@ -277,10 +277,12 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
                     _, rows = next(tables.interaction_chunks(
                         con, keys[start:start + read_chunk], read_chunk))
                 offset = start
+                if relevance is not None and rows.height:
+                    # the replies of the whole chunk in one encode call: sorted by length into
+                    # full batches, so much less padding than batch_size rows at a time
+                    rows, n = embeddings.with_qa_relevance(rows, relevance)
+                    relevance_computed += n
             frame = tables.rows_of_batch(rows, start - offset, start - offset + len(chunk))
-            if relevance is not None and frame.height:
-                frame, n = embeddings.with_qa_relevance(frame, relevance)
-                relevance_computed += n
             outcome = auditor.audit_frame(frame)
             verdicts, clean_items = audit_run.labelled_verdicts(
                 outcome.verdicts, calibration_ids, config.clean_review_rate)
