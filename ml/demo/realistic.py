@@ -6,11 +6,12 @@ characters) that repeat across millions of records, so every cache and de-duplic
 looks better than it will on real logs. Real chat logs are long, unique and messy. This profile
 gives every record:
 
-* a unique reply of LLM length (typically 400-1,500 characters, a long tail beyond): 3 to 14
-  sentences drawn from a pool of real assistant sentences, sometimes as a numbered or bulleted list
-  or with a code block, with numbers and names varied, so no two replies are the same;
+* the reply a real assistant gave to the record's question (a real question/answer pair of the
+  corpus), made unique: two sentences of other real replies put in, numbers and names varied,
+  sometimes laid out as a numbered or bulleted list or with a code block: LLM length (median
+  about 500 characters, a long tail past 2,000), and no two replies the same;
 * a multi-turn history (1 to 8 turns; every earlier turn's question and reply in ``messages``);
-* questions drawn from real user prompts, sometimes with an added sentence of context;
+* the real question of that pair, sometimes with an added sentence of context;
 * feedback, ratings, handoffs to humans and human corrections at rates seen in production chat
   (a few percent each, most turns without any), several tenants and channels, a little PII.
 
@@ -47,6 +48,8 @@ class Corpus:
     reply: tuple[str, ...]
     questions: tuple[str, ...]
     source: str
+    # (question, its real reply's sentences): a record answers its question, as a real bot does
+    pairs: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.reply) < 50 or len(self.questions) < 20:
@@ -69,19 +72,25 @@ def load_corpus(folder: Path | str) -> Corpus:
     folder = Path(folder)
     reply: list[str] = []
     questions: list[str] = []
+    pairs: list[tuple[str, tuple[str, ...]]] = []
     oasst = folder / "oasst1-en100" / "en_100_tree.jsonl"
     hh = folder / "hh-rlhf-helpful-base" / "test.jsonl.gz"
     if not oasst.exists() and not hh.exists():
         raise FileNotFoundError(f"no public sample under {folder}: expected {oasst} or {hh}")
     if oasst.exists():
-        def walk(node: dict) -> None:
+        def walk(node: dict, asked: str | None = None) -> None:
             text = (node.get("text") or "").strip()
             if node.get("role") == "assistant":
-                reply.extend(_sentences(text))
+                sents = _sentences(text)
+                reply.extend(sents)
+                if asked and sents:
+                    pairs.append((asked, tuple(sents)))
+                asked = None
             elif text and len(text) <= 600:
-                questions.append(" ".join(text.split()))
+                asked = " ".join(text.split())
+                questions.append(asked)
             for child in node.get("replies") or ():
-                walk(child)
+                walk(child, asked)
 
         for line in oasst.read_text(encoding="utf-8").splitlines():
             if line.strip():
@@ -91,13 +100,20 @@ def load_corpus(folder: Path | str) -> Corpus:
         with gzip.open(hh, "rt", encoding="utf-8") as fh:
             for line in fh:
                 parts = turn.split(json.loads(line)["chosen"])
+                asked = None
                 for who, text in zip(parts[1::2], parts[2::2], strict=True):
                     text = text.strip()
                     if who == "Assistant":
-                        reply.extend(_sentences(text))
+                        sents = _sentences(text)
+                        reply.extend(sents)
+                        if asked and sents:
+                            pairs.append((asked, tuple(sents)))
+                        asked = None
                     elif 10 <= len(text) <= 600:
-                        questions.append(" ".join(text.split()))
-    return Corpus(tuple(dict.fromkeys(reply)), tuple(dict.fromkeys(questions)), str(folder))
+                        asked = " ".join(text.split())
+                        questions.append(asked)
+    return Corpus(tuple(dict.fromkeys(reply)), tuple(dict.fromkeys(questions)), str(folder),
+                  tuple(pairs))
 
 
 def builtin_corpus() -> Corpus:
@@ -146,9 +162,16 @@ def _vary(rng: random.Random, sentence: str) -> str:
     return sentence
 
 
-def _reply(rng: random.Random, corpus: Corpus) -> str:
-    k = min(14, max(2, int(rng.lognormvariate(1.8, 0.5))))
-    sents = [_vary(rng, rng.choice(corpus.reply)) for _ in range(k)]
+def _reply(rng: random.Random, corpus: Corpus, own: tuple[str, ...] = ()) -> str:
+    """A reply: the real reply's sentences (``own``) with two sentences of other replies put in
+    (what makes every reply unique), or, without ``own``, 2-14 sentences of the pool."""
+    if own:
+        sents = [_vary(rng, x) for x in own]
+        for _ in range(2):
+            sents.insert(rng.randrange(len(sents) + 1), _vary(rng, rng.choice(corpus.reply)))
+    else:
+        k = min(14, max(2, int(rng.lognormvariate(1.8, 0.5))))
+        sents = [_vary(rng, rng.choice(corpus.reply)) for _ in range(k)]
     shape = rng.random()
     if shape < 0.15:  # a numbered list after an intro sentence
         return sents[0] + "\n\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(sents[1:], 1))
@@ -164,8 +187,8 @@ def _reply(rng: random.Random, corpus: Corpus) -> str:
     return " ".join(sents[:cut]) + ("\n\n" + " ".join(sents[cut:]) if sents[cut:] else "")
 
 
-def _question(rng: random.Random, corpus: Corpus) -> str:
-    q = rng.choice(corpus.questions)
+def _question(rng: random.Random, corpus: Corpus, q: str | None = None) -> str:
+    q = q or rng.choice(corpus.questions)
     if rng.random() < 0.3:
         q = f"{_vary(rng, rng.choice(corpus.reply))} {q}"
     if rng.random() < 0.02:  # a little PII, as real users paste it
@@ -197,8 +220,9 @@ def iter_realistic(n: int, seed: int, *, corpus: Corpus | None = None, tenants: 
         for t in range(turns):
             if emitted >= n:
                 break
-            q = _question(rng, corpus)
-            reply = _reply(rng, corpus)
+            asked, own = rng.choice(corpus.pairs) if corpus.pairs else (None, ())
+            q = _question(rng, corpus, asked)
+            reply = _reply(rng, corpus, own)
             sec += rng.randrange(5, 60)
             iid = f"{rng.getrandbits(128):032x}"
             rec: dict = {

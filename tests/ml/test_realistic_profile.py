@@ -18,7 +18,10 @@ def corpus():
 
 
 def test_replies_are_unique_long_and_multi_turn(corpus):
+    assert len(corpus.pairs) > 1000  # real question/answer pairs: a reply answers its question
     recs = [r for _, r in iter_realistic(2000, 3, corpus=corpus)]
+    answered = {q for q, _ in corpus.pairs}
+    assert sum(r["messages"][-1]["content"] in answered for r in recs) > 0.5 * len(recs)
     assert len(recs) == 2000
     replies = [r["response"] for r in recs]
     assert len(set(replies)) == len(replies)  # unique, unlike the demo's templates
