@@ -45,7 +45,9 @@ def _status(env) -> dict:
 def demo_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("demo") / "home"
     env = _env(home)
-    run = _learnloop(env, "demo", "--interactions", "800")
+    # the demo pretrains the offline base model (about 4 minutes on a quiet 2-core machine,
+    # twice that on a loaded one): a generous limit, the assertions are on what it produced
+    run = _learnloop(env, "demo", "--interactions", "800", timeout=1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return home, env, run.stdout
 
