@@ -8,10 +8,8 @@ Redis or RabbitMQ, which this machine does not run)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -19,31 +17,9 @@ import pytest
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from orchestration import runner
+from tests.deploy.processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _stop(proc: subprocess.Popen, grace: float = 20) -> None:
-    """Stop the process group this test started (the process and its children): SIGTERM, then
-    SIGKILL to whatever of the group is left after ``grace`` seconds."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        proc.poll()
-        try:
-            os.killpg(proc.pid, 0)  # anyone of the group left?
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(10)
 
 
 @pytest.mark.postgres
@@ -88,7 +64,7 @@ def test_an_ingest_step_runs_on_a_celery_worker(learnloop_home, pg_database, tmp
                 events = [r.dagster_event for r in instance.all_logs(result.run_id)
                           if r.dagster_event is not None]
         finally:
-            _stop(worker)
+            stop_group(worker)
             log.close()
     (start,) = [e for e in events if e.event_type_value == "STEP_START"]
     assert start.pid not in (None, os.getpid())  # not this (the run's) process: the worker's

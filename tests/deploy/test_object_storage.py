@@ -7,8 +7,6 @@ with deploy/mlflow/compose.yaml's command (PostgreSQL backend store, artifacts o
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from tests.deploy.processes import free_port, stop_group
 from tests.deploy.test_configs import mlflow_server_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,35 +83,6 @@ def test_embeddings_go_to_lancedb_on_object_storage_from_the_env_alone(s3, learn
     assert table.count_rows() > 0
 
 
-def _stop(proc: subprocess.Popen, grace: float = 20) -> None:
-    """Stop the process group this test started (the process and its children): SIGTERM, then
-    SIGKILL to whatever of the group is left after ``grace`` seconds."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        proc.poll()
-        try:
-            os.killpg(proc.pid, 0)  # anyone of the group left?
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_mlflow_server_of_the_compose_file_keeps_runs_in_postgres_and_artifacts_on_s3(
@@ -122,7 +92,7 @@ def test_mlflow_server_of_the_compose_file_keeps_runs_in_postgres_and_artifacts_
     import mlflow
     from mlflow import MlflowClient
 
-    port = _free_port()
+    port = free_port()
     compose = yaml.safe_load((ROOT / "deploy" / "mlflow" / "compose.yaml").read_text())
     args = mlflow_server_args(compose, {
         "MLFLOW_BACKEND_STORE_URI": pg_database.replace("postgresql://",
@@ -168,7 +138,7 @@ def test_mlflow_server_of_the_compose_file_keeps_runs_in_postgres_and_artifacts_
         assert [k for k in _keys("mlflow/") if k.endswith("adapter.txt")]
     finally:
         mlflow.set_tracking_uri(None)
-        _stop(server)
+        stop_group(server)
         log.close()
     import sqlalchemy as sa
 
