@@ -1,7 +1,8 @@
 """Stage `ingest`: landing zone -> raw_interactions -> interactions + quarantined_interactions."""
 
 
-import hashlib
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,14 +32,6 @@ from ml.tables import TABLES
 # metadata of each `interactions` materialization: the landing files it read (``ml.landing.
 # fingerprint``); the landing sensor and `learnloop run` skip days ingested with the same files
 LANDING_FINGERPRINT = "landing_fingerprint"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def residual_pii(con, table: str, day: str) -> list[dict]:
@@ -81,12 +74,14 @@ def _quarantined_elsewhere(con, bad: pl.DataFrame, day: str) -> pl.Series:
         con.unregister("_qkeys")
 
 
-def _with_logical_source_files(result: IngestResult, paths: list[Path],
+def _with_logical_source_files(result: IngestResult, paths: list[Path], refs: list[str],
                                landing_zone: LandingZoneResource) -> IngestResult:
-    """Rows of archived files named by their landing path (``ml.retention.logical_path``), so
-    re-ingesting an archived day writes the same rows."""
-    root, archive = landing_zone.root(), landing_zone.archive()
-    names = {str(p): retention.logical_path(p, root, archive) for p in paths}
+    """Rows named by their file's ref (``paths``: the local files read, a staging copy of each
+    object on object storage), and archived files by their landing ref
+    (``ml.retention.logical_ref``), so re-ingesting an archived day writes the same rows."""
+    store, archive = landing_zone.store(), landing_zone.archive_store()
+    names = {str(p): retention.logical_ref(r, store, archive)
+             for p, r in zip(paths, refs, strict=True)}
     names = {k: v for k, v in names.items() if k != v}
     if not names:
         return result
@@ -99,6 +94,23 @@ def _with_logical_source_files(result: IngestResult, paths: list[Path],
                         result.positions)
 
 
+def _owner(ref: str, store, archive):
+    """The store holding ``ref``: the archive (checked first: on a bucket it lies below the
+    landing prefix) or the landing zone."""
+    return archive if archive.owns(ref) else store
+
+
+@contextmanager
+def _staged(refs: list[str], store, archive) -> Iterator[list[Path]]:
+    """Local files of ``refs`` for the time of the context (``LandingStore.staged``: the files
+    themselves in a folder, temporary copies of objects, removed after)."""
+    if store.is_local and archive.is_local:
+        yield [Path(r) for r in refs]
+        return
+    with ExitStack() as stack:
+        yield [stack.enter_context(_owner(r, store, archive).staged([r]))[0] for r in refs]
+
+
 @dg.asset(
     partitions_def=landing_date_partitions,
     **catalog("raw_interactions", "ingest"),
@@ -109,14 +121,14 @@ def _with_logical_source_files(result: IngestResult, paths: list[Path],
 def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZoneResource,
                      warehouse: WarehouseResource) -> dg.MaterializeResult:
     day = context.partition_key
-    root, archive = landing_zone.root(), landing_zone.archive()
+    store, archive = landing_zone.store(), landing_zone.archive_store()
     # the day's files: landing and archive (archiving is not deleting, ml.retention)
-    files = retention.day_files(root, archive, day)
+    files = retention.day_entries(store, archive, day)
     with warehouse.get_connection() as con:
         wh.ensure_table(con, "raw_files")
         registered = [r[0] for r in con.execute(
             "SELECT path FROM raw_files WHERE partition_date = ?::DATE", [day]).fetchall()]
-    gone = retention.missing_files(registered, files)
+    gone = retention.missing_files(registered, [f.ref for f in files])
     if gone:
         raise dg.Failure(description=retention.gone_files_message(day, gone, archive),
                          metadata={"gone_files": dg.MetadataValue.json(gone)})
@@ -124,9 +136,10 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
     frame = pl.DataFrame(
         {
             "partition_date": [datetime.fromisoformat(day).date()] * len(files),
-            "path": [str(p) for p in files],
-            "size_bytes": [p.stat().st_size for p in files],
-            "sha256": [_sha256(p) for p in files],
+            "path": [f.ref for f in files],
+            "size_bytes": [f.size for f in files],
+            # streamed from the bucket on object storage (nothing written locally)
+            "sha256": [_owner(f.ref, store, archive).sha256(f.ref) for f in files],
             "registered_at": [now] * len(files),
         },
         schema=TABLES["raw_files"].polars_schema(),
@@ -137,8 +150,8 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
     return dg.MaterializeResult(metadata={
         "files": len(files),
         "bytes": int(frame["size_bytes"].sum() or 0),
-        "landing_dir": str(landing.partition_dir(root, day)),
-        "archived_files": sum(1 for p in files if p.is_relative_to(archive)),
+        "landing_dir": store.day_url(day),
+        "archived_files": sum(1 for f in files if archive.owns(f.ref)),
     })
 
 
@@ -174,41 +187,51 @@ def raw_interactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
 def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                         landing_zone: LandingZoneResource):
     day = context.partition_key
+    store, archive = landing_zone.store(), landing_zone.archive_store()
     with warehouse.get_connection() as con:
         wh.ensure_table(con, "raw_files")
         # by file name: the same order whether a file is in the landing folder or archived
-        paths = sorted((Path(r[0]) for r in con.execute(
+        refs = sorted((r[0] for r in con.execute(
             "SELECT path FROM raw_files WHERE partition_date = ?::DATE", [day]).fetchall()),
-            key=lambda p: (p.name, str(p)))
-    missing = [str(p) for p in paths if not p.exists()]
+            key=lambda r: (Path(r).name, r))
+    local = store.is_local and archive.is_local
+    if local:
+        missing = [r for r in refs if not Path(r).exists()]
+    else:  # one listing per store, no object read
+        present = {e.ref: e for e in retention.day_entries(store, archive, day)}
+        missing = [r for r in refs if r not in present]
     if missing:
         raise FileNotFoundError(f"landing files registered for {day} are gone: {missing[:5]}")
-    context.log.info(f"ingesting {len(paths)} files for {day}")
-    result = ingest_files(paths, day, session_hash_key())
-    if result.stats.get("worker_failures"):
-        context.log.warning(f"ingest worker processes failed, ran in-process: "
-                            f"{result.stats.get('worker_failure')}")
-    result = _with_logical_source_files(result, paths, landing_zone)
-    with warehouse.get_connection() as con:
-        # ids another partition already holds: exact copies dropped, others quarantined
-        result = drop_cross_partition_duplicates(result, _earlier_copies(con, result.interactions,
-                                                                         day), paths)
-        good = result.interactions
-        # a rejected record already quarantined (this day or another) is not quarantined again
-        bad, copies = drop_quarantine_copies(
-            result.quarantined, _quarantined_elsewhere(con, result.quarantined, day))
-        result.stats.update(copies, quarantined=bad.height)
-        wh.replace_partition(con, "interactions", day, good)
-        wh.replace_partition(con, "quarantined_interactions", day, bad)
-        # the checks read what was written
-        leftover = residual_pii(con, "interactions", day)
-        leftover_q = residual_pii(con, "quarantined_interactions", day)
-        rows, n_unique, elsewhere = con.execute(
-            "SELECT count(*), count(DISTINCT (tenant_id, interaction_id)), count(*) FILTER "
-            "(WHERE (tenant_id, interaction_id) IN (SELECT (tenant_id, interaction_id) FROM "
-            "interactions WHERE partition_date <> ?::DATE)) FROM interactions "
-            "WHERE partition_date = ?::DATE", [day, day]
-        ).fetchone()
+    context.log.info(f"ingesting {len(refs)} files for {day}")
+    # on object storage: a local copy of each object while the day is ingested, removed after
+    with _staged(refs, store, archive) as paths:
+        result = ingest_files(paths, day, session_hash_key())
+        if result.stats.get("worker_failures"):
+            context.log.warning(f"ingest worker processes failed, ran in-process: "
+                                f"{result.stats.get('worker_failure')}")
+        result = _with_logical_source_files(result, paths, refs, landing_zone)
+        fingerprint = (landing.fingerprint(paths) if local
+                       else store.fingerprint([present[r] for r in refs]))
+        with warehouse.get_connection() as con:
+            # ids another partition already holds: exact copies dropped, others quarantined
+            result = drop_cross_partition_duplicates(
+                result, _earlier_copies(con, result.interactions, day), paths)
+            good = result.interactions
+            # a rejected record already quarantined (this day or another) is not quarantined again
+            bad, copies = drop_quarantine_copies(
+                result.quarantined, _quarantined_elsewhere(con, result.quarantined, day))
+            result.stats.update(copies, quarantined=bad.height)
+            wh.replace_partition(con, "interactions", day, good)
+            wh.replace_partition(con, "quarantined_interactions", day, bad)
+            # the checks read what was written
+            leftover = residual_pii(con, "interactions", day)
+            leftover_q = residual_pii(con, "quarantined_interactions", day)
+            rows, n_unique, elsewhere = con.execute(
+                "SELECT count(*), count(DISTINCT (tenant_id, interaction_id)), count(*) FILTER "
+                "(WHERE (tenant_id, interaction_id) IN (SELECT (tenant_id, interaction_id) FROM "
+                "interactions WHERE partition_date <> ?::DATE)) FROM interactions "
+                "WHERE partition_date = ?::DATE", [day, day]
+            ).fetchone()
     if result.stats["cross_partition_duplicates"] or result.stats["cross_partition_conflicts"]:
         context.log.info(f"ids already in other partitions: "
                          f"{result.stats['cross_partition_duplicates']} exact copies dropped, "
@@ -224,7 +247,7 @@ def ingest_interactions(context: dg.AssetExecutionContext, warehouse: WarehouseR
         "accepted_rate": round(good.height / total, 4) if total else 0.0,
         "tenants": good["tenant_id"].n_unique() if good.height else 0,
         "pii_scrubbed_rows": int((good["pii_types"].list.len() > 0).sum()) if good.height else 0,
-        LANDING_FINGERPRINT: landing.fingerprint(paths),
+        LANDING_FINGERPRINT: fingerprint,
         **{f"stats/{k}": v for k, v in stats.items()},
     })
     yield dg.MaterializeResult(asset_key="quarantined_interactions", metadata={

@@ -8,7 +8,8 @@
   ``LEARNLOOP_STORE_URL``, else SQLite ``$LEARNLOOP_HOME/store.db``.
 * ``vectors``: :class:`VectorStoreResource`, LanceDB; empty ``uri``: ``LEARNLOOP_LANCEDB_URI``,
   else ``$LEARNLOOP_HOME/lancedb``.
-* ``landing_zone``: :class:`LandingZoneResource`, the landing files; empty ``path``:
+* ``landing_zone``: :class:`LandingZoneResource`, the landing files (a folder or a bucket
+  prefix, ``ml.landing_store``); empty ``path``: ``LEARNLOOP_LANDING_URL``, else
   ``LEARNLOOP_LANDING_DIR``, else ``$LEARNLOOP_HOME/landing``.
 
 Empty fields are resolved from the environment when the resource is *used*, never at import, so
@@ -216,25 +217,50 @@ class VectorStoreResource(dg.ConfigurableResource):
 
 
 class LandingZoneResource(dg.ConfigurableResource):
-    """The landing zone: ``date=YYYY-MM-DD`` folders of interaction log files."""
+    """The landing zone: ``date=YYYY-MM-DD`` folders of interaction log files, in a folder or
+    under a prefix of an S3-compatible bucket (``ml.landing_store``)."""
 
-    path: str = Field(default="", description="Folder of the landing zone; empty: "
+    path: str = Field(default="", description="Folder of the landing zone, or s3://BUCKET/PREFIX; "
+                                              "empty: LEARNLOOP_LANDING_URL, else "
                                               "LEARNLOOP_LANDING_DIR, else $LEARNLOOP_HOME/landing.")
 
-    archive_path: str = Field(default="", description="Folder of archived landing files "
-                                                      "(`learnloop landing archive`); empty: "
+    archive_path: str = Field(default="", description="Folder (or s3://BUCKET/PREFIX) of archived "
+                                                      "landing files (`learnloop landing "
+                                                      "archive`); empty: LEARNLOOP_ARCHIVE_URL / "
                                                       "LEARNLOOP_ARCHIVE_DIR, else "
-                                                      "$LEARNLOOP_HOME/archive.")
+                                                      "<landing prefix>/_archive on a bucket, "
+                                                      "$LEARNLOOP_HOME/archive in a folder.")
 
-    def root(self) -> Path:
-        root = Path(self.path).expanduser().resolve() if self.path else Settings().landing
-        root.mkdir(parents=True, exist_ok=True)
-        return root
+    def store(self):
+        """The landing zone (``ml.landing_store.LandingStore``); a local folder is created."""
+        from ml.landing_store import open_landing
 
-    def archive(self) -> Path:
+        store = open_landing(self.path) if self.path else Settings().landing_store
+        if store.is_local:
+            store.root.mkdir(parents=True, exist_ok=True)
+        return store
+
+    def archive_store(self):
         """The archive (not created: a landing zone that never archived has none)."""
-        return Path(self.archive_path).expanduser().resolve() if self.archive_path \
-            else Settings().archive
+        from ml.landing_store import archive_store, open_landing
+
+        if self.archive_path:
+            return open_landing(self.archive_path, "LEARNLOOP_ARCHIVE_URL")
+        if self.path:
+            landing = open_landing(self.path)
+            return archive_store(landing, None if not landing.is_local else Settings().archive)
+        return Settings().archive_store
+
+    def root(self) -> Path | str:
+        """The landing zone's folder, or its ``s3://`` URL on object storage (prefer
+        ``store()``)."""
+        store = self.store()
+        return store.root if store.is_local else store.url
+
+    def archive(self) -> Path | str:
+        """The archive's folder, or its ``s3://`` URL (prefer ``archive_store()``)."""
+        store = self.archive_store()
+        return store.root if store.is_local else store.url
 
 
 class DatasetStoreResource(dg.ConfigurableResource):
@@ -312,7 +338,7 @@ def store_resources(home: Path | str | None = None) -> dict[str, dg.Configurable
                 "vectors": VectorStoreResource(), "landing_zone": LandingZoneResource(),
                 "datasets": DatasetStoreResource(), "models": ModelRegistryResource()}
     s = Settings(home=Path(home), store_url=None, warehouse_path=None, landing_dir=None,
-                 lancedb_uri=None, archive_dir=None, datasets_dir=None,
+                 landing_url=None, archive_url=None, lancedb_uri=None, archive_dir=None, datasets_dir=None,
                  mlflow_tracking_uri=None, models_dir=None)  # the environment does not move them
     lake = isinstance(Settings().warehouse_target, Lake)
     return {"warehouse": WarehouseResource(database="" if lake else str(s.warehouse)),

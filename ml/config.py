@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_HASH_KEY = "learnloop-dev-key-change-me"
@@ -20,6 +20,15 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path(".learnloop"), description="Root of every embedded store.")
     landing_dir: Path | None = Field(default=None, description="Landing zone; default $HOME/landing.")
+    landing_url: str | None = Field(
+        default=None,
+        description="The landing zone on S3-compatible object storage instead of a folder: "
+                    "s3://BUCKET/PREFIX (credentials, region and endpoint from the standard "
+                    "AWS_* variables). Excludes LEARNLOOP_LANDING_DIR.")
+    archive_url: str | None = Field(
+        default=None,
+        description="Archived landing files on object storage: s3://BUCKET/PREFIX; default "
+                    "with LEARNLOOP_LANDING_URL: <its prefix>/_archive (of the same bucket).")
     warehouse_path: Path | None = Field(default=None, description="DuckDB warehouse file.")
     warehouse_url: SecretStr | None = Field(
         default=None,
@@ -88,6 +97,30 @@ class Settings(BaseSettings):
     def _absolute_home(cls, v: Path) -> Path:
         return v.expanduser().resolve()
 
+    @field_validator("landing_url", "archive_url", mode="after")
+    @classmethod
+    def _object_url(cls, v: str | None, info) -> str | None:
+        if v is None or not v.strip():
+            return None
+        from ml.landing_store import parse_url
+
+        parse_url(v, f"LEARNLOOP_{info.field_name.upper()}")  # a clear error for a bad URL
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _one_landing_zone(self) -> Settings:
+        if self.landing_url and self.landing_dir is not None:
+            raise ValueError("set LEARNLOOP_LANDING_URL (a bucket) or LEARNLOOP_LANDING_DIR (a "
+                             "folder) for the landing zone, not both")
+        if self.archive_url and not self.landing_url:
+            raise ValueError("LEARNLOOP_ARCHIVE_URL needs LEARNLOOP_LANDING_URL (a landing zone "
+                             "in a folder archives to LEARNLOOP_ARCHIVE_DIR)")
+        if self.landing_url and self.archive_dir is not None:
+            raise ValueError("the landing zone is on object storage (LEARNLOOP_LANDING_URL): "
+                             "archive it there too (LEARNLOOP_ARCHIVE_URL, default "
+                             "<landing prefix>/_archive), not to LEARNLOOP_ARCHIVE_DIR")
+        return self
+
     @field_validator("service_url", mode="after")
     @classmethod
     def _service_url(cls, v: str) -> str:
@@ -114,7 +147,43 @@ class Settings(BaseSettings):
     # ---- derived locations -------------------------------------------------------------------
     @property
     def landing(self) -> Path:
+        """The landing zone's folder; a ``LandingConfigError`` when it is on object storage
+        (``LEARNLOOP_LANDING_URL``): use ``landing_store``, which is either."""
+        if self.landing_url:
+            from ml.landing_store import LandingConfigError
+
+            raise LandingConfigError(
+                f"the landing zone is on object storage (LEARNLOOP_LANDING_URL="
+                f"{self.landing_url}), not in a folder: this needs a local folder (e.g. "
+                f"`learnloop generate --out DIR`, then copy it to the bucket)")
         return (self.landing_dir or self.home / "landing").expanduser().resolve()
+
+    @property
+    def landing_store(self):
+        """The landing zone (``ml.landing_store.LandingStore``): the bucket prefix of
+        ``LEARNLOOP_LANDING_URL``, else the folder ``landing``."""
+        from ml.landing_store import LocalLandingStore, ObjectLandingStore
+
+        if self.landing_url:
+            return ObjectLandingStore.from_url(self.landing_url)
+        return LocalLandingStore(self.landing)
+
+    @property
+    def archive_store(self):
+        """Where archived landing files go: ``LEARNLOOP_ARCHIVE_URL`` or ``<landing
+        prefix>/_archive`` with a landing zone on object storage, else the folder ``archive``."""
+        from ml.landing_store import LocalLandingStore, ObjectLandingStore
+
+        if self.landing_url:
+            if self.archive_url:
+                return ObjectLandingStore.from_url(self.archive_url, "LEARNLOOP_ARCHIVE_URL")
+            return self.landing_store.sub("_archive")
+        return LocalLandingStore(self.archive)
+
+    @property
+    def landing_location(self) -> str:
+        """Where the landing zone is, for messages: its folder or its URL."""
+        return self.landing_url or str(self.landing)
 
     @property
     def warehouse(self) -> Path:
@@ -167,7 +236,8 @@ class Settings(BaseSettings):
         return (self.dagster_home or self.home / "dagster_home").expanduser().resolve()
 
     def ensure_dirs(self) -> None:
-        for p in (self.home, self.landing, self.warehouse.parent, self.dagster_home_dir):
+        local = () if self.landing_url else (self.landing,)
+        for p in (self.home, *local, self.warehouse.parent, self.dagster_home_dir):
             p.mkdir(parents=True, exist_ok=True)
 
 

@@ -11,6 +11,12 @@ as one unit: every temporary file is written and fsynced before the first rename
 A crash (SIGKILL, power loss) in the middle of a write leaves a ``.<name>.tmp`` file behind;
 readers skip it, and ``remove_stale_temp_files`` (run when the service starts) deletes those older
 than a grace period.
+
+The landing zone may also be a prefix of an S3-compatible bucket (``LEARNLOOP_LANDING_URL``):
+``ml.landing_store`` holds both kinds behind one interface. The functions that read the days
+(``scan_partitions``, ``list_partitions``, ``day_fingerprints``, ``describe_bad_folder``) and
+``write_parts`` take either kind (a folder, an ``s3://`` URL or a store); the others work on a
+folder.
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ def timestamp_problem(ts: datetime, now: datetime | None = None) -> str | None:
     return None
 
 
-def scan_partitions(landing: Path, today: date | None = None
+def scan_partitions(landing, today: date | None = None
                     ) -> tuple[list[str], list[BadDayFolder]]:
     """(valid days, sorted; the folders that are not valid day folders, with the reason).
 
@@ -93,6 +99,8 @@ def scan_partitions(landing: Path, today: date | None = None
     12-31`` (before ``FIRST_DAY``), a day more than ``MAX_FUTURE_DAYS`` ahead or any other folder
     name is reported and skipped; the other days go on. Hidden folders (``.name``) and the
     importers' registry (``_imports``) are not day folders and not reported."""
+    if not isinstance(landing, (str, os.PathLike)) or _is_url(landing):
+        return _store(landing).scan_days(today)
     landing = Path(landing)
     if not landing.exists():
         return [], []
@@ -114,13 +122,18 @@ def scan_partitions(landing: Path, today: date | None = None
     return sorted(days), bad
 
 
-def describe_bad_folder(landing: Path, bad: BadDayFolder) -> str:
+def describe_bad_folder(landing, bad: BadDayFolder) -> str:
     """One line for an operator: which folder, why, what happens."""
-    return (f"landing folder {Path(landing) / bad.folder} skipped: {bad.reason}; rename it to "
+    where = (f"{_store(landing).url}/{bad.folder}"
+             if not isinstance(landing, (str, os.PathLike)) or _is_url(landing)
+             else Path(landing) / bad.folder)
+    return (f"landing folder {where} skipped: {bad.reason}; rename it to "
             f"date=YYYY-MM-DD (a real day) or move it out of the landing zone")
 
 
 def partition_dir(landing: Path, day: date | str) -> Path:
+    if _is_url(landing):  # never a local folder called "s3:"
+        raise TypeError(f"{landing} is not a folder: use ml.landing_store.open_landing")
     day_s = day if isinstance(day, str) else day.isoformat()
     date.fromisoformat(day_s)  # validates
     return Path(landing) / f"date={day_s}"
@@ -221,14 +234,16 @@ def fingerprint(paths: Iterable[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def day_fingerprints(landing: Path, days: Iterable[str] | None = None) -> dict[str, str]:
+def day_fingerprints(landing, days: Iterable[str] | None = None) -> dict[str, str]:
     """day -> ``fingerprint`` of its finished files, for ``days`` (default: every valid day
-    folder, ``list_partitions``)."""
+    folder, ``list_partitions``). ``landing``: a folder, an ``s3://`` URL or a store."""
+    if not isinstance(landing, (str, os.PathLike)) or _is_url(landing):
+        return _store(landing).fingerprints(days)
     days = list_partitions(landing) if days is None else days
     return {day: fingerprint(list_files(landing, day)) for day in days}
 
 
-def list_partitions(landing: Path) -> list[str]:
+def list_partitions(landing) -> list[str]:
     """The valid days that have a folder in the landing zone, sorted (invalid folders are
     skipped: ``scan_partitions`` reports them)."""
     return scan_partitions(landing)[0]
@@ -271,3 +286,22 @@ def remove_stale_temp_files(landing: Path, older_than_s: float = STALE_TEMP_AGE_
             except FileNotFoundError:  # its writer renamed or removed it meanwhile
                 continue
     return removed
+
+
+def _is_url(landing: object) -> bool:
+    return isinstance(landing, str) and "://" in landing
+
+
+def _store(landing):
+    from ml.landing_store import open_landing  # noqa: PLC0415 - it imports this module
+
+    return open_landing(landing)
+
+
+def write_parts(landing, source: str, parts: Mapping[date | str, bytes],
+                suffix: str = ".jsonl") -> list[str]:
+    """``write_landing_files`` on any landing zone (a folder, an ``s3://`` URL or a store):
+    one file per day as one unit; returns each file's name relative to the landing zone
+    (``date=D/<name>``), in the order of ``parts``."""
+    store = _store(landing)
+    return [store.relative(ref) for ref in store.write(source, parts, suffix)]

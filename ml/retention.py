@@ -14,6 +14,12 @@
   day that is now in neither folder stops that day's ingest with a message naming the files and
   the two ways out (``gone_files_message``), instead of silently dropping its rows.
 
+On object storage (``ml.landing_store.ObjectLandingStore``) the same operations work on the
+bucket: ``day_entries``, ``logical_ref``, ``archive_day`` (a server-side copy to
+``<archive prefix>/date=D/`` then the delete of the landing object: an object copy is atomic, and
+an interrupted archive is finished by running it again, as on a folder), ``days_before`` and
+``delete_day_files`` take a store (or an ``s3://`` URL) for ``landing`` and ``archive``.
+
 Pure file and DuckDB functions; the ``learnloop landing`` commands (orchestration/landing_cli.py)
 glue them to the operational store.
 """
@@ -31,6 +37,7 @@ from pathlib import Path
 import duckdb
 
 from ml.landing import LANDING_SUFFIXES, fsync_dir, list_files, partition_dir
+from ml.landing_store import LandingEntry, LandingStore, ObjectLandingStore, open_landing
 
 # tables whose rows belong to a landing day (partition_date)
 DAY_TABLES = ("interactions", "interaction_quality", "quarantined_interactions", "raw_files")
@@ -110,13 +117,46 @@ def _move(src: Path, dst: Path) -> None:
     src.unlink()
 
 
-def archive_day(landing: Path, archive: Path, day: date | str) -> list[tuple[Path, Path]]:
+def _is_store(*locations: object) -> bool:
+    """Whether any of ``locations`` is a store or a URL (else: all are folders)."""
+    return any(isinstance(x, LandingStore) or (isinstance(x, str) and "://" in x)
+               for x in locations)
+
+
+def _folders(landing, archive) -> tuple[Path, Path] | None:
+    """(landing, archive) folders when both are local (a folder or a local store), else None."""
+    if _is_store(landing, archive):
+        a, b = open_landing(landing), open_landing(archive, "LEARNLOOP_ARCHIVE_URL")
+        return (a.root, b.root) if a.is_local and b.is_local else None
+    return Path(landing), Path(archive)
+
+
+def day_entries(landing: LandingStore, archive: LandingStore,
+                day: date | str) -> list[LandingEntry]:
+    """Every file of a day with its size and version: its landing files, then its archived
+    files (by name each); one listing per store, nothing read."""
+    return landing.files(day) + archive.files(day)
+
+
+def logical_ref(ref: str, landing: LandingStore, archive: LandingStore) -> str:
+    """``logical_path`` for any store: an archived file's ref named as in the landing zone."""
+    if landing.is_local and archive.is_local:
+        return logical_path(ref, landing.root, archive.root)
+    return landing.ref(archive.relative(ref)) if archive.owns(ref) else ref
+
+
+def archive_day(landing, archive, day: date | str) -> list[tuple[Path, Path]]:
     """Move every landing file of ``day`` into ``<archive>/date=D/``; return (from, to) pairs.
 
     A file already archived under the same name with the same bytes is a finished earlier move
     (the landing copy is removed); with other bytes it is a conflict and nothing moves. The empty
     landing folder is removed (the landing sensor then stops seeing the day); the warehouse is
-    not touched."""
+    not touched. ``landing``/``archive``: folders, or stores (pairs of refs are returned then)."""
+    folders = _folders(landing, archive)
+    if folders is None:
+        return _archive_day_objects(open_landing(landing),
+                                    open_landing(archive, "LEARNLOOP_ARCHIVE_URL"), day)
+    landing, archive = folders
     files = list_files(landing, day)
     dest = partition_dir(archive, day)
     conflicts = [f.name for f in files if (dest / f.name).exists()
@@ -142,17 +182,55 @@ def archive_day(landing: Path, archive: Path, day: date | str) -> list[tuple[Pat
     return moved
 
 
-def days_before(landing: Path, before: str) -> list[str]:
+def _archive_day_objects(landing: LandingStore, archive: LandingStore,
+                         day: date | str) -> list[tuple[str, str]]:
+    """``archive_day`` between two prefixes of object storage: server-side copies, then the
+    deletes of the landing objects."""
+    if not (isinstance(landing, ObjectLandingStore) and isinstance(archive, ObjectLandingStore)):
+        raise ValueError(f"archiving from {landing} to {archive}: the landing zone and its "
+                         f"archive must both be folders or both be on object storage")
+    day_s = date.fromisoformat(day if isinstance(day, str) else day.isoformat()).isoformat()
+    files = landing.files(day_s)
+    there = {e.name: e for e in archive.files(day_s)}
+    conflicts = [f.name for f in files if f.name in there
+                 and not _same_object(landing, f, archive, there[f.name])]
+    if conflicts:
+        raise FileExistsError(f"{day_s}: archive {archive.day_url(day_s)} already holds other "
+                              f"files named {conflicts}; nothing moved")
+    moved: list[tuple[str, str]] = []
+    for f in files:
+        target = archive.ref(f"date={day_s}/{f.name}")
+        if f.name not in there:
+            archive.copy_from(landing, f.ref, archive._key_of_ref(target))
+        landing.remove(f.ref)  # copied (or an interrupted earlier archive had copied it)
+        moved.append((f.ref, target))
+    return moved
+
+
+def _same_object(a: LandingStore, ea: LandingEntry, b: LandingStore, eb: LandingEntry) -> bool:
+    if ea.size != eb.size:
+        return False
+    if ea.version == eb.version:  # the same ETag: the same bytes (a copy keeps the ETag)
+        return True
+    return a.sha256(ea.ref) == b.sha256(eb.ref)  # multipart ETags differ for equal bytes
+
+
+def days_before(landing, before: str) -> list[str]:
     """The landing days earlier than ``before`` (YYYY-MM-DD)."""
     date.fromisoformat(before)
+    if _is_store(landing):
+        return [d for d in open_landing(landing).scan_days()[0] if d < before]
     folders = [p.name[5:] for p in Path(landing).glob("date=*") if p.is_dir()
                and re.fullmatch(r"date=\d{4}-\d{2}-\d{2}", p.name)]
     return sorted(d for d in folders if d < before)
 
 
-def delete_day_files(landing: Path, archive: Path, day: date | str) -> list[Path]:
+def delete_day_files(landing, archive, day: date | str) -> list[Path]:
     """Remove every file of ``day`` (landing and archive, temporary files too) and its folders;
-    return the data files removed."""
+    return the data files removed (refs, for stores)."""
+    if _is_store(landing, archive):
+        return (open_landing(landing).delete_day(day)
+                + open_landing(archive, "LEARNLOOP_ARCHIVE_URL").delete_day(day))
     removed: list[Path] = []
     for root in (landing, archive):
         folder = partition_dir(root, day)

@@ -70,7 +70,7 @@ def days_to_ingest(instance: dg.DagsterInstance, landing_dir) -> tuple[list[str]
                                                                         dict[str, str]]:
     """(days whose landing files differ from what their last ingest read, the fingerprints of
     every valid day). Folders that are not valid days are skipped (``landing.scan_partitions``
-    reports them)."""
+    reports them). ``landing_dir``: a folder, an ``s3://`` URL or an ``ml.landing_store``."""
     now = landing.day_fingerprints(landing_dir)
     return still_to_ingest(instance, now, now), now
 
@@ -125,7 +125,9 @@ def _attempt_key(day: str, fp: str, attempt: int) -> str:
                        f"{MAX_SENSOR_ATTEMPTS} times; landing folders that are not valid days "
                        "are reported and skipped.")
 def landing_file_sensor(context: dg.SensorEvaluationContext, landing_zone: LandingZoneResource):
-    root = landing_zone.root()
+    # a folder or a bucket prefix: the days and fingerprints come from a listing (sizes and
+    # modification times, or sizes and ETags), no file is read
+    root = landing_zone.store()
     cursor = _load_cursor(context.cursor)
     days, bad = landing.scan_partitions(root)
     for b in bad:  # once per folder (and again once it was fixed and broke again)
