@@ -220,8 +220,8 @@ class LandingZoneResource(dg.ConfigurableResource):
     """The landing zone: ``date=YYYY-MM-DD`` folders of interaction log files, in a folder or
     under a prefix of an S3-compatible bucket (``ml.landing_store``)."""
 
-    path: str = Field(default="", description="Folder of the landing zone, or s3://BUCKET/PREFIX; "
-                                              "empty: LEARNLOOP_LANDING_URL, else "
+    path: str = Field(default="", description="Folder of the landing zone, or s3://BUCKET/"
+                                              "PREFIX; empty: LEARNLOOP_LANDING_URL, else "
                                               "LEARNLOOP_LANDING_DIR, else $LEARNLOOP_HOME/landing.")
 
     archive_path: str = Field(default="", description="Folder (or s3://BUCKET/PREFIX) of archived "

@@ -28,7 +28,7 @@ the same line imported again, from any file under any name, at any position, get
 are all called ``test.jsonl.gz``; ids derived from the file name and line number collided).
 
 ``import_to_landing`` writes the accepted records into the landing zone, one file per UTC day of
-their timestamps (``ml.landing.write_landing_file``), and the rejected lines into today's (UTC)
+their timestamps (``LandingStore.write``: a folder or a bucket prefix), and the rejected lines into today's (UTC)
 folder as ``<source>-rejected-...jsonl`` so the ingest stage quarantines them with their raw text.
 A native line rejected by the record validator is written verbatim (ingest rejects it for the same
 reason); any other rejected line (bad JSON structure of a foreign format, bad UTF-8, ...) is
@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -53,7 +53,8 @@ from typing import Any
 
 import msgspec
 
-from ml.landing import timestamp_problem, write_landing_file
+from ml.landing import encode_lines, timestamp_problem
+from ml.landing_store import LandingStore, open_landing
 from ml.schema import RecordError, validate_record
 
 FORMATS: tuple[str, ...] = ("native", "openai-chat", "hh-rlhf", "oasst")
@@ -655,30 +656,31 @@ def landing_source_name(fmt: str, path: Path | str) -> str:
 IMPORT_REGISTRY = "_imports"  # below the landing root; not a date= folder, so never ingested
 
 
-def _registered_timestamp(landing_dir: Path, path: Path) -> tuple[Path, datetime | None]:
-    """Where the default timestamp of ``path``'s content is registered, and the registered one.
+def _registered_timestamp(landing: LandingStore, path: Path) -> tuple[str, datetime | None]:
+    """Where the default timestamp of ``path``'s content is registered (a name below the
+    landing root), and the registered one.
 
     Keyed by the SHA-256 of the file's bytes: re-importing the same content (touched, copied or
     downloaded again, so with a new mtime) reuses the first import's timestamp, which makes the
     records identical and ingest drops them as exact duplicates instead of quarantining them."""
-    entry = landing_dir / IMPORT_REGISTRY / f"{content_digest(path)}.json"
-    if not entry.exists():
+    entry = f"{IMPORT_REGISTRY}/{content_digest(path)}.json"
+    text = landing.read_text(entry)
+    if text is None:
         return entry, None
     try:
-        return entry, datetime.fromisoformat(json.loads(entry.read_text())["timestamp"])
+        return entry, datetime.fromisoformat(json.loads(text)["timestamp"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"import registry entry {entry} is unreadable ({exc}); delete it to "
-                         f"re-register {path.name}") from exc
+        raise ValueError(f"import registry entry {landing.ref(entry)} is unreadable ({exc}); "
+                         f"delete it to re-register {path.name}") from exc
 
 
-def _register_timestamp(entry: Path, path: Path, timestamp: datetime) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"timestamp": timestamp.isoformat(), "first_source": path.name}))
-    os.replace(tmp, entry)
+def _register_timestamp(landing: LandingStore, entry: str, path: Path,
+                        timestamp: datetime) -> None:
+    landing.write_text(entry, json.dumps({"timestamp": timestamp.isoformat(),
+                                          "first_source": path.name}))
 
 
-def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
+def import_to_landing(fmt: str, path: Path | str, landing_dir: LandingStore | Path | str,
                       tenant_id: str = "default",
                       import_time: datetime | None = None,
                       timestamp: datetime | None = None,
@@ -694,11 +696,14 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
     with the importer's reason (see the module docstring). Returns ``{format, source, accepted,
     quarantined, blank_lines, days: {day: records}, files: [paths], ingest_outlook}``
     (``ingest_outlook``: what ingest will do with the accepted records, given the other landing
-    files of their days and the ``warehouse`` DuckDB file when given)."""
+    files of their days and the ``warehouse`` DuckDB file when given). ``landing_dir``: a
+    folder, an ``s3://`` URL or an ``ml.landing_store.LandingStore``; ``files`` are refs (paths
+    in a folder, ``s3://bucket/key`` on object storage)."""
     import_time = import_time or _now()
+    landing = open_landing(landing_dir)
     registry_entry = None
     if timestamp is None and fmt != "native":
-        registry_entry, timestamp = _registered_timestamp(Path(landing_dir), _check_path(path))
+        registry_entry, timestamp = _registered_timestamp(landing, _check_path(path))
         if timestamp is None:
             timestamp = file_timestamp(path)
         else:
@@ -710,7 +715,7 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
         by_day.setdefault(day, []).append(rec)
     files: list[str] = []
     for day in sorted(by_day):
-        files.append(str(write_landing_file(Path(landing_dir), day, source, by_day[day])))
+        files += landing.write(source, {day: encode_lines(by_day[day])})
     if result._rejected_items:
         lines = []
         for item in result._rejected_items:
@@ -721,11 +726,10 @@ def import_to_landing(fmt: str, path: Path | str, landing_dir: Path | str,
             else:
                 lines.append(item.raw)
         today = import_time.astimezone(UTC).date()
-        files.append(str(write_landing_file(Path(landing_dir), today, f"{source}-rejected",
-                                            lines)))
+        files += landing.write(f"{source}-rejected", {today: encode_lines(lines)})
     if registry_entry is not None:
-        _register_timestamp(registry_entry, Path(path), timestamp)
-    outlook = ingest_outlook(Path(landing_dir), by_day, [Path(f) for f in files], warehouse)
+        _register_timestamp(landing, registry_entry, Path(path), timestamp)
+    outlook = ingest_outlook(landing, by_day, files, warehouse)
     return {
         "format": fmt,
         "source": result.source,
@@ -747,10 +751,15 @@ class _Ident(msgspec.Struct):
 _IDENT = msgspec.json.Decoder(_Ident).decode
 
 
-def _landing_idents(path: Path) -> Iterator[tuple[tuple[str, str], str]]:
+def _landing_idents(path: Path | io.BytesIO) -> Iterator[tuple[tuple[str, str], str]]:
     """((tenant_id, interaction_id), trimmed line) of the records of a JSONL landing file
-    (gzip-compressed or not); lines without a readable id are skipped."""
-    with _open_bytes(path) as fh:
+    (gzip-compressed or not; a path, or the bytes of an object); lines without a readable id
+    are skipped."""
+    if isinstance(path, io.BytesIO):
+        fh = gzip.GzipFile(fileobj=path) if path.getvalue()[:2] == b"\x1f\x8b" else path
+    else:
+        fh = _open_bytes(path)
+    with fh:
         for raw in fh:
             try:
                 ident = _IDENT(raw)
@@ -761,8 +770,9 @@ def _landing_idents(path: Path) -> Iterator[tuple[tuple[str, str], str]]:
                     "utf-8", "replace").strip(" \t\r\n")
 
 
-def ingest_outlook(landing_dir: Path, by_day: dict[str, list[dict[str, Any]]],
-                   written: list[Path], warehouse: Path | str | None = None) -> dict[str, Any]:
+def ingest_outlook(landing_dir: LandingStore | Path | str,
+                   by_day: dict[str, list[dict[str, Any]]], written: list[Path | str],
+                   warehouse: Path | str | None = None) -> dict[str, Any]:
     """What the ingest stage will do with the records just imported (``by_day``: the accepted
     records per landing day; ``written``: the files the import wrote).
 
@@ -777,7 +787,9 @@ def ingest_outlook(landing_dir: Path, by_day: dict[str, list[dict[str, Any]]],
     out: dict[str, Any] = {"records": 0, "duplicates_in_import": {"exact": 0, "conflicting": 0},
                            "in_other_landing_files": {"exact": 0, "conflicting": 0},
                            "already_ingested": 0, "unchecked_files": 0}
-    written_set = {p.resolve() for p in written}
+    landing = open_landing(landing_dir)
+    written_set = ({str(Path(p).resolve()) for p in written} if landing.is_local
+                   else {str(p) for p in written})
     keys: set[tuple[str, str]] = set()
     in_other: set[tuple[str, str]] = set()  # keys another landing file of the day holds too
     for day, recs in by_day.items():
@@ -792,17 +804,15 @@ def ingest_outlook(landing_dir: Path, by_day: dict[str, list[dict[str, Any]]],
                 continue
             seen[key] = text
             keys.add(key)
-        folder = Path(landing_dir) / f"date={day}"
-        if not folder.is_dir():
-            continue
-        for other in sorted(folder.iterdir()):
-            if (not other.is_file() or other.name.startswith(".") or other.resolve() in written_set
-                    or other.suffix not in (".jsonl", ".parquet")):
+        for other in landing.files(day):
+            if other.ref in written_set:
                 continue
-            if other.suffix == ".parquet":
+            if other.name.endswith(".parquet"):
                 out["unchecked_files"] += 1
                 continue
-            for key, text in _landing_idents(other):
+            source = (Path(other.ref) if landing.is_local
+                      else io.BytesIO(landing.read_bytes(other.ref)))
+            for key, text in _landing_idents(source):
                 if key in seen:
                     kind = "exact" if seen[key] == text else "conflicting"
                     out["in_other_landing_files"][kind] += 1

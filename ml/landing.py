@@ -214,11 +214,15 @@ def _make_dirs_durably(folder: Path) -> None:
 def write_landing_file(landing: Path, day: date | str, source: str,
                        lines: Iterable[str | dict]) -> Path:
     """Write JSONL lines (strings are written verbatim, dicts are JSON-encoded)."""
-    body = "".join(
+    return write_landing_bytes(landing, day, source, encode_lines(lines))
+
+
+def encode_lines(lines: Iterable[str | dict]) -> bytes:
+    """JSONL bytes of ``lines`` (strings verbatim, dicts JSON-encoded), one per line."""
+    return "".join(
         (ln if isinstance(ln, str) else json.dumps(ln, ensure_ascii=False)).rstrip("\n") + "\n"
         for ln in lines
-    )
-    return write_landing_bytes(landing, day, source, body.encode("utf-8"))
+    ).encode("utf-8")
 
 
 EMPTY_FINGERPRINT = hashlib.sha256().hexdigest()[:16]

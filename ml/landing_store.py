@@ -322,10 +322,11 @@ def parse_url(url: str, variable: str = URL_VARIABLE) -> tuple[str, str]:
     text = url.strip()
     parts = urlsplit(text)
     if parts.scheme.lower() not in SCHEMES:
+        scheme = f"{parts.scheme}://" if parts.scheme else "(none)"
         raise LandingConfigError(
-            f"{variable}={text!r}: unsupported scheme {parts.scheme + '://' if parts.scheme else '(none)'}"
-            f"; expected s3://BUCKET/PREFIX (any S3-compatible store: set AWS_ENDPOINT_URL), or "
-            f"use LEARNLOOP_LANDING_DIR for a folder")
+            f"{variable}={text!r}: unsupported scheme {scheme}; expected s3://BUCKET/PREFIX "
+            f"(any S3-compatible store: set AWS_ENDPOINT_URL), or use LEARNLOOP_LANDING_DIR "
+            f"for a folder")
     bucket = parts.netloc
     if not bucket:
         raise LandingConfigError(f"{variable}={text!r} names no bucket: expected "

@@ -97,13 +97,13 @@ def import_cmd(fmt: str, path: Path, tenant: str, timestamp, as_json: bool) -> N
     settings = _settings()
     if timestamp is not None and timestamp.tzinfo is None:
         timestamp = timestamp.replace(tzinfo=UTC)
-    summary = import_to_landing(fmt, path, settings.landing, tenant, timestamp=timestamp,
+    summary = import_to_landing(fmt, path, settings.landing_store, tenant, timestamp=timestamp,
                                 warehouse=settings.warehouse_target)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     click.echo(f"{path.name}: {summary['accepted']:,} accepted, "
-               f"{summary['quarantined']:,} quarantined -> {settings.landing}")
+               f"{summary['quarantined']:,} quarantined -> {settings.landing_store}")
     for f in summary.get("files", []):
         click.echo(f"  wrote {f}")
     click.echo(format_outlook(summary["ingest_outlook"]))
@@ -192,11 +192,11 @@ def run(dates: tuple[str, ...], since: str | None, until: str | None, force: boo
     settings = _migrated_settings()
     days = list(dates) or None
     if since or until:
-        days = landing_days_between(settings.landing, since, until)
+        days = landing_days_between(settings.landing_store, since, until)
         if not days:
             raise click.ClickException(
                 f"no landing day from {since or 'the first day'} to {until or 'the last day'} "
-                f"in {settings.landing}: nothing to ingest")
+                f"in {settings.landing_store}: nothing to ingest")
     if not _run_guarded(settings, days, force=force):
         sys.exit(1)
 
@@ -256,17 +256,18 @@ def _run_chain(settings: Settings, days: list[str] | None, force: bool = False,
     from orchestration.sensors import days_to_ingest
 
     instance = runner.instance_for(settings)
-    n_bad = report_bad_folders(settings.landing)
-    if not landing.list_partitions(settings.landing) and not days:
+    landing_zone = settings.landing_store  # a folder or a bucket prefix
+    n_bad = report_bad_folders(landing_zone)
+    if not landing.list_partitions(landing_zone) and not days:
         if n_bad:  # only folders that are not days: something to fix, not success
-            click.echo(f"no valid landing day in {settings.landing} ({n_bad} invalid folder(s) "
+            click.echo(f"no valid landing day in {landing_zone} ({n_bad} invalid folder(s) "
                        f"skipped): nothing to ingest", err=True)
             return False
         # nothing has failed: an empty landing zone is a quiet day, exit status 0
-        click.echo(f"the landing zone {settings.landing} is empty: nothing to ingest", err=True)
+        click.echo(f"the landing zone {landing_zone} is empty: nothing to ingest", err=True)
         return True
     if days is None:
-        changed, every = days_to_ingest(instance, settings.landing)
+        changed, every = days_to_ingest(instance, landing_zone)
         days = sorted(every) if force else changed
         skipped = len(every) - len(days)
         if skipped:

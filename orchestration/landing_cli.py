@@ -1,7 +1,8 @@
 """``learnloop landing``: retention of landing files (archiving is not deleting; ml/retention.py).
 
 * ``archive --day D | --before D``: move the day's landing files to ``$LEARNLOOP_HOME/archive/
-  date=D/`` (atomic renames); the warehouse keeps every row and ingest keeps reading them there.
+  date=D/`` (atomic renames; on a bucket, ``<landing prefix>/_archive/date=D/`` by server-side
+  copies); the warehouse keeps every row and ingest keeps reading them there.
 * ``delete --day D --reason R``: remove the day's files (landing and archive) and its rows from
   every warehouse table keyed by that day or its interactions, and from the vector store; close
   the open review items of those interactions; record who, when, why and what.
@@ -76,15 +77,15 @@ def archive(days: tuple[str, ...], before: str | None, actor: str | None, force:
     if not days and not before:
         raise click.UsageError("name the days: --day D (repeatable) or --before D")
     s = _settings()
+    # folders, or prefixes of a bucket (LEARNLOOP_LANDING_URL): server-side copies there
+    landing_zone, archive_zone = s.landing_store, s.archive_store
     chosen = [_day(d) for d in days]
     if before:
-        chosen += retention.days_before(s.landing, _day(before))
+        chosen += retention.days_before(landing_zone, _day(before))
     chosen = sorted(set(chosen))
     actor = actor or getpass.getuser()
     for day in chosen:
-        from ml.landing import list_files
-
-        files = list_files(s.landing, day)
+        files = landing_zone.files(day)
         if not files:
             click.echo(f"{day}: no landing files")
             continue
@@ -94,14 +95,16 @@ def archive(days: tuple[str, ...], before: str | None, actor: str | None, force:
             raise click.ClickException(
                 f"{day}: {len(pending)} landing file(s) were never ingested ({pending[:5]}): "
                 f"ingest the day first (`learnloop run --date {day}`), or pass --force")
-        moved = retention.archive_day(s.landing, s.archive, day)
+        moved = retention.archive_day(landing_zone, archive_zone, day)
+        size = {f.ref: f.size for f in files}  # a file that came meanwhile: ask the archive
+        size.update({str(src): archive_zone.entry(str(dst)).size for src, dst in moved
+                     if str(src) not in size})
         with session_scope(s.store) as session:
             record_retention_event(
                 session, action="archive", day=day, actor=actor, reason=None,
                 files=[str(src) for src, _ in moved],
-                counts={"files": len(moved), "bytes": sum(dst.stat().st_size
-                                                          for _, dst in moved)})
-        click.echo(f"{day}: {len(moved)} file(s) archived to {s.archive / f'date={day}'}")
+                counts={"files": len(moved), "bytes": sum(size[str(src)] for src, _ in moved)})
+        click.echo(f"{day}: {len(moved)} file(s) archived to {archive_zone.day_url(day)}")
 
 
 @landing.command(help="Delete one landing day for good: its files (landing and archive), its "
@@ -128,7 +131,8 @@ def delete(day: str, reason: str, actor: str | None, yes: bool) -> None:
         raise click.BadParameter("a deletion needs a reason", param_hint="--reason")
     s = _settings()
     actor = actor or getpass.getuser()
-    files = retention.day_files(s.landing, s.archive, day)
+    landing_zone, archive_zone = s.landing_store, s.archive_store
+    files = retention.day_entries(landing_zone, archive_zone, day)
     con = wh.connect(s.warehouse_target)
     try:
         keys = retention.day_interaction_keys(con, day)
@@ -150,7 +154,7 @@ def delete(day: str, reason: str, actor: str | None, yes: bool) -> None:
 
             counts["embeddings"] = retention.delete_day_embeddings(
                 embeddings.connect(s.lancedb), day)
-        removed = retention.delete_day_files(s.landing, s.archive, day)
+        removed = retention.delete_day_files(landing_zone, archive_zone, day)
         counts["files"] = len(removed)
         with session_scope(s.store) as session:
             record_retention_event(session, action="delete", day=day, actor=actor,

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from ml.config import Settings
-from ml.landing import STALE_TEMP_AGE_S, remove_stale_temp_files
+from ml.landing import STALE_TEMP_AGE_S
 from service import api, api_samples, collector, overview, serving, web, web_samples
 from service.config import ServiceSettings
 from service.deps import ServiceContext
@@ -177,7 +177,8 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
         upgrade(settings.store)
     # temporary files of writes that a crash interrupted (never those of a live writer: only
     # files untouched for STALE_TEMP_AGE_S go)
-    for stale in remove_stale_temp_files(settings.landing, STALE_TEMP_AGE_S):
+    landing = settings.landing_store  # a folder or a bucket prefix (LEARNLOOP_LANDING_URL)
+    for stale in landing.remove_stale_temp_files(STALE_TEMP_AGE_S):
         log.warning("removed a temporary landing file left by an interrupted write: %s", stale)
     if service.secret_key is None or not service.secret_key.get_secret_value():
         log.warning("LEARNLOOP_SECRET_KEY is not set: using a random key for this process; "
@@ -206,7 +207,7 @@ def create_app(settings: Settings | None = None, service: ServiceSettings | None
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["shortcuts"] = web.SHORTCUTS
     app.state.ctx = ServiceContext(
-        settings=settings, service=service, url=settings.store, landing=settings.landing,
+        settings=settings, service=service, url=settings.store, landing=landing,
         limiter=LoginLimiter(service.login_max_failures, service.login_window_s,
                              max_per_ip=service.login_max_failures_per_ip),
         templates=templates,

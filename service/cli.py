@@ -203,7 +203,7 @@ def serving_flush(all_pending: bool) -> None:
     click.echo(f"wrote {out['written']} served turn(s) ({scope}) to "
                f"{len(out['files'])} landing file(s)")
     for f in out["files"]:
-        click.echo(f"  {settings.landing / f}")
+        click.echo(f"  {settings.landing_store.ref(f)}")
 
 
 COMMANDS = [serve, reviewers, collector_keys, serving]

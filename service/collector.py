@@ -6,8 +6,10 @@ out-of-range number, no deep nesting); its ``tenant_id`` is set to the key's ten
 and must equal it when present. A rejected record is answered with its index and a reason naming
 the field; it never stops the others. The accepted records are encoded, then written to the
 landing zone as one unit (one file per UTC day of the records' timestamps, all days or none,
-fsynced: ``ml.landing.write_landing_files``) *before* the answer, so every record the answer calls
-accepted survives a crash right after it, and a failed write leaves nothing to pile up on retry.
+fsynced and renamed into a folder, or PUT whole under a new object name on a bucket:
+``ml.landing.write_parts``) *before* the answer, so every record the answer calls accepted
+survives a crash right after it, and a failed write leaves nothing to pile up on retry. Several
+collector processes or pods may write the same day: every file gets a name no other writer uses.
 
 Only the body is read on the event loop; decoding, validation and writing (``handle_records``)
 run in a worker process for a large body (``service.workers``: its own interpreter lock) and in a
@@ -28,7 +30,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ml.landing import timestamp_problem, write_landing_files
+from ml.landing import timestamp_problem, write_parts
+from ml.landing_store import LandingStore
 from ml.schema import RecordError, validate_record
 from service import schemas as S
 from service.deps import collector_key_scheme, get_ctx
@@ -171,7 +174,7 @@ def _error(status: int, detail: str) -> tuple[int, bytes]:
     return status, json.dumps({"detail": detail}).encode()
 
 
-def handle_records(raw: bytes, tenant_id: str, landing: Path,
+def handle_records(raw: bytes, tenant_id: str, landing: LandingStore | Path,
                    max_records: int) -> tuple[int, bytes]:
     """Decode, check and land one request's body; return the HTTP status and the JSON answer.
 
@@ -191,13 +194,13 @@ def handle_records(raw: bytes, tenant_id: str, landing: Path,
     files: list[str] = []
     if by_day:
         try:
-            # all days or none, fsync'ed and renamed into place before we answer
-            paths = write_landing_files(landing, _source_name(tenant_id), encode_days(by_day))
+            # all days or none, fsync'ed and renamed into place (a folder) or PUT whole under
+            # a new name (object storage) before we answer
+            files = write_parts(landing, _source_name(tenant_id), encode_days(by_day))
         except OSError as exc:
             log.error("landing write failed for tenant %r: %s", tenant_id, exc)
             return _error(503, "the landing zone could not be written (nothing was written); "
                                "retry later")
-        files = [str(p.relative_to(landing)) for p in paths]
     accepted = sum(r["accepted"] for r in results)
     out = S.CollectorOut(accepted=accepted, rejected=len(results) - accepted,
                          results=[S.RecordResult(**r) for r in results], files=files)

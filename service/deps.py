@@ -10,6 +10,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.templating import Jinja2Templates
 
 from ml.config import Settings
+from ml.landing_store import LandingStore
 from service.config import ServiceSettings
 from service.security import LoginLimiter, csrf_matches, new_csrf_token
 from service.workers import ProcessPool
@@ -25,7 +26,7 @@ class ServiceContext:
     settings: Settings
     service: ServiceSettings
     url: str  # operational store
-    landing: Path
+    landing: LandingStore | Path  # ml.landing_store (a folder or a bucket prefix)
     limiter: LoginLimiter
     templates: Jinja2Templates
     collector_pool: ProcessPool | None = None  # None: the collector uses worker threads only

@@ -15,7 +15,7 @@ comes back as an interaction record, so the loop closes with no other system.
 
 Every reply is kept in the operational store as a pending turn (``store.serving``) and written
 to the landing zone (the collector's writer: ``service.collector.check_records`` and
-``ml.landing.write_landing_files``, one file per tenant and UTC day, source ``served-<tenant>``)
+``ml.landing.write_parts``, one file per tenant and UTC day, source ``served-<tenant>``)
 when its session ends, when its feedback window (LEARNLOOP_SERVE_FEEDBACK_WINDOW_S) has passed
 (looked for at most every LEARNLOOP_SERVE_FLUSH_INTERVAL_S by serving requests, after they are
 answered, and by ``learnloop serving flush``), so ``learnloop run`` ingests them like any log.
@@ -49,7 +49,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ml.config import Settings
 from ml.deploy.routing import assign_arm, experiment_key
-from ml.landing import write_landing_files
+from ml.landing import write_parts
+from ml.landing_store import LandingStore
 from ml.schema import MAX_TEXT, Feedback, HumanCorrection, RecordError, Signals, validate_record
 from service import schemas as S
 from service.collector import _source_name, check_records, encode_days
@@ -709,7 +710,8 @@ async def end_session(session_id: str, request: Request, background: BackgroundT
 
 
 # ---- writing turns to the landing zone ---------------------------------------------------------
-def write_turns(landing: Path, tenant_id: str, records: list[dict]) -> dict[str, str]:
+def write_turns(landing: LandingStore | Path, tenant_id: str,
+                records: list[dict]) -> dict[str, str]:
     """Write one tenant's records with the collector's writer (its checks, its encoding, one
     fsynced file per UTC day, all days or none); returns interaction_id -> landing file
     (relative to ``landing``). A record the collector would refuse raises RuntimeError naming
@@ -719,16 +721,16 @@ def write_turns(landing: Path, tenant_id: str, records: list[dict]) -> dict[str,
     if refused:
         raise RuntimeError(f"served turn {refused[0]['interaction_id']!r} of tenant "
                            f"{tenant_id!r} cannot be written: {refused[0]['reason']}")
-    parts = encode_days(by_day)  # sorted by day, as write_landing_files returns the paths
-    paths = write_landing_files(landing, _source_name(tenant_id, "served"), parts)
+    parts = encode_days(by_day)  # sorted by day, as write_parts returns the files
+    files = write_parts(landing, _source_name(tenant_id, "served"), parts)
     out: dict[str, str] = {}
-    for day, path in zip(parts, paths, strict=True):
+    for day, file in zip(parts, files, strict=True):
         for rec in by_day[day]:
-            out[rec["interaction_id"]] = str(path.relative_to(landing))
+            out[rec["interaction_id"]] = file
     return out
 
 
-def flush_turns(url: str, landing: Path, *, older_than: datetime | None,
+def flush_turns(url: str, landing: LandingStore | Path, *, older_than: datetime | None,
                 session_id: str | None = None, tenant_id: str | None = None,
                 batch: int = store_sv.DEFAULT_FLUSH_LIMIT) -> dict[str, Any]:
     """Write pending turns (created before ``older_than``; None: all; of one session with
@@ -770,6 +772,6 @@ def flush_pending(settings: Settings | None = None, *, all_pending: bool,
     service = service or ServiceSettings()
     older_than = None if all_pending else datetime.now(UTC) - timedelta(
         seconds=service.serve_feedback_window_s)
-    out = flush_turns(settings.store, settings.landing, older_than=older_than)
+    out = flush_turns(settings.store, settings.landing_store, older_than=older_than)
     out["older_than"] = older_than.isoformat(timespec="seconds") if older_than else None
     return out

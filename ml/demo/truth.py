@@ -10,6 +10,7 @@ are reviewers' decisions, and agreement is ``ml.audit.metrics.cohen_kappa``.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def read_truth(path: Path | str) -> pl.DataFrame:
     """``truth.jsonl`` as (interaction_id, mistake, intent, answer); a bad line raises naming its
     number. Files written before ``intent`` and ``answer`` were recorded read with those null."""
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
+    with _open_text(path) as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -56,6 +57,20 @@ def read_truth(path: Path | str) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=TRUTH_SCHEMA)
 
 
+def _is_url(location: object) -> bool:
+    return isinstance(location, str) and "://" in location
+
+
+def _open_text(path: Path | str):
+    """A local file, or an object of an ``s3://`` landing zone (read whole: a demo file)."""
+    if not _is_url(path):
+        return open(path, encoding="utf-8")  # noqa: SIM115 - the caller's with closes it
+    from ml.landing_store import open_landing
+
+    root = str(path).rsplit("/", 1)[0]
+    return io.StringIO(open_landing(root).read_bytes(str(path)).decode("utf-8"))
+
+
 def read_truth_files(landing_root: Path | str) -> pl.DataFrame:
     """Every ``truth.jsonl`` under ``landing_root`` in one frame, one row per interaction (a later
     file wins); empty when there are none (real data)."""
@@ -66,8 +81,13 @@ def read_truth_files(landing_root: Path | str) -> pl.DataFrame:
                                                              maintain_order=True)
 
 
-def find_truth_files(landing_root: Path | str) -> list[Path]:
-    """Every ``truth.jsonl`` under the landing root (demo data only)."""
+def find_truth_files(landing_root: Path | str) -> list[Path | str]:
+    """Every ``truth.jsonl`` under the landing root (demo data only): paths in a folder, refs
+    (``s3://bucket/key``) in an ``s3://`` landing zone (``ml.landing_store``)."""
+    if _is_url(landing_root):
+        from ml.landing_store import open_landing
+
+        return open_landing(landing_root).find("truth.jsonl")
     root = Path(landing_root)
     return sorted(root.rglob("truth.jsonl")) if root.exists() else []
 
