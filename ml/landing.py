@@ -15,8 +15,8 @@ than a grace period.
 The landing zone may also be a prefix of an S3-compatible bucket (``LEARNLOOP_LANDING_URL``):
 ``ml.landing_store`` holds both kinds behind one interface. The functions that read the days
 (``scan_partitions``, ``list_partitions``, ``day_fingerprints``, ``describe_bad_folder``) and
-``write_parts`` take either kind (a folder, an ``s3://`` URL or a store); the others work on a
-folder.
+``write_parts`` take a folder or a store (``ml.landing_store.LandingStore``, either kind); the
+others work on a folder.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def scan_partitions(landing, today: date | None = None
     12-31`` (before ``FIRST_DAY``), a day more than ``MAX_FUTURE_DAYS`` ahead or any other folder
     name is reported and skipped; the other days go on. Hidden folders (``.name``) and the
     importers' registry (``_imports``) are not day folders and not reported."""
-    if not isinstance(landing, (str, os.PathLike)) or _is_url(landing):
-        return _store(landing).scan_days(today)
+    if _is_store(landing):
+        return landing.scan_days(today)
     landing = Path(landing)
     if not landing.exists():
         return [], []
@@ -124,16 +124,13 @@ def scan_partitions(landing, today: date | None = None
 
 def describe_bad_folder(landing, bad: BadDayFolder) -> str:
     """One line for an operator: which folder, why, what happens."""
-    where = (f"{_store(landing).url}/{bad.folder}"
-             if not isinstance(landing, (str, os.PathLike)) or _is_url(landing)
-             else Path(landing) / bad.folder)
+    where = f"{landing.url}/{bad.folder}" if _is_store(landing) else Path(landing) / bad.folder
     return (f"landing folder {where} skipped: {bad.reason}; rename it to "
             f"date=YYYY-MM-DD (a real day) or move it out of the landing zone")
 
 
 def partition_dir(landing: Path, day: date | str) -> Path:
-    if _is_url(landing):  # never a local folder called "s3:"
-        raise TypeError(f"{landing} is not a folder: use ml.landing_store.open_landing")
+    _is_store(landing)  # a URL is refused: never a local folder called "s3:"
     day_s = day if isinstance(day, str) else day.isoformat()
     date.fromisoformat(day_s)  # validates
     return Path(landing) / f"date={day_s}"
@@ -240,9 +237,9 @@ def fingerprint(paths: Iterable[Path]) -> str:
 
 def day_fingerprints(landing, days: Iterable[str] | None = None) -> dict[str, str]:
     """day -> ``fingerprint`` of its finished files, for ``days`` (default: every valid day
-    folder, ``list_partitions``). ``landing``: a folder, an ``s3://`` URL or a store."""
-    if not isinstance(landing, (str, os.PathLike)) or _is_url(landing):
-        return _store(landing).fingerprints(days)
+    folder, ``list_partitions``). ``landing``: a folder or a store."""
+    if _is_store(landing):
+        return landing.fingerprints(days)
     days = list_partitions(landing) if days is None else days
     return {day: fingerprint(list_files(landing, day)) for day in days}
 
@@ -292,20 +289,22 @@ def remove_stale_temp_files(landing: Path, older_than_s: float = STALE_TEMP_AGE_
     return removed
 
 
-def _is_url(landing: object) -> bool:
-    return isinstance(landing, str) and "://" in landing
-
-
-def _store(landing):
-    from ml.landing_store import open_landing  # noqa: PLC0415 - it imports this module
-
-    return open_landing(landing)
+def _is_store(landing: object) -> bool:
+    """Whether ``landing`` is a store (``ml.landing_store.LandingStore``, by its methods: this
+    module is below that one) rather than a folder; a URL string is refused with a TypeError
+    (open it with ``ml.landing_store.open_landing``)."""
+    if isinstance(landing, str) and "://" in landing:
+        raise TypeError(f"{landing} is not a folder: open it with "
+                        f"ml.landing_store.open_landing")
+    return not isinstance(landing, (str, os.PathLike)) and hasattr(landing, "scan_days")
 
 
 def write_parts(landing, source: str, parts: Mapping[date | str, bytes],
                 suffix: str = ".jsonl") -> list[str]:
-    """``write_landing_files`` on any landing zone (a folder, an ``s3://`` URL or a store):
+    """``write_landing_files`` on any landing zone (a folder or a store: a bucket prefix too):
     one file per day as one unit; returns each file's name relative to the landing zone
     (``date=D/<name>``), in the order of ``parts``."""
-    store = _store(landing)
-    return [store.relative(ref) for ref in store.write(source, parts, suffix)]
+    if _is_store(landing):
+        return [landing.relative(ref) for ref in landing.write(source, parts, suffix)]
+    return [str(p.relative_to(landing)) for p in write_landing_files(landing, source, parts,
+                                                                      suffix)]
