@@ -389,7 +389,8 @@ def test_every_learnloop_setting_in_the_configmap_is_one_learnloop_reads(monkeyp
         monkeypatch.setenv(name, value)
     settings = Settings()
     assert settings.lancedb == "s3://learnloop-data/lancedb"
-    assert str(settings.landing) == "/mnt/learnloop-data/landing"
+    assert settings.landing_store.url == "s3://learnloop-data/landing"
+    assert settings.archive_store.url == "s3://learnloop-data/landing/_archive"
     assert settings.mlflow_uri.startswith("http://mlflow.")
 
 
