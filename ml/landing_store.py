@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
@@ -382,6 +383,34 @@ class _Body:
         self.close()
 
 
+_CLIENT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+_clients: dict[tuple[int, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def s3_client():
+    """A boto3 S3 client for the AWS_* variables of the environment, one per process and
+    configuration (making one costs tens of ms: the collector's worker processes and the
+    sensor's ticks reuse it; boto3 clients are thread-safe)."""
+    env = hashlib.sha256(repr([os.environ.get(k) for k in _CLIENT_ENV]).encode()).hexdigest()
+    key = (os.getpid(), env)
+    with _clients_lock:
+        if key not in _clients:
+            import boto3
+            from botocore.config import Config
+
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            options: dict[str, Any] = {"retries": {"mode": "standard", "max_attempts": 5}}
+            if endpoint:  # an S3-compatible store (MinIO, Ceph, R2): path-style URLs, and the
+                # checksums only where the API requires them (not every store knows the new ones)
+                options.update(s3={"addressing_style": "path"},
+                               request_checksum_calculation="when_required",
+                               response_checksum_validation="when_required")
+            _clients[key] = boto3.session.Session().client("s3", config=Config(**options))
+        return _clients[key]
+
+
 class ObjectLandingStore(LandingStore):
     """The landing zone (or archive) under ``s3://bucket/prefix`` of an S3-compatible store."""
 
@@ -416,17 +445,7 @@ class ObjectLandingStore(LandingStore):
     @property
     def client(self):
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            options: dict[str, Any] = {"retries": {"mode": "standard", "max_attempts": 5}}
-            if endpoint:  # an S3-compatible store (MinIO, Ceph, R2): path-style URLs, and the
-                # checksums only where the API requires them (not every store knows the new ones)
-                options.update(s3={"addressing_style": "path"},
-                               request_checksum_calculation="when_required",
-                               response_checksum_validation="when_required")
-            self._client = boto3.session.Session().client("s3", config=Config(**options))
+            self._client = s3_client()
         return self._client
 
     def _key(self, relative: str) -> str:
@@ -454,6 +473,10 @@ class ObjectLandingStore(LandingStore):
                 return LandingStoreError(
                     f"{self.variable}: the bucket {self.bucket!r} does not exist at "
                     f"{self.client.meta.endpoint_url} ({what}); create it or fix the URL")
+            if code == "PreconditionFailed":
+                return LandingStoreError(
+                    f"{what} on {self.url} failed: PreconditionFailed (an object of that name "
+                    f"exists, written by another writer: it was not overwritten)")
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
                 return LandingStoreError(
                     f"{self.variable}: {what} on {self.url} was refused ({code}): check "
@@ -580,10 +603,13 @@ class ObjectLandingStore(LandingStore):
             for key, data in zip(keys, parts.values(), strict=True):
                 self._put_new(key, data)
                 written.append(key)
-        except BaseException:
+        except BaseException as exc:
             for key in written:  # all days or none
-                self._call(f"removing {key}", self.client.delete_object, Bucket=self.bucket,
-                           Key=key)
+                try:
+                    self._call(f"removing {key}", self.client.delete_object,
+                               Bucket=self.bucket, Key=key)
+                except LandingStoreError as undo:  # the write's own error is the one raised
+                    exc.add_note(f"and {key} of this unit could not be removed: {undo}")
             raise
         return [self._ref_of_key(k) for k in keys]
 

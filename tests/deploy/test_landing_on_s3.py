@@ -7,9 +7,12 @@ delete work on the bucket, and a bad configuration is refused with a named error
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import tempfile
 import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import boto3
@@ -149,28 +152,40 @@ def test_the_collector_writes_objects_from_threads_and_worker_processes(bucket, 
     assert got == {f"int-{i}" for i in range(1, 41)}
 
 
-def test_concurrent_writers_of_one_day_lose_nothing(bucket):
-    """Eight writers (each its own client, as collector pods are) write the same day at once,
-    in the same second: every object is kept, and a second PUT of a name is refused."""
-    writers, rounds = 8, 6
+def _write_rounds(writers: list[int], rounds: int, start_at: float) -> None:
+    """One process's writers (threads, sharing the process's client), each writing ``rounds``
+    objects of DAY, all starting at ``start_at`` (time.time())."""
+    store = ObjectLandingStore.from_url(URL)
     errors: list[BaseException] = []
-    start = threading.Barrier(writers)
 
     def write(w: int) -> None:
-        store = ObjectLandingStore.from_url(URL)
         try:
-            start.wait()
+            time.sleep(max(0.0, start_at - time.time()))
             for r in range(rounds):
                 store.write("collector-acme", {DAY: jsonl(rec(w * 100 + r))})
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test below
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the process's result
             errors.append(exc)
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    threads = [threading.Thread(target=write, args=(w,)) for w in writers]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors, errors
+    if errors:
+        raise errors[0]
+
+
+def test_concurrent_writers_of_one_day_lose_nothing(bucket):
+    """Eight writers in two processes (as collector pods are: each process its own client)
+    write the same day at once, in the same second: every object is kept, and a second PUT of a
+    name is refused."""
+    writers, rounds = 8, 6
+    start_at = time.time() + 8  # both processes are up by then (spawn imports this module)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = [pool.submit(_write_rounds, list(range(p, writers, 2)), rounds, start_at)
+                for p in range(2)]
+        for f in done:
+            f.result()
     store = open_landing(URL)
     entries = store.files(DAY)
     assert len(entries) == writers * rounds
