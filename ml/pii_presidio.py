@@ -86,8 +86,8 @@ def _inside_identifier(text: str, s: int, e: int) -> bool:
                                                  and after[1].isalnum())))
 
 
-# a range of years, "(1995-2019)", "(2048-2104)": phonenumbers reads it as a phone number; the
-# second year must come after the first (a phone number's halves rarely do, by less than 300)
+# a range of years, "(1995-2019)", "(2048-2104)": phonenumbers reads it as a phone number; in
+# parentheses either order, else the second year must come after the first, by less than 300
 _YEAR = r"(?:1[5-9]|2[01])\d\d"
 _YEAR_RANGE = re.compile(rf"\(?({_YEAR})\)?\s*[-\u2013]\s*\(?({_YEAR})(?!\d)")
 # groups of 4 digits that are all years, "1985 1923 1950 1948": a list of years, not a card
@@ -101,7 +101,11 @@ _RATIO_RANGE = re.compile(r"\d{2,3}/\d{2,3}\s*[-\u2013]\s*\d{2,3}/\d{2,3}")
 
 def _year_range_at(text: str, s: int) -> bool:
     m = _YEAR_RANGE.match(text, s)
-    return bool(m) and 0 < int(m.group(2)) - int(m.group(1)) < 300
+    if not m:
+        return False
+    enclosed = (text[s - 1:s] == "(" or m.group(0).startswith("(")) and (
+        m.group(0).endswith(")") or text[m.end():m.end() + 1] == ")")
+    return enclosed or 0 < int(m.group(2)) - int(m.group(1)) < 300
 
 
 def _years_only(match: str) -> bool:
