@@ -10,6 +10,14 @@ count: after ``max_attempts`` of those it is *given up* (reported, no longer ret
 schedule). A failure during an outage (5xx, 429, timeout, breaker open, auth) is recorded with its
 reason and retried on every run, never counted.
 
+Both assets are partitioned by landing day (``assets.partitions.landing_date_partitions``, as
+``interactions``): a run with a partition key selects and audits the interactions of that day only,
+so the days of a backlog run side by side (one run each, ``audit_day_job``, requested by
+``orchestration.sensors.audit_days_sensor``; several at once where the warehouse takes concurrent
+writers: a DuckLake). A run over a range of days works on all of them: ``learnloop run``,
+``learnloop audit`` and the demo run ``audit_job`` / ``manual_audit_job`` over the range of the
+warehouse's landing days (``orchestration.runner.run_job``); in the UI, pick the days.
+
 ``audit_candidates`` tags its rows with the run that selected them and ``audited_errors`` reads only
 its own run's rows, so overlapping runs (the hourly job between the two steps of a manual audit)
 never audit each other's selection. ``audited_errors`` saves its results in batches
@@ -19,12 +27,13 @@ survive a crash of the run.
 The jobs and schedules of this stage are in ``orchestration/jobs.py``.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import polars as pl
 
 from assets.catalog import catalog, problems_result, with_metadata
+from assets.partitions import landing_date_partitions
 from assets.resources import (
     WAREHOUSE_POOL,
     LandingZoneResource,
@@ -106,6 +115,25 @@ def selection_run_id(context: dg.AssetExecutionContext) -> str:
     return run.root_run_id or run.run_id
 
 
+def landing_days(context: dg.AssetExecutionContext) -> tuple[date, date] | None:
+    """The first and last landing day of the run: its partition key (a day's run), or its
+    partition range (a run of several days: ``orchestration.runner.run_job`` gives a run of
+    ``audit_job`` without a key the range of the warehouse's days); None without either."""
+    if context.has_partition_key:
+        day = date.fromisoformat(context.partition_key)
+        return day, day
+    if context.has_partition_key_range:
+        r = context.partition_key_range
+        return date.fromisoformat(r.start), date.fromisoformat(r.end)
+    return None
+
+
+def _days_text(days: tuple[date, date] | None) -> str:
+    if days is None:
+        return "all"
+    return days[0].isoformat() if days[0] == days[1] else f"{days[0]}..{days[1]}"
+
+
 def _materialized_in_run(context: dg.AssetExecutionContext, run_id: str) -> bool:
     """Whether ``audit_candidates`` was materialized in run ``run_id`` (this instance's log)."""
     key = dg.AssetKey("audit_candidates")
@@ -120,13 +148,15 @@ def _materialized_in_run(context: dg.AssetExecutionContext, run_id: str) -> bool
 # ---- assets -----------------------------------------------------------------------------------------
 @dg.asset(
     deps=["interactions", "interaction_quality"],
+    partitions_def=landing_date_partitions,
     **catalog("audit_candidates", "audit"),
     kinds={"duckdb", "polars"},
     pool=WAREHOUSE_POOL,
     description="Interactions to audit: negative feedback, handoffs, low quality, human "
                 "corrections, a seeded calibration sample of the rest, failed attempts to retry "
                 "(or the interactions a manual run names). Excludes what the same auditor and "
-                "prompt version already audited.",
+                "prompt version already audited. Partitioned by landing day: a run with a "
+                "partition key selects that day's interactions only, one without every day's.",
 )
 def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesConfig,
                      warehouse: WarehouseResource,
@@ -153,9 +183,10 @@ def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesC
     run_key = selection_run_id(context)
     now = datetime.now(UTC).replace(tzinfo=None)
     selection = selection_fingerprint(auditor.name, auditor.prompt_version, cfg)
+    days = landing_days(context)
     with warehouse.get_connection() as con:
-        if cfg.manual:  # what the run names, wherever it is in the history
-            pool = tables.read_interactions_for_selection(con)
+        if cfg.manual:  # what the run names, wherever it is in the history (or in its day)
+            pool = tables.read_interactions_for_selection(con, days)
             prelim = select_candidates(pool, failed, auditor=auditor.name,
                                        prompt_version=auditor.prompt_version, config=cfg,
                                        session_aliases=aliases, now=now, run_id=run_key)
@@ -166,7 +197,7 @@ def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesC
         else:  # only new work: no verdict yet, not passed over with the same inputs
             pool = tables.read_selection_pool(
                 con, auditor=auditor.name, prompt_version=auditor.prompt_version,
-                selection=selection, retry_keys=audit_run.keys_of(failed))
+                selection=selection, retry_keys=audit_run.keys_of(failed), days=days)
             attempts = failed
         candidates = select_candidates(pool, attempts, auditor=auditor.name,
                                        prompt_version=auditor.prompt_version, config=cfg,
@@ -180,8 +211,9 @@ def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesC
                                                  failed.select(audit_run.KEY)]), now=now)
     counts = reason_counts(candidates)
     abandoned = given_up(failed, cfg.max_attempts)  # only failed rows can be given up
-    context.log.info(f"{candidates.height} candidates of {pool.height} interactions for "
-                     f"{auditor.name} {auditor.prompt_version} (run {run_key})")
+    context.log.info(f"{candidates.height} candidates of {pool.height} interactions of "
+                     f"{_days_text(days)} for {auditor.name} {auditor.prompt_version} "
+                     f"(run {run_key})")
     if abandoned:
         context.log.warning(
             f"{len(abandoned)} interactions failed {cfg.max_attempts} audits and are given up "
@@ -194,6 +226,7 @@ def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesC
         "candidate_rate": round(candidates.height / pool.height, 4) if pool.height else 0.0,
         "already_audited_ok": n_ok,
         "manual": cfg.manual,
+        "landing_days": _days_text(days),
         "auditor": auditor.name,
         "prompt_version": auditor.prompt_version,
         "calibration_rate": config.calibration_rate,
@@ -207,13 +240,15 @@ def audit_candidates(context: dg.AssetExecutionContext, config: AuditCandidatesC
 
 @dg.asset(
     deps=["audit_candidates", "interaction_embeddings"],
+    partitions_def=landing_date_partitions,
     **catalog("audited_errors", "audit"),
     kinds={"duckdb", "sqlite", "polars"},
     pool=WAREHOUSE_POOL,
     description="The Auditor's verdicts (category, severity, confidence, explanation, auditor, "
                 "prompt version) in the warehouse; errors become `error` review items, and a "
                 "share of clean calibration verdicts becomes a \"no error found\" item. Audits "
-                "only the candidates its own run selected; saves results every batch_size items.",
+                "only the candidates its own run selected (a partitioned run: its day's); saves "
+                "results every batch_size items.",
 )
 def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfig,
                    warehouse: WarehouseResource, store: OperationalStoreResource,
@@ -225,6 +260,7 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
         raise ConfigError(f"audited_errors.clean_review_rate must be in [0, 1], "
                           f"got {config.clean_review_rate}")
     auditor = auditor_from_env(config.auditor)
+    days = landing_days(context)
     run_key = config.candidates_run_id.strip() or selection_run_id(context)
     # one warehouse connection for the run (dagster-duckdb's connect and close cost more than a
     # batch of the offline auditor); an LLM auditor's run, bound by provider calls, opens one per
@@ -322,6 +358,7 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
         "candidates": cands.height,
         "selected_by_run": selected,
         "selection_run_id": run_key,
+        "landing_days": _days_text(days),
         "audited": totals.audited,
         "errors": totals.errors,
         "error_rate": totals.error_rate,

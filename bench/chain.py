@@ -79,7 +79,8 @@ def run_stage(stage: str, day: str) -> int:
         job = defs.resolve_job_def("audit_job")
         log.parent.mkdir(parents=True, exist_ok=True)
         result = job.execute_in_process(instance=instance, raise_on_error=False,
-                                        asset_selection=[dg.AssetKey(k) for k in keys])
+                                        asset_selection=[dg.AssetKey(k) for k in keys],
+                                        tags=runner.all_days_tags(settings))
         runner.write_run_output(instance, result.run_id, log)
     else:
         job_name = {"teach": "teaching_job", "analytics": "analytics_job"}[stage]

@@ -86,8 +86,30 @@ def _inside_identifier(text: str, s: int, e: int) -> bool:
                                                  and after[1].isalnum())))
 
 
-# a range of years, "(1995-2019)": phonenumbers reads it as a phone number
-_YEAR_RANGE = re.compile(r"\(?(?:1[5-9]|20)\d\d\)?\s*[-\u2013]\s*\(?(?:1[5-9]|20)\d\d(?!\d)")
+# a range of years, "(1995-2019)", "(2048-2104)": phonenumbers reads it as a phone number; in
+# parentheses either order, else the second year must come after the first, by less than 300
+_YEAR = r"(?:1[5-9]|2[01])\d\d"
+_YEAR_RANGE = re.compile(rf"\(?({_YEAR})\)?\s*[-\u2013]\s*\(?({_YEAR})(?!\d)")
+# groups of 4 digits that are all years, "1985 1923 1950 1948": a list of years, not a card
+# number even when the 16 digits pass Luhn (Presidio's card pattern takes 1xxx, no issuer's)
+_YEAR_LIST = re.compile(rf"{_YEAR}(?:[\s,;/-]+{_YEAR})+")
+
+
+# a range of two ratios, "120/80-140/90" (blood pressure): phonenumbers reads it as a phone number
+_RATIO_RANGE = re.compile(r"\d{2,3}/\d{2,3}\s*[-\u2013]\s*\d{2,3}/\d{2,3}")
+
+
+def _year_range_at(text: str, s: int) -> bool:
+    m = _YEAR_RANGE.match(text, s)
+    if not m:
+        return False
+    enclosed = (text[s - 1:s] == "(" or m.group(0).startswith("(")) and (
+        m.group(0).endswith(")") or text[m.end():m.end() + 1] == ")")
+    return enclosed or 0 < int(m.group(2)) - int(m.group(1)) < 300
+
+
+def _years_only(match: str) -> bool:
+    return bool(_YEAR_LIST.fullmatch(match.strip()))
 # below this score a Presidio pattern is a bare shape with no evidence (a 9-digit number as an
 # SSN, a bank account or a passport: 0.05): real text is full of such numbers
 MIN_SCORE = 0.1
@@ -98,7 +120,9 @@ def presidio_findings(text: str) -> list[tuple[str, str]]:
     ``[EMAIL]`` hold nothing it matches). Left out, so the blocking check does not stop on what
     real chat is full of: ``phonenumbers`` is lenient, so phone hits with fewer than 8 digits,
     inside a longer identifier (order ``ES-1689455``, a UUID's first group) or that are a range of
-    years ("(1995-2019) 11") or inside a URL (``qid=1420904010``) are dropped; findings scored
+    years ("(1995-2019) 11") or of ratios ("120/80-140/90") or inside a URL
+    (``qid=1420904010``) are dropped, and so are card hits that are a list of years ("1985 1923
+    1950 1948" passes Luhn); findings scored
     below ``MIN_SCORE`` (a bare 9-digit number as an SSN); credential-looking tokens that are
     part of a URL (a path such as
     ``/dp/B46B58OYIWE/ref=sr_55_19``: a path is not a credential; a token in a query string,
@@ -115,8 +139,11 @@ def presidio_findings(text: str) -> list[tuple[str, str]]:
         s, e, t = r.start, r.end, ENTITIES[r.entity_type]
         if t == "PHONE" and (sum(c.isdigit() for c in text[s:e]) < 8
                              or _inside_identifier(text, s, e)
-                             or _YEAR_RANGE.match(text, s)
+                             or _year_range_at(text, s)
+                             or _RATIO_RANGE.fullmatch(text[s:e].strip())
                              or any(us <= s and e <= ue for us, ue in urls)):
+            continue
+        if t == "CREDIT_CARD" and _years_only(text[s:e]):
             continue
         if t == "SECRET" and "/" in text[s:e] and any(us <= s and e <= ue + 1 for us, ue in urls):
             continue

@@ -68,6 +68,24 @@ def exists(target: Target) -> bool:
     return Path(target).exists()
 
 
+def landing_day_range(target: Target) -> tuple[str, str] | None:
+    """("YYYY-MM-DD", "YYYY-MM-DD"): the first and last landing day of the interactions in the
+    warehouse ``target`` (read-only), None when it holds none yet."""
+    if not exists(target):
+        return None
+    con = connect(target, read_only=True)
+    try:
+        if not con.execute("SELECT count(*) FROM information_schema.tables "
+                           "WHERE table_name = 'interactions'").fetchone()[0]:
+            return None
+        first, last = con.execute(
+            "SELECT strftime(min(partition_date), '%Y-%m-%d'), "
+            "strftime(max(partition_date), '%Y-%m-%d') FROM interactions").fetchone()
+    finally:
+        con.close()
+    return (first, last) if first is not None else None
+
+
 def describe(target: Target) -> str:
     """The warehouse for messages and metadata (a lake's password redacted)."""
     return str(target)
@@ -122,6 +140,18 @@ def ensure_table(con: duckdb.DuckDBPyConnection, name: str,
     columns by position."""
     columns = columns or registered(name).types
     retry_conflicts(lambda: _ensure_table(con, name, columns), f"creating table {name!r}")
+
+
+def ensure_readable(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """For a reader (a read-only connection): when table ``name`` does not exist yet, an empty
+    TEMP table of its registered layout stands in for it, so a query reads no rows from it
+    instead of failing; nothing is written to the warehouse."""
+    if not con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND "
+            "table_schema = current_schema() AND table_catalog = current_database()",
+            [name]).fetchone()[0]:
+        cols = ", ".join(f'"{c}" {t}' for c, t in registered(name).types.items())
+        con.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{name}" ({cols})')
 
 
 def _ensure_table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, str]) -> None:

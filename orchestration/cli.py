@@ -324,7 +324,7 @@ def run_jobs(settings: Settings, defs, instance, jobs: list[str], guard=None,
         report = runner.job_report(res)
         tail = f"; {report.retries}" if report.retries else ""
         if report.ok:
-            done = len(res.get_asset_materialization_events())
+            done = len(runner.asset_materializations(res))
             click.echo(f"ok: {done} materializations in {took:.1f} s{tail} (output: {output})")
             for line in report.warnings:
                 click.echo(f"  {line}")
@@ -376,8 +376,7 @@ def audit(interaction_ids, session_ids, since: str, until: str, auditor: str) ->
     if result is None or guard.interrupted:
         click.echo(f"interrupted: manual audit run {guard.current_run_id or '-'} stopped", err=True)
         sys.exit(130)
-    for event in result.get_asset_materialization_events():
-        mat = event.materialization
+    for mat in runner.asset_materializations(result):
         click.echo(describe_audit_materialization(mat.asset_key.to_user_string(),
                                                   {k: v.value for k, v in mat.metadata.items()}))
     report = runner.job_report(result)

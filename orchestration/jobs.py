@@ -66,7 +66,25 @@ audit_job = dg.define_asset_job(
     tags=_workload("llm"),
     selection=dg.AssetSelection.assets("interaction_embeddings", "audit_candidates",
                                        "audited_errors"),
-    description="Embed new interactions, select candidates, audit them with the configured auditor.",
+    description="Embed new interactions, select candidates, audit them with the configured "
+                "auditor: every landing day (no partition key), or one (a partition key).",
+)
+# The scheduled path (docs/scale-audit-teach.md, "Parallel audit"): the hourly schedule embeds
+# the new interactions; after each embeddings run audit_days_sensor requests one audit_day_job
+# run per landing day with new work, and the run queue runs them side by side.
+embeddings_job = dg.define_asset_job(
+    "embeddings_job",
+    tags=_workload("embeddings"),
+    selection=dg.AssetSelection.assets("interaction_embeddings"),
+    description="Embed the questions of the landing days that changed since the last run.",
+)
+audit_day_job = dg.define_asset_job(
+    "audit_day_job",
+    tags=_workload("llm"),
+    # partitioned by landing day: inferred from the assets (assets.partitions)
+    selection=dg.AssetSelection.assets("audit_candidates", "audited_errors"),
+    description="Select and audit the new interactions of one landing day (partition key): "
+                "audit_days_sensor starts one run per day with work; a backfill audits a range.",
 )
 manual_audit_job = dg.define_asset_job(
     "manual_audit_job",
@@ -84,9 +102,11 @@ teaching_job = dg.define_asset_job(
 )
 # RUNNING by default: they run as soon as the code location loads (dagster dev, the daemon);
 # stop them in the Dagster UI (Automation) where that is not wanted.
-hourly_audit_schedule = dg.ScheduleDefinition(
-    name="hourly_audit_schedule", job=audit_job, cron_schedule="0 * * * *",
-    execution_timezone="UTC", description="Audit new interactions every hour.",
+hourly_embeddings_schedule = dg.ScheduleDefinition(
+    name="hourly_embeddings_schedule", job=embeddings_job, cron_schedule="0 * * * *",
+    execution_timezone="UTC",
+    description="Embed new interactions every hour; audit_days_sensor then audits each landing "
+                "day with new work in its own run.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 daily_teacher_schedule = dg.ScheduleDefinition(

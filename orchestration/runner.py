@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ml import warehouse as wh
 from ml.config import Settings
 
 DAGSTER_YAML = """\
@@ -404,6 +405,25 @@ def run_ingest(defs: dg.Definitions, instance: dg.DagsterInstance, days: Iterabl
     return failed
 
 
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def all_days_tags(settings: Settings | None = None, target=None) -> dict[str, str]:
+    """Run tags of a run over every landing day of the warehouse's interactions: the partition
+    range from the first to the last (today alone when there is none yet). A job of day-
+    partitioned assets (the audit) run without a partition key works on the whole history this
+    way; a run over the whole partition set since 2000 would record ~10k empty partitions.
+    ``target``: the warehouse (default: the settings')."""
+    if target is None:
+        target = (settings or Settings()).warehouse_target
+    days = wh.landing_day_range(target)
+    if days is None:
+        today = datetime.now(UTC).date().isoformat()
+        days = (today, today)
+    return {RANGE_START_TAG: days[0], RANGE_END_TAG: days[1]}
+
+
 def run_job(defs: dg.Definitions, instance: dg.DagsterInstance, name: str,
             log_level: str = "WARNING", run_config: dict | None = None,
             output: Path | None = None, guard: RunGuard | None = None) -> dg.ExecuteInProcessResult:
@@ -419,6 +439,8 @@ def run_job(defs: dg.Definitions, instance: dg.DagsterInstance, name: str,
     config = {**(run_config or {}), **_logging(log_level)}
     job = defs.resolve_job_def(name)
     guarded = _guarded(guard)  # waits for the pool before the terminal is silenced
+    if job.partitions_def is not None:  # audit_job, manual_audit_job: every landing day
+        guarded["tags"] = {**guarded.get("tags", {}), **all_days_tags()}
     if output is None:
         return job.execute_in_process(instance=instance, run_config=config, raise_on_error=False,
                                       **guarded)
@@ -528,6 +550,18 @@ def _chain_text(error) -> str:
     return "\n".join(out)
 
 
+def asset_materializations(result: dg.ExecuteInProcessResult) -> list[dg.AssetMaterialization]:
+    """One materialization per asset of the run: a run over a range of partitions (the audit
+    over every landing day) records one per partition, all with the step's metadata."""
+    seen, out = set(), []
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        if mat.asset_key not in seen:
+            seen.add(mat.asset_key)
+            out.append(mat)
+    return out
+
+
 def job_report(result: dg.ExecuteInProcessResult) -> JobReport:
     """:class:`JobReport` of an in-process run, from its events and its materializations'
     metadata (``failures``, ``audited``, ``retries`` of the audit and teaching assets)."""
@@ -557,8 +591,7 @@ def job_report(result: dg.ExecuteInProcessResult) -> JobReport:
             reason = _first_line(run_failure[-1].message if run_failure else "")
         problems.append(f"run failed: {where}{reason}")
     llm_retries = provider_failures = 0
-    for event in result.get_asset_materialization_events():
-        mat = event.materialization
+    for mat in asset_materializations(result):
         meta = {k: v.value for k, v in mat.metadata.items()}
         asset = mat.asset_key.to_user_string()
         llm_retries += int(meta.get("retries") or 0)

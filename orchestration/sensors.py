@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from assets.ingest import LANDING_FINGERPRINT
+from assets.partitions import landing_date_partitions
 from assets.resources import (
     LandingZoneResource,
     ModelRegistryResource,
@@ -20,6 +21,8 @@ from assets.resources import (
 from ml import landing
 from orchestration.jobs import (
     INGEST_RUN_RETRIES,
+    WORKLOAD_TAG,
+    audit_day_job,
     datasets_job,
     deployment_job,
     evaluation_job,
@@ -458,3 +461,89 @@ def quality_drop_sensor(context: dg.SensorEvaluationContext, store: OperationalS
     return dg.SensorResult(run_requests=[dg.RunRequest(
         run_key=f"quality-drop-{day}",
         tags={TRIGGER_TAG: "quality_drop_sensor", REASON_TAG: message[:200]})], cursor=last)
+
+
+# ---- audit_days_sensor: the scheduled audit, one run per landing day ---------------------------
+EMBEDDINGS = dg.AssetKey("interaction_embeddings")
+# (not NOT_STARTED: a run created but never launched would hold its day back for good)
+IN_FLIGHT = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED)
+# runs one tick requests at most (oldest days first); the rest wait for the next embeddings run
+MAX_AUDIT_DAY_REQUESTS = 60
+
+
+def audit_days_in_flight(instance: dg.DagsterInstance) -> set[str]:
+    """Landing days with an ``audit_day_job`` run queued or going: a day is not requested twice
+    at once (the second run would select the interactions the first is auditing)."""
+    runs = instance.get_runs(dg.RunsFilter(job_name=audit_day_job.name, statuses=list(IN_FLIGHT)))
+    return {r.tags["dagster/partition"] for r in runs if "dagster/partition" in r.tags}
+
+
+@dg.sensor(job=audit_day_job, minimum_interval_seconds=60,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="After each new interaction_embeddings materialization (the hourly "
+                       "embeddings run, or any other), requests one audit_day_job run per "
+                       "landing day with new work for the configured auditor: interactions "
+                       "without a verdict that the default selection has not passed over, and "
+                       "failed attempts to retry (not given up). Days with an audit run queued or "
+                       "going are left for the next embeddings run. The run queue runs the days "
+                       "side by side. Cursor: the embeddings storage id handled; run key "
+                       "audit-<day>-<storage id>.")
+def audit_days_sensor(context: dg.SensorEvaluationContext, store: OperationalStoreResource,
+                      warehouse: WarehouseResource):
+    import duckdb
+
+    from ml.audit import RulesAuditor, auditor_from_env, tables
+    from ml.audit.candidates import (
+        CandidateConfig,
+        attempts_frame,
+        retried_keys,
+        selection_fingerprint,
+    )
+    from store.audit import attempt_rows
+
+    latest = context.instance.fetch_materializations(EMBEDDINGS, limit=1).records
+    if not latest:
+        return dg.SkipReason("interaction_embeddings was never materialized: nothing to audit "
+                             "yet (hourly_embeddings_schedule runs it)")
+    storage_id = latest[0].storage_id
+    if context.cursor and int(context.cursor) >= storage_id:
+        return dg.SkipReason(f"no interaction_embeddings materialization since storage id "
+                             f"{context.cursor}")
+    if not warehouse.exists():
+        return dg.SensorResult(skip_reason=dg.SkipReason("no warehouse yet"),
+                               cursor=str(storage_id))
+    auditor = auditor_from_env("")
+    cfg = CandidateConfig()  # the scheduled run's selection: audit_candidates' defaults
+    with store.session() as s:
+        failed = attempts_frame(attempt_rows(s, auditor.name, auditor.prompt_version,
+                                             statuses=("failed",)))
+    try:
+        with read_only_warehouse(warehouse) as con:
+            work = tables.new_work_by_day(
+                con, auditor=auditor.name, prompt_version=auditor.prompt_version,
+                selection=selection_fingerprint(auditor.name, auditor.prompt_version, cfg),
+                retry_keys=retried_keys(failed, cfg.max_attempts))
+    except duckdb.IOException as exc:  # a run holds the file: the cursor stays, next tick reads
+        context.log.info(f"audit_days_sensor: {exc}")
+        return _busy(exc)
+    busy = audit_days_in_flight(context.instance)
+    valid = {d for d in work if landing_date_partitions.has_partition_key(d)}
+    outside = sorted(set(work) - valid)
+    if outside:
+        context.log.warning(f"interactions of landing days outside the partitions (skipped): "
+                            f"{outside[:10]}")
+    days = [d for d in sorted(work) if d in valid and d not in busy][:MAX_AUDIT_DAY_REQUESTS]
+    workload = "audit" if isinstance(auditor, RulesAuditor) else "llm"
+    requests = [dg.RunRequest(run_key=f"audit-{d}-{storage_id}", partition_key=d,
+                              tags={TRIGGER_TAG: "audit_days_sensor", WORKLOAD_TAG: workload,
+                                    "learnloop/interactions": str(work[d])})
+                for d in days]
+    if not requests:
+        said = (f"{len(busy)} day(s) with an audit run going" if busy
+                else "no landing day has new work")
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"{auditor.name}: {said}"),
+                               cursor=str(storage_id))
+    context.log.info(f"{len(requests)} day(s) to audit with {auditor.name}: "
+                     + ", ".join(f"{d} ({work[d]})" for d in days[:10]))
+    return dg.SensorResult(run_requests=requests, cursor=str(storage_id))

@@ -32,3 +32,18 @@ def warehouse_connect(home: Path | str, read_only: bool = False):
     from ml.warehouse import connect
 
     return connect(warehouse_target(home), read_only=read_only)
+
+
+def materialize(assets, home: Path | str, **kwargs):
+    """``dg.materialize`` of ``assets``; without a ``partition_key``, a run that includes
+    day-partitioned assets (the audit) covers the landing days of ``home``'s warehouse, as
+    ``learnloop run`` does (``orchestration.runner.all_days_tags``)."""
+    import dagster as dg
+
+    from orchestration.runner import all_days_tags
+
+    if "partition_key" not in kwargs and any(
+            getattr(a, "partitions_def", None) is not None for a in assets):
+        kwargs["tags"] = {**all_days_tags(target=warehouse_target(home)),
+                          **(kwargs.get("tags") or {})}
+    return dg.materialize(assets, **kwargs)

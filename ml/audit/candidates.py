@@ -220,6 +220,17 @@ def _given_up_keys(attempts: pl.DataFrame | None, max_attempts: int) -> pl.DataF
     return attempts.filter(capped).select(_KEY).cast(_KEY_SCHEMA)
 
 
+def retried_keys(attempts: pl.DataFrame | None,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[tuple[str, str]]:
+    """(tenant_id, interaction_id) of the ``failed`` attempts the scheduled audit retries: all
+    but those :func:`given_up` names."""
+    if attempts is None or attempts.height == 0:
+        return []
+    failed = attempts.filter(pl.col("status") == "failed").select(_KEY).cast(_KEY_SCHEMA)
+    kept = failed.join(_given_up_keys(attempts, max_attempts), on=_KEY, how="anti")
+    return [tuple(k) for k in kept.iter_rows()]
+
+
 def reason_counts(candidates: pl.DataFrame) -> dict[str, int]:
     """How many candidates carry each reason (an interaction can carry several)."""
     counts = {r: 0 for r in REASONS}

@@ -6,7 +6,7 @@ reference population of the rules auditor, and the queries of the stages' asset 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import date, datetime
 
 import duckdb
 import polars as pl
@@ -45,8 +45,10 @@ _SELECTION_INPUT = ("interaction_id", "tenant_id", "session_id", "ts", "partitio
                     "conversation_rating")
 
 
-def read_interactions_for_selection(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """The columns candidate selection reads, with each interaction's quality score."""
+def read_interactions_for_selection(con: duckdb.DuckDBPyConnection,
+                                    days: tuple[date, date] | None = None) -> pl.DataFrame:
+    """The columns candidate selection reads, with each interaction's quality score (of the
+    landing days ``days`` = (first, last) only, when given)."""
     warehouse.ensure_table(con, "interactions")  # adds columns a newer registry has
     warehouse.ensure_table(con, "interaction_quality")
     cols = ", ".join(f"i.{c}" for c in _SELECTION_INPUT)
@@ -54,7 +56,9 @@ def read_interactions_for_selection(con: duckdb.DuckDBPyConnection) -> pl.DataFr
         con,
         f"SELECT {cols}, q.quality_score FROM interactions i "
         "LEFT JOIN interaction_quality q USING (tenant_id, interaction_id) "
-        "ORDER BY i.ts, i.tenant_id, i.interaction_id"
+        + ("WHERE i.partition_date BETWEEN ? AND ? " if days is not None else "")
+        + "ORDER BY i.ts, i.tenant_id, i.interaction_id",
+        list(days) if days is not None else None,
     )
 
 
@@ -64,38 +68,61 @@ PASSED_OVER = "audit_passed_over"
 _INPUTS_HASH = ("(hash(i.feedback_thumbs, i.feedback_rating, i.requested_human, "
                 "i.corrected_response IS NULL, i.conversation_rating, q.quality_score) >> 1)"
                 "::BIGINT")
+# the scheduled selection's new work: no verdict of the auditor and prompt version, and not
+# passed over by the selection with the same inputs, unless a failed attempt is to be retried
+_NEW_WORK = (
+    "FROM interactions i LEFT JOIN interaction_quality q USING (tenant_id, interaction_id) "
+    "WHERE NOT EXISTS (SELECT 1 FROM audited_errors a WHERE a.tenant_id = i.tenant_id "
+    "  AND a.interaction_id = i.interaction_id AND a.auditor = ? "
+    "  AND a.prompt_version = ?) "
+    f"AND (NOT EXISTS (SELECT 1 FROM {PASSED_OVER} p WHERE p.selection = ? "
+    "  AND p.tenant_id = i.tenant_id AND p.interaction_id = i.interaction_id "
+    f"  AND p.inputs_hash = {_INPUTS_HASH}) "
+    "  OR EXISTS (SELECT 1 FROM _retry r WHERE r.tenant_id = i.tenant_id "
+    "  AND r.interaction_id = i.interaction_id)) ")
+
+
+def _new_work(con: duckdb.DuckDBPyConnection, select: str, tail: str, params: list,
+              retry_keys: Sequence[tuple[str, str]], *, read_only: bool = False) -> pl.DataFrame:
+    for name in ("interactions", "interaction_quality", "audited_errors", PASSED_OVER):
+        (warehouse.ensure_readable if read_only else warehouse.ensure_table)(con, name)
+    con.register("_retry", warehouse.key_table(retry_keys))
+    try:
+        return warehouse.query(con, f"SELECT {select} {_NEW_WORK} {tail}", params)
+    finally:
+        con.unregister("_retry")
 
 
 def read_selection_pool(con: duckdb.DuckDBPyConnection, *, auditor: str, prompt_version: str,
-                        selection: str, retry_keys: Sequence[tuple[str, str]] = ()
-                        ) -> pl.DataFrame:
+                        selection: str, retry_keys: Sequence[tuple[str, str]] = (),
+                        days: tuple[date, date] | None = None) -> pl.DataFrame:
     """The scheduled selection's input (the columns of :func:`read_interactions_for_selection`
     and ``inputs_hash``): the interactions without a verdict of ``auditor`` and
     ``prompt_version`` in ``audited_errors`` that the selection ``selection`` has not passed over
     with the same inputs (:func:`write_passed_over`), plus ``retry_keys`` ((tenant_id,
-    interaction_id) of failed attempts). Anti-joins in DuckDB: what reaches Python is the new
-    work, not the history."""
-    for name in ("interactions", "interaction_quality", "audited_errors", PASSED_OVER):
-        warehouse.ensure_table(con, name)
+    interaction_id) of failed attempts); of the landing days ``days`` = (first, last) only,
+    when given (a partition, or a range of them, of the audit). Anti-joins in DuckDB: what
+    reaches Python is the new work, not the history."""
     cols = ", ".join(f"i.{c}" for c in _SELECTION_INPUT)
-    con.register("_retry", warehouse.key_table(retry_keys))
-    try:
-        return warehouse.query(
-            con,
-            f"SELECT {cols}, q.quality_score, {_INPUTS_HASH} AS inputs_hash FROM interactions i "
-            "LEFT JOIN interaction_quality q USING (tenant_id, interaction_id) "
-            "WHERE NOT EXISTS (SELECT 1 FROM audited_errors a WHERE a.tenant_id = i.tenant_id "
-            "  AND a.interaction_id = i.interaction_id AND a.auditor = ? "
-            "  AND a.prompt_version = ?) "
-            f"AND (NOT EXISTS (SELECT 1 FROM {PASSED_OVER} p WHERE p.selection = ? "
-            "  AND p.tenant_id = i.tenant_id AND p.interaction_id = i.interaction_id "
-            f"  AND p.inputs_hash = {_INPUTS_HASH}) "
-            "  OR EXISTS (SELECT 1 FROM _retry r WHERE r.tenant_id = i.tenant_id "
-            "  AND r.interaction_id = i.interaction_id)) "
-            "ORDER BY i.ts, i.tenant_id, i.interaction_id",
-            [auditor, prompt_version, selection])
-    finally:
-        con.unregister("_retry")
+    return _new_work(
+        con, f"{cols}, q.quality_score, {_INPUTS_HASH} AS inputs_hash",
+        ("AND i.partition_date BETWEEN ? AND ? " if days is not None else "")
+        + "ORDER BY i.ts, i.tenant_id, i.interaction_id",
+        [auditor, prompt_version, selection] + (list(days) if days is not None else []),
+        retry_keys)
+
+
+def new_work_by_day(con: duckdb.DuckDBPyConnection, *, auditor: str, prompt_version: str,
+                    selection: str, retry_keys: Sequence[tuple[str, str]] = ()
+                    ) -> dict[str, int]:
+    """Landing day ("YYYY-MM-DD") -> interactions of that day in the scheduled selection's input
+    (:func:`read_selection_pool`): the days a partitioned audit has work on. One grouped scan
+    with the same anti-joins; days with none are absent. Writes nothing (a sensor reads it on a
+    read-only connection; tables not created yet read as empty)."""
+    frame = _new_work(con, "strftime(i.partition_date, '%Y-%m-%d') AS day, count(*) AS n",
+                      "AND i.partition_date IS NOT NULL GROUP BY 1 ORDER BY 1",
+                      [auditor, prompt_version, selection], retry_keys, read_only=True)
+    return {d: int(n) for d, n in frame.iter_rows()}
 
 
 def write_passed_over(con: duckdb.DuckDBPyConnection, selection: str, pool: pl.DataFrame,

@@ -151,10 +151,14 @@ def builtin_corpus() -> Corpus:
 
 
 def _vary(rng: random.Random, sentence: str) -> str:
-    """Numbers and names varied so repeated sentences do not repeat exactly."""
+    """Numbers and names varied so repeated sentences do not repeat exactly. Every number of a
+    sentence moves by the same amount, so a range stays a range ("(1995-2019)" -> "(2032-2056)")
+    and a list of years a list of years, as in real text (independent offsets made descending
+    "year ranges" and Luhn-valid runs of four years that no real reply holds)."""
     roll = rng.random()
     if roll < 0.25:
-        return re.sub(r"\d+", lambda m: str(int(m.group()) + rng.randrange(1, 97)), sentence) \
+        shift = rng.randrange(1, 97)
+        return re.sub(r"\d+", lambda m: str(int(m.group()) + shift), sentence) \
             if any(c.isdigit() for c in sentence) else \
             f"{sentence[:-1] if sentence[-1:] in '.!?' else sentence} (step {rng.randrange(2, 40)})."
     if roll < 0.35:

@@ -19,9 +19,11 @@ from assets.teaching import preference_pairs, teacher_samples
 from ml.audit.taxonomy import CATEGORY_NAMES
 from ml.demo.generate import generate
 from orchestration.jobs import (
+    audit_day_job,
     audit_job,
     daily_teacher_schedule,
-    hourly_audit_schedule,
+    embeddings_job,
+    hourly_embeddings_schedule,
     manual_audit_job,
     manual_audit_run_config,
     teaching_job,
@@ -30,7 +32,7 @@ from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
 from store.repo import decide
 from tests.assets.conftest import land_and_ingest, warehouse_rows
-from tests.stores import resources_for
+from tests.stores import materialize, resources_for
 
 N_RECORDS = 400
 CHAIN = [interaction_embeddings, audit_candidates, audited_errors, teacher_samples,
@@ -58,8 +60,8 @@ def demo_home(learnloop_home, monkeypatch):
 
 def _materialize(home, assets=CHAIN, run_config=None):
     with dg.instance_for_test() as instance:
-        result = dg.materialize(assets, instance=instance, run_config=run_config,
-                                resources=resources_for(home))
+        result = materialize(assets, home, instance=instance, run_config=run_config,
+                             resources=resources_for(home))
     assert result.success
     return {m.materialization.asset_key.to_user_string(): m.materialization.metadata
             for m in result.get_asset_materialization_events()}
@@ -160,17 +162,22 @@ def test_chain_creates_review_items_and_is_idempotent(demo_home):
 def test_jobs_and_schedules_are_defined():
     defs = dg.Definitions(
         assets=[raw_interactions, ingest_interactions, interaction_quality, *CHAIN],
-        jobs=[audit_job, teaching_job, manual_audit_job],
-        schedules=[hourly_audit_schedule, daily_teacher_schedule],
+        jobs=[audit_job, embeddings_job, audit_day_job, teaching_job, manual_audit_job],
+        schedules=[hourly_embeddings_schedule, daily_teacher_schedule],
         resources=resources_for(),
     )
     dg.Definitions.validate_loadable(defs)
-    assert hourly_audit_schedule.cron_schedule == "0 * * * *"
+    assert hourly_embeddings_schedule.cron_schedule == "0 * * * *"
     # on by default: the README says the audit and the teacher run on their own
-    assert hourly_audit_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert hourly_embeddings_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert daily_teacher_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     job = defs.resolve_job_def("manual_audit_job")
     assert {n.name for n in job.nodes} == {"audit_candidates", "audited_errors"}
+    # the scheduled audit: one run per landing day
+    day_job = defs.resolve_job_def("audit_day_job")
+    assert {n.name for n in day_job.nodes} == {"audit_candidates", "audited_errors"}
+    assert day_job.partitions_def is not None
+    assert day_job.partitions_def.has_partition_key("2026-11-03")
     groups = {k.to_user_string(): g for k, g in
               [(a.key, a.group_names_by_key[a.key]) for a in CHAIN]}
     assert groups == {"interaction_embeddings": "quality", "audit_candidates": "audit",
@@ -240,14 +247,14 @@ def small_home(learnloop_home, monkeypatch):
 
 def _run(home, assets, run_config=None, raise_on_error=True):
     with dg.instance_for_test() as instance:
-        return dg.materialize(assets, instance=instance, run_config=run_config,
-                              raise_on_error=raise_on_error,
-                              resources=resources_for(home))
+        return materialize(assets, home, instance=instance, run_config=run_config,
+                           raise_on_error=raise_on_error, resources=resources_for(home))
 
 
 def _meta(result, key):
-    [event] = [m for m in result.get_asset_materialization_events()
-               if m.materialization.asset_key.to_user_string() == key]
+    # a run over several landing days records the step's materialization once per day
+    [event, *_] = [m for m in result.get_asset_materialization_events()
+                   if m.materialization.asset_key.to_user_string() == key]
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 

@@ -23,7 +23,7 @@ from assets.teaching import (
 from store.db import session_scope
 from store.teaching import create_samples
 from tests.assets.conftest import land_and_ingest
-from tests.stores import resources_for
+from tests.stores import materialize, resources_for
 
 ASSETS = [interaction_embeddings, audit_candidates, audited_errors, teacher_samples,
           preference_pairs]
@@ -37,9 +37,9 @@ def _evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEv
 
 def _run_checks(home) -> tuple[bool, dict[str, dg.AssetCheckEvaluation]]:
     with dg.instance_for_test() as instance:
-        result = dg.materialize([*ASSETS, *CHECKS], instance=instance,
-                                selection=dg.AssetSelection.checks(*CHECKS),
-                                resources=resources_for(home), raise_on_error=False)
+        result = materialize([*ASSETS, *CHECKS], home, instance=instance,
+                             selection=dg.AssetSelection.checks(*CHECKS),
+                             resources=resources_for(home), raise_on_error=False)
     return result.success, _evaluations(result)
 
 
@@ -49,8 +49,8 @@ def chain_home(learnloop_home, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     land_and_ingest(learnloop_home, n=200, seed=5)
     with dg.instance_for_test() as instance:
-        result = dg.materialize([*ASSETS, *CHECKS], instance=instance,
-                                resources=resources_for(learnloop_home))
+        result = materialize([*ASSETS, *CHECKS], learnloop_home, instance=instance,
+                             resources=resources_for(learnloop_home))
     assert result.success
     evaluations = _evaluations(result)
     assert set(evaluations) == {c.check_key.name for c in CHECKS}

@@ -20,7 +20,7 @@ from store.datasets import dataset_items, get_dataset, list_datasets
 from store.db import session_scope
 from store.repo import ItemFilter, decide, list_items
 from tests.assets.conftest import land_and_ingest
-from tests.stores import resources_for
+from tests.stores import materialize, resources_for
 
 FRONT = [interaction_embeddings, audit_candidates, audited_errors, teacher_samples,
          preference_pairs]
@@ -35,8 +35,8 @@ def downstream_of_dataset() -> None:
 def _materialize(home: Path, assets, config: dict | None = None, raise_on_error: bool = True):
     run_config = {"ops": {"training_dataset": {"config": config}}} if config else None
     with dg.instance_for_test() as instance:
-        return dg.materialize(assets, instance=instance, resources=resources_for(home),
-                              run_config=run_config, raise_on_error=raise_on_error)
+        return materialize(assets, home, instance=instance, resources=resources_for(home),
+                           run_config=run_config, raise_on_error=raise_on_error)
 
 
 def _decide_all(url: str, edit_every: int = 4, reject_every: int = 7) -> dict[int, str]:

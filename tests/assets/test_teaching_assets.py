@@ -23,7 +23,7 @@ from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
 from tests.assets.conftest import land_and_ingest, warehouse_rows
 from tests.llm.fake_servers import FakeOpenAIServer, error, hang, ok, rate_limited
-from tests.stores import resources_for
+from tests.stores import materialize, resources_for
 
 CHAIN = [interaction_embeddings, audit_candidates, audited_errors, teacher_samples,
          preference_pairs]
@@ -75,8 +75,8 @@ def _set_llm_env(monkeypatch, server, **role_settings: str) -> None:
 def _materialize(home, assets=CHAIN, run_config=None):
     """Materialize ``assets`` (default: the whole chain); metadata by asset key."""
     with dg.instance_for_test() as instance:
-        result = dg.materialize(assets, instance=instance, run_config=run_config,
-                                resources=resources_for(home))
+        result = materialize(assets, home, instance=instance, run_config=run_config,
+                             resources=resources_for(home))
     assert result.success
     return {m.materialization.asset_key.to_user_string():
             {k: v.value for k, v in m.materialization.metadata.items()}

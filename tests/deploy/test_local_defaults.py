@@ -97,8 +97,11 @@ def test_every_job_says_its_workload_and_only_training_asks_for_a_gpu():
                  if j.name != "__ASSET_JOB"}
     assert None not in workloads.values(), workloads
     assert workloads["training_job"] == workloads["retraining_job"] == "training"
+    # audit_day_job's runs say `audit` instead when the auditor is the offline rules
+    # (audit_days_sensor's request tags)
     assert {n for n, w in workloads.items() if w == "llm"} == {
-        "audit_job", "manual_audit_job", "teaching_job"}
+        "audit_job", "audit_day_job", "manual_audit_job", "teaching_job"}
+    assert workloads["embeddings_job"] == "embeddings"
     gpu = {j.name for j in defs.resolve_all_job_defs() if "dagster-k8s/config" in j.tags}
     assert gpu == {"training_job", "retraining_job"}
     k8s = json.loads(defs.resolve_job_def("training_job").tags["dagster-k8s/config"])

@@ -80,7 +80,9 @@ def test_new_interactions_request_the_models_downstream_of_them_once(built):
 
 def test_new_verdicts_or_a_new_evaluation_request_only_what_reads_them(built):
     first = _evaluate(built)
-    built.report_runless_asset_event(dg.AssetMaterialization("audited_errors"))
+    # the audit is partitioned by landing day: a run records its day(s)
+    built.report_runless_asset_event(dg.AssetMaterialization("audited_errors",
+                                                             partition="2025-01-01"))
     second = _evaluate(built, first.cursor)
     assert _requested(second) == {"stg_audited_errors", "error_trends", "auditor_agreement",
                                   "int_interaction_outcomes", "model_performance",

@@ -22,7 +22,7 @@ from store import repo
 from store.db import session_scope
 from store.models import ReviewEvent, ReviewItem
 from tests.assets.conftest import land_and_ingest, warehouse_rows
-from tests.stores import resources_for
+from tests.stores import materialize, resources_for
 
 PRICE_ANSWER = "The Nova X2 wireless headset costs $129.00."
 TRUTH = [
@@ -174,7 +174,7 @@ MISTAKE_RATE = 0.1  # above the demo's 3% so "near the configured share" has dat
 
 def _materialize(home: Path, assets) -> dict:
     with dg.instance_for_test() as instance:
-        result = dg.materialize(assets, instance=instance, resources=resources_for(home))
+        result = materialize(assets, home, instance=instance, resources=resources_for(home))
     assert result.success
     return {m.materialization.asset_key.to_user_string():
             {k: v.value for k, v in m.materialization.metadata.items()}

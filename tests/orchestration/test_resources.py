@@ -141,18 +141,20 @@ def test_service_url_without_scheme_is_refused_by_name(monkeypatch):
 
 def test_every_schedule_and_sensor_of_the_code_location_starts_running():
     """README: the landing, approved-samples, provider-job, dataset-ready, A/B-decision and
-    quality-drop and health sensors and the audit, teacher, dataset and analytics schedules run without a
-    click in the UI; monthly retraining is off until someone turns it on."""
+    quality-drop, audit-days and health sensors and the embeddings, teacher, dataset and analytics
+    schedules run without a click in the UI; monthly retraining is off until someone turns it
+    on."""
     from orchestration.definitions import defs
 
     schedules = {s.name: s.default_status for s in defs.schedules}
     sensors = {s.name: s.default_status for s in defs.sensors}
-    assert schedules == {"hourly_audit_schedule": dg.DefaultScheduleStatus.RUNNING,
+    assert schedules == {"hourly_embeddings_schedule": dg.DefaultScheduleStatus.RUNNING,
                          "daily_teacher_schedule": dg.DefaultScheduleStatus.RUNNING,
                          "daily_dataset_schedule": dg.DefaultScheduleStatus.RUNNING,
                          "analytics_schedule": dg.DefaultScheduleStatus.RUNNING,
                          "monthly_training_schedule": dg.DefaultScheduleStatus.STOPPED}
     assert sensors == {"landing_file_sensor": dg.DefaultSensorStatus.RUNNING,
+                       "audit_days_sensor": dg.DefaultSensorStatus.RUNNING,
                        "approved_samples_sensor": dg.DefaultSensorStatus.RUNNING,
                        "provider_job_sensor": dg.DefaultSensorStatus.RUNNING,
                        "dataset_ready_sensor": dg.DefaultSensorStatus.RUNNING,
