@@ -99,6 +99,11 @@ _YEAR_LIST = re.compile(rf"{_YEAR}(?:[\s,;/-]+{_YEAR})+")
 _RATIO_RANGE = re.compile(r"\d{2,3}/\d{2,3}\s*[-\u2013]\s*\d{2,3}/\d{2,3}")
 
 
+# digits on both sides of a sentence's end, "in 1998. 1796 - 31 May": no phone number format puts
+# a full stop and a space between its groups (a dotted number has no space: 555.123.4567)
+_SENTENCE_BREAK = re.compile(r"\d[.!?]\s+\(?\d")
+
+
 def _year_range_at(text: str, s: int) -> bool:
     m = _YEAR_RANGE.match(text, s)
     if not m:
@@ -120,7 +125,8 @@ def presidio_findings(text: str) -> list[tuple[str, str]]:
     ``[EMAIL]`` hold nothing it matches). Left out, so the blocking check does not stop on what
     real chat is full of: ``phonenumbers`` is lenient, so phone hits with fewer than 8 digits,
     inside a longer identifier (order ``ES-1689455``, a UUID's first group) or that are a range of
-    years ("(1995-2019) 11") or of ratios ("120/80-140/90") or inside a URL
+    years ("(1995-2019) 11") or of ratios ("120/80-140/90"), across a sentence's end ("in
+    1998. 1796 - 31 May") or inside a URL
     (``qid=1420904010``) are dropped, and so are card hits that are a list of years ("1985 1923
     1950 1948" passes Luhn); findings scored
     below ``MIN_SCORE`` (a bare 9-digit number as an SSN); credential-looking tokens that are
@@ -141,6 +147,7 @@ def presidio_findings(text: str) -> list[tuple[str, str]]:
                              or _inside_identifier(text, s, e)
                              or _year_range_at(text, s)
                              or _RATIO_RANGE.fullmatch(text[s:e].strip())
+                             or _SENTENCE_BREAK.search(text[s:e])
                              or any(us <= s and e <= ue for us, ue in urls)):
             continue
         if t == "CREDIT_CARD" and _years_only(text[s:e]):
