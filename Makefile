@@ -12,7 +12,7 @@ WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PYTEST_ARGS ?=
 
-.PHONY: help install lock lint demo test dev serve mlflow bench bench-ingest bench-embeddings bench-vectors bench-audit-teach bench-llm bench-pii bench-collector bench-auditor bench-training clean browser
+.PHONY: help install lock lint demo test dev serve mlflow bench bench-ingest bench-embeddings bench-vectors bench-audit-teach bench-audit-days bench-llm bench-pii bench-collector bench-auditor bench-training clean browser
 
 help:
 	@echo "make demo   - install, then run the whole chain on the embedded default (no server, no key)"
@@ -117,6 +117,12 @@ bench-vectors: install
 # audited_errors and teacher_samples against the code before issue 13 (docs/scale-audit-teach.md)
 bench-audit-teach: install
 	$(BIN)/python bench/audit_teach.py --sizes 10000 100000 --delta 2000 --old-ref 8f19d9f
+
+# the audit partitioned by landing day: two days side by side against one run of both, on a
+# DuckLake (PostgreSQL at LEARNLOOP_TEST_POSTGRES_URL or 127.0.0.1:5432/test)
+bench-audit-days: install
+	$(BIN)/python bench/audit_days.py --n-per-day 10000 --days 2 \
+	  $(if $(wildcard ../shared/data),--corpus ../shared/data,)
 
 # concurrent LLM calls against a stand-in server with a fixed latency (docs/providers.md)
 bench-llm: install
