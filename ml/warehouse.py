@@ -75,8 +75,7 @@ def landing_day_range(target: Target) -> tuple[str, str] | None:
         return None
     con = connect(target, read_only=True)
     try:
-        if not con.execute("SELECT count(*) FROM information_schema.tables "
-                           "WHERE table_name = 'interactions'").fetchone()[0]:
+        if not table_exists(con, "interactions"):
             return None
         first, last = con.execute(
             "SELECT strftime(min(partition_date), '%Y-%m-%d'), "
@@ -146,10 +145,7 @@ def ensure_readable(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """For a reader (a read-only connection): when table ``name`` does not exist yet, an empty
     TEMP table of its registered layout stands in for it, so a query reads no rows from it
     instead of failing; nothing is written to the warehouse."""
-    if not con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND "
-            "table_schema = current_schema() AND table_catalog = current_database()",
-            [name]).fetchone()[0]:
+    if not table_exists(con, name):
         cols = ", ".join(f'"{c}" {t}' for c, t in registered(name).types.items())
         con.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{name}" ({cols})')
 

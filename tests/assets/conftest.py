@@ -12,17 +12,23 @@ from ml.demo.generate import generate
 from tests.stores import resources_for, warehouse_connect
 
 
-def land_and_ingest(home: Path, n: int = 60, seed: int = 9) -> str:
-    """Generate ``n`` demo records of one day into ``home``'s landing zone and materialize ingest
-    and quality for that day; return the day."""
-    summary = generate(home / "landing", n, seed=seed, days=1)
-    day = sorted(summary["days"])[0]
+def land_and_ingest_days(home: Path, n: int = 60, days: int = 1, seed: int = 9) -> list[str]:
+    """Generate ``n`` demo records over ``days`` days into ``home``'s landing zone and
+    materialize ingest and quality for each day; return the days, in order."""
+    summary = generate(home / "landing", n, seed=seed, days=days)
+    landed = sorted(summary["days"])
     with dg.instance_for_test() as instance:
-        assert dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
-                              partition_key=day, instance=instance,
-                              resources=resources_for(home)
-                              ).success
-    return day
+        for day in landed:
+            assert dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
+                                  partition_key=day, instance=instance,
+                                  resources=resources_for(home)
+                                  ).success
+    return landed
+
+
+def land_and_ingest(home: Path, n: int = 60, seed: int = 9) -> str:
+    """:func:`land_and_ingest_days` of one day; return the day."""
+    return land_and_ingest_days(home, n, days=1, seed=seed)[0]
 
 
 def warehouse_rows(home: Path, sql: str) -> list[tuple]:

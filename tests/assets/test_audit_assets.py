@@ -17,7 +17,6 @@ from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality
 from assets.teaching import preference_pairs, teacher_samples
 from ml.audit.taxonomy import CATEGORY_NAMES
-from ml.demo.generate import generate
 from orchestration.jobs import (
     audit_day_job,
     audit_job,
@@ -31,7 +30,7 @@ from orchestration.jobs import (
 from store.db import session_scope
 from store.models import AuditAttempt, ReviewItem
 from store.repo import decide
-from tests.assets.conftest import land_and_ingest, warehouse_rows
+from tests.assets.conftest import land_and_ingest, land_and_ingest_days, warehouse_rows
 from tests.stores import materialize, resources_for
 
 N_RECORDS = 400
@@ -44,15 +43,7 @@ def demo_home(learnloop_home, monkeypatch):
     """A few hundred generated records, landed and ingested (2 days)."""
     for var in ("LEARNLOOP_AUDITOR", "LEARNLOOP_TEACHER"):
         monkeypatch.delenv(var, raising=False)
-    summary = generate(learnloop_home / "landing", N_RECORDS, seed=3, days=2)
-    days = sorted(summary["per_day"]) if "per_day" in summary else sorted(
-        p.name[5:] for p in (learnloop_home / "landing").glob("date=*"))
-    with dg.instance_for_test() as instance:
-        for day in days:
-            result = dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
-                                    partition_key=day, instance=instance,
-                                    resources=resources_for(learnloop_home))
-            assert result.success
+    land_and_ingest_days(learnloop_home, N_RECORDS, days=2, seed=3)
     return learnloop_home
 
 

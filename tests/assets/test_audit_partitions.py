@@ -14,14 +14,11 @@ import pytest
 
 from assets.audit import audit_candidates, audited_errors
 from assets.embeddings import interaction_embeddings
-from assets.ingest import ingest_interactions, raw_interactions
-from assets.quality import interaction_quality
 from ml.audit import tables
 from ml.audit.candidates import CandidateConfig, selection_fingerprint
-from ml.demo.generate import generate
 from orchestration.definitions import defs
 from orchestration.sensors import audit_days_sensor
-from tests.assets.conftest import warehouse_rows
+from tests.assets.conftest import land_and_ingest_days, warehouse_rows
 from tests.lakes import default_kind
 from tests.stores import materialize, resources_for, warehouse_connect
 
@@ -29,23 +26,11 @@ ROOT = Path(__file__).resolve().parents[2]
 AUDIT = [audit_candidates, audited_errors]
 
 
-def _ingest(home: Path, n: int = 300, days: int = 3, seed: int = 5) -> list[str]:
-    generate(home / "landing", n, seed=seed, days=days)
-    landed = sorted(p.name[5:] for p in (home / "landing").glob("date=*"))
-    with dg.instance_for_test() as instance:
-        for day in landed:
-            result = dg.materialize([raw_interactions, ingest_interactions, interaction_quality],
-                                    partition_key=day, instance=instance,
-                                    resources=resources_for(home))
-            assert result.success
-    return landed
-
-
 @pytest.fixture()
 def three_days(learnloop_home, monkeypatch):
     for var in ("LEARNLOOP_AUDITOR", "LEARNLOOP_TEACHER"):
         monkeypatch.delenv(var, raising=False)
-    days = _ingest(learnloop_home)
+    days = land_and_ingest_days(learnloop_home, n=300, days=3, seed=5)
     assert len(days) == 3
     return learnloop_home, days
 
@@ -202,7 +187,7 @@ def test_two_days_audited_side_by_side_on_a_lake_lose_and_repeat_nothing(learnlo
     monkeypatch.delenv("LEARNLOOP_AUDITOR", raising=False)
     home = learnloop_home
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    days = _ingest(home, n=400, days=2, seed=11)
+    days = land_and_ingest_days(home, n=400, days=2, seed=11)
     procs = [subprocess.Popen([sys.executable, "-c", _AUDIT_A_DAY, str(home), day], env=env,
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for day in days]
