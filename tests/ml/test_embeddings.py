@@ -114,6 +114,35 @@ def test_int8_backend_agrees_with_minilm():
     assert float(vecs[0] @ vecs[1]) > 0.7 > float(vecs[0] @ vecs[2])
 
 
+def test_precision_setting_and_bad_values(monkeypatch):
+    assert backends.precision({"LEARNLOOP_EMBEDDINGS_PRECISION": " FP32 "}) == "fp32"
+    assert backends.precision({"LEARNLOOP_EMBEDDINGS_PRECISION": "bf16"}) == "bf16"
+    monkeypatch.setattr(backends, "cpu_has_amx", lambda: True)
+    assert backends.precision({}) == "bf16"
+    assert backends.precision({"LEARNLOOP_EMBEDDINGS_PRECISION": "auto"}) == "bf16"
+    monkeypatch.setattr(backends, "cpu_has_amx", lambda: False)
+    assert backends.precision({}) == "fp32"
+    with pytest.raises(ValueError, match="LEARNLOOP_EMBEDDINGS_PRECISION='fp16'.*known"):
+        backends.precision({"LEARNLOOP_EMBEDDINGS_PRECISION": "fp16"})
+    with pytest.raises(ValueError, match="dtype 'fp8'"):
+        backends.MiniLM(dtype="fp8")
+
+
+def test_bf16_minilm_is_the_same_model_within_rounding():
+    """bfloat16 autocast really computes differently (the vectors are not bit-equal) yet stays
+    at cosine >= 0.999 of fp32, on a long reply too; rows record the same ``model``."""
+    reply = ("Thanks for waiting. I checked your order 4411: the parcel left our warehouse on "
+             "Monday and the courier shows it in transit. " * 4)
+    texts = [*QUESTIONS, reply]
+    fp32, bf16 = backends.MiniLM(dtype="fp32"), backends.MiniLM(dtype="bf16")
+    assert (fp32.dtype, bf16.dtype, fp32.model) == ("fp32", "bf16", bf16.model)
+    a, b = fp32.encode(texts), bf16.encode(texts)
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-4)
+    assert np.abs(a - b).max() > 0  # autocast took effect
+    assert (np.einsum("ij,ij->i", a, b) > 0.999).all()
+    assert float(b[0] @ b[1]) > 0.7 > float(b[0] @ b[2])
+
+
 # a few hundred tokens of the MiniLM vocabulary: a real distillation in seconds
 _TINY_VOCAB = ("how much is the laptop what does cost are yellow banana ##s where my parcel "
                "number order price refund").split()
