@@ -8,9 +8,10 @@ from assets.catalog import catalog
 from assets.partitions import landing_date_partitions
 from assets.resources import WAREHOUSE_POOL, WarehouseResource
 from ml import warehouse as wh
-from ml.quality import MEASURED_DIMENSIONS, score_interactions
+from ml.quality import MEASURED_DIMENSIONS, SCORING_INPUTS, score_interactions
 
 SCORE_COLUMNS = ("quality_score", "confidence", *MEASURED_DIMENSIONS)
+SCORE_BATCH_ROWS = 100_000  # interactions read and scored at a time: memory holds one batch
 
 
 def _mean(s: pl.Series) -> dg.MetadataValue:
@@ -47,8 +48,12 @@ def out_of_range(scores: pl.DataFrame) -> dict[str, int]:
 def interaction_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     day = context.partition_key
     with warehouse.get_connection() as con:
-        interactions = wh.read_partition(con, "interactions", day)
-        scores = score_interactions(interactions)
+        # only the columns the score reads, a batch of rows at a time (a row's score depends on
+        # that row alone): a day's messages and retrieval JSON are never all in memory at once
+        parts = [score_interactions(batch) for batch in wh.iter_partition(
+            con, "interactions", day, columns=SCORING_INPUTS, batch_rows=SCORE_BATCH_ROWS)]
+        scores = pl.concat(parts) if parts else score_interactions(
+            wh.read_partition(con, "interactions", day))
         wh.replace_partition(con, "interaction_quality", day, scores)
     n = scores.height
     q = scores["quality_score"]

@@ -191,14 +191,19 @@ def _clamp01(e: pl.Expr) -> pl.Expr:
     return e.clip(0.0, 1.0)
 
 
+# the columns of ``interactions`` the score reads (a reader needs no others)
+SCORING_INPUTS = ("interaction_id", "tenant_id", "partition_date", "model_version",
+                  "user_message", "response", "latency_ms", "tokens_completion",
+                  "feedback_rating", "feedback_thumbs", "accepted", "modified",
+                  "abandoned", "requested_human", "completed_action", "user_continued",
+                  "time_to_first_use_s", "corrected_response", "retrieval", "intent")
+
+
 def score_interactions(df: pl.DataFrame) -> pl.DataFrame:
-    """Score an ``interactions`` frame (INTERACTION_COLUMNS); return exactly QUALITY_COLUMNS."""
-    missing = [c for c in ("interaction_id", "tenant_id", "partition_date", "model_version",
-                           "user_message", "response", "latency_ms", "tokens_completion",
-                           "feedback_rating", "feedback_thumbs", "accepted", "modified",
-                           "abandoned", "requested_human", "completed_action", "user_continued",
-                           "time_to_first_use_s", "corrected_response", "retrieval", "intent")
-               if c not in df.columns]
+    """Score an ``interactions`` frame (at least :data:`SCORING_INPUTS`); return exactly
+    QUALITY_COLUMNS. Each row's score depends on that row alone, so a partition may be scored
+    in batches of rows (what the ``interaction_quality`` asset does) with the same result."""
+    missing = [c for c in SCORING_INPUTS if c not in df.columns]
     if missing:
         raise ValueError(f"score_interactions: interactions frame lacks columns {missing}")
     c = pl.col

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -240,6 +240,30 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) 
     if not isinstance(out, pl.DataFrame):
         raise TypeError(f"query returned {type(out).__name__}, expected a table: {sql[:80]}")
     return out
+
+
+def iter_partition(con: duckdb.DuckDBPyConnection, table: str, partition_date: str, *,
+                   columns: Sequence[str] | None = None, batch_rows: int = 100_000
+                   ) -> Iterator[pl.DataFrame]:
+    """One partition's rows of ``table`` (only ``columns``, default all) as frames of at most
+    ``batch_rows`` rows, streamed from DuckDB: memory holds one batch, not the partition."""
+    if batch_rows < 1:
+        raise ValueError(f"iter_partition: batch_rows must be >= 1, got {batch_rows}")
+    ensure_table(con, table)
+    known = registered(table).types
+    unknown = [c for c in columns or () if c not in known]
+    if unknown:
+        raise ValueError(f"iter_partition: {table!r} has no columns {unknown}")
+    cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+    rel = con.sql(f'SELECT {cols} FROM "{table}" WHERE partition_date = ?::DATE',
+                  params=[partition_date])
+    for batch in rel.to_arrow_reader(batch_rows):
+        if batch.num_rows:
+            frame = pl.from_arrow(batch)
+            if not isinstance(frame, pl.DataFrame):
+                raise TypeError(f"iter_partition: a batch of {table!r} read as "
+                                f"{type(frame).__name__}, expected a table")
+            yield frame
 
 
 def read_partition(con: duckdb.DuckDBPyConnection, table: str, partition_date: str) -> pl.DataFrame:
