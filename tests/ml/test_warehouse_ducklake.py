@@ -5,6 +5,7 @@ processes, each row landing exactly once."""
 from __future__ import annotations
 
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -236,7 +237,7 @@ def _writer(url: str, data_path: str, writer: int, barrier) -> int:
     wh.retry_conflicts = counting  # this process only (spawned)
     con = wh.connect(Lake(url, data_path))
     try:
-        barrier.wait(timeout=60)
+        barrier.wait(timeout=300)  # spawned processes start slowly on a loaded machine
         days = [DAY0 + timedelta(days=writer * DAYS_PER_WRITER + k)
                 for k in range(DAYS_PER_WRITER)] + [SHARED_DAY]
         for day in days:
@@ -253,9 +254,12 @@ def test_concurrent_writer_processes_land_every_row_exactly_once(lake: Lake):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager:
         barrier = manager.Barrier(WRITERS)
-        with ctx.Pool(WRITERS) as pool:
-            lost = pool.starmap(_writer, [(lake.url, lake.data_path, w, barrier)
-                                          for w in range(WRITERS)])
+        # an executor, not a Pool: a writer process that dies fails the test (BrokenProcessPool)
+        # instead of leaving it waiting for a result forever
+        with ProcessPoolExecutor(WRITERS, mp_context=ctx) as pool:
+            futures = [pool.submit(_writer, lake.url, lake.data_path, w, barrier)
+                       for w in range(WRITERS)]
+            lost = [f.result(timeout=600) for f in futures]
     con = wh.connect(lake, read_only=True)
     try:
         for table in ("events_a", "events_b"):
