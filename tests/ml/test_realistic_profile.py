@@ -66,11 +66,15 @@ def test_residual_judge_passes_scrubbed_real_text_and_still_finds_leaks(corpus):
                    "a normal range is 120/80-140/90 for adults", "readings of 125/121-151/97",
                    "Movies (2052-2051) 63",
                    "It happened on April 38, 1998. 1796 \u2013 31 May 1868) was an explorer",
-                   "https://www.amazon.com/x/dp/B01B7OYIWE/ref=sr_1_1?qid=1420904010&sr=8-1"):
+                   "https://www.amazon.com/x/dp/B01B7OYIWE/ref=sr_1_1?qid=1420904010&sr=8-1",
+                   # a quarantined raw line holds the record's UUID: its first three groups
+                   # pass Luhn (found by the 1M generated chain benchmark)
+                   '{"interaction_id": "55525315-4879-9944-5262-2942afa75d1a", "x": 1}'):
         assert presidio_findings(benign) == [], benign
     for leak, kind in (("call me on 415-555-0134", "PHONE"),
                        ("call 2189-2101 26", "PHONE"),  # descending, bare: no range of years
                        ("card 4111 1111 1111 1111", "CREDIT_CARD"),
+                       ('"card": "4111-1111-1111-1111"', "CREDIT_CARD"),
                        ("call 555.123.4567 today", "PHONE"),
                        ("key sk_live_4eC39HqLyjWDarjtT1zdp7dc", "SECRET"),
                        ("https://api.example.com/v1?key=sk_live_4eC39HqLyjWDarjtT1zdp7dc", "SECRET"),
