@@ -308,10 +308,12 @@ def test_residual_pii_checks_pass_on_demo_data_with_pii_looking_ids_and_still_bl
     assert checks["check_no_residual_pii"] and checks["check_no_residual_pii_in_quarantine"]
     con = warehouse_connect(learnloop_home)
     try:
-        # the data does reproduce the old failure: a scan of every VARCHAR column flags an id
+        # the id Presidio read as a card is no card for the judge either now (a card-shaped run
+        # inside a longer identifier is dropped, as the scrubber reads it; before, this scan
+        # flagged interaction_id): a scan of every VARCHAR column, ids included, flags nothing
         every_column = residual_pii_in_table(con, "interactions", "partition_date = ?::DATE",
                                              [day])
-        assert {r["column"] for r in every_column} == {"interaction_id"}
+        assert every_column == []
         # PII planted in text columns is still found: the checks stay able to fail
         con.execute("UPDATE interactions SET response = 'call me: jo@example.com' WHERE rowid = "
                     "(SELECT min(rowid) FROM interactions)")
