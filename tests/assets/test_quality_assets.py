@@ -5,9 +5,11 @@ from __future__ import annotations
 import dagster as dg
 import duckdb
 import polars as pl
+import pytest
 
 from assets.ingest import ingest_interactions, raw_interactions
 from assets.quality import interaction_quality, out_of_range
+from ml import warehouse as wh
 from ml.ingest import INTERACTION_SCHEMA
 from ml.landing import write_landing_file
 from ml.quality import score_interactions
@@ -91,7 +93,6 @@ def test_scores_in_batches_equal_the_whole_partition(learnloop_home, monkeypatch
     with batches of 7 rows, it writes exactly what scoring the whole partition at once gives,
     on real text (replies repeat, so the per-distinct-text joins meet across batches)."""
     import assets.quality as quality_asset
-    from ml import warehouse as wh
     from ml.demo.realistic import iter_realistic
 
     records = [rec for _, rec in iter_realistic(60, 11, start=DAY)]
@@ -123,12 +124,8 @@ def test_scores_in_batches_equal_the_whole_partition(learnloop_home, monkeypatch
 
 
 def test_iter_partition_refuses_unknown_columns_and_empty_batches(learnloop_home):
-    from ml import warehouse as wh
-
     con = duckdb.connect(str(learnloop_home / "warehouse.duckdb"))
     try:
-        import pytest
-
         with pytest.raises(ValueError, match=r"'interactions' has no columns \['nope'\]"):
             next(wh.iter_partition(con, "interactions", DAY, columns=["nope"]))
         with pytest.raises(ValueError, match="batch_rows must be >= 1"):
