@@ -785,6 +785,52 @@ def scrub_frame(df: pl.DataFrame, columns: list[str]) -> tuple[pl.DataFrame, pl.
     return out, _types_column(flags, n)
 
 
+# ---- a text cut short -------------------------------------------------------------------------
+# A line written only in part (a quarantined raw line whose write was cut short) can end inside a
+# card number, where the card rule (a whole number: issuer length and Luhn) no longer sees a card
+# and the cut-off digits stay readable. Such a tail is masked when it reads as the start of a
+# card: more digits than an issuer number (the first six, which PCI DSS lets be shown), at most
+# 18, a grouping that a card's usual grouping starts with, and an issuer range that allows a card
+# longer than the digits seen. Only texts known to be cut are read this way (``scrub_cut_tail``).
+
+_CUT_CARD = re.compile(
+    rf"(?<!{_D})(?<!{_D}{_CARD_SEP})({_D}(?:{_CARD_SEP}?{_D}){{6,17}}){_CARD_SEP}?\Z")
+_CUT_CARD_CAND = rf"{_D}{_CARD_SEP}?$"  # a text that ends in a digit (Rust: ``$`` = its end)
+
+
+def _card_start(digits: str) -> bool:
+    """Could ``digits`` (7-18 ASCII digits) be the first digits of a card number?"""
+    return any(_issuer_ok(digits + "0" * (n - len(digits)))
+               for n in range(max(12, len(digits) + 1), 20))
+
+
+def _cut_card_sub(m: re.Match[str]) -> str:
+    parts = _CARD_SPLIT.split(_ascii_digits(m.group(1)))
+    groups = [len(g) for g in parts[0::2]]
+    if len(groups) > 1 and not any(
+            len(g) >= len(groups) and g[:len(groups) - 1] == groups[:-1] and groups[-1] <= g[
+                len(groups) - 1] for g in _CARD_GROUPINGS):
+        return m.group(0)
+    if not _card_start("".join(parts[0::2])):
+        return m.group(0)
+    return "[CREDIT_CARD]"
+
+
+def scrub_cut_text(s: str | None) -> str | None:
+    """``s``, a text known to be cut short, with a card number's cut-off start at its end masked
+    (``[CREDIT_CARD]``); run after the scrubber's own rules."""
+    return s if s is None else _CUT_CARD.sub(_cut_card_sub, s, count=1)
+
+
+def scrub_cut_tail(s: pl.Series) -> pl.Series:
+    """``scrub_cut_text`` over a String series (the Python rule on the rows ending in a digit)."""
+    idx = s.str.contains(_CUT_CARD_CAND).fill_null(False).arg_true()
+    if idx.len() == 0:
+        return s
+    return _scatter(s, idx, pl.Series([scrub_cut_text(v) for v in s.gather(idx).to_list()],
+                                      dtype=pl.String))
+
+
 # ---- JSON values ------------------------------------------------------------------------------
 
 

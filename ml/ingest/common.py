@@ -25,7 +25,7 @@ import polars as pl
 
 from ml.ingest.quarantine import with_quarantine_keys
 from ml.landing import FAR_FROM_LANDING_DAYS, FUTURE_TOLERANCE
-from ml.pii import scrub_frame
+from ml.pii import scrub_cut_tail, scrub_frame
 from ml.schema import unknown_fields
 from ml.tables import INTERACTION_COLUMNS, QUARANTINE_COLUMNS
 
@@ -218,10 +218,13 @@ def _empty_quarantine() -> pl.DataFrame:
 def scrub_quarantine(quarantined: pl.DataFrame) -> pl.DataFrame:
     """Quarantine rows with their identity ``quarantine_key`` (``ml.ingest.quarantine``: a digest
     of the unscrubbed reason and raw text) and their ``raw`` text and ``reason`` PII-scrubbed (a
-    reason may quote a value); the rest as it is."""
+    reason may quote a value); the rest as it is. A raw line is often one whose write was cut
+    short: a card number's cut-off start at its end is masked too (``ml.pii.scrub_cut_tail``; a
+    whole JSON object line ends in ``}``, so only lines that stop early are read this way)."""
     if quarantined.height == 0:
         return quarantined
-    return scrub_frame(with_quarantine_keys(quarantined), QUARANTINE_SCRUBBED)[0]
+    out = scrub_frame(with_quarantine_keys(quarantined), QUARANTINE_SCRUBBED)[0]
+    return out.with_columns(scrub_cut_tail(out.get_column("raw")))
 
 
 def _stats(files: int, lines: int, blank: int, good: pl.DataFrame, bad: pl.DataFrame,

@@ -5,7 +5,16 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from ml.pii import PII_TYPES, find_pii, iban_valid, luhn_valid, scrub_frame, scrub_text
+from ml.pii import (
+    PII_TYPES,
+    find_pii,
+    iban_valid,
+    luhn_valid,
+    scrub_cut_tail,
+    scrub_cut_text,
+    scrub_frame,
+    scrub_text,
+)
 
 TRUE_POSITIVES = [
     ("EMAIL", "write to jane.doe+tag@mail.example.co.uk please", "jane.doe+tag@mail.example.co.uk"),
@@ -90,6 +99,38 @@ def test_iban_followed_by_capitals_is_trimmed():
 def test_card_next_to_other_digits():
     out, _ = scrub_text("card 4111 1111 1111 1111 12 thanks")
     assert out == "card [CREDIT_CARD] 12 thanks"
+
+
+CUT_CARD_TAILS = [  # (a text cut short, what the cut-tail rule leaves)
+    ('{"response": "My card 4104 9964 15', '{"response": "My card [CREDIT_CARD]'),
+    ('{"response": "My card 4104 9964 ', '{"response": "My card [CREDIT_CARD]'),
+    ("paid with 5555-5555-5555-44", "paid with [CREDIT_CARD]"),
+    ("amex 378282 24631", "amex [CREDIT_CARD]"),  # Amex grouping 4-6-5 / 6-..., cut
+    ("card \uff14\uff11\uff10\uff14 \uff19\uff19\uff16\uff14 \uff11\uff15",
+     "card [CREDIT_CARD]"),  # full-width digits
+    ("4104996415", "[CREDIT_CARD]"),  # one run, cut
+    # no card start: left alone
+    ('{"response": "My card 4104 99', '{"response": "My card 4104 99'),  # 6 digits: an issuer number
+    ("ticket 1234 5678 90", "ticket 1234 5678 90"),  # no issuer range starts with 1
+    ('{"ts": 20261101', '{"ts": 20261101'),  # 2026: no issuer range
+    ("ref 41 0499 6415", "ref 41 0499 6415"),  # no card grouping starts 2-4
+    ("id 4104996415342208123456", "id 4104996415342208123456"),  # longer than any card
+    ("My card 4104 9964 15 and more", "My card 4104 9964 15 and more"),  # not at the end
+    ('{"a": "4104 9964 15"}', '{"a": "4104 9964 15"}'),  # a whole JSON line ends in }
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CUT_CARD_TAILS)
+def test_a_card_number_cut_off_at_the_end_of_a_cut_text_is_masked(text, expected):
+    assert scrub_cut_text(text) == expected
+    assert scrub_cut_tail(pl.Series([text, None])).to_list() == [expected, None]
+
+
+def test_cut_tail_rule_reads_only_what_the_card_rule_left():
+    # a whole card at the end is the card rule's; the cut-tail rule then finds nothing more
+    once, types = scrub_text("card 4111 1111 1111 1111")
+    assert types == ["CREDIT_CARD"] and scrub_cut_text(once) == once
+    assert scrub_cut_text(None) is None
 
 
 def test_scrub_is_idempotent_and_types_ordered():
