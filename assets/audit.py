@@ -297,7 +297,9 @@ def audited_errors(context: dg.AssetExecutionContext, config: AuditedErrorsConfi
         relevance_computed = 0
         if isinstance(auditor, RulesAuditor) and ids:
             with wh_con() as con:
-                auditor.reference = tables.read_reference_population(con)
+                auditor.consensus, n_reference = tables.reference_consensus(
+                    con, auditor.thresholds)
+            context.log.info(f"consensus reference: {n_reference} interactions of the warehouse")
             relevance = embeddings.read_relevance(vectors.connect(), ids)
 
         context.log.info(f"auditing {len(ids)} interactions with {auditor.name} "

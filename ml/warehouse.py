@@ -247,21 +247,40 @@ def iter_partition(con: duckdb.DuckDBPyConnection, table: str, partition_date: s
                    ) -> Iterator[pl.DataFrame]:
     """One partition's rows of ``table`` (only ``columns``, default all) as frames of at most
     ``batch_rows`` rows, streamed from DuckDB: memory holds one batch, not the partition."""
+    return _iter_rows(con, table, "WHERE partition_date = ?::DATE", [partition_date], columns,
+                      batch_rows, "iter_partition")
+
+
+def iter_table(con: duckdb.DuckDBPyConnection, table: str, *,
+               columns: Sequence[str] | None = None, batch_rows: int = 100_000
+               ) -> Iterator[pl.DataFrame]:
+    """Every row of ``table`` (only ``columns``, default all) as frames of at most
+    ``batch_rows`` rows, streamed from DuckDB: memory holds one batch, not the table."""
+    return _iter_rows(con, table, "", [], columns, batch_rows, "iter_table")
+
+
+def _iter_rows(con: duckdb.DuckDBPyConnection, table: str, where: str, params: list,
+               columns: Sequence[str] | None, batch_rows: int, caller: str
+               ) -> Iterator[pl.DataFrame]:
+    # checked before the first batch is asked for (a generator would check only then)
     if batch_rows < 1:
-        raise ValueError(f"iter_partition: batch_rows must be >= 1, got {batch_rows}")
+        raise ValueError(f"{caller}: batch_rows must be >= 1, got {batch_rows}")
     ensure_table(con, table)
     known = registered(table).types
     unknown = [c for c in columns or () if c not in known]
     if unknown:
-        raise ValueError(f"iter_partition: {table!r} has no columns {unknown}")
+        raise ValueError(f"{caller}: {table!r} has no columns {unknown}")
     cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
-    rel = con.sql(f'SELECT {cols} FROM "{table}" WHERE partition_date = ?::DATE',
-                  params=[partition_date])
-    for batch in rel.to_arrow_reader(batch_rows):
+    rel = con.sql(f'SELECT {cols} FROM "{table}" {where}', params=params)
+    return _frames(rel.to_arrow_reader(batch_rows), table, caller)
+
+
+def _frames(reader, table: str, caller: str) -> Iterator[pl.DataFrame]:
+    for batch in reader:
         if batch.num_rows:
             frame = pl.from_arrow(batch)
             if not isinstance(frame, pl.DataFrame):
-                raise TypeError(f"iter_partition: a batch of {table!r} read as "
+                raise TypeError(f"{caller}: a batch of {table!r} read as "
                                 f"{type(frame).__name__}, expected a table")
             yield frame
 

@@ -275,14 +275,14 @@ def signal_frame(frame: pl.DataFrame, thresholds: RuleThresholds = RuleThreshold
         (pl.col("quality_score") < t.low_quality_threshold).fill_null(False).alias("low_quality"),
         norm_cat.alias("correction_category_norm"),
         comment_cat.alias("comment_category"),
-        question_key(user).alias("_q"),
-        resp_s.alias("_r"),
+        _h(question_key(user)).alias("_qh"),
+        _h(resp_s).alias("_rh"),
     )
     cons = consensus if consensus is not None else consensus_frame(
         reference if reference is not None else base, t)
-    sig = sig.join(cons, on=["tenant_id", "_q", "_r"], how="left", maintain_order="left") \
+    sig = sig.join(cons, on=["tenant_id", "_qh", "_rh"], how="left", maintain_order="left") \
         .with_columns(pl.col("number_outlier") & non_empty, pl.col("minority_answer") & non_empty) \
-        .drop("_q", "_r")
+        .drop("_qh", "_rh")
     return sig.with_columns(pl.col(s.name).fill_null(False) for s in SIGNALS)
 
 
@@ -299,42 +299,111 @@ def question_key(text: pl.Expr) -> pl.Expr:
             .str.replace_all(r"\s+", " ").str.strip_chars())
 
 
-def consensus_frame(reference: pl.DataFrame, t: RuleThresholds) -> pl.DataFrame:
-    """Per (tenant, question key, reply): how the reply compares with the other replies given to
-    the same question across ``reference`` (every interaction available, not only the audited
-    ones): ``number_outlier`` (same reply template, other numbers than the most common) and
-    ``minority_answer`` (another reply than the most common)."""
+# The consensus compares replies by value; it keys them by 64-bit hashes of the question key, the
+# reply and its template (numbers masked) instead of the texts, so the counts of a whole history
+# take a few dozen bytes per distinct reply, not the replies themselves (1M realistic replies:
+# ~1 GB of text, ~9 GB at the peak of grouping by it). Polars' hash is stable within one Polars
+# version and process: the keys are never stored. A collision (two texts, one hash: about 3e-8
+# for a million distinct replies) could only merge two groups' counts.
+_HASH_SEED = 0x1EA2
+
+
+def _h(text: pl.Expr) -> pl.Expr:
+    return text.hash(seed=_HASH_SEED)
+
+
+def consensus_keys(frame: pl.DataFrame) -> pl.DataFrame:
+    """Per row of ``frame`` (user_message, response, optionally tenant_id) with a question and a
+    reply: tenant_id, ``_qh`` (the question key's hash, :func:`question_key`), ``_rh`` (the
+    stripped reply's), ``_th`` (its template's: numbers masked as ``#``) and ``_num`` (the
+    template holds a ``#``)."""
     for needed in ("user_message", "response"):
-        if needed not in reference.columns:
+        if needed not in frame.columns:
             raise ValueError(f"consensus reference frame lacks column {needed!r}")
-    ref = reference.select(
-        pl.col("tenant_id").cast(pl.String).fill_null("default") if "tenant_id" in reference.columns
+    ref = frame.select(
+        pl.col("tenant_id").cast(pl.String).fill_null("default") if "tenant_id" in frame.columns
         else pl.lit("default").alias("tenant_id"),
         question_key(pl.col("user_message")).alias("_q"),
         pl.col("response").fill_null("").str.strip_chars().alias("_r"),
     ).filter((pl.col("_q") != "") & (pl.col("_r") != ""))
-    ref = ref.with_columns(pl.col("_r").str.replace_all(NUMBER, "#").alias("_tmpl"))
-    counts = ref.group_by("tenant_id", "_q", "_tmpl", "_r").len("n")
-    counts = counts.with_columns(
-        pl.col("n").sum().over("tenant_id", "_q").alias("group_n"),
-        pl.col("n").max().over("tenant_id", "_q").alias("modal_n"),
-    )
-    # the same reply template (numbers masked) across all questions: its usual numbers
-    per_reply = ref.group_by("tenant_id", "_tmpl", "_r").len("rn").with_columns(
-        pl.col("rn").sum().over("tenant_id", "_tmpl").alias("tmpl_n"),
-        pl.col("rn").max().over("tenant_id", "_tmpl").alias("tmpl_modal_n"),
-    )
-    counts = counts.join(per_reply, on=["tenant_id", "_tmpl", "_r"], how="left")
-    share = pl.col("n") / pl.col("group_n")
-    big = pl.col("group_n") >= t.consensus_min_group
-    minority = (big & (pl.col("modal_n") / pl.col("group_n") >= t.consensus_modal_share)
-                & (share <= t.consensus_max_share))
-    tmpl_big = pl.col("tmpl_n") >= t.consensus_min_group
-    number_outlier = (tmpl_big & pl.col("_tmpl").str.contains("#", literal=True)
-                      & (pl.col("tmpl_modal_n") / pl.col("tmpl_n") >= t.consensus_modal_share)
-                      & (pl.col("rn") / pl.col("tmpl_n") <= t.consensus_max_share))
-    return counts.select("tenant_id", "_q", "_r", number_outlier.alias("number_outlier"),
-                         (minority & ~number_outlier).alias("minority_answer"))
+    tmpl = pl.col("_r").str.replace_all(NUMBER, "#")
+    return ref.select("tenant_id", _h(pl.col("_q")).alias("_qh"), _h(pl.col("_r")).alias("_rh"),
+                      _h(tmpl).alias("_th"), tmpl.str.contains("#", literal=True).alias("_num"))
+
+
+_COUNT_KEYS = ["tenant_id", "_qh", "_th", "_rh", "_num"]
+
+
+class ConsensusCounts:
+    """How often each (tenant, question, reply) occurs in a population read in batches
+    (:meth:`add`), kept as hashed keys with a count; :meth:`consensus` gives the signals.
+    Memory: the distinct (tenant, question, reply) keys, about 40 bytes each."""
+
+    def __init__(self, compact_rows: int = 2_000_000) -> None:
+        self._parts: list[pl.DataFrame] = []
+        self._pending = 0
+        self._compact_rows = compact_rows
+        self.rows = 0  # interactions counted (with a question and a reply)
+
+    def add(self, batch: pl.DataFrame) -> None:
+        keys = consensus_keys(batch)
+        self.rows += keys.height
+        part = keys.group_by(_COUNT_KEYS).len("n")
+        self._parts.append(part)
+        self._pending += part.height
+        if self._pending > self._compact_rows:
+            self._compact()
+
+    def _compact(self) -> None:
+        if len(self._parts) > 1:
+            self._parts = [pl.concat(self._parts).group_by(_COUNT_KEYS).agg(pl.col("n").sum())]
+        self._pending = self._parts[0].height if self._parts else 0
+
+    def counts(self) -> pl.DataFrame:
+        """(tenant_id, _qh, _th, _rh, _num, n): one row per distinct key."""
+        self._compact()
+        if not self._parts:
+            return pl.DataFrame(schema={"tenant_id": pl.String, "_qh": pl.UInt64,
+                                        "_th": pl.UInt64, "_rh": pl.UInt64, "_num": pl.Boolean,
+                                        "n": pl.UInt32})
+        return self._parts[0]
+
+    def consensus(self, t: RuleThresholds) -> pl.DataFrame:
+        """Per (tenant, question, reply) of the population: ``number_outlier`` (same reply
+        template, other numbers than the most common) and ``minority_answer`` (another reply than
+        the most common), keyed by (tenant_id, ``_qh``, ``_rh``) as :func:`signal_frame` joins."""
+        counts = self.counts().with_columns(
+            pl.col("n").sum().over("tenant_id", "_qh").alias("group_n"),
+            pl.col("n").max().over("tenant_id", "_qh").alias("modal_n"),
+        )
+        # the same reply template (numbers masked) across all questions: its usual numbers
+        per_reply = counts.group_by("tenant_id", "_th", "_rh").agg(pl.col("n").sum().alias("rn"))
+        per_reply = per_reply.with_columns(
+            pl.col("rn").sum().over("tenant_id", "_th").alias("tmpl_n"),
+            pl.col("rn").max().over("tenant_id", "_th").alias("tmpl_modal_n"),
+        )
+        counts = counts.join(per_reply, on=["tenant_id", "_th", "_rh"], how="left")
+        share = pl.col("n") / pl.col("group_n")
+        big = pl.col("group_n") >= t.consensus_min_group
+        minority = (big & (pl.col("modal_n") / pl.col("group_n") >= t.consensus_modal_share)
+                    & (share <= t.consensus_max_share))
+        tmpl_big = pl.col("tmpl_n") >= t.consensus_min_group
+        number_outlier = (tmpl_big & pl.col("_num")
+                          & (pl.col("tmpl_modal_n") / pl.col("tmpl_n") >= t.consensus_modal_share)
+                          & (pl.col("rn") / pl.col("tmpl_n") <= t.consensus_max_share))
+        return counts.select("tenant_id", "_qh", "_rh", number_outlier.alias("number_outlier"),
+                             (minority & ~number_outlier).alias("minority_answer"))
+
+
+def consensus_frame(reference: pl.DataFrame, t: RuleThresholds) -> pl.DataFrame:
+    """Per (tenant, question key, reply): how the reply compares with the other replies given to
+    the same question across ``reference`` (every interaction available, not only the audited
+    ones): ``number_outlier`` (same reply template, other numbers than the most common) and
+    ``minority_answer`` (another reply than the most common). Keyed by hashes
+    (:class:`ConsensusCounts`; a population read in batches goes through it directly)."""
+    counts = ConsensusCounts()
+    counts.add(reference)
+    return counts.consensus(t)
 
 
 def refine_pii_with_raw(frame: pl.DataFrame, sig: pl.DataFrame) -> pl.DataFrame:
@@ -430,11 +499,16 @@ class RulesAuditor:
                  reference: pl.DataFrame | None = None) -> None:
         self.thresholds = thresholds
         self.reference = reference  # population for the consensus signals (default: the frame)
+        # or the population's consensus itself (``ConsensusCounts.consensus``: the asset counts
+        # the warehouse in batches); it wins over ``reference``
+        self.consensus: pl.DataFrame | None = None
         self._consensus: tuple[pl.DataFrame, pl.DataFrame] | None = None
 
     def _consensus_of_reference(self) -> pl.DataFrame | None:
         """consensus_frame(reference), computed once per reference frame (the asset audits in
         batches against the same population)."""
+        if self.consensus is not None:
+            return self.consensus
         if self.reference is None:
             return None
         if self._consensus is None or self._consensus[0] is not self.reference:

@@ -12,6 +12,7 @@ import duckdb
 import polars as pl
 
 from ml import warehouse
+from ml.audit.rules import ConsensusCounts, RuleThresholds
 
 
 # ---- audit_candidates: each run's selection, tagged with the run id ---------------------------------
@@ -173,11 +174,20 @@ def rows_of_batch(rows: pl.DataFrame, start: int, stop: int) -> pl.DataFrame:
             .sort("ts", "tenant_id", "interaction_id", nulls_last=True, maintain_order=True))
 
 
-def read_reference_population(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """(tenant_id, user_message, response) of every interaction: the population the rules
-    auditor's consensus signals compare a reply with."""
-    warehouse.ensure_table(con, "interactions")
-    return warehouse.query(con, "SELECT tenant_id, user_message, response FROM interactions")
+REFERENCE_COLUMNS = ("tenant_id", "user_message", "response")
+
+
+def reference_consensus(con: duckdb.DuckDBPyConnection, thresholds: RuleThresholds, *,
+                        batch_rows: int = 200_000) -> tuple[pl.DataFrame, int]:
+    """The rules auditor's consensus over every interaction of the warehouse (the population a
+    reply is compared with: ``ml.audit.rules.ConsensusCounts``), read ``batch_rows`` rows at a
+    time: memory holds one batch of texts and the hashed counts, not the history's replies.
+    Returns (consensus frame, interactions counted)."""
+    counts = ConsensusCounts()
+    for batch in warehouse.iter_table(con, "interactions", columns=REFERENCE_COLUMNS,
+                                      batch_rows=batch_rows):
+        counts.add(batch)
+    return counts.consensus(thresholds), counts.rows
 
 
 # ---- the asset checks' queries: each returns problem -> rows with it (0 everywhere = passed) ---

@@ -105,12 +105,16 @@ def test_scores_in_batches_equal_the_whole_partition(learnloop_home, monkeypatch
     try:
         batches = list(wh.iter_partition(con, "interactions", DAY, columns=["interaction_id"],
                                          batch_rows=7))
+        every = list(wh.iter_table(con, "interactions", columns=["tenant_id", "response"],
+                                   batch_rows=25))
         whole = score_interactions(wh.read_partition(con, "interactions", DAY))
         written = wh.read_partition(con, "interaction_quality", DAY)
     finally:
         con.close()
     assert [b.height for b in batches] == [7] * 8 + [4]
     assert batches[0].columns == ["interaction_id"]
+    assert [b.height for b in every] == [25, 25, 10]  # the whole table (one day here)
+    assert every[0].columns == ["tenant_id", "response"]
     key = ["tenant_id", "interaction_id"]
     assert written.height == whole.height == 60
     a, b = written.select(whole.columns).sort(key), whole.sort(key)
@@ -131,5 +135,8 @@ def test_iter_partition_refuses_unknown_columns_and_empty_batches(learnloop_home
         with pytest.raises(ValueError, match="batch_rows must be >= 1"):
             next(wh.iter_partition(con, "interactions", DAY, batch_rows=0))
         assert list(wh.iter_partition(con, "interactions", DAY)) == []
+        with pytest.raises(ValueError, match=r"iter_table: 'interactions' has no columns"):
+            wh.iter_table(con, "interactions", columns=["nope"])  # named before any batch
+        assert list(wh.iter_table(con, "interactions")) == []
     finally:
         con.close()

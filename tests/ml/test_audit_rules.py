@@ -3,13 +3,26 @@ reply; categories, severities, confidence and explanations follow from the signa
 
 from __future__ import annotations
 
+import random
+import re
+from collections import Counter
 from datetime import date
 
 import polars as pl
 import pytest
 
 from ml.audit.metrics import cohen_kappa
-from ml.audit.rules import SIGNALS, RulesAuditor, RuleThresholds, audit_rules, signal_frame
+from ml.audit.rules import (
+    NUMBER,
+    SIGNALS,
+    ConsensusCounts,
+    RulesAuditor,
+    RuleThresholds,
+    audit_rules,
+    consensus_frame,
+    question_key,
+    signal_frame,
+)
 from ml.audit.taxonomy import CATEGORIES, Verdict, normalize_category
 from ml.demo.truth import precision_recall
 from ml.tables import AUDITED_COLUMNS
@@ -285,6 +298,88 @@ def test_minority_answer_to_the_same_question_and_small_groups_are_not_judged():
     other_tenant = audit_rules(frame(tenant_id="zeta", user_message=q,
                                      response="A free new device every year."), reference=ref)
     assert other_tenant["is_error"][0] is False
+
+
+def _templated_population(n: int, seed: int) -> pl.DataFrame:
+    """Support replies that repeat (two tenants, six products, usual and wrong prices, another
+    answer, unique replies), questions with and without a greeting."""
+    rng = random.Random(seed)
+    products = ["Aura speaker", "Nova lamp", "Orbit hub", "Zen chair", "Flux kettle", "Atlas bag"]
+    rows = []
+    for i in range(n):
+        p = rng.choice(products)
+        price = 10 + 7 * products.index(p)
+        q = rng.choice(["", "Hi, ", "Hello! ", "Good morning. "]) + f"How much is the {p}?"
+        reply = rng.choices([f"The {p} costs ${price}.00.", f"The {p} costs ${price + 40}.00.",
+                             "We do not sell that one any more.", f"Unique answer {i}: ask a shop."],
+                            weights=[80, 8, 7, 5])[0]
+        rows.append({"interaction_id": f"p{i}", "tenant_id": rng.choice(["acme", "zeta", None]),
+                     "user_message": q, "response": "  " + reply if i % 11 == 0 else reply})
+    return pl.DataFrame(rows, schema_overrides={"tenant_id": pl.String})
+
+
+def _consensus_oracle(pop: pl.DataFrame, t: RuleThresholds) -> list[tuple[bool, bool]]:
+    """number_outlier and minority_answer per row, counted in plain Python on the texts."""
+    keys = pop.select(pl.col("tenant_id").fill_null("default"),
+                      question_key(pl.col("user_message")).alias("q"),
+                      pl.col("response").fill_null("").str.strip_chars().alias("r")).rows()
+    live = [(tn, q, r) for tn, q, r in keys if q and r]
+    by_q, by_qr = Counter((tn, q) for tn, q, _ in live), Counter(live)
+    tmpl = {r: re.sub(NUMBER, "#", r) for _, _, r in live}
+    by_t, by_tr = Counter((tn, tmpl[r]) for tn, _, r in live), Counter((tn, r) for tn, _, r in live)
+    modal_q = Counter()
+    for (tn, q, _), c in by_qr.items():
+        modal_q[(tn, q)] = max(modal_q[(tn, q)], c)
+    modal_t = Counter()
+    for (tn, r), c in by_tr.items():
+        modal_t[(tn, tmpl[r])] = max(modal_t[(tn, tmpl[r])], c)
+    out = []
+    for tn, q, r in keys:
+        if not (q and r):
+            out.append((False, False))
+            continue
+        g, tg = by_q[(tn, q)], by_t[(tn, tmpl[r])]
+        outlier = (tg >= t.consensus_min_group and "#" in tmpl[r]
+                   and modal_t[(tn, tmpl[r])] / tg >= t.consensus_modal_share
+                   and by_tr[(tn, r)] / tg <= t.consensus_max_share)
+        minority = (g >= t.consensus_min_group and modal_q[(tn, q)] / g >= t.consensus_modal_share
+                    and by_qr[(tn, q, r)] / g <= t.consensus_max_share)
+        out.append((outlier, minority and not outlier))
+    return out
+
+
+def test_consensus_signals_agree_with_counting_the_texts():
+    pop = _templated_population(3000, 5)
+    t = RuleThresholds()
+    sig = signal_frame(pop, t, reference=pop)
+    got = list(zip(sig["number_outlier"].to_list(), sig["minority_answer"].to_list(), strict=True))
+    want = _consensus_oracle(pop, t)
+    assert got == want
+    assert sum(o for o, _ in want) > 50 and sum(m for _, m in want) > 50  # both fire here
+
+
+def test_consensus_counted_in_batches_is_the_whole_populations():
+    pop = _templated_population(2000, 9)
+    t = RuleThresholds()
+    counts = ConsensusCounts(compact_rows=50)  # compacted many times on the way
+    for start in range(0, pop.height, 97):
+        counts.add(pop.slice(start, 97))
+    assert counts.rows == pop.height
+    key = ["tenant_id", "_qh", "_rh"]
+    assert counts.consensus(t).sort(key).equals(consensus_frame(pop, t).sort(key))
+    empty = ConsensusCounts().consensus(t)
+    assert empty.height == 0 and empty.columns == ["tenant_id", "_qh", "_rh", "number_outlier",
+                                                   "minority_answer"]
+
+
+def test_an_auditor_given_a_consensus_uses_it_over_its_reference():
+    q = "What does your warranty cover?"
+    ref = _population(["Two years on parts and labour."] * 5 + ["A free new device every year."], q)
+    row = frame(user_message=q, response="A free new device every year.")
+    auditor = RulesAuditor(reference=_population(["A free new device every year."] * 6, q))
+    assert auditor.audit_frame(row).verdicts["is_error"][0] is False
+    auditor.consensus = consensus_frame(ref, auditor.thresholds)
+    assert auditor.audit_frame(row).verdicts["signals"][0].to_list() == ["minority_answer"]
 
 
 # ---- issue 8, items 5 and 12 -------------------------------------------------------------------
