@@ -103,6 +103,11 @@ class WarehouseResource(DuckDBResource):
     def is_lake(self) -> bool:
         return isinstance(self.target(), Lake)
 
+    def _duckdb_config(self) -> dict:
+        """The connection's DuckDB settings: LEARNLOOP_WAREHOUSE_MEMORY_LIMIT, then the
+        resource's own ``connection_config`` (which wins)."""
+        return {**Settings().warehouse_duckdb_config(), **self.connection_config}
+
     def describe(self) -> str:
         """The warehouse for logs and metadata (a lake's password redacted)."""
         return wh.describe(self.target())
@@ -120,13 +125,13 @@ class WarehouseResource(DuckDBResource):
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         target = self.target()
         if isinstance(target, Lake):
-            con = open_lake(target, config=self.connection_config)
+            con = open_lake(target, config=self._duckdb_config())
             try:
                 yield con
             finally:
                 con.close()
             return
-        bound = DuckDBResource(database=str(self.path()), connection_config=self.connection_config)
+        bound = DuckDBResource(database=str(self.path()), connection_config=self._duckdb_config())
         with bound.get_connection() as con:
             yield con
 
@@ -146,14 +151,14 @@ class WarehouseResource(DuckDBResource):
                                     f"nothing has been ingested")
         target = self.target()
         if isinstance(target, Lake):
-            con = open_lake(target, read_only=True, config=self.connection_config)
+            con = open_lake(target, read_only=True, config=self._duckdb_config())
             try:
                 yield con
             finally:
                 con.close()
             return
         bound = DuckDBResource(database=str(target),
-                               connection_config={**self.connection_config,
+                               connection_config={**self._duckdb_config(),
                                                   "access_mode": "READ_ONLY"})
         with bound.get_connection() as con:
             yield con

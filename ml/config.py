@@ -7,6 +7,7 @@ Dagster resources can build their own instances. See docs/configuration.md.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -14,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_HASH_KEY = "learnloop-dev-key-change-me"
 
+_MEMORY = re.compile(r"\d+(?:\.\d+)?\s*(?:[KMGT]i?B)", re.IGNORECASE)
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEARNLOOP_", extra="ignore")
@@ -40,6 +42,13 @@ class Settings(BaseSettings):
         default=None,
         description="Where a DuckLake warehouse keeps its Parquet files: a folder every writer "
                     "sees, or an object-storage prefix (s3://bucket/lake/).")
+    warehouse_memory_limit: str | None = Field(
+        default=None,
+        description="DuckDB's memory_limit on every warehouse connection, e.g. 4GB or 3GiB. "
+                    "DuckDB keeps the blocks it has read cached up to this limit (the audit's "
+                    "reads leave the day's tables in memory); default DuckDB's own: 80% of the "
+                    "RAM, or of the container's memory limit. Set it in a run pod that also "
+                    "holds a model.")
     store_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the operational store; default SQLite in home."
     )
@@ -96,6 +105,16 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("warehouse_memory_limit", mode="after")
+    @classmethod
+    def _memory_limit(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not _MEMORY.fullmatch(v.strip()):
+            raise ValueError(f"LEARNLOOP_WAREHOUSE_MEMORY_LIMIT={v!r} is not a memory size: a "
+                             "number and a unit of KB, MB, GB, TB, KiB, MiB, GiB or TiB (4GB)")
+        return v.strip()
 
     @field_validator("landing_url", "archive_url", mode="after")
     @classmethod
@@ -188,6 +207,10 @@ class Settings(BaseSettings):
     @property
     def warehouse(self) -> Path:
         return (self.warehouse_path or self.home / "warehouse.duckdb").expanduser().resolve()
+
+    def warehouse_duckdb_config(self) -> dict[str, str]:
+        """DuckDB settings of every warehouse connection (``LEARNLOOP_WAREHOUSE_MEMORY_LIMIT``)."""
+        return {"memory_limit": self.warehouse_memory_limit} if self.warehouse_memory_limit else {}
 
     @property
     def warehouse_target(self):

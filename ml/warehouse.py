@@ -33,6 +33,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from ml.config import Settings
 from ml.lake import Lake, lake_exists, open_lake
 from ml.tables import table as registered
 
@@ -53,11 +54,12 @@ class WriteConflict(RuntimeError):
 def connect(target: Target, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A connection to the warehouse ``target``: a DuckDB file (created, with its folder, on the
     first read-write connection) or a DuckLake (attached as ``lake`` and in use)."""
+    config = Settings().warehouse_duckdb_config()  # LEARNLOOP_WAREHOUSE_MEMORY_LIMIT
     if isinstance(target, Lake):
-        return open_lake(target, read_only=read_only)
+        return open_lake(target, read_only=read_only, config=config)
     if not read_only:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-    return duckdb.connect(str(target), read_only=read_only)
+    return duckdb.connect(str(target), read_only=read_only, config=config)
 
 
 def exists(target: Target) -> bool:

@@ -7,7 +7,10 @@ from datetime import date, datetime
 from pathlib import Path
 
 import polars as pl
+import pydantic
+import pytest
 
+from assets.resources import WarehouseResource
 from ml import warehouse
 from ml.tables import AUDITED_COLUMNS
 
@@ -88,3 +91,29 @@ def test_read_intents_by_tenant_and_id(tmp_path):
             ("t", "a"): "billing", ("u", "a"): "shipping"}
     finally:
         con.close()
+
+
+def test_memory_limit_from_the_environment_on_every_warehouse_connection(tmp_path, monkeypatch):
+    def limit(con) -> str:
+        return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+    db = tmp_path / "w.duckdb"
+    con = warehouse.connect(db)
+    default = limit(con)
+    con.close()
+    monkeypatch.setenv("LEARNLOOP_WAREHOUSE_MEMORY_LIMIT", "512MiB")
+    con = warehouse.connect(db)
+    try:
+        assert limit(con) == "512.0 MiB" != default
+    finally:
+        con.close()
+    with WarehouseResource(database=str(db)).get_connection() as con:
+        assert limit(con) == "512.0 MiB"
+    with WarehouseResource(database=str(db)).get_read_connection() as con:
+        assert limit(con) == "512.0 MiB"
+    own = WarehouseResource(database=str(db), connection_config={"memory_limit": "256MiB"})
+    with own.get_connection() as con:  # the resource's own setting wins
+        assert limit(con) == "256.0 MiB"
+    monkeypatch.setenv("LEARNLOOP_WAREHOUSE_MEMORY_LIMIT", "80%")
+    with pytest.raises(pydantic.ValidationError, match="LEARNLOOP_WAREHOUSE_MEMORY_LIMIT='80%'"):
+        warehouse.connect(db)
