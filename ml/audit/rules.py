@@ -341,7 +341,8 @@ class ConsensusCounts:
 
     def __init__(self, compact_rows: int = 2_000_000) -> None:
         self._parts: list[pl.DataFrame] = []
-        self._pending = 0
+        self._pending = 0  # rows of the parts added since the last compaction
+        self._base = 0  # rows of the compacted part
         self._compact_rows = compact_rows
         self.rows = 0  # interactions counted (with a question and a reply)
 
@@ -351,13 +352,17 @@ class ConsensusCounts:
         part = keys.group_by(_COUNT_KEYS).len("n")
         self._parts.append(part)
         self._pending += part.height
-        if self._pending > self._compact_rows:
+        # compact once the new parts are as large as the compacted one (and past compact_rows):
+        # a history of unique replies is re-aggregated a logarithmic number of times, not once
+        # per batch
+        if self._pending > max(self._compact_rows, self._base):
             self._compact()
 
     def _compact(self) -> None:
         if len(self._parts) > 1:
             self._parts = [pl.concat(self._parts).group_by(_COUNT_KEYS).agg(pl.col("n").sum())]
-        self._pending = self._parts[0].height if self._parts else 0
+        self._base = self._parts[0].height if self._parts else 0
+        self._pending = 0
 
     def counts(self) -> pl.DataFrame:
         """(tenant_id, _qh, _th, _rh, _num, n): one row per distinct key."""
