@@ -28,10 +28,11 @@ loads once per process (:func:`get_backend`).
 
 The MiniLM backends compute in a *precision* (:func:`precision`,
 ``LEARNLOOP_EMBEDDINGS_PRECISION``): ``fp32``, or ``bf16`` (torch autocast: matrix products in
-bfloat16 on the CPU's AMX tiles: 2.4-2.5x the texts per CPU-second here, recall@10 0.99 of the
-fp32 neighbours, the same low-relevance flags but one in 125). Rows of both precisions are one
-model and record the same ``model``. ``auto``, the default, is ``bf16`` where the CPU has AMX
-(where bfloat16 is fast) and ``fp32`` elsewhere. docs/embeddings.md has the measurements.
+bfloat16 on the CPU's AMX tiles or AVX512-BF16 units: 1.9-2.5x the texts per CPU-second measured,
+recall@10 0.99 of the fp32 neighbours, the same low-relevance flags but at most one in 125). Rows
+of both precisions are one model and record the same ``model``. ``auto``, the default, is
+``bf16`` where the CPU has either (where bfloat16 is fast) and ``fp32`` elsewhere.
+docs/embeddings.md has the measurements.
 """
 
 from __future__ import annotations
@@ -177,17 +178,23 @@ def backend_name(stage: str, env: dict[str, str] | None = None) -> str:
     return DEFAULT_BACKENDS[stage]
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (where torch's bfloat16 matrix products are fast)."""
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively, where torch's are fast: AMX
+    tiles (Intel Xeon Sapphire Rapids and later) or AVX512-BF16 (AMD Zen 4 and later, Intel
+    Cooper Lake). Elsewhere bfloat16 is emulated and slower than fp32."""
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private; absent before 2.3
-    return bool(probe()) if probe is not None else False
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        probe = getattr(torch.cpu, name, None)  # private; absent in older torch releases
+        if probe is not None and probe():
+            return True
+    return False
 
 
 def precision(env: dict[str, str] | None = None) -> str:
     """What the MiniLM backend computes in: ``LEARNLOOP_EMBEDDINGS_PRECISION`` (``fp32``,
-    ``bf16``, or ``auto``, the default: ``bf16`` where :func:`cpu_has_amx`, else ``fp32``)."""
+    ``bf16``, or ``auto``, the default: ``bf16`` where :func:`cpu_has_fast_bf16`, else
+    ``fp32``)."""
     env = os.environ if env is None else env
     raw = env.get("LEARNLOOP_EMBEDDINGS_PRECISION") or ""
     value = raw.strip().lower() or "auto"
@@ -195,7 +202,7 @@ def precision(env: dict[str, str] | None = None) -> str:
         raise ValueError(f"LEARNLOOP_EMBEDDINGS_PRECISION={raw!r} is not a precision; "
                          f"known: {list(PRECISIONS)}")
     if value == "auto":
-        return "bf16" if cpu_has_amx() else "fp32"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
     return value
 
 

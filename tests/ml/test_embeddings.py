@@ -117,10 +117,10 @@ def test_int8_backend_agrees_with_minilm():
 def test_precision_setting_and_bad_values(monkeypatch):
     assert backends.precision({"LEARNLOOP_EMBEDDINGS_PRECISION": " FP32 "}) == "fp32"
     assert backends.precision({"LEARNLOOP_EMBEDDINGS_PRECISION": "bf16"}) == "bf16"
-    monkeypatch.setattr(backends, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(backends, "cpu_has_fast_bf16", lambda: True)
     assert backends.precision({}) == "bf16"
     assert backends.precision({"LEARNLOOP_EMBEDDINGS_PRECISION": "auto"}) == "bf16"
-    monkeypatch.setattr(backends, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(backends, "cpu_has_fast_bf16", lambda: False)
     assert backends.precision({}) == "fp32"
     with pytest.raises(ValueError, match="LEARNLOOP_EMBEDDINGS_PRECISION='fp16'.*known"):
         backends.precision({"LEARNLOOP_EMBEDDINGS_PRECISION": "fp16"})
