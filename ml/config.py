@@ -17,6 +17,7 @@ DEV_HASH_KEY = "learnloop-dev-key-change-me"
 
 _MEMORY = re.compile(r"\d+(?:\.\d+)?\s*(?:[KMGT]i?B)", re.IGNORECASE)
 
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEARNLOOP_", extra="ignore")
 
