@@ -129,7 +129,7 @@ def presidio_findings(text: str) -> list[tuple[str, str]]:
     1998. 1796 - 31 May") or inside a URL
     (``qid=1420904010``) are dropped, and so are card hits that are a list of years ("1985 1923
     1950 1948" passes Luhn) or part of a longer identifier (a UUID's first three groups,
-"55525315-4879-9944-5262-...", as the scrubber reads it too); findings scored
+    "55525315-4879-9944-5262-...", as the scrubber reads it too); findings scored
     below ``MIN_SCORE`` (a bare 9-digit number as an SSN); credential-looking tokens that are
     part of a URL (a path such as
     ``/dp/B46B58OYIWE/ref=sr_55_19``: a path is not a credential; a token in a query string,
