@@ -804,16 +804,19 @@ def _card_start(digits: str) -> bool:
                for n in range(max(12, len(digits) + 1), 20))
 
 
+def _card_grouping_start(lengths: list[int]) -> bool:
+    """Could groups of these lengths (the last one cut) start a card's usual grouping?"""
+    *whole, last = lengths
+    k = len(lengths)
+    return k == 1 or any(len(g) >= k and g[:k - 1] == whole and last <= g[k - 1]
+                         for g in _CARD_GROUPINGS)
+
+
 def _cut_card_sub(m: re.Match[str]) -> str:
-    parts = _CARD_SPLIT.split(_ascii_digits(m.group(1)))
-    groups = [len(g) for g in parts[0::2]]
-    if len(groups) > 1 and not any(
-            len(g) >= len(groups) and g[:len(groups) - 1] == groups[:-1] and groups[-1] <= g[
-                len(groups) - 1] for g in _CARD_GROUPINGS):
-        return m.group(0)
-    if not _card_start("".join(parts[0::2])):
-        return m.group(0)
-    return "[CREDIT_CARD]"
+    groups = _CARD_SPLIT.split(_ascii_digits(m.group(1)))[0::2]
+    if _card_grouping_start([len(g) for g in groups]) and _card_start("".join(groups)):
+        return "[CREDIT_CARD]"
+    return m.group(0)
 
 
 def scrub_cut_text(s: str | None) -> str | None:
